@@ -1,0 +1,3 @@
+"""fastmaml: fast, vectorized Model-Agnostic Meta-Learning on PyTorch."""
+
+__version__ = "0.1.0"
