@@ -1,0 +1,128 @@
+"""Configs are plain (nested) dataclasses; YAML presets and ``key=value`` overrides fill them.
+
+    cfg = load_config(SinusoidConfig, "paper.yaml", ["train.iterations=1000", "maml.first_order=true"])
+
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+import yaml
+
+from fastmaml.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
+    """Build dataclass ``cls`` from a nested dict, checking keys and converting simple types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {path or '<root>'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f" in section '{path}'" if path else ""
+        raise ConfigError(f"unknown config key(s) {unknown}{where}; valid keys: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(hints[name], value, f"{path}.{name}" if path else name)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(cls: type[T], preset: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
+    """Defaults of ``cls``, then the YAML ``preset`` (if any), then ``key.sub=value`` overrides."""
+    data: dict[str, Any] = to_dict(cls())
+    if preset is not None:
+        path = Path(preset)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config preset {path}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config preset {path} is not valid YAML: {e}") from e
+        _merge(data, loaded, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.iterations=1000)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown config section {part!r} in override {item!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"unknown config key {key!r} in override {item!r}; valid keys here: {sorted(node)}")
+        node[parts[-1]] = value
+    return from_dict(cls, data)
+
+
+def _merge(base: dict, new: dict, source: str, path: str = "") -> None:
+    if not isinstance(new, dict):
+        raise ConfigError(f"{source}: section {path or '<root>'} must be a mapping")
+    for key, value in new.items():
+        where = f"{path}.{key}" if path else key
+        if key not in base:
+            raise ConfigError(f"{source}: unknown config key {where!r}; valid keys here: {sorted(base)}")
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            _merge(base[key], value, source, where)
+        else:
+            base[key] = value
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        last: Exception | None = None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, path)
+            except ConfigError as e:
+                last = e
+        raise last or ConfigError(f"{path}: bad value {value!r}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{path} must be one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        (arg, *_) = typing.get_args(tp) or (Any,)
+        items = [_convert(arg, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        return value
+    return value

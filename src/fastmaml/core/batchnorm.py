@@ -1,0 +1,68 @@
+"""Batch-statistics BatchNorm that is safe under ``torch.func.vmap`` + second-order grads.
+
+MAML normalizes with the statistics of the current batch at meta-train *and*
+meta-test time (no running averages). Two PyTorch facts shape this module:
+
+* Under ``vmap``, a second-order gradient through ``F.batch_norm(training=True)``
+  *with* its weight and bias is silently wrong (torch 2.13, upstream of the BN;
+  see ``tests/test_core_batchnorm.py``). Normalizing without weight/bias and applying
+  the affine step by hand is correct.
+* Running-statistic buffers are updated in place, which ``vmap`` + ``grad`` reject.
+
+``BatchStatNorm`` does the normalization that way and keeps the original
+``weight``/``bias`` Parameter objects and names, so state dicts, optimizers and
+functional calls see the same parameters as before the swap.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BatchStatNorm(nn.Module):
+    """BatchNorm over the current batch's statistics, affine applied separately."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm) -> "BatchStatNorm":
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.num_features, new.eps = bn.num_features, bn.eps
+        # Reuse the very same Parameter objects: an optimizer built on the model stays valid.
+        new.weight, new.bias = bn.weight, bn.bias
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.batch_norm(x, None, None, None, None, training=True, momentum=0.0, eps=self.eps)
+        if self.weight is not None:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}"
+
+
+def convert_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm{1,2,3}d`` in ``model`` (in place) by ``BatchStatNorm``.
+
+    Returns the model. Running-statistic buffers are dropped: MAML uses batch statistics.
+    """
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(model, name, BatchStatNorm.from_batchnorm(child))
+        else:
+            convert_batchnorm(child)
+    return model

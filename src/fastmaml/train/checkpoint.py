@@ -1,0 +1,130 @@
+"""Checkpoints: tensors in safetensors (never pickle), everything else as JSON metadata.
+
+A checkpoint holds the meta-learner's state dict (model + learned inner rates), the
+optimizer's state, the iteration and the run's config. Files are written to a
+temporary name and moved into place with ``os.replace``, so a crash mid-write
+leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+
+from fastmaml.errors import CheckpointError
+
+FORMAT = "fastmaml-checkpoint-v1"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see either the old or the new file, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_checkpoint(
+    path: str | Path,
+    model_state: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Atomically save ``model_state`` (+ optimizer state) with JSON-serializable ``meta``."""
+    path = Path(path)
+    tensors = {f"model/{k}": v.detach().contiguous().cpu() for k, v in model_state.items()}
+    opt_meta = None
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for idx, state in sd["state"].items():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim/{idx}/{key}"] = value.detach().contiguous().cpu()
+                else:
+                    scalars.setdefault(str(idx), {})[key] = value
+        opt_meta = {"param_groups": sd["param_groups"], "scalars": scalars}
+    header = {"format": FORMAT, "meta": json.dumps(meta or {}), "optimizer": json.dumps(opt_meta)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint: ``{"model": state_dict, "optimizer": state_dict | None, "meta": dict}``.
+
+    Raises :class:`CheckpointError` for a missing, truncated, corrupt or foreign file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the run folder or start without --resume")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path), device=str(map_location))
+    except (SafetensorsError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({e}); delete it to start over, or resume from another "
+            "checkpoint (training writes atomically, so an earlier one in the run folder is intact)"
+        ) from e
+    if header.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a fastmaml checkpoint (format={header.get('format')!r}, "
+            f"expected {FORMAT!r}); point to a checkpoint written by fastmaml"
+        )
+    try:
+        meta = json.loads(header["meta"])
+        opt_meta = json.loads(header["optimizer"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} has a damaged header ({e}); it cannot be resumed") from e
+    model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    optimizer = None
+    if opt_meta is not None:
+        state: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim/"):
+                _, idx, key = k.split("/", 2)
+                state.setdefault(int(idx), {})[key] = v
+        for idx, scalars in opt_meta["scalars"].items():
+            state.setdefault(int(idx), {}).update(scalars)
+        optimizer = {"state": state, "param_groups": opt_meta["param_groups"]}
+    return {"model": model, "optimizer": optimizer, "meta": meta}
+
+
+def load_state_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """``module.load_state_dict(state)`` with an error that says which checkpoint does not fit."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"checkpoint {source} does not fit this model (was it trained with another config?): {e}"
+        ) from e

@@ -1,0 +1,196 @@
+"""The one meta-training loop every experiment and application uses.
+
+Run folder layout::
+
+    run_dir/config.json        the full config of the run
+    run_dir/metrics.jsonl      one JSON line per logged iteration (and per validation)
+    run_dir/checkpoints/last.safetensors   latest state (resume point)
+    run_dir/checkpoints/best.safetensors   best validation score so far (if validating)
+
+Determinism: the meta-batch of iteration ``i`` is drawn from a generator seeded by
+``(seed, i)``, and the optimizer state is checkpointed, so a run killed at any point
+and resumed from its last checkpoint ends with the same parameters as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from fastmaml.core.maml import MAML
+from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
+from fastmaml.tasks.batch import TaskBatch
+from fastmaml.train import distributed as D
+from fastmaml.train.checkpoint import atomic_write_text, load_checkpoint, load_state_into, save_checkpoint
+
+BatchSampler = Callable[[torch.Generator], TaskBatch]
+Validator = Callable[[MAML], dict[str, float]]
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 70_000
+    meta_batch_size: int = 25
+    meta_lr: float = 1e-3
+    seed: int = 0
+    grad_clip: float | None = None  # clamp each meta-gradient element to [-c, c] (the paper's MiniImagenet setting)
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    validate_every: int = 0  # 0: no validation
+    device: str = "cpu"
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    progress: bool = True
+
+
+def iteration_generator(seed: int, iteration: int) -> torch.Generator:
+    """The generator that draws iteration ``iteration``'s meta-batch (independent of history)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+
+
+def meta_train(
+    learner: MAML,
+    sample_batch: BatchSampler,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    validate: Validator | None = None,
+    select_metric: str = "loss",
+    select_mode: str = "min",
+    run_config: dict[str, Any] | None = None,
+    dist_ctx: D.DistContext | None = None,
+) -> dict[str, Any]:
+    """Meta-train ``learner`` with Adam for ``cfg.iterations`` meta-iterations.
+
+    ``sample_batch(generator)`` returns one meta-batch of ``cfg.meta_batch_size`` tasks.
+    ``validate(learner)`` returns metrics; the checkpoint with the best
+    ``select_metric`` is kept as ``best.safetensors``. Returns a summary dict.
+    """
+    if cfg.iterations < 0 or cfg.checkpoint_every < 1 or cfg.log_every < 1:
+        raise ConfigError("iterations must be >= 0 and checkpoint_every, log_every >= 1")
+    if select_mode not in ("min", "max"):
+        raise ConfigError(f"select_mode must be 'min' or 'max', got {select_mode!r}")
+    ctx = dist_ctx or D.DistContext()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
+    log_path = run_dir / "metrics.jsonl"
+    device = torch.device(cfg.device)
+    learner.to(device)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr)
+
+    start, best = 0, None
+    if resume and last_path.exists():
+        ckpt = load_checkpoint(last_path, map_location=device)
+        load_state_into(learner, ckpt["model"], last_path)
+        if ckpt["optimizer"] is None:
+            raise CheckpointError(f"{last_path} holds no optimizer state, so training cannot resume from it")
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start = int(ckpt["meta"]["iteration"])
+        best = ckpt["meta"].get("best")
+        if ctx.is_main:
+            _truncate_log(log_path, start)
+    elif ctx.is_main:
+        if last_path.exists():
+            raise ConfigError(
+                f"{run_dir} already holds a run (checkpoint {last_path}); pass --resume to continue it "
+                "or choose another run folder"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_path.unlink(missing_ok=True)
+    if ctx.is_main:
+        atomic_write_text(run_dir / "config.json", json.dumps(run_config or {}, indent=2) + "\n")
+
+    def checkpoint(path: Path, iteration: int) -> None:
+        if ctx.is_main:
+            meta = {"iteration": iteration, "best": best, "config": run_config or {}, "seed": cfg.seed}
+            save_checkpoint(path, learner.state_dict(), optimizer, meta)
+
+    bar = tqdm(
+        total=cfg.iterations, initial=start, disable=not (cfg.progress and ctx.is_main), desc="meta-train",
+        dynamic_ncols=True, mininterval=1.0,
+    )
+    t0, window_loss, window_n = time.perf_counter(), 0.0, 0
+    last_good = start
+    with open(log_path, "a") if ctx.is_main else _NullFile() as log:
+        for it in range(start, cfg.iterations):
+            batch = D.shard(sample_batch(iteration_generator(cfg.seed, it)), ctx).to(device)
+            optimizer.zero_grad(set_to_none=True)
+            out = learner(batch)
+            loss_value = D.all_reduce_scalar(float(out.loss.detach()), ctx, device)
+            if not math.isfinite(loss_value):
+                bar.close()
+                kept = f"the last good checkpoint ({last_path}, iteration {last_good}) is kept" if last_good else (
+                    "no checkpoint had been written yet")
+                raise NonFiniteLossError(
+                    f"meta-loss is {loss_value} at iteration {it + 1}; training stopped and {kept}. "
+                    "Lower train.meta_lr or maml.inner_lr, set train.grad_clip, or check the data for NaN/inf."
+                )
+            out.loss.backward()
+            D.average_gradients(learner.parameters(), ctx)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_value_(learner.parameters(), cfg.grad_clip)
+            optimizer.step()
+
+            window_loss += loss_value
+            window_n += 1
+            done = it + 1
+            if done % cfg.log_every == 0 or done == cfg.iterations:
+                rec = {"iteration": done, "loss": window_loss / window_n, "time": time.perf_counter() - t0}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                window_loss, window_n = 0.0, 0
+            bar.update(1)
+            if validate is not None and cfg.validate_every and (done % cfg.validate_every == 0 or done == cfg.iterations):
+                scores = validate(learner)
+                score = scores[select_metric]
+                rec = {"iteration": done, **{f"val_{k}": v for k, v in scores.items()}}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                if best is None or (score < best if select_mode == "min" else score > best):
+                    best = score
+                    checkpoint(best_path, done)
+            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+                checkpoint(last_path, done)
+                last_good = done
+    bar.close()
+    return {"iterations": cfg.iterations, "resumed_from": start, "best": best, "seconds": time.perf_counter() - t0}
+
+
+def _truncate_log(log_path: Path, iteration: int) -> None:
+    """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+    if not log_path.exists():
+        return
+    keep = []
+    for line in log_path.read_text().splitlines():
+        try:
+            if json.loads(line)["iteration"] <= iteration:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut off by the crash
+    atomic_write_text(log_path, "".join(k + "\n" for k in keep))
+
+
+class _NullFile:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def write(self, _):
+        pass
+
+    def flush(self):
+        pass
