@@ -15,32 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+import safetensors
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from fastmaml.errors import CheckpointError
+from fastmaml.fileio import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 
 FORMAT = "fastmaml-checkpoint-v1"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see either the old or the new file, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+# The error class was renamed across safetensors releases; catch whichever this one has.
+_SafetensorError = getattr(safetensors, "SafetensorError", RuntimeError)
 
 
 def save_checkpoint(
@@ -86,12 +70,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the run folder or start without --resume")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
         tensors = load_file(str(path), device=str(map_location))
-    except (SafetensorsError, OSError, ValueError, RuntimeError) as e:
+    except (_SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt ({e}); delete it to start over, or resume from another "
             "checkpoint (training writes atomically, so an earlier one in the run folder is intact)"
