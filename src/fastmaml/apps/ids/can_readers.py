@@ -529,7 +529,9 @@ class PythonCanReader(CaptureReader):
     """Any format ``can.LogReader`` opens (ASC, BLF, TRC, python-can CSV, MF4, SQLite).
 
     python-can reports no line numbers; a parse failure raises DataError naming the file and
-    the frame index reached. Error frames are skipped and counted.
+    the frame index reached. Error frames are skipped and counted. A non-empty file giving
+    zero frames raises DataError. Limitation: python-can itself stops quietly at a truncated
+    BLF and only logs a warning for a bad TRC line, so those cases cannot be counted here.
     """
 
     format_name = "python-can"
@@ -582,6 +584,12 @@ class PythonCanReader(CaptureReader):
             ) from e
         if rows:
             yield flush()
+        if k == 0 and self.path.stat().st_size > 0:
+            # python-can returns nothing (no error) for some garbage files; never report that as "empty".
+            raise DataError(
+                f"{self.path}: python-can found no frames in a non-empty file ({self.path.stat().st_size} bytes); "
+                "the file is corrupt, not of the format its extension says, or holds only a header"
+            )
         if side is not None and offset != len(side[0]):
             raise DataError(f"{self.labels_path}: has {len(side[0])} labels but {self.path} has {offset} frames")
 
