@@ -10,6 +10,7 @@ when everything succeeded, so an interrupted or rejected extraction leaves no ha
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import shutil
@@ -19,6 +20,8 @@ import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path, PureWindowsPath
+
+import torch
 
 from fastmaml.errors import DataError
 
@@ -78,7 +81,7 @@ def _check_inside(root: Path, candidate: str | os.PathLike, member: str, what: s
         )
 
 
-def _check_link_target(root: Path, parts: list[str], target: str, member: str) -> None:
+def _check_link_target(parts: list[str], target: str, member: str) -> None:
     """A symlink target is relative to the link's own folder; it must stay inside ``root``."""
     t = target.replace("\\", "/")
     if t.startswith("/") or PureWindowsPath(target).drive:
@@ -106,7 +109,7 @@ def _plan_zip(zf: zipfile.ZipFile, root: Path) -> list[tuple[str, list[str], str
             continue
         if _zip_is_symlink(info):
             target = zf.read(info).decode("utf-8", "surrogateescape")
-            _check_link_target(root, parts, target, info.filename)
+            _check_link_target(parts, target, info.filename)
             plan.append((info.filename, parts, "symlink", target))
         elif info.is_dir():
             plan.append((info.filename, parts, "dir", None))
@@ -122,7 +125,7 @@ def _plan_tar(tf: tarfile.TarFile, root: Path) -> list[tuple[tarfile.TarInfo, li
         if not parts:
             continue
         if m.issym():
-            _check_link_target(root, parts, m.linkname, m.name)
+            _check_link_target(parts, m.linkname, m.name)
         elif m.islnk():
             # Hard link targets are archive paths relative to the archive root.
             link_parts = _member_parts(m.linkname)
@@ -281,3 +284,57 @@ def download(
         if tmp.exists():
             tmp.unlink()
     return dest
+
+
+# ----------------------------------------------------------------------------- decoded-data caches
+
+
+def default_cache_dir(name: str) -> Path:
+    """``$FASTMAML_CACHE_DIR/<name>``, else ``~/.cache/fastmaml/<name>``."""
+    root = os.environ.get("FASTMAML_CACHE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "fastmaml"
+    return base / name
+
+
+def save_cache(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write a safetensors cache atomically, with a digest of the tensors for corruption checks."""
+    from safetensors.torch import save_file
+
+    meta = dict(meta)
+    meta["digest"] = _tensor_digest(tensors)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"meta": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_cache(path: Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """Read a cache written by :func:`save_cache`; ``None`` when absent, corrupt or stale."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["meta"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception:  # any parse failure means a damaged file; the caller rebuilds it
+        return None
+    if verify and meta.get("digest") != _tensor_digest(tensors):
+        return None
+    return tensors, meta
+
+
+def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # hashes the buffer without a copy
+    return h.hexdigest()

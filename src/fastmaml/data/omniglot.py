@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import random
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -30,7 +28,7 @@ from typing import Iterable, Literal
 import numpy as np
 import torch
 
-from fastmaml.data.archive import download, sha256_file, verify_sha256
+from fastmaml.data.archive import default_cache_dir, download, load_cache, save_cache, sha256_file, verify_sha256
 from fastmaml.errors import DataError
 
 SETS = ("background", "evaluation")
@@ -47,13 +45,6 @@ NUM_CHARACTERS = {"background": 964, "evaluation": 659}
 DRAWINGS_PER_CHARACTER = 20
 ORIGINAL_SIZE = 105
 _CACHE_VERSION = "1"
-
-
-def default_cache_dir(name: str) -> Path:
-    """``$FASTMAML_CACHE_DIR/<name>``, else ``~/.cache/fastmaml/<name>``."""
-    root = os.environ.get("FASTMAML_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "fastmaml"
-    return base / name
 
 
 @dataclass
@@ -273,49 +264,6 @@ def _source_key(source: Path) -> str:
     for p in sorted(source.rglob("*.png")):
         st = p.stat()
         h.update(f"{p.relative_to(source)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def save_cache(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write a safetensors cache atomically, with a digest of the tensors for corruption checks."""
-    from safetensors.torch import save_file
-
-    meta = dict(meta)
-    meta["digest"] = _tensor_digest(tensors)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"meta": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def load_cache(path: Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict] | None:
-    """Read a cache written by :func:`save_cache`; ``None`` when absent, corrupt or stale."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["meta"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception:  # any parse failure means a damaged file; the caller rebuilds it
-        return None
-    if verify and meta.get("digest") != _tensor_digest(tensors):
-        return None
-    return tensors, meta
-
-
-def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        t = tensors[k].contiguous()
-        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}\n".encode())
-        h.update(t.numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
