@@ -42,7 +42,7 @@ import csv
 import os
 import struct
 import warnings
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -236,18 +236,22 @@ class _TrackedFile:
         self.name = name
         self.short = False
         self._empty = 0
+        # was each of the last two reads short? (tells whether the last yielded packet was cut)
+        self.hist: deque[bool] = deque([False, False], maxlen=2)
 
     def read(self, n: int = -1) -> bytes:
         if n < 0 or n > _MAX_RECORD:
             raise _CorruptRecord(f"record length {n} bytes is impossible")
         b = self._f.read(n)
+        cut = False
         if len(b) < n:
             if b:
-                self.short = True
+                cut = True
             else:
                 self._empty += 1
-                if self._empty > 1:
-                    self.short = True
+                cut = self._empty > 1
+        self.short |= cut
+        self.hist.append(cut)
         return b
 
     def fileno(self) -> int:
@@ -337,44 +341,43 @@ class PcapReader:
             H = HEAD
             zero = bytes(H)
             idx0 = 0
+            # One packet is held back between chunks: only after dpkt's next read do we know
+            # whether the previous record was cut short by the end of the file.
+            pend: list[tuple[float, int, bytes, bytes]] = []
             while True:
-                heads: list[bytes] = []
-                bufs: list[bytes] = []
-                tss: list[float] = []
-                lens: list[int] = []
+                recs = pend
+                pend = []
                 stop = False
+                ended_normally = False
                 try:
                     for ts, buf in it:
-                        tss.append(float(ts))
-                        lens.append(len(buf))
-                        bufs.append(buf)
-                        heads.append(buf[:H] if len(buf) >= H else (buf + zero)[:H])
-                        if len(tss) >= self.chunk_size:
+                        recs.append((float(ts), len(buf), buf, buf[:H] if len(buf) >= H else (buf + zero)[:H]))
+                        if len(recs) > self.chunk_size:
+                            pend = [recs.pop()]
                             break
                     else:
-                        stop = True
+                        stop = ended_normally = True
                 except (dpkt.dpkt.Error, struct.error) as e:
-                    # dpkt failed on a record header: either the file was cut (the tracker
-                    # saw a short read) or the record is corrupt.
+                    # dpkt failed on a record: either the file was cut (the tracker saw a
+                    # short read) or the record is corrupt.
                     if not f.short:
                         raise DataError(
-                            f"{self.path}: corrupt record at packet index {idx0 + len(tss)} ({e}); "
+                            f"{self.path}: corrupt record at packet index {idx0 + len(recs)} ({e}); "
                             "the capture is damaged: re-export it or cut it before this packet"
                         ) from None
                     stop = True
                 except _CorruptRecord as e:
                     raise DataError(
-                        f"{self.path}: corrupt record at packet index {idx0 + len(tss)} ({e}); "
+                        f"{self.path}: corrupt record at packet index {idx0 + len(recs)} ({e}); "
                         "the capture is damaged: re-export it or cut it before this packet"
                     ) from None
-                if stop and f.short and tss:
-                    # pcap: the last record's data was cut short; it is not a real packet.
-                    if lens and self._last_short(rd, lens[-1]):
-                        for lst in (tss, lens, bufs, heads):
-                            lst.pop()
-                if tss:
-                    chunk = self._decode(heads, bufs, np.asarray(tss), np.asarray(lens, dtype=np.int32), idx0)
-                    idx0 += len(tss)
+                if stop and ended_normally and f.short and f.hist[0] and recs:
+                    recs.pop()  # dpkt yielded the cut record with fewer bytes than recorded
+                if recs:
+                    tss = np.fromiter((r[0] for r in recs), dtype=np.float64, count=len(recs))
+                    lens = np.fromiter((r[1] for r in recs), dtype=np.int32, count=len(recs))
+                    chunk = self._decode([r[3] for r in recs], [r[2] for r in recs], tss, lens, idx0)
+                    idx0 += len(recs)
                     self.stats.packets = idx0
                     if len(chunk):
                         self.stats.yielded += len(chunk)
@@ -390,12 +393,6 @@ class PcapReader:
                 if self.on_truncated == "raise":
                     raise DataError(msg)
                 warnings.warn(msg, TruncatedCaptureWarning, stacklevel=2)
-
-    @staticmethod
-    def _last_short(rd: Any, n: int) -> bool:
-        # In pcap, dpkt yields the cut record with fewer bytes than its caplen; in pcapng
-        # the cut block fails to parse and is never yielded.
-        return isinstance(rd, dpkt.pcap.Reader)
 
     def packets(self) -> Iterator[dict[str, Any]]:
         """Yield one dict per packet (slow; for inspection, not for detection)."""
@@ -742,8 +739,6 @@ def iter_can_frames(path: str | os.PathLike, **reader_kwargs: Any) -> Iterator[t
     Packets are selected with the vectorized decoder, then only those carrying CAN are walked.
     """
     rd = PcapReader(path, **reader_kwargs)
-    with open(rd.path, "rb") as raw:  # second pass over raw bytes of the CAN packets only
-        pass
     wanted: dict[int, float] = {}
     for ch in rd.chunks():
         m = ch.can_count > 0
