@@ -128,7 +128,13 @@ def _plan_tar(tf: tarfile.TarFile, root: Path) -> list[tuple[tarfile.TarInfo, li
             _check_link_target(parts, m.linkname, m.name)
         elif m.islnk():
             # Hard link targets are archive paths relative to the archive root.
-            link_parts = _member_parts(m.linkname)
+            try:
+                link_parts = _member_parts(m.linkname)
+            except DataError:
+                raise DataError(
+                    f"archive member {m.name!r} is a hard link to {m.linkname!r}, outside the target folder; "
+                    "refusing to extract (unsafe archive)"
+                ) from None
             if not link_parts:
                 raise DataError(f"archive member {m.name!r} is a hard link to the archive root; refusing to extract")
         elif not (m.isfile() or m.isdir()):
