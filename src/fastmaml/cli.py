@@ -122,7 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fastmaml: interrupted; resume with --resume", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Under torchrun: wait for every rank, then leave the group cleanly (gloo aborts otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

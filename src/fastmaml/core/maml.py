@@ -124,7 +124,7 @@ class MAML(nn.Module):
         for name in self.inner_names:
             p = dict(model.named_parameters())[name]
             if inner_lr_mode == "per_layer_step":
-                self.inner_lrs[_key(name)] = nn.Parameter(torch.full((max(inner_steps, 1),), float(inner_lr), device=p.device))
+                self.inner_lrs[_key(name)] = nn.Parameter(torch.full((max(inner_steps, 1),), float(inner_lr), dtype=p.dtype, device=p.device))
             elif inner_lr_mode == "per_element":
                 self.inner_lrs[_key(name)] = nn.Parameter(torch.full_like(p.detach(), float(inner_lr)))
 

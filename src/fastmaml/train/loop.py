@@ -78,7 +78,8 @@ def meta_train(
         raise ConfigError("iterations must be >= 0 and checkpoint_every, log_every >= 1")
     if select_mode not in ("min", "max"):
         raise ConfigError(f"select_mode must be 'min' or 'max', got {select_mode!r}")
-    ctx = dist_ctx or D.DistContext()
+    # Under torchrun (WORLD_SIZE > 1 in the environment) this joins the process group.
+    ctx = dist_ctx or D.init_from_env(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(run_dir)

@@ -1,0 +1,167 @@
+"""The training loop: resumption, NaN handling, checkpoints, configs, distributed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from fastmaml.config import load_config
+from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
+from fastmaml.experiments import sinusoid as S
+from fastmaml.tasks.batch import TaskBatch
+from fastmaml.train.checkpoint import load_checkpoint
+from fastmaml.train.loop import TrainConfig, meta_train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_cfg(**train):
+    cfg = load_config(S.SinusoidConfig, None, ["train.progress=false", "train.threads=1"])
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def final_params(run_dir):
+    return load_checkpoint(Path(run_dir) / "checkpoints" / "last.safetensors")["model"]
+
+
+def test_resume_in_process_equals_uninterrupted(tmp_path):
+    cfg = small_cfg(iterations=60, checkpoint_every=20, log_every=10)
+    S.train(cfg, tmp_path / "straight")
+    cfg_short = small_cfg(iterations=40, checkpoint_every=20, log_every=10)
+    S.train(cfg_short, tmp_path / "split")
+    S.train(cfg, tmp_path / "split", resume=True)
+    a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "split")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lines = [json.loads(l) for l in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["iteration"] for l in lines] == [10, 20, 30, 40, 50, 60]
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    """A real crash: the CLI process is SIGKILLed mid-run, then resumed."""
+    args = ["sinusoid", "train", "--preset", "paper", "train.iterations=1500", "train.checkpoint_every=100",
+            "train.log_every=100", "train.threads=1", "train.progress=false"]
+    cmd = [sys.executable, "-m", "fastmaml.cli"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    subprocess.run(cmd + args + ["--run-dir", str(tmp_path / "straight")], check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + args + ["--run-dir", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run / "checkpoints" / "last.safetensors"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and load_checkpoint(ckpt)["meta"]["iteration"] >= 300:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed; raise train.iterations"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(ckpt)["meta"]["iteration"]
+    assert 300 <= killed_at < 1500
+    subprocess.run(cmd + args + ["--run-dir", str(run), "--resume"], check=True, env=env, capture_output=True)
+    a, b = final_params(tmp_path / "straight"), final_params(run)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = small_cfg(iterations=50, checkpoint_every=10)
+    learner = S.build_learner(cfg)
+    good = S.batch_sampler(cfg)
+    calls = {"n": 0}
+
+    def sampler(g):
+        calls["n"] += 1
+        batch = good(g)
+        if calls["n"] == 15:
+            batch = TaskBatch(batch.support_x, batch.support_y, batch.query_x, batch.query_y * float("nan"))
+        return batch
+
+    with pytest.raises(NonFiniteLossError, match=r"iteration 15\b.*iteration 10"):
+        meta_train(learner, sampler, cfg.train, tmp_path)
+    meta = load_checkpoint(tmp_path / "checkpoints" / "last.safetensors")["meta"]
+    assert meta["iteration"] == 10
+    assert all(torch.isfinite(v).all() for v in final_params(tmp_path).values())
+
+
+def test_existing_run_needs_resume_flag(tmp_path):
+    cfg = small_cfg(iterations=5, checkpoint_every=5)
+    S.train(cfg, tmp_path)
+    with pytest.raises(ConfigError, match="--resume"):
+        S.train(cfg, tmp_path)
+
+
+def test_truncated_foreign_and_missing_checkpoints(tmp_path):
+    cfg = small_cfg(iterations=5, checkpoint_every=5)
+    S.train(cfg, tmp_path / "run")
+    path = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.zeros(3)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not a fastmaml checkpoint"):
+        load_checkpoint(foreign)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00\xffnot a checkpoint" * 10)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(garbage)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+    # A checkpoint of another architecture is refused with a clear message.
+    other = load_config(S.SinusoidConfig, None, ["hidden=[8]"])
+    with pytest.raises(CheckpointError, match="does not fit"):
+        S.load_learner(other, tmp_path / "run")
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'train.iterationz'"):
+        load_config(S.SinusoidConfig, None, ["train.iterationz=5"])
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_config(S.SinusoidConfig, None, ["train.iterations=fast"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(S.SinusoidConfig, None, ["train.iterations"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  meta_batch: 3\n")
+    with pytest.raises(ConfigError, match="unknown config key 'train.meta_batch'"):
+        load_config(S.SinusoidConfig, bad)
+    cfg = load_config(S.SinusoidConfig, S.PRESETS / "sinusoid_paper.yaml", ["maml.first_order=true", "shots=[5]"])
+    assert cfg.train.iterations == 70000 and cfg.maml.first_order is True and cfg.shots == [5]
+
+
+def test_cli_reports_errors_without_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run([sys.executable, "-m", "fastmaml.cli", "sinusoid", "train", "--run-dir", str(tmp_path),
+                        "train.iterationz=3"], env=env, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "unknown config key" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    """The meta-batch split over 2 gloo processes gives the one-process result (to float rounding)."""
+    args = ["sinusoid", "train", "--preset", "paper", "train.iterations=30", "train.checkpoint_every=30",
+            "train.threads=1", "train.progress=false", "train.meta_batch_size=24"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "fastmaml.cli", *args, "--run-dir", str(tmp_path / "one")],
+                   check=True, env=env, capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "fastmaml.cli", *args, "--run-dir", str(tmp_path / "two")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = final_params(tmp_path / "one"), final_params(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert max((a[k] - b[k]).abs().max() for k in a) < 1e-4
