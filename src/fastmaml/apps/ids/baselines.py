@@ -1,0 +1,167 @@
+"""Rule baselines a reviewer expects beside the learned detectors.
+
+* ``AllowListRule``: flags IDs never seen in benign training traffic.
+* ``TimingRule``: flags a frame arriving much sooner than its ID's learned period
+  (inter-arrival < ``factor`` x period).
+* ``PayloadRangeRule``: flags a payload byte outside the per-ID range seen in benign traffic.
+
+Each rule is fitted on benign frames and predicts per frame (``predict(FrameBatch)``) or per
+sample of a SampleSet built by ``features.build_sample_set`` (``predict_samples``; a window is
+flagged when any of its frames is). ``detection_metrics`` turns predictions into
+precision/recall/F1/FPR for attack-vs-benign.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from fastmaml.apps.ids.features import FRAME_FEATURES, FeatureState, FrameFeaturizer
+from fastmaml.apps.ids.frames import FrameBatch
+from fastmaml.apps.ids.samples import SampleSet
+from fastmaml.errors import DataError
+
+
+def _batches(frames: Iterable[FrameBatch] | FrameBatch) -> Iterable[FrameBatch]:
+    return [frames] if isinstance(frames, FrameBatch) else frames
+
+
+def _col(s: SampleSet, name: str) -> torch.Tensor:
+    if name not in s.feature_names:
+        raise DataError(f"SampleSet lacks feature {name!r}; build it with features.build_sample_set")
+    return s.features[..., s.feature_names.index(name)]
+
+
+def _sample_ids(s: SampleSet) -> torch.Tensor:
+    """CAN IDs back from the scaled feature (exact for 11-bit IDs; float32 rounds 29-bit ones)."""
+    ext = _col(s, "is_extended") > 0.5
+    scaled = _col(s, "id_scaled").double()
+    return torch.where(ext, scaled * 0x1FFFFFFF, scaled * 0x7FF).round().long()
+
+
+def _any_in_window(flags: torch.Tensor) -> torch.Tensor:
+    return flags.any(dim=1) if flags.dim() == 2 else flags
+
+
+class AllowListRule:
+    """Flags frames whose ID was not seen in benign training traffic."""
+
+    def __init__(self) -> None:
+        self.allowed: np.ndarray = np.zeros(0, np.int64)
+
+    def fit(self, frames: Iterable[FrameBatch] | FrameBatch) -> AllowListRule:
+        """Learn the allowed IDs from benign (or unlabelled) frames."""
+        ids = [np.unique(b.can_id[~b.is_attack()]) for b in _batches(frames)]
+        self.allowed = np.unique(np.concatenate(ids)).astype(np.int64) if ids else np.zeros(0, np.int64)
+        return self
+
+    def predict(self, frames: FrameBatch) -> np.ndarray:
+        """Bool [N]: True = attack."""
+        return ~np.isin(frames.can_id.astype(np.int64), self.allowed)
+
+    def predict_samples(self, s: SampleSet) -> torch.Tensor:
+        """Bool [N] for a frame- or window-level SampleSet."""
+        ids = _sample_ids(s)
+        flags = ~torch.isin(ids, torch.from_numpy(self.allowed))
+        return _any_in_window(flags)
+
+
+class TimingRule:
+    """Flags frames arriving sooner than ``factor`` x their ID's learned period.
+
+    Frames of IDs unseen in training are judged against the median period; an ID's first
+    frame is never flagged.
+    """
+
+    def __init__(self, factor: float = 0.5) -> None:
+        if not 0 < factor < 1:
+            raise DataError(f"TimingRule factor must be in (0, 1), got {factor}")
+        self.factor = factor
+        self.state: FeatureState | None = None
+
+    def fit(self, frames: Iterable[FrameBatch] | FrameBatch | FeatureState) -> TimingRule:
+        """Learn periods from benign frames (or reuse a fitted FeatureState)."""
+        self.state = frames if isinstance(frames, FeatureState) else FeatureState.fit(frames)
+        return self
+
+    def _threshold(self) -> float:
+        return float(np.log2(self.factor) / 4.0)  # same scale as the dt_log_ratio feature
+
+    def predict(self, frames: FrameBatch) -> np.ndarray:
+        """Bool [N] for one whole capture."""
+        if self.state is None:
+            raise DataError("TimingRule: call fit() first")
+        x = FrameFeaturizer(self.state).transform(frames)
+        return x[:, FRAME_FEATURES.index("dt_log_ratio")] < self._threshold()
+
+    def predict_samples(self, s: SampleSet) -> torch.Tensor:
+        """Bool [N] from the ``dt_log_ratio`` feature."""
+        return _any_in_window(_col(s, "dt_log_ratio") < self._threshold())
+
+
+class PayloadRangeRule:
+    """Flags a frame when any payload byte leaves the [min - margin, max + margin] seen for its ID.
+
+    Frames of IDs unseen in training are flagged too (no range known).
+    """
+
+    def __init__(self, margin: int = 0) -> None:
+        self.margin = margin
+        self.ids = np.zeros(0, np.int64)
+        self.lo = np.zeros((0, 8), np.int64)
+        self.hi = np.zeros((0, 8), np.int64)
+
+    def fit(self, frames: Iterable[FrameBatch] | FrameBatch) -> PayloadRangeRule:
+        """Learn per-ID byte ranges from benign frames."""
+        lo: dict[int, np.ndarray] = {}
+        hi: dict[int, np.ndarray] = {}
+        for b in _batches(frames):
+            keep = ~b.is_attack()
+            ids, data = b.can_id[keep].astype(np.int64), b.data[keep, :8].astype(np.int64)
+            for cid in np.unique(ids).tolist():
+                d = data[ids == cid]
+                lo[cid] = np.minimum(lo.get(cid, d.min(0)), d.min(0))
+                hi[cid] = np.maximum(hi.get(cid, d.max(0)), d.max(0))
+        self.ids = np.array(sorted(lo), np.int64)
+        self.lo = np.array([lo[i] for i in self.ids.tolist()], np.int64).reshape(-1, 8) - self.margin
+        self.hi = np.array([hi[i] for i in self.ids.tolist()], np.int64).reshape(-1, 8) + self.margin
+        return self
+
+    def _flag(self, ids: np.ndarray, data: np.ndarray) -> np.ndarray:
+        if not len(self.ids):
+            return np.ones(len(ids), bool)
+        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        known = self.ids[pos] == ids
+        out = (data < self.lo[pos]) | (data > self.hi[pos])
+        return ~known | out.any(1)
+
+    def predict(self, frames: FrameBatch) -> np.ndarray:
+        """Bool [N]: True = attack."""
+        return self._flag(frames.can_id.astype(np.int64), frames.data[:, :8].astype(np.int64))
+
+    def predict_samples(self, s: SampleSet) -> torch.Tensor:
+        """Bool [N] from the id and byte features."""
+        ids = _sample_ids(s).reshape(-1).numpy()
+        cols = [s.feature_names.index(f"b{i}") for i in range(8)]
+        data = (s.features[..., cols].reshape(-1, 8) * 255).round().long().numpy()
+        flags = torch.from_numpy(self._flag(ids, data)).reshape(s.features.shape[:-1])
+        return _any_in_window(flags)
+
+
+def detection_metrics(pred_attack: np.ndarray | torch.Tensor, true_attack: np.ndarray | torch.Tensor) -> dict[str, float]:
+    """Attack-vs-benign precision, recall, F1, false-positive rate and accuracy."""
+    p = np.asarray(pred_attack, bool)
+    t = np.asarray(true_attack, bool)
+    if p.shape != t.shape:
+        raise DataError(f"detection_metrics: prediction shape {p.shape} vs truth shape {t.shape}")
+    tp, fp = int((p & t).sum()), int((p & ~t).sum())
+    fn, tn = int((~p & t).sum()), int((~p & ~t).sum())
+    prec = tp / (tp + fp) if tp + fp else 0.0
+    rec = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
+        "fpr": fp / (fp + tn) if fp + tn else 0.0, "accuracy": (tp + tn) / max(len(t), 1),
+        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+    }
