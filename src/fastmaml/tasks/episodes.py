@@ -127,7 +127,8 @@ class EpisodeSampler:
                     f"episode data tensor has shape {tuple(data.shape)}; expected [classes, examples, *features]"
                 )
             self._dense = True
-            self.data: torch.Tensor | list[torch.Tensor] = data
+            # Contiguous once here, so gathering through a flat [C*n, ...] view never copies the set.
+            self.data: torch.Tensor | list[torch.Tensor] = data.contiguous()
             self.counts = torch.full((data.shape[0],), data.shape[1], dtype=torch.long)
             self.feature_shape = tuple(data.shape[2:])
             self.dtype = data.dtype
@@ -205,36 +206,46 @@ class EpisodeSampler:
         ex = sample_distinct(self.counts[cls].flatten(), m, generator).view(t, n, m)
         return EpisodeIndices(cls, ex)
 
-    def gather(self, idx: EpisodeIndices, generator: torch.Generator | None = None) -> TaskBatch:
-        """Build the :class:`TaskBatch` for given indices."""
-        cls, ex = idx.classes, idx.examples
-        t, n, m = ex.shape
-        k = self.k_shot
+    def _fetch(self, cls: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
+        """Examples ``ex`` of classes ``cls`` (both ``[T, L]``) as ``[T, L, *features]``."""
+        dd = self.data_device
         if self._dense:
-            dd = self.data_device
-            x = self.data[cls.to(dd)[..., None], ex.to(dd)]  # [T, N, K+Q, *f]
-        else:
-            x = torch.empty((t * n, m, *self.feature_shape), dtype=self.dtype, device=self.data_device)
-            flat_cls, flat_ex = cls.flatten(), ex.reshape(t * n, m)
-            # One indexing op per distinct class, not per (task, slot): cheap for few big classes.
-            for c in flat_cls.unique().tolist():
-                rows = (flat_cls == c).nonzero().squeeze(1)
-                x[rows.to(self.data_device)] = self.data[c][flat_ex[rows].to(self.data_device)]
-            x = x.view(t, n, m, *self.feature_shape)
-        x = x.to(self.device)
-        labels = torch.arange(n, device=self.device).view(1, n, 1).expand(t, n, m)
-        sx = x[:, :, :k].reshape(t, n * k, *self.feature_shape)
-        qx = x[:, :, k:].reshape(t, n * (m - k), *self.feature_shape)
-        sy = labels[:, :, :k].reshape(t, n * k)
-        qy = labels[:, :, k:].reshape(t, n * (m - k))
-        if self.shuffle_examples:
-            sp = torch.rand(sy.shape, generator=generator).argsort(dim=1).to(self.device)
-            qp = torch.rand(qy.shape, generator=generator).argsort(dim=1).to(self.device)
-            sx, sy = _take_rows(sx, sp), sy.gather(1, sp)
-            qx, qy = _take_rows(qx, qp), qy.gather(1, qp)
+            flat = self.data.flatten(0, 1)  # a view: [C * n, *features]
+            rows = (cls * self.data.shape[1] + ex).flatten().to(dd)
+            return flat.index_select(0, rows).view(*cls.shape, *self.feature_shape)
+        t, length = cls.shape
+        out = torch.empty((t * length, *self.feature_shape), dtype=self.dtype, device=dd)
+        flat_cls, flat_ex = cls.flatten(), ex.flatten()
+        # One indexing op per distinct class, not per example: cheap for a few big classes.
+        for c in flat_cls.unique().tolist():
+            rows = (flat_cls == c).nonzero().squeeze(1)
+            # index_select/index_copy_ are ~10x faster than advanced indexing on big row tables.
+            out.index_copy_(0, rows.to(dd), self.data[c].index_select(0, flat_ex[rows].to(dd)))
+        return out.view(t, length, *self.feature_shape)
+
+    def _part(
+        self, idx: EpisodeIndices, lo: int, hi: int, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and labels of example positions ``lo:hi`` of every class (support or query)."""
+        t, n, _ = idx.examples.shape
+        mm = hi - lo
+        cls = idx.classes[:, :, None].expand(t, n, mm).reshape(t, n * mm)
+        ex = idx.examples[:, :, lo:hi].reshape(t, n * mm)
+        y = torch.arange(n).view(1, n, 1).expand(t, n, mm).reshape(t, n * mm)
+        if self.shuffle_examples and mm:
+            # Permute indices rather than data, so no extra copy of the batch is made.
+            perm = torch.rand((t, n * mm), generator=generator).argsort(dim=1)
+            cls, ex, y = cls.gather(1, perm), ex.gather(1, perm), y.gather(1, perm)
+        return self._fetch(cls, ex).to(self.device), y.to(self.device)
+
+    def gather(self, idx: EpisodeIndices, generator: torch.Generator | None = None) -> TaskBatch:
+        """Build the :class:`TaskBatch` for given indices (``generator`` only for ``shuffle_examples``)."""
+        k, m = self.k_shot, idx.examples.shape[2]
+        sx, sy = self._part(idx, 0, k, generator)
+        qx, qy = self._part(idx, k, m, generator)
         if self.transform is not None:
             sx, qx = self.transform(sx), self.transform(qx)
-        return TaskBatch(sx, sy.contiguous(), qx, qy.contiguous())
+        return TaskBatch(sx, sy, qx, qy)
 
     def sample(
         self,
@@ -251,7 +262,3 @@ class EpisodeSampler:
         """
         return self.gather(self.sample_indices(batch_size, generator, classes), generator)
 
-
-def _take_rows(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    t, m = perm.shape
-    return x[torch.arange(t, device=x.device)[:, None], perm]
