@@ -193,3 +193,15 @@ def test_error_names_small_class_in_list():
         s.sample(2, g(), classes=[0, 1])
     with pytest.raises(DataError, match="features"):
         EpisodeSampler([torch.zeros(5, 3), torch.zeros(5, 4)], 2, 1, 1)
+
+
+def test_non_contiguous_input_and_index_decoding():
+    data = ident_data(30, 40)[:, ::2]  # non-contiguous view: example j of class i has index 2j
+    s = EpisodeSampler(data, 4, 2, 3)
+    idx = s.sample_indices(6, g(5))
+    b = s.gather(idx)
+    for t in range(6):
+        for lab in range(4):
+            xs = b.support_x[t][b.support_y[t] == lab]
+            assert xs[:, 0].unique().tolist() == [int(idx.classes[t, lab])]
+            assert (xs[:, 1] // 2).tolist() == idx.examples[t, lab, :2].tolist()

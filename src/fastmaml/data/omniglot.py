@@ -19,7 +19,6 @@ import hashlib
 import io
 import os
 import random
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -414,9 +413,3 @@ def download_omniglot(root: str | os.PathLike, sets: tuple[str, ...] = SETS, tim
         for s in sets
     ]
 
-
-def _timed_decode(root: str | os.PathLike, image_size: int = 28) -> float:
-    """Seconds to decode both sets without cache (used for the figure in the docs)."""
-    t = time.perf_counter()
-    load_omniglot(root, image_size, use_cache=False)
-    return time.perf_counter() - t
