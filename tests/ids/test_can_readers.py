@@ -235,3 +235,21 @@ def test_python_can_corrupt(tmp_path):
     p = _write(tmp_path, "bad.blf", b"LOGG" + bytes(range(200)))
     with pytest.raises(DataError, match=r"bad\.blf"):
         read_capture(p)
+
+
+@pytest.mark.parametrize(
+    "path, cls",
+    [("cic_sample.csv", CicIov2024Reader), ("carhacking_sample.csv", CarHackingReader),
+     ("candump_log_sample.log", CandumpReader)],
+)
+def test_fast_and_precise_paths_agree(path, cls, monkeypatch):
+    fast = cls(FIX / path).read_all()
+
+    def no_fast(self, lines):
+        raise ValueError("forced")
+
+    monkeypatch.setattr(cls, "_fast", no_fast)
+    slow = cls(FIX / path).read_all()
+    for col in ("timestamp", "can_id", "is_extended", "is_remote", "is_fd", "dlc", "length", "data"):
+        assert np.array_equal(getattr(fast, col), getattr(slow, col), equal_nan=col == "timestamp"), col
+    assert fast.labels() == slow.labels()
