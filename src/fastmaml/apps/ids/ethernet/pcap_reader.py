@@ -802,7 +802,7 @@ def read_labels(
     """Per-packet labels from a side CSV, as public automotive-Ethernet datasets ship them.
 
     The CSV has a header with an ``index`` column (0-based packet index) or a ``timestamp``
-    column, and an ``attack`` column (class name; ``benign`` or empty = benign) and/or a
+    column (with both, ``index`` is used when ``index`` is passed, else ``timestamp``), and an ``attack`` column (class name; ``benign`` or empty = benign) and/or a
     ``label`` column (0 = benign, other integers = attack; used when ``attack`` is absent,
     as ``attack_<label>``). Packets the CSV does not mention are benign.
 
@@ -821,7 +821,8 @@ def read_labels(
     with open(p, newline="") as fh:
         reader = csv.DictReader(fh)
         cols = [c.strip() for c in (reader.fieldnames or [])]
-        by_index = "index" in cols
+        # match by index when the caller gave indices (and the CSV has them), else by timestamp
+        by_index = "index" in cols and (index is not None or ts is None or "timestamp" not in cols)
         if not by_index and "timestamp" not in cols:
             raise DataError(f"{p}: label CSV needs an 'index' or 'timestamp' column, has {cols}; add a header row")
         if "attack" not in cols and "label" not in cols:
@@ -860,9 +861,21 @@ def read_labels(
         pos = np.clip(np.searchsorted(ks, want_t), 0, max(len(ks) - 1, 0))
         if len(ks):
             prev = np.maximum(pos - 1, 0)
-            pick = np.where(np.abs(ks[prev] - want_t) < np.abs(ks[pos] - want_t), prev, pos)
-            pos = pick
+            pos = np.where(np.abs(ks[prev] - want_t) < np.abs(ks[pos] - want_t), prev, pos)
             hit = np.abs(ks[pos] - want_t) <= ts_tolerance
+            # Packets with identical timestamps (common at epoch scale, where float64 resolves
+            # ~0.2 us) are matched to identical CSV timestamps in order of appearance.
+            left = np.searchsorted(ks, want_t, "left")
+            n_eq = np.searchsorted(ks, want_t, "right") - left
+            o = np.argsort(want_t, kind="stable")
+            wt = want_t[o]
+            grp_start = np.r_[0, np.flatnonzero(wt[1:] != wt[:-1]) + 1]
+            rank_s = np.arange(len(wt)) - np.repeat(grp_start, np.diff(np.r_[grp_start, len(wt)]))
+            rank = np.empty(len(wt), dtype=np.int64)
+            rank[o] = rank_s
+            exact = rank < n_eq
+            pos = np.where(exact, left + rank, pos)
+            hit = hit | exact
         else:
             hit = np.zeros(len(want_t), dtype=bool)
     labels = np.where(hit, cs[pos] if len(cs) else 0, 0).astype(np.int64)
