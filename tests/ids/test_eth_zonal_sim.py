@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,7 @@ def sim(attack: str, duration: float = 1.5, seed: int = 3, camera: bool = False)
     return _CACHE[key]
 
 
-def _decode(cap, tmp=Path("/tmp")):
-    import tempfile
+def _decode(cap):
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "c.pcap"
         cap.write(p)
@@ -137,8 +137,6 @@ def test_avtp_injection_same_stream_broken_sequence() -> None:
     cam = c.avtp_stream_id == zs.CAMERA_STREAM
     seq = c.avtp_seq[cam].astype(int)
     gaps = (np.diff(seq) - 1) % 256
-    benign_only = zs.simulate("none", 1.5, 3).frames
-    assert len(benign_only) < len(cap)
     assert (gaps != 0).sum() > 0.5 * att.sum()
 
 

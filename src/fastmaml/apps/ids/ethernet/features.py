@@ -321,7 +321,7 @@ class EthFeaturizer:
         interval = np.where(known, s._iv[pos] if len(s._keys) else np.nan, np.nan)
         has_seq = (seq >= 0) & (prev_seq >= 0)
         gap = np.where(has_seq, np.mod(seq - prev_seq - 1, mod), 0)
-        gap = np.where(gap >= mod // 2, gap - mod, gap)
+        gap = np.where(has_seq & (gap >= mod // 2), gap - mod, gap)
         av, pt = _raw_offsets(c)
         av_dev = np.where(known, _wrap32(np.nan_to_num(av - (s._avo[pos] if len(s._keys) else 0.0))), np.nan)
         av_dev = np.where(np.isfinite(av), av_dev, np.nan)
