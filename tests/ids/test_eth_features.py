@@ -13,7 +13,7 @@ from fastmaml.apps.ids.ethernet.baselines import rate_rule, rule_predictions, se
 from fastmaml.apps.ids.ethernet.features import (
     PACKET_FEATURES, EthFeatureState, EthFeaturizer, build_sample_set, packet_features,
 )
-from fastmaml.apps.ids.ethernet.pcap_reader import PacketChunk, PcapReader, read_pcap
+from fastmaml.apps.ids.ethernet.pcap_reader import PcapReader, read_pcap
 from fastmaml.errors import DataError
 
 COL = {n: i for i, n in enumerate(PACKET_FEATURES)}

@@ -284,3 +284,9 @@ def test_bad_label_csv(tmp_path: Path) -> None:
     (tmp_path / "c.csv").write_text("foo,bar\n1,2\n")
     with pytest.raises(DataError, match="'index' or 'timestamp'"):
         read_labels(tmp_path / "c.csv", index=np.arange(3))
+
+
+def test_capture_without_packets(tmp_path: Path) -> None:
+    wrpcap(str(tmp_path / "e.pcap"), [])
+    c, st = read_pcap(tmp_path / "e.pcap")
+    assert len(c) == 0 and st.packets == 0 and c.payload.shape == (0, 16)
