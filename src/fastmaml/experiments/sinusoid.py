@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,9 @@ from torch import nn
 
 from fastmaml.config import to_dict
 from fastmaml.core.maml import MAML, MAMLConfig
+from fastmaml.models.mlp import MLP
 from fastmaml.eval.plots import plot_curves, save_figure
+from fastmaml.eval.environment import environment
 from fastmaml.eval.stats import fmt, summarize
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.tasks.sinusoid import SinusoidTasks, oracle_inputs, target
@@ -64,13 +65,8 @@ class SinusoidConfig:
 
 
 def make_mlp(hidden: list[int], in_features: int = 1) -> nn.Module:
-    layers: list[nn.Module] = []
-    width = in_features
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    layers.append(nn.Linear(width, 1))
-    return nn.Sequential(*layers)
+    # The bare Sequential keeps parameter names flat ("0.weight", ...) in checkpoints.
+    return MLP(in_features, hidden, 1).net
 
 
 def build_learner(cfg: SinusoidConfig, kind: str = "maml", seed: int | None = None) -> MAML:
@@ -266,27 +262,6 @@ def reproduce(cfg: SinusoidConfig, out_dir: Path, resume: bool = False, command:
     atomic_write_text(out_dir / "results.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out_dir / "results.md", markdown(report))
     return report
-
-
-def environment() -> dict[str, Any]:
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": _cpu_name(),
-        "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def markdown(report: dict[str, Any]) -> str:

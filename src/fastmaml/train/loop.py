@@ -47,6 +47,7 @@ class TrainConfig:
     validate_every: int = 0  # 0: no validation
     device: str = "cpu"
     threads: int | None = None  # torch intra-op threads (None: torch's default)
+    max_minutes: float | None = None  # stop (with a checkpoint) once training has taken this long
     progress: bool = True
 
 
@@ -90,7 +91,7 @@ def meta_train(
     learner.to(device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr)
 
-    start, best = 0, None
+    start, best, time_offset = 0, None, 0.0  # time_offset: training seconds before a resume
     if resume and last_path.exists():
         ckpt = load_checkpoint(last_path, map_location=device)
         load_state_into(learner, ckpt["model"], last_path)
@@ -100,7 +101,7 @@ def meta_train(
         start = int(ckpt["meta"]["iteration"])
         best = ckpt["meta"].get("best")
         if ctx.is_main:
-            _truncate_log(log_path, start)
+            time_offset = _truncate_log(log_path, start)
     elif ctx.is_main:
         if last_path.exists():
             raise ConfigError(
@@ -117,12 +118,23 @@ def meta_train(
             meta = {"iteration": iteration, "best": best, "config": run_config or {}, "seed": cfg.seed}
             save_checkpoint(path, learner.state_dict(), optimizer, meta)
 
+    def run_validation(iteration: int) -> None:
+        nonlocal best
+        scores = validate(learner)
+        log.write(json.dumps({"iteration": iteration, "time": time.perf_counter() - t0,
+                              **{f"val_{k}": v for k, v in scores.items()}}) + "\n")
+        log.flush()
+        score = scores[select_metric]
+        if best is None or (score < best if select_mode == "min" else score > best):
+            best = score
+            checkpoint(best_path, iteration)
+
     bar = tqdm(
         total=cfg.iterations, initial=start, disable=not (cfg.progress and ctx.is_main), desc="meta-train",
         dynamic_ncols=True, mininterval=1.0,
     )
-    t0, window_loss, window_n = time.perf_counter(), 0.0, 0
-    last_good = start
+    t0, window_loss, window_n = time.perf_counter() - time_offset, 0.0, 0
+    last_good, done = start, start
     with open(log_path, "a") if ctx.is_main else _NullFile() as log:
         for it in range(start, cfg.iterations):
             batch = D.shard(sample_batch(iteration_generator(cfg.seed, it)), ctx).to(device)
@@ -154,33 +166,39 @@ def meta_train(
                 window_loss, window_n = 0.0, 0
             bar.update(1)
             if validate is not None and cfg.validate_every and (done % cfg.validate_every == 0 or done == cfg.iterations):
-                scores = validate(learner)
-                score = scores[select_metric]
-                rec = {"iteration": done, **{f"val_{k}": v for k, v in scores.items()}}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                if best is None or (score < best if select_mode == "min" else score > best):
-                    best = score
-                    checkpoint(best_path, done)
-            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+                run_validation(done)
+            out_of_time = cfg.max_minutes is not None and (time.perf_counter() - t0) / 60 >= cfg.max_minutes
+            if ctx.enabled and cfg.max_minutes is not None:  # every rank must stop at the same iteration
+                out_of_time = D.all_reduce_scalar(float(out_of_time), ctx, device) > 0
+            if done % cfg.checkpoint_every == 0 or done == cfg.iterations or out_of_time:
                 checkpoint(last_path, done)
                 last_good = done
+            if out_of_time:
+                if validate is not None and cfg.validate_every and done % cfg.validate_every:
+                    run_validation(done)  # a final validation so the best checkpoint reflects the end
+                break
     bar.close()
-    return {"iterations": cfg.iterations, "resumed_from": start, "best": best, "seconds": time.perf_counter() - t0}
+    return {"iterations": done, "resumed_from": start, "best": best, "seconds": time.perf_counter() - t0}
 
 
-def _truncate_log(log_path: Path, iteration: int) -> None:
-    """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+def _truncate_log(log_path: Path, iteration: int) -> float:
+    """Drop log lines written after the checkpoint we resume from (they will be redone).
+
+    Returns the training time logged up to that point, so times stay cumulative across resumes.
+    """
     if not log_path.exists():
-        return
-    keep = []
+        return 0.0
+    keep, seconds = [], 0.0
     for line in log_path.read_text().splitlines():
         try:
-            if json.loads(line)["iteration"] <= iteration:
+            rec = json.loads(line)
+            if rec["iteration"] <= iteration:
                 keep.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
+                seconds = max(seconds, float(rec.get("time", 0.0)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue  # a line cut off by the crash
     atomic_write_text(log_path, "".join(k + "\n" for k in keep))
+    return seconds
 
 
 class _NullFile:
