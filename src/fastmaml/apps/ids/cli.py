@@ -1,0 +1,145 @@
+"""``fastmaml ids ...``: simulate captures, compare few-shot detectors, train, adapt and run detectors.
+
+    fastmaml ids simulate --attack dos --duration 60 --out dos.log --labels dos_labels.csv
+    fastmaml ids compare --preset sim [--holdout dos,replay] [key=value ...] --out runs/ids/sim
+    fastmaml ids train --preset sim --attacks dos,fuzzing --out runs/ids/det
+    fastmaml ids adapt --detector runs/ids/det/detector --capture new.log --labels new.csv --shots 5 --out adapted
+    fastmaml ids detect --detector adapted --capture traffic.log --out verdicts.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from fastmaml.errors import DataError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``ids`` subcommand (called by ``fastmaml.cli``)."""
+    p = sub.add_parser("ids", help="few-shot intrusion detection on in-vehicle CAN traffic")
+    acts = p.add_subparsers(dest="action", required=True)
+
+    s = acts.add_parser("simulate", help="write a simulated candump capture (+ per-frame labels) with one attack")
+    s.add_argument("--attack", default="none", help="attack to inject (default: none = benign only)")
+    s.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, required=True, help="candump log to write")
+    s.add_argument("--labels", type=Path, default=None, help="index,label CSV to write (default: OUT with _labels.csv)")
+
+    c = acts.add_parser("compare", help="scratch vs pretrained vs MAML vs FOMAML (+ rules) on held-out attacks")
+    _common(c, "sim")
+    c.add_argument("--holdout", action="append", default=None, metavar="A[,B...]",
+                   help="attacks held out together in one fold; repeat for more folds (default: leave-one-attack-out)")
+    c.add_argument("--out", type=Path, required=True, help="folder for runs, results.json, report.md, figures")
+    c.add_argument("--no-resume", action="store_true", help="retrain and re-evaluate even when finished runs exist")
+
+    t = acts.add_parser("train", help="meta-train a detector on given attacks and save it")
+    _common(t, "sim")
+    t.add_argument("--attacks", default=None, help="comma-separated attacks to train on (default: all of the source)")
+    t.add_argument("--method", choices=["maml", "fomaml", "pretrained"], default="maml")
+    t.add_argument("--out", type=Path, required=True, help="folder; the detector goes to OUT/detector")
+
+    a = acts.add_parser("adapt", help="adapt a detector to a new attack from K labelled samples per class")
+    a.add_argument("--detector", type=Path, required=True, help="detector folder (from train or adapt)")
+    a.add_argument("--capture", type=Path, required=True, help="labelled capture (any supported format)")
+    a.add_argument("--labels", type=Path, default=None, help="side label file for candump/python-can captures")
+    a.add_argument("--format", default="auto", help="capture format (default: auto-detect)")
+    a.add_argument("--attack", default=None, help="attack label to adapt to (default: every non-benign label)")
+    a.add_argument("--shots", type=int, default=5, help="labelled samples per class, K (default: %(default)s)")
+    a.add_argument("--steps", type=int, default=None, help="gradient steps (default: the detector's)")
+    a.add_argument("--seed", type=int, default=0, help="which K samples are picked")
+    a.add_argument("--out", type=Path, required=True, help="folder for the adapted detector")
+
+    d = acts.add_parser("detect", help="stream a capture through a detector, one verdict per frame/window to CSV")
+    d.add_argument("--detector", type=Path, required=True)
+    d.add_argument("--capture", type=Path, required=True)
+    d.add_argument("--labels", type=Path, default=None, help="side label file: adds ground truth and metrics")
+    d.add_argument("--format", default="auto")
+    d.add_argument("--out", type=Path, required=True, help="CSV of verdicts")
+    d.add_argument("--chunk-size", type=int, default=65536)
+    d.add_argument("--skip-malformed", action="store_true", help="skip and count malformed lines instead of failing")
+    d.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=run)
+
+
+def _common(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--preset", default=default, help="cic, sim, tiny, sim_tiny or a YAML file (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.iterations=500")
+
+
+def _command_line() -> str:
+    return "fastmaml " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+
+
+def _split(text: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise DataError(f"empty attack list {text!r}; give comma-separated attack names")
+    return items
+
+
+def run(args: argparse.Namespace) -> None:
+    """Dispatch ``fastmaml ids <action>``."""
+    {"simulate": _simulate, "compare": _compare, "train": _train, "adapt": _adapt, "detect": _detect}[args.action](args)
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    from fastmaml.apps.ids import can_sim
+
+    if args.attack not in ("none", *can_sim.ATTACKS):
+        raise DataError(f"unknown attack {args.attack!r}; valid: none, {', '.join(can_sim.ATTACKS)}")
+    frames = can_sim.simulate(args.attack, args.duration, args.seed)
+    labels = args.labels or args.out.with_name(args.out.stem + "_labels.csv")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    can_sim.write_candump(frames, args.out, labels)
+    print(f"wrote {len(frames)} frames ({int(frames.is_attack().sum())} attack) to {args.out}, labels to {labels}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from fastmaml.apps.ids import experiment as E
+
+    cfg = E.load_ids_config(args.preset, args.overrides)
+    folds = [_split(h) for h in args.holdout] if args.holdout else None
+    report = E.compare(cfg, args.out, folds=folds, resume=not args.no_resume, command=_command_line())
+    print(f"report: {args.out / 'report.md'}  results: {args.out / 'results.json'}  ({report['total_seconds']:.0f} s)")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from fastmaml.apps.ids import experiment as E
+
+    cfg = E.load_ids_config(args.preset, args.overrides)
+    attacks = _split(args.attacks) if args.attacks else []
+    path = E.meta_train_detector(cfg, attacks, args.out, method=args.method)
+    print(f"detector: {path}")
+
+
+def _adapt(args: argparse.Namespace) -> None:
+    from fastmaml.apps.ids.detect import adapt_detector, load_detector, save_detector
+
+    det = load_detector(args.detector)
+    new, info = adapt_detector(det, args.capture, args.shots, labels=args.labels, attack=args.attack, steps=args.steps,
+                               format=args.format, seed=args.seed)
+    save_detector(new, args.out)
+    print(f"adapted to {info.attack!r} from {info.shots} samples per class (available: {info.available}); "
+          f"detector: {args.out}")
+    if info.holdout_metrics:
+        m = info.holdout_metrics
+        print("on the capture's other samples: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                                               for k, v in m.items()}))
+
+
+def _detect(args: argparse.Namespace) -> None:
+    from fastmaml.apps.ids.detect import load_detector, stream_detect
+
+    det = load_detector(args.detector)
+    s = stream_detect(det, args.capture, args.out, labels=args.labels, format=args.format, chunk_size=args.chunk_size,
+                      progress=not args.no_progress, skip_malformed=args.skip_malformed)
+    print(f"{s.frames} frames, {s.samples} verdicts ({s.flagged} flagged) -> {s.out}; "
+          f"{s.seconds:.2f} s, {s.frames_per_second:,.0f} frames/s")
+    if s.metrics:
+        print("against the capture's labels: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                                           for k, v in s.metrics.items()))

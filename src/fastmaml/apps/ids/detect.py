@@ -1,0 +1,307 @@
+"""Adapted detectors: save/load (safetensors + JSON, never pickle), few-shot adaptation, streaming detection.
+
+A detector folder holds ``detector.safetensors`` (the network's parameters) and
+``detector.json`` (model config, fitted feature state, feature columns, window, class
+names, the step size and number of steps used to adapt it, provenance). Streaming reads a
+capture chunk by chunk through the readers, featurizes it with the fitted state (carrying
+per-ID state and the unfinished window across chunks) and writes one verdict per frame (or
+per window) to CSV.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from fastmaml.apps.ids.baselines import detection_metrics
+from fastmaml.apps.ids.can_readers import open_capture
+from fastmaml.apps.ids.features import FRAME_FEATURES, FeatureState, FrameFeaturizer, build_sample_set, make_windows, window_labels
+from fastmaml.apps.ids.frames import BENIGN
+from fastmaml.core.maml import MAML
+from fastmaml.errors import DataError
+from fastmaml.fileio import atomic_write_bytes, atomic_write_text
+
+FORMAT = "fastmaml.ids.Detector"
+WEIGHTS, META = "detector.safetensors", "detector.json"
+
+
+@dataclass
+class Detector:
+    """A binary (benign vs attack) detector network plus everything needed to featurize raw traffic."""
+
+    model: dict[str, Any]  # ModelConfig as a dict
+    params: dict[str, torch.Tensor]
+    feature_state: dict[str, Any]  # FeatureState.to_dict()
+    feature_names: list[str]  # columns of FRAME_FEATURES the network reads, in order
+    window: int | None
+    stride: int | None
+    label_rule: str
+    class_names: list[str]  # [benign, attack name]
+    inner_lr: float  # step size for few-shot adaptation
+    adapt_steps: int
+    threshold: float = 0.5  # p(attack) above which a sample is flagged
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def module(self) -> nn.Module:
+        """The network with this detector's parameters loaded."""
+        from fastmaml.apps.ids.experiment import ModelConfig, build_model
+        from fastmaml.config import from_dict
+
+        net = build_model(from_dict(ModelConfig, dict(self.model), "model"), len(self.feature_names), self.window)
+        try:
+            net.load_state_dict(self.params)
+        except RuntimeError as e:
+            raise DataError(f"detector weights do not fit its model config {self.model} ({e}); re-save the detector") from e
+        return net.eval()
+
+    def columns(self) -> list[int]:
+        unknown = [n for n in self.feature_names if n not in FRAME_FEATURES]
+        if unknown:
+            raise DataError(f"detector uses features {unknown} that this version does not compute; valid: {FRAME_FEATURES}")
+        return [FRAME_FEATURES.index(n) for n in self.feature_names]
+
+    def state(self) -> FeatureState:
+        return FeatureState.from_dict(self.feature_state, "detector feature_state")
+
+
+def save_detector(det: Detector, path: str | Path) -> Path:
+    """Write ``path/detector.safetensors`` + ``path/detector.json`` atomically; returns the folder."""
+    from safetensors.torch import save
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / WEIGHTS, save({k: v.detach().contiguous().cpu() for k, v in det.params.items()}))
+    meta = {"format": FORMAT, "version": 1, **{k: v for k, v in det.__dict__.items() if k != "params"}}
+    atomic_write_text(folder / META, json.dumps(meta, indent=1) + "\n")
+    return folder
+
+
+def load_detector(path: str | Path) -> Detector:
+    """Read a detector folder (or its ``detector.json``) written by :func:`save_detector`."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    folder = p.parent if p.name == META else p
+    if not (folder / META).is_file() or not (folder / WEIGHTS).is_file():
+        raise DataError(f"{folder} is not a detector folder (needs {META} and {WEIGHTS}); "
+                        "create one with `fastmaml ids train` or `fastmaml ids adapt`")
+    try:
+        meta = json.loads((folder / META).read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{folder / META} is not valid JSON ({e}); re-save the detector") from e
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{folder / META} is not a fastmaml IDS detector (format={meta.get('format')!r})")
+    try:
+        params = load_file(str(folder / WEIGHTS))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise DataError(f"{folder / WEIGHTS} is truncated or corrupt ({e}); re-save the detector") from e
+    fields = {f for f in Detector.__dataclass_fields__ if f != "params"}
+    missing = sorted(fields - set(meta) - {"threshold", "meta"})
+    if missing:
+        raise DataError(f"{folder / META} lacks {missing}; re-save the detector")
+    det = Detector(params=params, **{k: meta[k] for k in fields if k in meta})
+    det.module()  # fail now, with a clear message, if weights and config disagree
+    return det
+
+
+def _reader(capture: str | Path, format: str, labels: str | Path | None, chunk_size: int, skip_malformed: bool):
+    kw: dict[str, Any] = {"chunk_size": chunk_size, "skip_malformed": skip_malformed}
+    if labels is not None:
+        kw["labels"] = labels
+    try:
+        return open_capture(capture, format, **kw)
+    except TypeError:
+        raise DataError(f"{capture}: this capture format carries its own labels; drop the label file option") from None
+
+
+# =================================================================== adaptation
+@dataclass
+class AdaptInfo:
+    """What adaptation used and how the adapted detector scores on the capture's other samples."""
+
+    shots: int
+    attack: str
+    available: dict[str, int]
+    holdout_metrics: dict[str, float] | None
+
+
+def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | Path | None = None,
+                   attack: str | None = None, steps: int | None = None, format: str = "auto", seed: int = 0,
+                   max_samples: int = 200_000) -> tuple[Detector, AdaptInfo]:
+    """Adapt ``det`` to a new attack from K labelled benign + K attack samples of a capture.
+
+    ``attack`` picks one attack class of the capture (default: every non-benign label is the
+    attack). The other samples of the capture (up to ``max_samples`` per class) score the
+    adapted detector.
+    """
+    if k < 1:
+        raise DataError(f"--shots must be >= 1 labelled sample per class, got {k}")
+    reader = _reader(capture, format, labels, 65536, False)
+    s = build_sample_set(reader, det.state(), window=det.window, stride=det.stride, label_rule=det.label_rule,
+                         max_per_class=max_samples, seed=seed, name=str(capture))
+    attacks = [c for c in s.class_names if c != BENIGN]
+    if attack is not None and attack not in attacks:
+        raise DataError(f"attack {attack!r} not in {capture}; its labels are {attacks or 'benign only'}")
+    chosen = [attack] if attack else attacks
+    y = torch.zeros(len(s), dtype=torch.long)
+    for c in chosen:
+        y[s.labels == s.class_names.index(c)] = 1
+    keep = (s.labels == 0) | (y == 1)
+    x, y = s.features[keep][..., det.columns()], y[keep]
+    available = {BENIGN: int((y == 0).sum()), "+".join(chosen) or "attack": int((y == 1).sum())}
+    for name, n in available.items():
+        if n < k:
+            raise DataError(f"{capture} has {n} {name!r} samples but --shots {k} needs {k} per class; "
+                            "lower --shots or give a longer capture")
+    g = torch.Generator().manual_seed(seed)
+    picks = [torch.nonzero(y == c).squeeze(1) for c in (0, 1)]
+    picks = [p[torch.randperm(p.numel(), generator=g)[:k]] for p in picks]
+    support = torch.cat(picks)
+    net = det.module()
+    learner = MAML(net, F.cross_entropy, inner_lr=det.inner_lr, inner_steps=1)
+    steps = det.adapt_steps if steps is None else steps
+    params = learner.adapt(x[support], y[support], steps=steps)
+    name = "+".join(chosen) if chosen else "attack"
+    new = replace(det, params={n: p.detach().clone() for n, p in params.items()}, class_names=[BENIGN, name],
+                  meta={**det.meta, "adapted_to": name, "shots": k, "adapt_steps_used": steps,
+                        "adapt_capture": str(capture)})
+    rest = torch.ones(len(y), dtype=torch.bool)
+    rest[support] = False
+    metrics = None
+    if bool(rest.any()):
+        p = predict_proba(new.module(), x[rest])
+        metrics = detection_metrics((p > new.threshold).numpy(), (y[rest] == 1).numpy())
+    return new, AdaptInfo(k, name, available, metrics)
+
+
+def predict_proba(net: nn.Module, x: torch.Tensor, batch_size: int = 16384) -> torch.Tensor:
+    """p(attack) per sample."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out.append(torch.softmax(net(x[i: i + batch_size]), -1)[:, 1])
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+# ==================================================================== streaming
+@dataclass
+class DetectSummary:
+    """Totals of a streaming run."""
+
+    frames: int
+    samples: int  # verdicts written (frames, or windows)
+    flagged: int
+    seconds: float
+    frames_per_second: float
+    out: str
+    metrics: dict[str, float] | None = None  # when the capture carries labels
+
+
+def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, labels: str | Path | None = None,
+                  format: str = "auto", chunk_size: int = 65536, progress: bool = True,
+                  skip_malformed: bool = False) -> DetectSummary:
+    """Stream ``capture`` through ``det`` and write verdicts to ``out_csv``.
+
+    Frame-level detectors write ``frame,timestamp,can_id,p_attack,verdict[,label]`` (one row
+    per frame); window detectors write ``first_frame,last_frame,p_attack,verdict[,label]``.
+    ``label`` (ground truth, 0/1) appears when the capture carries labels.
+    """
+    reader = _reader(capture, format, labels, chunk_size, skip_malformed)
+    net = det.module()
+    fz = FrameFeaturizer(det.state())
+    cols = det.columns()
+    w, stride = det.window, det.stride or det.window or 1
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_csv.with_name(f".{out_csv.name}.part")
+    n_frames = n_samples = n_flagged = 0
+    preds: list[np.ndarray] = []
+    truths: list[np.ndarray] = []
+    labelled: bool | None = None  # every chunk so far carried labels
+    with_label = False
+    tail_x = np.zeros((0, len(cols)), np.float32)
+    tail_y = np.zeros(0, np.int64)
+    t0 = time.perf_counter()
+    bar = tqdm(unit=" frames", unit_scale=True, disable=not progress, desc="detect", mininterval=0.5)
+    try:
+        with open(tmp, "w", encoding="ascii") as fh:
+            for b in reader:
+                has = bool((b.label >= 0).all())
+                if labelled is None:  # the first chunk decides whether the CSV gets a label column
+                    with_label = has
+                    fh.write(_header(w, with_label))
+                labelled = has if labelled is None else (labelled and has)
+                truth = b.is_attack().astype(np.int64) if has else np.full(len(b), -1, np.int64)
+                x = fz.transform(b)[:, cols]
+                if w is None:
+                    p = predict_proba(net, torch.from_numpy(x)).numpy()
+                    v = p > det.threshold
+                    fh.write(_frame_rows(n_frames, b.timestamp, b.can_id, p, v, truth if with_label else None))
+                else:
+                    # Carry the unfinished window across chunks, so streaming matches a one-pass run.
+                    start = n_frames - len(tail_x)
+                    x = np.concatenate([tail_x, x])
+                    yt = np.concatenate([tail_y, truth])
+                    xs = make_windows(x, w, stride)
+                    p = predict_proba(net, torch.from_numpy(np.ascontiguousarray(xs))).numpy() if len(xs) else np.zeros(0)
+                    v = p > det.threshold
+                    wt = window_labels(np.maximum(yt, 0), w, stride, 0, det.label_rule) if len(xs) else np.zeros(0, np.int64)
+                    first = start + np.arange(len(xs)) * stride
+                    fh.write(_window_rows(first, w, p, v, wt if with_label else None))
+                    used = len(xs) * stride
+                    tail_x, tail_y = x[used:], yt[used:]
+                    truth = wt
+                n_frames += len(b)
+                n_samples += len(v)
+                n_flagged += int(v.sum())
+                if labelled:
+                    preds.append(v)
+                    truths.append(truth.astype(bool))
+                bar.update(len(b))
+            if n_frames == 0:
+                fh.write(_header(w, False))
+        tmp.replace(out_csv)
+    finally:
+        bar.close()
+        tmp.unlink(missing_ok=True)
+    secs = time.perf_counter() - t0
+    metrics = detection_metrics(np.concatenate(preds), np.concatenate(truths)) if labelled and preds else None
+    return DetectSummary(n_frames, n_samples, n_flagged, secs, n_frames / max(secs, 1e-9), str(out_csv), metrics)
+
+
+def _header(window: int | None, labelled: bool) -> str:
+    cols = ["frame", "timestamp", "can_id"] if window is None else ["first_frame", "last_frame"]
+    return ",".join(cols + ["p_attack", "verdict"] + (["label"] if labelled else [])) + "\n"
+
+
+def _frame_rows(start: int, ts: np.ndarray, ids: np.ndarray, p: np.ndarray, v: np.ndarray,
+                truth: np.ndarray | None) -> str:
+    idx = range(start, start + len(p))
+    tss = ["" if t != t else f"{t:.6f}" for t in ts.tolist()]
+    ps = [f"{x:.4f}" for x in p.tolist()]
+    vs = v.astype(np.int8).tolist()
+    if truth is None:
+        rows = [f"{i},{t},{c},{q},{d}" for i, t, c, q, d in zip(idx, tss, ids.tolist(), ps, vs)]
+    else:
+        rows = [f"{i},{t},{c},{q},{d},{y}" for i, t, c, q, d, y in zip(idx, tss, ids.tolist(), ps, vs, truth.tolist())]
+    return "".join(r + "\n" for r in rows)
+
+
+def _window_rows(first: np.ndarray, w: int, p: np.ndarray, v: np.ndarray, truth: np.ndarray | None) -> str:
+    ps = [f"{x:.4f}" for x in p.tolist()]
+    vs = v.astype(np.int8).tolist()
+    f = first.tolist()
+    if truth is None:
+        rows = [f"{a},{a + w - 1},{q},{d}" for a, q, d in zip(f, ps, vs)]
+    else:
+        rows = [f"{a},{a + w - 1},{q},{d},{y}" for a, q, d, y in zip(f, ps, vs, truth.tolist())]
+    return "".join(r + "\n" for r in rows)
