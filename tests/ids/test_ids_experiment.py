@@ -1,0 +1,172 @@
+import json
+import math
+
+import pytest
+import torch
+
+from fastmaml.apps.ids import experiment as E
+from fastmaml.apps.ids.samples import SampleSet
+from fastmaml.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg():
+    return E.load_ids_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_cfg):
+    return E.prepare_data(tiny_cfg)
+
+
+def test_tiny_compare_end_to_end(tmp_path, monkeypatch, tiny_cfg):
+    """One leave-one-out fold on the synthetic source: trains, evaluates, reports, resumes."""
+    seen_rows: list[torch.Tensor] = []
+    seen_names: list[str] = []
+    real = E.make_train_sampler
+
+    def spy(data, known, k, q, pooled=False, split="train"):
+        sample = real(data, known, k, q, pooled, split)
+
+        def wrapped(n, g):
+            batch, names = sample(n, g)
+            seen_rows.append(torch.cat([batch.support_x, batch.query_x], 1).reshape(-1, batch.query_x.shape[-1]))
+            seen_names.extend(names)
+            return batch, names
+
+        return wrapped
+
+    monkeypatch.setattr(E, "make_train_sampler", spy)
+    report = E.compare(tiny_cfg, tmp_path, folds=[["attack0"]], command="test")
+    for name in ("report.md", "results.json", "f1_vs_shots.png", "f1_vs_steps.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+    # The held-out attack never reaches meta-training: no task of it, and no sample of it
+    # (attack0 is the only class with feature 0 above 0.75).
+    assert seen_names and "attack0" not in seen_names and set(seen_names) == {"attack1", "attack2", "attack3"}
+    assert float(torch.cat(seen_rows)[:, 0].max()) <= 0.75
+
+    steps = tiny_cfg.eval.steps
+    per_k = report["folds"][0]["results"]["attack0"]
+    assert set(per_k) == {str(k) for k in tiny_cfg.eval.shots}
+    for k, entry in per_k.items():
+        # Every method was scored on the very same episodes.
+        assert set(entry["method_fingerprints"]) == set(tiny_cfg.methods)
+        assert set(entry["method_fingerprints"].values()) == {entry["fingerprint"]}
+        for m, r in entry["methods"].items():
+            for metric in ("f1", "recall", "fpr", "accuracy", "loss"):
+                assert len(r[metric]["mean"]) == steps + 1 and len(r[metric]["ci95"]) == steps + 1
+                assert all(math.isfinite(c) and c >= 0 for c in r[metric]["ci95"])
+        assert any(c > 0 for c in entry["methods"]["maml"]["f1"]["ci95"])
+
+    k5 = per_k["5"]["methods"]
+    # Adaptation helps: one step lowers MAML's query loss; after all steps MAML separates the
+    # held-out attack far better than the untrained network does.
+    assert k5["maml"]["loss"]["mean"][1] < k5["maml"]["loss"]["mean"][0]
+    assert k5["maml"]["f1"]["mean"][steps] > 0.6
+    assert k5["maml"]["f1"]["mean"][steps] > k5["scratch"]["f1"]["mean"][0] + 0.3
+
+    md = (tmp_path / "report.md").read_text()
+    assert "±" in md and "Where MAML does and does not beat" in md and "attack0" in md
+
+    # A second call reuses the finished fold instead of retraining.
+    seen_names.clear()
+    again = E.compare(tiny_cfg, tmp_path, folds=[["attack0"]], command="test")
+    assert not seen_names
+    assert again["folds"][0]["results"] == report["folds"][0]["results"]
+
+
+def test_episode_labels_and_rule_alignment(tiny_data):
+    """Label 1 is the attack in every episode, and rule verdicts line up with query samples."""
+    fam = tiny_data.families["attack2"]  # attack2 moves feature 1 up by 0.5
+    truth = fam.test.labels == 1
+    data = E.IdsData({"attack2": E.TaskFamily("attack2", fam.train, fam.test, {}, {"oracle": truth, "never": ~truth & False})},
+                     tiny_data.feature_names, None)
+    ep = E.fixed_episodes(data, "attack2", "test", 3, 7, 25, seed=1)
+    b = ep.batch
+    assert torch.equal(b.support_y == 1, b.support_x[..., 1] > 0.75)
+    assert torch.equal(b.query_y == 1, b.query_x[..., 1] > 0.75)
+    vals = E.rule_values(ep)
+    assert torch.all(vals["oracle"]["f1"] == 1) and torch.all(vals["oracle"]["fpr"] == 0)
+    assert torch.all(vals["never"]["recall"] == 0)
+    # Same seed, same episodes; another seed, others.
+    assert E.fixed_episodes(data, "attack2", "test", 3, 7, 25, seed=1).fingerprint == ep.fingerprint
+    assert E.fixed_episodes(data, "attack2", "test", 3, 7, 25, seed=2).fingerprint != ep.fingerprint
+
+
+def test_rates_match_hand_counts():
+    p = torch.tensor([[1, 1, 0, 0, 1, 0]]).bool()
+    t = torch.tensor([[1, 0, 1, 0, 1, 0]]).bool()  # tp=2 fp=1 fn=1 tn=2
+    r = E.rates(p, t)
+    assert r["f1"].item() == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert r["recall"].item() == pytest.approx(2 / 3)
+    assert r["fpr"].item() == pytest.approx(1 / 3)
+    assert r["accuracy"].item() == pytest.approx(4 / 6)
+
+
+def test_pooled_sampler_keeps_the_data_budget(tiny_data):
+    s = E.make_train_sampler(tiny_data, ["attack1", "attack2"], 2, 5, pooled=True)
+    b, names = s(6, torch.Generator().manual_seed(0))
+    assert b.query_x.shape[:2] == (6, 14) and b.support_x.shape[:2] == (6, 4)
+    assert set(names) <= {"attack1", "attack2"}
+
+
+def test_families_from_sample_sets_for_other_sources():
+    """Any source giving multi-class SampleSets + rule verdicts (e.g. automotive Ethernet) plugs in."""
+    x = torch.rand(9, 3)
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 0])
+    s = SampleSet(x, y, ["benign", "flood", "spoof"], ["a", "b", "c"], "eth")
+    rules = {"rate": y == 1}
+    fams = E.families_from_sample_sets(s, s, rules, rules)
+    assert list(fams) == ["flood", "spoof"]
+    f = fams["spoof"]
+    assert f.train.class_names == ["benign", "spoof"] and f.train.counts() == {"benign": 4, "spoof": 3}
+    assert not f.train_rules["rate"].any() and fams["flood"].test_rules["rate"].sum() == 2
+
+
+def test_bad_input_errors(tmp_path, tiny_cfg, tiny_data):
+    with pytest.raises(DataError, match=r"unknown held-out attack \['nope'\].*valid attacks: \['attack0'"):
+        E.compare(tiny_cfg, tmp_path, folds=[["nope"]], data=tiny_data)
+    with pytest.raises(DataError, match="more than one fold"):
+        E.compare(tiny_cfg, tmp_path, folds=[["attack0"], ["attack0", "attack1"]], data=tiny_data)
+    big = E.load_ids_config("tiny", ["eval.shots=[500]"])
+    with pytest.raises(DataError, match=r"has 200 'benign' samples but episodes need K \+ Q = 500 \+ 10; lower eval.shots"):
+        E.run_fold(big, tiny_data, ["attack0"], tmp_path)
+    with pytest.raises(ConfigError, match="unknown config key"):
+        E.load_ids_config("tiny", ["eval.shotz=[1]"])
+    with pytest.raises(ConfigError, match="needs window samples"):
+        E.load_ids_config("tiny", ["model.name=cnn"])
+    with pytest.raises(ConfigError, match=r"unknown IDS preset 'nope'; choose from \[.*'sim'"):
+        E.load_ids_config("nope")
+    with pytest.raises(ConfigError, match="methods"):
+        E.load_ids_config("tiny", ["methods=[maml, reptile]"])
+    with pytest.raises(DataError, match="CICIoV2024 folder .* not found; set source.cic_dir"):
+        E.prepare_data(E.load_ids_config("cic", [f"source.cic_dir={tmp_path / 'none'}"]))
+
+
+def test_sim_source_reuses_ids_and_caches(tmp_path):
+    cfg = E.load_ids_config("sim_tiny")
+    data = E.prepare_data(cfg, tmp_path)
+    assert data.attacks == ["dos", "fuzzing"] and data.feature_state["clock"] == "time"
+    for a in data.attacks:
+        # Simulated attacks reuse legitimate IDs: the allow-list flags (almost) nothing.
+        assert data.stats["unseen_id_fraction"][a]["attack"] == 0.0
+        assert float(data.families[a].test_rules["id_allow_list"].float().mean()) < 0.01
+    cached = E.prepare_data(cfg, tmp_path)  # read back from the cache file
+    for a in data.attacks:
+        for part in ("train", "test"):
+            assert torch.equal(getattr(cached.families[a], part).features, getattr(data.families[a], part).features)
+        assert torch.equal(cached.families[a].test_rules["timing"], data.families[a].test_rules["timing"])
+    with pytest.raises(DataError, match=r"unknown simulator attack\(s\) \['nope'\]; valid attacks: \['dos'"):
+        E.prepare_data(E.load_ids_config("sim_tiny", ["source.attacks=[nope]"]))
+
+
+def test_feature_drop(tmp_path):
+    cfg = E.load_ids_config("sim_tiny", ["features.drop=[id_known, id_scaled]", "source.attacks=[dos]",
+                                         "source.sim_duration_s=15"])
+    data = E.prepare_data(cfg)
+    assert "id_known" not in data.feature_names and len(data.feature_names) == 13
+    assert data.families["dos"].train.features.shape[-1] == 13
+    with pytest.raises(ConfigError, match=r"features.drop \['nope'\] are not feature names"):
+        E.prepare_data(E.load_ids_config("sim_tiny", ["features.drop=[nope]", "source.attacks=[dos]",
+                                                      "source.sim_duration_s=15"]))
