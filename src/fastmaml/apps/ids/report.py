@@ -112,8 +112,10 @@ def figure_shots(report: dict[str, Any], path: Path) -> None:
             ax.axhline(rules["id_allow_list"]["f1"]["mean"][0], color="k", linestyle=":", linewidth=1, label="ID allow-list")
             ax.legend(fontsize=7)
         ax.set_xscale("log")
+        ax.minorticks_off()  # log-scale minor labels (2x10^0 ...) only clutter a few integer K
         ax.set_xticks([int(k) for k in shots], [k for k in shots])
         ax.set_ylim(-0.02, 1.02)
+    fig.tight_layout()
     save_figure(fig, path)
 
 
@@ -129,6 +131,7 @@ def figure_steps(report: dict[str, Any], path: Path) -> None:
         plot_curves(ax, curves, ylabel="F1", title=f"held out: {attack}, K = {k}", styles=STYLES)
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=7)
+    fig.tight_layout()
     save_figure(fig, path)
 
 
