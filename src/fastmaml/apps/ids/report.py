@@ -204,13 +204,17 @@ def _data_section(report: dict[str, Any]) -> list[str]:
         lines.append("")
     fr = [u.get("attack") for u in unseen.values() if u]
     if fr and all(x is not None and x >= 0.999 for x in fr):
+        id_feats = [f for f in ("id_known", "id_scaled") if f in report["feature_names"]]
         lines += [
             "**Every attack sample in this data carries a CAN ID that never occurs in benign traffic.** An ID allow-list "
-            "learned from benign traffic is therefore already a (near) perfect detector here, and the `id_known` / "
-            "`id_scaled` features make every task trivially separable; this data cannot show an advantage of learned "
-            "detectors, meta-learned or not. " + ("In CICIoV2024 this holds for all five attack types (DoS and the four "
-                                                  "spoofing attacks), so read the CICIoV2024 numbers as a sanity check."
-                                                  if "CICIoV2024" in report["source"] else ""),
+            "learned from benign traffic is therefore already a (near) perfect detector here"
+            + (f", and the {' / '.join(f'`{f}`' for f in id_feats)} feature(s) make every task trivially separable"
+               if id_feats else " (the ID features were dropped from the learned detectors' inputs in this run)")
+            + "; this data cannot show an advantage of learned detectors, meta-learned or not. "
+            + ("In CICIoV2024 this holds for all five attack types (DoS and the four spoofing attacks). Its attack "
+               "files also hold only attack frames (no benign frames around them), so timing and payload features "
+               "see each attack capture on its own; read the CICIoV2024 numbers as a sanity check."
+               if "CICIoV2024" in report["source"] else ""),
             "",
         ]
     elif fr:
