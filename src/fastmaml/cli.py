@@ -68,7 +68,7 @@ def _run_sinusoid(args: argparse.Namespace) -> None:
     import json
 
     from fastmaml.config import load_config
-    from fastmaml.eval.stats import fmt
+    from fastmaml.eval.stats import fmt_summary
     from fastmaml.experiments import sinusoid as S
 
     cfg = load_config(S.SinusoidConfig, preset_path(args.preset, "sinusoid"), _device_overrides(args))
@@ -79,7 +79,7 @@ def _run_sinusoid(args: argparse.Namespace) -> None:
         learner = S.load_learner(cfg, args.run_dir)
         for k in cfg.eval.shots:
             r = S.evaluate(cfg, {"maml": learner}, {}, k)["maml"]
-            print(f"K={k}: " + ", ".join(f"{s} steps {fmt(r['mean'][s], r['ci95'][s])}" for s in (0, 1, cfg.eval.steps)))
+            print(f"K={k}: " + ", ".join(f"{s} steps {fmt_summary(r, s)}" for s in (0, 1, cfg.eval.steps)))
     else:
         report = S.reproduce(cfg, args.out, resume=args.resume, command=command_line())
         print((args.out / "results.md").read_text())

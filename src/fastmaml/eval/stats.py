@@ -28,10 +28,35 @@ def mean_ci(values: torch.Tensor | Sequence[float], dim: int = 0) -> tuple[torch
     return mean, Z95 * se
 
 
-def summarize(values: torch.Tensor, dim: int = 0) -> dict[str, list[float]]:
-    """``{"mean": [...], "ci95": [...]}`` (JSON-ready) of per-task values along ``dim``."""
-    mean, ci = mean_ci(values, dim=dim)
-    return {"mean": torch.atleast_1d(mean).tolist(), "ci95": torch.atleast_1d(ci).tolist()}
+def summarize(values: torch.Tensor, dim: int = 0) -> dict[str, list]:
+    """Mean and 95% CI (JSON-ready) of per-task values along ``dim``.
+
+    Where some tasks diverged (nan/inf), ``mean`` says so (it is not finite) and
+    ``nonfinite`` counts them; ``finite_mean``/``finite_ci95`` summarize the rest, so a
+    report can show both rather than hide either.
+    """
+    v = torch.as_tensor(values, dtype=torch.float64).movedim(dim, 0)
+    mean, ci = mean_ci(v)
+    out: dict[str, list] = {"mean": torch.atleast_1d(mean).tolist(), "ci95": torch.atleast_1d(ci).tolist()}
+    finite = torch.isfinite(v)
+    if not finite.all():
+        bad = (~finite).sum(0)
+        out["nonfinite"] = torch.atleast_1d(bad).tolist()
+        cols = [mean_ci(col[ok]) if ok.any() else (torch.tensor(float("nan")),) * 2
+                for col, ok in zip(v.reshape(v.shape[0], -1).T, finite.reshape(v.shape[0], -1).T)]
+        out["finite_mean"] = [float(m) for m, _ in cols]
+        out["finite_ci95"] = [float(c) for _, c in cols]
+    return out
+
+
+def fmt_summary(summary: dict[str, list], i: int, digits: int = 3, percent: bool = False) -> str:
+    """Cell ``i`` of a :func:`summarize` result; names diverged tasks instead of printing ``inf ± nan``."""
+    bad = summary.get("nonfinite", [0] * len(summary["mean"]))[i]
+    if not bad:
+        return fmt(summary["mean"][i], summary["ci95"][i], digits, percent)
+    n = bad  # tasks that diverged at this step
+    rest = fmt(summary["finite_mean"][i], summary["finite_ci95"][i], digits, percent)
+    return f"diverged on {n} task{'s' if n > 1 else ''} (others: {rest})"
 
 
 def fmt(mean: float, ci: float, digits: int = 3, percent: bool = False) -> str:

@@ -81,7 +81,18 @@ class FewShotConfig:
 
 # ------------------------------------------------------------------ data
 def load_pools(cfg: FewShotConfig) -> dict[str, torch.Tensor]:
-    """uint8 image pools per split: ``[classes, examples, H, W]`` (Omniglot) or ``[..., 3, H, W]``."""
+    """uint8 image pools per split: ``[classes, examples, H, W]`` (Omniglot) or ``[..., 3, H, W]``.
+
+    On a GPU the pools move there once (Omniglot is ~70 MB as uint8), so episodes are gathered
+    on the device and never cross the bus.
+    """
+    pools = _load_pools(cfg)
+    if cfg.train.device != "cpu":
+        pools = {k: v.to(cfg.train.device) for k, v in pools.items()}
+    return pools
+
+
+def _load_pools(cfg: FewShotConfig) -> dict[str, torch.Tensor]:
     d = cfg.data
     if d.dataset == "omniglot":
         from fastmaml.data.omniglot import load_omniglot, omniglot_splits
@@ -196,7 +207,7 @@ def evaluate(cfg: FewShotConfig, run_dir: Path, pools: dict | None = None, comma
         "method": ("FOMAML" if cfg.maml.first_order else "MAML") + f" ({cfg.model.kind})",
         "test_accuracy": summary,
         "reported_step": cfg.maml.eval_inner_steps,
-        "iterations_trained": max((r["iteration"] for r in log if "loss" in r), default=0),
+        "iterations_trained": max((r["iteration"] for r in log), default=0),
         "train_seconds": max((r.get("time", 0.0) for r in log), default=0.0),
         "eval_seconds": time.perf_counter() - t0,
         "validation": [r for r in log if "val_accuracy" in r],

@@ -31,7 +31,7 @@ from fastmaml.core.maml import MAML, MAMLConfig
 from fastmaml.models.mlp import MLP
 from fastmaml.eval.plots import plot_curves, save_figure
 from fastmaml.eval.environment import environment
-from fastmaml.eval.stats import fmt, summarize
+from fastmaml.eval.stats import fmt_summary, summarize
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.tasks.sinusoid import SinusoidTasks, oracle_inputs, target
 from fastmaml.train.checkpoint import atomic_write_text, load_checkpoint, load_state_into
@@ -203,6 +203,13 @@ def _label(method: str) -> str:
     return {"maml": "MAML", "pretrained": "pretrained", "oracle": "oracle"}[method.split("_k")[0]]
 
 
+def training_seconds(run_dir: Path) -> float:
+    """Training time of a run as logged (cumulative over resumes)."""
+    log = Path(run_dir) / "metrics.jsonl"
+    times = [json.loads(line).get("time", 0.0) for line in log.read_text().splitlines()] if log.exists() else []
+    return max(times, default=0.0)
+
+
 def is_finished(run_dir: Path, iterations: int) -> bool:
     path = Path(run_dir) / "checkpoints" / "last.safetensors"
     if not path.exists():
@@ -226,9 +233,8 @@ def reproduce(cfg: SinusoidConfig, out_dir: Path, resume: bool = False, command:
         run_dir = out_dir / name
         if not (resume and is_finished(run_dir, cfg.train.iterations)):
             print(f"[sinusoid] training {name} ({cfg.train.iterations} iterations) -> {run_dir}", file=sys.stderr)
-            s = time.perf_counter()
             train(kcfg, run_dir, kind, resume=resume)
-            timings[name] = time.perf_counter() - s
+        timings[name] = training_seconds(run_dir)
         learners[name] = load_learner(kcfg, run_dir, kind)
 
     finetune_lr, tuning = {}, {}
@@ -277,8 +283,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"{'first' if cfg['maml']['first_order'] else 'second'}-order.  ",
         f"Test: {cfg['eval']['num_tasks']} tasks, {cfg['eval']['query_points']} query points each; "
         "mean squared error ± 95% confidence interval over tasks.  ",
-        f"Wall time: {report['total_seconds']:.0f} s on {report['environment']['processor']} "
-        f"({report['environment']['threads']} threads), torch {report['environment']['torch']}.",
+        f"Training time: {sum(report['train_seconds'].values()):.0f} s for {len(report['train_seconds'])} networks "
+        f"(MAML {', '.join(f'{k}: {v:.0f} s' for k, v in report['train_seconds'].items() if k.startswith('maml'))}) "
+        f"on {report['environment']['processor']} ({report['environment']['threads']} threads), "
+        f"torch {report['environment']['torch']}.",
         "",
     ]
     for k, methods in report["results"].items():
@@ -289,7 +297,7 @@ def markdown(report: dict[str, Any]) -> str:
             label = _label(name)
             if name == "pretrained" and f"pretrained_k{k}" in report["finetune_lr"]:
                 label += f" (step {report['finetune_lr'][f'pretrained_k{k}']})"
-            lines.append(f"| {label} | " + " | ".join(fmt(r["mean"][s], r["ci95"][s]) for s in steps) + " |")
+            lines.append(f"| {label} | " + " | ".join(fmt_summary(r, s) for s in steps) + " |")
         lines.append("")
     lines += ["![Figure 2](fig2_predictions.png)", "", "![Figure 3](fig3_mse_vs_steps.png)", ""]
     return "\n".join(lines)

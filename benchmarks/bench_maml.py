@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Meta-iterations per second: fastmaml (vmap and per-task loop) against learn2learn, same run.
+
+One meta-iteration = the inner loop on every task of the meta-batch, the meta-gradient
+and the Adam step. Implementations are timed in interleaved rounds (A B C A B C ...)
+so that machine noise hits all of them alike; the figure is the median over rounds and
+ratios are taken against the per-task loop and against learn2learn measured in this run.
+
+    python benchmarks/bench_maml.py                      # sinusoid, 2nd and 1st order
+    python benchmarks/bench_maml.py --workload omniglot  # conv net, 5-way 1-shot, 32 tasks
+    python benchmarks/bench_maml.py --json out.json
+
+learn2learn is optional: where `import learn2learn` fails (its torchvision import does
+on a CPU-only torch), its own algorithms/maml.py is loaded by file, unmodified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastmaml.core.maml import MAML
+from fastmaml.tasks.batch import TaskBatch
+from fastmaml.tasks.sinusoid import SinusoidTasks
+
+
+# ------------------------------------------------------------------ workloads
+def sinusoid_workload(seed: int):
+    def model():
+        return nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
+
+    g = torch.Generator().manual_seed(seed)
+    batches = [SinusoidTasks().sample(25, g, 10, 10)[0] for _ in range(8)]
+    return model, F.mse_loss, 0.01, batches
+
+
+def omniglot_workload(seed: int, tasks: int = 32, n_way: int = 5, k_shot: int = 1, k_query: int = 15):
+    from fastmaml.models.conv import ConvNet
+
+    def model():
+        return ConvNet(in_channels=1, n_way=n_way, hidden=64, image_size=28, strided=True)
+
+    g = torch.Generator().manual_seed(seed)
+    ys = torch.arange(n_way).repeat(k_shot).expand(tasks, -1).contiguous()
+    yq = torch.arange(n_way).repeat(k_query).expand(tasks, -1).contiguous()
+    batches = [
+        TaskBatch(torch.rand(tasks, n_way * k_shot, 1, 28, 28, generator=g), ys,
+                  torch.rand(tasks, n_way * k_query, 1, 28, 28, generator=g), yq)
+        for _ in range(2)
+    ]
+    return model, F.cross_entropy, 0.4, batches
+
+
+# ------------------------------------------------------------------ implementations
+def fastmaml_step(make_model, loss_fn, inner_lr, steps, first_order, vectorize, chunk_size=None) -> Callable:
+    torch.manual_seed(0)
+    learner = MAML(make_model(), loss_fn, inner_lr, steps, first_order=first_order, vectorize=vectorize,
+                   chunk_size=chunk_size)
+    opt = torch.optim.Adam(learner.parameters(), 1e-3)
+
+    def step(batch: TaskBatch) -> None:
+        opt.zero_grad(set_to_none=True)
+        learner(batch).loss.backward()
+        opt.step()
+
+    return step
+
+
+def load_learn2learn_maml():
+    try:
+        import learn2learn
+
+        return learn2learn.algorithms.MAML, "full import"
+    except Exception as e:  # noqa: BLE001 - torchvision's import error varies
+        reason = type(e).__name__
+    for name in [m for m in sys.modules if m.split(".")[0] == "learn2learn"]:
+        del sys.modules[name]
+    spec = importlib.util.find_spec("learn2learn")
+    if spec is None or not spec.submodule_search_locations:
+        return None, "not installed"
+    root = Path(list(spec.submodule_search_locations)[0])
+    for name, path in (("learn2learn", root), ("learn2learn.algorithms", root / "algorithms")):
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [str(path)]
+        sys.modules[name] = pkg
+    module = importlib.import_module("learn2learn.algorithms.maml")
+    return module.MAML, f"algorithms/maml.py only (import learn2learn: {reason})"
+
+
+def learn2learn_step(l2l_maml, make_model, loss_fn, inner_lr, steps, first_order) -> Callable:
+    torch.manual_seed(0)
+    maml = l2l_maml(make_model(), lr=inner_lr, first_order=first_order)
+    opt = torch.optim.Adam(maml.parameters(), 1e-3)
+
+    def step(batch: TaskBatch) -> None:
+        opt.zero_grad(set_to_none=True)
+        t = batch.num_tasks
+        for i in range(t):
+            learner = maml.clone()
+            for _ in range(steps):
+                learner.adapt(loss_fn(learner(batch.support_x[i]), batch.support_y[i]))
+            (loss_fn(learner(batch.query_x[i]), batch.query_y[i]) / t).backward()
+        opt.step()
+
+    return step
+
+
+# ------------------------------------------------------------------ timing
+def time_interleaved(impls: dict[str, Callable], batches, rounds: int, min_seconds: float) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {k: [] for k in impls}
+    for fn in impls.values():  # warm-up (first-call overheads, allocator)
+        fn(batches[0])
+    for _ in range(rounds):
+        for name, fn in impls.items():
+            n, t0 = 0, time.perf_counter()
+            while True:
+                fn(batches[n % len(batches)])
+                n += 1
+                if time.perf_counter() - t0 >= min_seconds:
+                    break
+            rates[name].append(n / (time.perf_counter() - t0))
+    return rates
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workload", choices=["sinusoid", "omniglot"], default="sinusoid")
+    ap.add_argument("--order", choices=["2", "1", "both"], default="both")
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--min-seconds", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--chunk-sizes", default="8", help="omniglot: vmap chunk sizes to time, comma-separated")
+    ap.add_argument("--no-l2l", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    make_model, loss_fn, inner_lr, batches = (sinusoid_workload if args.workload == "sinusoid" else omniglot_workload)(0)
+    l2l_maml, l2l_how = (None, "skipped") if args.no_l2l else load_learn2learn_maml()
+    orders = {"2": [False], "1": [True], "both": [False, True]}[args.order]
+    report = {"workload": args.workload, "steps": args.steps, "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "learn2learn": l2l_how, "results": {}}
+    print(f"# {args.workload}: meta-iterations/s, {args.steps} inner step(s), {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; learn2learn: {l2l_how}")
+    for first_order in orders:
+        impls = {"fastmaml vmap": fastmaml_step(make_model, loss_fn, inner_lr, args.steps, first_order, "vmap")}
+        if args.workload == "omniglot":
+            for c in [int(c) for c in args.chunk_sizes.split(",") if c]:
+                impls[f"fastmaml vmap chunk {c}"] = fastmaml_step(make_model, loss_fn, inner_lr, args.steps, first_order,
+                                                                  "vmap", chunk_size=c)
+        impls["fastmaml loop"] = fastmaml_step(make_model, loss_fn, inner_lr, args.steps, first_order, "loop")
+        if l2l_maml is not None:
+            impls["learn2learn"] = learn2learn_step(l2l_maml, make_model, loss_fn, inner_lr, args.steps, first_order)
+        rates = time_interleaved(impls, batches, args.rounds, args.min_seconds)
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        label = "FOMAML" if first_order else "MAML (2nd order)"
+        print(f"\n## {label}\n\n| implementation | it/s (median) | [min-max] | × loop | × learn2learn |\n|---|---:|---:|---:|---:|")
+        for name, r in med.items():
+            vs_l2l = f"{r / med['learn2learn']:.2f}" if "learn2learn" in med else "-"
+            print(f"| {name} | {r:.3g} | [{min(rates[name]):.3g}-{max(rates[name]):.3g}] | "
+                  f"{r / med['fastmaml loop']:.2f} | {vs_l2l} |")
+        report["results"][label] = {"median_it_per_s": med, "rounds": rates}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
