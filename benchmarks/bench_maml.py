@@ -49,7 +49,7 @@ def omniglot_workload(seed: int, tasks: int = 32, n_way: int = 5, k_shot: int = 
     from fastmaml.models.conv import ConvNet
 
     def model():
-        return ConvNet(in_channels=1, n_way=n_way, hidden=64, image_size=28, strided=True)
+        return ConvNet(in_channels=1, n_way=n_way, hidden=64, image_size=28, strided=True, global_pool=True)
 
     g = torch.Generator().manual_seed(seed)
     ys = torch.arange(n_way).repeat(k_shot).expand(tasks, -1).contiguous()
@@ -63,15 +63,26 @@ def omniglot_workload(seed: int, tasks: int = 32, n_way: int = 5, k_shot: int = 
 
 
 # ------------------------------------------------------------------ implementations
-def fastmaml_step(make_model, loss_fn, inner_lr, steps, first_order, vectorize, chunk_size=None) -> Callable:
+def fastmaml_step(make_model, loss_fn, inner_lr, steps, first_order, vectorize, chunk_size=None,
+                  bf16: bool = False, channels_last: bool = False) -> Callable:
     torch.manual_seed(0)
     learner = MAML(make_model(), loss_fn, inner_lr, steps, first_order=first_order, vectorize=vectorize,
                    chunk_size=chunk_size)
+    if channels_last:
+        learner.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(learner.parameters(), 1e-3)
 
     def step(batch: TaskBatch) -> None:
+        if channels_last:  # per task [N, C, H, W] slices of a channels-last [T, N, C, H, W] batch
+            batch = TaskBatch(*(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+                                for t in (batch.support_x.flatten(0, 1), batch.support_y, batch.query_x.flatten(0, 1),
+                                          batch.query_y)))
+            batch = TaskBatch(batch.support_x.view(batch.support_y.shape + batch.support_x.shape[1:]), batch.support_y,
+                              batch.query_x.view(batch.query_y.shape + batch.query_x.shape[1:]), batch.query_y)
         opt.zero_grad(set_to_none=True)
-        learner(batch).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = learner(batch).loss
+        loss.backward()
         opt.step()
 
     return step
@@ -142,17 +153,24 @@ def main() -> None:
     ap.add_argument("--min-seconds", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--chunk-sizes", default="8", help="omniglot: vmap chunk sizes to time, comma-separated")
+    ap.add_argument("--q-query", type=int, default=15, help="omniglot: query images per class (Finn's code: 1)")
+    ap.add_argument("--cpu-options", action="store_true",
+                    help="omniglot: also time bf16 autocast and channels-last (the CPU speed options examined)")
     ap.add_argument("--no-l2l", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    make_model, loss_fn, inner_lr, batches = (sinusoid_workload if args.workload == "sinusoid" else omniglot_workload)(0)
+    if args.workload == "sinusoid":
+        make_model, loss_fn, inner_lr, batches = sinusoid_workload(0)
+    else:
+        make_model, loss_fn, inner_lr, batches = omniglot_workload(0, k_query=args.q_query)
     l2l_maml, l2l_how = (None, "skipped") if args.no_l2l else load_learn2learn_maml()
     orders = {"2": [False], "1": [True], "both": [False, True]}[args.order]
-    report = {"workload": args.workload, "steps": args.steps, "threads": torch.get_num_threads(),
+    report = {"workload": args.workload, "steps": args.steps, "q_query": args.q_query, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "learn2learn": l2l_how, "results": {}}
-    print(f"# {args.workload}: meta-iterations/s, {args.steps} inner step(s), {torch.get_num_threads()} threads, "
+    shape = f", 32 tasks 5-way 1-shot {args.q_query}-query" if args.workload == "omniglot" else ", 25 tasks K=10"
+    print(f"# {args.workload}{shape}: meta-iterations/s, {args.steps} inner step(s), {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; learn2learn: {l2l_how}")
     for first_order in orders:
         impls = {"fastmaml vmap": fastmaml_step(make_model, loss_fn, inner_lr, args.steps, first_order, "vmap")}
@@ -160,6 +178,11 @@ def main() -> None:
             for c in [int(c) for c in args.chunk_sizes.split(",") if c]:
                 impls[f"fastmaml vmap chunk {c}"] = fastmaml_step(make_model, loss_fn, inner_lr, args.steps, first_order,
                                                                   "vmap", chunk_size=c)
+            if args.cpu_options:
+                impls["fastmaml vmap + bf16 autocast"] = fastmaml_step(make_model, loss_fn, inner_lr, args.steps,
+                                                                       first_order, "vmap", bf16=True)
+                impls["fastmaml loop + channels-last"] = fastmaml_step(make_model, loss_fn, inner_lr, args.steps,
+                                                                       first_order, "loop", channels_last=True)
         impls["fastmaml loop"] = fastmaml_step(make_model, loss_fn, inner_lr, args.steps, first_order, "loop")
         if l2l_maml is not None:
             impls["learn2learn"] = learn2learn_step(l2l_maml, make_model, loss_fn, inner_lr, args.steps, first_order)
