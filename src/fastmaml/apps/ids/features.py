@@ -1,6 +1,6 @@
 """CAN frames -> feature tensors -> ``SampleSet``.
 
-Frame-level features (``FRAME_FEATURES``, F = 15), all roughly in [0, 1] or [-1, 1]:
+Frame-level features (``FRAME_FEATURES``, F = 19), all roughly in [0, 1] or [-1, 1]:
     id_scaled       ID / 0x7FF (29-bit IDs: / 0x1FFFFFFF)
     is_extended     1 for 29-bit IDs
     dlc             min(data length, 8) / 8
@@ -13,6 +13,33 @@ Frame-level features (``FRAME_FEATURES``, F = 15), all roughly in [0, 1] or [-1,
     hamming         bits changed vs the previous frame of the same ID / 64
     bytes_changed   bytes changed vs the previous frame of the same ID / 8
     id_known        1 if the ID occurs in the benign training traffic
+    delta_ratio     largest per-byte change vs the previous frame of the same ID, relative to
+                    that ID's benign change scale for that byte (99.9% quantile of |delta|):
+                    log2(1 + max_i |delta_i| / (scale_i + 1)) / 4, clipped to [0, 1]. A slowly
+                    varying signal that jumps (a masquerade starting or ending, a spoofed value
+                    interleaved with genuine ones) stands out; counters and checksums, whose
+                    benign scale is large, do not.
+    xid_residual    cross-ID redundancy: vehicles broadcast the same physical quantity in
+                    several messages (vehicle speed and wheel speeds, ...). From benign traffic
+                    each byte / 16-bit big-endian word of an ID is linearly regressed on every
+                    byte/word of every other ID's latest frame; relations with R^2 >= 0.99
+                    between smooth signals (frame-to-frame change <= 10% of the range, >= 16
+                    levels: no counters, checksums or flags) are kept, at most 4 per ID. Per frame: log2(1 + |residual| / benign 99.9% |residual|) / 4 of the
+                    worst relation of its ID, clipped to [0, 1]; 0 for IDs without relations.
+                    A masquerading ECU that sends the right ID at the right period with a wrong
+                    value disagrees with the redundant copies sent by the other ECUs.
+    silence         bus-level view of missing IDs: max over periodic known IDs (99.9% benign
+                    inter-arrival within 4x the median; event-driven IDs are never "missing") of the time since
+                    that ID was last seen relative to its benign tolerance (99.9% quantile of its
+                    inter-arrival), as log2(.) / 8 clipped to [0, 1]. A suspended ECU makes every
+                    frame sent while it is silent carry a large value.
+    silent_ids      number of periodic known IDs currently overdue (gap > tolerance), / 4,
+                    clipped to [0, 1].
+
+The last four features give each frame a causal view of the ID's history and of the whole
+bus, so that a window of W frames (whose frames the network sees in arbitrary order) still
+tells which IDs are missing or inconsistent. Everything they need is learned from benign
+training traffic by ``FeatureState.fit``; nothing is specific to the simulator's IDs.
 
 Window-level samples stack W consecutive frames' features into [W, F]. A window's label is
 (``label_rule="any"``, default) the most frequent attack label among its frames if any
@@ -39,27 +66,129 @@ from fastmaml.errors import DataError
 
 FRAME_FEATURES: list[str] = [
     "id_scaled", "is_extended", "dlc", *[f"b{i}" for i in range(8)], "dt_log_ratio", "hamming", "bytes_changed",
-    "id_known",
+    "id_known", "delta_ratio", "xid_residual", "silence", "silent_ids",
 ]
 _POP = np.array([bin(i).count("1") for i in range(256)], np.float32)
 _MAX_DT_SAMPLES = 20000  # per ID, enough for a stable median
+_MAX_REL_FRAMES = 40000  # benign frames the cross-ID regression is fitted on (memory: frames x signals)
+_MIN_ID_FRAMES = 20  # an ID needs this many benign frames before its timing/deltas/relations are learned
+_PERIODIC_SPREAD = 4.0  # an ID is periodic when its 99.9% benign inter-arrival is within this x its median
+_REL_R2 = 0.99  # a relation must explain this much of the target's benign variance
+_REL_MIN_LEVELS = 16  # target and source must take this many distinct values (no coarse flags or slow trends)
+_REL_SMOOTH = 0.1  # a usable signal's 99.9% frame-to-frame change is at most this fraction of its range
+_REL_PER_ID = 4  # strongest relations kept per target ID (bounds detection cost)
+_N_SIG = 12  # signals of a payload: 8 bytes + 4 big-endian 16-bit words
+
+
+def _signals(data: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+    """float64 [n, 12] (or [n, len(cols)]): bytes 0..7, then words b0b1, b2b3, b4b5, b6b7 (big-endian)."""
+    d = data[:, :8].astype(np.float64)
+    if d.shape[1] < 8:
+        d = np.pad(d, ((0, 0), (0, 8 - d.shape[1])))
+    sig = np.concatenate([d, d[:, 0::2] * 256.0 + d[:, 1::2]], axis=1)
+    return sig if cols is None else sig[:, cols]
+
+
+def _signal(data: np.ndarray, j: int) -> np.ndarray:
+    """Signal ``j`` of ``_signals`` alone (the detection hot path needs one column, not twelve)."""
+    if j < 8:
+        return data[:, j].astype(np.float64)
+    k = 2 * (j - 8)
+    return data[:, k].astype(np.float64) * 256.0 + data[:, k + 1]
+
+
+def _last_index(ids: np.ndarray, cid: int) -> np.ndarray:
+    """For each position k, the index of the last frame of ``cid`` at or before k (-1 if none)."""
+    pos = np.where(ids == cid, np.arange(len(ids)), -1)
+    return np.maximum.accumulate(pos)
+
+
+def _fit_relations(ids: np.ndarray, data: np.ndarray) -> list[list[float]]:
+    """Linear cross-ID relations target = a * source + b found in benign frames (see module doc).
+
+    Returns ``[target_id, target_signal, source_id, source_signal, a, b, scale]`` rows.
+    """
+    uniq, cnt = np.unique(ids, return_counts=True)
+    cand = uniq[cnt >= _MIN_ID_FRAMES].tolist()
+    if len(cand) < 2:
+        return []
+    sig = _signals(data)
+    last = {c: _last_index(ids, c) for c in cand}
+    # Physical quantities are smooth: frame-to-frame change small against their range. Counters,
+    # checksums and low bytes of words jump around; a "relation" between two of them (e.g. two
+    # ECUs' counters running in step in the fit capture) is an accident of phase, not redundancy.
+    usable: dict[int, np.ndarray] = {}
+    for c in cand:
+        v = sig[ids == c]
+        levels = np.array([len(np.unique(v[:, j])) >= _REL_MIN_LEVELS for j in range(_N_SIG)])
+        step = np.quantile(np.abs(np.diff(v, axis=0)), 0.999, axis=0)
+        usable[c] = levels & (step <= _REL_SMOOTH * (v.max(0) - v.min(0)))
+    out: list[list[float]] = []
+    for x in cand:
+        rows = np.flatnonzero(ids == x)
+        t = sig[rows]
+        t_ok = usable[x]
+        if not t_ok.any():
+            continue
+        best: dict[int, tuple[float, int, int]] = {}  # target signal -> (r2, source id, source signal)
+        for y in cand:
+            if y == x:
+                continue
+            src = last[y][rows]
+            ok = src >= 0
+            if ok.sum() < _MIN_ID_FRAMES:
+                continue
+            tt, ss = t[ok], sig[src[ok]]
+            s_ok = usable[y] & (ss.std(0) > 0)
+            if not s_ok.any():
+                continue
+            tz = (tt - tt.mean(0)) / np.maximum(tt.std(0), 1e-12)
+            sz = (ss - ss.mean(0)) / np.maximum(ss.std(0), 1e-12)
+            r2 = ((tz.T @ sz) / len(tt)) ** 2  # [target signal, source signal]
+            r2[~t_ok] = 0.0
+            r2[:, ~s_ok] = 0.0
+            for j in np.flatnonzero(r2.max(1) >= _REL_R2).tolist():
+                k = int(r2[j].argmax())
+                if r2[j, k] > best.get(j, (0.0, 0, 0))[0]:
+                    best[j] = (float(r2[j, k]), int(y), k)
+        ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:_REL_PER_ID]
+        for j, (_, y, k) in ranked:
+            src = last[y][rows]
+            ok = src >= 0
+            tv, sv = t[ok, j], sig[src[ok], k]
+            a, b = np.polyfit(sv, tv, 1)
+            res = np.abs(tv - (a * sv + b))
+            scale = max(float(np.quantile(res, 0.999)), 1.0)  # at least one unit of the target's resolution
+            out.append([int(x), int(j), int(y), int(k), float(a), float(b), scale])
+    return out
 
 
 @dataclass
 class FeatureState:
-    """What features learn from benign training traffic: the clock and each ID's typical period."""
+    """What features learn from benign training traffic: the clock, each ID's typical period,
+    inter-arrival tolerance and per-byte change scale, and cross-ID relations.
+
+    States saved by version 1 (no tolerances/delta scales/relations) still load; the features
+    that need the missing tables are then 0 (or, for delta_ratio, relative to the full byte range).
+    """
 
     clock: str  # "time" (seconds) or "index" (frames)
     periods: dict[int, float]
     default_period: float
     known_ids: list[int] = field(default_factory=list)
+    tolerances: dict[int, float] = field(default_factory=dict)  # 99.9% benign inter-arrival of each periodic ID
+    delta_scale: dict[int, list[float]] = field(default_factory=dict)  # 99.9% benign |byte delta| per ID, 8 values
+    relations: list[list[float]] = field(default_factory=list)  # see _fit_relations
 
     def to_dict(self) -> dict:
         """JSON-able form."""
         return {
-            "format": "fastmaml.ids.FeatureState", "version": 1, "clock": self.clock,
+            "format": "fastmaml.ids.FeatureState", "version": 2, "clock": self.clock,
             "periods": {str(k): v for k, v in sorted(self.periods.items())},
             "default_period": self.default_period, "known_ids": sorted(self.known_ids),
+            "tolerances": {str(k): v for k, v in sorted(self.tolerances.items())},
+            "delta_scale": {str(k): v for k, v in sorted(self.delta_scale.items())},
+            "relations": self.relations,
         }
 
     @staticmethod
@@ -71,6 +200,10 @@ class FeatureState:
             return FeatureState(
                 d["clock"], {int(k): float(v) for k, v in d["periods"].items()}, float(d["default_period"]),
                 [int(x) for x in d["known_ids"]],
+                {int(k): float(v) for k, v in d.get("tolerances", {}).items()},
+                {int(k): [float(x) for x in v] for k, v in d.get("delta_scale", {}).items()},
+                [[int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]), float(r[6])]
+                 for r in d.get("relations", [])],
             )
         except (KeyError, ValueError, TypeError) as e:
             raise DataError(f"{source}: corrupt FeatureState ({e}); refit with FeatureState.fit") from e
@@ -90,7 +223,8 @@ class FeatureState:
 
     @staticmethod
     def fit(batches: Iterable[FrameBatch] | FrameBatch, clock: str = "auto") -> FeatureState:
-        """Learn periods (median same-ID inter-arrival) and known IDs from benign frames.
+        """Learn periods (median same-ID inter-arrival), tolerances, byte-change scales, cross-ID
+        relations (on the first 40,000 benign frames) and known IDs from benign frames.
 
         Frames labelled as attacks are ignored; unlabelled frames count as benign.
         ``clock``: ``"time"``, ``"index"`` or ``"auto"`` (time when the first chunk has timestamps).
@@ -100,6 +234,12 @@ class FeatureState:
         dts: dict[int, list[np.ndarray]] = {}
         counts: dict[int, int] = {}
         last: dict[int, float] = {}
+        deltas: dict[int, list[np.ndarray]] = {}
+        dcounts: dict[int, int] = {}
+        last_data: dict[int, np.ndarray] = {}
+        rel_ids: list[np.ndarray] = []
+        rel_data: list[np.ndarray] = []
+        rel_n = 0
         offset = 0
         for b in batches:
             if not len(b):
@@ -111,9 +251,16 @@ class FeatureState:
             clk = b.timestamp if clock == "time" else np.arange(offset, offset + len(b), dtype=np.float64)
             offset += len(b)
             keep = ~b.is_attack()
-            ids, clk = b.can_id[keep], clk[keep]
+            ids, clk = b.can_id[keep].astype(np.int64), clk[keep]
+            data = b.data[keep, :8]
+            if rel_n < _MAX_REL_FRAMES:
+                take = min(len(ids), _MAX_REL_FRAMES - rel_n)
+                rel_ids.append(ids[:take])
+                rel_data.append(data[:take])
+                rel_n += take
             for cid in np.unique(ids).tolist():
-                c = clk[ids == cid]
+                m = ids == cid
+                c = clk[m]
                 prev = last.get(cid)
                 seq = c if prev is None else np.concatenate([[prev], c])
                 last[cid] = float(c[-1])
@@ -121,11 +268,30 @@ class FeatureState:
                     d = np.diff(seq)
                     dts.setdefault(cid, []).append(d)
                     counts[cid] = counts.get(cid, 0) + len(d)
+                pd = data[m].astype(np.int16)
+                prev_d = last_data.get(cid)
+                seq_d = pd if prev_d is None else np.concatenate([prev_d[None], pd])
+                last_data[cid] = pd[-1]
+                if dcounts.get(cid, 0) < _MAX_DT_SAMPLES and len(seq_d) > 1:
+                    dd = np.abs(np.diff(seq_d, axis=0))
+                    deltas.setdefault(cid, []).append(dd)
+                    dcounts[cid] = dcounts.get(cid, 0) + len(dd)
         if not last:
             raise DataError("FeatureState.fit: no benign frames given; fit on benign training traffic")
         periods = {cid: float(max(np.median(np.concatenate(v)), 1e-9)) for cid, v in dts.items()}
         default = float(np.median(list(periods.values()))) if periods else 1.0
-        return FeatureState("index" if clock == "auto" else clock, periods, default, sorted(last))
+        # Only periodic IDs seen often enough get a silence tolerance: a rare or event-driven ID
+        # (inter-arrival spread far beyond its median) has no period to miss.
+        tolerances = {}
+        for cid, v in dts.items():
+            tol = float(max(np.quantile(np.concatenate(v), 0.999), 1e-9))
+            if counts[cid] >= _MIN_ID_FRAMES and tol <= _PERIODIC_SPREAD * periods[cid]:
+                tolerances[cid] = tol
+        delta_scale = {cid: np.quantile(np.concatenate(v), 0.999, axis=0).astype(float).tolist()
+                       for cid, v in deltas.items() if dcounts[cid] >= _MIN_ID_FRAMES}
+        relations = _fit_relations(np.concatenate(rel_ids), np.concatenate(rel_data)) if rel_ids else []
+        return FeatureState("index" if clock == "auto" else clock, periods, default, sorted(last),
+                            tolerances, delta_scale, relations)
 
 
 class FrameFeaturizer:
@@ -139,6 +305,11 @@ class FrameFeaturizer:
         self._pid = ids
         self._pval = np.array([state.periods[i] for i in ids.tolist()], np.float64)
         self._known = np.array(sorted(state.known_ids), np.int64)
+        self._sid = np.array(sorted(state.delta_scale), np.int64)
+        # Unknown IDs get the full byte range as scale: id_known already flags them.
+        self._sval = np.array([state.delta_scale[i] for i in self._sid.tolist()] + [[255.0] * 8], np.float32)
+        self._tols = [(int(k), float(v)) for k, v in sorted(state.tolerances.items())]
+        self._rel = state.relations
         self.reset()
 
     def reset(self) -> None:
@@ -146,9 +317,10 @@ class FrameFeaturizer:
         self._last_clock: dict[int, float] = {}
         self._last_data: dict[int, np.ndarray] = {}
         self._offset = 0
+        self._start: float | None = None  # first clock of the capture: "last seen" before an ID's first frame
 
     def transform(self, b: FrameBatch) -> np.ndarray:
-        """float32 [len(b), 15] features of the next chunk of the capture."""
+        """float32 [len(b), 19] features of the next chunk of the capture."""
         n = len(b)
         out = np.empty((n, len(FRAME_FEATURES)), np.float32)
         if n == 0:
@@ -163,6 +335,10 @@ class FrameFeaturizer:
         self._offset += n
         ids = b.can_id.astype(np.int64)
         data = b.data[:, :8]
+        if self._start is None:
+            self._start = float(clk[0])
+        # Bus context needs each ID's state *before* this chunk, so read it before it is updated below.
+        self._bus_context(ids, data, clk, out)
 
         # Predecessor of each frame with the same ID, inside this chunk.
         order = np.argsort(ids, kind="stable")
@@ -215,7 +391,57 @@ class FrameFeaturizer:
             out[:, 14] = self._known[kp] == ids
         else:
             out[:, 14] = 0.0
+        # delta_ratio: the same byte XOR/has_prev as hamming, but as a magnitude relative to the ID's scale.
+        spos = np.searchsorted(self._sid, ids)
+        spos_c = np.minimum(spos, max(len(self._sid) - 1, 0))
+        s_found = (spos < len(self._sid)) & (self._sid[spos_c] == ids) if len(self._sid) else np.zeros(n, bool)
+        scale = self._sval[np.where(s_found, spos_c, len(self._sid))]
+        delta = np.abs(data.astype(np.int16) - prev_data.astype(np.int16)).astype(np.float32)
+        rel = (delta / (scale + 1.0)).max(1)
+        out[:, 15] = np.where(has_prev, np.minimum(np.log2(1.0 + rel) / 4.0, 1.0), 0.0)
         return out
+
+    def _bus_context(self, ids: np.ndarray, data: np.ndarray, clk: np.ndarray, out: np.ndarray) -> None:
+        """Fill xid_residual, silence and silent_ids (columns 16..18) for one chunk.
+
+        Per monitored ID, a running max over the chunk gives, for every frame, that ID's latest
+        frame at or before it; before its first frame in the chunk the carried state of earlier
+        chunks applies (so any chunking gives the same result).
+        """
+        n = len(ids)
+        last_pos = {cid: _last_index(ids, cid) for cid in {int(r[2]) for r in self._rel}}
+        # silence / silent_ids. The clock only moves forward, so "time this ID was last seen" is a
+        # running max of the clock over its frames (fewer passes than gathering via _last_index;
+        # this loop is the cost that grows with the number of IDs on the bus).
+        worst = np.zeros(n)
+        n_over = np.zeros(n)
+        for cid, tol in self._tols:
+            seen = np.maximum.accumulate(np.where(ids == cid, clk, self._last_clock.get(cid, self._start)))
+            r = (clk - seen) / tol
+            np.maximum(worst, r, out=worst)
+            n_over += r > 1.0
+        out[:, 17] = np.clip(np.log2(np.maximum(worst, 1e-9)) / 8.0, 0.0, 1.0)
+        out[:, 18] = np.minimum(n_over, 4.0) / 4.0
+        # xid_residual: worst relation of the frame's ID
+        res = np.zeros(n)
+        for tx, ts, sy, ss, a, c, sc in self._rel:
+            rows = np.flatnonzero(ids == int(tx))
+            if not len(rows):
+                continue
+            src = last_pos[int(sy)][rows]
+            have = src >= 0
+            src_data = data[np.maximum(src, 0)]
+            carried = self._last_data.get(int(sy))
+            if carried is not None:
+                src_data[~have] = carried
+                have[:] = True
+            if not have.any():
+                continue
+            tv = _signal(data[rows], int(ts))
+            sv = _signal(src_data, int(ss))
+            r = np.where(have, np.abs(tv - (a * sv + c)) / sc, 0.0)
+            res[rows] = np.maximum(res[rows], r)
+        out[:, 16] = np.minimum(np.log2(1.0 + res) / 4.0, 1.0)
 
 
 def window_labels(labels: np.ndarray, window: int, stride: int, benign: int = 0, rule: str = "any") -> np.ndarray:
@@ -339,5 +565,5 @@ def build_sample_set(
 
 
 def frame_features(batch: FrameBatch, state: FeatureState) -> torch.Tensor:
-    """float32 [N, 15] features of one whole capture (fresh predecessor state)."""
+    """float32 [N, 19] features of one whole capture (fresh predecessor state)."""
     return torch.from_numpy(FrameFeaturizer(state).transform(batch))

@@ -1,0 +1,104 @@
+"""Bus-context and payload-consistency CAN features: delta_ratio, xid_residual, silence, silent_ids."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastmaml.apps.ids import can_sim as sim
+from fastmaml.apps.ids.features import FRAME_FEATURES, FeatureState, FrameFeaturizer, build_sample_set, frame_features
+
+
+@pytest.fixture(scope="module")
+def state() -> FeatureState:
+    return FeatureState.fit(sim.simulate("none", 30.0, 21))
+
+
+def col(name: str) -> int:
+    return FRAME_FEATURES.index(name)
+
+
+def test_fit_learns_redundancy_and_skips_counters(state):
+    # The simulator repeats vehicle speed in the wheel-speed message: that relation must be found
+    # from benign traffic alone, in both directions.
+    pairs = {(int(r[0]), int(r[2])) for r in state.relations}
+    assert (sim.ID_SPEED, sim.ID_WHEELS) in pairs and (sim.ID_WHEELS, sim.ID_SPEED) in pairs
+    # Rolling counters (byte 6) and checksums (byte 7, word b6b7 = signal 11) of protected messages
+    # run in step across ECUs within one capture, but are not redundant signals.
+    protected = {cid for cid, _, p in sim.ECUS if p}
+    assert not any((int(r[0]) in protected and int(r[1]) in (6, 7, 11))
+                   or (int(r[2]) in protected and int(r[3]) in (6, 7, 11)) for r in state.relations)
+    assert set(state.tolerances) == set(sim.PERIODS)
+    for cid, p in sim.PERIODS.items():
+        assert p < state.tolerances[cid] < 1.3 * p
+    assert all(len(v) == 8 for v in state.delta_scale.values())
+
+
+def test_suspension_shows_as_silence_and_long_gap(state):
+    r = sim.simulate_detailed("suspension", 30.0, 22)
+    f = r.frames
+    x = frame_features(f, state).numpy()
+    att = f.is_attack()
+    # While the victim is silent every frame reports it; benign frames report nothing overdue.
+    assert np.median(x[att, col("silence")]) > 0.8 and np.quantile(x[~att, col("silence")], 0.99) < 0.05
+    assert (x[att, col("silent_ids")] >= 0.25).mean() > 0.95 and (x[~att, col("silent_ids")] == 0).mean() > 0.99
+    # The victim's first frame after each silent interval: inter-arrival far above its period.
+    victim = np.flatnonzero(f.can_id == r.target_id)
+    for _, end in r.intervals:
+        resumed = victim[np.searchsorted(f.timestamp[victim], end)]
+        assert x[resumed, col("dt_log_ratio")] == pytest.approx(1.0)
+
+
+def test_window_silence_separates_suspension_windows(state):
+    s = build_sample_set(sim.simulate("suspension", 30.0, 23), state, window=16)
+    peak = s.features[:, :, col("silence")].amax(1)
+    ben, att = peak[s.labels == 0], peak[s.labels == 1]
+    # "any" labelling marks a window as soon as its last frame falls in the silent interval, before
+    # the victim is overdue; all others must stand above every benign window.
+    assert (att > ben.max()).float().mean() > 0.95
+
+
+def test_masquerade_frames_disagree_with_redundant_ids(state):
+    r = sim.simulate_detailed("masquerade", 30.0, 24)
+    f = r.frames
+    x = frame_features(f, state).numpy()
+    att = f.is_attack()
+    moving = sim.decode_speed(f.data) > 5.0  # a 0.6-0.8 x speed is only wrong when the car moves
+    victim_ben = (~att) & (f.can_id == r.target_id)
+    fake = att & moving
+    assert fake.sum() > 100
+    assert np.quantile(x[victim_ben, col("xid_residual")], 0.99) < 0.5
+    assert (x[fake, col("xid_residual")] > 0.9).mean() > 0.95
+    # Windows: the worst residual in a masquerade window beats the benign windows' 99th percentile.
+    s = build_sample_set(f, state, window=16)
+    peak = s.features[:, :, col("xid_residual")].amax(1)
+    assert (peak[s.labels == 1] > torch.quantile(peak[s.labels == 0], 0.99)).float().mean() > 0.9
+
+
+def test_delta_ratio_flags_interleaved_spoofed_values(state):
+    f = sim.simulate("spoof_speed", 30.0, 25)
+    x = frame_features(f, state).numpy()
+    att = f.is_attack()
+    d = x[:, col("delta_ratio")]
+    # A spoofed speed 20-40 km/h off the genuine one jumps against the benign per-byte change scale.
+    assert np.median(d[att]) > 0.5 and np.quantile(d[(~att) & (f.can_id != sim.ID_SPEED)], 0.99) < 0.3
+
+
+def test_context_features_stream_identically(state):
+    f = sim.simulate("suspension", 15.0, 26)
+    one = FrameFeaturizer(state).transform(f)
+    fz = FrameFeaturizer(state)
+    parts = [fz.transform(f.select(slice(a, a + 333))) for a in range(0, len(f), 333)]
+    assert np.array_equal(one, np.concatenate(parts))
+    assert one[:, col("silence")].max() > 0.5  # the carried state was exercised, not all zeros
+
+
+def test_version1_state_still_loads(state):
+    d = state.to_dict()
+    for k in ("tolerances", "delta_scale", "relations"):
+        d.pop(k)
+    d["version"] = 1
+    old = FeatureState.from_dict(d)
+    assert old.relations == [] and old.tolerances == {}
+    x = frame_features(sim.simulate("masquerade", 10.0, 27), old).numpy()
+    assert (x[:, col("xid_residual")] == 0).all() and (x[:, col("silence")] == 0).all()
+    assert FeatureState.from_dict(state.to_dict()) == state
