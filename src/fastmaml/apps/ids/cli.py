@@ -5,6 +5,15 @@
     fastmaml ids train --preset sim --attacks dos,fuzzing --out runs/ids/det
     fastmaml ids adapt --detector runs/ids/det/detector --capture new.log --labels new.csv --shots 5 --out adapted
     fastmaml ids detect --detector adapted --capture traffic.log --out verdicts.csv
+
+Automotive Ethernet (pcap/pcapng captures, the simulated zonal network):
+
+    fastmaml ids simulate --network eth --attack someip_request_flood --duration 20 --out flood.pcap
+    fastmaml ids compare --preset eth --out runs/ids/eth          # held out: the flooding variants
+    fastmaml ids compare --preset eth --holdout each --out runs/ids/eth_loo   # leave-one-attack-out
+    fastmaml ids train --preset eth --out runs/ids/eth_det       # trained on the 8 known attacks
+    fastmaml ids adapt --detector runs/ids/eth_det/detector --capture flood.pcap --labels flood_labels.csv --shots 5 --out eth_adapted
+    fastmaml ids detect --detector eth_adapted --capture flood.pcap --out verdicts.csv   # one row per packet, packets/s
 """
 
 from __future__ import annotations
@@ -20,20 +29,24 @@ from fastmaml.errors import DataError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``ids`` subcommand (called by ``fastmaml.cli``)."""
-    p = sub.add_parser("ids", help="few-shot intrusion detection on in-vehicle CAN traffic")
+    p = sub.add_parser("ids", help="few-shot intrusion detection on in-vehicle CAN and automotive-Ethernet traffic")
     acts = p.add_subparsers(dest="action", required=True)
 
-    s = acts.add_parser("simulate", help="write a simulated candump capture (+ per-frame labels) with one attack")
+    s = acts.add_parser("simulate", help="write a simulated capture (candump log or pcap) + per-frame labels with one attack")
+    s.add_argument("--network", choices=["can", "eth"], default="can",
+                   help="can: candump log of the CAN simulator; eth: pcap of the zonal Ethernet network (default: can)")
     s.add_argument("--attack", default="none", help="attack to inject (default: none = benign only)")
     s.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", type=Path, required=True, help="candump log to write")
-    s.add_argument("--labels", type=Path, default=None, help="index,label CSV to write (default: OUT with _labels.csv)")
+    s.add_argument("--out", type=Path, required=True, help="capture to write (candump log, or pcap for --network eth)")
+    s.add_argument("--labels", type=Path, default=None, help="label CSV to write (default: OUT with _labels.csv)")
 
     c = acts.add_parser("compare", help="scratch vs pretrained vs MAML vs FOMAML (+ rules) on held-out attacks")
     _common(c, "sim")
     c.add_argument("--holdout", action="append", default=None, metavar="A[,B...]",
-                   help="attacks held out together in one fold; repeat for more folds (default: leave-one-attack-out)")
+                   help="attacks held out together in one fold; repeat for more folds; 'each' = leave-one-attack-out "
+                        "(default: the source's held-out set, e.g. the flooding attacks for --preset eth; "
+                        "else leave-one-attack-out)")
     c.add_argument("--out", type=Path, required=True, help="folder for runs, results.json, report.md, figures")
     c.add_argument("--no-resume", action="store_true", help="retrain and re-evaluate even when finished runs exist")
 
@@ -45,8 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     a = acts.add_parser("adapt", help="adapt a detector to a new attack from K labelled samples per class")
     a.add_argument("--detector", type=Path, required=True, help="detector folder (from train or adapt)")
-    a.add_argument("--capture", type=Path, required=True, help="labelled capture (any supported format)")
-    a.add_argument("--labels", type=Path, default=None, help="side label file for candump/python-can captures")
+    a.add_argument("--capture", type=Path, required=True, help="labelled capture (any supported format, or pcap)")
+    a.add_argument("--labels", type=Path, default=None,
+                   help="side label file for candump/python-can captures; for pcaps an index/timestamp,attack CSV")
     a.add_argument("--format", default="auto", help="capture format (default: auto-detect)")
     a.add_argument("--attack", default=None, help="attack label to adapt to (default: every non-benign label)")
     a.add_argument("--shots", type=int, default=5, help="labelled samples per class, K (default: %(default)s)")
@@ -61,13 +75,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--format", default="auto")
     d.add_argument("--out", type=Path, required=True, help="CSV of verdicts")
     d.add_argument("--chunk-size", type=int, default=65536)
-    d.add_argument("--skip-malformed", action="store_true", help="skip and count malformed lines instead of failing")
+    d.add_argument("--skip-malformed", action="store_true",
+                   help="skip and count malformed lines instead of failing (pcaps: malformed packets are always skipped "
+                        "and counted)")
     d.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=run)
 
 
 def _common(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--preset", default=default, help="cic, sim, tiny, sim_tiny or a YAML file (default: %(default)s)")
+    p.add_argument("--preset", default=default,
+                   help="cic, sim, eth, tiny, sim_tiny, eth_tiny or a YAML file (default: %(default)s)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.iterations=500")
 
 
@@ -88,6 +105,9 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> None:
+    if args.network == "eth":
+        _simulate_eth(args)
+        return
     from fastmaml.apps.ids import can_sim
 
     if args.attack not in ("none", *can_sim.ATTACKS):
@@ -99,12 +119,33 @@ def _simulate(args: argparse.Namespace) -> None:
     print(f"wrote {len(frames)} frames ({int(frames.is_attack().sum())} attack) to {args.out}, labels to {labels}")
 
 
+def _simulate_eth(args: argparse.Namespace) -> None:
+    from fastmaml.apps.ids.ethernet import zonal_sim
+
+    if args.attack not in ("none", *zonal_sim.ATTACKS):
+        raise DataError(f"unknown zonal-network attack {args.attack!r}; valid: none, {', '.join(zonal_sim.ATTACKS)}")
+    cap = zonal_sim.simulate(args.attack, args.duration, args.seed)
+    labels = args.labels or args.out.with_name(args.out.stem + "_labels.csv")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    cap.write(args.out, labels, pcapng=args.out.suffix == ".pcapng")
+    print(f"wrote {len(cap)} packets ({int(cap.labels.sum())} attack) to {args.out}, labels to {labels}")
+
+
 def _compare(args: argparse.Namespace) -> None:
     from fastmaml.apps.ids import experiment as E
 
     cfg = E.load_ids_config(args.preset, args.overrides)
-    folds = [_split(h) for h in args.holdout] if args.holdout else None
-    report = E.compare(cfg, args.out, folds=folds, resume=not args.no_resume, command=_command_line())
+    data = None
+    folds = None
+    if args.holdout:
+        if any(h.strip() == "each" for h in args.holdout):
+            if len(args.holdout) > 1:
+                raise DataError("--holdout each (leave-one-attack-out) cannot be combined with other --holdout folds")
+            data = E.prepare_data(cfg, args.out / "data")
+            folds = E.leave_one_out(data)
+        else:
+            folds = [_split(h) for h in args.holdout]
+    report = E.compare(cfg, args.out, folds=folds, resume=not args.no_resume, command=_command_line(), data=data)
     print(f"report: {args.out / 'report.md'}  results: {args.out / 'results.json'}  ({report['total_seconds']:.0f} s)")
 
 
@@ -138,8 +179,10 @@ def _detect(args: argparse.Namespace) -> None:
     det = load_detector(args.detector)
     s = stream_detect(det, args.capture, args.out, labels=args.labels, format=args.format, chunk_size=args.chunk_size,
                       progress=not args.no_progress, skip_malformed=args.skip_malformed)
-    print(f"{s.frames} frames, {s.samples} verdicts ({s.flagged} flagged) -> {s.out}; "
-          f"{s.seconds:.2f} s, {s.frames_per_second:,.0f} frames/s")
+    print(f"{s.frames} {s.unit}, {s.samples} verdicts ({s.flagged} flagged) -> {s.out}; "
+          f"{s.seconds:.2f} s, {s.frames_per_second:,.0f} {s.unit}/s")
+    if s.reader_note:
+        print(f"reader: {s.reader_note}")
     if s.metrics:
         print("against the capture's labels: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                                            for k, v in s.metrics.items()))

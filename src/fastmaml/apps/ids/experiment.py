@@ -62,6 +62,8 @@ PRESETS = Path(__file__).parent / "presets"
 METHODS = ("scratch", "pretrained", "maml", "fomaml")
 METRIC_NAMES = ("f1", "recall", "fpr", "accuracy")
 RULES = ("id_allow_list", "timing", "payload_range")
+SOURCE_KINDS = ("cic", "sim", "captures", "eth_sim", "eth_captures", "synthetic")
+ETH_KINDS = ("eth_sim", "eth_captures")
 
 
 # ======================================================================== configs
@@ -70,7 +72,7 @@ class CaptureSpec:
     """One labelled capture for ``source.kind: captures``."""
 
     path: str = ""
-    labels: str = ""  # side label file (``index,label`` CSV or Car-Hacking CSV); "" when the capture has labels
+    labels: str = ""  # side label file (``index,label`` CSV, Car-Hacking CSV, or for pcaps ``index/timestamp,attack`` CSV)
     format: str = "auto"
 
 
@@ -79,10 +81,12 @@ class SourceConfig:
     """Where the traffic comes from.
 
     ``kind``: ``cic`` (CICIoV2024 decimal folder), ``sim`` (the CAN simulator), ``captures``
-    (labelled capture files) or ``synthetic`` (separable Gaussian blobs, for tests).
-    For ``cic`` and ``captures`` the last ``test_fraction`` of every capture (in capture
-    order) is the test part; for ``sim`` the test captures are simulated with another seed
-    (another drive cycle).
+    (labelled capture files), ``eth_sim`` (the simulated zonal automotive-Ethernet network),
+    ``eth_captures`` (labelled pcap/pcapng files + label CSVs) or ``synthetic`` (separable
+    Gaussian blobs, for tests). For ``cic``, ``captures`` and ``eth_captures`` the last
+    ``test_fraction`` of every capture (in capture order) is the test part; for ``sim`` and
+    ``eth_sim`` the test captures are simulated with another seed (another drive). The
+    Ethernet kinds are built in :mod:`fastmaml.apps.ids.ethernet.source`.
     """
 
     kind: str = "sim"
@@ -96,6 +100,20 @@ class SourceConfig:
     sim_test_seed: int = 2
     synthetic_attacks: int = 4
     synthetic_samples: int = 400  # per class and split
+    eth_camera: bool = True  # eth_sim: include the ~2,000 packets/s camera stream (off: fast tiny runs)
+
+
+# Source keys only the Ethernet kinds read: left out of the cache keys of the other kinds (and
+# when at their defaults), so adding them did not invalidate earlier runs.
+_ETH_ONLY_KEYS = {"eth_camera": True}
+
+
+def _source_key(src: SourceConfig) -> dict[str, Any]:
+    d = to_dict(src)
+    for k, default in _ETH_ONLY_KEYS.items():
+        if src.kind not in ETH_KINDS or d.get(k) == default:
+            d.pop(k, None)
+    return d
 
 
 @dataclass
@@ -156,8 +174,8 @@ class IdsConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ConfigError(f"methods {bad or '[]'} unknown; choose from {list(METHODS)}")
-        if self.source.kind not in ("cic", "sim", "captures", "synthetic"):
-            raise ConfigError(f"source.kind {self.source.kind!r} unknown; use cic, sim, captures or synthetic")
+        if self.source.kind not in SOURCE_KINDS:
+            raise ConfigError(f"source.kind {self.source.kind!r} unknown; use one of {', '.join(SOURCE_KINDS)}")
         if self.model.name not in ("mlp", "cnn", "gru"):
             raise ConfigError(f"model.name {self.model.name!r} unknown; use mlp, cnn or gru")
         if self.model.name in ("cnn", "gru") and not self.features.window:
@@ -230,6 +248,8 @@ class IdsData:
     feature_state: dict[str, Any] | None = None  # JSON form of the fitted feature state (for detectors)
     source: str = ""
     stats: dict[str, Any] = field(default_factory=dict)  # e.g. unseen-ID fractions per attack
+    traffic: str = "can"  # "can" or "eth": which feature pipeline a detector of this data streams
+    default_holdout: list[list[str]] | None = None  # the source's default folds (None: leave-one-attack-out)
 
     @property
     def attacks(self) -> list[str]:
@@ -270,17 +290,22 @@ def families_from_sample_sets(
     return out
 
 
-def _cap(s: SampleSet, max_benign: int, max_attack: int, seed: int) -> SampleSet:
-    """At most ``max_benign`` benign and ``max_attack`` samples of each attack (random, seeded)."""
+def cap_indices(labels: torch.Tensor, n_classes: int, max_benign: int, max_attack: int, seed: int) -> torch.Tensor:
+    """Sorted indices of at most ``max_benign`` benign (label 0) and ``max_attack`` samples of each other class."""
     g = torch.Generator().manual_seed(seed)
     keep = []
-    for c in range(len(s.class_names)):
-        idx = (s.labels == c).nonzero().squeeze(1)
+    for c in range(n_classes):
+        idx = (labels == c).nonzero().squeeze(1)
         cap = max_benign if c == 0 else max_attack
         if idx.numel() > cap:
             idx = idx[torch.randperm(idx.numel(), generator=g)[:cap]]
         keep.append(idx)
-    return s.select(torch.cat(keep).sort().values)
+    return torch.cat(keep).sort().values
+
+
+def _cap(s: SampleSet, max_benign: int, max_attack: int, seed: int) -> SampleSet:
+    """At most ``max_benign`` benign and ``max_attack`` samples of each attack (random, seeded)."""
+    return s.select(cap_indices(s.labels, len(s.class_names), max_benign, max_attack, seed))
 
 
 def _rule_predictions(s: SampleSet, rules: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -439,23 +464,31 @@ def _finish(families: dict[str, TaskFamily], state: FeatureState, feat: FeatureC
         raise DataError(f"attack(s) {missing} not found in {source}; available: {list(families)}")
     stats = {"unseen_id_fraction": {n: _unseen_id_fraction(f.test) for n, f in families.items()},
              "counts": {n: {"train": f.train.counts(), "test": f.test.counts()} for n, f in families.items()}}
-    names = list(FRAME_FEATURES)
-    if feat.drop:
-        bad = [d for d in feat.drop if d not in names]
-        if bad:
-            raise ConfigError(f"features.drop {bad} are not feature names; valid: {names}")
-        keep = [i for i, n in enumerate(names) if n not in feat.drop]
-        names = [names[i] for i in keep]
-        for f in families.values():
-            for part in ("train", "test"):
-                s = getattr(f, part)
-                setattr(f, part, SampleSet(s.features[..., keep].contiguous(), s.labels, s.class_names, names, s.source))
-    return IdsData(families, names, feat.window, state.to_dict(), source, stats)
+    data = IdsData(families, list(FRAME_FEATURES), feat.window, state.to_dict(), source, stats)
+    _drop_features(data, feat.drop)
+    return data
+
+
+def _drop_features(data: IdsData, drop: Sequence[str]) -> None:
+    """Leave the ``features.drop`` columns out of every sample (ablations), in place."""
+    if not drop:
+        return
+    names = list(data.feature_names)
+    bad = [d for d in drop if d not in names]
+    if bad:
+        raise ConfigError(f"features.drop {bad} are not feature names; valid: {names}")
+    keep = [i for i, n in enumerate(names) if n not in drop]
+    names = [names[i] for i in keep]
+    for f in data.families.values():
+        for part in ("train", "test"):
+            s = getattr(f, part)
+            setattr(f, part, SampleSet(s.features[..., keep].contiguous(), s.labels, s.class_names, names, s.source))
+    data.feature_names = names
 
 
 def data_key(cfg: IdsConfig) -> str:
     """Hash of everything that shapes the prepared data (source + features)."""
-    blob = json.dumps({"source": to_dict(cfg.source), "features": to_dict(cfg.features), "v": 1}, sort_keys=True)
+    blob = json.dumps({"source": _source_key(cfg.source), "features": to_dict(cfg.features), "v": 1}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -472,10 +505,17 @@ def prepare_data(cfg: IdsConfig, cache_dir: Path | None = None, log: Callable[[s
         data = _prepare_sim(src, feat, log)
     elif src.kind == "captures":
         data = _prepare_captures(src, feat, log)
+    elif src.kind in ETH_KINDS:
+        from fastmaml.apps.ids.ethernet.source import prepare_eth
+
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        data = prepare_eth(src, feat, log, Path(cache_dir) if cache_dir is not None else None)
+        _drop_features(data, feat.drop)
     elif src.kind == "synthetic":
         data = _prepare_synthetic(src, feat)
     else:
-        raise ConfigError(f"source.kind {src.kind!r} unknown; use cic, sim, captures or synthetic")
+        raise ConfigError(f"source.kind {src.kind!r} unknown; use one of {', '.join(SOURCE_KINDS)}")
     if path is not None:
         save_data(data, path)
     return data
@@ -487,7 +527,8 @@ def save_data(data: IdsData, path: Path) -> None:
 
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {"families": {}, "feature_names": data.feature_names, "window": data.window,
-                            "feature_state": data.feature_state, "source": data.source, "stats": data.stats}
+                            "feature_state": data.feature_state, "source": data.source, "stats": data.stats,
+                            "traffic": data.traffic, "default_holdout": data.default_holdout}
     for name, fam in data.families.items():
         meta["families"][name] = {"rules": {}}
         for split in ("train", "test"):
@@ -520,7 +561,7 @@ def load_data(path: Path) -> IdsData:
             parts[split] = (s, {r: t[f"{name}/{split}/rule/{r}"].bool() for r in fm["rules"][split]})
         families[name] = TaskFamily(name, parts["train"][0], parts["test"][0], parts["train"][1], parts["test"][1])
     return IdsData(families, meta["feature_names"], meta["window"], meta["feature_state"], meta["source"],
-                   meta["stats"])
+                   meta["stats"], meta.get("traffic", "can"), meta.get("default_holdout"))
 
 
 # ======================================================================= episodes
@@ -758,6 +799,7 @@ def fold_name(holdout: Sequence[str]) -> str:
 
 def _eval_key(cfg: IdsConfig, known: Sequence[str], holdout: Sequence[str], dkey: str) -> str:
     c = to_dict(cfg)
+    c["source"] = _source_key(cfg.source)
     for k in ("progress", "threads", "device", "checkpoint_every", "log_every"):
         c["train"].pop(k, None)
     blob = json.dumps({"cfg": c, "known": sorted(known), "holdout": list(holdout), "data": dkey}, sort_keys=True)
@@ -833,7 +875,14 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
 
 
 def default_folds(data: IdsData) -> list[list[str]]:
-    """Leave-one-attack-out: one fold per attack."""
+    """The source's default held-out set (Ethernet simulator: the new flooding attacks), else leave-one-attack-out."""
+    if data.default_holdout:
+        return [list(f) for f in data.default_holdout]
+    return leave_one_out(data)
+
+
+def leave_one_out(data: IdsData) -> list[list[str]]:
+    """One fold per attack."""
     return [[a] for a in data.attacks]
 
 
@@ -865,6 +914,7 @@ def compare(cfg: IdsConfig, out_dir: Path, folds: list[list[str]] | None = None,
         "command": command,
         "config": to_dict(cfg),
         "source": data.source,
+        "traffic": data.traffic,
         "feature_names": data.feature_names,
         "window": data.window,
         "data_stats": data.stats,
@@ -880,17 +930,27 @@ def compare(cfg: IdsConfig, out_dir: Path, folds: list[list[str]] | None = None,
 
 def meta_train_detector(cfg: IdsConfig, attacks: Sequence[str], out_dir: Path, method: str = "maml",
                         seed: int | None = None, resume: bool = True) -> Path:
-    """Meta-train a detector on ``attacks`` and save it (weights + JSON) to ``out_dir/detector``."""
+    """Meta-train a detector on ``attacks`` and save it (weights + JSON) to ``out_dir/detector``.
+
+    No ``attacks``: every attack of the source except its default held-out ones (Ethernet
+    simulator: the flooding variants), which stay new for ``fastmaml ids adapt``.
+    """
     from fastmaml.apps.ids.detect import Detector, save_detector
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     out_dir = Path(out_dir)
     data = prepare_data(cfg, out_dir / "data")
-    attacks = data.check_attacks(attacks) if attacks else data.attacks
+    if attacks:
+        attacks = data.check_attacks(attacks)
+    else:
+        # Without a choice, keep the source's default held-out attacks out of training, so the
+        # detector can be adapted to them as new attacks (Ethernet: the flooding variants).
+        held = {a for f in (data.default_holdout or []) for a in f}
+        attacks = [a for a in data.attacks if a not in held]
     if data.feature_state is None:
-        raise ConfigError(f"source {cfg.source.kind!r} has no CAN feature state, so its detector cannot stream "
-                          "captures; use source.kind cic, sim or captures")
+        raise ConfigError(f"source {cfg.source.kind!r} has no feature state, so its detector cannot stream "
+                          "captures; use source.kind cic, sim, captures, eth_sim or eth_captures")
     seed = cfg.seeds[0] if seed is None else seed
     if method not in ("maml", "fomaml", "pretrained"):
         raise ConfigError(f"method {method!r} cannot be meta-trained; use maml, fomaml or pretrained")
@@ -907,6 +967,7 @@ def meta_train_detector(cfg: IdsConfig, attacks: Sequence[str], out_dir: Path, m
         inner_lr=step,
         adapt_steps=cfg.eval.steps,
         meta={"method": method, "trained_on": list(attacks), "source": data.source, "seed": seed, "adapted_to": None},
+        traffic=data.traffic,
     )
     path = out_dir / "detector"
     save_detector(det, path)

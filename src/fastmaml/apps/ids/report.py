@@ -21,7 +21,12 @@ from fastmaml.eval.stats import fmt
 from fastmaml.fileio import atomic_write_text
 
 LABELS = {"scratch": "from scratch", "pretrained": "pretrained + fine-tune", "maml": "MAML", "fomaml": "FOMAML"}
-RULE_LABELS = {"id_allow_list": "ID allow-list", "timing": "timing rule", "payload_range": "payload range"}
+RULE_LABELS = {"id_allow_list": "ID allow-list", "timing": "timing rule", "payload_range": "payload range",
+               "unknown_mac": "unknown-MAC rule", "rate": "rate rule", "seq_gap": "sequence-gap rule",
+               "any": "any rule (OR)"}
+# The rule drawn as a dotted reference line in F1-vs-K (the first one the report has).
+FIGURE_RULES = ("id_allow_list", "any")
+NOTES_FILE = "notes.md"  # hand-written analysis in the output folder, embedded in report.md
 STYLES = {"from scratch": {"marker": "x", "color": "tab:gray"}, "pretrained + fine-tune": {"marker": "s", "color": "tab:blue"},
           "MAML": {"marker": "o", "color": "tab:red"}, "FOMAML": {"marker": "^", "color": "tab:orange"}}
 
@@ -41,12 +46,17 @@ def environment() -> dict[str, Any]:
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> None:
-    """``results.json``, ``report.md``, ``f1_vs_shots.png`` and ``f1_vs_steps.png`` in ``out_dir``."""
+    """``results.json``, ``report.md``, ``f1_vs_shots.png`` and ``f1_vs_steps.png`` in ``out_dir``.
+
+    A hand-written ``notes.md`` in ``out_dir`` (analysis, caveats) is embedded in report.md,
+    so re-running the comparison keeps it.
+    """
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "results.json", json.dumps(report, indent=1) + "\n")
     figure_shots(report, out_dir / "f1_vs_shots.png")
     figure_steps(report, out_dir / "f1_vs_steps.png")
-    atomic_write_text(out_dir / "report.md", markdown(report))
+    notes = out_dir / NOTES_FILE
+    atomic_write_text(out_dir / "report.md", markdown(report, notes.read_text() if notes.is_file() else None))
 
 
 # ------------------------------------------------------------------ helpers
@@ -108,9 +118,11 @@ def figure_shots(report: dict[str, Any], path: Path) -> None:
         plot_curves(ax, curves, x=[int(k) for k in shots], xlabel="K (labelled samples per class)", ylabel=f"F1 after {s} steps",
                     title=f"held out: {attack}", styles=STYLES)
         rules = per_k[shots[0]]["rules"]
-        if "id_allow_list" in rules:
-            ax.axhline(rules["id_allow_list"]["f1"]["mean"][0], color="k", linestyle=":", linewidth=1, label="ID allow-list")
-            ax.legend(fontsize=7)
+        for r in FIGURE_RULES:
+            if r in rules:
+                ax.axhline(rules[r]["f1"]["mean"][0], color="k", linestyle=":", linewidth=1, label=RULE_LABELS[r])
+                ax.legend(fontsize=7)
+                break
         ax.set_xscale("log")
         ax.minorticks_off()  # log-scale minor labels (2x10^0 ...) only clutter a few integer K
         ax.set_xticks([int(k) for k in shots], [k for k in shots])
@@ -136,7 +148,27 @@ def figure_steps(report: dict[str, Any], path: Path) -> None:
 
 
 # ----------------------------------------------------------------- markdown
-def markdown(report: dict[str, Any]) -> str:
+def _folds_text(report: dict[str, Any]) -> str:
+    folds = report["folds"]
+    everything = set((report.get("data_stats") or {}).get("counts", {}))
+    held = {a for f in folds for a in f["holdout"]}
+    if all(len(f["holdout"]) == 1 for f in folds) and (not everything or held == everything):
+        return "(leave-one-attack-out: one meta-training per held-out attack)."
+    if len(folds) == 1:
+        f = folds[0]
+        return (f"(held out together: {', '.join(f['holdout'])}; one meta-training on the {len(f['known'])} other "
+                f"attack types: {', '.join(f['known'])}).")
+    return "(folds: " + "; ".join(", ".join(f["holdout"]) for f in folds) + ")."
+
+
+def _figure_rule(report: dict[str, Any]) -> str:
+    items = _attacks(report)
+    rules = next(iter(items[0][1].values()))["rules"] if items else {}
+    return next((RULE_LABELS[r] for r in FIGURE_RULES if r in rules), "")
+
+
+def markdown(report: dict[str, Any], notes: str | None = None) -> str:
+    """The report as Markdown; ``notes`` (Markdown) goes in its own section after the summary."""
     cfg = report["config"]
     e, t, m = cfg["eval"], cfg["train"], cfg["maml"]
     env = report["environment"]
@@ -144,6 +176,7 @@ def markdown(report: dict[str, Any]) -> str:
     k_fig = _fig_shot(report)
     methods = cfg["methods"]
     win = report.get("window")
+    unit = "packet" if report.get("traffic") == "eth" else "frame"
     lines = [
         f"# Few-shot intrusion detection: {report['source']}",
         "",
@@ -154,15 +187,15 @@ def markdown(report: dict[str, Any]) -> str:
         f"Seeds: training {cfg['seeds']}, test episodes {e['seed']}, step-size tuning episodes {e['tuning_seed']}, "
         f"features {cfg['features']['seed']}.",
         "",
+        *[x for n in (report.get("data_stats") or {}).get("notes", []) for x in (n, "")],
         "## Setup",
         "",
         "* **Tasks.** Each attack type is a task family: binary episodes *benign vs that attack* with K labelled "
         f"samples per class to adapt on and {e['query']} query samples per class to score (label 1 = attack). "
         "Meta-training uses the known attack types only; the held-out ones are met only at test time "
-        + ("(leave-one-attack-out: one meta-training per held-out attack)." if all(len(f["holdout"]) == 1 for f in report["folds"])
-           else "(folds: " + "; ".join(", ".join(f["holdout"]) for f in report["folds"]) + ")."),
-        f"* **Samples.** {'frame-level features' if not win else f'windows of {win} consecutive frames'} "
-        f"({len(report['feature_names'])} features per frame: {', '.join(report['feature_names'])}); "
+        + _folds_text(report),
+        f"* **Samples.** {f'{unit}-level features' if not win else f'windows of {win} consecutive {unit}s'} "
+        f"({len(report['feature_names'])} features per {unit}: {', '.join(report['feature_names'])}); "
         f"model `{cfg['model']['name']}` {cfg['model']['hidden'] if cfg['model']['name'] != 'cnn' else cfg['model']['channels']}.",
         f"* **Methods** (all adapted by the same inner loop on the same {e['episodes']} fixed test episodes per "
         "(held-out attack, K)): "
@@ -181,8 +214,12 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     lines += _data_section(report)
     lines += _summary_section(report, k_fig, s_final)
+    if notes:
+        lines += [notes.strip(), ""]
+    fig_rule = _figure_rule(report)
     lines += ["## Figures", "", f"![F1 against K](f1_vs_shots.png)", "",
-              f"F1 after {s_final} steps against the number of labelled samples per class (dotted: ID allow-list).", "",
+              f"F1 after {s_final} steps against the number of labelled samples per class"
+              + (f" (dotted: {fig_rule})." if fig_rule else "."), "",
               "![F1 against steps](f1_vs_steps.png)", "", f"F1 against fine-tuning steps at K = {k_fig}.", ""]
     lines += _detail_section(report)
     lines += _step_size_section(report)
@@ -192,6 +229,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 def _data_section(report: dict[str, Any]) -> list[str]:
     stats = report.get("data_stats") or {}
+    if "novelty" in stats:
+        return _eth_data_section(report)
     counts = stats.get("counts", {})
     unseen = stats.get("unseen_id_fraction", {})
     lines = ["## Data", ""]
@@ -222,6 +261,25 @@ def _data_section(report: dict[str, Any]) -> list[str]:
         lo = min(x for x in fr if x is not None)
         lines += [f"Attacks reuse legitimate IDs (at most {100 * max(x for x in fr if x is not None):.1f}% and at least "
                   f"{100 * lo:.1f}% of an attack's samples carry an unseen ID), so an ID allow-list cannot catch them.", ""]
+    return lines
+
+
+def _eth_data_section(report: dict[str, Any]) -> list[str]:
+    """Ethernet sources: sample counts, and how many attack packets a MAC / stream allow-list would see."""
+    nov = report["data_stats"]["novelty"]
+    lines = ["## Data", "",
+             "| attack | train benign | train attack | test benign | test attack | attack packets from an unknown source MAC "
+             "| attack packets of a stream unseen in benign traffic |", "|---|---:|---:|---:|---:|---:|---:|"]
+    counts = report["data_stats"].get("counts", {})
+    for a, n in nov.items():
+        c = counts.get(a)
+        cells = ([str(c["train"]["benign"]), str(c["train"][a]), str(c["test"]["benign"]), str(c["test"][a])]
+                 if c else ["?"] * 4)
+        pct = [f"{100 * n[k]:.1f}%" if k in n else "n/a" for k in ("src_mac_new", "stream_new")]
+        lines.append(f"| {a} | " + " | ".join(cells + pct) + " |")
+    lines += ["", "Counts are samples after the per-family caps (features.max_benign / max_attack); the two last "
+              "columns are over all attack packets of the test capture. Attacks whose packets come from known MACs on "
+              "known streams (injection, replay, spoofing, request floods) are invisible to the unknown-MAC rule.", ""]
     return lines
 
 

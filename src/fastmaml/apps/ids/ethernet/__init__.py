@@ -8,6 +8,7 @@
 """
 
 from fastmaml.apps.ids.ethernet.pcap_reader import (
+    LabelTable,
     PacketChunk,
     PcapReader,
     ReadStats,
@@ -15,4 +16,4 @@ from fastmaml.apps.ids.ethernet.pcap_reader import (
     read_pcap,
 )
 
-__all__ = ["PacketChunk", "PcapReader", "ReadStats", "read_labels", "read_pcap"]
+__all__ = ["LabelTable", "PacketChunk", "PcapReader", "ReadStats", "read_labels", "read_pcap"]

@@ -216,6 +216,21 @@ class EthFeatureState:
                 "avtp_offsets": enc(self.avtp_offsets), "ptp_offsets": enc(self.ptp_offsets),
                 "src_macs": self.src_macs, "dst_macs": self.dst_macs, "can_ids": self.can_ids}
 
+    @staticmethod
+    def from_dict(d: dict, where: str = "EthFeatureState") -> "EthFeatureState":
+        """Inverse of :meth:`to_dict`; DataError naming ``where`` for a malformed dict."""
+        try:
+            if d.get("format") != "fastmaml.ids.EthFeatureState":
+                raise ValueError(f"format is {d.get('format')!r}")
+
+            def dec(x: dict) -> dict[int, float]:
+                return {int(k): (float("nan") if v is None else float(v)) for k, v in x.items()}
+            return EthFeatureState(dec(d["intervals"]), dec(d["avtp_offsets"]), dec(d["ptp_offsets"]),
+                                   [int(x) for x in d["src_macs"]], [int(x) for x in d["dst_macs"]],
+                                   [int(x) for x in d["can_ids"]])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise DataError(f"{where}: not an Ethernet feature state ({e}); re-create it with EthFeatureState.fit") from None
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the state as JSON."""
         Path(path).write_text(json.dumps(self.to_dict()))
@@ -226,16 +241,12 @@ class EthFeatureState:
         p = Path(path)
         try:
             d = json.loads(p.read_text())
-            if d.get("format") != "fastmaml.ids.EthFeatureState":
-                raise ValueError(f"format is {d.get('format')!r}")
-
-            def dec(x: dict) -> dict[int, float]:
-                return {int(k): (float("nan") if v is None else float(v)) for k, v in x.items()}
-            return EthFeatureState(dec(d["intervals"]), dec(d["avtp_offsets"]), dec(d["ptp_offsets"]),
-                                   [int(x) for x in d["src_macs"]], [int(x) for x in d["dst_macs"]],
-                                   [int(x) for x in d["can_ids"]])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError) as e:
             raise DataError(f"{p}: not an EthFeatureState JSON ({e}); re-create it with EthFeatureState.save") from None
+        if not isinstance(d, dict):
+            raise DataError(f"{p}: not an EthFeatureState JSON (top level is not an object); re-create it with "
+                            "EthFeatureState.save")
+        return EthFeatureState.from_dict(d, str(p))
 
 
 class _Carry:
@@ -339,7 +350,14 @@ class EthFeaturizer:
 
     def transform(self, c: PacketChunk) -> np.ndarray:
         """float32 ``[n, F]`` packet features (columns named by :data:`PACKET_FEATURES`)."""
+        return self.transform_with_stats(c)[0]
+
+    def transform_with_stats(self, c: PacketChunk) -> tuple[np.ndarray, PacketStats]:
+        """Features and the per-packet stats they came from, in one pass (rules read the stats)."""
         st = self.stats(c)
+        return self._features(c, st), st
+
+    def _features(self, c: PacketChunk, st: PacketStats) -> np.ndarray:
         n = len(c)
         X = np.zeros((n, len(PACKET_FEATURES)), dtype=np.float32)
         col = {name: i for i, name in enumerate(PACKET_FEATURES)}
