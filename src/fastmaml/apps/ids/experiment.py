@@ -17,10 +17,12 @@ The fine-tuning step size of ``scratch`` and ``pretrained`` is tuned per K on ep
 range) are scored on the very query samples of the test episodes.
 
 Data come from a traffic source (CICIoV2024 folder, the CAN simulator, labelled capture
-files, or a synthetic source for tests) as :class:`IdsData`: per attack a :class:`TaskFamily`
-with train/test :class:`SampleSet` parts and per-sample rule predictions. Any other traffic
-source (e.g. automotive Ethernet) plugs in by building ``IdsData`` with
-:func:`families_from_sample_sets`.
+files, the simulated zonal automotive-Ethernet network or labelled pcaps, or a synthetic
+source for tests) as :class:`IdsData`: per attack a :class:`TaskFamily` with train/test
+:class:`SampleSet` parts and per-sample rule predictions. Another traffic source plugs in by
+building ``IdsData`` (e.g. with :func:`families_from_sample_sets`), as
+:mod:`fastmaml.apps.ids.ethernet.source` does for automotive Ethernet. A source may name its
+default held-out set (``IdsData.default_holdout``; Ethernet: the new flooding attacks).
 """
 
 from __future__ import annotations
