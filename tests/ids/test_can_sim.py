@@ -28,15 +28,37 @@ def test_attacks_reuse_legitimate_ids_and_keep_benign(attack):
     assert f.is_attack().sum() > 50
     assert set(np.unique(f.can_id).tolist()) <= set(np.unique(base.can_id).tolist())
     assert np.all(np.diff(f.timestamp) >= 0)
-    if attack not in ("masquerade", "suspension"):  # injection only adds frames
-        ben = f.select(~f.is_attack())
-        assert np.array_equal(ben.data, base.data) and np.allclose(ben.timestamp, base.timestamp)
-    # attack frames only inside the attack intervals
+    if attack not in ("masquerade", "suspension"):
+        # Injection only adds frames to what the ECUs queue; on the ideal bus that is exactly
+        # what is captured. (On the physical bus the genuine frames may be delayed or dropped:
+        # test_can_sim_bus.py.)
+        ideal = _run(attack, bus=None).frames
+        ben = ideal.select(~ideal.is_attack())
+        base_ideal = sim.simulate("none", DUR, 3, bus=None)
+        assert np.array_equal(ben.data, base_ideal.data) and np.allclose(ben.timestamp, base_ideal.timestamp)
+        wire_ben = f.select(~f.is_attack())
+        for cid in np.unique(base_ideal.can_id):  # on the wire: a subsequence of the queued frames, each late
+            w, q = wire_ben.can_id == cid, base_ideal.can_id == cid
+            assert _is_subsequence(wire_ben.data[w], wire_ben.timestamp[w], base_ideal.data[q], base_ideal.timestamp[q])
+    # attack frames only inside the attack intervals (received up to a few frame times after the
+    # end: a frame queued just before it still has to win the bus and be transmitted)
     t = f.timestamp[f.is_attack()]
     inside = np.zeros(len(t), bool)
     for a, b in r.intervals:
-        inside |= (t >= a) & (t < b)
+        inside |= (t >= a) & (t < b + 0.005)
     assert inside.all()
+
+
+def _is_subsequence(data, t, q_data, q_t):
+    """Each received frame matches a later-unused queued frame with the same payload, queued before it arrived."""
+    k = 0
+    for d, ti in zip(data, t):
+        while k < len(q_data) and not (np.array_equal(q_data[k], d) and q_t[k] < ti):
+            k += 1
+        if k == len(q_data):
+            return False
+        k += 1
+    return True
 
 
 def _attack_frames(r):
@@ -51,7 +73,11 @@ def test_spoof_speed_disagrees_with_physics_but_checksum_valid():
     assert np.all(np.abs(sim.decode_speed(att.data) - np.clip(truth + 0, 0, None)) >= 15)
     assert np.array_equal(sim.checksum(att.data, sim.ID_SPEED), att.data[:, 7])
     ben = r.frames.select((r.frames.can_id == sim.ID_SPEED) & ~r.frames.is_attack())
-    assert np.allclose(sim.decode_speed(ben.data), r.cycle.speed_kmh[r.cycle.at(ben.timestamp)], atol=0.01)
+    # The ECU samples the speed when it queues the frame, < 2 ms (< one cycle step) before reception.
+    i = r.cycle.at(ben.timestamp)
+    err = np.minimum(np.abs(sim.decode_speed(ben.data) - r.cycle.speed_kmh[i]),
+                     np.abs(sim.decode_speed(ben.data) - r.cycle.speed_kmh[np.maximum(i - 1, 0)]))
+    assert np.all(err <= 0.01)
     bad = _run("spoof_speed", checksum_ok=False)
     a2 = _attack_frames(bad)
     assert not np.any(sim.checksum(a2.data, sim.ID_SPEED) == a2.data[:, 7])

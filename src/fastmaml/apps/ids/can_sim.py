@@ -6,27 +6,44 @@ on a fixed ID set with physically consistent signals (speed, RPM from speed and 
 steering, throttle/brake, rolling counters and checksums), and attacks reuse those IDs, so
 detectors must look at timing and content.
 
-Determinism: the same seed gives the same drive cycle and the same benign traffic whatever
-the attack (separate random streams), and the same attack frames.
+Bus: every sender (each ECU, the attacker) queues frames at its own times; ``transmit``
+then puts them on one shared wire (``BusConfig``, 500 kbit/s by default). A frame occupies
+the wire for its length in bits (standard/extended ID, DLC, worst-case bit stuffing, the
+3-bit interframe space), frames never overlap, and when the bus becomes free the pending
+frame with the lowest ID wins arbitration. Each sender stream (sender, ID) has a transmit
+buffer ``tx_buffer_depth`` deep (default 1: a newer instance of a periodic message replaces
+the one still waiting, as CAN drivers with one buffer per message do), so a frame that
+cannot get on the bus before enough newer ones of its stream are queued is dropped. Hence a
+high-priority flood delays, and when it saturates the bus starves, lower-priority IDs. The
+timestamps are reception times (end of frame). ``bus=None`` gives the old ideal bus:
+infinitely fast, no contention.
+
+Determinism: the same seed gives the same drive cycle and the same frames queued by the
+genuine ECUs whatever the attack (separate random streams), and the same attack frames;
+what reaches the wire then depends on the attack through the bus (delays, drops).
 
 Labels: legitimate frames are ``"benign"``; injected frames carry the attack name. For
 ``suspension`` nothing is injected, so every frame sent while the victim ECU is silent is
 labelled ``"suspension"`` (the anomaly is the state of the bus, detectable only over time,
-so use window-level features for it).
+so use window-level features for it). Dropped frames simply do not appear.
 
-Not modelled: bus arbitration (a DoS flood adds frames but does not delay lower-priority
-ones), error frames, bit timing.
+Not modelled: error frames and retransmissions (two senders contending with the same ID
+are ordered by queueing time instead of colliding), bit-level timing and clock
+synchronisation, the exact stuffing of each frame (worst case is used, so frames are ~10%
+longer than typical and the bus saturates a little earlier than a real one would).
 """
 
 from __future__ import annotations
 
 import csv
+import heapq
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from fastmaml.apps.ids.frames import BENIGN, FrameBatch
+from fastmaml.apps.ids.frames import BENIGN, CLASSIC_MAX, FrameBatch
 from fastmaml.errors import DataError
 
 ATTACKS: tuple[str, ...] = (
@@ -231,6 +248,139 @@ def _protect(d: np.ndarray, can_id: int, counter: np.ndarray, checksum_ok: bool 
     return d
 
 
+# ---------------------------------------------------------------------- bus
+IFS_BITS = 3  # interframe space: part of a frame's bus time, but after the receivers accept it
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    """Physical bus parameters used by ``transmit``.
+
+    Attributes:
+        bitrate: bit/s (500 kbit/s: the usual powertrain/chassis high-speed CAN).
+        tx_buffer_depth: frames each sender stream (sender, ID) may have waiting; when a newer
+            frame of the stream is queued and the buffer is full, the oldest waiting one is
+            dropped. 1 = one buffer per message, overwritten by its next instance.
+        max_wait_s: frames waiting longer than this are dropped too (ECU transmit timeout);
+            ``inf`` relies on the buffer depth alone.
+    """
+
+    bitrate: float = 500_000.0
+    tx_buffer_depth: int = 1
+    max_wait_s: float = math.inf
+
+    def __post_init__(self) -> None:
+        if not self.bitrate > 0 or self.tx_buffer_depth < 1 or not self.max_wait_s > 0:
+            raise DataError(f"can_sim: BusConfig needs bitrate > 0, tx_buffer_depth >= 1, max_wait_s > 0; got {self}")
+
+
+@dataclass
+class BusSchedule:
+    """What ``transmit`` did with each queued frame (arrays in the input order)."""
+
+    sent: np.ndarray  # bool: got on the wire
+    start: np.ndarray  # float64 s: start of frame (SOF); NaN if dropped
+    end: np.ndarray  # float64 s: end of frame incl. interframe space; NaN if dropped
+    bits: np.ndarray  # int64 bits on the wire incl. stuffing and interframe space
+
+    def reception_time(self, bitrate: float) -> np.ndarray:
+        """When receivers accept each frame (end of frame, before the interframe space)."""
+        return self.end - IFS_BITS / bitrate
+
+
+@dataclass
+class BusStats:
+    """Summary of the bus over a simulated capture."""
+
+    bitrate: float
+    utilisation: float  # fraction of the capture the wire was busy
+    queued: int
+    dropped_benign: int
+    dropped_attack: int
+    max_delay_s: float  # longest queueing delay of a frame that was sent
+    p99_delay_benign_s: float
+
+
+def frame_bits(dlc: np.ndarray, is_extended: np.ndarray | bool = False) -> np.ndarray:
+    """Bits a classic CAN data frame occupies on the bus, worst-case stuffing and 3-bit IFS included.
+
+    Standard ID: 47 + 8n + floor((34 + 8n - 1) / 4); extended: 67 + 8n + floor((54 + 8n - 1) / 4)
+    (n data bytes; the stuffable part is SOF..CRC). 8 bytes: 135 / 160 bits, i.e. 270 / 320 us at
+    500 kbit/s. (Davis, Burns, Bril, Lukkien: Controller Area Network schedulability analysis, 2007.)
+    """
+    n = np.minimum(np.asarray(dlc, np.int64), CLASSIC_MAX)
+    g = np.where(np.asarray(is_extended, bool), 54, 34)
+    return g + 8 * n + 13 + (g + 8 * n - 1) // 4
+
+
+def _drop_deadlines(ready: np.ndarray, stream: np.ndarray, depth: int) -> np.ndarray:
+    """Time each frame leaves its sender's buffer unsent: when the ``depth``-th newer frame of its stream is queued."""
+    n = len(ready)
+    deadline = np.full(n, np.inf)
+    order = np.lexsort((np.arange(n), ready, stream))
+    s, r = stream[order], ready[order]
+    later = np.arange(depth, n)
+    same = s[later] == s[later - depth]
+    deadline[order[later - depth][same]] = r[later][same]
+    return deadline
+
+
+def transmit(ready: np.ndarray, can_id: np.ndarray, dlc: np.ndarray, is_extended: np.ndarray | None = None,
+             stream: np.ndarray | None = None, config: BusConfig | None = None) -> BusSchedule:
+    """Serialize queued frames on one CAN bus with priority arbitration.
+
+    Args:
+        ready: time each frame is queued by its sender.
+        can_id, dlc, is_extended: frame identity and size.
+        stream: sender stream of each frame (frames of one stream share a transmit buffer);
+            default: one stream per ID.
+        config: bus parameters (default ``BusConfig()``).
+
+    Whenever the bus is free (at ``end`` of the previous frame, interframe space included, or
+    at the next queueing time if nothing waits), every waiting frame contends and the lowest
+    ID wins; equal IDs go oldest first. A transmission is never pre-empted. A frame still
+    waiting when its stream queues ``tx_buffer_depth`` newer frames, or after ``max_wait_s``,
+    is dropped.
+    """
+    cfg = config or BusConfig()
+    ready = np.asarray(ready, np.float64)
+    n = len(ready)
+    can_id = np.asarray(can_id, np.int64)
+    ext = np.zeros(n, bool) if is_extended is None else np.asarray(is_extended, bool)
+    stream = can_id if stream is None else np.asarray(stream, np.int64)
+    bits = frame_bits(np.asarray(dlc), ext)
+    # Extended IDs lose to a standard ID with the same 11 base bits (SRR/IDE are recessive), so
+    # compare (base ID, extended, rest of the ID).
+    key = np.where(ext, ((can_id >> 18) << 19) | (1 << 18) | (can_id & 0x3FFFF), can_id << 19)
+    deadline = np.minimum(_drop_deadlines(ready, stream, cfg.tx_buffer_depth), ready + cfg.max_wait_s)
+    start = np.full(n, np.nan)
+    # The event loop is sequential by nature, but it only touches each frame twice (push/pop),
+    # so plain Python lists keep it at ~1 us per frame.
+    order = np.lexsort((key, ready)).tolist()
+    r_l, k_l, d_l = ready.tolist(), key.tolist(), deadline.tolist()
+    dur_l = (bits / cfg.bitrate).tolist()
+    st_l = [math.nan] * n
+    heap: list[tuple[int, float, int]] = []
+    free = -math.inf  # when the wire is next free
+    i = 0
+    while i < n or heap:
+        if not heap and r_l[order[i]] > free:
+            free = r_l[order[i]]  # idle bus: the next queued frame starts the contention
+        while i < n and r_l[order[i]] <= free:
+            j = order[i]
+            heapq.heappush(heap, (k_l[j], r_l[j], j))
+            i += 1
+        _, _, j = heapq.heappop(heap)
+        if d_l[j] <= free:  # left the buffer (replaced or timed out) before it could win
+            continue
+        st_l[j] = free
+        free += dur_l[j]
+    start[:] = st_l
+    sent = ~np.isnan(start)
+    end = np.where(sent, start + bits / cfg.bitrate, np.nan)
+    return BusSchedule(sent, start, end, bits)
+
+
 # --------------------------------------------------------------- simulation
 @dataclass
 class SimResult:
@@ -241,6 +391,7 @@ class SimResult:
     attack: str
     intervals: list[tuple[float, float]] = field(default_factory=list)
     target_id: int | None = None
+    bus: BusStats | None = None  # None for the ideal bus
 
 
 def attack_intervals(duration_s: float, seed: int, fraction: float = 0.3, n_bursts: int = 3,
@@ -306,8 +457,9 @@ _SPOOF_TARGET = {"spoof_speed": ID_SPEED, "spoof_rpm": ID_ENGINE, "spoof_gear": 
 
 
 def simulate_detailed(attack: str = "none", duration_s: float = 60.0, seed: int = 0, *, fraction: float = 0.3,
-                      n_bursts: int = 3, checksum_ok: bool = True, target_id: int | None = None) -> SimResult:
-    """Simulate a capture; see ``simulate``. Returns frames plus drive cycle and attack intervals."""
+                      n_bursts: int = 3, checksum_ok: bool = True, target_id: int | None = None,
+                      bus: BusConfig | None = BusConfig()) -> SimResult:
+    """Simulate a capture; see ``simulate``. Returns frames plus drive cycle, attack intervals and bus summary."""
     if attack not in ("none", BENIGN, *ATTACKS):
         raise DataError(f"can_sim: unknown attack {attack!r}; choose one of none, {', '.join(ATTACKS)}")
     if duration_s <= 0:
@@ -317,7 +469,8 @@ def simulate_detailed(attack: str = "none", duration_s: float = 60.0, seed: int 
     names = [BENIGN] if attack in ("none", BENIGN) else [BENIGN, attack]
     if len(names) == 1:
         parts = [(t, np.full(len(t), cid), d, np.zeros(len(t), np.int64)) for cid, (t, d, _) in legit.items()]
-        return SimResult(_assemble(parts, names), dc, attack)
+        frames, stats = _on_the_wire(parts, names, bus, duration_s)
+        return SimResult(frames, dc, attack, bus=stats)
 
     rng = np.random.default_rng([seed, 2, ATTACKS.index(attack)])
     ivals = attack_intervals(duration_s, seed, fraction, n_bursts)
@@ -399,13 +552,14 @@ def simulate_detailed(attack: str = "none", duration_s: float = 60.0, seed: int 
         lab = np.zeros(int(keep.sum()), np.int64)
         parts.append((t[keep], np.full(int(keep.sum()), cid), d[keep], lab))
     if attack == "suspension":
-        frames = _assemble(parts, names)
+        frames, stats = _on_the_wire(parts, names, bus, duration_s)
         frames.label[_in_intervals(frames.timestamp, ivals)] = 1
-        return SimResult(frames, dc, attack, ivals, suspended)
+        return SimResult(frames, dc, attack, ivals, suspended, stats)
     if inj_t:
         t = np.concatenate(inj_t)
         parts.append((t, np.concatenate(inj_id), np.concatenate(inj_d), np.ones(len(t), np.int64)))
-    return SimResult(_assemble(parts, names), dc, attack, ivals, victim)
+    frames, stats = _on_the_wire(parts, names, bus, duration_s)
+    return SimResult(frames, dc, attack, ivals, victim, stats)
 
 
 def _assemble(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], names: list[str]) -> FrameBatch:
@@ -417,8 +571,37 @@ def _assemble(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
     )
 
 
+def _on_the_wire(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], names: list[str],
+                 bus: BusConfig | None, duration_s: float) -> tuple[FrameBatch, BusStats | None]:
+    """Frames as receivers see them: queued frames through ``transmit`` (or the ideal bus when ``bus`` is None).
+
+    Genuine frames (label 0) come from the ECU owning their ID, injected ones from the attacker,
+    so they fill separate transmit buffers.
+    """
+    queued = _assemble(parts, names)
+    if bus is None:
+        return queued, None
+    attack = queued.label != 0
+    stream = queued.can_id.astype(np.int64) * 2 + attack
+    sched = transmit(queued.timestamp, queued.can_id, queued.dlc, queued.is_extended, stream, bus)
+    rx = sched.reception_time(bus.bitrate)
+    keep = np.flatnonzero(sched.sent & (rx < duration_s))  # a capture stops at duration_s
+    keep = keep[np.argsort(rx[keep], kind="stable")]
+    frames = _make_batch(rx[keep], queued.can_id[keep], queued.data[keep], queued.label[keep], names)
+    delay = (sched.start - queued.timestamp)[sched.sent]
+    ben_delay = (sched.start - queued.timestamp)[sched.sent & ~attack]
+    busy = float(np.sum(sched.bits[sched.sent & (sched.start < duration_s)]) / bus.bitrate)
+    stats = BusStats(
+        bitrate=bus.bitrate, utilisation=busy / duration_s, queued=len(queued),
+        dropped_benign=int(np.sum(~sched.sent & ~attack)), dropped_attack=int(np.sum(~sched.sent & attack)),
+        max_delay_s=float(delay.max()) if len(delay) else 0.0,
+        p99_delay_benign_s=float(np.quantile(ben_delay, 0.99)) if len(ben_delay) else 0.0,
+    )
+    return frames, stats
+
+
 def simulate(attack: str = "none", duration_s: float = 60.0, seed: int = 0, **kw: object) -> FrameBatch:
-    """Time-sorted simulated capture (~600 frames/s of benign traffic on 16 IDs) with ``attack`` injected.
+    """Time-sorted simulated capture (~440 frames/s of benign traffic on 16 IDs) with ``attack`` injected.
 
     Args:
         attack: ``"none"`` or one of ``ATTACKS``.
@@ -428,6 +611,8 @@ def simulate(attack: str = "none", duration_s: float = 60.0, seed: int = 0, **kw
             of the capture after a warm-up (so replay has something to record).
         checksum_ok: spoofing/masquerade frames carry a valid checksum (subtle) or a broken one.
         target_id: victim ID for dos/spoof/masquerade/suspension (defaults per attack).
+        bus: physical bus the frames are serialized on (``BusConfig()``: 500 kbit/s, priority
+            arbitration, one-deep transmit buffers); ``None`` for an ideal bus.
     """
     return simulate_detailed(attack, duration_s, seed, **kw).frames  # type: ignore[arg-type]
 
