@@ -4,7 +4,8 @@ Simulates a capture (default 300 s, ~130k frames with a DoS attack), writes it a
 log, then times, single-threaded (torch.set_num_threads(1)):
   read     candump log -> FrameBatch chunks
   feat     + frame features (FeatureState fitted on a separate benign capture)
-  detect   + FrameMLP(15 -> 64 -> 64 -> 2) forward on each chunk
+  detect   + FrameMLP(F -> 64 -> 64 -> 2) forward on each chunk
+  ids detect  the whole `fastmaml ids detect` path (stream_detect: + CSV verdicts), frame and window detectors
 and, with --cic, the CICIoV2024 reader on the real 1.2M-row benign zip.
 The target is >= 100,000 frames/s for "detect".
 
@@ -23,7 +24,10 @@ import torch
 from fastmaml.apps.ids import can_sim
 from fastmaml.apps.ids.can_readers import open_capture
 from fastmaml.apps.ids.features import FRAME_FEATURES, FeatureState, FrameFeaturizer
+from fastmaml.apps.ids.detect import Detector, load_detector, save_detector, stream_detect
+from fastmaml.apps.ids.experiment import build_model, load_ids_config
 from fastmaml.apps.ids.models import FrameMLP
+from fastmaml.config import to_dict
 
 
 def run(path: Path, chunk: int, state: FeatureState | None, model: torch.nn.Module | None) -> tuple[int, float]:
@@ -39,6 +43,22 @@ def run(path: Path, chunk: int, state: FeatureState | None, model: torch.nn.Modu
                 if model is not None:
                     model(torch.from_numpy(x)).argmax(1)
     return n, time.perf_counter() - t0
+
+
+def preset_detector(state: FeatureState, window: int | None) -> Detector:
+    """An (untrained) detector with the sim preset's model: speed does not depend on the weights."""
+    cfg = load_ids_config("sim")
+    names = list(FRAME_FEATURES)
+    torch.manual_seed(0)
+    net = build_model(cfg.model, len(names), window)
+    return Detector(to_dict(cfg.model), {k: v.detach() for k, v in net.state_dict().items()}, state.to_dict(), names,
+                    window, window, "any", ["benign", "attack"], cfg.maml.inner_lr, cfg.eval.steps)
+
+
+def _stream(det_path: Path, capture: Path, out: Path, chunk: int) -> float:
+    t0 = time.perf_counter()
+    summary = stream_detect(load_detector(det_path), capture, out, chunk_size=chunk, progress=False)
+    return summary.frames / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -60,6 +80,13 @@ def main() -> None:
         for name, st, m in (("read", None, None), ("read+feat", state, None), ("read+feat+mlp", state, model)):
             best = max(n / s for n, s in (run(path, args.chunk, st, m) for _ in range(args.repeat)))
             print(f"{name:14s} {best:12,.0f} frames/s")
+        # the whole `fastmaml ids detect` path: read, features, the sim preset's window detector, CSV verdicts
+        for window in (None, 16):
+            det_path = Path(d) / f"det_w{window}"
+            save_detector(preset_detector(state, window), det_path)
+            best = max(_stream(det_path, path, Path(d) / "verdicts.csv", args.chunk) for _ in range(args.repeat))
+            label = f"ids detect w={window or 1}"
+            print(f"{label:14s} {best:12,.0f} frames/s  (stream_detect: read + features + detector + CSV)")
         # the hot path without parsing text (frames already in memory, e.g. from a live socket)
         fz = FrameFeaturizer(state)
         t0 = time.perf_counter()
