@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from fastmaml.config import load_config
@@ -18,7 +17,7 @@ from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
 from fastmaml.experiments import sinusoid as S
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.train.checkpoint import load_checkpoint
-from fastmaml.train.loop import TrainConfig, meta_train
+from fastmaml.train.loop import meta_train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,9 +1,7 @@
 """The few-shot IDS comparison on the automotive-Ethernet source (tiny simulated zonal network)."""
 
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

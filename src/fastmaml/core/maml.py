@@ -238,6 +238,14 @@ class MAML(nn.Module):
         with torch.no_grad():
             return self.adapt_params(params, support_x, support_y, steps, first_order=True)
 
+    def with_inner_lr(self, lr: float) -> "MAML":
+        """The same network (shared parameters) adapted by plain gradient descent with step size ``lr``.
+
+        How baselines are fine-tuned: a pretrained or random network through the very same inner loop.
+        """
+        return MAML(self.model, self.loss_fn, inner_lr=lr, inner_steps=1, vectorize=self.vectorize,
+                    chunk_size=self.chunk_size)
+
     def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """The model's output on ``x`` with the given (e.g. adapted) parameters."""
         with torch.no_grad():

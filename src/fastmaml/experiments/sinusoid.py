@@ -34,7 +34,8 @@ from fastmaml.eval.environment import environment
 from fastmaml.eval.stats import fmt_summary, summarize
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.tasks.sinusoid import SinusoidTasks, oracle_inputs, target
-from fastmaml.train.checkpoint import atomic_write_text, load_checkpoint, load_state_into
+from fastmaml.fileio import atomic_write_text
+from fastmaml.train.checkpoint import load_checkpoint, load_state_into
 from fastmaml.train.loop import TrainConfig, meta_train
 
 PRESETS = Path(__file__).parent / "presets"
@@ -126,16 +127,11 @@ def tune_finetune_lr(cfg: SinusoidConfig, pretrained: MAML, k: int) -> tuple[flo
     batch, _, _ = eval_tasks(cfg, k, cfg.eval.tuning_tasks, cfg.eval.tuning_seed)
     scores = {}
     for lr in cfg.eval.finetune_lrs:
-        curve = finetuner(pretrained, lr).adaptation_curve(batch, steps=cfg.eval.steps)
+        curve = pretrained.with_inner_lr(lr).adaptation_curve(batch, steps=cfg.eval.steps)
         final = curve.losses[:, -1].mean().item()
         scores[str(lr)] = final if final == final else float("inf")
     best = min(scores, key=scores.get)
     return float(best), scores
-
-
-def finetuner(base: MAML, lr: float) -> MAML:
-    """Plain gradient-descent fine-tuning of ``base``'s network with step size ``lr``."""
-    return MAML(base.model, F.mse_loss, inner_lr=lr, inner_steps=1, vectorize=base.vectorize)
 
 
 def evaluate(cfg: SinusoidConfig, learners: dict[str, MAML], finetune_lr: dict[str, float], k: int) -> dict[str, Any]:
@@ -148,7 +144,7 @@ def evaluate(cfg: SinusoidConfig, learners: dict[str, MAML], finetune_lr: dict[s
                            oracle_inputs(batch.query_x, amp, phase), batch.query_y)
             losses = learner.adaptation_curve(ob, steps=0).losses.expand(-1, cfg.eval.steps + 1)
         else:
-            runner = finetuner(learner, finetune_lr[name]) if name in finetune_lr else learner
+            runner = learner.with_inner_lr(finetune_lr[name]) if name in finetune_lr else learner
             losses = runner.adaptation_curve(batch, steps=cfg.eval.steps).losses
         out[name] = summarize(losses)
     return out
@@ -171,7 +167,7 @@ def figure_predictions(cfg: SinusoidConfig, learners: dict[str, MAML], finetune_
                 axes[row, col].axis("off")
                 continue
             learner = learners[name]
-            runner = finetuner(learner, finetune_lr[name]) if name in finetune_lr else learner
+            runner = learner.with_inner_lr(finetune_lr[name]) if name in finetune_lr else learner
             ax = axes[row, col]
             ax.plot(grid, amp[0] * torch.sin(grid + phase[0]), color="red", label="ground truth")
             for steps, style in ((0, ":"), (1, "--"), (cfg.eval.steps, "-")):

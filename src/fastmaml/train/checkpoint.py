@@ -20,7 +20,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from fastmaml.errors import CheckpointError
-from fastmaml.fileio import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 
 FORMAT = "fastmaml-checkpoint-v1"
 # The error class was renamed across safetensors releases; catch whichever this one has.

@@ -29,7 +29,8 @@ from fastmaml.core.maml import MAML
 from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.train import distributed as D
-from fastmaml.train.checkpoint import atomic_write_text, load_checkpoint, load_state_into, save_checkpoint
+from fastmaml.fileio import atomic_write_text
+from fastmaml.train.checkpoint import load_checkpoint, load_state_into, save_checkpoint
 
 BatchSampler = Callable[[torch.Generator], TaskBatch]
 Validator = Callable[[MAML], dict[str, float]]

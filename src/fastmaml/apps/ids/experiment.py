@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -716,12 +715,6 @@ def build_learner(cfg: IdsConfig, data: IdsData, method: str, seed: int) -> MAML
     return mc.build(model, F.cross_entropy)
 
 
-def finetuner(base: MAML, lr: float) -> MAML:
-    """Plain gradient-descent fine-tuning of ``base``'s network with step size ``lr``."""
-    return MAML(base.model, F.cross_entropy, inner_lr=lr, inner_steps=1, vectorize=base.vectorize,
-                chunk_size=base.chunk_size)
-
-
 # ======================================================================= training
 def _identity(cfg: IdsConfig, method: str, known: Sequence[str], seed: int, dkey: str) -> dict[str, Any]:
     """What a training run depends on (iterations excluded: raising them continues a run)."""
@@ -774,7 +767,7 @@ def tune_step_size(cfg: IdsConfig, data: IdsData, base: MAML, known: Sequence[st
                         ("support_x", "support_y", "query_x", "query_y")))
     scores = {}
     for lr in e.finetune_lrs:
-        curve = finetuner(base, lr).adaptation_curve(batch, steps=e.steps, metrics={"f1": CURVE_METRICS["f1"]},
+        curve = base.with_inner_lr(lr).adaptation_curve(batch, steps=e.steps, metrics={"f1": CURVE_METRICS["f1"]},
                                                      params=_params(base))
         f1 = curve.metrics["f1"][:, -1].mean().item()
         loss = curve.losses[:, -1].mean().item()
@@ -849,7 +842,7 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
                     lr, scores = tune_step_size(cfg, data, learner, known, k)
                     step_sizes.setdefault(f"{method}-s{seed}", {})[str(k)] = lr
                     tuning.setdefault(f"{method}-s{seed}", {})[str(k)] = scores
-                    runner = finetuner(learner, lr)
+                    runner = learner.with_inner_lr(lr)
                 else:
                     runner = learner
                 for a in holdout:

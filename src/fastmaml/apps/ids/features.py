@@ -247,7 +247,7 @@ class FeatureState:
             if clock == "auto":
                 clock = "time" if b.has_timestamps else "index"
             if clock == "time" and not b.has_timestamps:
-                raise DataError(f"FeatureState.fit: clock='time' but frames lack timestamps; use clock='index'")
+                raise DataError("FeatureState.fit: clock='time' but frames lack timestamps; use clock='index'")
             clk = b.timestamp if clock == "time" else np.arange(offset, offset + len(b), dtype=np.float64)
             offset += len(b)
             keep = ~b.is_attack()

@@ -174,7 +174,6 @@ def markdown(report: dict[str, Any], notes: str | None = None) -> str:
     env = report["environment"]
     s_final = _final(report)
     k_fig = _fig_shot(report)
-    methods = cfg["methods"]
     win = report.get("window")
     unit = "packet" if report.get("traffic") == "eth" else "frame"
     lines = [
@@ -217,7 +216,7 @@ def markdown(report: dict[str, Any], notes: str | None = None) -> str:
     if notes:
         lines += [notes.strip(), ""]
     fig_rule = _figure_rule(report)
-    lines += ["## Figures", "", f"![F1 against K](f1_vs_shots.png)", "",
+    lines += ["## Figures", "", "![F1 against K](f1_vs_shots.png)", "",
               f"F1 after {s_final} steps against the number of labelled samples per class"
               + (f" (dotted: {fig_rule})." if fig_rule else "."), "",
               "![F1 against steps](f1_vs_steps.png)", "", f"F1 against fine-tuning steps at K = {k_fig}.", ""]
