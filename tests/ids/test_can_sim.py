@@ -138,6 +138,17 @@ def test_dos_and_fuzzing_rates():
     assert len(np.unique(att.data[:, 0])) > 200
 
 
+def test_dos_floods_every_0_3_ms_for_the_whole_burst():
+    # HCRL Car-Hacking DoS: one frame every 0.3 ms. Seed 0's last burst once ended ~1 ms early
+    # (summed jitter), hence the check on the burst's end.
+    r = sim.simulate_detailed("dos", 60.0, 0, bus=None)
+    att = r.frames.timestamp[r.frames.is_attack()]
+    for a, b in r.intervals:
+        t = att[(att >= a) & (att < b)]
+        assert np.all(np.abs(np.diff(t) - sim.DOS_PERIOD_S) <= sim.DOS_JITTER_S + 1e-9)
+        assert t[0] - a < sim.DOS_PERIOD_S + sim.DOS_JITTER_S and b - t[-1] < sim.DOS_PERIOD_S + sim.DOS_JITTER_S
+
+
 def test_write_and_read_back(tmp_path):
     f = sim.simulate("replay", 20.0, 1)
     log, lab = tmp_path / "cap.log", tmp_path / "cap_labels.csv"

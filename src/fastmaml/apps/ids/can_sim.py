@@ -22,6 +22,14 @@ Determinism: the same seed gives the same drive cycle and the same frames queued
 genuine ECUs whatever the attack (separate random streams), and the same attack frames;
 what reaches the wire then depends on the attack through the bus (delays, drops).
 
+DoS: as in the HCRL Car-Hacking data set, one frame every 0.3 ms (``DOS_PERIOD_S``, small
+jitter) during each burst, ~90% of a 500 kbit/s bus by itself, so every burst saturates the bus;
+lower-priority IDs only get the gaps the flood leaves (delayed by up to tens or hundreds of ms,
+the attacker losing some of its own frames). Car-Hacking injects ID 0x000; here the flood uses
+the highest-priority legitimate ID (0x0A0, replaying its latest genuine payload) so that, like
+every attack here, it passes an ID allow-list; on this bus that ID wins arbitration against
+every other genuine ID just as 0x000 would.
+
 Labels: legitimate frames are ``"benign"``; injected frames carry the attack name. For
 ``suspension`` nothing is injected, so every frame sent while the victim ECU is silent is
 labelled ``"suspension"`` (the anomaly is the state of the bus, detectable only over time,
@@ -67,6 +75,9 @@ PERIODS: dict[int, float] = {i: p for i, p, _ in ECUS}
 GEAR_UP_KMH = (0.0, 15.0, 30.0, 50.0, 70.0, 90.0)  # speed at which gear 1..6 engages
 GEAR_RATIO = (3.6, 2.1, 1.4, 1.0, 0.8, 0.65)
 FINAL_DRIVE, WHEEL_R, IDLE_RPM = 3.9, 0.31, 800.0
+# DoS injection interval: the HCRL Car-Hacking data set's definition (a frame every 0.3 ms);
+# the jitter is the attacker's own timing noise, small enough to keep the flood saturating.
+DOS_PERIOD_S, DOS_JITTER_S = 0.0003, 0.00001
 
 
 # ------------------------------------------------------------------ physics
@@ -488,10 +499,16 @@ def simulate_detailed(attack: str = "none", duration_s: float = 60.0, seed: int 
 
     for a, b in ivals:
         if attack == "dos":
-            # Flood the highest-priority legitimate ID, replaying its latest genuine payload:
-            # only the rate betrays it.
+            # HCRL Car-Hacking DoS rate: one frame every 0.3 ms (jitter +-DOS_JITTER_S), which saturates
+            # a 500 kbit/s bus (an 8-byte frame needs ~0.27 ms). Unlike Car-Hacking's ID 0x000 it floods
+            # the highest-priority *legitimate* ID, replaying its latest genuine payload, so the ID
+            # stays on the allow-list and only the rate (and the starved lower-priority IDs) betray it.
             victim = ID_ENGINE if target_id is None else target_id
-            t = np.arange(a, b, rng.uniform(0.0002, 0.0006))
+            n = int((b - a) / DOS_PERIOD_S) + 2
+            t = a + np.cumsum(DOS_PERIOD_S + rng.uniform(-DOS_JITTER_S, DOS_JITTER_S, n))
+            while t[-1] < b:  # jitter summed over a burst can fall short of its end: keep flooding
+                t = np.append(t, t[-1] + np.cumsum(DOS_PERIOD_S + rng.uniform(-DOS_JITTER_S, DOS_JITTER_S, 8)))
+            t = t[t < b]
             lt, ld, _ = legit[victim]
             j = np.clip(np.searchsorted(lt, t) - 1, 0, len(lt) - 1)
             inject(t, victim, ld[j])
@@ -610,7 +627,8 @@ def simulate(attack: str = "none", duration_s: float = 60.0, seed: int = 0, **kw
         fraction, n_bursts: the attack is active in ``n_bursts`` intervals covering ``fraction``
             of the capture after a warm-up (so replay has something to record).
         checksum_ok: spoofing/masquerade frames carry a valid checksum (subtle) or a broken one.
-        target_id: victim ID for dos/spoof/masquerade/suspension (defaults per attack).
+        target_id: victim ID for dos/spoof/masquerade/suspension (defaults per attack; dos
+            floods it at one frame every 0.3 ms, default 0x0A0, the highest-priority ID).
         bus: physical bus the frames are serialized on (``BusConfig()``: 500 kbit/s, priority
             arbitration, one-deep transmit buffers); ``None`` for an ideal bus.
     """
