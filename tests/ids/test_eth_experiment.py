@@ -63,24 +63,9 @@ def test_prepared_data_cache_keeps_traffic_and_holdout(data, tmp_path):
     assert torch.equal(back.families[HELD].test_rules["rate"], data.families[HELD].test_rules["rate"])
 
 
-def test_tiny_eth_compare_end_to_end(tmp_path, monkeypatch, cfg, data):
+def test_tiny_eth_compare_end_to_end(tmp_path, training_spy, cfg, data):
     """Default fold: trains on the known attacks only, every method on the same episodes, CIs, report."""
-    seen_rows: list[torch.Tensor] = []
-    seen_names: list[str] = []
-    real = E.make_train_sampler
-
-    def spy(data_, known, k, q, pooled=False, split="train"):
-        sample = real(data_, known, k, q, pooled, split)
-
-        def wrapped(n, g):
-            batch, names = sample(n, g)
-            seen_rows.append(torch.cat([batch.support_x, batch.query_x], 1).reshape(-1, batch.query_x.shape[-1]))
-            seen_names.extend(names)
-            return batch, names
-
-        return wrapped
-
-    monkeypatch.setattr(E, "make_train_sampler", spy)
+    seen_rows, seen_names = training_spy.rows, training_spy.names
     (tmp_path / "notes.md").write_text("## Notes\n\nHand-written analysis goes here.\n")
     report = E.compare(cfg, tmp_path, command="test", data=data)
     for name in ("report.md", "results.json", "f1_vs_shots.png", "f1_vs_steps.png"):

@@ -19,24 +19,9 @@ def tiny_data(tiny_cfg):
     return E.prepare_data(tiny_cfg)
 
 
-def test_tiny_compare_end_to_end(tmp_path, monkeypatch, tiny_cfg):
+def test_tiny_compare_end_to_end(tmp_path, training_spy, tiny_cfg):
     """One leave-one-out fold on the synthetic source: trains, evaluates, reports, resumes."""
-    seen_rows: list[torch.Tensor] = []
-    seen_names: list[str] = []
-    real = E.make_train_sampler
-
-    def spy(data, known, k, q, pooled=False, split="train"):
-        sample = real(data, known, k, q, pooled, split)
-
-        def wrapped(n, g):
-            batch, names = sample(n, g)
-            seen_rows.append(torch.cat([batch.support_x, batch.query_x], 1).reshape(-1, batch.query_x.shape[-1]))
-            seen_names.extend(names)
-            return batch, names
-
-        return wrapped
-
-    monkeypatch.setattr(E, "make_train_sampler", spy)
+    seen_rows, seen_names = training_spy.rows, training_spy.names
     report = E.compare(tiny_cfg, tmp_path, folds=[["attack0"]], command="test")
     for name in ("report.md", "results.json", "f1_vs_shots.png", "f1_vs_steps.png"):
         assert (tmp_path / name).stat().st_size > 0

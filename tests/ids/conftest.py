@@ -1,0 +1,35 @@
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from fastmaml.apps.ids import experiment as E
+
+
+@dataclass
+class TrainingSpy:
+    """What meta-training saw: every sample row and attack name of every training batch."""
+
+    rows: list[torch.Tensor] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def training_spy(monkeypatch) -> TrainingSpy:
+    """Records the batches meta-training draws, to prove held-out attacks never reach it."""
+    spy = TrainingSpy()
+    real = E.make_train_sampler
+
+    def make(data, known, k, q, pooled=False, split="train"):
+        sample = real(data, known, k, q, pooled, split)
+
+        def wrapped(n, g):
+            batch, names = sample(n, g)
+            spy.rows.append(torch.cat([batch.support_x, batch.query_x], 1).reshape(-1, batch.query_x.shape[-1]))
+            spy.names.extend(names)
+            return batch, names
+
+        return wrapped
+
+    monkeypatch.setattr(E, "make_train_sampler", make)
+    return spy
