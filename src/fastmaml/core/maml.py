@@ -109,7 +109,8 @@ class MAML(nn.Module):
         self.vectorize = vectorize
         self.chunk_size = chunk_size
 
-        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        names = list(trainable)
         if inner_params is None:
             self.inner_names = names
         else:
@@ -122,7 +123,7 @@ class MAML(nn.Module):
         self.inner_lrs = nn.ParameterDict()
         self.fixed_lr = float(inner_lr)
         for name in self.inner_names:
-            p = dict(model.named_parameters())[name]
+            p = trainable[name]
             if inner_lr_mode == "per_layer_step":
                 self.inner_lrs[_key(name)] = nn.Parameter(torch.full((max(inner_steps, 1),), float(inner_lr), dtype=p.dtype, device=p.device))
             elif inner_lr_mode == "per_element":
