@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastmaml.data.archive import default_cache_dir, load_cache, save_cache
+from fastmaml.data.archive import default_cache_dir, hash_listing, load_cache, save_cache
 from fastmaml.data.images import read_image
 from fastmaml.errors import DataError
 
@@ -158,10 +158,7 @@ def decode_split(
 def _cache_key(csv_path: Path, files: dict[str, list[Path]], image_size: int, n: int | None) -> str:
     h = hashlib.sha256(csv_path.read_bytes())
     h.update(f"{image_size}:{n}:{_CACHE_VERSION}\n".encode())
-    for w, paths in files.items():
-        for p in paths:
-            st = p.stat()
-            h.update(f"{w}/{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    hash_listing(h, ((f"{w}/{p.name}", p) for w, paths in files.items() for p in paths))
     return h.hexdigest()
 
 

@@ -27,7 +27,9 @@ from typing import Iterable, Literal
 import numpy as np
 import torch
 
-from fastmaml.data.archive import default_cache_dir, download, load_cache, save_cache, sha256_file, verify_sha256
+from fastmaml.data.archive import (
+    default_cache_dir, download, hash_listing, load_cache, save_cache, sha256_file, verify_sha256,
+)
 from fastmaml.errors import DataError
 
 SETS = ("background", "evaluation")
@@ -260,9 +262,7 @@ def _source_key(source: Path) -> str:
         return sha256_file(source)
     # Extracted folder: hash the listing (paths, sizes, mtimes): cheap and changes with the data.
     h = hashlib.sha256()
-    for p in sorted(source.rglob("*.png")):
-        st = p.stat()
-        h.update(f"{p.relative_to(source)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    hash_listing(h, ((str(p.relative_to(source)), p) for p in sorted(source.rglob("*.png"))))
     return h.hexdigest()
 
 
