@@ -170,6 +170,26 @@ def test_batchnorm_vmap_equals_loop_and_finite_differences():
     assert analytic == pytest.approx(fd, rel=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(6, 4), (6, 4, 5), (6, 4, 3, 5)])
+def test_batchstatnorm_equals_torch_batchnorm_in_training_mode(shape):
+    """Same output and first-order gradients as nn.BatchNorm with batch statistics, any rank."""
+    torch.manual_seed(0)
+    bn_cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d}[len(shape)]
+    ref = bn_cls(4, track_running_stats=False).double()
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 2.0), ref.bias.normal_()
+    ours = BatchStatNorm.from_batchnorm(ref)
+    assert ours.weight is ref.weight
+    x = (torch.randn(shape).double() * 3 + 1).requires_grad_()
+    out_ref, out = ref(x), ours(x)
+    torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
+    w = torch.randn(shape).double()
+    g_ref = torch.autograd.grad((out_ref * w).sum(), (x, ref.weight, ref.bias))
+    g = torch.autograd.grad((out * w).sum(), (x, ours.weight, ours.bias))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
 def test_native_batchnorm_affine_under_vmap_is_what_we_avoid():
     """Documents the upstream problem our BatchStatNorm works around: F.batch_norm with weight/bias
     under vmap gives second-order gradients that differ from the loop. If this test starts failing,
@@ -282,3 +302,38 @@ def test_chunked_vmap_matches_full():
     b = meta_grads(MAML(conv_bn_net(), F.cross_entropy, 0.3), batch)
     for k in a:
         torch.testing.assert_close(a[k], b[k])
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 2, 3, 5])
+@pytest.mark.parametrize("vectorize", ["vmap", "loop"])
+def test_meta_backward_in_chunks_equals_one_backward(chunk_size, vectorize):
+    """Chunk-by-chunk backward accumulates the same meta-gradient as one pass over all 5 tasks
+    (chunk sizes that do and do not divide the batch), second order, with BatchNorm and learned rates."""
+    batch = image_tasks(dtype=torch.float64, t=5)
+    ref = MAML(conv_bn_net(), F.cross_entropy, 0.3, inner_steps=2, inner_lr_mode="per_layer_step", vectorize=vectorize)
+    expected = meta_grads(ref, batch)
+    expected_out = ref(batch)
+    learner = MAML(conv_bn_net(), F.cross_entropy, 0.3, inner_steps=2, inner_lr_mode="per_layer_step",
+                   vectorize=vectorize, chunk_size=chunk_size)
+    learner.zero_grad()
+    out = learner.meta_backward(batch)
+    assert not out.loss.requires_grad
+    torch.testing.assert_close(out.loss, expected_out.loss.detach())
+    torch.testing.assert_close(out.task_losses, expected_out.task_losses)
+    assert out.query_pred.shape == expected_out.query_pred.shape
+    got = {n: p.grad for n, p in learner.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys() and any("inner_lrs" in k for k in got)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-9, atol=1e-12)
+
+
+def test_meta_backward_accumulates_like_backward():
+    """Like loss.backward(), a second call adds to .grad (gradient accumulation over batches)."""
+    batch = linear_tasks()
+    learner = MAML(mlp(d_in=4), F.mse_loss, 0.1, chunk_size=2)
+    learner.zero_grad()
+    learner.meta_backward(batch)
+    once = {n: p.grad.clone() for n, p in learner.named_parameters()}
+    learner.meta_backward(batch)
+    for n, p in learner.named_parameters():
+        torch.testing.assert_close(p.grad, 2 * once[n])

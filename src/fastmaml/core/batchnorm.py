@@ -5,11 +5,11 @@ meta-test time (no running averages). Two PyTorch facts shape this module:
 
 * Under ``vmap``, a second-order gradient through ``F.batch_norm(training=True)``
   *with* its weight and bias is silently wrong (torch 2.13, upstream of the BN;
-  see ``tests/test_core_batchnorm.py``). Normalizing without weight/bias and applying
-  the affine step by hand is correct.
+  see ``tests/test_core_maml.py``). Normalizing with elementary tensor ops (mean,
+  rsqrt, multiply) is correct, and faster in MAML's double backward.
 * Running-statistic buffers are updated in place, which ``vmap`` + ``grad`` reject.
 
-``BatchStatNorm`` does the normalization that way and keeps the original
+``BatchStatNorm`` normalizes that way and keeps the original
 ``weight``/``bias`` Parameter objects and names, so state dicts, optimizers and
 functional calls see the same parameters as before the swap.
 """
@@ -17,7 +17,6 @@ functional calls see the same parameters as before the swap.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -45,11 +44,16 @@ class BatchStatNorm(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.batch_norm(x, None, None, None, None, training=True, momentum=0.0, eps=self.eps)
-        if self.weight is not None:
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
+        # Elementary ops rather than F.batch_norm: their first and second derivatives are
+        # autograd's plain formulas (correct under vmap), and on the paper's conv net this
+        # double backward is ~20% faster than batch_norm's fused one (benchmarks/bench_maml.py).
+        dims = [0, *range(2, x.dim())]
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        centered = x - x.mean(dims, keepdim=True)
+        scale = torch.rsqrt(centered.square().mean(dims, keepdim=True) + self.eps)  # biased variance, as BN
+        if self.weight is None:
+            return centered * scale
+        return centered * (scale * self.weight.view(shape)) + self.bias.view(shape)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}"

@@ -74,8 +74,10 @@ class MAML(nn.Module):
             The others are still meta-learned but stay fixed within a task.
         vectorize: ``"vmap"`` processes all tasks in one vectorized call; ``"loop"``
             runs tasks one by one (same gradients; for models vmap cannot handle).
-        chunk_size: with vmap, tasks per vectorized chunk (``None``: all at once).
-            Memory-bound models (conv nets) run faster with small chunks.
+        chunk_size: tasks per pass (``None``: all at once). :meth:`meta_backward` runs
+            forward and backward one chunk at a time, freeing each chunk's graph; in
+            :meth:`forward` it is vmap's ``chunk_size`` (the whole graph is kept). Conv nets
+            on a CPU run faster with chunks whose activations stay in cache.
     """
 
     def __init__(
@@ -202,6 +204,27 @@ class MAML(nn.Module):
         task_losses, preds = self._over_tasks(self._task_loss, self.params(), batch)
         loss = task_losses.mean()
         return MetaOutput(loss=loss, task_losses=task_losses.detach(), query_pred=preds.detach())
+
+    def meta_backward(self, batch: TaskBatch) -> MetaOutput:
+        """``self(batch).loss.backward()``, done ``chunk_size`` tasks at a time.
+
+        The meta-gradient of the mean query loss accumulates into the parameters' ``.grad``
+        exactly as from one backward pass, but each chunk's graph (every activation of its
+        inner and outer passes) is freed before the next chunk starts: peak memory follows
+        the chunk, not the meta-batch, and on a CPU the activations stay in cache. The
+        training loop uses this. Returns the batch's :class:`MetaOutput` with a detached loss.
+        """
+        batch.validate()
+        total = batch.num_tasks
+        size = self.chunk_size or total
+        task_losses, preds = [], []
+        for start in range(0, total, size):
+            out = self(batch.tasks(start, start + size))
+            (out.loss * (out.task_losses.shape[0] / total)).backward()  # chunk's share of the mean
+            task_losses.append(out.task_losses)
+            preds.append(out.query_pred)
+        losses = torch.cat(task_losses)
+        return MetaOutput(loss=losses.mean(), task_losses=losses, query_pred=torch.cat(preds))
 
     def adaptation_curve(
         self,

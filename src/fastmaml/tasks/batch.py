@@ -44,12 +44,14 @@ class TaskBatch:
             self.query_y.to(device, non_blocking=non_blocking),
         )
 
+    def tasks(self, start: int, stop: int) -> "TaskBatch":
+        """Tasks ``start`` to ``stop - 1`` as a batch (views, no copy)."""
+        s = slice(start, stop)
+        return TaskBatch(self.support_x[s], self.support_y[s], self.query_x[s], self.query_y[s])
+
     def task(self, i: int) -> "TaskBatch":
         """The ``i``-th task as a batch of one (keeps the leading dim)."""
-        return TaskBatch(
-            self.support_x[i : i + 1], self.support_y[i : i + 1],
-            self.query_x[i : i + 1], self.query_y[i : i + 1],
-        )
+        return self.tasks(i, i + 1)
 
     def validate(self) -> "TaskBatch":
         """Check shapes are consistent; raise :class:`DataError` naming the problem. Returns ``self``."""

@@ -56,8 +56,7 @@ def shard(batch: TaskBatch, ctx: DistContext) -> TaskBatch:
             "choose a meta_batch_size divisible by the number of processes"
         )
     n = t // ctx.world_size
-    s = slice(ctx.rank * n, (ctx.rank + 1) * n)
-    return TaskBatch(batch.support_x[s], batch.support_y[s], batch.query_x[s], batch.query_y[s])
+    return batch.tasks(ctx.rank * n, (ctx.rank + 1) * n)
 
 
 def average_gradients(params, ctx: DistContext) -> None:

@@ -140,8 +140,9 @@ def meta_train(
         for it in range(start, cfg.iterations):
             batch = D.shard(sample_batch(iteration_generator(cfg.seed, it)), ctx).to(device)
             optimizer.zero_grad(set_to_none=True)
-            out = learner(batch)
-            loss_value = D.all_reduce_scalar(float(out.loss.detach()), ctx, device)
+            # Chunk by chunk (learner.chunk_size); nothing is applied before the NaN check below.
+            out = learner.meta_backward(batch)
+            loss_value = D.all_reduce_scalar(float(out.loss), ctx, device)
             if not math.isfinite(loss_value):
                 bar.close()
                 kept = f"the last good checkpoint ({last_path}, iteration {last_good}) is kept" if last_good else (
@@ -150,7 +151,6 @@ def meta_train(
                     f"meta-loss is {loss_value} at iteration {it + 1}; training stopped and {kept}. "
                     "Lower train.meta_lr or maml.inner_lr, set train.grad_clip, or check the data for NaN/inf."
                 )
-            out.loss.backward()
             D.average_gradients(learner.parameters(), ctx)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_value_(learner.parameters(), cfg.grad_clip)
