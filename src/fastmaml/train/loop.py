@@ -31,6 +31,7 @@ from fastmaml.tasks.batch import TaskBatch
 from fastmaml.train import distributed as D
 from fastmaml.fileio import atomic_write_text
 from fastmaml.train.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from fastmaml.train.memory import keep_freed_memory
 
 BatchSampler = Callable[[torch.Generator], TaskBatch]
 Validator = Callable[[MAML], dict[str, float]]
@@ -50,6 +51,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     max_minutes: float | None = None  # stop (with a checkpoint) once training has taken this long
     progress: bool = True
+    keep_freed_memory: bool = True  # glibc: keep big tensors' memory in the heap (faster; see train/memory.py)
 
 
 def iteration_generator(seed: int, iteration: int) -> torch.Generator:
@@ -84,6 +86,8 @@ def meta_train(
     ctx = dist_ctx or D.init_from_env(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
