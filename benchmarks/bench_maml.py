@@ -109,6 +109,16 @@ def load_learn2learn_maml():
     return module.MAML, f"algorithms/maml.py only (import learn2learn: {reason})"
 
 
+def learn2learn_meta_backward(maml, batch: TaskBatch, loss_fn, steps: int) -> None:
+    """learn2learn's documented pattern: clone, adapt, backward of the query loss, task by task."""
+    t = batch.num_tasks
+    for i in range(t):
+        learner = maml.clone()
+        for _ in range(steps):
+            learner.adapt(loss_fn(learner(batch.support_x[i]), batch.support_y[i]))
+        (loss_fn(learner(batch.query_x[i]), batch.query_y[i]) / t).backward()
+
+
 def learn2learn_step(l2l_maml, make_model, loss_fn, inner_lr, steps, first_order) -> Callable:
     torch.manual_seed(0)
     maml = l2l_maml(make_model(), lr=inner_lr, first_order=first_order)
@@ -116,12 +126,7 @@ def learn2learn_step(l2l_maml, make_model, loss_fn, inner_lr, steps, first_order
 
     def step(batch: TaskBatch) -> None:
         opt.zero_grad(set_to_none=True)
-        t = batch.num_tasks
-        for i in range(t):
-            learner = maml.clone()
-            for _ in range(steps):
-                learner.adapt(loss_fn(learner(batch.support_x[i]), batch.support_y[i]))
-            (loss_fn(learner(batch.query_x[i]), batch.query_y[i]) / t).backward()
+        learn2learn_meta_backward(maml, batch, loss_fn, steps)
         opt.step()
 
     return step
@@ -151,11 +156,7 @@ def _parallel_worker(rank: int, world: int, init_file: str, impl: str, workload:
         model = l2l_maml(make_model(), lr=inner_lr, first_order=first_order)
 
         def run(batch: TaskBatch) -> None:
-            for i in range(batch.num_tasks):
-                learner = model.clone()
-                for _ in range(steps):
-                    learner.adapt(loss_fn(learner(batch.support_x[i]), batch.support_y[i]))
-                (loss_fn(learner(batch.query_x[i]), batch.query_y[i]) / batch.num_tasks).backward()
+            learn2learn_meta_backward(model, batch, loss_fn, steps)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     shards = [D.shard(b, ctx) for b in batches]
     while (i := conn.recv()) is not None:
