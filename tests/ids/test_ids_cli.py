@@ -139,3 +139,23 @@ def test_adapt_unlabelled_capture_is_an_error(workdir, tmp_path):
     with pytest.raises(DataError, match="has 0 'attack' samples but --shots 2"):
         adapt_detector(det, tmp_path / "b.log", 2, labels=tmp_path / "b.csv")
     assert np.isfinite(det.inner_lr)
+
+
+@pytest.mark.parametrize("w,stride", [(4, 4), (5, 2)])
+def test_window_stream_gives_one_pass_windows_in_any_chunking(w, stride):
+    """The carry used by both CAN and Ethernet detection: chunked pushes = one push of everything."""
+    from fastmaml.apps.ids.detect import _WindowStream
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(101, 3)).astype(np.float32), rng.integers(0, 2, 101)
+    first_all, xs_all, _ = _WindowStream(3, w, stride).push(x, y)
+    stream, firsts, windows = _WindowStream(3, w, stride), [], []
+    for lo, hi in zip([0, 1, 9, 10, 40], [1, 9, 10, 40, 101]):
+        f, xs, yt = stream.push(x[lo:hi], y[lo:hi])
+        assert np.array_equal(yt[len(yt) - (hi - lo):], y[lo:hi])  # the chunk's labels, after the carried ones
+        firsts.append(f)
+        windows.append(xs)
+    assert np.array_equal(np.concatenate(firsts), first_all)
+    assert np.array_equal(np.concatenate(windows), xs_all)
+    assert np.array_equal(first_all, np.arange(len(first_all)) * stride) and len(first_all) == (101 - w) // stride + 1
+    assert np.array_equal(xs_all[-1], x[first_all[-1]: first_all[-1] + w])

@@ -254,6 +254,31 @@ class DetectSummary:
     reader_note: str = ""  # malformed packets skipped / file truncated, when any
 
 
+class _WindowStream:
+    """Windows of ``w`` rows every ``stride`` over a capture read in chunks.
+
+    The unfinished window is carried into the next chunk, so streaming yields exactly the
+    windows of a one-pass run (CAN frames and Ethernet packets alike).
+    """
+
+    def __init__(self, n_features: int, w: int, stride: int) -> None:
+        self.w, self.stride = w, stride
+        self.tail_x = np.zeros((0, n_features), np.float32)
+        self.tail_y = np.zeros(0, np.int64)
+        self.seen = 0  # rows pushed so far
+
+    def push(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Add a chunk's rows and labels; return the first row index of each completed window, the
+        windows ``[n, w, F]`` (contiguous) and the labels of the rows they start from (tail included)."""
+        start = self.seen - len(self.tail_x)
+        self.seen += len(x)
+        x, y = np.concatenate([self.tail_x, x]), np.concatenate([self.tail_y, y])
+        xs = make_windows(x, self.w, self.stride)
+        used = len(xs) * self.stride
+        self.tail_x, self.tail_y = x[used:], y[used:]
+        return start + np.arange(len(xs)) * self.stride, np.ascontiguousarray(xs), y
+
+
 def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, labels: str | Path | None = None,
                   format: str = "auto", chunk_size: int = 65536, progress: bool = True,
                   skip_malformed: bool = False) -> DetectSummary:
@@ -281,8 +306,7 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
     truths: list[np.ndarray] = []
     labelled: bool | None = None  # every chunk so far carried labels
     with_label = False
-    tail_x = np.zeros((0, len(cols)), np.float32)
-    tail_y = np.zeros(0, np.int64)
+    windows = _WindowStream(len(cols), w, stride) if w is not None else None
     t0 = time.perf_counter()
     bar = tqdm(unit=" frames", unit_scale=True, disable=not progress, desc="detect", mininterval=0.5)
     try:
@@ -300,18 +324,11 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
                     v = p > det.threshold
                     fh.write(_frame_rows(n_frames, b.timestamp, b.can_id, p, v, truth if with_label else None))
                 else:
-                    # Carry the unfinished window across chunks, so streaming matches a one-pass run.
-                    start = n_frames - len(tail_x)
-                    x = np.concatenate([tail_x, x])
-                    yt = np.concatenate([tail_y, truth])
-                    xs = make_windows(x, w, stride)
-                    p = predict_proba(net, torch.from_numpy(np.ascontiguousarray(xs))).numpy() if len(xs) else np.zeros(0)
+                    first, xs, yt = windows.push(x, truth)
+                    p = predict_proba(net, torch.from_numpy(xs)).numpy() if len(xs) else np.zeros(0)
                     v = p > det.threshold
                     wt = window_labels(np.maximum(yt, 0), w, stride, 0, det.label_rule) if len(xs) else np.zeros(0, np.int64)
-                    first = start + np.arange(len(xs)) * stride
                     fh.write(_window_rows(first, w, p, v, wt if with_label else None))
-                    used = len(xs) * stride
-                    tail_x, tail_y = x[used:], yt[used:]
                     truth = wt
                 n_frames += len(b)
                 n_samples += len(v)
@@ -360,8 +377,7 @@ def stream_detect_eth(det: Detector, capture: str | Path, out_csv: str | Path, *
     n_packets = n_samples = n_flagged = 0
     preds: list[np.ndarray] = []
     truths: list[np.ndarray] = []
-    tail_x = np.zeros((0, len(cols)), np.float32)
-    tail_y = np.zeros(0, np.int64)
+    windows = _WindowStream(len(cols), w, stride) if w is not None else None
     head = (["packet", "timestamp", "proto"] if w is None else ["first_packet", "last_packet"]) + ["p_attack", "verdict"]
     t0 = time.perf_counter()
     bar = tqdm(unit=" packets", unit_scale=True, disable=not progress, desc="detect", mininterval=0.5)
@@ -380,22 +396,15 @@ def stream_detect_eth(det: Detector, capture: str | Path, out_csv: str | Path, *
                                 v.astype(np.int8).tolist()]
                     fmt = "%d,%.6f,%s,%.4f,%d"
                 else:
-                    # Carry the unfinished window across chunks, so streaming matches a one-pass run.
-                    start = n_packets - len(tail_x)
-                    x = np.concatenate([tail_x, x])
-                    yt = np.concatenate([tail_y, truth if truth is not None else np.zeros(len(c), np.int64)])
-                    xs = make_windows(x, w, stride)
-                    p = (torch.softmax(net(torch.from_numpy(np.ascontiguousarray(xs))), -1)[:, 1].numpy()
+                    first, xs, yt = windows.push(x, truth if truth is not None else np.zeros(len(c), np.int64))
+                    p = (torch.softmax(net(torch.from_numpy(xs)), -1)[:, 1].numpy()
                          if len(xs) else np.zeros(0, np.float32))
                     v = p > det.threshold
                     if truth is not None:
                         truth = (window_labels(yt, w, stride, 0, det.label_rule) if len(xs)
                                  else np.zeros(0, np.int64))
-                    first = start + np.arange(len(xs)) * stride
                     cols_out = [first.tolist(), (first + w - 1).tolist(), p.tolist(), v.astype(np.int8).tolist()]
                     fmt = "%d,%d,%.4f,%d"
-                    used = len(xs) * stride
-                    tail_x, tail_y = x[used:], yt[used:]
                 if truth is not None:
                     cols_out.append(truth.tolist())
                     fmt += ",%d"
