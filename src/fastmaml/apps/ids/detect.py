@@ -266,15 +266,19 @@ class _WindowStream:
         self.tail_x = np.zeros((0, n_features), np.float32)
         self.tail_y = np.zeros(0, np.int64)
         self.seen = 0  # rows pushed so far
+        self.skip = 0  # rows still to pass over before the next window starts (stride > w)
 
     def push(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Add a chunk's rows and labels; return the first row index of each completed window, the
         windows ``[n, w, F]`` (contiguous) and the labels of the rows they start from (tail included)."""
-        start = self.seen - len(self.tail_x)
+        drop = min(self.skip, len(x))
+        self.skip -= drop
+        start = self.seen + drop - len(self.tail_x)
         self.seen += len(x)
-        x, y = np.concatenate([self.tail_x, x]), np.concatenate([self.tail_y, y])
+        x, y = np.concatenate([self.tail_x, x[drop:]]), np.concatenate([self.tail_y, y[drop:]])
         xs = make_windows(x, self.w, self.stride)
         used = len(xs) * self.stride
+        self.skip += max(used - len(x), 0)
         self.tail_x, self.tail_y = x[used:], y[used:]
         return start + np.arange(len(xs)) * self.stride, np.ascontiguousarray(xs), y
 
