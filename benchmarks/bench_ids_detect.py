@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from fastmaml.apps.ids import can_sim
-from fastmaml.apps.ids.can_readers import open_capture
-from fastmaml.apps.ids.features import FRAME_FEATURES, FeatureState, FrameFeaturizer
+from fastmaml.apps.ids.can import sim as can_sim
+from fastmaml.apps.ids.can.readers import open_capture
+from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFeaturizer
 from fastmaml.apps.ids.detect import Detector, load_detector, save_detector, stream_detect
 from fastmaml.apps.ids.experiment import build_model, load_ids_config
 from fastmaml.apps.ids.models import FrameMLP

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastmaml.apps.ids import can_sim as sim
-from fastmaml.apps.ids.features import FRAME_FEATURES, FeatureState, FrameFeaturizer, build_sample_set, frame_features
+from fastmaml.apps.ids.can import sim
+from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFeaturizer, build_sample_set, frame_features
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastmaml.apps.ids.can_readers import (
+from fastmaml.apps.ids.can.readers import (
     CandumpReader,
     CarHackingReader,
     CicIov2024Reader,

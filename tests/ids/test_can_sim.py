@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from fastmaml.apps.ids import can_sim as sim
-from fastmaml.apps.ids.can_readers import CandumpReader, CarHackingReader
+from fastmaml.apps.ids.can import sim
+from fastmaml.apps.ids.can.readers import CandumpReader, CarHackingReader
 from fastmaml.errors import DataError
 
 DUR = 30.0

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fastmaml.apps.ids import can_sim as sim
+from fastmaml.apps.ids.can import sim
 from fastmaml.errors import DataError
 
 BIT = 1.0 / 500_000.0

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from fastmaml.apps.ids import can_sim as sim
-from fastmaml.apps.ids.baselines import AllowListRule, PayloadRangeRule, TimingRule, detection_metrics
-from fastmaml.apps.ids.can_readers import open_capture
-from fastmaml.apps.ids.features import FeatureState, build_sample_set
-from fastmaml.apps.ids.frames import FrameBatch
+from fastmaml.apps.ids.can import sim
+from fastmaml.apps.ids.can.baselines import AllowListRule, PayloadRangeRule, TimingRule, detection_metrics
+from fastmaml.apps.ids.can.readers import open_capture
+from fastmaml.apps.ids.can.features import FeatureState, build_sample_set
+from fastmaml.apps.ids.can.frames import FrameBatch
 
 
 @pytest.fixture(scope="module")

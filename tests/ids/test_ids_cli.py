@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from fastmaml.apps.ids import can_sim
-from fastmaml.apps.ids.can_readers import read_capture
+from fastmaml.apps.ids.can import sim as can_sim
+from fastmaml.apps.ids.can.readers import read_capture
 from fastmaml.apps.ids.detect import Detector, adapt_detector, load_detector, save_detector, stream_detect
 from fastmaml.apps.ids.experiment import ModelConfig, build_model
-from fastmaml.apps.ids.features import FRAME_FEATURES, FeatureState
+from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState
 from fastmaml.cli import main
 from fastmaml.config import to_dict
 from fastmaml.errors import DataError

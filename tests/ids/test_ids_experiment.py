@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastmaml.apps.ids import experiment as E
-from fastmaml.apps.ids.features import FRAME_FEATURES
+from fastmaml.apps.ids.can.features import FRAME_FEATURES
 from fastmaml.apps.ids.samples import SampleSet
 from fastmaml.errors import ConfigError, DataError
 

@@ -2,17 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from fastmaml.apps.ids import can_sim as sim
-from fastmaml.apps.ids.can_readers import open_capture
-from fastmaml.apps.ids.features import (
+from fastmaml.apps.ids.can import sim
+from fastmaml.apps.ids.can.readers import open_capture
+from fastmaml.apps.ids.can.features import (
     FRAME_FEATURES,
     FeatureState,
     FrameFeaturizer,
     build_sample_set,
     frame_features,
-    window_labels,
 )
-from fastmaml.apps.ids.frames import FrameBatch
+from fastmaml.apps.ids.can.frames import FrameBatch
+from fastmaml.apps.ids.samples import window_labels
 from fastmaml.errors import DataError
 
 

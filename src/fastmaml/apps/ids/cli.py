@@ -108,7 +108,7 @@ def _simulate(args: argparse.Namespace) -> None:
     if args.network == "eth":
         _simulate_eth(args)
         return
-    from fastmaml.apps.ids import can_sim
+    from fastmaml.apps.ids.can import sim as can_sim
 
     if args.attack not in ("none", *can_sim.ATTACKS):
         raise DataError(f"unknown attack {args.attack!r}; valid: none, {', '.join(can_sim.ATTACKS)}")

@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from fastmaml.apps.ids.baselines import detection_metrics
-from fastmaml.apps.ids.can_readers import open_capture
-from fastmaml.apps.ids.features import FRAME_FEATURES, FeatureState, FrameFeaturizer, build_sample_set, make_windows, window_labels
-from fastmaml.apps.ids.frames import BENIGN
+from fastmaml.apps.ids.can.baselines import detection_metrics
+from fastmaml.apps.ids.can.readers import open_capture
+from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFeaturizer, build_sample_set
+from fastmaml.apps.ids.samples import make_windows, window_labels
+from fastmaml.apps.ids.can.frames import BENIGN
 from fastmaml.core.maml import MAML
 from fastmaml.errors import DataError
 from fastmaml.fileio import atomic_write_bytes, atomic_write_text

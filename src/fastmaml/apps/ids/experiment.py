@@ -42,11 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastmaml.apps.ids import can_sim
-from fastmaml.apps.ids.baselines import AllowListRule, PayloadRangeRule, TimingRule
-from fastmaml.apps.ids.can_readers import open_capture
-from fastmaml.apps.ids.features import FRAME_FEATURES, FeatureState, build_sample_set
-from fastmaml.apps.ids.frames import BENIGN, FrameBatch
+from fastmaml.apps.ids.can import sim as can_sim
+from fastmaml.apps.ids.can.baselines import AllowListRule, PayloadRangeRule, TimingRule
+from fastmaml.apps.ids.can.readers import open_capture
+from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, build_sample_set
+from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
 from fastmaml.apps.ids.models import FrameMLP, WindowCNN1d, WindowGRU
 from fastmaml.apps.ids.samples import SampleSet
 from fastmaml.config import to_dict

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from fastmaml.errors import DataError
@@ -159,3 +160,32 @@ class SampleSet:
         for s in sets[1:]:
             out = out.concat(s)
         return out
+
+
+# Windows of consecutive samples (frames or packets): shared by the CAN and Ethernet pipelines.
+def window_labels(labels: np.ndarray, window: int, stride: int, benign: int = 0, rule: str = "any") -> np.ndarray:
+    """Label per window of ``labels`` (int codes, ``benign`` = benign code), see the module doc."""
+    n = (len(labels) - window) // stride + 1 if len(labels) >= window else 0
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    idx = np.arange(n)[:, None] * stride + np.arange(window)[None, :]
+    w = labels[idx]
+    att = w != benign
+    n_att = att.sum(1)
+    out = np.full(n, benign, np.int64)
+    need = n_att > (window // 2) if rule == "majority" else n_att > 0
+    if rule not in ("any", "majority"):
+        raise DataError(f"label_rule must be 'any' or 'majority', got {rule!r}")
+    for r in np.flatnonzero(need).tolist():  # only attack windows pay for the vote
+        vals, cnt = np.unique(w[r][att[r]], return_counts=True)
+        out[r] = vals[np.argmax(cnt)]
+    return out
+
+
+def make_windows(feats: np.ndarray, window: int, stride: int) -> np.ndarray:
+    """[n_windows, window, F] view-copy of consecutive frame features."""
+    n = (len(feats) - window) // stride + 1 if len(feats) >= window else 0
+    if n <= 0:
+        return np.zeros((0, window, feats.shape[1]), np.float32)
+    idx = np.arange(n)[:, None] * stride + np.arange(window)[None, :]
+    return feats[idx]

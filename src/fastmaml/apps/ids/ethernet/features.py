@@ -27,7 +27,7 @@ Packet-level features (:data:`PACKET_FEATURES`), all roughly in [-1, 1]:
 * The first :data:`N_PAYLOAD` payload bytes / 255.
 
 Window-level samples stack W consecutive packets into ``[W, F]``; labels follow
-:func:`fastmaml.apps.ids.features.window_labels` (same rule as the CAN pipeline).
+:func:`fastmaml.apps.ids.can.features.window_labels` (same rule as the CAN pipeline).
 
 The transform is vectorized per chunk (argsort by stream key) and carries each stream's
 last timestamp / sequence number across chunks, so streaming gives the same features as a
@@ -49,7 +49,7 @@ from fastmaml.apps.ids.ethernet.pcap_reader import (
     ETH_ARP, ETH_AVTP, ETH_GPTP, ETH_IPV4, ETH_IPV6, PROTO_AVTP, PROTO_CAN_UDP, PROTO_GPTP, PROTO_IP,
     PROTO_SOMEIP, PROTO_UDP, PacketChunk, PcapReader, read_labels,
 )
-from fastmaml.apps.ids.features import make_windows, window_labels
+from fastmaml.apps.ids.samples import make_windows, window_labels
 from fastmaml.apps.ids.samples import BENIGN, SampleSet
 from fastmaml.errors import DataError
 

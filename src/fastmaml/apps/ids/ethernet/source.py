@@ -34,7 +34,7 @@ from fastmaml.apps.ids.ethernet import zonal_sim
 from fastmaml.apps.ids.ethernet.baselines import RULES as ETH_RULES
 from fastmaml.apps.ids.ethernet.features import PACKET_FEATURES, EthFeatureState, EthFeaturizer, PacketStats
 from fastmaml.apps.ids.ethernet.pcap_reader import PacketChunk, PcapReader, read_labels
-from fastmaml.apps.ids.features import window_labels
+from fastmaml.apps.ids.samples import window_labels
 from fastmaml.apps.ids.samples import BENIGN, SampleSet
 from fastmaml.errors import ConfigError, DataError
 

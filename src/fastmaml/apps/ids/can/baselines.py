@@ -18,8 +18,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from fastmaml.apps.ids.features import FRAME_FEATURES, FeatureState, FrameFeaturizer
-from fastmaml.apps.ids.frames import FrameBatch
+from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFeaturizer
+from fastmaml.apps.ids.can.frames import FrameBatch
 from fastmaml.apps.ids.samples import SampleSet
 from fastmaml.errors import DataError
 

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastmaml.apps.ids.frames import BENIGN, CLASSIC_MAX, FrameBatch
+from fastmaml.apps.ids.can.frames import BENIGN, CLASSIC_MAX, FrameBatch
 from fastmaml.errors import DataError
 
 ATTACKS: tuple[str, ...] = (

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fastmaml.apps.ids.samples import BENIGN
 from fastmaml.errors import DataError
 
-BENIGN = "benign"
 CLASSIC_MAX = 8
 FD_MAX = 64
 # CAN FD DLC codes 9..15 mean 12..64 data bytes.

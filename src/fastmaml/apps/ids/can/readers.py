@@ -30,7 +30,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from fastmaml.apps.ids.frames import BENIGN, CLASSIC_MAX, FD_DLC_TO_LEN, FD_MAX, CanFrame, FrameBatch, ReadStats
+from fastmaml.apps.ids.can.frames import BENIGN, CLASSIC_MAX, FD_DLC_TO_LEN, FD_MAX, CanFrame, FrameBatch, ReadStats
 from fastmaml.errors import DataError
 
 DEFAULT_CHUNK = 65536

@@ -60,8 +60,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastmaml.apps.ids.frames import BENIGN, FrameBatch
-from fastmaml.apps.ids.samples import SampleSet
+from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
+from fastmaml.apps.ids.samples import SampleSet, make_windows, window_labels
 from fastmaml.errors import DataError
 
 FRAME_FEATURES: list[str] = [
@@ -442,34 +442,6 @@ class FrameFeaturizer:
             r = np.where(have, np.abs(tv - (a * sv + c)) / sc, 0.0)
             res[rows] = np.maximum(res[rows], r)
         out[:, 16] = np.minimum(np.log2(1.0 + res) / 4.0, 1.0)
-
-
-def window_labels(labels: np.ndarray, window: int, stride: int, benign: int = 0, rule: str = "any") -> np.ndarray:
-    """Label per window of ``labels`` (int codes, ``benign`` = benign code), see the module doc."""
-    n = (len(labels) - window) // stride + 1 if len(labels) >= window else 0
-    if n <= 0:
-        return np.zeros(0, np.int64)
-    idx = np.arange(n)[:, None] * stride + np.arange(window)[None, :]
-    w = labels[idx]
-    att = w != benign
-    n_att = att.sum(1)
-    out = np.full(n, benign, np.int64)
-    need = n_att > (window // 2) if rule == "majority" else n_att > 0
-    if rule not in ("any", "majority"):
-        raise DataError(f"label_rule must be 'any' or 'majority', got {rule!r}")
-    for r in np.flatnonzero(need).tolist():  # only attack windows pay for the vote
-        vals, cnt = np.unique(w[r][att[r]], return_counts=True)
-        out[r] = vals[np.argmax(cnt)]
-    return out
-
-
-def make_windows(feats: np.ndarray, window: int, stride: int) -> np.ndarray:
-    """[n_windows, window, F] view-copy of consecutive frame features."""
-    n = (len(feats) - window) // stride + 1 if len(feats) >= window else 0
-    if n <= 0:
-        return np.zeros((0, window, feats.shape[1]), np.float32)
-    idx = np.arange(n)[:, None] * stride + np.arange(window)[None, :]
-    return feats[idx]
 
 
 def _keys(start: int, n: int, seed: int) -> np.ndarray:
