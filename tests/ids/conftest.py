@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fastmaml.apps.ids import experiment as E
+from fastmaml.apps.ids.episodes import make_train_sampler
 
 
 @dataclass
@@ -18,7 +19,7 @@ class TrainingSpy:
 def training_spy(monkeypatch) -> TrainingSpy:
     """Records the batches meta-training draws, to prove held-out attacks never reach it."""
     spy = TrainingSpy()
-    real = E.make_train_sampler
+    real = make_train_sampler
 
     def make(data, known, k, q, pooled=False, split="train"):
         sample = real(data, known, k, q, pooled, split)

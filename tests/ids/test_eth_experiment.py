@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from fastmaml.apps.ids import experiment as E
+from fastmaml.apps.ids.families import load_data, save_data
+from fastmaml.apps.ids.episodes import fixed_episodes
 from fastmaml.apps.ids.ethernet import zonal_sim
 from fastmaml.apps.ids.ethernet.features import PACKET_FEATURES
 from fastmaml.apps.ids.ethernet.source import RULE_NAMES
@@ -48,15 +50,15 @@ def test_source_families_rules_and_default_holdout(data, cfg):
     assert bool(fam.test_rules["unknown_mac"][fam.test.labels == 1].all())
     assert not bool(fam.test_rules["unknown_mac"][fam.test.labels == 0].any())
     # Episodes carry those verdicts for exactly their query samples.
-    ep = E.fixed_episodes(data, "mac_flooding", "test", 2, 5, 3, seed=1)
+    ep = fixed_episodes(data, "mac_flooding", "test", 2, 5, 3, seed=1)
     assert torch.equal(ep.rule_preds["unknown_mac"], ep.batch.query_x[..., col] > 0.5)
     assert data.stats["novelty"]["mac_flooding"]["src_mac_new"] == 1.0
     assert data.stats["novelty"][HELD]["src_mac_new"] == 0.0
 
 
 def test_prepared_data_cache_keeps_traffic_and_holdout(data, tmp_path):
-    E.save_data(data, tmp_path / "d.safetensors")
-    back = E.load_data(tmp_path / "d.safetensors")
+    save_data(data, tmp_path / "d.safetensors")
+    back = load_data(tmp_path / "d.safetensors")
     assert back.traffic == "eth" and back.default_holdout == [[HELD]]
     assert back.stats["notes"] and "simulated" in back.stats["notes"][0]
     assert torch.equal(back.families[HELD].test.features, data.families[HELD].test.features)
@@ -143,5 +145,5 @@ def test_bad_eth_sources_give_clear_errors(tmp_path):
     nolab = E.load_ids_config("eth_tiny", ["source.kind=eth_captures", f"source.captures=[{{path: {tmp_path}/b.pcap}}]"])
     with pytest.raises(ConfigError, match="has no label file"):
         E.prepare_data(nolab, log=lambda m: None)
-    with pytest.raises(ConfigError, match="source.kind 'ethernet' unknown; use one of cic, sim, captures, eth_sim"):
+    with pytest.raises(ConfigError, match="source.kind .ethernet. unknown; use one of cic, sim, captures, daga, eth_sim"):
         E.load_ids_config("eth_tiny", ["source.kind=ethernet"])

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from fastmaml.apps.ids.can import sim
-from fastmaml.apps.ids.can.baselines import AllowListRule, PayloadRangeRule, TimingRule, detection_metrics
+from fastmaml.apps.ids.can.baselines import AllowListRule, PayloadRangeRule, TimingRule
+from fastmaml.apps.ids.metrics import detection_metrics
 from fastmaml.apps.ids.can.readers import open_capture
 from fastmaml.apps.ids.can.features import FeatureState, build_sample_set
 from fastmaml.apps.ids.can.frames import FrameBatch

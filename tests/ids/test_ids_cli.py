@@ -8,7 +8,8 @@ import torch
 from fastmaml.apps.ids.can import sim as can_sim
 from fastmaml.apps.ids.can.readers import read_capture
 from fastmaml.apps.ids.detect import Detector, adapt_detector, load_detector, save_detector, stream_detect
-from fastmaml.apps.ids.experiment import ModelConfig, build_model
+from fastmaml.apps.ids.config import ModelConfig
+from fastmaml.apps.ids.models import build_model
 from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState
 from fastmaml.cli import main
 from fastmaml.config import to_dict

@@ -4,6 +4,9 @@ import pytest
 import torch
 
 from fastmaml.apps.ids import experiment as E
+from fastmaml.apps.ids.families import IdsData, TaskFamily, families_from_sample_sets
+from fastmaml.apps.ids.episodes import fixed_episodes, make_train_sampler
+from fastmaml.apps.ids.metrics import rates
 from fastmaml.apps.ids.can.features import FRAME_FEATURES
 from fastmaml.apps.ids.samples import SampleSet
 from fastmaml.errors import ConfigError, DataError
@@ -65,9 +68,9 @@ def test_episode_labels_and_rule_alignment(tiny_data):
     """Label 1 is the attack in every episode, and rule verdicts line up with query samples."""
     fam = tiny_data.families["attack2"]  # attack2 moves feature 1 up by 0.5
     truth = fam.test.labels == 1
-    data = E.IdsData({"attack2": E.TaskFamily("attack2", fam.train, fam.test, {}, {"oracle": truth, "never": ~truth & False})},
+    data = IdsData({"attack2": TaskFamily("attack2", fam.train, fam.test, {}, {"oracle": truth, "never": ~truth & False})},
                      tiny_data.feature_names, None)
-    ep = E.fixed_episodes(data, "attack2", "test", 3, 7, 25, seed=1)
+    ep = fixed_episodes(data, "attack2", "test", 3, 7, 25, seed=1)
     b = ep.batch
     assert torch.equal(b.support_y == 1, b.support_x[..., 1] > 0.75)
     assert torch.equal(b.query_y == 1, b.query_x[..., 1] > 0.75)
@@ -75,14 +78,14 @@ def test_episode_labels_and_rule_alignment(tiny_data):
     assert torch.all(vals["oracle"]["f1"] == 1) and torch.all(vals["oracle"]["fpr"] == 0)
     assert torch.all(vals["never"]["recall"] == 0)
     # Same seed, same episodes; another seed, others.
-    assert E.fixed_episodes(data, "attack2", "test", 3, 7, 25, seed=1).fingerprint == ep.fingerprint
-    assert E.fixed_episodes(data, "attack2", "test", 3, 7, 25, seed=2).fingerprint != ep.fingerprint
+    assert fixed_episodes(data, "attack2", "test", 3, 7, 25, seed=1).fingerprint == ep.fingerprint
+    assert fixed_episodes(data, "attack2", "test", 3, 7, 25, seed=2).fingerprint != ep.fingerprint
 
 
 def test_rates_match_hand_counts():
     p = torch.tensor([[1, 1, 0, 0, 1, 0]]).bool()
     t = torch.tensor([[1, 0, 1, 0, 1, 0]]).bool()  # tp=2 fp=1 fn=1 tn=2
-    r = E.rates(p, t)
+    r = rates(p, t)
     assert r["f1"].item() == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
     assert r["recall"].item() == pytest.approx(2 / 3)
     assert r["fpr"].item() == pytest.approx(1 / 3)
@@ -90,7 +93,7 @@ def test_rates_match_hand_counts():
 
 
 def test_pooled_sampler_keeps_the_data_budget(tiny_data):
-    s = E.make_train_sampler(tiny_data, ["attack1", "attack2"], 2, 5, pooled=True)
+    s = make_train_sampler(tiny_data, ["attack1", "attack2"], 2, 5, pooled=True)
     b, names = s(6, torch.Generator().manual_seed(0))
     assert b.query_x.shape[:2] == (6, 14) and b.support_x.shape[:2] == (6, 4)
     assert set(names) <= {"attack1", "attack2"}
@@ -102,7 +105,7 @@ def test_families_from_sample_sets_for_other_sources():
     y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 0])
     s = SampleSet(x, y, ["benign", "flood", "spoof"], ["a", "b", "c"], "eth")
     rules = {"rate": y == 1}
-    fams = E.families_from_sample_sets(s, s, rules, rules)
+    fams = families_from_sample_sets(s, s, rules, rules)
     assert list(fams) == ["flood", "spoof"]
     f = fams["spoof"]
     assert f.train.class_names == ["benign", "spoof"] and f.train.counts() == {"benign": 4, "spoof": 3}
@@ -125,8 +128,20 @@ def test_bad_input_errors(tmp_path, tiny_cfg, tiny_data):
         E.load_ids_config("nope")
     with pytest.raises(ConfigError, match="methods"):
         E.load_ids_config("tiny", ["methods=[maml, reptile]"])
-    with pytest.raises(DataError, match="CICIoV2024 folder .* not found; set source.cic_dir"):
+    with pytest.raises(DataError, match="CICIoV2024 folder .*none not found; pass --data-root"):
         E.prepare_data(E.load_ids_config("cic", [f"source.cic_dir={tmp_path / 'none'}"]))
+
+
+def test_data_location_comes_from_flag_or_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("FASTMAML_DATA_ROOT", raising=False)
+    with pytest.raises(ConfigError, match="where is the DAGA data.*--data-root DIR.*FASTMAML_DATA_ROOT"):
+        E.prepare_data(E.load_ids_config("daga"))
+    monkeypatch.setenv("FASTMAML_DATA_ROOT", str(tmp_path))
+    with pytest.raises(DataError, match=f"DAGA folder {tmp_path}/ids/daga not found"):
+        E.prepare_data(E.load_ids_config("daga"))
+    (tmp_path / "ids" / "daga").mkdir(parents=True)
+    with pytest.raises(DataError, match="DAGA file .*clean/V40_03.can.zip not found|DAGA file .*infected/"):
+        E.prepare_data(E.load_ids_config("daga", [f"source.data_root={tmp_path}"]))
 
 
 def test_sim_source_reuses_ids_and_caches(tmp_path):

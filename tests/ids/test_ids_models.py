@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch.func import functional_call, grad, vmap
 
+from fastmaml.apps.ids.config import ModelConfig
 from fastmaml.apps.ids.models import FrameMLP, WindowCNN1d, WindowGRU, build_model
-from fastmaml.errors import DataError
+from fastmaml.errors import ConfigError, DataError
 
 F, W, T, B = 15, 16, 3, 10
 
@@ -41,9 +42,12 @@ def test_vmap_grad_matches_loop(k):
 def test_shape_errors_and_factory():
     with pytest.raises(DataError, match="expected input"):
         FrameMLP(F)(torch.zeros(4, F + 1))
-    with pytest.raises(DataError, match="needs window"):
-        build_model("window_cnn", F)
-    with pytest.raises(DataError, match="unknown IDS model"):
-        build_model("transformer", F)
-    assert isinstance(build_model("window_gru", F, 2, window=W), WindowGRU)
-    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in build_model("window_cnn", F, 2, W).modules())
+    with pytest.raises(ConfigError, match="needs window"):
+        build_model(ModelConfig(name="cnn"), F, None)
+    with pytest.raises(ConfigError, match="unknown"):
+        build_model(ModelConfig(name="transformer"), F, W)
+    assert isinstance(build_model(ModelConfig(name="gru", hidden=[16]), F, W), WindowGRU)
+    cnn = build_model(ModelConfig(name="cnn"), F, W)
+    assert isinstance(cnn, WindowCNN1d)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in cnn.modules())
+    assert build_model(ModelConfig(name="mlp", hidden=[8]), F, W)(torch.zeros(3, W, F)).shape == (3, 2)

@@ -27,11 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from fastmaml.apps.ids.can.baselines import detection_metrics
-from fastmaml.apps.ids.can.readers import open_capture
 from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFeaturizer, build_sample_set
-from fastmaml.apps.ids.samples import make_windows, window_labels
-from fastmaml.apps.ids.can.frames import BENIGN
+from fastmaml.apps.ids.can.readers import open_capture
+from fastmaml.apps.ids.config import ModelConfig
+from fastmaml.apps.ids.ethernet.features import PACKET_FEATURES, EthFeatureState, EthFeaturizer
+from fastmaml.apps.ids.ethernet.pcap_reader import PROTO_NAMES, LabelTable, PcapReader
+from fastmaml.apps.ids.ethernet.source import featurize_capture, is_pcap, to_samples
+from fastmaml.apps.ids.metrics import detection_metrics
+from fastmaml.apps.ids.models import build_model
+from fastmaml.apps.ids.samples import BENIGN, make_windows, window_labels
+from fastmaml.config import from_dict
 from fastmaml.core.maml import MAML
 from fastmaml.errors import DataError
 from fastmaml.fileio import atomic_write_bytes, atomic_write_text
@@ -60,9 +65,6 @@ class Detector:
 
     def module(self) -> nn.Module:
         """The network with this detector's parameters loaded."""
-        from fastmaml.apps.ids.experiment import ModelConfig, build_model
-        from fastmaml.config import from_dict
-
         net = build_model(from_dict(ModelConfig, dict(self.model), "model"), len(self.feature_names), self.window)
         try:
             net.load_state_dict(self.params)
@@ -73,8 +75,6 @@ class Detector:
     def all_features(self) -> list[str]:
         """Every column the featurizer of this detector's traffic computes."""
         if self.traffic == "eth":
-            from fastmaml.apps.ids.ethernet.features import PACKET_FEATURES
-
             return list(PACKET_FEATURES)
         if self.traffic != "can":
             raise DataError(f"detector traffic {self.traffic!r} unknown (expected 'can' or 'eth'); re-save the detector")
@@ -90,8 +90,6 @@ class Detector:
     def state(self) -> Any:
         """The fitted feature state (CAN ``FeatureState`` or Ethernet ``EthFeatureState``)."""
         if self.traffic == "eth":
-            from fastmaml.apps.ids.ethernet.features import EthFeatureState
-
             return EthFeatureState.from_dict(self.feature_state, "detector feature_state")
         return FeatureState.from_dict(self.feature_state, "detector feature_state")
 
@@ -138,7 +136,6 @@ def load_detector(path: str | Path) -> Detector:
 
 def _check_traffic(det: Detector, capture: str | Path) -> None:
     """DataError when the capture's kind (pcap vs CAN log) does not match the detector's traffic."""
-    from fastmaml.apps.ids.ethernet.source import is_pcap
 
     if not Path(capture).is_file():
         raise DataError(f"capture {capture} not found; check the path")
@@ -185,7 +182,6 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
         raise DataError(f"--shots must be >= 1 labelled sample per class, got {k}")
     _check_traffic(det, capture)
     if det.traffic == "eth":
-        from fastmaml.apps.ids.ethernet.source import featurize_capture, to_samples
 
         if labels is None:
             raise DataError(f"{capture}: adapting needs labelled packets; give --labels (index/timestamp,attack CSV)")
@@ -364,8 +360,6 @@ def stream_detect_eth(det: Detector, capture: str | Path, out_csv: str | Path, *
     fatal: the reader skips them and counts them per reason (``skip_malformed`` is accepted
     for symmetry with CAN and changes nothing).
     """
-    from fastmaml.apps.ids.ethernet.features import EthFeaturizer
-    from fastmaml.apps.ids.ethernet.pcap_reader import PROTO_NAMES, LabelTable, PcapReader
 
     del skip_malformed
     table = LabelTable.load(labels) if labels is not None else None

@@ -9,11 +9,12 @@ parameter dicts and may ``vmap`` over tasks: no in-place ops on parameters, no B
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from fastmaml.errors import DataError
+from fastmaml.errors import ConfigError, DataError
 
 
 def _check(x: torch.Tensor, dims: int, features: int, who: str) -> None:
@@ -79,14 +80,20 @@ class WindowGRU(nn.Module):
         return self.head(out[:, -1])
 
 
-def build_model(name: str, in_features: int, n_classes: int = 2, window: int | None = None, **kw: object) -> nn.Module:
-    """``frame_mlp``, ``window_cnn`` or ``window_gru`` by name (window models need ``window``)."""
-    if name == "frame_mlp":
-        return FrameMLP(in_features, n_classes=n_classes, **kw)  # type: ignore[arg-type]
-    if name in ("window_cnn", "window_gru") and window is None:
-        raise DataError(f"model {name!r} needs window=W (the SampleSet's window length)")
-    if name == "window_cnn":
-        return WindowCNN1d(in_features, window, n_classes, **kw)  # type: ignore[arg-type]
-    if name == "window_gru":
-        return WindowGRU(in_features, n_classes=n_classes, **kw)  # type: ignore[arg-type]
-    raise DataError(f"unknown IDS model {name!r}; use frame_mlp, window_cnn or window_gru")
+def build_model(mc: Any, n_features: int, window: int | None) -> nn.Module:
+    """The detector network for samples ``[B, F]`` or ``[B, W, F]`` -> logits ``[B, 2]``.
+
+    ``mc`` is a :class:`~fastmaml.apps.ids.config.ModelConfig` (``name``: ``mlp`` on frames or
+    flattened windows, ``cnn`` or ``gru`` on windows; ``hidden``, ``channels``, ``kernel_size``).
+    """
+    if mc.name == "mlp":
+        if window:
+            return nn.Sequential(nn.Flatten(), FrameMLP(window * n_features, mc.hidden, 2))
+        return FrameMLP(n_features, mc.hidden, 2)
+    if mc.name not in ("cnn", "gru"):
+        raise ConfigError(f"model.name {mc.name!r} unknown; use mlp, cnn or gru")
+    if not window:
+        raise ConfigError(f"model.name={mc.name} needs window samples; set features.window (e.g. 16)")
+    if mc.name == "cnn":
+        return WindowCNN1d(n_features, window, 2, mc.channels, mc.kernel_size)
+    return WindowGRU(n_features, mc.hidden[0] if mc.hidden else 64, 2)

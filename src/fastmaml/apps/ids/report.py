@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
+from fastmaml.apps.ids.report_judgement import (LABELS, chance_section, maml_detection_verdict, near_chance,
+                                                operational_section, split_section)
 from fastmaml.eval.plots import plot_curves, save_figure
 from fastmaml.eval.stats import fmt
 from fastmaml.fileio import atomic_write_text
 
-LABELS = {"scratch": "from scratch", "pretrained": "pretrained + fine-tune", "maml": "MAML", "fomaml": "FOMAML"}
 RULE_LABELS = {"id_allow_list": "ID allow-list", "timing": "timing rule", "payload_range": "payload range",
                "unknown_mac": "unknown-MAC rule", "rate": "rate rule", "seq_gap": "sequence-gap rule",
                "any": "any rule (OR)"}
@@ -212,7 +213,9 @@ def markdown(report: dict[str, Any], notes: str | None = None) -> str:
         "",
     ]
     lines += _data_section(report)
+    lines += split_section(report.get("data_stats") or {})
     lines += _summary_section(report, k_fig, s_final)
+    lines += operational_section(report["folds"], RULE_LABELS)
     if notes:
         lines += [notes.strip(), ""]
     fig_rule = _figure_rule(report)
@@ -300,7 +303,10 @@ def _summary_section(report: dict[str, Any], k_fig: str, s_final: int) -> list[s
         cells += [f"{entry['rules'][r]['f1']['mean'][0]:.3f}" for r in rules]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     lines.append("")
+    lines += chance_section(items, methods, k_fig, s_final)
     lines += ["## Where MAML does and does not beat fine-tuning and scratch", ""]
+    if "maml" in methods:
+        lines += maml_detection_verdict(items, k_fig, s_final)
     lines += _verdicts(report, items, methods, s_final)
     return lines
 
@@ -329,10 +335,14 @@ def _verdicts(report: dict[str, Any], items: list, methods: list[str], s_final: 
     if "scratch" in methods and k5 in shots:
         beat = [a for a, per_k in items
                 if _verdict(per_k[k5]["methods"]["maml"]["f1"], per_k[k5]["methods"]["scratch"]["f1"], s_final) > 0]
+        # A higher F1 between two detectors that both flag at random is no win.
+        hollow = [a for a in beat if near_chance(dict(items)[a][k5]["methods"]["maml"], s_final)]
+        beat = [a for a in beat if a not in hollow]
         not_beat = [a for a, _ in items if a not in beat]
-        out.append(f"* At K = {k5} after {s_final} steps MAML clearly beats training from scratch on "
-                   f"{len(beat)} of {len(items)} held-out attacks"
-                   + (f"; not on: {', '.join(not_beat)}." if not_beat else " (all of them)."))
+        out.append(f"* At K = {k5} after {s_final} steps MAML clearly beats training from scratch (higher F1, "
+                   f"non-overlapping CIs, and MAML itself above chance) on {len(beat)} of {len(items)} held-out attacks"
+                   + (f"; not on: {', '.join(not_beat)}." if not_beat else " (all of them).")
+                   + (f" A higher F1 with MAML near chance is not counted: {', '.join(hollow)}." if hollow else ""))
     out.append("")
     return out
 
@@ -350,7 +360,10 @@ def _detail_section(report: dict[str, Any]) -> list[str]:
                           "| method | metric | " + " | ".join(f"{s} step{'s' if s != 1 else ''}" for s in steps) + " |",
                           "|---|---|" + "---:|" * len(steps)]
                 for m, r in entry["methods"].items():
-                    for metric, label in (("f1", "F1"), ("recall", "detection rate"), ("fpr", "FPR")):
+                    for metric, label in (("f1", "F1"), ("recall", "detection rate"), ("fpr", "FPR"),
+                                          ("informedness", "detection rate − FPR"), ("mcc", "MCC")):
+                        if metric not in r:
+                            continue
                         cells = [fmt(r[metric]["mean"][s], r[metric]["ci95"][s]) for s in steps]
                         lines.append(f"| {LABELS[m] if metric == 'f1' else ''} | {label} | " + " | ".join(cells) + " |")
                 for rule, r in entry["rules"].items():

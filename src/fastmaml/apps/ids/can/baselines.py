@@ -148,20 +148,3 @@ class PayloadRangeRule:
         data = (s.features[..., cols].reshape(-1, 8) * 255).round().long().numpy()
         flags = torch.from_numpy(self._flag(ids, data)).reshape(s.features.shape[:-1])
         return _any_in_window(flags)
-
-
-def detection_metrics(pred_attack: np.ndarray | torch.Tensor, true_attack: np.ndarray | torch.Tensor) -> dict[str, float]:
-    """Attack-vs-benign precision, recall, F1, false-positive rate and accuracy."""
-    p = np.asarray(pred_attack, bool)
-    t = np.asarray(true_attack, bool)
-    if p.shape != t.shape:
-        raise DataError(f"detection_metrics: prediction shape {p.shape} vs truth shape {t.shape}")
-    tp, fp = int((p & t).sum()), int((p & ~t).sum())
-    fn, tn = int((~p & t).sum()), int((~p & ~t).sum())
-    prec = tp / (tp + fp) if tp + fp else 0.0
-    rec = tp / (tp + fn) if tp + fn else 0.0
-    return {
-        "precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
-        "fpr": fp / (fp + tn) if fp + tn else 0.0, "accuracy": (tp + tn) / max(len(t), 1),
-        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-    }

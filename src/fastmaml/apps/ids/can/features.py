@@ -1,6 +1,6 @@
 """CAN frames -> feature tensors -> ``SampleSet``.
 
-Frame-level features (``FRAME_FEATURES``, F = 19), all roughly in [0, 1] or [-1, 1]:
+Frame-level features (``FRAME_FEATURES``, F = 21), all roughly in [0, 1] or [-1, 1]:
     id_scaled       ID / 0x7FF (29-bit IDs: / 0x1FFFFFFF)
     is_extended     1 for 29-bit IDs
     dlc             min(data length, 8) / 8
@@ -35,6 +35,14 @@ Frame-level features (``FRAME_FEATURES``, F = 19), all roughly in [0, 1] or [-1,
                     frame sent while it is silent carry a large value.
     silent_ids      number of periodic known IDs currently overdue (gap > tolerance), / 4,
                     clipped to [0, 1].
+    dt2_log_ratio   like dt_log_ratio, but the time since the *second* previous frame of the same
+                    ID (log2(dt2 / period) / 4, clipped to [-2, 1]; 0.25 on a regular stream).
+    delta2_ratio    like delta_ratio, but against the second previous frame of the same ID.
+                    Why both: a replayed or injected frame between two genuine ones makes the
+                    genuine frame after it look as odd as itself to the one-back features (short
+                    gap, payload jump). Against the frame two back, the genuine frame is
+                    consistent again (gap of about one period, small change) and the injected
+                    one is not, which breaks that tie without looking ahead.
 
 The last four features give each frame a causal view of the ID's history and of the whole
 bus, so that a window of W frames (whose frames the network sees in arbitrary order) still
@@ -66,7 +74,7 @@ from fastmaml.errors import DataError
 
 FRAME_FEATURES: list[str] = [
     "id_scaled", "is_extended", "dlc", *[f"b{i}" for i in range(8)], "dt_log_ratio", "hamming", "bytes_changed",
-    "id_known", "delta_ratio", "xid_residual", "silence", "silent_ids",
+    "id_known", "delta_ratio", "xid_residual", "silence", "silent_ids", "dt2_log_ratio", "delta2_ratio",
 ]
 _POP = np.array([bin(i).count("1") for i in range(256)], np.float32)
 _MAX_DT_SAMPLES = 20000  # per ID, enough for a stable median
@@ -316,11 +324,13 @@ class FrameFeaturizer:
         """Forget the previous frames (start of a new capture)."""
         self._last_clock: dict[int, float] = {}
         self._last_data: dict[int, np.ndarray] = {}
+        self._last2_clock: dict[int, float] = {}  # the frame before the last one of each ID
+        self._last2_data: dict[int, np.ndarray] = {}
         self._offset = 0
         self._start: float | None = None  # first clock of the capture: "last seen" before an ID's first frame
 
     def transform(self, b: FrameBatch) -> np.ndarray:
-        """float32 [len(b), 19] features of the next chunk of the capture."""
+        """float32 [len(b), 21] features of the next chunk of the capture."""
         n = len(b)
         out = np.empty((n, len(FRAME_FEATURES)), np.float32)
         if n == 0:
@@ -358,14 +368,39 @@ class FrameFeaturizer:
         firsts = order[first_sorted]
         last_sorted = np.ones(n, bool)
         last_sorted[:-1] = sid[1:] != sid[:-1]
+        # Second predecessor: inside the chunk the predecessor's predecessor; for the first two
+        # frames of an ID in the chunk, from the last / second-last frames of earlier chunks.
+        prev2 = np.where(has_prev, prev[np.maximum(prev, 0)], -1)
+        has_prev2 = prev2 >= 0
+        prev2_clk = np.where(has_prev2, clk[np.maximum(prev2, 0)], np.nan)
+        prev2_data = data[np.maximum(prev2, 0)].copy()
         for k in firsts.tolist():
             cid = int(ids[k])
             if cid in self._last_clock:
                 prev_clk[k] = self._last_clock[cid]
                 prev_data[k] = self._last_data[cid]
                 has_prev[k] = True
+                if cid in self._last2_clock:
+                    prev2_clk[k] = self._last2_clock[cid]
+                    prev2_data[k] = self._last2_data[cid]
+                    has_prev2[k] = True
+        seconds = order[~first_sorted & np.roll(first_sorted, 1)]
+        # ^ sorted positions right after a first: the second frame of each ID in the chunk
+        for k in seconds.tolist():
+            cid = int(ids[k])
+            if cid in self._last_clock:
+                prev2_clk[k] = self._last_clock[cid]
+                prev2_data[k] = self._last_data[cid]
+                has_prev2[k] = True
         for k in order[last_sorted].tolist():
             cid = int(ids[k])
+            p = int(prev[k])
+            if p >= 0:
+                self._last2_clock[cid] = float(clk[p])
+                self._last2_data[cid] = data[p].copy()
+            elif cid in self._last_clock:
+                self._last2_clock[cid] = self._last_clock[cid]
+                self._last2_data[cid] = self._last_data[cid]
             self._last_clock[cid] = float(clk[k])
             self._last_data[cid] = data[k].copy()
 
@@ -399,6 +434,11 @@ class FrameFeaturizer:
         delta = np.abs(data.astype(np.int16) - prev_data.astype(np.int16)).astype(np.float32)
         rel = (delta / (scale + 1.0)).max(1)
         out[:, 15] = np.where(has_prev, np.minimum(np.log2(1.0 + rel) / 4.0, 1.0), 0.0)
+        dt2 = np.where(has_prev2, clk - prev2_clk, 2 * period)
+        out[:, 19] = np.clip(np.log2(np.maximum(dt2, 1e-9) / period) / 4.0, -2.0, 1.0)
+        delta2 = np.abs(data.astype(np.int16) - prev2_data.astype(np.int16)).astype(np.float32)
+        rel2 = (delta2 / (scale + 1.0)).max(1)
+        out[:, 20] = np.where(has_prev2, np.minimum(np.log2(1.0 + rel2) / 4.0, 1.0), 0.0)
         return out
 
     def _bus_context(self, ids: np.ndarray, data: np.ndarray, clk: np.ndarray, out: np.ndarray) -> None:
@@ -537,5 +577,5 @@ def build_sample_set(
 
 
 def frame_features(batch: FrameBatch, state: FeatureState) -> torch.Tensor:
-    """float32 [N, 19] features of one whole capture (fresh predecessor state)."""
+    """float32 [N, 21] features of one whole capture (fresh predecessor state)."""
     return torch.from_numpy(FrameFeaturizer(state).transform(batch))

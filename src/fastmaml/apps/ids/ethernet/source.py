@@ -1,8 +1,8 @@
 """Automotive Ethernet as a traffic source of the few-shot IDS experiment.
 
-Builds the experiment's :class:`~fastmaml.apps.ids.experiment.IdsData` from pcap captures,
+Builds the experiment's :class:`~fastmaml.apps.ids.families.IdsData` from pcap captures,
 so the Ethernet source runs through the same SampleSet -> episodes -> methods -> report path
-as CAN (via :func:`~fastmaml.apps.ids.experiment.families_from_sample_sets`):
+as CAN (via :func:`~fastmaml.apps.ids.families.families_from_sample_sets`):
 
 * ``source.kind: eth_sim``: the simulated zonal network (:mod:`.zonal_sim`). The feature
   state and the rules are fitted on a benign-only capture (``sim_fit_seed``); every attack
@@ -35,6 +35,7 @@ from fastmaml.apps.ids.ethernet.baselines import RULES as ETH_RULES
 from fastmaml.apps.ids.ethernet.features import PACKET_FEATURES, EthFeatureState, EthFeaturizer, PacketStats
 from fastmaml.apps.ids.ethernet.pcap_reader import PacketChunk, PcapReader, read_labels
 from fastmaml.apps.ids.samples import window_labels
+from fastmaml.apps.ids.families import IdsData, TaskFamily, cap_indices, families_from_sample_sets
 from fastmaml.apps.ids.samples import BENIGN, SampleSet
 from fastmaml.errors import ConfigError, DataError
 
@@ -117,7 +118,6 @@ def featurize_capture(pcap: str | Path, state: EthFeatureState, labels_csv: str 
 def to_samples(cf: CaptureFeatures, window: int | None, stride: int | None, label_rule: str,
                max_benign: int, max_attack: int, seed: int) -> tuple[SampleSet, dict[str, torch.Tensor]]:
     """Packet- or window-level SampleSet of a capture (capped per class), with every sample's rule verdict."""
-    from fastmaml.apps.ids.experiment import cap_indices
 
     if window:
         st = stride or window
@@ -168,7 +168,6 @@ def _merge(parts: Sequence[tuple[SampleSet, dict[str, torch.Tensor]]], names: li
 
 def _cap_with_rules(s: SampleSet, rules: dict[str, torch.Tensor], max_benign: int, max_attack: int, seed: int
                     ) -> tuple[SampleSet, dict[str, torch.Tensor]]:
-    from fastmaml.apps.ids.experiment import cap_indices
 
     keep = cap_indices(s.labels, len(s.class_names), max_benign, max_attack, seed)
     return s.select(keep), {r: v[keep] for r, v in rules.items()}
@@ -183,8 +182,6 @@ def _novelty(cf: CaptureFeatures, attack_code: int) -> dict[str, float]:
 
 def prepare_eth(src: Any, feat: Any, log: Callable[[str], None], workdir: Path | None = None) -> Any:
     """IdsData for ``source.kind`` ``eth_sim`` or ``eth_captures`` (``src``/``feat``: the experiment configs)."""
-    from fastmaml.apps.ids.experiment import IdsData, families_from_sample_sets
-
     if src.kind == "eth_sim":
         return _prepare_sim(src, feat, log, workdir)
     if src.kind != "eth_captures":
@@ -247,7 +244,6 @@ def _counts(families: dict[str, Any]) -> dict[str, dict[str, dict[str, int]]]:
 
 
 def _prepare_sim(src: Any, feat: Any, log: Callable[[str], None], workdir: Path | None) -> Any:
-    from fastmaml.apps.ids.experiment import IdsData, TaskFamily
 
     attacks = list(src.attacks) or list(zonal_sim.ATTACKS)
     bad = [a for a in attacks if a not in zonal_sim.ATTACKS]

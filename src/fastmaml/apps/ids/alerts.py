@@ -1,0 +1,137 @@
+"""Operational metrics: how a detector's verdicts would look to a vehicle.
+
+Frame-level rates hide what matters on a bus that carries ~1,600 frames a second: a 1%
+false-positive rate is 58,000 false verdicts an hour. A vehicle raises *alerts*, not verdicts:
+
+* :func:`k_of_n_alerts`: an alert when at least ``k`` of the last ``n`` verdicts of the same
+  stream (CAN ID, or the whole bus for window samples) are "attack"; after an alert the
+  stream is quiet for ``holdoff`` (one incident, one alert). ``k = n = 1`` alerts on every
+  flagged sample (with the hold-off only).
+* :func:`alert_metrics`: false alerts per hour of benign driving (alerts raised while no
+  attack frame is in the last ``n`` samples of that stream), and per attack occurrence whether
+  it was alerted on and how long after its first frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fastmaml.errors import DataError
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """k of the last n verdicts of one stream flagged -> alert; then ``holdoff`` (clock units) of quiet."""
+
+    k: int = 1
+    n: int = 1
+    holdoff: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= self.n:
+            raise DataError(f"alert rule needs 1 <= k <= n, got k={self.k}, n={self.n}")
+        if self.holdoff < 0:
+            raise DataError(f"alert hold-off must be >= 0, got {self.holdoff}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.k}-of-{self.n}"
+
+
+def _rolling_count(x: np.ndarray, n: int) -> np.ndarray:
+    c = np.cumsum(np.concatenate([[0], x.astype(np.int64)]))
+    return c[1:] - c[np.maximum(np.arange(1, len(x) + 1) - n, 0)]
+
+
+def k_of_n_alerts(flags: np.ndarray, clock: np.ndarray, stream: np.ndarray | None, rule: AlertRule) -> np.ndarray:
+    """Indices (sorted) of the samples at which an alert is raised.
+
+    ``flags``: bool verdicts in capture order; ``clock``: their times; ``stream``: the stream key
+    per sample (CAN ID) or None for one bus-wide stream.
+    """
+    flags = np.asarray(flags, bool)
+    clock = np.asarray(clock, np.float64)
+    if flags.shape != clock.shape:
+        raise DataError(f"alerts: {flags.shape[0]} verdicts but {clock.shape[0]} clock values")
+    keys = np.zeros(len(flags), np.int64) if stream is None else np.asarray(stream, np.int64)
+    out = []
+    order = np.argsort(keys, kind="stable")  # each stream's samples in capture order
+    bounds = np.flatnonzero(np.diff(keys[order])) + 1
+    for grp in np.split(order, bounds):
+        if not len(grp):
+            continue
+        hits = np.flatnonzero(_rolling_count(flags[grp], rule.n) >= rule.k)
+        quiet_until = -np.inf
+        for h in hits.tolist():  # only candidate positions: cheap even on long captures
+            t = clock[grp[h]]
+            if t >= quiet_until:
+                out.append(grp[h])
+                quiet_until = t + rule.holdoff
+    return np.array(sorted(out), np.int64)
+
+
+def _occurrences(truth: np.ndarray, clock: np.ndarray, gap: float) -> list[tuple[int, int]]:
+    idx = np.flatnonzero(truth)
+    if not len(idx):
+        return []
+    starts = np.flatnonzero(np.diff(clock[idx]) > gap) + 1
+    return [(int(idx[a]), int(idx[b - 1])) for a, b in zip(np.r_[0, starts], np.r_[starts, len(idx)])]
+
+
+def alert_metrics(flags: np.ndarray, truth: np.ndarray, clock: np.ndarray, stream: np.ndarray | None,
+                  rule: AlertRule, *, occurrence_gap: float = 0.05, clock_unit_s: float = 1.0) -> dict[str, Any]:
+    """Alerts of ``rule`` on a labelled capture and what they are worth.
+
+    An alert is *true* when an attack sample lies among the last ``n`` samples of its stream or
+    anywhere in the capture within ``occurrence_gap`` before it (an injection on one ID may make
+    another ID's frames look odd); otherwise it is a false alert. An attack occurrence (attack
+    samples closer than ``occurrence_gap``) counts as detected when a true alert falls between its
+    first sample and ``occurrence_gap`` after its last; the delay is measured from its first sample.
+    ``clock_unit_s``: seconds per clock unit (frame-index clocks: pass the mean frame interval).
+    """
+    flags, truth = np.asarray(flags, bool), np.asarray(truth, bool)
+    clock = np.asarray(clock, np.float64)
+    alerts = k_of_n_alerts(flags, clock, stream, rule)
+    # A sample "sees" an attack if one of the last n samples of its stream, or any attack sample
+    # in the last occurrence_gap of the capture, is an attack sample.
+    keys = np.zeros(len(flags), np.int64) if stream is None else np.asarray(stream, np.int64)
+    recent = np.zeros(len(flags), bool)
+    order = np.argsort(keys, kind="stable")
+    for grp in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1):
+        if len(grp):
+            recent[grp] = _rolling_count(truth[grp], rule.n) > 0
+    att_t = clock[truth]
+    if len(att_t):
+        pos = np.searchsorted(att_t, clock, side="right") - 1
+        near = (pos >= 0) & (clock - att_t[np.maximum(pos, 0)] <= occurrence_gap)
+        recent |= near
+    true_alert = recent[alerts] if len(alerts) else np.zeros(0, bool)
+    false_alerts = int((~true_alert).sum())
+    duration_h = (float(clock[-1] - clock[0]) * clock_unit_s / 3600.0) if len(clock) > 1 else 0.0
+    attack_time = 0.0
+    occ = _occurrences(truth, clock, occurrence_gap)
+    for a, b in occ:
+        attack_time += (clock[b] - clock[a] + occurrence_gap) * clock_unit_s
+    benign_h = max(duration_h - attack_time / 3600.0, 0.0)
+    t_alerts = clock[alerts[true_alert]] if len(alerts) else np.zeros(0)
+    delays = []
+    for a, b in occ:
+        lo, hi = clock[a], clock[b] + occurrence_gap
+        k = np.searchsorted(t_alerts, lo, side="left")
+        if k < len(t_alerts) and t_alerts[k] <= hi:
+            delays.append((t_alerts[k] - lo) * clock_unit_s)
+    return {
+        "rule": rule.name,
+        "alerts": int(len(alerts)),
+        "false_alerts": false_alerts,
+        "benign_hours": benign_h,
+        "false_alerts_per_hour": false_alerts / benign_h if benign_h > 0 else float("nan"),
+        "occurrences": len(occ),
+        "occurrences_detected": len(delays),
+        "occurrence_detection_rate": len(delays) / len(occ) if occ else float("nan"),
+        "median_delay_s": float(np.median(delays)) if delays else float("nan"),
+        "max_delay_s": float(np.max(delays)) if delays else float("nan"),
+    }

@@ -1,0 +1,299 @@
+"""CAN traffic sources for the IDS experiment: CICIoV2024, the simulator, DAGA and labelled captures.
+
+Each ``prepare_*`` reads frames, fits the feature state and the rule baselines on benign
+training traffic only, featurizes every capture part on its own and returns :class:`IdsData`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from fastmaml.apps.ids.can import sim as can_sim
+from fastmaml.apps.ids.can.baselines import AllowListRule, PayloadRangeRule, TimingRule
+from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFeaturizer, build_sample_set
+from fastmaml.apps.ids.can.frames import FrameBatch
+from fastmaml.apps.ids.can.readers import open_capture
+from fastmaml.apps.ids.config import CaptureSpec, FeatureConfig, SourceConfig, data_folder
+from fastmaml.apps.ids.families import IdsData, Stream, TaskFamily, cap, drop_features, rule_predictions, unseen_id_fraction
+from fastmaml.apps.ids.samples import BENIGN, SampleSet
+from fastmaml.apps.ids.splits import Cut, check_both_sides, occurrence_cut, time_cut
+from fastmaml.errors import ConfigError, DataError
+
+
+def _fit_rules(benign: FrameBatch | list[FrameBatch], state: FeatureState) -> dict[str, Any]:
+    return {"id_allow_list": AllowListRule().fit(benign), "timing": TimingRule().fit(state),
+            "payload_range": PayloadRangeRule().fit(benign)}
+
+
+def _family_from_frames(name: str, parts: dict[str, list[FrameBatch] | FrameBatch], state: FeatureState,
+                        feat: FeatureConfig, rules: dict[str, Any], benign_override: dict[str, SampleSet] | None = None
+                        ) -> TaskFamily:
+    """Featurize a family's train/test frames (each list item is one capture, featurized on its own)."""
+    sets = {}
+    for split, frames in parts.items():
+        batches = [frames] if isinstance(frames, FrameBatch) else list(frames)
+        subsets = []
+        for k, b in enumerate(batches):
+            s = build_sample_set(b, state, window=feat.window, stride=feat.stride, label_rule=feat.label_rule,
+                                 class_names=[BENIGN, name], max_per_class=max(feat.max_benign, feat.max_attack),
+                                 seed=feat.seed + k, name=f"{name}/{split}")
+            subsets.append(s)
+        s = SampleSet.concat_all(subsets)
+        if benign_override is not None:
+            # Captures that hold only attack frames (CICIoV2024): benign samples come from the benign capture.
+            s = SampleSet.concat_all([benign_override[split], s.subset([name])])
+        sets[split] = cap(s, feat.max_benign, feat.max_attack, feat.seed)
+    return TaskFamily(name, sets["train"], sets["test"], rule_predictions(sets["train"], rules),
+                      rule_predictions(sets["test"], rules))
+
+
+def _split_frames(b: FrameBatch, test_fraction: float) -> dict[str, FrameBatch]:
+    cut = int(round(len(b) * (1 - test_fraction)))
+    return {"train": b.select(slice(0, cut)), "test": b.select(slice(cut, len(b)))}
+
+
+def prepare_cic(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], None], workdir: Path | None = None) -> IdsData:
+    """CICIoV2024 decimal CSVs: benign capture + one capture per attack (attack frames only)."""
+    folder = data_folder(src, src.cic_dir, "ids/ciciov2024/decimal", "CICIoV2024")
+    benign_files = sorted(folder.glob("decimal_benign.csv*"))
+    attack_files = sorted(f for f in folder.glob("decimal_*.csv") if "benign" not in f.name)
+    if not benign_files or not attack_files:
+        raise DataError(f"{folder}: expected decimal_benign.csv(.zip) and decimal_<attack>.csv files; found "
+                        f"{sorted(p.name for p in folder.iterdir())}")
+    log(f"reading {benign_files[0].name}")
+    benign = _split_frames(open_capture(benign_files[0]).read_all(), src.test_fraction)
+    state = FeatureState.fit(benign["train"])
+    rules = _fit_rules(benign["train"], state)
+    ben_sets = {split: cap(build_sample_set(b, state, window=feat.window, stride=feat.stride,
+                                             label_rule=feat.label_rule, class_names=[BENIGN],
+                                             max_per_class=feat.max_benign, seed=feat.seed, name=f"benign/{split}"),
+                            feat.max_benign, 0, feat.seed)
+                for split, b in benign.items()}
+    families = {}
+    for f in attack_files:
+        frames = open_capture(f).read_all()
+        names = [n for n in frames.label_names if n != BENIGN]
+        if len(names) != 1:
+            raise DataError(f"{f}: expected one attack class per CICIoV2024 file, found {frames.label_names}")
+        name = names[0]
+        if src.attacks and name not in src.attacks:
+            continue
+        log(f"featurizing {f.name} ({len(frames)} frames) as attack {name!r}")
+        families[name] = _family_from_frames(name, _split_frames(frames, src.test_fraction), state, feat, rules,
+                                             benign_override=ben_sets)
+    return _finish(families, state, feat, f"CICIoV2024 ({folder})", src.attacks)
+
+
+def prepare_sim(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], None], workdir: Path | None = None) -> IdsData:
+    """The CAN simulator: train and test captures are two drives (seeds); features fitted on a third."""
+    fit = can_sim.simulate("none", src.sim_duration_s, src.sim_fit_seed)
+    state = FeatureState.fit(fit)
+    rules = _fit_rules(fit, state)
+    attacks = src.attacks or list(can_sim.ATTACKS)
+    bad = [a for a in attacks if a not in can_sim.ATTACKS]
+    if bad:
+        raise DataError(f"unknown simulator attack(s) {bad}; valid attacks: {list(can_sim.ATTACKS)}")
+    families = {}
+    for a in attacks:
+        log(f"simulating {a} ({src.sim_duration_s:.0f} s train + test captures)")
+        parts = {"train": can_sim.simulate(a, src.sim_duration_s, src.sim_train_seed),
+                 "test": can_sim.simulate(a, src.sim_duration_s, src.sim_test_seed)}
+        families[a] = _family_from_frames(a, parts, state, feat, rules)
+    return _finish(families, state, feat, "CAN simulator", [])
+
+
+def _read(spec: CaptureSpec, src: SourceConfig, log: Callable[[str], None]) -> FrameBatch:
+    """One labelled capture; ``spec.attack`` renames its attack frames (one-attack files)."""
+    kw: dict[str, Any] = {"skip_malformed": src.skip_malformed}
+    if src.bad_id != "error":
+        kw["bad_id"] = src.bad_id
+    if spec.labels:
+        kw["labels"] = spec.labels
+    if spec.columns:
+        kw["columns"] = spec.columns
+    reader = open_capture(spec.path, spec.format, **kw)
+    log(f"reading {spec.path}")
+    frames = reader.read_all()
+    if reader.stats.lines_skipped:
+        log(f"{spec.path}: skipped {reader.stats.lines_skipped} line(s), e.g. {reader.stats.skip_reasons[:3]}")
+    if len(frames) and (frames.label < 0).all():
+        raise DataError(f"{spec.path}: frames carry no labels; give a label file (labels: ...) for this capture")
+    if spec.attack:
+        attack = frames.is_attack()
+        frames.label = np.where(attack, 1, np.where(frames.label < 0, -1, 0)).astype(np.int16)
+        frames.label_names = [BENIGN, spec.attack]
+    return frames
+
+
+def _clock(b: FrameBatch, gap_s: float) -> tuple[np.ndarray, float]:
+    """The capture's clock and the occurrence gap on it (frames without timestamps: 1,000 frames a "second")."""
+    if b.has_timestamps:
+        return b.timestamp, gap_s
+    return np.arange(len(b), dtype=np.float64), gap_s * 1000.0
+
+
+def _codes(b: FrameBatch, names: list[str]) -> np.ndarray:
+    return b.label_codes(names)
+
+
+def cut_captures(captures: list[FrameBatch], labels: list[str], src: SourceConfig,
+                 same_timeline: bool = False) -> list[Cut]:
+    """Where each capture is cut into train and test (see :mod:`fastmaml.apps.ids.splits`).
+
+    ``same_timeline``: the captures are the same drive with different injections (DAGA), so one
+    cut time serves them all and benign traffic before it can fit the features leak-free.
+    """
+    names = [BENIGN] + sorted({n for b in captures for n in b.label_names if n != BENIGN})
+    if src.split == "time":
+        cuts = []
+        for b, what in zip(captures, labels):
+            clk, gap = _clock(b, src.occurrence_gap_s)
+            cuts.append(time_cut(clk, _codes(b, names), names, test_fraction=src.test_fraction, gap=gap,
+                                 capture=what))
+        return cuts
+    if not same_timeline:
+        cuts = []
+        for b, what in zip(captures, labels):
+            clk, gap = _clock(b, src.occurrence_gap_s)
+            cuts.append(occurrence_cut(clk, _codes(b, names), names, test_fraction=src.test_fraction, gap=gap,
+                                       min_occurrences=src.min_occurrences, capture=what))
+        return cuts
+    clocks = [_clock(b, src.occurrence_gap_s) for b in captures]
+    clk = np.concatenate([c for c, _ in clocks])
+    codes = np.concatenate([_codes(b, names) for b in captures])
+    order = np.argsort(clk, kind="stable")
+    joint = occurrence_cut(clk[order], codes[order], names, test_fraction=src.test_fraction, gap=clocks[0][1],
+                           min_occurrences=src.min_occurrences, capture=" + ".join(labels))
+    cut_at = joint.clock
+    return [_describe_at(c, _codes(b, names), names, cut_at, what) for (c, _), b, what in zip(clocks, captures, labels)]
+
+
+def _describe_at(clk: np.ndarray, codes: np.ndarray, names: list[str], at: float, what: str) -> Cut:
+    k = int(np.searchsorted(clk, at, side="left"))
+    cut = time_cut(clk, codes, names, test_fraction=1 - k / max(len(clk), 1), gap=0.0, capture=what)
+    cut.index, cut.clock = k, float(at)
+    return cut
+
+
+def frame_stream(b: FrameBatch, state: FeatureState, attack: str | None, source: str,
+                 rules: dict[str, Any] | None = None) -> Stream:
+    """A capture part featurized in order, for operational metrics (attack = frames labelled ``attack``)."""
+    x = torch.from_numpy(FrameFeaturizer(state).transform(b)) if len(b) else torch.zeros(0, len(FRAME_FEATURES))
+    is_attack = (b.label_codes([attack]) == 0) if attack else np.zeros(len(b), bool)
+    as_set = SampleSet(x, torch.from_numpy(is_attack.astype(np.int64)), [BENIGN, attack or "attack"],
+                       list(FRAME_FEATURES), source)
+    verdicts = rule_predictions(as_set, rules or {})
+    if b.has_timestamps:
+        clock, unit = b.timestamp, 1.0
+    else:
+        clock, unit = np.arange(len(b), dtype=np.float64), 1.0 / 1600  # index clock: ~1,600 frames/s assumed
+    return Stream(x, torch.from_numpy(is_attack.copy()), torch.from_numpy(np.asarray(clock, np.float64).copy()),
+                  torch.from_numpy(b.can_id.astype(np.int64)), unit, source, verdicts)
+
+
+def _prepare_cut_captures(frames: list[FrameBatch], labels: list[str], cuts: list[Cut], fit: list[FrameBatch],
+                          src: SourceConfig, feat: FeatureConfig, log: Callable[[str], None], source: str,
+                          benign_test: FrameBatch | None = None) -> IdsData:
+    """Families from captures cut at ``cuts``; features and rules fitted on ``fit`` (benign frames count)."""
+    state = FeatureState.fit(fit)
+    rules = _fit_rules(fit, state)
+    parts = [{"train": b.select(slice(0, c.index)), "test": b.select(slice(c.index, len(b)))}
+             for b, c in zip(frames, cuts)]
+    names: list[str] = []
+    for b in frames:
+        names += [n for n in b.label_names if n != BENIGN and n not in names]
+    if src.attacks:
+        names = [n for n in names if n in src.attacks]
+    benign_only = [k for k, b in enumerate(frames) if not b.is_attack().any()]
+    check_both_sides(cuts, names, src.min_occurrences if src.split == "occurrences" else 1)
+    families = {}
+    for name in names:
+        # A family takes the captures holding its attack plus the benign-only ones; frames of
+        # other attacks in those captures are left out of its samples.
+        use = [k for k, b in enumerate(frames) if name in b.label_names and (b.label_codes([name]) == 0).any()]
+        use += [k for k in benign_only if k not in use]
+        log(f"featurizing attack {name!r} from {[labels[k] for k in use]}")
+        families[name] = _family_from_frames(name, {split: [parts[k][split] for k in use] for split in
+                                                    ("train", "test")}, state, feat, rules)
+    data = _finish(families, state, feat, source, src.attacks)
+    data.stats["split"] = {"kind": src.split, "test_fraction": src.test_fraction,
+                           "occurrence_gap_s": src.occurrence_gap_s, "cuts": [c.to_dict() for c in cuts]}
+    if feat.window is None:  # streams of frame verdicts (window detectors: not yet)
+        for name in families:
+            k = next(k for k, b in enumerate(frames) if name in b.label_names)
+            data.streams[name] = frame_stream(parts[k]["test"], state, name, f"{labels[k]} after the cut", rules)
+        if benign_test is None and benign_only:
+            benign_test, where = parts[benign_only[0]]["test"], labels[benign_only[0]]
+        else:
+            where = "clean capture"
+        if benign_test is not None and len(benign_test):
+            data.streams[BENIGN] = frame_stream(benign_test, state, None, f"{where} after the cut", rules)
+    return data
+
+
+def prepare_captures(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], None],
+                     workdir: Path | None = None) -> IdsData:
+    """Labelled capture files (``source.captures``) in any reader format, each cut in time (``source.split``)."""
+    if not src.captures:
+        raise ConfigError("source.kind=captures needs source.captures: a list of {path, labels, format, attack, columns}")
+    frames = [_read(c, src, log) for c in src.captures]
+    labels = [c.path for c in src.captures]
+    cuts = cut_captures(frames, labels, src)
+    fit = [b.select(slice(0, c.index)) for b, c in zip(frames, cuts)]
+    return _prepare_cut_captures(frames, labels, cuts, fit, src, feat, log, "captures " + ", ".join(labels))
+
+
+# DAGA (Volvo V40, trace 03): one capture per attack type. The files are cumulative (ID_2C5 also
+# holds the ID-8 and ID-145 injections), so one file stands for each type; see README "Data".
+DAGA_CLEAN = "clean/V40_03.can.zip"
+DAGA_ATTACKS = {
+    "dos": "infected/DenialOfService/lowestID_V40_03.can.zip",
+    "message_id_fuzzing": "infected/MessageIDFuzzing/V40_03.can.zip",
+    "payload_fuzzing": "infected/PayloadFuzzing/ID_2C5_V40_03.can.zip",
+    "single_id_replay": "infected/SingleIDReplay/ID_2C5_V40_03.can.zip",
+    "ordered_sequence_replay": "infected/OrderedSequenceReplay/n_5_V40_03.can.zip",
+    "arbitrary_sequence_replay": "infected/ArbitrarySequenceReplay/n_5_V40_03.can.zip",
+}
+
+
+def prepare_daga(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], None],
+                 workdir: Path | None = None) -> IdsData:
+    """The DAGA captures: every infected file is the same 153 s drive with one attack type injected.
+
+    One cut time serves all files (same timeline); features and rules are fitted on the clean
+    trace before the cut only, so nothing of the test period leaks into them.
+    """
+    folder = data_folder(src, src.daga_dir, "ids/daga", "DAGA")
+    wanted = src.attacks or list(DAGA_ATTACKS)
+    bad = [a for a in wanted if a not in DAGA_ATTACKS]
+    if bad:
+        raise DataError(f"unknown DAGA attack(s) {bad}; valid attacks: {list(DAGA_ATTACKS)}")
+    specs = [CaptureSpec(path=str(folder / DAGA_ATTACKS[a]), format="daga", attack=a) for a in wanted]
+    for spec in specs + [CaptureSpec(path=str(folder / DAGA_CLEAN))]:
+        if not Path(spec.path).is_file():
+            raise DataError(f"DAGA file {spec.path} not found; {folder} must hold the DAGA/dataset layout "
+                            "(clean/, infected/<attack>/) as described in the data README")
+    frames = [_read(s, src, log) for s in specs]
+    labels = [f"{a} ({Path(s.path).name})" for a, s in zip(wanted, specs)]
+    cuts = cut_captures(frames, labels, src, same_timeline=True)
+    clean = _read(CaptureSpec(path=str(folder / DAGA_CLEAN), format="daga", attack="none"), src, log)
+    fit_end = min(c.clock for c in cuts)
+    clean_clk, _ = _clock(clean, src.occurrence_gap_s)
+    fit = clean.select(slice(0, int(np.searchsorted(clean_clk, fit_end))))
+    log(f"cut at {fit_end:.2f} s; features and rules fitted on the clean trace before it ({len(fit)} frames)")
+    after = clean.select(slice(int(np.searchsorted(clean_clk, max(c.clock for c in cuts))), len(clean)))
+    return _prepare_cut_captures(frames, labels, cuts, [fit], src, feat, log, f"DAGA ({folder})", benign_test=after)
+
+
+def _finish(families: dict[str, TaskFamily], state: FeatureState, feat: FeatureConfig, source: str,
+            wanted: list[str]) -> IdsData:
+    missing = [a for a in wanted if a not in families]
+    if missing or not families:
+        raise DataError(f"attack(s) {missing} not found in {source}; available: {list(families)}")
+    stats = {"unseen_id_fraction": {n: unseen_id_fraction(f.test) for n, f in families.items()},
+             "counts": {n: {"train": f.train.counts(), "test": f.test.counts()} for n, f in families.items()}}
+    return IdsData(families, list(FRAME_FEATURES), feat.window, state.to_dict(), source, stats)

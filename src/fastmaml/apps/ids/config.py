@@ -1,0 +1,231 @@
+"""Configuration of the IDS experiments: dataclasses with YAML presets (``presets/ids_*.yaml``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from fastmaml.config import load_config, to_dict
+from fastmaml.core.maml import MAMLConfig
+from fastmaml.errors import ConfigError, DataError
+from fastmaml.train.loop import TrainConfig
+
+PRESETS = Path(__file__).parent / "presets"
+METHODS = ("scratch", "pretrained", "maml", "fomaml")
+METRIC_NAMES = ("f1", "recall", "fpr", "accuracy")
+RULES = ("id_allow_list", "timing", "payload_range")
+SOURCE_KINDS = ("cic", "sim", "captures", "daga", "eth_sim", "eth_captures", "synthetic")
+SPLITS = ("occurrences", "time")
+DATA_ROOT_ENV = "FASTMAML_DATA_ROOT"
+ETH_KINDS = ("eth_sim", "eth_captures")
+
+
+# ======================================================================== configs
+@dataclass
+class CaptureSpec:
+    """One labelled capture for ``source.kind: captures``."""
+
+    path: str = ""
+    labels: str = ""  # side label file (``index,label`` CSV, Car-Hacking CSV, or for pcaps ``index/timestamp,attack`` CSV)
+    format: str = "auto"  # auto, cic, carhacking, candump, pythoncan, daga, csv
+    attack: str = ""  # name of the attack in this capture when the file does not say (daga, carhacking, csv)
+    columns: dict[str, Any] = field(default_factory=dict)  # format csv: the column map (time, id, payload/bytes, label, ...)
+
+
+@dataclass
+class SourceConfig:
+    """Where the traffic comes from.
+
+    ``kind``: ``cic`` (CICIoV2024 decimal folder), ``sim`` (the CAN simulator), ``captures``
+    (labelled capture files of any supported format, e.g. a user's CSV export), ``daga`` (the
+    DAGA Volvo V40 captures), ``eth_sim`` (the simulated zonal automotive-Ethernet network),
+    ``eth_captures`` (labelled pcap/pcapng files + label CSVs) or ``synthetic`` (separable
+    Gaussian blobs, for tests).
+
+    Real data sets are found under ``data_root`` (``--data-root``, else the environment
+    variable ``FASTMAML_DATA_ROOT``) in the shared layout (``ids/ciciov2024/decimal``,
+    ``ids/daga``), or at ``cic_dir`` / ``daga_dir`` when those are set.
+
+    ``split`` says how a capture becomes train and test parts without leakage:
+    ``occurrences`` (default) cuts each capture in time between two attack occurrences (runs of
+    attack frames separated by more than ``occurrence_gap_s``) so that about ``test_fraction`` of
+    its occurrences fall after the cut, and stops with a message naming the attack when a
+    capture has too few occurrences to put some on both sides; ``time`` cuts each capture at
+    ``1 - test_fraction`` of its frames. For ``sim`` and ``eth_sim`` the test captures are
+    simulated with another seed (another drive).
+    """
+
+    kind: str = "sim"
+    attacks: list[str] = field(default_factory=list)  # restrict to these attack types ([] = all the source has)
+    data_root: str = ""
+    cic_dir: str = ""  # default: <data_root>/ids/ciciov2024/decimal
+    daga_dir: str = ""  # default: <data_root>/ids/daga
+    captures: list[CaptureSpec] = field(default_factory=list)
+    split: str = "occurrences"
+    test_fraction: float = 0.3
+    occurrence_gap_s: float = 0.05  # attack frames closer than this belong to one occurrence (frames without time: 50 frames)
+    min_occurrences: int = 2  # per side; fewer on either side of a cut stops the run
+    skip_malformed: bool = False  # capture readers: skip and count malformed lines instead of stopping
+    bad_id: str = "error"  # a frame whose ID is out of range for its format (e.g. 11-bit 0xFFF): error, skip or keep
+    sim_duration_s: float = 60.0
+    sim_fit_seed: int = 0  # the benign-only capture features and rules are fitted on
+    sim_train_seed: int = 1
+    sim_test_seed: int = 2
+    synthetic_attacks: int = 4
+    synthetic_samples: int = 400  # per class and split
+    eth_camera: bool = True  # eth_sim: include the ~2,000 packets/s camera stream (off: fast tiny runs)
+
+
+# Source keys only the Ethernet kinds read: left out of the cache keys of the other kinds (and
+# when at their defaults), so adding them did not invalidate earlier runs.
+_ETH_ONLY_KEYS = {"eth_camera": True}
+# Keys added later, left out of cache keys while at their defaults (so earlier runs stay valid);
+# where the data live (data_root, cic_dir, daga_dir) never changes what is read from them.
+_LATER_DEFAULTS = {"split": "occurrences", "occurrence_gap_s": 0.05, "min_occurrences": 2, "skip_malformed": False,
+                   "bad_id": "error"}
+_LOCATION_KEYS = ("data_root", "cic_dir", "daga_dir")
+
+
+def source_key(src: SourceConfig) -> dict[str, Any]:
+    """The source config as it enters cache keys: what shapes the data, not where it lies."""
+    d = to_dict(src)
+    for k, default in _ETH_ONLY_KEYS.items():
+        if src.kind not in ETH_KINDS or d.get(k) == default:
+            d.pop(k, None)
+    for k, default in _LATER_DEFAULTS.items():
+        if d.get(k) == default:
+            d.pop(k, None)
+    for k in _LOCATION_KEYS:
+        d.pop(k, None)
+    for c in d.get("captures", []):
+        for k, default in (("attack", ""), ("columns", {})):
+            if c.get(k) == default:
+                c.pop(k, None)
+    return d
+
+
+def data_folder(src: SourceConfig, explicit: str, relative: str, what: str) -> Path:
+    """``explicit`` if set, else ``<data_root>/<relative>`` (data_root from config or $FASTMAML_DATA_ROOT).
+
+    ConfigError saying how to point at the data when neither is set; DataError when the folder is missing.
+    """
+    if explicit:
+        folder = Path(explicit).expanduser()
+    else:
+        root = src.data_root or os.environ.get(DATA_ROOT_ENV, "")
+        if not root:
+            raise ConfigError(f"where is the {what} data? Pass --data-root DIR (the folder holding {relative}/), "
+                              f"set {DATA_ROOT_ENV}=DIR, or give its folder directly")
+        folder = Path(root).expanduser() / relative
+    if not folder.is_dir():
+        raise DataError(f"{what} folder {folder} not found; pass --data-root DIR (the folder holding {relative}/) "
+                        f"or set {DATA_ROOT_ENV}")
+    return folder
+
+
+@dataclass
+class FeatureConfig:
+    """Samples: frame level (``window: null``) or windows of W consecutive frames."""
+
+    window: int | None = None
+    stride: int | None = None  # default: the window length (non-overlapping windows)
+    label_rule: str = "any"
+    max_benign: int = 20000  # per task family and split
+    max_attack: int = 5000
+    drop: list[str] = field(default_factory=list)  # feature columns to leave out (ablations, e.g. id_known)
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """``mlp`` (on frames, or on flattened windows), ``cnn`` or ``gru`` (windows only)."""
+
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # mlp widths; gru: hidden[0] is the state size
+    channels: list[int] = field(default_factory=lambda: [32, 32])
+    kernel_size: int = 3
+
+
+@dataclass
+class EvalConfig:
+    shots: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    steps: int = 10
+    episodes: int = 100  # per (held-out attack, K)
+    query: int = 50  # query samples per class
+    seed: int = 12345  # the test episodes' own seed
+    finetune_lrs: list[float] = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
+    tuning_episodes: int = 60  # episodes of the known attacks' training parts, per K
+    tuning_seed: int = 777
+    report_steps: list[int] = field(default_factory=lambda: [0, 1, 5, 10])
+    figure_shot: int = 5  # K of the figures and of the operational evaluation
+    operational_episodes: int = 5  # adapted detectors streamed over each held-out test capture, per seed (0: off)
+
+
+@dataclass
+class IdsConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    maml: MAMLConfig = field(default_factory=lambda: MAMLConfig(inner_lr=0.1, inner_steps=3))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(iterations=1500, meta_batch_size=16, meta_lr=1e-3, checkpoint_every=500,
+                                            log_every=100, threads=1)
+    )
+    train_shots: int = 5  # K per class in meta-training episodes
+    train_query: int = 15  # Q per class in meta-training episodes
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    seeds: list[int] = field(default_factory=lambda: [0])
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        """ConfigError for values that cannot work, naming the key and the fix."""
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ConfigError(f"methods {bad or '[]'} unknown; choose from {list(METHODS)}")
+        if self.source.kind not in SOURCE_KINDS:
+            raise ConfigError(f"source.kind {self.source.kind!r} unknown; use one of {', '.join(SOURCE_KINDS)}")
+        if self.model.name not in ("mlp", "cnn", "gru"):
+            raise ConfigError(f"model.name {self.model.name!r} unknown; use mlp, cnn or gru")
+        if self.model.name in ("cnn", "gru") and not self.features.window:
+            raise ConfigError(f"model.name={self.model.name} needs window samples; set features.window (e.g. 16)")
+        if not self.eval.shots or min(self.eval.shots) < 1 or self.train_shots < 1:
+            raise ConfigError("eval.shots and train_shots must be positive numbers of samples per class")
+        if self.eval.query < 1 or self.train_query < 1 or self.eval.episodes < 2:
+            raise ConfigError("eval.query and train_query must be >= 1 and eval.episodes >= 2 (for a CI)")
+        if self.eval.steps < 0 or any(s < 0 or s > self.eval.steps for s in self.eval.report_steps):
+            raise ConfigError(f"eval.report_steps {self.eval.report_steps} must lie in 0..eval.steps={self.eval.steps}")
+        if not self.eval.finetune_lrs or min(self.eval.finetune_lrs) <= 0:
+            raise ConfigError("eval.finetune_lrs must list positive step sizes")
+        if self.source.split not in SPLITS:
+            raise ConfigError(f"source.split {self.source.split!r} unknown; use one of {', '.join(SPLITS)}")
+        if self.source.bad_id not in ("error", "skip", "keep"):
+            raise ConfigError(f"source.bad_id {self.source.bad_id!r} unknown; use error, skip or keep")
+        if not 0 < self.source.test_fraction < 1:
+            raise ConfigError(f"source.test_fraction must be in (0, 1), got {self.source.test_fraction}")
+        if not self.seeds:
+            raise ConfigError("seeds must list at least one training seed")
+
+
+def load_ids_config(preset: str | Path | None, overrides: Iterable[str] = ()) -> IdsConfig:
+    """Defaults, then a preset (name like ``cic`` -> ``presets/ids_cic.yaml``, or a YAML path), then overrides."""
+    cfg = load_config(IdsConfig, preset_path(preset), overrides)
+    cfg.validate()
+    return cfg
+
+
+def preset_path(name: str | Path | None) -> Path | None:
+    """A preset by name (``sim`` -> ``presets/ids_sim.yaml``) or by file path."""
+    if name is None:
+        return None
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"preset file {p} not found")
+        return p
+    candidate = PRESETS / f"ids_{name}.yaml"
+    if not candidate.is_file():
+        known = sorted(f.stem[4:] for f in PRESETS.glob("ids_*.yaml"))
+        raise ConfigError(f"unknown IDS preset {str(name)!r}; choose from {known} or give a YAML file path")
+    return candidate
