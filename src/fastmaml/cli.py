@@ -7,42 +7,14 @@ Every experiment reads a dataclass config: defaults, then ``--preset`` (a name f
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 from typing import Callable
 
+from fastmaml.cliargs import add_common, command_line, config_overrides, preset_path
 from fastmaml.errors import FastMAMLError
 
 PRESETS = Path(__file__).parent / "experiments" / "presets"
-
-
-def preset_path(name: str | None, prefix: str) -> Path | None:
-    """A preset given by name (``paper`` -> ``presets/<prefix>_paper.yaml``) or by path."""
-    if name is None:
-        return None
-    p = Path(name)
-    if p.suffix in (".yaml", ".yml"):
-        return p
-    candidate = PRESETS / f"{prefix}_{name}.yaml"
-    if not candidate.exists():
-        known = sorted(f.stem[len(prefix) + 1:] for f in PRESETS.glob(f"{prefix}_*.yaml"))
-        raise FastMAMLError(f"unknown preset {name!r} for {prefix}; choose from {known} or give a YAML file path")
-    return candidate
-
-
-def command_line() -> str:
-    return "fastmaml " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-
-def add_common(p: argparse.ArgumentParser, default_preset: str | None = "paper") -> None:
-    p.add_argument("--preset", default=default_preset, help="preset name or YAML file (default: %(default)s)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.iterations=1000")
-    p.add_argument("--device", default=None, help="cpu or cuda (overrides train.device)")
-
-
-def _device_overrides(args: argparse.Namespace) -> list[str]:
-    return list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
 
 
 # ---------------------------------------------------------------- sinusoid
@@ -50,15 +22,15 @@ def _sinusoid(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sinusoid", help="the paper's sinusoid regression experiment")
     acts = p.add_subparsers(dest="action", required=True)
     t = acts.add_parser("train", help="meta-train one model (MAML, or a baseline with --kind)")
-    add_common(t)
+    add_common(t, "paper")
     t.add_argument("--run-dir", type=Path, required=True)
     t.add_argument("--kind", choices=["maml", "pretrained", "oracle"], default="maml")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     e = acts.add_parser("evaluate", help="evaluate a trained MAML run on the fixed test tasks")
-    add_common(e)
+    add_common(e, "paper")
     e.add_argument("--run-dir", type=Path, required=True)
     r = acts.add_parser("reproduce", help="train MAML per K + baselines, evaluate, write tables and figures")
-    add_common(r)
+    add_common(r, "paper")
     r.add_argument("--out", type=Path, default=Path("runs/sinusoid"))
     r.add_argument("--resume", action="store_true", help="reuse finished sub-runs and resume unfinished ones")
     p.set_defaults(handler=_run_sinusoid)
@@ -71,7 +43,7 @@ def _run_sinusoid(args: argparse.Namespace) -> None:
     from fastmaml.eval.stats import fmt_summary
     from fastmaml.experiments import sinusoid as S
 
-    cfg = load_config(S.SinusoidConfig, preset_path(args.preset, "sinusoid"), _device_overrides(args))
+    cfg = load_config(S.SinusoidConfig, preset_path(args.preset, PRESETS, "sinusoid"), config_overrides(args))
     if args.action == "train":
         summary = S.train(cfg, args.run_dir, args.kind, resume=args.resume)
         print(json.dumps(summary))

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -170,3 +171,20 @@ def test_feature_drop(tmp_path):
     with pytest.raises(ConfigError, match=r"features.drop \['nope'\] are not feature names"):
         E.prepare_data(E.load_ids_config("sim_tiny", ["features.drop=[nope]", "source.attacks=[dos]",
                                                       "source.sim_duration_s=15"]))
+
+
+def test_cross_source_meta_trains_on_one_source_and_tests_on_the_other(tmp_path, training_spy):
+    cfg = E.load_ids_config("tiny", ["train_source={kind: synthetic, synthetic_attacks: 2, sim_train_seed: 7}",
+                                     "source.synthetic_attacks=4", "methods=[scratch, maml]", "eval.shots=[5]"])
+    report = E.compare(cfg, tmp_path)
+    (fold,) = report["folds"]
+    assert fold["holdout"] == ["attack0", "attack1", "attack2", "attack3"]
+    assert fold["known"] == ["synthetic:attack0", "synthetic:attack1"]
+    # Meta-training saw only the training source's families, never a test-source attack.
+    assert set(training_spy.names) == {"synthetic:attack0", "synthetic:attack1"}
+    test_rows = torch.cat([E.prepare_data(dataclasses.replace(cfg, train_source=None)).families[a].test.features
+                           for a in fold["holdout"]])
+    seen = torch.cat(training_spy.rows)
+    assert not (seen[:, None, :] == test_rows[None, :, :]).all(-1).any()
+    with pytest.raises(ConfigError, match="same traffic"):
+        E.load_ids_config("tiny", ["train_source={kind: eth_sim}"])

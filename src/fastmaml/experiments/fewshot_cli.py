@@ -10,20 +10,20 @@ from pathlib import Path
 
 import torch
 
+from fastmaml.cliargs import add_common, command_line, config_overrides, preset_path
 from fastmaml.errors import DataError
+
+PRESETS = Path(__file__).parent / "presets"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from fastmaml.cli import add_common
-
     p = sub.add_parser("fewshot", help="N-way K-shot image classification (Omniglot, MiniImagenet)")
     acts = p.add_subparsers(dest="action", required=True)
     for name, help_ in (("train", "meta-train, keeping the best validation checkpoint, then test"),
                         ("evaluate", "test a trained run on 600 fixed episodes of held-out classes")):
         a = acts.add_parser(name, help=help_)
-        add_common(a, default_preset="omniglot_5w1s")
+        add_common(a, "omniglot_5w1s", data_root=True)
         a.add_argument("--run-dir", type=Path, required=True)
-        a.add_argument("--data-root", help="dataset folder (overrides data.root)")
         if name == "train":
             a.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
             a.add_argument("--no-test", action="store_true", help="skip the final 600-episode test")
@@ -40,20 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from fastmaml.cli import preset_path
     from fastmaml.config import load_config
     from fastmaml.experiments.fewshot import FewShotConfig
 
-    overrides = list(args.overrides)
-    if args.data_root:
-        overrides.append(f"data.root={args.data_root}")
-    if args.device:
-        overrides.append(f"train.device={args.device}")
-    return load_config(FewShotConfig, preset_path(args.preset, "fewshot"), overrides)
+    return load_config(FewShotConfig, preset_path(args.preset, PRESETS, "fewshot"), config_overrides(args, "data.root"))
 
 
 def run(args: argparse.Namespace) -> None:
-    from fastmaml.cli import command_line
     from fastmaml.eval.stats import fmt
     from fastmaml.experiments import fewshot as FS
 

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 
+from fastmaml.cliargs import add_common, command_line, config_overrides
 from fastmaml.errors import DataError
 
 
@@ -83,13 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--preset", default=default,
-                   help="cic, sim, eth, tiny, sim_tiny, eth_tiny or a YAML file (default: %(default)s)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.iterations=500")
-
-
-def _command_line() -> str:
-    return "fastmaml " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    add_common(p, default, "daga, cic, sim, eth, captures, tiny, sim_tiny, eth_tiny", data_root=True)
 
 
 def _split(text: str) -> list[str]:
@@ -134,7 +127,7 @@ def _simulate_eth(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace) -> None:
     from fastmaml.apps.ids import experiment as E
 
-    cfg = E.load_ids_config(args.preset, args.overrides)
+    cfg = E.load_ids_config(args.preset, config_overrides(args, "source.data_root"))
     data = None
     folds = None
     if args.holdout:
@@ -145,14 +138,14 @@ def _compare(args: argparse.Namespace) -> None:
             folds = E.leave_one_out(data)
         else:
             folds = [_split(h) for h in args.holdout]
-    report = E.compare(cfg, args.out, folds=folds, resume=not args.no_resume, command=_command_line(), data=data)
+    report = E.compare(cfg, args.out, folds=folds, resume=not args.no_resume, command=command_line(), data=data)
     print(f"report: {args.out / 'report.md'}  results: {args.out / 'results.json'}  ({report['total_seconds']:.0f} s)")
 
 
 def _train(args: argparse.Namespace) -> None:
     from fastmaml.apps.ids import experiment as E
 
-    cfg = E.load_ids_config(args.preset, args.overrides)
+    cfg = E.load_ids_config(args.preset, config_overrides(args, "source.data_root"))
     attacks = _split(args.attacks) if args.attacks else []
     path = E.meta_train_detector(cfg, attacks, args.out, method=args.method)
     print(f"detector: {path}")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from fastmaml import cliargs
 from fastmaml.config import load_config, to_dict
 from fastmaml.core.maml import MAMLConfig
 from fastmaml.errors import ConfigError, DataError
@@ -166,6 +167,10 @@ class EvalConfig:
 @dataclass
 class IdsConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
+    # Cross-vehicle: meta-train (and pretrain, and tune fine-tuning step sizes) on this source's
+    # attacks only and test on every attack of ``source``; each source's features are fitted on
+    # its own benign traffic, the network is shared. None: both come from ``source``.
+    train_source: SourceConfig | None = None
     features: FeatureConfig = field(default_factory=FeatureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     maml: MAMLConfig = field(default_factory=lambda: MAMLConfig(inner_lr=0.1, inner_steps=3))
@@ -198,6 +203,8 @@ class IdsConfig:
             raise ConfigError(f"eval.report_steps {self.eval.report_steps} must lie in 0..eval.steps={self.eval.steps}")
         if not self.eval.finetune_lrs or min(self.eval.finetune_lrs) <= 0:
             raise ConfigError("eval.finetune_lrs must list positive step sizes")
+        if self.train_source is not None and (self.train_source.kind in ETH_KINDS) != (self.source.kind in ETH_KINDS):
+            raise ConfigError("train_source and source must carry the same traffic (both CAN or both Ethernet)")
         if self.source.split not in SPLITS:
             raise ConfigError(f"source.split {self.source.split!r} unknown; use one of {', '.join(SPLITS)}")
         if self.source.bad_id not in ("error", "skip", "keep"):
@@ -216,16 +223,5 @@ def load_ids_config(preset: str | Path | None, overrides: Iterable[str] = ()) ->
 
 
 def preset_path(name: str | Path | None) -> Path | None:
-    """A preset by name (``sim`` -> ``presets/ids_sim.yaml``) or by file path."""
-    if name is None:
-        return None
-    p = Path(name)
-    if p.suffix in (".yaml", ".yml"):
-        if not p.is_file():
-            raise ConfigError(f"preset file {p} not found")
-        return p
-    candidate = PRESETS / f"ids_{name}.yaml"
-    if not candidate.is_file():
-        known = sorted(f.stem[4:] for f in PRESETS.glob("ids_*.yaml"))
-        raise ConfigError(f"unknown IDS preset {str(name)!r}; choose from {known} or give a YAML file path")
-    return candidate
+    """An IDS preset by name (``sim`` -> ``presets/ids_sim.yaml``) or by YAML path."""
+    return cliargs.preset_path(name, PRESETS, "ids", "IDS")

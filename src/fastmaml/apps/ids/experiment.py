@@ -158,6 +158,8 @@ def fold_name(holdout: Sequence[str]) -> str:
 def _eval_key(cfg: IdsConfig, known: Sequence[str], holdout: Sequence[str], dkey: str) -> str:
     c = to_dict(cfg)
     c["source"] = source_key(cfg.source)
+    if cfg.train_source is not None:
+        c["train_source"] = source_key(cfg.train_source)
     for k in ("progress", "threads", "device", "checkpoint_every", "log_every"):
         c["train"].pop(k, None)
     blob = json.dumps({"cfg": c, "known": sorted(known), "holdout": list(holdout), "data": dkey}, sort_keys=True)

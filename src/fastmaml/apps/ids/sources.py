@@ -6,6 +6,7 @@ function and one line in :data:`SOURCES`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -22,9 +23,11 @@ from fastmaml.errors import ConfigError
 
 
 def data_key(cfg: IdsConfig) -> str:
-    """Hash of everything that shapes the prepared data (source + features)."""
-    blob = json.dumps({"source": source_key(cfg.source), "features": to_dict(cfg.features), "v": 1}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """Hash of everything that shapes the prepared data (source(s) + features)."""
+    d = {"source": source_key(cfg.source), "features": to_dict(cfg.features), "v": 1}
+    if cfg.train_source is not None:
+        d["train_source"] = source_key(cfg.train_source)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # kind -> prepare(src, feat, log, workdir) -> IdsData
@@ -41,8 +44,14 @@ SOURCES: dict[str, Prepare] = {
 
 
 def prepare_data(cfg: IdsConfig, cache_dir: Path | None = None, log: Callable[[str], None] | None = None) -> IdsData:
-    """The task families of ``cfg.source`` (read from ``cache_dir`` when prepared before)."""
+    """The task families of ``cfg.source`` (read from ``cache_dir`` when prepared before).
+
+    With ``cfg.train_source`` the families of both sources, the training source's named
+    ``<kind>:<attack>``, and the test source's attacks as the default held-out fold.
+    """
     log = log or (lambda m: print(f"[ids] {m}", file=sys.stderr))
+    if cfg.train_source is not None:
+        return _cross_source(cfg, cache_dir, log)
     path = Path(cache_dir) / f"data-{data_key(cfg)}.safetensors" if cache_dir is not None else None
     if path is not None and path.is_file():
         return load_data(path)
@@ -56,3 +65,21 @@ def prepare_data(cfg: IdsConfig, cache_dir: Path | None = None, log: Callable[[s
     if path is not None:
         save_data(data, path)
     return data
+
+
+def _cross_source(cfg: IdsConfig, cache_dir: Path | None, log: Callable[[str], None]) -> IdsData:
+    test = prepare_data(dataclasses.replace(cfg, train_source=None), cache_dir, log)
+    train = prepare_data(dataclasses.replace(cfg, source=cfg.train_source, train_source=None), cache_dir, log)
+    if train.feature_names != test.feature_names or train.window != test.window:
+        raise ConfigError(f"train_source and source give different samples ({train.feature_names}, window "
+                          f"{train.window} vs {test.feature_names}, window {test.window}); use one features config")
+    prefix = cfg.train_source.kind
+    families = {f"{prefix}:{a}": dataclasses.replace(f, name=f"{prefix}:{a}") for a, f in train.families.items()}
+    clash = set(families) & set(test.families)
+    if clash:
+        raise ConfigError(f"attack names {sorted(clash)} occur in both sources; rename them")
+    families.update(test.families)
+    stats = dict(test.stats, train_source={"source": train.source, "counts": train.stats.get("counts", {})})
+    return IdsData(families, test.feature_names, test.window, test.feature_state,
+                   f"{test.source}, meta-trained on {train.source}", stats, test.traffic, [list(test.families)],
+                   test.streams)

@@ -1,0 +1,58 @@
+"""What every ``fastmaml`` command line shares: ``--preset``, ``key=value`` overrides, ``--device``, ``--data-root``.
+
+Each experiment (sinusoid, fewshot, ids) registers its subcommands with :func:`add_common`
+and turns the parsed arguments into config overrides with :func:`config_overrides`, so the
+flags mean the same everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from fastmaml.errors import ConfigError
+
+
+def add_common(p: argparse.ArgumentParser, default_preset: str | None, presets: str = "", *,
+               data_root: bool = False, device: bool = True) -> None:
+    """``--preset``, positional ``key=value`` overrides, and optionally ``--device`` and ``--data-root``."""
+    p.add_argument("--preset", default=default_preset,
+                   help=f"preset name{f' ({presets})' if presets else ''} or a YAML file (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.iterations=1000")
+    if device:
+        p.add_argument("--device", default=None, help="cpu or cuda (overrides train.device)")
+    if data_root:
+        p.add_argument("--data-root", default=None, help="folder holding the data set(s) (see README, Data)")
+
+
+def config_overrides(args: argparse.Namespace, data_root_key: str | None = None) -> list[str]:
+    """The ``key=value`` overrides plus those the shared flags stand for (device, data root)."""
+    out = list(getattr(args, "overrides", []) or [])
+    if getattr(args, "device", None):
+        out.append(f"train.device={args.device}")
+    if data_root_key and getattr(args, "data_root", None):
+        out.append(f"{data_root_key}={args.data_root}")
+    return out
+
+
+def preset_path(name: str | Path | None, folder: Path, prefix: str, label: str = "") -> Path | None:
+    """A preset by name (``paper`` -> ``folder/<prefix>_paper.yaml``) or by YAML path; ConfigError naming the choices."""
+    if name is None:
+        return None
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"preset file {p} not found")
+        return p
+    candidate = folder / f"{prefix}_{name}.yaml"
+    if not candidate.is_file():
+        known = sorted(f.stem[len(prefix) + 1:] for f in folder.glob(f"{prefix}_*.yaml"))
+        raise ConfigError(f"unknown {label or prefix} preset {str(name)!r}; choose from {known} or give a YAML file path")
+    return candidate
+
+
+def command_line() -> str:
+    """The command as typed, for run records and reports."""
+    return "fastmaml " + " ".join(shlex.quote(a) for a in sys.argv[1:])
