@@ -74,7 +74,7 @@ def test_saved_detector_round_trips(workdir, tmp_path):
     assert json.loads((tmp_path / "copy" / "detector.json").read_text())["format"] == "fastmaml.ids.Detector"
 
 
-def _window_detector(window: int = 4) -> Detector:
+def _window_detector(window: int | None = 4) -> Detector:
     fit = can_sim.simulate("none", 5.0, 1)
     torch.manual_seed(0)
     mc = ModelConfig(name="mlp", hidden=[8])
@@ -99,6 +99,26 @@ def test_window_detector_streams_the_same_in_any_chunking(tmp_path):
     att = frames.is_attack()[: 4 * len(rows)].reshape(-1, 4).any(1)
     assert [int(r["label"]) for r in rows] == att.astype(int).tolist()
     assert a.metrics is not None and b.metrics == a.metrics
+    # Alerts: the same in any chunking, and windows ending in a DoS burst count as true alerts.
+    assert a.alerts == b.alerts and set(a.alerts) == {"1-of-1", "2-of-4"}
+    one = a.alerts["1-of-1"]
+    flagged = [r for r in rows if r["verdict"] == "1"]
+    assert 0 <= one["false_alerts"] <= one["alerts"] <= len(flagged) and one["occurrences"] >= 1
+
+
+def test_detect_reports_false_alerts_per_hour_on_clean_traffic(tmp_path):
+    # A detector that flags everything raises at most one alert per stream and second (the hold-off):
+    # on clean traffic every one of them is false.
+    det = _window_detector(None)
+    det = Detector(**{**det.__dict__, "threshold": -1.0})
+    frames = can_sim.simulate("none", 6.0, 3)
+    can_sim.write_candump(frames, tmp_path / "c.log", tmp_path / "l.csv")
+    s = stream_detect(det, tmp_path / "c.log", tmp_path / "v.csv", labels=tmp_path / "l.csv", progress=False)
+    m = s.alerts["1-of-1"]
+    n_ids = len(set(frames.can_id.tolist()))
+    span = float(frames.timestamp[-1] - frames.timestamp[0])
+    assert m["false_alerts"] == m["alerts"] and n_ids * span * 0.9 <= m["alerts"] <= n_ids * (span + 1)
+    assert m["false_alerts_per_hour"] == pytest.approx(m["alerts"] / (span / 3600), rel=1e-6)
 
 
 def test_bad_inputs_give_clear_errors(workdir, tmp_path, capsys):

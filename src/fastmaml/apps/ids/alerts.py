@@ -41,6 +41,11 @@ class AlertRule:
         return f"{self.k}-of-{self.n}"
 
 
+# What reports and `fastmaml ids detect` show: every flagged sample alerts (at most one alert per
+# stream and second), and 2 of the last 4 samples of a stream flagged.
+ALERT_RULES = (AlertRule(1, 1, holdoff=1.0), AlertRule(2, 4, holdoff=1.0))
+
+
 def _rolling_count(x: np.ndarray, n: int) -> np.ndarray:
     c = np.cumsum(np.concatenate([[0], x.astype(np.int64)]))
     return c[1:] - c[np.maximum(np.arange(1, len(x) + 1) - n, 0)]

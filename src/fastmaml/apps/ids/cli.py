@@ -179,3 +179,11 @@ def _detect(args: argparse.Namespace) -> None:
     if s.metrics:
         print("against the capture's labels: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                                            for k, v in s.metrics.items()))
+    for rule, m in s.alerts.items():
+        what = "false alerts" if s.metrics else "alerts (unlabelled capture: every alert counted)"
+        line = (f"alert rule {rule} (per {'CAN ID' if s.unit == 'frames' else 'protocol'}, 1 s hold-off): "
+                f"{m['alerts']} alerts, {m['false_alerts_per_hour']:.1f} {what} per hour")
+        if s.metrics and m["occurrences"]:
+            line += (f"; attack occurrences alerted {m['occurrences_detected']}/{m['occurrences']}, "
+                     f"median delay {m['median_delay_s']:.3f} s")
+        print(line)

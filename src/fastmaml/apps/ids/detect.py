@@ -19,7 +19,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from fastmaml.apps.ids.alerts import ALERT_RULES, AlertRule, alert_metrics
 from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFeaturizer, build_sample_set
 from fastmaml.apps.ids.can.readers import open_capture
 from fastmaml.apps.ids.config import ModelConfig
@@ -136,7 +137,6 @@ def load_detector(path: str | Path) -> Detector:
 
 def _check_traffic(det: Detector, capture: str | Path) -> None:
     """DataError when the capture's kind (pcap vs CAN log) does not match the detector's traffic."""
-
     if not Path(capture).is_file():
         raise DataError(f"capture {capture} not found; check the path")
     pcap = is_pcap(capture)
@@ -182,7 +182,6 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
         raise DataError(f"--shots must be >= 1 labelled sample per class, got {k}")
     _check_traffic(det, capture)
     if det.traffic == "eth":
-
         if labels is None:
             raise DataError(f"{capture}: adapting needs labelled packets; give --labels (index/timestamp,attack CSV)")
         cf = featurize_capture(capture, det.state(), labels)
@@ -249,6 +248,7 @@ class DetectSummary:
     metrics: dict[str, float] | None = None  # when the capture carries labels
     unit: str = "frames"  # "frames" (CAN) or "packets" (Ethernet)
     reader_note: str = ""  # malformed packets skipped / file truncated, when any
+    alerts: dict[str, dict[str, Any]] = field(default_factory=dict)  # alert rule -> alert_metrics (needs timestamps)
 
 
 class _WindowStream:
@@ -280,169 +280,161 @@ class _WindowStream:
         return start + np.arange(len(xs)) * self.stride, np.ascontiguousarray(xs), y
 
 
+@dataclass
+class _Rows:
+    """One chunk of a capture, featurized: what the streaming loop needs from a traffic source."""
+
+    x: np.ndarray  # features [n, all features of the traffic]
+    truth: np.ndarray | None  # 0/1 per row; None when the capture carries no labels
+    index: np.ndarray  # row number in the capture (frame or packet index)
+    ts: np.ndarray  # timestamps (NaN where the capture has none)
+    key: np.ndarray  # per-row stream: CAN ID, or Ethernet protocol name (output column and alert streams)
+
+
+def _can_rows(det: Detector, capture: str | Path, labels: str | Path | None, format: str, chunk_size: int,
+              skip_malformed: bool) -> tuple[Iterator[_Rows], Callable[[], str]]:
+    reader = _reader(capture, format, labels, chunk_size, skip_malformed)
+    fz = FrameFeaturizer(det.state())
+
+    def rows() -> Iterator[_Rows]:
+        n = 0
+        for b in reader:
+            has = bool((b.label >= 0).all())
+            yield _Rows(fz.transform(b), b.is_attack().astype(np.int64) if has else None,
+                        np.arange(n, n + len(b)), b.timestamp, b.can_id)
+            n += len(b)
+
+    def note() -> str:
+        st = reader.stats
+        return f"{st.lines_skipped} malformed line(s) skipped, e.g. {st.skip_reasons[:3]}" if st.lines_skipped else ""
+
+    return rows(), note
+
+
+def _eth_rows(det: Detector, capture: str | Path, labels: str | Path | None, chunk_size: int
+              ) -> tuple[Iterator[_Rows], Callable[[], str]]:
+    table = LabelTable.load(labels) if labels is not None else None
+    reader = PcapReader(capture, chunk_size=chunk_size)
+    fz = EthFeaturizer(det.state())
+    proto_names = np.array(PROTO_NAMES)
+
+    def rows() -> Iterator[_Rows]:
+        for c in reader.chunks():
+            truth = (table.lookup(index=c.index, ts=c.ts) > 0).astype(np.int64) if table is not None else None
+            yield _Rows(fz.transform(c), truth, c.index, c.ts, proto_names[c.proto])
+
+    def note() -> str:
+        st = reader.stats
+        return st.summary() if st.malformed or st.truncated_file else ""
+
+    return rows(), note
+
+
 def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, labels: str | Path | None = None,
                   format: str = "auto", chunk_size: int = 65536, progress: bool = True,
-                  skip_malformed: bool = False) -> DetectSummary:
-    """Stream ``capture`` through ``det`` and write verdicts to ``out_csv``.
+                  skip_malformed: bool = False, alert_rules: Sequence[AlertRule] = ALERT_RULES
+                  ) -> DetectSummary:
+    """Stream ``capture`` (CAN log, or pcap/pcapng for an Ethernet detector) through ``det``; verdicts to ``out_csv``.
 
-    Frame-level detectors write ``frame,timestamp,can_id,p_attack,verdict[,label]`` (one row
-    per frame); window detectors write ``first_frame,last_frame,p_attack,verdict[,label]``.
-    ``label`` (ground truth, 0/1) appears when the capture carries labels.
-    Ethernet detectors read a pcap/pcapng and write one row per packet (see :func:`stream_detect_eth`).
+    Sample-level detectors write one row per frame/packet: ``frame,timestamp,can_id,p_attack,verdict[,label]``
+    (Ethernet: ``packet,timestamp,proto,...``, ``packet`` = its index in the file); window detectors
+    write ``first_frame,last_frame,p_attack,verdict[,label]`` (``first_packet,last_packet`` for
+    Ethernet). ``label`` (0/1 ground truth) appears when the capture carries labels. Malformed
+    pcap packets are always skipped and counted; CAN lines only with ``skip_malformed``.
+    The summary also holds, per alert rule, the alerts raised (per CAN ID / protocol, or bus-wide
+    for windows) and, against the labels, false alerts per hour and the delay to each attack.
     """
     _check_traffic(det, capture)
-    if det.traffic == "eth":
-        return stream_detect_eth(det, capture, out_csv, labels=labels, chunk_size=chunk_size, progress=progress,
-                                 skip_malformed=skip_malformed)
-    reader = _reader(capture, format, labels, chunk_size, skip_malformed)
+    eth = det.traffic == "eth"
+    rows, note = (_eth_rows(det, capture, labels, chunk_size) if eth else
+                  _can_rows(det, capture, labels, format, chunk_size, skip_malformed))
+    unit = "packet" if eth else "frame"
     net = det.module()
-    fz = FrameFeaturizer(det.state())
     cols = det.columns()
+    identity = cols == list(range(len(det.all_features())))
     w, stride = det.window, det.stride or det.window or 1
+    windows = _WindowStream(len(cols), w, stride) if w is not None else None
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_csv.with_name(f".{out_csv.name}.part")
-    n_frames = n_samples = n_flagged = 0
-    preds: list[np.ndarray] = []
-    truths: list[np.ndarray] = []
-    labelled: bool | None = None  # every chunk so far carried labels
-    with_label = False
-    windows = _WindowStream(len(cols), w, stride) if w is not None else None
+    n_rows = n_samples = n_flagged = 0
+    kept: dict[str, list[np.ndarray]] = {"v": [], "y": [], "t": [], "k": []}
+    labelled: bool | None = None  # every chunk so far carried labels (the first one decides the CSV columns)
     t0 = time.perf_counter()
-    bar = tqdm(unit=" frames", unit_scale=True, disable=not progress, desc="detect", mininterval=0.5)
+    bar = tqdm(unit=f" {unit}s", unit_scale=True, disable=not progress, desc="detect", mininterval=0.5)
     try:
-        with open(tmp, "w", encoding="ascii") as fh:
-            for b in reader:
-                has = bool((b.label >= 0).all())
-                if labelled is None:  # the first chunk decides whether the CSV gets a label column
-                    with_label = has
-                    fh.write(_header(w, with_label))
-                labelled = has if labelled is None else (labelled and has)
-                truth = b.is_attack().astype(np.int64) if has else np.full(len(b), -1, np.int64)
-                x = fz.transform(b)[:, cols]
+        with open(tmp, "w", encoding="ascii") as fh, torch.inference_mode():
+            for r in rows:
+                if labelled is None:
+                    with_label = r.truth is not None
+                    fh.write(_header(unit, w, with_label))
+                labelled = (r.truth is not None) and labelled is not False
+                truth = r.truth if r.truth is not None else np.full(len(r.x), -1, np.int64)
+                x = r.x if identity else r.x[:, cols]
                 if w is None:
-                    p = predict_proba(net, torch.from_numpy(x)).numpy()
+                    p = predict_proba(net, torch.from_numpy(np.ascontiguousarray(x))).numpy()
                     v = p > det.threshold
-                    fh.write(_frame_rows(n_frames, b.timestamp, b.can_id, p, v, truth if with_label else None))
+                    fh.write(_sample_rows(r.index, r.ts, r.key, p, v, truth if with_label else None))
+                    t, k = r.ts, r.key
                 else:
                     first, xs, yt = windows.push(x, truth)
                     p = predict_proba(net, torch.from_numpy(xs)).numpy() if len(xs) else np.zeros(0)
                     v = p > det.threshold
-                    wt = window_labels(np.maximum(yt, 0), w, stride, 0, det.label_rule) if len(xs) else np.zeros(0, np.int64)
-                    fh.write(_window_rows(first, w, p, v, wt if with_label else None))
-                    truth = wt
-                n_frames += len(b)
+                    truth = (window_labels(np.maximum(yt, 0), w, stride, 0, det.label_rule) if len(xs)
+                             else np.zeros(0, np.int64))
+                    fh.write(_window_rows(first, w, p, v, truth if with_label else None))
+                    # A window is complete once its last row arrives, so that row is in this chunk.
+                    t = r.ts[first + w - 1 - n_rows] if len(first) else r.ts[:0]
+                    k = np.zeros(len(v), np.int64)  # windows span all IDs: one bus-wide alert stream
+                kept["v"].append(v)
+                kept["y"].append(truth.astype(bool))
+                kept["t"].append(np.asarray(t, np.float64))
+                kept["k"].append(np.asarray(k))
+                n_rows += len(r.x)
                 n_samples += len(v)
                 n_flagged += int(v.sum())
-                if labelled:
-                    preds.append(v)
-                    truths.append(truth.astype(bool))
-                bar.update(len(b))
-            if n_frames == 0:
-                fh.write(_header(w, False))
+                bar.update(len(r.x))
+            if labelled is None:
+                fh.write(_header(unit, w, False))
         tmp.replace(out_csv)
     finally:
         bar.close()
         tmp.unlink(missing_ok=True)
     secs = time.perf_counter() - t0
-    metrics = detection_metrics(np.concatenate(preds), np.concatenate(truths)) if labelled and preds else None
-    return DetectSummary(n_frames, n_samples, n_flagged, secs, n_frames / max(secs, 1e-9), str(out_csv), metrics)
+    v, y = (np.concatenate(kept["v"]), np.concatenate(kept["y"])) if kept["v"] else (np.zeros(0, bool),) * 2
+    metrics = detection_metrics(v, y) if labelled and len(v) else None
+    alerts = _alerts(v, y if labelled else np.zeros(len(v), bool), kept, alert_rules) if len(v) else {}
+    return DetectSummary(n_rows, n_samples, n_flagged, secs, n_rows / max(secs, 1e-9), str(out_csv), metrics,
+                         unit=f"{unit}s", reader_note=note(), alerts=alerts)
 
 
-def stream_detect_eth(det: Detector, capture: str | Path, out_csv: str | Path, *, labels: str | Path | None = None,
-                      chunk_size: int = 65536, progress: bool = True, skip_malformed: bool = False) -> DetectSummary:
-    """Stream a pcap/pcapng capture through an Ethernet detector and write verdicts to ``out_csv``.
-
-    Packet-level detectors write ``packet,timestamp,proto,p_attack,verdict[,label]``, one row
-    per packet read (``packet`` = its index in the file); window detectors write
-    ``first_packet,last_packet,p_attack,verdict[,label]`` (positions among the packets read).
-    ``label`` (0/1) comes from the side label CSV ``labels``. Malformed packets are never
-    fatal: the reader skips them and counts them per reason (``skip_malformed`` is accepted
-    for symmetry with CAN and changes nothing).
-    """
-
-    del skip_malformed
-    table = LabelTable.load(labels) if labels is not None else None
-    reader = PcapReader(capture, chunk_size=chunk_size)
-    net = det.module()
-    fz = EthFeaturizer(det.state())
-    cols = det.columns()
-    identity = cols == list(range(len(det.all_features())))
-    proto_names = np.array(PROTO_NAMES)
-    w, stride = det.window, det.stride or det.window or 1
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_csv.with_name(f".{out_csv.name}.part")
-    n_packets = n_samples = n_flagged = 0
-    preds: list[np.ndarray] = []
-    truths: list[np.ndarray] = []
-    windows = _WindowStream(len(cols), w, stride) if w is not None else None
-    head = (["packet", "timestamp", "proto"] if w is None else ["first_packet", "last_packet"]) + ["p_attack", "verdict"]
-    t0 = time.perf_counter()
-    bar = tqdm(unit=" packets", unit_scale=True, disable=not progress, desc="detect", mininterval=0.5)
-    try:
-        with open(tmp, "w", encoding="ascii") as fh, torch.inference_mode():
-            fh.write(",".join(head + (["label"] if table is not None else [])) + "\n")
-            for c in reader.chunks():
-                x = fz.transform(c)
-                if not identity:
-                    x = x[:, cols]
-                truth = (table.lookup(index=c.index, ts=c.ts) > 0).astype(np.int64) if table is not None else None
-                if w is None:
-                    p = torch.softmax(net(torch.from_numpy(x)), -1)[:, 1].numpy()
-                    v = p > det.threshold
-                    cols_out = [c.index.tolist(), c.ts.tolist(), proto_names[c.proto].tolist(), p.tolist(),
-                                v.astype(np.int8).tolist()]
-                    fmt = "%d,%.6f,%s,%.4f,%d"
-                else:
-                    first, xs, yt = windows.push(x, truth if truth is not None else np.zeros(len(c), np.int64))
-                    p = (torch.softmax(net(torch.from_numpy(xs)), -1)[:, 1].numpy()
-                         if len(xs) else np.zeros(0, np.float32))
-                    v = p > det.threshold
-                    if truth is not None:
-                        truth = (window_labels(yt, w, stride, 0, det.label_rule) if len(xs)
-                                 else np.zeros(0, np.int64))
-                    cols_out = [first.tolist(), (first + w - 1).tolist(), p.tolist(), v.astype(np.int8).tolist()]
-                    fmt = "%d,%d,%.4f,%d"
-                if truth is not None:
-                    cols_out.append(truth.tolist())
-                    fmt += ",%d"
-                    preds.append(v)
-                    truths.append(truth.astype(bool))
-                fmt += "\n"
-                # %-formatting of whole rows: ~1M rows/s, so writing the CSV never limits throughput.
-                fh.write("".join([fmt % r for r in zip(*cols_out)]))
-                n_packets += len(c)
-                n_samples += len(v)
-                n_flagged += int(v.sum())
-                bar.update(len(c))
-        tmp.replace(out_csv)
-    finally:
-        bar.close()
-        tmp.unlink(missing_ok=True)
-    secs = time.perf_counter() - t0
-    metrics = detection_metrics(np.concatenate(preds), np.concatenate(truths)) if preds else None
-    st = reader.stats
-    note = st.summary() if st.malformed or st.truncated_file else ""
-    return DetectSummary(n_packets, n_samples, n_flagged, secs, n_packets / max(secs, 1e-9), str(out_csv), metrics,
-                         unit="packets", reader_note=note)
+def _alerts(v: np.ndarray, y: np.ndarray, kept: dict[str, list[np.ndarray]], rules: Sequence[AlertRule]
+            ) -> dict[str, dict[str, Any]]:
+    """Per alert rule: alerts, false alerts per hour, occurrences alerted and delays (needs timestamps)."""
+    t = np.concatenate(kept["t"])
+    if np.isnan(t).any():
+        return {}  # no timestamps (e.g. CICIoV2024): no time base for alerts per hour
+    keys = np.concatenate(kept["k"])
+    _, stream = np.unique(keys, return_inverse=True)
+    return {rule.name: alert_metrics(v, y, t, stream, rule) for rule in rules}
 
 
-def _header(window: int | None, labelled: bool) -> str:
-    cols = ["frame", "timestamp", "can_id"] if window is None else ["first_frame", "last_frame"]
+def _header(unit: str, window: int | None, labelled: bool) -> str:
+    key = "proto" if unit == "packet" else "can_id"
+    cols = [unit, "timestamp", key] if window is None else [f"first_{unit}", f"last_{unit}"]
     return ",".join(cols + ["p_attack", "verdict"] + (["label"] if labelled else [])) + "\n"
 
 
-def _frame_rows(start: int, ts: np.ndarray, ids: np.ndarray, p: np.ndarray, v: np.ndarray,
-                truth: np.ndarray | None) -> str:
-    idx = range(start, start + len(p))
+def _sample_rows(idx: np.ndarray, ts: np.ndarray, key: np.ndarray, p: np.ndarray, v: np.ndarray,
+                 truth: np.ndarray | None) -> str:
     tss = ["" if t != t else f"{t:.6f}" for t in ts.tolist()]
     ps = [f"{x:.4f}" for x in p.tolist()]
     vs = v.astype(np.int8).tolist()
     if truth is None:
-        rows = [f"{i},{t},{c},{q},{d}" for i, t, c, q, d in zip(idx, tss, ids.tolist(), ps, vs)]
+        rows = [f"{i},{t},{c},{q},{d}" for i, t, c, q, d in zip(idx.tolist(), tss, key.tolist(), ps, vs)]
     else:
-        rows = [f"{i},{t},{c},{q},{d},{y}" for i, t, c, q, d, y in zip(idx, tss, ids.tolist(), ps, vs, truth.tolist())]
+        rows = [f"{i},{t},{c},{q},{d},{y}" for i, t, c, q, d, y in zip(idx.tolist(), tss, key.tolist(), ps, vs,
+                                                                        truth.tolist())]
     return "".join(r + "\n" for r in rows)
 
 

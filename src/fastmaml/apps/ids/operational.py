@@ -17,14 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastmaml.apps.ids.alerts import AlertRule, alert_metrics
+from fastmaml.apps.ids.alerts import ALERT_RULES, alert_metrics
 from fastmaml.apps.ids.episodes import Episodes
 from fastmaml.apps.ids.families import Stream
 from fastmaml.core.maml import MAML, Params
 from fastmaml.eval.stats import mean_ci
 
-# Every flagged frame alerts (one alert per ID and second at most); or 2 of the last 4 frames of an ID.
-ALERT_RULES = (AlertRule(1, 1, holdoff=1.0), AlertRule(2, 4, holdoff=1.0))
 
 
 def _flags(runner: MAML, params: Params, x: torch.Tensor, batch: int = 65536) -> np.ndarray:
