@@ -252,3 +252,91 @@ def test_fast_and_precise_paths_agree(path, cls, monkeypatch):
     for col in ("timestamp", "can_id", "is_extended", "is_remote", "is_fd", "dlc", "length", "data"):
         assert np.array_equal(getattr(fast, col), getattr(slow, col), equal_nan=col == "timestamp"), col
     assert fast.labels() == slow.labels()
+
+
+# ------------------------------------------------------- out-of-range identifiers
+def _bad_id_log(tmp_path):
+    """Eight frames with distinct IDs; frame 4 has the 11-bit ID 0xFFF. Labels name each frame's class."""
+    ids = [0x100, 0x101, 0x102, 0x103, 0xFFF, 0x105, 0x106, 0x107]
+    labs = ["benign", "dos", "benign", "dos", "fuzzy", "benign", "gear", "dos"]
+    log = _write(tmp_path, "b.log", "".join(f"({1000 + i * 0.01:.6f}) can0 {c:03X}#{i:02X}\n" for i, c in enumerate(ids)))
+    lab = _write(tmp_path, "b.csv", "index,label\n" + "".join(f"{i},{x}\n" for i, x in enumerate(labs)))
+    return log, lab, ids, labs
+
+
+@pytest.mark.parametrize("chunk", [3, 4, 5, 100])
+def test_bad_id_skip_keeps_side_labels_aligned(tmp_path, chunk):
+    log, lab, ids, labs = _bad_id_log(tmp_path)
+    with pytest.raises(DataError, match=r"b\.log:5: CAN ID 0xFFF out of range for a 11-bit identifier.*bad_id='skip'"):
+        CandumpReader(log, labels=lab, chunk_size=chunk).read_all()
+    r = CandumpReader(log, labels=lab, chunk_size=chunk, bad_id="skip")
+    b = r.read_all()
+    assert b.can_id.tolist() == ids[:4] + ids[5:]
+    assert b.labels() == labs[:4] + labs[5:]  # frame 5 is still "benign", frame 6 "gear": nothing shifted
+    assert [bytes(b.data[i][:1])[0] for i in range(7)] == [0, 1, 2, 3, 5, 6, 7]
+    assert r.stats.lines_skipped == 1 and r.bad_ids == 1 and "line 5" in r.stats.skip_reasons[0]
+    # skip_malformed with the default bad_id drops it the same way, label included
+    b = CandumpReader(log, labels=lab, chunk_size=chunk, skip_malformed=True).read_all()
+    assert b.labels() == labs[:4] + labs[5:]
+    r = CandumpReader(log, labels=lab, chunk_size=chunk, bad_id="keep")
+    b = r.read_all()
+    assert b.can_id.tolist() == ids and b.labels() == labs and r.bad_ids == 1 and not b.is_extended.any()
+
+
+def test_bad_id_keep_counts_once_when_the_chunk_falls_back(tmp_path):
+    text = "(1.0) can0 FFF#00\n(1.1) can0 123#01\n(1.2) can0 123#0G\n(1.3) can0 FFF#02\n"
+    r = CandumpReader(_write(tmp_path, "k.log", text), bad_id="keep", skip_malformed=True)
+    b = r.read_all()
+    assert b.can_id.tolist() == [0xFFF, 0x123, 0xFFF] and r.bad_ids == 2 and r.stats.lines_skipped == 1
+    r = CandumpReader(_write(tmp_path, "k2.log", "(1.0) can0 FFF#00\n(1.1) can0 123#01\n"), bad_id="keep")
+    assert len(r.read_all()) == 2 and r.bad_ids == 1  # fast path
+
+
+def test_bad_id_carhacking_and_console(tmp_path):
+    good = "1478198376.389427,0316,2,05,21,R\n"
+    p = _write(tmp_path, "DoS_dataset.csv", good + "1478198376.4,3FFFFFFF,2,05,21,T\n" + good)
+    with pytest.raises(DataError, match=r"DoS_dataset\.csv:2: CAN ID 0x3FFFFFFF out of range for a 29-bit"):
+        read_capture(p, format="carhacking")
+    r = open_capture(p, format="carhacking", bad_id="skip")
+    assert len(r.read_all()) == 2 and r.stats.lines_skipped == 1
+    b = read_capture(p, format="carhacking", bad_id="keep")
+    assert b.can_id[1] == 0x3FFFFFFF and b.labels() == ["benign", "dos", "benign"]
+    c = _write(tmp_path, "c.txt", " (0.1)  can0  FFF   [1]  01\n (0.2)  can0  123   [1]  02\n")
+    with pytest.raises(DataError, match=r"c\.txt:1: CAN ID 0xFFF"):
+        read_capture(c)
+    assert read_capture(c, bad_id="skip").can_id.tolist() == [0x123]
+    with pytest.raises(DataError, match="bad_id must be"):
+        CandumpReader(c, bad_id="ignore")
+
+
+def test_detect_daga_and_csv(tmp_path):
+    daga = "timestamp,CAN_ID,DLC,PAYLOAD_HEX,PAYLOAD_BIN,ANOMALY\n0.0,10,64,0011223344556677,0,FALSE\n"
+    p = _write(tmp_path, "V40.can.txt", daga)
+    assert detect_format(p) == "daga"
+    z = tmp_path / "V40.can.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("V40.can.txt", daga)
+    assert detect_format(z) == "daga" and len(read_capture(z)) == 1
+    assert detect_format(_write(tmp_path, "e.csv", "Time,ID,DLC,Data,Label\n1.0,123,2,0102,Normal\n")) == "csv"
+    # a CSV header inside a .txt is a CSV, not a candump log
+    assert detect_format(_write(tmp_path, "e.txt", "timestamp;can_id;data;class\n1.0;123;0102;0\n")) == "csv"
+    with pytest.raises(DataError, match="unknown capture format"):
+        open_capture(p, format="asc")
+    with pytest.raises(DataError, match="the daga reader does not take that option"):
+        open_capture(p, columns={"id": "CAN_ID"})
+
+
+def test_bad_id_python_can(tmp_path):
+    can = pytest.importorskip("can")
+    p = tmp_path / "x.asc"
+    with can.Logger(str(p)) as log:
+        for i, aid in enumerate([0x100, 0xFFF, 0x200]):
+            log.on_message_received(can.Message(timestamp=1 + i, arbitration_id=aid, is_extended_id=False,
+                                                data=bytes([i]), channel=0))
+    lab = _write(tmp_path, "l.csv", "index,label\n0,benign\n1,dos\n2,gear\n")
+    with pytest.raises(DataError, match=r"x\.asc: frame 2: CAN ID 0xFFF out of range"):
+        read_capture(p)
+    r = open_capture(p, bad_id="skip", labels=lab, chunk_size=1)
+    b = r.read_all()
+    assert b.can_id.tolist() == [0x100, 0x200] and b.labels() == ["benign", "gear"] and r.stats.lines_skipped == 1
+    assert read_capture(p, bad_id="keep", labels=lab).labels() == ["benign", "dos", "gear"]

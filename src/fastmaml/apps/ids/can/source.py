@@ -18,7 +18,7 @@ from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFe
 from fastmaml.apps.ids.can.frames import FrameBatch
 from fastmaml.apps.ids.can.readers import open_capture
 from fastmaml.apps.ids.config import CaptureSpec, FeatureConfig, SourceConfig, data_folder
-from fastmaml.apps.ids.families import IdsData, Stream, TaskFamily, cap, drop_features, rule_predictions, unseen_id_fraction
+from fastmaml.apps.ids.families import IdsData, Stream, TaskFamily, cap, rule_predictions, unseen_id_fraction
 from fastmaml.apps.ids.samples import BENIGN, SampleSet
 from fastmaml.apps.ids.splits import Cut, check_both_sides, occurrence_cut, time_cut
 from fastmaml.errors import ConfigError, DataError
