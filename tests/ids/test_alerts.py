@@ -43,3 +43,15 @@ def test_false_alerts_per_hour_and_delay():
     # A detector that never flags the attack has detection rate 0 and no delay.
     m3 = alert_metrics(np.zeros(len(t), bool), truth, t, ids, AlertRule(), occurrence_gap=0.2)
     assert m3["occurrence_detection_rate"] == 0 and np.isnan(m3["median_delay_s"])
+
+
+def test_hold_off_limits_alerts_but_not_detection():
+    # An injection every 0.5 s on one ID, each flagged: a 1 s hold-off halves the alerts, yet every
+    # injection is detected (the incident is being alerted on), with zero delay.
+    t = np.arange(0, 10, 0.01)
+    truth = np.zeros(len(t), bool)
+    truth[50::50] = True
+    ids = np.zeros(len(t), np.int64)
+    m = alert_metrics(truth.copy(), truth, t, ids, AlertRule(1, 1, holdoff=1.0), occurrence_gap=0.005)
+    assert m["occurrences"] == 19 and m["occurrences_detected"] == 19 and m["median_delay_s"] == 0.0
+    assert m["alerts"] == 10 and m["false_alerts"] == 0

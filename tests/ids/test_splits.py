@@ -48,14 +48,16 @@ def test_cut_that_cannot_hold_an_attack_on_both_sides_names_it():
         occurrence_cut(t, codes, NAMES, test_fraction=0.3, gap=0.05, min_occurrences=2, capture="cap.log")
 
 
-def _capture(tmp_path):
-    """40 s of DoS in 4 bursts, then 40 s of clean driving: a real capture's 'attack early, then quiet' shape."""
-    att = sim.simulate("dos", 40.0, 1, n_bursts=4, fraction=0.2)
-    clean = sim.simulate("none", 40.0, 2)
-    clean.timestamp = clean.timestamp + 40.0
-    both = FrameBatch.concat([att, clean])
-    sim.write_candump(both, tmp_path / "cap.log", tmp_path / "cap_labels.csv")
-    return [f"source.captures=[{{path: {tmp_path}/cap.log, labels: {tmp_path}/cap_labels.csv}}]"]
+def _capture(tmp_path, attacks=("dos",)):
+    """Per attack: 40 s with it in 4 bursts, then 40 s of clean driving (a real capture's 'attack early, then quiet')."""
+    specs = []
+    for k, attack in enumerate(attacks):
+        att = sim.simulate(attack, 40.0, 1 + k, n_bursts=4, fraction=0.2)
+        clean = sim.simulate("none", 40.0, 10 + k)
+        clean.timestamp = clean.timestamp + 40.0
+        sim.write_candump(FrameBatch.concat([att, clean]), tmp_path / f"{attack}.log", tmp_path / f"{attack}_labels.csv")
+        specs.append(f"{{path: {tmp_path}/{attack}.log, labels: {tmp_path}/{attack}_labels.csv}}")
+    return [f"source.captures=[{', '.join(specs)}]"]
 
 
 def test_captures_source_splits_by_occurrence_and_refuses_a_silent_empty_side(tmp_path):
@@ -73,3 +75,24 @@ def test_captures_source_splits_by_occurrence_and_refuses_a_silent_empty_side(tm
     st = data.streams["dos"]
     assert float(st.clock[0]) >= cut["clock"] and bool((st.clock[1:] >= st.clock[:-1]).all())
     assert int(st.attack.sum()) == cut["frames"]["dos"]["test"]
+    assert not bool(data.streams["benign_fit"].attack.any()) and len(data.streams["benign_fit"].x) > 1000
+
+
+def test_compare_judges_adapted_detectors_on_whole_streams(tmp_path):
+    caps = _capture(tmp_path, ("dos", "fuzzing"))
+    cfg = E.load_ids_config("sim_tiny", ["source.kind=captures", "source.attacks=[]", "features.window=null",
+                                         "methods=[scratch, maml]", "eval.operational_episodes=2",
+                                         "eval.calibrate_fpr=0.01"] + caps)
+    report = E.compare(cfg, tmp_path / "out")
+    ops = report["folds"][0]["operational"]["dos"]
+    assert ops["detectors_per_method"] == 2 and set(ops["methods"]) == {"scratch", "maml"}
+    maml = ops["methods"]["maml"]
+    for key in ("attack/frame_recall", "attack/frame_fpr", "calibrated/attack/frame_fpr",
+                "attack/1-of-1/occurrence_detection_rate", "attack/2-of-4/false_alerts_per_hour"):
+        assert maml[key]["n"] >= 1 and maml[key]["mean"] >= 0
+    assert 0 <= maml["attack/frame_fpr"]["mean"] <= 1 and 0 <= maml["attack/frame_recall"]["mean"] <= 1
+    # The timing rule on a DoS stream: the flood's frames arrive far too early for their ID.
+    assert ops["rules"]["timing"]["attack/frame_recall"] > 0.9
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## Judged as a vehicle would" in text and "MAML, calibrated" in text and "## Train/test split" in text
+    assert "## Against chance" in text

@@ -51,6 +51,18 @@ def _rolling_count(x: np.ndarray, n: int) -> np.ndarray:
     return c[1:] - c[np.maximum(np.arange(1, len(x) + 1) - n, 0)]
 
 
+def rule_hits(flags: np.ndarray, stream: np.ndarray | None, rule: AlertRule) -> np.ndarray:
+    """Bool per sample: at least ``k`` of the last ``n`` verdicts of its stream are "attack" (before any hold-off)."""
+    flags = np.asarray(flags, bool)
+    keys = np.zeros(len(flags), np.int64) if stream is None else np.asarray(stream, np.int64)
+    hit = np.zeros(len(flags), bool)
+    order = np.argsort(keys, kind="stable")  # each stream's samples in capture order
+    for grp in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1):
+        if len(grp):
+            hit[grp] = _rolling_count(flags[grp], rule.n) >= rule.k
+    return hit
+
+
 def k_of_n_alerts(flags: np.ndarray, clock: np.ndarray, stream: np.ndarray | None, rule: AlertRule) -> np.ndarray:
     """Indices (sorted) of the samples at which an alert is raised.
 
@@ -62,20 +74,15 @@ def k_of_n_alerts(flags: np.ndarray, clock: np.ndarray, stream: np.ndarray | Non
     if flags.shape != clock.shape:
         raise DataError(f"alerts: {flags.shape[0]} verdicts but {clock.shape[0]} clock values")
     keys = np.zeros(len(flags), np.int64) if stream is None else np.asarray(stream, np.int64)
+    hits = np.flatnonzero(rule_hits(flags, keys, rule))
     out = []
-    order = np.argsort(keys, kind="stable")  # each stream's samples in capture order
-    bounds = np.flatnonzero(np.diff(keys[order])) + 1
-    for grp in np.split(order, bounds):
-        if not len(grp):
-            continue
-        hits = np.flatnonzero(_rolling_count(flags[grp], rule.n) >= rule.k)
-        quiet_until = -np.inf
-        for h in hits.tolist():  # only candidate positions: cheap even on long captures
-            t = clock[grp[h]]
-            if t >= quiet_until:
-                out.append(grp[h])
-                quiet_until = t + rule.holdoff
-    return np.array(sorted(out), np.int64)
+    quiet_until: dict[int, float] = {}
+    for h in hits.tolist():  # only candidate positions: cheap even on long captures
+        t, key = clock[h], int(keys[h])
+        if t >= quiet_until.get(key, -np.inf):
+            out.append(h)
+            quiet_until[key] = t + rule.holdoff
+    return np.array(out, np.int64)
 
 
 def _occurrences(truth: np.ndarray, clock: np.ndarray, gap: float) -> list[tuple[int, int]]:
@@ -93,8 +100,10 @@ def alert_metrics(flags: np.ndarray, truth: np.ndarray, clock: np.ndarray, strea
     An alert is *true* when an attack sample lies among the last ``n`` samples of its stream or
     anywhere in the capture within ``occurrence_gap`` before it (an injection on one ID may make
     another ID's frames look odd); otherwise it is a false alert. An attack occurrence (attack
-    samples closer than ``occurrence_gap``) counts as detected when a true alert falls between its
-    first sample and ``occurrence_gap`` after its last; the delay is measured from its first sample.
+    samples closer than ``occurrence_gap``) counts as detected when the rule fires on a sample that sees
+    it, between its first sample and ``occurrence_gap`` after its last, whether or not a hold-off from an
+    earlier alert keeps that firing from raising a new alert (the incident is already being alerted);
+    the delay runs from its first sample to that firing.
     ``clock_unit_s``: seconds per clock unit (frame-index clocks: pass the mean frame interval).
     """
     flags, truth = np.asarray(flags, bool), np.asarray(truth, bool)
@@ -103,11 +112,7 @@ def alert_metrics(flags: np.ndarray, truth: np.ndarray, clock: np.ndarray, strea
     # A sample "sees" an attack if one of the last n samples of its stream, or any attack sample
     # in the last occurrence_gap of the capture, is an attack sample.
     keys = np.zeros(len(flags), np.int64) if stream is None else np.asarray(stream, np.int64)
-    recent = np.zeros(len(flags), bool)
-    order = np.argsort(keys, kind="stable")
-    for grp in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1):
-        if len(grp):
-            recent[grp] = _rolling_count(truth[grp], rule.n) > 0
+    recent = rule_hits(truth, keys, AlertRule(1, rule.n))
     att_t = clock[truth]
     if len(att_t):
         pos = np.searchsorted(att_t, clock, side="right") - 1
@@ -115,13 +120,14 @@ def alert_metrics(flags: np.ndarray, truth: np.ndarray, clock: np.ndarray, strea
         recent |= near
     true_alert = recent[alerts] if len(alerts) else np.zeros(0, bool)
     false_alerts = int((~true_alert).sum())
+    true_hits = np.flatnonzero(rule_hits(flags, keys, rule) & recent)
     duration_h = (float(clock[-1] - clock[0]) * clock_unit_s / 3600.0) if len(clock) > 1 else 0.0
     attack_time = 0.0
     occ = _occurrences(truth, clock, occurrence_gap)
     for a, b in occ:
         attack_time += (clock[b] - clock[a] + occurrence_gap) * clock_unit_s
     benign_h = max(duration_h - attack_time / 3600.0, 0.0)
-    t_alerts = clock[alerts[true_alert]] if len(alerts) else np.zeros(0)
+    t_alerts = clock[true_hits]
     delays = []
     for a, b in occ:
         lo, hi = clock[a], clock[b] + occurrence_gap

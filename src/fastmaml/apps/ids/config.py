@@ -162,6 +162,7 @@ class EvalConfig:
     report_steps: list[int] = field(default_factory=lambda: [0, 1, 5, 10])
     figure_shot: int = 5  # K of the figures and of the operational evaluation
     operational_episodes: int = 5  # adapted detectors streamed over each held-out test capture, per seed (0: off)
+    calibrate_fpr: float = 1e-4  # streams are also judged at the threshold flagging this share of benign training frames
 
 
 @dataclass

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from fastmaml.apps.ids.config import IdsConfig, METHODS, load_ids_config, preset_path, source_key  # noqa: F401
 from fastmaml.apps.ids.episodes import Episodes, check_sizes, fingerprint, fixed_episodes, make_train_sampler
-from fastmaml.apps.ids.families import IdsData
+from fastmaml.apps.ids.families import FIT_STREAM, IdsData
 from fastmaml.apps.ids.metrics import CURVE_METRICS, rates
 from fastmaml.apps.ids.models import build_model
 from fastmaml.apps.ids.operational import operational_values, stream_values, summarize_rows
@@ -219,7 +219,8 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
                     if k == e.figure_shot and e.operational_episodes and a in data.streams:
                         ops.setdefault(a, {}).setdefault(method, []).extend(operational_values(
                             runner, params, ep, e.steps, data.streams[a], data.streams.get(BENIGN),
-                            e.operational_episodes, cfg.source.occurrence_gap_s))
+                            e.operational_episodes, cfg.source.occurrence_gap_s, data.streams.get(FIT_STREAM),
+                            e.calibrate_fpr))
     results: dict[str, Any] = {}
     for a in holdout:
         results[a] = {}

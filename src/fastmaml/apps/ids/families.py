@@ -39,6 +39,9 @@ class TaskFamily:
         return (self.train, self.train_rules) if split == "train" else (self.test, self.test_rules)
 
 
+FIT_STREAM = "benign_fit"  # benign training-period traffic in order: detection thresholds are calibrated on it
+
+
 @dataclass
 class Stream:
     """A test-period capture in capture order, for operational metrics (alerts per hour, delays).

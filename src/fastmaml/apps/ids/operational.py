@@ -25,9 +25,17 @@ from fastmaml.eval.stats import mean_ci
 
 
 
-def _flags(runner: MAML, params: Params, x: torch.Tensor, batch: int = 65536) -> np.ndarray:
-    out = [runner.predict(params, x[i:i + batch]).argmax(-1) == 1 for i in range(0, len(x), batch)]
-    return torch.cat(out).numpy() if out else np.zeros(0, bool)
+def _p_attack(runner: MAML, params: Params, x: torch.Tensor, batch: int = 65536) -> torch.Tensor:
+    out = [torch.softmax(runner.predict(params, x[i:i + batch]), -1)[:, 1] for i in range(0, len(x), batch)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def calibrated_threshold(p_benign: torch.Tensor, fpr: float) -> float:
+    """The p(attack) threshold that flags a share ``fpr`` of benign frames (strictly above it flags)."""
+    if not len(p_benign):
+        return 0.5
+    return float(torch.quantile(p_benign.double(), 1.0 - fpr, interpolation="higher")) if len(p_benign) <= 16_000_000 \
+        else float(p_benign.double().kthvalue(int(len(p_benign) * (1 - fpr))).values)
 
 
 def stream_values(flags: np.ndarray, st: Stream, gap_s: float) -> dict[str, float]:
@@ -50,17 +58,33 @@ def stream_values(flags: np.ndarray, st: Stream, gap_s: float) -> dict[str, floa
 
 
 def operational_values(runner: MAML, params: Params, ep: Episodes, steps: int, attack_stream: Stream,
-                       benign_stream: Stream | None, n_episodes: int, gap_s: float) -> list[dict[str, float]]:
-    """One dict of stream metrics per adapted detector (the first ``n_episodes`` support sets)."""
+                       benign_stream: Stream | None, n_episodes: int, gap_s: float, fit_stream: Stream | None = None,
+                       calibrate_fpr: float = 1e-4) -> list[dict[str, float]]:
+    """One dict of stream metrics per adapted detector (the first ``n_episodes`` support sets).
+
+    Keys ``attack/...`` and ``clean/...`` judge verdicts at p(attack) > 0.5; with ``fit_stream``
+    (benign training-period frames) also ``calibrated/attack/...`` and ``calibrated/clean/...`` at
+    the threshold that flags ``calibrate_fpr`` of those benign frames: what a deployment can set
+    from the vehicle's own clean driving, without attack labels.
+    """
     rows = []
     b = ep.batch
     for i in range(min(n_episodes, b.support_x.shape[0])):
         adapted = runner.adapt(b.support_x[i], b.support_y[i], steps=steps)
-        row = {f"attack/{k}": v for k, v in stream_values(_flags(runner, adapted, attack_stream.x), attack_stream,
-                                                           gap_s).items()}
-        if benign_stream is not None:
-            row.update({f"clean/{k}": v for k, v in stream_values(_flags(runner, adapted, benign_stream.x),
-                                                                  benign_stream, gap_s).items()})
+        p_att = _p_attack(runner, adapted, attack_stream.x)
+        p_clean = _p_attack(runner, adapted, benign_stream.x) if benign_stream is not None else None
+        thresholds = {"": 0.5}
+        if fit_stream is not None:
+            thresholds["calibrated/"] = calibrated_threshold(_p_attack(runner, adapted, fit_stream.x), calibrate_fpr)
+        row: dict[str, float] = {}
+        for prefix, thr in thresholds.items():
+            row.update({f"{prefix}attack/{k}": v for k, v in
+                        stream_values((p_att > thr).numpy(), attack_stream, gap_s).items()})
+            if p_clean is not None:
+                row.update({f"{prefix}clean/{k}": v for k, v in
+                            stream_values((p_clean > thr).numpy(), benign_stream, gap_s).items()})
+        if fit_stream is not None:
+            row["calibrated/threshold"] = thresholds["calibrated/"]
         rows.append(row)
     return rows
 

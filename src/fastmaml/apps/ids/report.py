@@ -215,7 +215,7 @@ def markdown(report: dict[str, Any], notes: str | None = None) -> str:
     lines += _data_section(report)
     lines += split_section(report.get("data_stats") or {})
     lines += _summary_section(report, k_fig, s_final)
-    lines += operational_section(report["folds"], RULE_LABELS)
+    lines += operational_section(report["folds"], RULE_LABELS, e.get("calibrate_fpr", 1e-4))
     if notes:
         lines += [notes.strip(), ""]
     fig_rule = _figure_rule(report)

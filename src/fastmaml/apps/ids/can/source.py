@@ -18,7 +18,7 @@ from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFe
 from fastmaml.apps.ids.can.frames import FrameBatch
 from fastmaml.apps.ids.can.readers import open_capture
 from fastmaml.apps.ids.config import CaptureSpec, FeatureConfig, SourceConfig, data_folder
-from fastmaml.apps.ids.families import IdsData, Stream, TaskFamily, cap, rule_predictions, unseen_id_fraction
+from fastmaml.apps.ids.families import FIT_STREAM, IdsData, Stream, TaskFamily, cap, rule_predictions, unseen_id_fraction
 from fastmaml.apps.ids.samples import BENIGN, SampleSet
 from fastmaml.apps.ids.splits import Cut, check_both_sides, occurrence_cut, time_cut
 from fastmaml.errors import ConfigError, DataError
@@ -129,6 +129,9 @@ def _read(spec: CaptureSpec, src: SourceConfig, log: Callable[[str], None]) -> F
     return frames
 
 
+_MAX_FIT_STREAM = 400_000  # benign frames kept for threshold calibration (about 4 minutes of a busy bus)
+
+
 def _clock(b: FrameBatch, gap_s: float) -> tuple[np.ndarray, float]:
     """The capture's clock and the occurrence gap on it (frames without timestamps: 1,000 frames a "second")."""
     if b.has_timestamps:
@@ -232,6 +235,14 @@ def _prepare_cut_captures(frames: list[FrameBatch], labels: list[str], cuts: lis
             where = "clean capture"
         if benign_test is not None and len(benign_test):
             data.streams[BENIGN] = frame_stream(benign_test, state, None, f"{where} after the cut", rules)
+        # Benign traffic before the cut, for thresholds calibrated on the vehicle's own clean driving.
+        benign_fit = [b.select(~b.is_attack()) for b in fit]
+        xs = [frame_stream(b, state, None, "").x for b in benign_fit if len(b)]
+        if xs:
+            x = torch.cat(xs)[:_MAX_FIT_STREAM]
+            n = len(x)
+            data.streams[FIT_STREAM] = Stream(x, torch.zeros(n, dtype=torch.bool), torch.arange(n, dtype=torch.float64),
+                                              torch.zeros(n, dtype=torch.int64), 1.0, "benign frames before the cut")
     return data
 
 
