@@ -47,7 +47,7 @@ def test_unseen_layout_with_explicit_map(tmp_path):
 
 def test_unmappable_header_says_which_key(tmp_path):
     p = _w(tmp_path, "de.csv", GERMAN)
-    with pytest.raises(DataError, match=r"de\.csv:1: cannot find the CAN identifier.*Kennung.*source\.columns\.id="):
+    with pytest.raises(DataError, match=r"de\.csv:1: cannot find the CAN identifier.*Kennung.*columns: \{id: <column name>\}.*--column id="):
         read_capture(p, format="csv")
     with pytest.raises(DataError, match=r"column 'Ident' \(columns\.id\) is not in the header"):
         read_capture(p, format="csv", columns={"id": "Ident"})

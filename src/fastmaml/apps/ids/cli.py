@@ -66,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--steps", type=int, default=None, help="gradient steps (default: the detector's)")
     a.add_argument("--seed", type=int, default=0, help="which K samples are picked")
     a.add_argument("--out", type=Path, required=True, help="folder for the adapted detector")
+    _reader_options(a)
 
     d = acts.add_parser("detect", help="stream a capture through a detector, one verdict per frame/window to CSV")
     d.add_argument("--detector", type=Path, required=True)
@@ -78,7 +79,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="skip and count malformed lines instead of failing (pcaps: malformed packets are always skipped "
                         "and counted)")
     d.add_argument("--no-progress", action="store_true")
+    _reader_options(d)
     p.set_defaults(handler=run)
+
+
+def _reader_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--column", action="append", default=None, metavar="KEY=VALUE",
+                   help="column map of a labelled CSV export (implies --format csv), repeatable: e.g. --column id=Kennung "
+                        "--column bytes=B1,B2,B3,B4,B5,B6,B7,B8 --column label=Klasse --column benign_values=normal; "
+                        "keys: time, time_unit, id, id_base, id_bits, payload, bytes, byte_base, dlc, label, "
+                        "benign_values, attack, delimiter")
+    p.add_argument("--bad-id", choices=["error", "skip", "keep"], default="error",
+                   help="frames whose ID is out of range for its format (e.g. 11-bit 0xFFF): stop with an error "
+                        "(default), skip them (side labels stay aligned) or keep them")
 
 
 def _common(p: argparse.ArgumentParser, default: str) -> None:
@@ -156,7 +169,7 @@ def _adapt(args: argparse.Namespace) -> None:
 
     det = load_detector(args.detector)
     new, info = adapt_detector(det, args.capture, args.shots, labels=args.labels, attack=args.attack, steps=args.steps,
-                               format=args.format, seed=args.seed)
+                               format=args.format, seed=args.seed, columns=args.column, bad_id=args.bad_id)
     save_detector(new, args.out)
     print(f"adapted to {info.attack!r} from {info.shots} samples per class (available: {info.available}); "
           f"detector: {args.out}")
@@ -171,7 +184,8 @@ def _detect(args: argparse.Namespace) -> None:
 
     det = load_detector(args.detector)
     s = stream_detect(det, args.capture, args.out, labels=args.labels, format=args.format, chunk_size=args.chunk_size,
-                      progress=not args.no_progress, skip_malformed=args.skip_malformed)
+                      progress=not args.no_progress, skip_malformed=args.skip_malformed, columns=args.column,
+                      bad_id=args.bad_id)
     print(f"{s.frames} {s.unit}, {s.samples} verdicts ({s.flagged} flagged) -> {s.out}; "
           f"{s.seconds:.2f} s, {s.frames_per_second:,.0f} {s.unit}/s")
     if s.reader_note:

@@ -148,10 +148,16 @@ def _check_traffic(det: Detector, capture: str | Path) -> None:
                         "train an Ethernet detector with `fastmaml ids train --preset eth`")
 
 
-def _reader(capture: str | Path, format: str, labels: str | Path | None, chunk_size: int, skip_malformed: bool):
+def _reader(capture: str | Path, format: str, labels: str | Path | None, chunk_size: int, skip_malformed: bool,
+            columns: Sequence[str] | dict[str, Any] | None = None, bad_id: str = "error"):
     kw: dict[str, Any] = {"chunk_size": chunk_size, "skip_malformed": skip_malformed}
     if labels is not None:
         kw["labels"] = labels
+    if columns:
+        kw["columns"] = columns
+        format = "csv" if format == "auto" else format
+    if bad_id != "error":
+        kw["bad_id"] = bad_id
     try:
         return open_capture(capture, format, **kw)
     except TypeError:
@@ -171,12 +177,14 @@ class AdaptInfo:
 
 def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | Path | None = None,
                    attack: str | None = None, steps: int | None = None, format: str = "auto", seed: int = 0,
-                   max_samples: int = 200_000) -> tuple[Detector, AdaptInfo]:
+                   max_samples: int = 200_000, columns: Sequence[str] | dict[str, Any] | None = None,
+                   bad_id: str = "error") -> tuple[Detector, AdaptInfo]:
     """Adapt ``det`` to a new attack from K labelled benign + K attack samples of a capture.
 
     ``attack`` picks one attack class of the capture (default: every non-benign label is the
     attack). The other samples of the capture (up to ``max_samples`` per class) score the
-    adapted detector.
+    adapted detector. ``columns`` (format ``csv``): the column map of a labelled CSV export
+    (``key=value`` strings or a dict); ``bad_id``: what to do with out-of-range IDs (error, skip, keep).
     """
     if k < 1:
         raise DataError(f"--shots must be >= 1 labelled sample per class, got {k}")
@@ -187,7 +195,7 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
         cf = featurize_capture(capture, det.state(), labels)
         s, _ = to_samples(cf, det.window, det.stride, det.label_rule, max_samples, max_samples, seed)
     else:
-        reader = _reader(capture, format, labels, 65536, False)
+        reader = _reader(capture, format, labels, 65536, False, columns, bad_id)
         s = build_sample_set(reader, det.state(), window=det.window, stride=det.stride, label_rule=det.label_rule,
                              max_per_class=max_samples, seed=seed, name=str(capture))
     attacks = [c for c in s.class_names if c != BENIGN]
@@ -292,8 +300,9 @@ class _Rows:
 
 
 def _can_rows(det: Detector, capture: str | Path, labels: str | Path | None, format: str, chunk_size: int,
-              skip_malformed: bool) -> tuple[Iterator[_Rows], Callable[[], str]]:
-    reader = _reader(capture, format, labels, chunk_size, skip_malformed)
+              skip_malformed: bool, columns: Sequence[str] | dict[str, Any] | None = None, bad_id: str = "error"
+              ) -> tuple[Iterator[_Rows], Callable[[], str]]:
+    reader = _reader(capture, format, labels, chunk_size, skip_malformed, columns, bad_id)
     fz = FrameFeaturizer(det.state())
 
     def rows() -> Iterator[_Rows]:
@@ -332,8 +341,8 @@ def _eth_rows(det: Detector, capture: str | Path, labels: str | Path | None, chu
 
 def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, labels: str | Path | None = None,
                   format: str = "auto", chunk_size: int = 65536, progress: bool = True,
-                  skip_malformed: bool = False, alert_rules: Sequence[AlertRule] = ALERT_RULES
-                  ) -> DetectSummary:
+                  skip_malformed: bool = False, alert_rules: Sequence[AlertRule] = ALERT_RULES,
+                  columns: Sequence[str] | dict[str, Any] | None = None, bad_id: str = "error") -> DetectSummary:
     """Stream ``capture`` (CAN log, or pcap/pcapng for an Ethernet detector) through ``det``; verdicts to ``out_csv``.
 
     Sample-level detectors write one row per frame/packet: ``frame,timestamp,can_id,p_attack,verdict[,label]``
@@ -347,7 +356,7 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
     _check_traffic(det, capture)
     eth = det.traffic == "eth"
     rows, note = (_eth_rows(det, capture, labels, chunk_size) if eth else
-                  _can_rows(det, capture, labels, format, chunk_size, skip_malformed))
+                  _can_rows(det, capture, labels, format, chunk_size, skip_malformed, columns, bad_id))
     unit = "packet" if eth else "frame"
     net = det.module()
     cols = det.columns()

@@ -180,16 +180,16 @@ def _resolve(header: list[str], cmap: ColumnMap, where: str) -> tuple[_Cols, Col
         if name in header or name.lower() in low:
             return header.index(name) if name in header else low.index(name.lower())
         raise DataError(f"{where}:1: column {name!r} (columns.{key}) is not in the header {header}; "
-                        f"set source.columns.{key} to one of them")
+                        f"set the column map key {key!r} to one of them (capture config: columns: {{{key}: ...}}; adapt/detect: --column {key}=...)")
 
     cid, pay, byt = idx("id", m.id), idx("payload", m.payload), [idx("bytes", b) for b in m.bytes or []]
     if cid is None:
         raise DataError(f"{where}:1: cannot find the CAN identifier column in the header {header}; set the column "
-                        "map key 'id' (config: source.columns.id=<column name>)")
+                        "map key 'id' (capture config: columns: {id: <column name>}; adapt/detect: --column id=<column name>)")
     if pay is None and not byt:
         raise DataError(f"{where}:1: cannot find the payload in the header {header}; set the column map key "
                         "'payload' (one hex column) or 'bytes' (the byte columns in order), "
-                        "e.g. source.columns.bytes=[B1,...,B8]")
+                        "e.g. columns: {bytes: [B1, ..., B8]} in the capture config, or --column bytes=B1,...,B8")
     return _Cols(header, idx("time", m.time), cid, pay, [b for b in byt if b is not None],
                  idx("dlc", m.dlc), idx("label", m.label)), m
 
