@@ -28,7 +28,7 @@ def main() -> None:
     from fastmaml.apps.ids.ethernet.zonal_sim import simulate
     from fastmaml.apps.ids.config import load_ids_config
 from fastmaml.apps.ids.models import build_model
-    from fastmaml.apps.ids.report import environment
+    from fastmaml.eval.environment import environment
     from fastmaml.config import to_dict
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

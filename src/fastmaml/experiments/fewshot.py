@@ -31,7 +31,7 @@ from fastmaml.models.conv import ConvNet
 from fastmaml.models.mlp import NonConvNet
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.tasks.episodes import EpisodeSampler, uint8_images_to_float
-from fastmaml.train.checkpoint import load_checkpoint, load_state_into
+from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_state_into
 from fastmaml.train.loop import TrainConfig, meta_train
 
 
@@ -180,10 +180,8 @@ def train(cfg: FewShotConfig, run_dir: Path, resume: bool = False, pools: dict |
 
 def load_learner(cfg: FewShotConfig, run_dir: Path, pool_shape: tuple[int, ...], which: str = "best") -> MAML:
     learner = build_learner(cfg, pool_shape)
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    path = ckpt_dir / f"{which}.safetensors"
-    if which == "best" and not path.exists():
-        path = ckpt_dir / "last.safetensors"
+    layout = RunDir(run_dir)
+    path = layout.best_or_last() if which == "best" else layout.last
     load_state_into(learner, load_checkpoint(path)["model"], path)
     return learner.to(cfg.train.device)
 
@@ -198,7 +196,7 @@ def evaluate(cfg: FewShotConfig, run_dir: Path, pools: dict | None = None, comma
     t0 = time.perf_counter()
     acc = accuracy_curve(learner, episodes, steps)
     summary = summarize(acc)
-    log = _read_log(run_dir / "metrics.jsonl")
+    log = _read_log(RunDir(run_dir).metrics)
     report = {
         "experiment": "fewshot",
         "command": command,

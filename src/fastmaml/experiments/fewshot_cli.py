@@ -78,11 +78,9 @@ def adapt(args: argparse.Namespace) -> None:
     from fastmaml.config import from_dict
     from fastmaml.data.images import list_images, load_image_folder, load_images
     from fastmaml.experiments import fewshot as FS
-    from fastmaml.train.checkpoint import load_checkpoint
+    from fastmaml.train.checkpoint import RunDir, load_checkpoint
 
-    ckpt_path = args.run_dir / "checkpoints" / "best.safetensors"
-    if not ckpt_path.exists():
-        ckpt_path = args.run_dir / "checkpoints" / "last.safetensors"
+    ckpt_path = RunDir(args.run_dir).best_or_last()
     meta = load_checkpoint(ckpt_path)["meta"]
     cfg_dict = {k: v for k, v in meta.get("config", {}).items() if k != "experiment"}
     if not cfg_dict:

@@ -35,7 +35,8 @@ from fastmaml.eval.stats import fmt_summary, summarize
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.tasks.sinusoid import SinusoidTasks, oracle_inputs, target
 from fastmaml.fileio import atomic_write_text
-from fastmaml.train.checkpoint import load_checkpoint, load_state_into
+from fastmaml.eval.tuning import tune_inner_lr
+from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_state_into
 from fastmaml.train.loop import TrainConfig, meta_train
 
 PRESETS = Path(__file__).parent / "presets"
@@ -105,7 +106,7 @@ def train(cfg: SinusoidConfig, run_dir: Path, kind: str = "maml", resume: bool =
 
 def load_learner(cfg: SinusoidConfig, run_dir: Path, kind: str = "maml") -> MAML:
     learner = build_learner(cfg, kind)
-    path = Path(run_dir) / "checkpoints" / "last.safetensors"
+    path = RunDir(run_dir).last
     load_state_into(learner, load_checkpoint(path)["model"], path)
     return learner
 
@@ -125,13 +126,7 @@ def eval_tasks(cfg: SinusoidConfig, k: int, num_tasks: int | None = None, seed: 
 def tune_finetune_lr(cfg: SinusoidConfig, pretrained: MAML, k: int) -> tuple[float, dict[str, float]]:
     """The pretrained baseline's fine-tuning step size: best MSE after ``eval.steps`` steps on tuning tasks."""
     batch, _, _ = eval_tasks(cfg, k, cfg.eval.tuning_tasks, cfg.eval.tuning_seed)
-    scores = {}
-    for lr in cfg.eval.finetune_lrs:
-        curve = pretrained.with_inner_lr(lr).adaptation_curve(batch, steps=cfg.eval.steps)
-        final = curve.losses[:, -1].mean().item()
-        scores[str(lr)] = final if final == final else float("inf")
-    best = min(scores, key=scores.get)
-    return float(best), scores
+    return tune_inner_lr(pretrained, batch, cfg.eval.finetune_lrs, cfg.eval.steps)
 
 
 def evaluate(cfg: SinusoidConfig, learners: dict[str, MAML], finetune_lr: dict[str, float], k: int) -> dict[str, Any]:
@@ -201,13 +196,13 @@ def _label(method: str) -> str:
 
 def training_seconds(run_dir: Path) -> float:
     """Training time of a run as logged (cumulative over resumes)."""
-    log = Path(run_dir) / "metrics.jsonl"
+    log = RunDir(run_dir).metrics
     times = [json.loads(line).get("time", 0.0) for line in log.read_text().splitlines()] if log.exists() else []
     return max(times, default=0.0)
 
 
 def is_finished(run_dir: Path, iterations: int) -> bool:
-    path = Path(run_dir) / "checkpoints" / "last.safetensors"
+    path = RunDir(run_dir).last
     if not path.exists():
         return False
     return load_checkpoint(path)["meta"].get("iteration") == iterations

@@ -109,3 +109,39 @@ def load_state_into(module: torch.nn.Module, state: dict[str, torch.Tensor], sou
         raise CheckpointError(
             f"checkpoint {source} does not fit this model (was it trained with another config?): {e}"
         ) from e
+
+
+class RunDir:
+    """The layout of a training run folder, in one place for every experiment.
+
+    ``config.json``, ``metrics.jsonl`` (one JSON line per logged iteration), and
+    ``checkpoints/last.safetensors`` (resume point) / ``checkpoints/best.safetensors`` (best
+    validation score), each with a JSON sidecar.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.safetensors"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.safetensors"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    def best_or_last(self) -> Path:
+        """The best checkpoint where the run validated, else the last one."""
+        return self.best if self.best.exists() else self.last

@@ -30,7 +30,7 @@ from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.train import distributed as D
 from fastmaml.fileio import atomic_write_text
-from fastmaml.train.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_state_into, save_checkpoint
 from fastmaml.train.memory import keep_freed_memory
 
 BatchSampler = Callable[[torch.Generator], TaskBatch]
@@ -88,10 +88,9 @@ def meta_train(
         torch.set_num_threads(cfg.threads)
     if cfg.keep_freed_memory:
         keep_freed_memory()
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
-    log_path = run_dir / "metrics.jsonl"
+    layout = RunDir(run_dir)
+    run_dir = layout.path
+    last_path, best_path, log_path = layout.last, layout.best, layout.metrics
     device = torch.device(cfg.device)
     learner.to(device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr)
@@ -116,7 +115,7 @@ def meta_train(
         run_dir.mkdir(parents=True, exist_ok=True)
         log_path.unlink(missing_ok=True)
     if ctx.is_main:
-        atomic_write_text(run_dir / "config.json", json.dumps(run_config or {}, indent=2) + "\n")
+        atomic_write_text(layout.config, json.dumps(run_config or {}, indent=2) + "\n")
 
     def checkpoint(path: Path, iteration: int) -> None:
         if ctx.is_main:

@@ -47,12 +47,14 @@ from fastmaml.apps.ids.operational import operational_values, stream_values, sum
 from fastmaml.apps.ids.samples import BENIGN
 from fastmaml.apps.ids.sources import data_key, prepare_data
 from fastmaml.config import to_dict
-from fastmaml.core.maml import MAML, Params
+from fastmaml.core.maml import MAML, AdaptationCurve, Params
 from fastmaml.errors import ConfigError, DataError
+from fastmaml.eval.environment import environment
 from fastmaml.eval.stats import summarize
+from fastmaml.eval.tuning import tune_inner_lr
 from fastmaml.fileio import atomic_write_text
 from fastmaml.tasks.batch import TaskBatch
-from fastmaml.train.checkpoint import load_checkpoint, load_state_into
+from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_state_into
 from fastmaml.train.loop import meta_train
 
 
@@ -99,7 +101,7 @@ def train_method(cfg: IdsConfig, data: IdsData, known: Sequence[str], method: st
     known = data.check_attacks(known, "known attack")
     check_sizes(data, known, "train", cfg.train_shots, cfg.train_query, "train_shots")
     ident = _identity(cfg, method, known, seed, data_key(cfg))
-    last = Path(run_dir) / "checkpoints" / "last.safetensors"
+    last = RunDir(run_dir).last
     if last.is_file():
         meta = load_checkpoint(last)["meta"]
         if meta.get("config", {}).get("identity") != ident:
@@ -128,15 +130,16 @@ def tune_step_size(cfg: IdsConfig, data: IdsData, base: MAML, known: Sequence[st
     batches = [fixed_episodes(data, a, "train", k, e.query, n_each, e.tuning_seed).batch for a in known]
     batch = TaskBatch(*(torch.cat([getattr(b, a) for b in batches]) for a in
                         ("support_x", "support_y", "query_x", "query_y")))
-    scores = {}
-    for lr in e.finetune_lrs:
-        curve = base.with_inner_lr(lr).adaptation_curve(batch, steps=e.steps, metrics={"f1": CURVE_METRICS["f1"]},
-                                                     params=_params(base))
-        f1 = curve.metrics["f1"][:, -1].mean().item()
-        loss = curve.losses[:, -1].mean().item()
-        scores[str(lr)] = {"f1": f1, "loss": loss if loss == loss else float("inf")}
-    best = max(scores, key=lambda s: (scores[s]["f1"], -scores[s]["loss"]))
-    return float(best), scores
+    return tune_inner_lr(base, batch, e.finetune_lrs, e.steps, _f1_then_loss, {"f1": CURVE_METRICS["f1"]},
+                         _params(base))
+
+
+def _f1_then_loss(curve: AdaptationCurve) -> tuple[tuple[float, float], dict[str, float]]:
+    """Best mean F1 after the last step; the lower query loss breaks ties."""
+    f1 = curve.metrics["f1"][:, -1].mean().item()
+    loss = curve.losses[:, -1].mean().item()
+    loss = loss if loss == loss else float("inf")
+    return (f1, -loss), {"f1": f1, "loss": loss}
 
 
 def curve_values(runner: MAML, params: Params, ep: Episodes, steps: int) -> dict[str, torch.Tensor]:
@@ -303,7 +306,7 @@ def compare(cfg: IdsConfig, out_dir: Path, folds: list[list[str]] | None = None,
         "prep_seconds": prep_seconds,
         "total_seconds": time.perf_counter() - t0,
         "fold_seconds_sum": sum(f["seconds"] for f in fold_results),
-        "environment": R.environment(),
+        "environment": environment(),
     }
     R.write_report(report, out_dir)
     return report

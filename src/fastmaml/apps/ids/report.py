@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from fastmaml.apps.ids.report_judgement import (LABELS, chance_section, maml_detection_verdict, near_chance,
                                                 operational_section, split_section)
@@ -30,20 +27,6 @@ FIGURE_RULES = ("id_allow_list", "any")
 NOTES_FILE = "notes.md"  # hand-written analysis in the output folder, embedded in report.md
 STYLES = {"from scratch": {"marker": "x", "color": "tab:gray"}, "pretrained + fine-tune": {"marker": "s", "color": "tab:blue"},
           "MAML": {"marker": "o", "color": "tab:red"}, "FOMAML": {"marker": "^", "color": "tab:orange"}}
-
-
-def environment() -> dict[str, Any]:
-    """Where the numbers were measured."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "processor": cpu, "threads": torch.get_num_threads()}
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> None:
