@@ -102,3 +102,49 @@ def test_version1_state_still_loads(state):
     x = frame_features(sim.simulate("masquerade", 10.0, 27), old).numpy()
     assert (x[:, col("xid_residual")] == 0).all() and (x[:, col("silence")] == 0).all()
     assert FeatureState.from_dict(state.to_dict()) == state
+
+
+def test_second_predecessor_features_match_a_brute_force_and_any_chunking():
+    fit = sim.simulate("none", 6.0, 0)
+    b = sim.simulate("replay", 6.0, 4)
+    state = FeatureState.fit(fit)
+    full = FrameFeaturizer(state).transform(b)
+    for size in (1, 3, 250):
+        fz = FrameFeaturizer(state)
+        parts = [fz.transform(b.select(slice(i, i + size))) for i in range(0, len(b), size)]
+        assert np.allclose(np.concatenate(parts), full)
+    dt2, d2 = FRAME_FEATURES.index("dt2_log_ratio"), FRAME_FEATURES.index("delta2_ratio")
+    seen: dict[int, list[int]] = {}
+    for k in range(len(b)):
+        cid = int(b.can_id[k])
+        hist = seen.setdefault(cid, [])
+        if len(hist) >= 2:
+            j = hist[-2]
+            period = state.periods.get(cid, state.default_period)
+            want = np.clip(np.log2(max(b.timestamp[k] - b.timestamp[j], 1e-9) / period) / 4, -2, 1)
+            assert full[k, dt2] == pytest.approx(want, abs=1e-5)
+            scale = np.array(state.delta_scale.get(cid, [255.0] * 8))
+            rel = (np.abs(b.data[k, :8].astype(int) - b.data[j, :8].astype(int)) / (scale + 1)).max()
+            assert full[k, d2] == pytest.approx(min(np.log2(1 + rel) / 4, 1.0), abs=1e-5)
+        else:
+            assert full[k, d2] == 0.0
+        hist.append(k)
+
+
+def test_second_predecessor_tells_the_replayed_frame_from_the_genuine_one_after_it():
+    from fastmaml.apps.ids.can.frames import CanFrame, FrameBatch
+
+    # One ID every 10 ms whose first byte ramps by 1 per frame; an old frame (value 10) replayed at 505 ms.
+    def frames(replay: bool):
+        out = [CanFrame(0.01 * i, 0x100, data=bytes([i % 256, 0, 0, 0, 0, 0, 0, 0]), label="benign") for i in range(100)]
+        if replay:
+            out.insert(51, CanFrame(0.505, 0x100, data=bytes([10, 0, 0, 0, 0, 0, 0, 0]), label="replay"))
+        return FrameBatch.from_frames(out)
+
+    state = FeatureState.fit(frames(False))
+    x = FrameFeaturizer(state).transform(frames(True))
+    d1, d2 = FRAME_FEATURES.index("delta_ratio"), FRAME_FEATURES.index("delta2_ratio")
+    injected, after = x[51], x[52]
+    # Against the frame one back both look like jumps; against two back only the injected one does.
+    assert injected[d1] > 0.5 and after[d1] > 0.5
+    assert injected[d2] > 0.5 and after[d2] < 0.2
