@@ -1,5 +1,7 @@
 """Train/test cuts of real-style captures: every attack on both sides, or a clear error."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -96,3 +98,26 @@ def test_compare_judges_adapted_detectors_on_whole_streams(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "## Judged as a vehicle would" in text and "MAML, calibrated" in text and "## Train/test split" in text
     assert "## Against chance" in text
+
+
+DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def test_daga_source_cuts_all_captures_at_one_time_between_occurrences(tmp_path):
+    if not (DATA_ROOT / "ids" / "daga").is_dir():
+        pytest.skip(f"DAGA data not found under {DATA_ROOT} (only present next to the project's checkout)")
+    cfg = E.load_ids_config("daga", [f"source.data_root={DATA_ROOT}", "source.attacks=[dos, single_id_replay]"])
+    data = E.prepare_data(cfg, log=lambda m: None)
+    cuts = data.stats["split"]["cuts"]
+    assert len({c["clock"] for c in cuts}) == 1  # one drive, one cut time
+    at = cuts[0]["clock"]
+    occ = {a: v for c in cuts for a, v in c["occurrences"].items()}
+    # DoS comes in ~154 bursts of frames 0.2 ms apart: bursts, not frames, are occurrences.
+    assert 100 < occ["dos"]["train"] + occ["dos"]["test"] <= 160
+    assert min(occ["dos"].values()) >= 2 and min(occ["single_id_replay"].values()) >= 2
+    for name in ("dos", "single_id_replay"):
+        st = data.streams[name]
+        assert float(st.clock[0]) >= at and int(st.attack.sum()) > 0
+    # Features were fitted on clean driving before the cut only; streams after it.
+    assert len(data.streams["benign_fit"].x) < 245_144 * (at / 153.0) * 1.01
+    assert float(data.streams["benign"].clock[0]) >= at

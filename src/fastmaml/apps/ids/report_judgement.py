@@ -83,7 +83,7 @@ def maml_detection_verdict(items: list, k: str, step: int) -> list[str]:
     no = [a for a, _ in items if a not in yes]
     out = [f"* MAML at K = {k} after {step} steps: detection rate above FPR (non-overlapping CIs) on {len(yes)} of "
            f"{len(items)} held-out attacks" + (f"; not on: {', '.join(no)}" if no else "") + "; detection rate ≥ 0.9 on "
-           f"{len(strong)}" + (f" ({', '.join(strong)})" if strong else "") + "."]
+           f"{len(strong)}" + (f" ({', '.join(strong)})" if strong else "") + ".", ""]
     return out
 
 

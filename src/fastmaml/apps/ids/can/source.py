@@ -171,13 +171,14 @@ def cut_captures(captures: list[FrameBatch], labels: list[str], src: SourceConfi
     order = np.argsort(clk, kind="stable")
     joint = occurrence_cut(clk[order], codes[order], names, test_fraction=src.test_fraction, gap=clocks[0][1],
                            min_occurrences=src.min_occurrences, capture=" + ".join(labels))
-    cut_at = joint.clock
-    return [_describe_at(c, _codes(b, names), names, cut_at, what) for (c, _), b, what in zip(clocks, captures, labels)]
+    return [_describe_at(c, _codes(b, names), names, joint.clock, gap, what)
+            for (c, gap), b, what in zip(clocks, captures, labels)]
 
 
-def _describe_at(clk: np.ndarray, codes: np.ndarray, names: list[str], at: float, what: str) -> Cut:
+def _describe_at(clk: np.ndarray, codes: np.ndarray, names: list[str], at: float, gap: float, what: str) -> Cut:
+    """The cut of one capture at clock ``at`` (the joint cut of captures on one timeline)."""
     k = int(np.searchsorted(clk, at, side="left"))
-    cut = time_cut(clk, codes, names, test_fraction=1 - k / max(len(clk), 1), gap=0.0, capture=what)
+    cut = time_cut(clk, codes, names, test_fraction=1 - k / max(len(clk), 1), gap=gap, capture=what)
     cut.index, cut.clock = k, float(at)
     return cut
 
