@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from fastmaml.apps.ids.config import IdsConfig, METHODS, load_ids_config, preset_path, source_key  # noqa: F401
 from fastmaml.apps.ids.episodes import Episodes, check_sizes, fingerprint, fixed_episodes, make_train_sampler
-from fastmaml.apps.ids.families import FIT_STREAM, IdsData
+from fastmaml.apps.ids.families import FIT_STREAM, IdsData, Stream
 from fastmaml.apps.ids.metrics import CURVE_METRICS, rates
 from fastmaml.apps.ids.models import build_model
 from fastmaml.apps.ids.operational import operational_values, stream_values, summarize_rows
@@ -247,7 +247,9 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
                                                                       cfg.source.occurrence_gap_s).items()})
             rows[r] = row
         ops_rules[a] = rows
-    operational = {a: {"rules": ops_rules[a], "shots": e.figure_shot, "steps": e.steps, "detectors_per_method": len(next(iter(m.values()))),
+    operational = {a: {"rules": ops_rules[a], "shots": e.figure_shot,
+                       "minutes": {k: _minutes(s) for k, s in (("attack", data.streams[a]), ("clean", data.streams.get(BENIGN)))
+                                   if s is not None}, "steps": e.steps, "detectors_per_method": len(next(iter(m.values()))),
                        "stream": data.streams[a].source, "clean_stream": getattr(data.streams.get(BENIGN), "source", None),
                        "methods": {meth: summarize_rows(rows) for meth, rows in m.items()}}
                    for a, m in ops.items()}
@@ -256,6 +258,11 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
            "seconds": time.perf_counter() - t_fold}
     atomic_write_text(cache, json.dumps(out, indent=1) + "\n")
     return out
+
+
+def _minutes(st: Stream) -> float:
+    """How long a stream lasts (minutes of traffic)."""
+    return float(st.clock[-1] - st.clock[0]) * st.clock_unit_s / 60.0 if len(st.clock) > 1 else 0.0
 
 
 def default_folds(data: IdsData) -> list[list[str]]:

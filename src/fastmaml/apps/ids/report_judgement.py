@@ -141,8 +141,13 @@ def operational_section(folds: list[dict[str, Any]], rule_names: dict[str, str],
     for a, o in ops:
         clean = bool(o.get("clean_stream"))
         where = "clean" if clean else "attack"
+        mins = o.get("minutes", {}).get(where)
         lines += [f"### {a}: K = {o['shots']}, {o['steps']} steps, {o['detectors_per_method']} adapted detectors per "
                   f"method; stream: {o['stream']}" + (f"; clean: {o['clean_stream']}" if clean else ""), ""]
+        if mins:
+            lines += [f"False alerts are counted over {mins:.1f} minutes of {'clean' if clean else 'attack-capture'} "
+                      f"traffic: one false alert there is {60 / mins:.0f} per hour, so 0 means fewer than about "
+                      f"{3 * 60 / mins:.0f} per hour (95%, rule of three), not none.", ""]
         head = ["frame detection rate", "frame FPR"]
         for r in alert_rules:
             head += [f"{r}: occurrences detected", f"{r}: median delay s", f"{r}: false alerts/h"]
