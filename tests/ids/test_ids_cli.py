@@ -11,6 +11,7 @@ from fastmaml.apps.ids.detect import Detector, adapt_detector, load_detector, sa
 from fastmaml.apps.ids.config import ModelConfig
 from fastmaml.apps.ids.models import build_model
 from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState
+from fastmaml.apps.ids.can.frames import FrameBatch
 from fastmaml.cli import main
 from fastmaml.config import to_dict
 from fastmaml.errors import DataError
@@ -181,3 +182,24 @@ def test_window_stream_gives_one_pass_windows_in_any_chunking(w, stride):
     assert np.array_equal(np.concatenate(windows), xs_all)
     assert np.array_equal(first_all, np.arange(len(first_all)) * stride) and len(first_all) == (101 - w) // stride + 1
     assert np.array_equal(xs_all[-1], x[first_all[-1]: first_all[-1] + w])
+
+
+def test_detect_without_timestamps_needs_an_assumed_bus_rate_for_alerts(tmp_path):
+    det = Detector(**{**_window_detector(None).__dict__, "threshold": -1.0})
+    frames = can_sim.simulate("none", 3.0, 5)
+    log = "".join(f"can0 {int(c):03X} [8] " + " ".join(f"{x:02X}" for x in d[:8]) + "\n"
+                  for c, d in zip(frames.can_id, frames.data))  # console form without timestamps
+    (tmp_path / "c.log").write_text(log)
+    det = Detector(**{**det.__dict__, "feature_state": FeatureState.fit(_no_time(frames)).to_dict()})
+    s = stream_detect(det, tmp_path / "c.log", tmp_path / "v.csv", progress=False)
+    assert s.alerts == {}
+    s = stream_detect(det, tmp_path / "c.log", tmp_path / "v.csv", progress=False, frames_per_second=1000.0)
+    m = s.alerts["1-of-1"]
+    # Flag everything: one alert per ID per assumed second.
+    n_ids = len(set(frames.can_id.tolist()))
+    assert n_ids * (len(frames) / 1000.0 - 1) <= m["alerts"] <= n_ids * (len(frames) / 1000.0 + 1)
+
+
+def _no_time(frames: FrameBatch) -> FrameBatch:
+    return FrameBatch(np.full(len(frames), np.nan), frames.can_id, frames.is_extended, frames.is_remote, frames.is_fd,
+              frames.dlc, frames.length, frames.data, frames.label, list(frames.label_names))

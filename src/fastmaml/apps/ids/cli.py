@@ -80,6 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and counted)")
     d.add_argument("--no-progress", action="store_true")
     _reader_options(d)
+    d.add_argument("--frames-per-second", type=float, default=None,
+                   help="captures without timestamps (CICIoV2024): the bus rate to assume for alerts per hour")
     p.set_defaults(handler=run)
 
 
@@ -185,7 +187,7 @@ def _detect(args: argparse.Namespace) -> None:
     det = load_detector(args.detector)
     s = stream_detect(det, args.capture, args.out, labels=args.labels, format=args.format, chunk_size=args.chunk_size,
                       progress=not args.no_progress, skip_malformed=args.skip_malformed, columns=args.column,
-                      bad_id=args.bad_id)
+                      bad_id=args.bad_id, frames_per_second=args.frames_per_second)
     print(f"{s.frames} {s.unit}, {s.samples} verdicts ({s.flagged} flagged) -> {s.out}; "
           f"{s.seconds:.2f} s, {s.frames_per_second:,.0f} {s.unit}/s")
     if s.reader_note:

@@ -342,7 +342,8 @@ def _eth_rows(det: Detector, capture: str | Path, labels: str | Path | None, chu
 def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, labels: str | Path | None = None,
                   format: str = "auto", chunk_size: int = 65536, progress: bool = True,
                   skip_malformed: bool = False, alert_rules: Sequence[AlertRule] = ALERT_RULES,
-                  columns: Sequence[str] | dict[str, Any] | None = None, bad_id: str = "error") -> DetectSummary:
+                  columns: Sequence[str] | dict[str, Any] | None = None, bad_id: str = "error",
+                  frames_per_second: float | None = None) -> DetectSummary:
     """Stream ``capture`` (CAN log, or pcap/pcapng for an Ethernet detector) through ``det``; verdicts to ``out_csv``.
 
     Sample-level detectors write one row per frame/packet: ``frame,timestamp,can_id,p_attack,verdict[,label]``
@@ -352,6 +353,8 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
     pcap packets are always skipped and counted; CAN lines only with ``skip_malformed``.
     The summary also holds, per alert rule, the alerts raised (per CAN ID / protocol, or bus-wide
     for windows) and, against the labels, false alerts per hour and the delay to each attack.
+    Captures without timestamps (CICIoV2024) get alert metrics only with ``frames_per_second``,
+    the bus rate assumed to turn frame counts into time.
     """
     _check_traffic(det, capture)
     eth = det.traffic == "eth"
@@ -367,7 +370,7 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_csv.with_name(f".{out_csv.name}.part")
     n_rows = n_samples = n_flagged = 0
-    kept: dict[str, list[np.ndarray]] = {"v": [], "y": [], "t": [], "k": []}
+    kept: dict[str, list[np.ndarray]] = {"v": [], "y": [], "t": [], "k": [], "pos": []}
     labelled: bool | None = None  # every chunk so far carried labels (the first one decides the CSV columns)
     t0 = time.perf_counter()
     bar = tqdm(unit=f" {unit}s", unit_scale=True, disable=not progress, desc="detect", mininterval=0.5)
@@ -384,7 +387,7 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
                     p = predict_proba(net, torch.from_numpy(np.ascontiguousarray(x))).numpy()
                     v = p > det.threshold
                     fh.write(_sample_rows(r.index, r.ts, r.key, p, v, truth if with_label else None))
-                    t, k = r.ts, r.key
+                    t, k, pos = r.ts, r.key, np.arange(n_rows, n_rows + len(r.x))
                 else:
                     first, xs, yt = windows.push(x, truth)
                     p = predict_proba(net, torch.from_numpy(xs)).numpy() if len(xs) else np.zeros(0)
@@ -395,10 +398,12 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
                     # A window is complete once its last row arrives, so that row is in this chunk.
                     t = r.ts[first + w - 1 - n_rows] if len(first) else r.ts[:0]
                     k = np.zeros(len(v), np.int64)  # windows span all IDs: one bus-wide alert stream
+                    pos = first + w - 1
                 kept["v"].append(v)
                 kept["y"].append(truth.astype(bool))
                 kept["t"].append(np.asarray(t, np.float64))
                 kept["k"].append(np.asarray(k))
+                kept["pos"].append(pos)
                 n_rows += len(r.x)
                 n_samples += len(v)
                 n_flagged += int(v.sum())
@@ -412,6 +417,8 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
     secs = time.perf_counter() - t0
     v, y = (np.concatenate(kept["v"]), np.concatenate(kept["y"])) if kept["v"] else (np.zeros(0, bool),) * 2
     metrics = detection_metrics(v, y) if labelled and len(v) else None
+    if frames_per_second and kept["t"] and np.isnan(np.concatenate(kept["t"])).any():
+        kept["t"] = [np.concatenate(kept["pos"]).astype(np.float64) / frames_per_second]  # position -> assumed time
     alerts = _alerts(v, y if labelled else np.zeros(len(v), bool), kept, alert_rules) if len(v) else {}
     return DetectSummary(n_rows, n_samples, n_flagged, secs, n_rows / max(secs, 1e-9), str(out_csv), metrics,
                          unit=f"{unit}s", reader_note=note(), alerts=alerts)
