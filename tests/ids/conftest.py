@@ -34,3 +34,20 @@ def training_spy(monkeypatch) -> TrainingSpy:
 
     monkeypatch.setattr(E, "make_train_sampler", make)
     return spy
+
+
+@pytest.fixture
+def read_fast_and_precise(monkeypatch):
+    """``read(reader_cls, path, chunk_size)``: a capture read by the reader's vectorized path, then again with that
+    path forced to fail (line by line); returns both FrameBatches."""
+
+    def read(reader_cls, path, chunk_size: int = 64):
+        fast = reader_cls(path, chunk_size=chunk_size).read_all()
+
+        def no_fast(self, lines):
+            raise ValueError("forced")
+
+        monkeypatch.setattr(reader_cls, "_fast", no_fast)
+        return fast, reader_cls(path, chunk_size=chunk_size).read_all()
+
+    return read

@@ -170,17 +170,11 @@ def test_bad_id_with_11_bit_ids(tmp_path):
     assert b.can_id.tolist() == [0x100, 0xFFF, 0x200] and b.labels()[1] == "attack" and not b.is_extended.any()
 
 
-def test_fast_and_precise_paths_agree(tmp_path, monkeypatch):
+def test_fast_and_precise_paths_agree(tmp_path, read_fast_and_precise):
     rows = "".join(f"{i * 0.01:.2f},{(i * 37) % 0x800:03X},{' '.join(f'{(i + k) % 256:02X}' for k in range(i % 9))},"
                    f"{['Normal', 'DoS', 'Fuzzy'][i % 3]}\n" for i in range(200))
     p = _w(tmp_path, "f.csv", "Time,ID,Data,Class\n" + rows)
-    fast = ColumnCsvReader(p, chunk_size=50).read_all()
-
-    def no_fast(self, lines):
-        raise ValueError("forced")
-
-    monkeypatch.setattr(ColumnCsvReader, "_fast", no_fast)
-    slow = ColumnCsvReader(p, chunk_size=50).read_all()
+    fast, slow = read_fast_and_precise(ColumnCsvReader, p, chunk_size=50)
     for col in ("timestamp", "can_id", "is_extended", "dlc", "length", "data"):
         assert np.array_equal(getattr(fast, col), getattr(slow, col)), col
     assert fast.labels() == slow.labels() and set(fast.labels()) == {"benign", "dos", "fuzzy"} and len(fast) == 200

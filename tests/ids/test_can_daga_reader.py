@@ -116,17 +116,11 @@ def test_quirks_plain_and_zip(tmp_path, zipped):
     assert DagaReader(p, attack="Replay").read_all().label_names == ["benign", "replay"]
 
 
-def test_fast_and_precise_paths_agree(tmp_path, monkeypatch):
+def test_fast_and_precise_paths_agree(tmp_path, read_fast_and_precise):
     rows = [_row(f"{i * 0.001}", f"{(i * 37) % 0x7FF:X}" + (".0" if i % 5 == 0 else ""),
                  f"{i * 7919:016X}" if i % 9 else "0", "True" if i % 4 == 0 else "FALSE") for i in range(300)]
     p = _daga(tmp_path, rows)
-    fast = DagaReader(p, chunk_size=64).read_all()
-
-    def no_fast(self, lines):
-        raise ValueError("forced")
-
-    monkeypatch.setattr(DagaReader, "_fast", no_fast)
-    slow = DagaReader(p, chunk_size=64).read_all()
+    fast, slow = read_fast_and_precise(DagaReader, p, chunk_size=64)
     for col in ("timestamp", "can_id", "is_extended", "dlc", "length", "data"):
         assert np.array_equal(getattr(fast, col), getattr(slow, col)), col
     assert fast.labels() == slow.labels() and len(fast) == 300

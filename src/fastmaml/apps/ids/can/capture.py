@@ -124,6 +124,18 @@ class CaptureReader:
             "Fix or delete the line, or pass skip_malformed=True to skip and count such lines"
         )
 
+    def _header_csv_chunks(self, header: list[str], what: str, hint: str = "") -> Iterator[FrameBatch]:
+        """Chunks of a CSV with a fixed header line (CICIoV2024, DAGA); DataError naming the file otherwise."""
+        with self._open_text() as fh:
+            first = fh.readline()
+            if not first:
+                return  # empty file: zero frames
+            head = first.decode("utf-8", "replace").lstrip("\ufeff").strip()
+            if [h.strip() for h in head.split(",")] != header:
+                raise DataError(f"{self.path}:1: not a {what} header: {head[:120]!r}; expected {','.join(header)}{hint}")
+            for start, lines in self._line_chunks(fh, 2):
+                yield self._parse_chunk(start, lines)
+
     def _open_text(self) -> IO[bytes]:
         return open(self.path, "rb")
 

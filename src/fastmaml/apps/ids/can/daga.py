@@ -95,18 +95,8 @@ class DagaReader(CaptureReader):
         return open(self.path, "rb")
 
     def _chunks(self) -> Iterator[FrameBatch]:
-        with self._open_text() as fh:
-            header = fh.readline()
-            if not header:
-                return  # empty file: zero frames
-            head = header.decode("utf-8", "replace").lstrip("\ufeff").strip()
-            if [h.strip() for h in head.split(",")] != DAGA_HEADER:
-                raise DataError(
-                    f"{self.path}:1: not a DAGA CSV header: {head[:120]!r}; expected {','.join(DAGA_HEADER)} "
-                    "(for other CSV layouts use format='csv' with a column map)"
-                )
-            for start, lines in self._line_chunks(fh, 2):
-                yield self._parse_chunk(start, lines)
+        return self._header_csv_chunks(DAGA_HEADER, "DAGA CSV",
+                                       " (for other CSV layouts use format='csv' with a column map)")
 
     def _fast(self, lines: list[str]) -> FrameBatch:
         lines = lines if all(lines) else [ln for ln in lines if ln]  # e.g. a blank last line

@@ -67,18 +67,7 @@ class CicIov2024Reader(CaptureReader):
         return open(self.path, "rb")
 
     def _chunks(self) -> Iterator[FrameBatch]:
-        with self._open_text() as fh:
-            header = fh.readline()
-            if not header:
-                return  # empty file: zero frames
-            head = header.decode("utf-8", "replace").strip().split(",")
-            if [h.strip() for h in head] != CIC_HEADER:
-                raise DataError(
-                    f"{self.path}:1: not a CICIoV2024 decimal CSV header: {header[:120]!r}; "
-                    f"expected {','.join(CIC_HEADER)}"
-                )
-            for start, lines in self._line_chunks(fh, 2):
-                yield self._parse_chunk(start, lines)
+        return self._header_csv_chunks(CIC_HEADER, "CICIoV2024 decimal CSV")
 
     def _fast(self, lines: list[str]) -> FrameBatch:
         n = len(lines)
