@@ -113,6 +113,19 @@ def test_families_from_sample_sets_for_other_sources():
     assert not f.train_rules["rate"].any() and fams["flood"].test_rules["rate"].sum() == 2
 
 
+def test_too_small_known_attack_is_named_with_split_and_counts(tmp_path, tiny_cfg, tiny_data):
+    # A known attack whose training part is too small for the tuning episodes: named, with its split and counts.
+    fam = tiny_data.families["attack1"]
+    small = fam.train.select(torch.cat([torch.nonzero(fam.train.labels == 0).squeeze(1),
+                                        torch.nonzero(fam.train.labels == 1).squeeze(1)[:7]]))
+    data = IdsData({**tiny_data.families, "attack1": TaskFamily("attack1", small, fam.test)}, tiny_data.feature_names,
+                   None)
+    cfg = E.load_ids_config("tiny", ["methods=[scratch]", "eval.shots=[5]", "eval.query=10"])
+    with pytest.raises(DataError, match=r"train part of attack 'attack1' has 7 'attack1' samples but episodes need "
+                                        r"K \+ Q = 5 \+ 10; lower eval.shots"):
+        E.run_fold(cfg, data, ["attack0"], tmp_path)
+
+
 def test_bad_input_errors(tmp_path, tiny_cfg, tiny_data):
     with pytest.raises(DataError, match=r"unknown held-out attack \['nope'\].*valid attacks: \['attack0'"):
         E.compare(tiny_cfg, tmp_path, folds=[["nope"]], data=tiny_data)

@@ -126,6 +126,7 @@ def _params(learner: MAML) -> Params:
 def tune_step_size(cfg: IdsConfig, data: IdsData, base: MAML, known: Sequence[str], k: int) -> tuple[float, dict]:
     """Fine-tuning step size with the best mean F1 after ``eval.steps`` steps on known-attack episodes."""
     e = cfg.eval
+    check_sizes(data, known, "train", k, e.query, "eval.shots (the step size is tuned on known-attack episodes)")
     n_each = max(1, e.tuning_episodes // len(known))
     batches = [fixed_episodes(data, a, "train", k, e.query, n_each, e.tuning_seed).batch for a in known]
     batch = TaskBatch(*(torch.cat([getattr(b, a) for b in batches]) for a in
