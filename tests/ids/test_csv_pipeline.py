@@ -2,7 +2,6 @@
 
 import csv
 
-import numpy as np
 import pytest
 
 from fastmaml.apps.ids.can import sim

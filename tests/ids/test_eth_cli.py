@@ -8,7 +8,8 @@ import pytest
 
 from fastmaml.apps.ids.can import sim as can_sim
 from fastmaml.apps.ids.detect import Detector, load_detector, save_detector, stream_detect
-from fastmaml.apps.ids.ethernet.pcap_reader import read_labels, read_pcap
+from fastmaml.apps.ids.ethernet.pcap_reader import read_pcap
+from fastmaml.apps.ids.ethernet.labels import read_labels
 from fastmaml.apps.ids.config import ModelConfig
 from fastmaml.apps.ids.models import build_model
 from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState

@@ -11,10 +11,8 @@ import pytest
 from scapy.all import IP, UDP, Dot1AD, Dot1Q, Ether, Raw, wrpcap
 from scapy.utils import PcapNgWriter
 
-from fastmaml.apps.ids.ethernet.pcap_reader import (
-    PROTO_AVTP, PROTO_CAN_UDP, PROTO_GPTP, PROTO_SOMEIP, PcapReader, TruncatedCaptureWarning, iter_can_frames,
-    read_labels, read_pcap,
-)
+from fastmaml.apps.ids.ethernet.pcap_reader import PROTO_AVTP, PROTO_CAN_UDP, PROTO_GPTP, PROTO_SOMEIP, PcapReader, TruncatedCaptureWarning, iter_can_frames, read_pcap
+from fastmaml.apps.ids.ethernet.labels import read_labels
 from fastmaml.errors import DataError
 
 CAM = "02:00:00:00:00:10"

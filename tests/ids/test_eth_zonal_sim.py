@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from fastmaml.apps.ids.ethernet import zonal_sim as zs
-from fastmaml.apps.ids.ethernet.pcap_reader import PROTO_AVTP, PROTO_GPTP, PROTO_SOMEIP, read_labels, read_pcap
+from fastmaml.apps.ids.ethernet.pcap_reader import PROTO_AVTP, PROTO_GPTP, PROTO_SOMEIP, read_pcap
+from fastmaml.apps.ids.ethernet.labels import read_labels
 from fastmaml.errors import DataError
 
 _CACHE: dict = {}

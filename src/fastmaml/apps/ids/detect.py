@@ -32,7 +32,8 @@ from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFe
 from fastmaml.apps.ids.can.readers import open_capture
 from fastmaml.apps.ids.config import ModelConfig
 from fastmaml.apps.ids.ethernet.features import PACKET_FEATURES, EthFeatureState, EthFeaturizer
-from fastmaml.apps.ids.ethernet.pcap_reader import PROTO_NAMES, LabelTable, PcapReader
+from fastmaml.apps.ids.ethernet.pcap_reader import PROTO_NAMES, PcapReader
+from fastmaml.apps.ids.ethernet.labels import LabelTable
 from fastmaml.apps.ids.ethernet.source import featurize_capture, is_pcap, to_samples
 from fastmaml.apps.ids.metrics import detection_metrics
 from fastmaml.apps.ids.models import build_model

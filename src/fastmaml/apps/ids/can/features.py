@@ -69,6 +69,7 @@ import numpy as np
 import torch
 
 from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
+from fastmaml.apps.ids.can.relations import MIN_ID_FRAMES, fit_relations, last_index, signal
 from fastmaml.apps.ids.samples import SampleSet, make_windows, window_labels
 from fastmaml.errors import DataError
 
@@ -79,98 +80,7 @@ FRAME_FEATURES: list[str] = [
 _POP = np.array([bin(i).count("1") for i in range(256)], np.float32)
 _MAX_DT_SAMPLES = 20000  # per ID, enough for a stable median
 _MAX_REL_FRAMES = 40000  # benign frames the cross-ID regression is fitted on (memory: frames x signals)
-_MIN_ID_FRAMES = 20  # an ID needs this many benign frames before its timing/deltas/relations are learned
 _PERIODIC_SPREAD = 4.0  # an ID is periodic when its 99.9% benign inter-arrival is within this x its median
-_REL_R2 = 0.99  # a relation must explain this much of the target's benign variance
-_REL_MIN_LEVELS = 16  # target and source must take this many distinct values (no coarse flags or slow trends)
-_REL_SMOOTH = 0.1  # a usable signal's 99.9% frame-to-frame change is at most this fraction of its range
-_REL_PER_ID = 4  # strongest relations kept per target ID (bounds detection cost)
-_N_SIG = 12  # signals of a payload: 8 bytes + 4 big-endian 16-bit words
-
-
-def _signals(data: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
-    """float64 [n, 12] (or [n, len(cols)]): bytes 0..7, then words b0b1, b2b3, b4b5, b6b7 (big-endian)."""
-    d = data[:, :8].astype(np.float64)
-    if d.shape[1] < 8:
-        d = np.pad(d, ((0, 0), (0, 8 - d.shape[1])))
-    sig = np.concatenate([d, d[:, 0::2] * 256.0 + d[:, 1::2]], axis=1)
-    return sig if cols is None else sig[:, cols]
-
-
-def _signal(data: np.ndarray, j: int) -> np.ndarray:
-    """Signal ``j`` of ``_signals`` alone (the detection hot path needs one column, not twelve)."""
-    if j < 8:
-        return data[:, j].astype(np.float64)
-    k = 2 * (j - 8)
-    return data[:, k].astype(np.float64) * 256.0 + data[:, k + 1]
-
-
-def _last_index(ids: np.ndarray, cid: int) -> np.ndarray:
-    """For each position k, the index of the last frame of ``cid`` at or before k (-1 if none)."""
-    pos = np.where(ids == cid, np.arange(len(ids)), -1)
-    return np.maximum.accumulate(pos)
-
-
-def _fit_relations(ids: np.ndarray, data: np.ndarray) -> list[list[float]]:
-    """Linear cross-ID relations target = a * source + b found in benign frames (see module doc).
-
-    Returns ``[target_id, target_signal, source_id, source_signal, a, b, scale]`` rows.
-    """
-    uniq, cnt = np.unique(ids, return_counts=True)
-    cand = uniq[cnt >= _MIN_ID_FRAMES].tolist()
-    if len(cand) < 2:
-        return []
-    sig = _signals(data)
-    last = {c: _last_index(ids, c) for c in cand}
-    # Physical quantities are smooth: frame-to-frame change small against their range. Counters,
-    # checksums and low bytes of words jump around; a "relation" between two of them (e.g. two
-    # ECUs' counters running in step in the fit capture) is an accident of phase, not redundancy.
-    usable: dict[int, np.ndarray] = {}
-    for c in cand:
-        v = sig[ids == c]
-        levels = np.array([len(np.unique(v[:, j])) >= _REL_MIN_LEVELS for j in range(_N_SIG)])
-        step = np.quantile(np.abs(np.diff(v, axis=0)), 0.999, axis=0)
-        usable[c] = levels & (step <= _REL_SMOOTH * (v.max(0) - v.min(0)))
-    out: list[list[float]] = []
-    for x in cand:
-        rows = np.flatnonzero(ids == x)
-        t = sig[rows]
-        t_ok = usable[x]
-        if not t_ok.any():
-            continue
-        best: dict[int, tuple[float, int, int]] = {}  # target signal -> (r2, source id, source signal)
-        for y in cand:
-            if y == x:
-                continue
-            src = last[y][rows]
-            ok = src >= 0
-            if ok.sum() < _MIN_ID_FRAMES:
-                continue
-            tt, ss = t[ok], sig[src[ok]]
-            s_ok = usable[y] & (ss.std(0) > 0)
-            if not s_ok.any():
-                continue
-            tz = (tt - tt.mean(0)) / np.maximum(tt.std(0), 1e-12)
-            sz = (ss - ss.mean(0)) / np.maximum(ss.std(0), 1e-12)
-            r2 = ((tz.T @ sz) / len(tt)) ** 2  # [target signal, source signal]
-            r2[~t_ok] = 0.0
-            r2[:, ~s_ok] = 0.0
-            for j in np.flatnonzero(r2.max(1) >= _REL_R2).tolist():
-                k = int(r2[j].argmax())
-                if r2[j, k] > best.get(j, (0.0, 0, 0))[0]:
-                    best[j] = (float(r2[j, k]), int(y), k)
-        ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:_REL_PER_ID]
-        for j, (_, y, k) in ranked:
-            src = last[y][rows]
-            ok = src >= 0
-            tv, sv = t[ok, j], sig[src[ok], k]
-            a, b = np.polyfit(sv, tv, 1)
-            res = np.abs(tv - (a * sv + b))
-            scale = max(float(np.quantile(res, 0.999)), 1.0)  # at least one unit of the target's resolution
-            out.append([int(x), int(j), int(y), int(k), float(a), float(b), scale])
-    return out
-
-
 @dataclass
 class FeatureState:
     """What features learn from benign training traffic: the clock, each ID's typical period,
@@ -186,7 +96,7 @@ class FeatureState:
     known_ids: list[int] = field(default_factory=list)
     tolerances: dict[int, float] = field(default_factory=dict)  # 99.9% benign inter-arrival of each periodic ID
     delta_scale: dict[int, list[float]] = field(default_factory=dict)  # 99.9% benign |byte delta| per ID, 8 values
-    relations: list[list[float]] = field(default_factory=list)  # see _fit_relations
+    relations: list[list[float]] = field(default_factory=list)  # see relations.fit_relations
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -293,11 +203,11 @@ class FeatureState:
         tolerances = {}
         for cid, v in dts.items():
             tol = float(max(np.quantile(np.concatenate(v), 0.999), 1e-9))
-            if counts[cid] >= _MIN_ID_FRAMES and tol <= _PERIODIC_SPREAD * periods[cid]:
+            if counts[cid] >= MIN_ID_FRAMES and tol <= _PERIODIC_SPREAD * periods[cid]:
                 tolerances[cid] = tol
         delta_scale = {cid: np.quantile(np.concatenate(v), 0.999, axis=0).astype(float).tolist()
-                       for cid, v in deltas.items() if dcounts[cid] >= _MIN_ID_FRAMES}
-        relations = _fit_relations(np.concatenate(rel_ids), np.concatenate(rel_data)) if rel_ids else []
+                       for cid, v in deltas.items() if dcounts[cid] >= MIN_ID_FRAMES}
+        relations = fit_relations(np.concatenate(rel_ids), np.concatenate(rel_data)) if rel_ids else []
         return FeatureState("index" if clock == "auto" else clock, periods, default, sorted(last),
                             tolerances, delta_scale, relations)
 
@@ -449,7 +359,7 @@ class FrameFeaturizer:
         chunks applies (so any chunking gives the same result).
         """
         n = len(ids)
-        last_pos = {cid: _last_index(ids, cid) for cid in {int(r[2]) for r in self._rel}}
+        last_pos = {cid: last_index(ids, cid) for cid in {int(r[2]) for r in self._rel}}
         # silence / silent_ids. The clock only moves forward, so "time this ID was last seen" is a
         # running max of the clock over its frames (fewer passes than gathering via _last_index;
         # this loop is the cost that grows with the number of IDs on the bus).
@@ -477,8 +387,8 @@ class FrameFeaturizer:
                 have[:] = True
             if not have.any():
                 continue
-            tv = _signal(data[rows], int(ts))
-            sv = _signal(src_data, int(ss))
+            tv = signal(data[rows], int(ts))
+            sv = signal(src_data, int(ss))
             r = np.where(have, np.abs(tv - (a * sv + c)) / sc, 0.0)
             res[rows] = np.maximum(res[rows], r)
         out[:, 16] = np.minimum(np.log2(1.0 + res) / 4.0, 1.0)

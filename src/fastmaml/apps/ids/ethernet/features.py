@@ -45,10 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastmaml.apps.ids.ethernet.pcap_reader import (
-    ETH_ARP, ETH_AVTP, ETH_GPTP, ETH_IPV4, ETH_IPV6, PROTO_AVTP, PROTO_CAN_UDP, PROTO_GPTP, PROTO_IP,
-    PROTO_SOMEIP, PROTO_UDP, PacketChunk, PcapReader, read_labels,
-)
+from fastmaml.apps.ids.ethernet.pcap_reader import ETH_ARP, ETH_AVTP, ETH_GPTP, ETH_IPV4, ETH_IPV6, PROTO_AVTP, PROTO_CAN_UDP, PROTO_GPTP, PROTO_IP, PROTO_SOMEIP, PROTO_UDP, PacketChunk, PcapReader
+from fastmaml.apps.ids.ethernet.labels import read_labels
 from fastmaml.apps.ids.samples import make_windows, window_labels
 from fastmaml.apps.ids.samples import BENIGN, SampleSet
 from fastmaml.errors import DataError

@@ -33,7 +33,8 @@ import torch
 from fastmaml.apps.ids.ethernet import zonal_sim
 from fastmaml.apps.ids.ethernet.baselines import RULES as ETH_RULES
 from fastmaml.apps.ids.ethernet.features import PACKET_FEATURES, EthFeatureState, EthFeaturizer, PacketStats
-from fastmaml.apps.ids.ethernet.pcap_reader import PacketChunk, PcapReader, read_labels
+from fastmaml.apps.ids.ethernet.pcap_reader import PacketChunk, PcapReader
+from fastmaml.apps.ids.ethernet.labels import read_labels
 from fastmaml.apps.ids.samples import window_labels
 from fastmaml.apps.ids.families import IdsData, TaskFamily, cap_indices, families_from_sample_sets
 from fastmaml.apps.ids.samples import BENIGN, SampleSet
