@@ -27,7 +27,8 @@ def write_csv(path: Path, rows, header=("filename", "label")) -> Path:
 
 
 def fake_mini(tmp_path: Path, layout: str, per_class: int = 4, size=(84, 84)) -> tuple[Path, Path]:
-    """Image pack in ``layout`` 'flat' or 'nested', plus a train.csv; image (c, i) has colour 40c+i."""
+    """Image pack in ``layout`` 'flat', 'nested' or 'split' (train/<wnid>/ and val/<wnid>/ share each class, as
+    some public packs ship it), plus a train.csv; image (c, i) has colour 40c+i."""
     images = tmp_path / "pack" / "images"
     splits = tmp_path / "splits"
     splits.mkdir(parents=True)
@@ -37,6 +38,9 @@ def fake_mini(tmp_path: Path, layout: str, per_class: int = 4, size=(84, 84)) ->
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             name = f"{w}{i + 1:08d}.jpg"
+            if layout == "split":
+                folder = images / ("train" if i < per_class - 1 else "val") / w
+                folder.mkdir(parents=True, exist_ok=True)
             # PNG content under a .jpg name keeps colours exact; Pillow reads by content.
             solid(40 * c + i, size).save(folder / name, format="PNG")
             rows.append((name, w))
@@ -44,7 +48,7 @@ def fake_mini(tmp_path: Path, layout: str, per_class: int = 4, size=(84, 84)) ->
     return tmp_path / "pack", splits
 
 
-@pytest.mark.parametrize("layout", ["flat", "nested"])
+@pytest.mark.parametrize("layout", ["flat", "nested", "split"])
 def test_fake_pack_both_layouts(tmp_path, layout):
     images, splits = fake_mini(tmp_path, layout)
     s = load_miniimagenet(images, "train", splits, cache_dir=tmp_path / "cache")

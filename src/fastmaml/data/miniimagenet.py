@@ -4,7 +4,8 @@ The split CSVs (``train.csv``, ``val.csv``, ``test.csv``; header ``filename,labe
 ImageNet wnid) list 600 images for each of 64 / 16 / 20 classes. The images themselves come
 from an image pack (84x84 JPEGs, ImageNet terms of use) that the user supplies, laid out
 either flat (``images/n0153282900000005.jpg``) or in per-class folders
-(``images/n01532829/n0153282900000005.jpg``); both are found. Images of another size are
+(``images/n01532829/n0153282900000005.jpg``, also one level down as in packs split into
+``train/<wnid>/`` and ``val/<wnid>/``); all are found. Images of another size are
 resized (bilinear) to ``image_size``.
 
 Decoded splits are cached as safetensors files, keyed by the CSV checksum, the image files'
@@ -78,20 +79,30 @@ def read_split_csv(path: str | os.PathLike) -> dict[str, list[str]]:
 
 
 def _index_images(images_dir: Path, wnids: list[str]) -> tuple[dict[str, Path], dict[tuple[str, str], Path]]:
-    """Maps of flat file names and (wnid, file name) pairs to paths; one listdir per folder."""
+    """Maps of flat file names and (wnid, file name) pairs to paths; one listdir per folder.
+
+    Per-class folders are found at the top (``<wnid>/``) and one level down (``train/<wnid>/``,
+    ``val/<wnid>/``): packs that ship their own per-class split spread one class over several
+    such folders, and the few-shot class split comes from the CSVs anyway.
+    """
     flat: dict[str, Path] = {}
     nested: dict[tuple[str, str], Path] = {}
+    wanted = set(wnids)
+    parents = [images_dir]
     with os.scandir(images_dir) as it:
         for e in it:
             if e.is_file():
                 flat[e.name] = Path(e.path)
-    for w in wnids:
-        d = images_dir / w
-        if d.is_dir():
-            with os.scandir(d) as it:
-                for e in it:
-                    if e.is_file():
-                        nested[(w, e.name)] = Path(e.path)
+            elif e.is_dir() and e.name not in wanted:
+                parents.append(Path(e.path))
+    for parent in parents:
+        for w in wnids:
+            d = parent / w
+            if d.is_dir():
+                with os.scandir(d) as it:
+                    for e in it:
+                        if e.is_file():
+                            nested.setdefault((w, e.name), Path(e.path))
     return flat, nested
 
 
@@ -123,7 +134,8 @@ def resolve_images(
         shown = ", ".join(missing[:5])
         raise DataError(
             f"{images_dir}: {len(missing)} image(s) listed in the split CSV are missing (first: {shown}); "
-            "check that the image pack is complete and laid out as images/<file> or images/<wnid>/<file>"
+            "check that the image pack is complete and laid out as images/<file>, images/<wnid>/<file> or "
+            "<any>/<wnid>/<file>"
         )
     return found
 
