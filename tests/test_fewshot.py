@@ -91,6 +91,25 @@ def test_all_presets_load():
         if "20w" in name:
             assert cfg.maml.inner_lr == 0.1 and cfg.train.meta_batch_size == 16
         assert cfg.maml.first_order == name.endswith("_fo.yaml")
+        assert (cfg.maml.inner_params is not None) == name.endswith("_anil.yaml")
+
+
+def test_anil_preset_adapts_only_the_head(tmp_path):
+    pools, _ = blob_pools()
+    cfg = load_config(FS.FewShotConfig, PRESETS / "fewshot_omniglot_5w1s_anil.yaml",
+                      ["train.iterations=20", "train.validate_every=0", "train.progress=false", "train.meta_batch_size=4"])
+    learner = FS.build_learner(cfg, tuple(pools["train"].shape))
+    assert learner.inner_names == ["head.weight", "head.bias"]
+    batch = FS.sampler(cfg, pools["train"], 1).sample(4, torch.Generator().manual_seed(0))
+    before = {k: v.detach().clone() for k, v in learner.params().items()}
+    adapted = learner.adapt(batch.support_x[0], batch.support_y[0], steps=3)
+    changed = sorted(k for k in adapted if not torch.equal(adapted[k], before[k]))
+    assert changed == ["head.bias", "head.weight"]
+    # The body is still meta-learned (outer loop), only not adapted (inner loop).
+    FS.train(cfg, tmp_path, pools=pools)
+    trained = FS.load_learner(cfg, tmp_path, tuple(pools["train"].shape), which="last").params()
+    body = [k for k in before if not k.startswith("head.")]
+    assert body and any(not torch.equal(trained[k], before[k]) for k in body)
 
 
 def test_adapt_command_on_user_images(tmp_path):

@@ -296,8 +296,11 @@ class MAMLConfig:
     inner_lr_mode: str = "fixed"
     vectorize: str = "vmap"
     chunk_size: int | None = None
+    # Parameters adapted in the inner loop (None: all). ANIL (Raghu et al. 2020): the head only.
+    inner_params: list[str] | None = None
 
     def build(self, model: nn.Module, loss_fn: LossFn, inner_params: Iterable[str] | None = None) -> MAML:
+        inner_params = self.inner_params if inner_params is None else inner_params
         return MAML(
             model,
             loss_fn,
