@@ -17,7 +17,11 @@ Relatives built on the same inner loop:
 * learned inner learning rates, one per parameter tensor and step (MAML++ "LSLR",
   Antoniou et al. 2019) or one per parameter element (Meta-SGD, Li et al. 2017);
 * adapting only some parameters in the inner loop (``inner_params``; e.g. the
-  head only, as ANIL, Raghu et al. 2020).
+  head only, as ANIL, Raghu et al. 2020);
+* MAML++'s multi-step loss (the query loss after every inner step, weights annealed
+  towards the last step) and derivative-order annealing (first order for the first
+  iterations, then second order); both follow the training iteration given by
+  :meth:`MAML.set_iteration`, which the training loop calls.
 """
 
 from __future__ import annotations
@@ -72,6 +76,12 @@ class MAML(nn.Module):
             parameter tensor and step); ``"per_element"`` (Meta-SGD: a learned α per element).
         inner_params: names of the parameters adapted in the inner loop (default: all).
             The others are still meta-learned but stay fixed within a task.
+        multi_step_loss_iterations: MAML++ multi-step loss: for this many training iterations
+            the meta-loss is Σ_s w_s L(θ_s; query) over inner steps s = 1..S, the weights
+            starting equal and annealed linearly towards the last step (see
+            :func:`multi_step_weights`); afterwards the last step's loss only. 0: off.
+        first_order_iterations: MAML++ derivative-order annealing: first order for this many
+            training iterations, then second order (unless ``first_order``). 0: off.
         vectorize: ``"vmap"`` processes all tasks in one vectorized call; ``"loop"``
             runs tasks one by one (same gradients; for models vmap cannot handle).
         chunk_size: tasks per pass (``None``: all at once). :meth:`meta_backward` runs
@@ -91,8 +101,12 @@ class MAML(nn.Module):
         inner_params: Iterable[str] | None = None,
         vectorize: Vectorize = "vmap",
         chunk_size: int | None = None,
+        multi_step_loss_iterations: int = 0,
+        first_order_iterations: int = 0,
     ) -> None:
         super().__init__()
+        if multi_step_loss_iterations < 0 or first_order_iterations < 0:
+            raise ConfigError("multi_step_loss_iterations and first_order_iterations must be >= 0 (0: off)")
         if inner_steps < 0:
             raise ConfigError(f"inner_steps must be >= 0, got {inner_steps}")
         if inner_lr_mode not in ("fixed", "per_layer_step", "per_element"):
@@ -110,6 +124,9 @@ class MAML(nn.Module):
         self.inner_lr_mode = inner_lr_mode
         self.vectorize = vectorize
         self.chunk_size = chunk_size
+        self.multi_step_loss_iterations = multi_step_loss_iterations
+        self.first_order_iterations = first_order_iterations
+        self.iteration = 0  # the training iteration the schedules above follow (set_iteration)
 
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         names = list(trainable)
@@ -175,10 +192,32 @@ class MAML(nn.Module):
             params = self._inner_step(params, x, y, step, first_order)
         return params
 
+    def set_iteration(self, iteration: int) -> None:
+        """Where training stands, for the multi-step-loss and derivative-order schedules."""
+        self.iteration = int(iteration)
+
+    def _training_first_order(self) -> bool:
+        return self.first_order or self.iteration < self.first_order_iterations
+
+    def _step_weights(self) -> torch.Tensor | None:
+        """Weights of the query losses after steps 1..S while the multi-step loss is on, else None."""
+        if self.iteration >= self.multi_step_loss_iterations or self.inner_steps < 2:
+            return None
+        return multi_step_weights(self.inner_steps, self.iteration / self.multi_step_loss_iterations)
+
     def _task_loss(self, params: Params, xs, ys, xq, yq) -> tuple[torch.Tensor, torch.Tensor]:
-        adapted = self.adapt_params(params, xs, ys, self.inner_steps)
-        pred = self._call(adapted, xq)
-        return self.loss_fn(pred, yq), pred
+        first_order = self._training_first_order()
+        weights = self._step_weights()
+        if weights is None:
+            adapted = self.adapt_params(params, xs, ys, self.inner_steps, first_order)
+            pred = self._call(adapted, xq)
+            return self.loss_fn(pred, yq), pred
+        loss = 0.0
+        for step in range(self.inner_steps):
+            params = self._inner_step(params, xs, ys, step, first_order)
+            pred = self._call(params, xq)
+            loss = loss + weights[step] * self.loss_fn(pred, yq)
+        return loss, pred
 
     def _task_curve(self, params: Params, xs, ys, xq, yq, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         losses, preds = [], []
@@ -285,6 +324,20 @@ def accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=-1) == target).float().mean()
 
 
+def multi_step_weights(steps: int, progress: float, floor: float = 0.03) -> torch.Tensor:
+    """MAML++ multi-step loss weights of the query losses after inner steps 1..``steps``.
+
+    At ``progress`` 0 every step weighs 1/S; as progress goes to 1 the weights of steps
+    1..S-1 fall linearly to ``floor``/S and the last step takes the rest, so the weights
+    always sum to 1 and end on (nearly) the plain MAML loss.
+    """
+    progress = min(max(float(progress), 0.0), 1.0)
+    early = max(1.0 / steps - progress * (1.0 - floor) / steps, floor / steps)
+    w = torch.full((steps,), early)
+    w[-1] = 1.0 - early * (steps - 1)
+    return w
+
+
 @dataclass
 class MAMLConfig:
     """The meta-learner's settings, as they appear in experiment configs."""
@@ -298,6 +351,8 @@ class MAMLConfig:
     chunk_size: int | None = None
     # Parameters adapted in the inner loop (None: all). ANIL (Raghu et al. 2020): the head only.
     inner_params: list[str] | None = None
+    multi_step_loss_iterations: int = 0  # MAML++ multi-step loss, annealed over this many iterations (0: off)
+    first_order_iterations: int = 0  # MAML++ derivative-order annealing: first order this long (0: off)
 
     def build(self, model: nn.Module, loss_fn: LossFn, inner_params: Iterable[str] | None = None) -> MAML:
         inner_params = self.inner_params if inner_params is None else inner_params
@@ -311,4 +366,6 @@ class MAMLConfig:
             inner_params=inner_params,
             vectorize=self.vectorize,  # type: ignore[arg-type]
             chunk_size=self.chunk_size,
+            multi_step_loss_iterations=self.multi_step_loss_iterations,
+            first_order_iterations=self.first_order_iterations,
         )

@@ -52,6 +52,18 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (with a checkpoint) once training has taken this long
     progress: bool = True
     keep_freed_memory: bool = True  # glibc: keep big tensors' memory in the heap (faster; see train/memory.py)
+    lr_schedule: str = "constant"  # constant, or cosine (MAML++: meta_lr annealed to min_meta_lr over the iterations)
+    min_meta_lr: float = 0.0
+
+
+def meta_lr_at(cfg: TrainConfig, iteration: int) -> float:
+    """The outer learning rate of iteration ``iteration`` (a pure function of it, so resuming needs no state)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.meta_lr
+    if cfg.lr_schedule == "cosine":
+        frac = min(iteration / max(cfg.iterations, 1), 1.0)
+        return cfg.min_meta_lr + 0.5 * (cfg.meta_lr - cfg.min_meta_lr) * (1.0 + math.cos(math.pi * frac))
+    raise ConfigError(f"train.lr_schedule {cfg.lr_schedule!r} unknown; use constant or cosine")
 
 
 def iteration_generator(seed: int, iteration: int) -> torch.Generator:
@@ -142,6 +154,9 @@ def meta_train(
     with open(log_path, "a") if ctx.is_main else _NullFile() as log:
         for it in range(start, cfg.iterations):
             batch = D.shard(sample_batch(iteration_generator(cfg.seed, it)), ctx).to(device)
+            learner.set_iteration(it)  # MAML++ schedules (multi-step loss, derivative order) follow it
+            for group in optimizer.param_groups:
+                group["lr"] = meta_lr_at(cfg, it)
             optimizer.zero_grad(set_to_none=True)
             # Chunk by chunk (learner.chunk_size); nothing is applied before the NaN check below.
             out = learner.meta_backward(batch)
