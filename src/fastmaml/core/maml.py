@@ -21,19 +21,23 @@ Relatives built on the same inner loop:
 * MAML++'s multi-step loss (the query loss after every inner step, weights annealed
   towards the last step) and derivative-order annealing (first order for the first
   iterations, then second order); both follow the training iteration given by
-  :meth:`MAML.set_iteration`, which the training loop calls.
+  :meth:`MAML.set_iteration`, which the training loop calls;
+* MAML++'s per-step BatchNorm (weights and running statistics per inner step,
+  :class:`~fastmaml.core.batchnorm.PerStepBatchNorm`): every call of the model says how
+  many inner steps its parameters have taken.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Mapping
+from typing import Callable, Iterable, Iterator, Literal, Mapping
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fastmaml.core.batchnorm import convert_batchnorm
+from fastmaml.core.batchnorm import PerStepBatchNorm, convert_batchnorm
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.tasks.batch import TaskBatch
 
@@ -42,6 +46,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 InnerLR = Literal["fixed", "per_layer_step", "per_element"]
 Vectorize = Literal["vmap", "loop"]
+BNStats = Literal["batch", "running"]
 
 
 @dataclass
@@ -67,7 +72,8 @@ class MAML(nn.Module):
 
     Args:
         model: any ``nn.Module``. BatchNorm layers are switched (in place) to
-            batch-statistics normalization (:func:`convert_batchnorm`), as in the paper.
+            batch-statistics normalization (:func:`convert_batchnorm`), as in the paper,
+            or to per-step BatchNorm with ``per_step_bn``.
         loss_fn: ``loss_fn(prediction, target) -> scalar``, e.g. ``F.cross_entropy``.
         inner_lr: the inner step size α (initial value when learned).
         inner_steps: inner gradient steps during meta-training.
@@ -82,6 +88,16 @@ class MAML(nn.Module):
             :func:`multi_step_weights`); afterwards the last step's loss only. 0: off.
         first_order_iterations: MAML++ derivative-order annealing: first order for this many
             training iterations, then second order (unless ``first_order``). 0: off.
+        per_step_bn: MAML++ BNWB + BNRS: each BatchNorm gets one row of weight, bias and
+            running statistics per number of inner steps taken (0..S; more test-time steps
+            reuse row S). Those weights are meta-learned but, as in MAML++, not adapted in the
+            inner loop unless named in ``inner_params``. Running statistics are recorded on
+            the first task of every meta-batch (support set at step s, query set at step S).
+        bn_eval_stats: with ``per_step_bn``, what BatchNorm normalizes with when adapting and
+            evaluating without a meta-gradient (:meth:`adaptation_curve`, :meth:`adapt`,
+            :meth:`predict`): ``"batch"`` (the MAML paper's protocol, transductive) or
+            ``"running"`` (the step's running statistics; each test example is classified
+            independently of the other queries).
         vectorize: ``"vmap"`` processes all tasks in one vectorized call; ``"loop"``
             runs tasks one by one (same gradients; for models vmap cannot handle).
         chunk_size: tasks per pass (``None``: all at once). :meth:`meta_backward` runs
@@ -103,6 +119,8 @@ class MAML(nn.Module):
         chunk_size: int | None = None,
         multi_step_loss_iterations: int = 0,
         first_order_iterations: int = 0,
+        per_step_bn: bool = False,
+        bn_eval_stats: BNStats = "batch",
     ) -> None:
         super().__init__()
         if multi_step_loss_iterations < 0 or first_order_iterations < 0:
@@ -117,7 +135,13 @@ class MAML(nn.Module):
             raise ConfigError(f"unknown vectorize {vectorize!r}: use 'vmap' or 'loop'")
         if chunk_size is not None and chunk_size < 1:
             raise ConfigError(f"chunk_size must be a positive number of tasks or None, got {chunk_size}")
-        self.model = convert_batchnorm(model)
+        if bn_eval_stats not in ("batch", "running"):
+            raise ConfigError(f"unknown bn_eval_stats {bn_eval_stats!r}: use 'batch' or 'running'")
+        if bn_eval_stats == "running" and not per_step_bn:
+            raise ConfigError("bn_eval_stats='running' needs per_step_bn=True (only per-step BatchNorm keeps running statistics)")
+        self.model = convert_batchnorm(model, per_step=inner_steps + 1 if per_step_bn else None)
+        self.step_norms = [m for m in self.model.modules() if isinstance(m, PerStepBatchNorm)]
+        self.bn_eval_stats = bn_eval_stats
         self.loss_fn = loss_fn
         self.inner_steps = inner_steps
         self.first_order = first_order
@@ -131,7 +155,10 @@ class MAML(nn.Module):
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         names = list(trainable)
         if inner_params is None:
-            self.inner_names = names
+            # MAML++: per-step BatchNorm weights are meta-learned only (a row is used at one step).
+            per_step = {f"{mn}.{pn}" for mn, m in self.model.named_modules() if isinstance(m, PerStepBatchNorm)
+                        for pn, _ in m.named_parameters(recurse=False)}
+            self.inner_names = [n for n in names if n not in per_step]
         else:
             self.inner_names = list(inner_params)
             unknown = sorted(set(self.inner_names) - set(names))
@@ -153,9 +180,42 @@ class MAML(nn.Module):
         """The model's trainable parameters as a dict (the meta-learned initialization θ)."""
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
-    def _call(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+    def _call(self, params: Params, x: torch.Tensor, step: int) -> torch.Tensor:
+        # `step`: inner steps `params` have taken (selects per-step BatchNorm rows).
+        for norm in self.step_norms:
+            norm.step = step
         # Frozen parameters and buffers come from the module; trainable ones from `params`.
         return functional_call(self.model, params, (x,), strict=False)
+
+    @contextmanager
+    def _norm_mode(self, record: bool = False, use_running_stats: bool = False) -> Iterator[None]:
+        for norm in self.step_norms:
+            norm.record, norm.use_running_stats = record, use_running_stats
+        try:
+            yield
+        finally:
+            for norm in self.step_norms:
+                norm.record = norm.use_running_stats = False
+
+    def _eval_norms(self):
+        """Context for passes without a meta-gradient: BatchNorm as ``bn_eval_stats`` says."""
+        return self._norm_mode(use_running_stats=self.bn_eval_stats == "running")
+
+    def _record_running_stats(self, batch: TaskBatch) -> None:
+        """Fold the first task's per-step batch statistics into the per-step running statistics.
+
+        Eager and outside ``vmap``/``grad`` (in-place buffer updates are not allowed there). The
+        parameter values equal the meta-training pass's, so the statistics are the ones it saw.
+        """
+        xs, ys, xq = batch.support_x[0], batch.support_y[0], batch.query_x[0]
+        params = {k: v.detach() for k, v in self.params().items()}
+        with torch.no_grad():
+            for step in range(self.inner_steps):
+                with self._norm_mode(record=True):
+                    self._call(params, xs, step)
+                params = self._inner_step(params, xs, ys, step, first_order=True)
+            with self._norm_mode(record=True):
+                self._call(params, xq, self.inner_steps)
 
     def _lr(self, name: str, step: int) -> torch.Tensor | float:
         if self.inner_lr_mode == "fixed":
@@ -170,7 +230,7 @@ class MAML(nn.Module):
         inner = {n: params[n] for n in self.inner_names}
 
         def support_loss(adapted: Params) -> torch.Tensor:
-            return self.loss_fn(self._call({**params, **adapted}, x), y)
+            return self.loss_fn(self._call({**params, **adapted}, x, step), y)
 
         if first_order:
             # Outside autograd's view: the inner gradient is a constant, so ∂θ'/∂θ = I (FOMAML).
@@ -210,19 +270,19 @@ class MAML(nn.Module):
         weights = self._step_weights()
         if weights is None:
             adapted = self.adapt_params(params, xs, ys, self.inner_steps, first_order)
-            pred = self._call(adapted, xq)
+            pred = self._call(adapted, xq, self.inner_steps)
             return self.loss_fn(pred, yq), pred
         loss = 0.0
         for step in range(self.inner_steps):
             params = self._inner_step(params, xs, ys, step, first_order)
-            pred = self._call(params, xq)
+            pred = self._call(params, xq, step + 1)
             loss = loss + weights[step] * self.loss_fn(pred, yq)
         return loss, pred
 
     def _task_curve(self, params: Params, xs, ys, xq, yq, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         losses, preds = [], []
         for step in range(steps + 1):
-            pred = self._call(params, xq)
+            pred = self._call(params, xq, step)
             losses.append(self.loss_fn(pred, yq))
             preds.append(pred)
             if step < steps:
@@ -241,6 +301,8 @@ class MAML(nn.Module):
         """Meta-loss of a task batch: adapt to each support set, evaluate on its query set."""
         batch.validate()
         task_losses, preds = self._over_tasks(self._task_loss, self.params(), batch)
+        if self.step_norms and self.training:
+            self._record_running_stats(batch)
         loss = task_losses.mean()
         return MetaOutput(loss=loss, task_losses=task_losses.detach(), query_pred=preds.detach())
 
@@ -280,7 +342,7 @@ class MAML(nn.Module):
         batch.validate()
         steps = self.inner_steps if steps is None else steps
         params = {k: v.detach() for k, v in (params or self.params()).items()}
-        with torch.no_grad():
+        with torch.no_grad(), self._eval_norms():
             losses, preds = self._over_tasks(self._task_curve, params, batch, steps)
             values = {}
             for name, fn in (metrics or {}).items():
@@ -298,7 +360,7 @@ class MAML(nn.Module):
             )
         steps = self.inner_steps if steps is None else steps
         params = {k: v.detach() for k, v in self.params().items()}
-        with torch.no_grad():
+        with torch.no_grad(), self._eval_norms():
             return self.adapt_params(params, support_x, support_y, steps, first_order=True)
 
     def with_inner_lr(self, lr: float) -> "MAML":
@@ -307,12 +369,13 @@ class MAML(nn.Module):
         How baselines are fine-tuned: a pretrained or random network through the very same inner loop.
         """
         return MAML(self.model, self.loss_fn, inner_lr=lr, inner_steps=1, vectorize=self.vectorize,
-                    chunk_size=self.chunk_size)
+                    chunk_size=self.chunk_size, per_step_bn=bool(self.step_norms), bn_eval_stats=self.bn_eval_stats)
 
-    def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """The model's output on ``x`` with the given (e.g. adapted) parameters."""
-        with torch.no_grad():
-            return self._call(params, x)
+    def predict(self, params: Params, x: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """The model's output on ``x`` with the given parameters, adapted by ``step`` inner steps
+        (default: ``inner_steps``; it only matters with per-step BatchNorm)."""
+        with torch.no_grad(), self._eval_norms():
+            return self._call(params, x, self.inner_steps if step is None else step)
 
 
 def _key(name: str) -> str:
@@ -353,6 +416,8 @@ class MAMLConfig:
     inner_params: list[str] | None = None
     multi_step_loss_iterations: int = 0  # MAML++ multi-step loss, annealed over this many iterations (0: off)
     first_order_iterations: int = 0  # MAML++ derivative-order annealing: first order this long (0: off)
+    per_step_bn: bool = False  # MAML++ per-step BatchNorm weights and running statistics (BNWB + BNRS)
+    bn_eval_stats: str = "batch"  # with per_step_bn: normalize adaptation/evaluation with "batch" or "running" stats
 
     def build(self, model: nn.Module, loss_fn: LossFn, inner_params: Iterable[str] | None = None) -> MAML:
         inner_params = self.inner_params if inner_params is None else inner_params
@@ -368,4 +433,6 @@ class MAMLConfig:
             chunk_size=self.chunk_size,
             multi_step_loss_iterations=self.multi_step_loss_iterations,
             first_order_iterations=self.first_order_iterations,
+            per_step_bn=self.per_step_bn,
+            bn_eval_stats=self.bn_eval_stats,  # type: ignore[arg-type]
         )
