@@ -14,7 +14,7 @@ from PIL import Image
 
 from fastmaml.cli import PRESETS
 from fastmaml.config import load_config
-from fastmaml.errors import DataError
+from fastmaml.errors import ConfigError, DataError
 from fastmaml.experiments import fewshot as FS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,13 +85,39 @@ def test_all_presets_load():
     for name in names:
         cfg = load_config(FS.FewShotConfig, PRESETS / name)
         assert cfg.train.meta_lr == 1e-3 and cfg.eval.episodes == 600
+        mamlpp = name.endswith("_mamlpp.yaml")
         if "mini" in name:
-            assert cfg.maml.inner_steps == 5 and cfg.maml.eval_inner_steps == 10 and cfg.train.grad_clip == 10
-            assert cfg.q_query == 15 and cfg.model.hidden == 32
+            assert cfg.maml.inner_steps == 5 and cfg.maml.eval_inner_steps == (5 if mamlpp else 10)
+            assert cfg.q_query == 15 and cfg.model.hidden == 32 and cfg.train.grad_clip == 10
         if "20w" in name:
             assert cfg.maml.inner_lr == 0.1 and cfg.train.meta_batch_size == 16
         assert cfg.maml.first_order == name.endswith("_fo.yaml")
         assert (cfg.maml.inner_params is not None) == name.endswith("_anil.yaml")
+        assert cfg.maml.per_step_bn == mamlpp and (cfg.train.lr_schedule == "cosine") == mamlpp
+        assert (cfg.maml.inner_lr_mode == "per_layer_step") == mamlpp
+        variant = name.removesuffix(".yaml").rsplit("_", 1)[-1]
+        assert FS.method_name(cfg.maml) == {"mamlpp": "MAML++", "anil": "ANIL", "fo": "FOMAML"}.get(variant, "MAML")
+    # Every Table 1 row has its MAML, FOMAML, MAML++ and ANIL preset.
+    for row in ("omniglot_5w1s", "omniglot_5w5s", "omniglot_20w1s", "omniglot_20w5s", "mini_5w1s", "mini_5w5s"):
+        for variant in ("", "_fo", "_mamlpp", "_anil"):
+            assert f"fewshot_{row}{variant}.yaml" in names
+
+
+def test_preset_extends_a_sibling_and_rejects_cycles(tmp_path):
+    (tmp_path / "base.yaml").write_text("n_way: 7\nmaml:\n  inner_steps: 3\n  inner_lr: 0.2\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nmaml:\n  inner_steps: 4\n")
+    cfg = load_config(FS.FewShotConfig, tmp_path / "child.yaml", ["maml.inner_lr=0.3"])
+    assert (cfg.n_way, cfg.maml.inner_steps, cfg.maml.inner_lr) == (7, 4, 0.3)  # base < child < overrides
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(FS.FewShotConfig, tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: ../elsewhere.yaml\n")
+    with pytest.raises(ConfigError, match="same folder"):
+        load_config(FS.FewShotConfig, tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config(FS.FewShotConfig, tmp_path / "d.yaml")
 
 
 def test_anil_preset_adapts_only_the_head(tmp_path):

@@ -44,14 +44,7 @@ def load_config(cls: type[T], preset: str | Path | None = None, overrides: Itera
     """Defaults of ``cls``, then the YAML ``preset`` (if any), then ``key.sub=value`` overrides."""
     data: dict[str, Any] = to_dict(cls())
     if preset is not None:
-        path = Path(preset)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config preset {path}: {e.strerror}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config preset {path} is not valid YAML: {e}") from e
-        _merge(data, loaded, str(path))
+        _merge_preset(data, Path(preset), ())
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.iterations=1000)")
@@ -67,6 +60,24 @@ def load_config(cls: type[T], preset: str | Path | None = None, overrides: Itera
             raise ConfigError(f"unknown config key {key!r} in override {item!r}; valid keys here: {sorted(node)}")
         node[parts[-1]] = value
     return from_dict(cls, data)
+
+
+def _merge_preset(data: dict, path: Path, chain: tuple[Path, ...]) -> None:
+    """Merge the YAML preset at ``path`` into ``data``; ``extends: other.yaml`` (a file beside it) merges first."""
+    if path.resolve() in chain:
+        raise ConfigError(f"config preset {path} extends itself through {' -> '.join(p.name for p in chain)}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config preset {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config preset {path} is not valid YAML: {e}") from e
+    if isinstance(loaded, dict) and "extends" in loaded:
+        base = loaded.pop("extends")
+        if not isinstance(base, str) or Path(base).name != base:
+            raise ConfigError(f"{path}: 'extends' must name a preset file in the same folder, got {base!r}")
+        _merge_preset(data, path.parent / base, chain + (path.resolve(),))
+    _merge(data, loaded, str(path))
 
 
 def _merge(base: dict, new: dict, source: str, path: str = "") -> None:

@@ -202,7 +202,7 @@ def evaluate(cfg: FewShotConfig, run_dir: Path, pools: dict | None = None, comma
         "command": command,
         "dataset": cfg.data.dataset,
         "setting": f"{cfg.n_way}-way {cfg.k_shot}-shot",
-        "method": ("FOMAML" if cfg.maml.first_order else "MAML") + f" ({cfg.model.kind})",
+        "method": method_name(cfg.maml) + f" ({cfg.model.kind})",
         "test_accuracy": summary,
         "reported_step": cfg.maml.eval_inner_steps,
         "iterations_trained": max((r["iteration"] for r in log), default=0),
@@ -216,6 +216,20 @@ def evaluate(cfg: FewShotConfig, run_dir: Path, pools: dict | None = None, comma
     atomic_write_text(run_dir / "results.md", markdown(report))
     figure(report, run_dir / "accuracy.png")
     return report
+
+
+def method_name(m: MAMLConfig) -> str:
+    """The name a paper would give these settings: MAML, FOMAML, MAML++, Meta-SGD or ANIL."""
+    if m.per_step_bn or m.multi_step_loss_iterations or m.first_order_iterations or m.inner_lr_mode == "per_layer_step":
+        name = "MAML++"
+        if m.per_step_bn and m.bn_eval_stats == "running":
+            name += ", running BN statistics at test"
+        return name
+    if m.inner_lr_mode == "per_element":
+        return "Meta-SGD"
+    if m.inner_params is not None:
+        return "ANIL" if all(p.startswith("head.") for p in m.inner_params) else "MAML, inner loop on " + ", ".join(m.inner_params)
+    return "FOMAML" if m.first_order else "MAML"
 
 
 def _read_log(path: Path) -> list[dict]:
