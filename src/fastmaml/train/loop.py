@@ -11,6 +11,11 @@ Determinism: the meta-batch of iteration ``i`` is drawn from a generator seeded 
 ``(seed, i)``, and the optimizer state is checkpointed, so a run killed at any point
 and resumed from its last checkpoint ends with the same parameters as an
 uninterrupted run.
+
+Algorithms whose outer update is not "Adam on a meta-gradient" (e.g. TRPO for meta-RL,
+``fastmaml.apps.rl``) pass ``meta_step``: it replaces the gradient/Adam update of one
+iteration and returns the loss (plus any other scalars to log); everything else —
+determinism, checkpoints, resume, NaN handling, logging, time limit — stays this loop's.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from tqdm import tqdm
@@ -35,6 +40,8 @@ from fastmaml.train.memory import keep_freed_memory
 
 BatchSampler = Callable[[torch.Generator], TaskBatch]
 Validator = Callable[[MAML], dict[str, float]]
+# meta_step(batch, iteration) -> {"loss": ..., other scalars to log}; it updates the learner itself.
+MetaStep = Callable[[TaskBatch, int], Mapping[str, float]]
 
 
 @dataclass
@@ -83,12 +90,19 @@ def meta_train(
     select_mode: str = "min",
     run_config: dict[str, Any] | None = None,
     dist_ctx: D.DistContext | None = None,
+    meta_step: MetaStep | None = None,
 ) -> dict[str, Any]:
     """Meta-train ``learner`` with Adam for ``cfg.iterations`` meta-iterations.
 
     ``sample_batch(generator)`` returns one meta-batch of ``cfg.meta_batch_size`` tasks.
     ``validate(learner)`` returns metrics; the checkpoint with the best
     ``select_metric`` is kept as ``best.safetensors``. Returns a summary dict.
+
+    ``meta_step(batch, iteration)``, if given, replaces the Adam update on ``learner.meta_backward``:
+    it must update the learner's parameters itself (deterministically, and never with a
+    non-finite step) and return ``{"loss": value, ...}``; the other entries are averaged over
+    each logging window and logged beside the loss. The Adam optimizer is then unused (its
+    empty state is still checkpointed, so resuming works the same). One process only.
     """
     if cfg.iterations < 0 or cfg.checkpoint_every < 1 or cfg.log_every < 1:
         raise ConfigError("iterations must be >= 0 and checkpoint_every, log_every >= 1")
@@ -96,6 +110,8 @@ def meta_train(
         raise ConfigError(f"select_mode must be 'min' or 'max', got {select_mode!r}")
     # Under torchrun (WORLD_SIZE > 1 in the environment) this joins the process group.
     ctx = dist_ctx or D.init_from_env(cfg.device)
+    if meta_step is not None and ctx.enabled:
+        raise ConfigError("a custom meta_step (e.g. TRPO) runs in one process; launch without torchrun")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.keep_freed_memory:
@@ -150,6 +166,7 @@ def meta_train(
         dynamic_ncols=True, mininterval=1.0,
     )
     t0, window_loss, window_n = time.perf_counter() - time_offset, 0.0, 0
+    window_extra: dict[str, float] = {}  # meta_step's other scalars, summed over the logging window
     last_good, done = start, start
     with open(log_path, "a") if ctx.is_main else _NullFile() as log:
         for it in range(start, cfg.iterations):
@@ -157,10 +174,15 @@ def meta_train(
             learner.set_iteration(it)  # MAML++ schedules (multi-step loss, derivative order) follow it
             for group in optimizer.param_groups:
                 group["lr"] = meta_lr_at(cfg, it)
-            optimizer.zero_grad(set_to_none=True)
-            # Chunk by chunk (learner.chunk_size); nothing is applied before the NaN check below.
-            out = learner.meta_backward(batch)
-            loss_value = D.all_reduce_scalar(float(out.loss), ctx, device)
+            extra: dict[str, float] = {}
+            if meta_step is None:
+                optimizer.zero_grad(set_to_none=True)
+                # Chunk by chunk (learner.chunk_size); nothing is applied before the NaN check below.
+                out = learner.meta_backward(batch)
+                loss_value = D.all_reduce_scalar(float(out.loss), ctx, device)
+            else:
+                extra = {k: float(v) for k, v in meta_step(batch, it).items()}
+                loss_value = extra.pop("loss")
             if not math.isfinite(loss_value):
                 bar.close()
                 kept = f"the last good checkpoint ({last_path}, iteration {last_good}) is kept" if last_good else (
@@ -169,20 +191,24 @@ def meta_train(
                     f"meta-loss is {loss_value} at iteration {it + 1}; training stopped and {kept}. "
                     "Lower train.meta_lr or maml.inner_lr, set train.grad_clip, or check the data for NaN/inf."
                 )
-            D.average_gradients(learner.parameters(), ctx)
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_value_(learner.parameters(), cfg.grad_clip)
-            optimizer.step()
+            if meta_step is None:
+                D.average_gradients(learner.parameters(), ctx)
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_value_(learner.parameters(), cfg.grad_clip)
+                optimizer.step()
 
             window_loss += loss_value
             window_n += 1
+            for k, v in extra.items():
+                window_extra[k] = window_extra.get(k, 0.0) + v
             done = it + 1
             if done % cfg.log_every == 0 or done == cfg.iterations:
-                rec = {"iteration": done, "loss": window_loss / window_n, "time": time.perf_counter() - t0}
+                means = {k: v / window_n for k, v in window_extra.items()}
+                rec = {"iteration": done, "loss": window_loss / window_n, **means, "time": time.perf_counter() - t0}
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
-                bar.set_postfix(loss=f"{rec['loss']:.4f}")
-                window_loss, window_n = 0.0, 0
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", **{k: f"{v:.3g}" for k, v in means.items()})
+                window_loss, window_n, window_extra = 0.0, 0, {}
             bar.update(1)
             if validate is not None and cfg.validate_every and (done % cfg.validate_every == 0 or done == cfg.iterations):
                 run_validation(done)
