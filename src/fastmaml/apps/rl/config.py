@@ -1,0 +1,130 @@
+"""Configs of the meta-RL application (dataclasses; YAML presets in ``presets/``).
+
+Defaults are Finn et al. 2017 section 5.3 for 2D navigation. Where the paper and its code
+(github.com/cbfinn/maml_rl) differ, the paper's value is the default and the code's is named:
+
+* inner step size α = 0.1 (paper, appendix A.2). ``maml_examples/maml_trpo_point.py`` uses
+  ``fast_learning_rates = [0.5]`` and the ICML run's files are named ``..._mbs20_flr_0.5``;
+  its test script adapts with 0.5, then 0.25. Try ``maml.inner_lr=0.5`` to follow the code.
+* meta-batch 20 tasks (paper; the script's default is 40), 20 trajectories per task per step.
+* TRPO as rllab's ``ConjugateGradientOptimizer`` defaults, which the code uses: KL limit 0.01,
+  10 CG iterations, damping (``reg_coeff``) 1e-5, backtracking ×0.8 up to 15 times, a step is
+  accepted only if the surrogate improves and the mean KL is within the limit. The code
+  computes Hessian-vector products exactly (Pearlmutter), as here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastmaml.core.maml import MAMLConfig
+from fastmaml.errors import ConfigError
+from fastmaml.train.loop import TrainConfig
+
+
+@dataclass
+class EnvConfig:
+    name: str = "nav2d"  # a key of fastmaml.apps.rl.envs.ENVIRONMENTS
+    horizon: int = 100
+
+
+@dataclass
+class PolicyConfig:
+    hidden: list[int] = field(default_factory=lambda: [100, 100])
+    activation: str = "relu"  # relu (paper) or tanh
+    init_std: float = 1.0
+
+
+@dataclass
+class PGConfig:
+    """The policy-gradient inner step and how advantages are estimated."""
+
+    trajectories: int = 20  # per task per inner step (the paper's K)
+    discount: float = 0.99
+    gae_lambda: float = 1.0
+    center_advantages: bool = True  # rllab's center_adv (per task: mean 0, std 1)
+    baseline_reg: float = 1e-5  # ridge of the linear feature baseline
+
+
+@dataclass
+class TRPOConfig:
+    max_kl: float = 0.01
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    backtrack_ratio: float = 0.8
+    max_backtracks: int = 15
+    # Hessian-vector products from the first `hvp_tasks` tasks only (None: all). Each CG iteration
+    # then costs hvp_tasks/meta_batch_size as much; the curvature estimate is noisier, and the line
+    # search still checks the KL on all tasks.
+    hvp_tasks: int | None = None
+
+
+@dataclass
+class RLEvalConfig:
+    num_tasks: int = 40  # test goals (the original test script uses 40)
+    seed: int = 2017  # the test tasks' own seed, never used in training
+    steps: int = 3  # policy-gradient steps evaluated: returns after 0..steps
+    trajectories: int = 40  # per task per step (the original test script: batch 4000 = 40 × 100)
+
+
+@dataclass
+class BaselineTrainConfig:
+    """Budget of the pretrained and oracle policies (trained by TRPO without an inner step)."""
+
+    iterations: int = 200
+    max_minutes: float | None = 4.0
+
+
+@dataclass
+class RLConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    maml: MAMLConfig = field(default_factory=lambda: MAMLConfig(inner_lr=0.1, inner_steps=1, eval_inner_steps=3))
+    pg: PGConfig = field(default_factory=PGConfig)
+    trpo: TRPOConfig = field(default_factory=TRPOConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        iterations=500, meta_batch_size=20, checkpoint_every=10, log_every=1, threads=None))
+    baseline_train: BaselineTrainConfig = field(default_factory=BaselineTrainConfig)
+    eval: RLEvalConfig = field(default_factory=RLEvalConfig)
+    baselines: list[str] = field(default_factory=lambda: ["pretrained", "random", "oracle"])
+
+
+BASELINES = ("pretrained", "random", "oracle")
+
+
+def validate(cfg: RLConfig) -> RLConfig:
+    """Raise :class:`ConfigError` naming the key for values the algorithm cannot run with."""
+    checks = [
+        (cfg.env.horizon >= 1, "env.horizon must be >= 1"),
+        (len(cfg.policy.hidden) >= 1 and all(h >= 1 for h in cfg.policy.hidden), "policy.hidden must be positive layer widths"),
+        (cfg.policy.activation in ("relu", "tanh"), f"policy.activation must be relu or tanh, got {cfg.policy.activation!r}"),
+        (cfg.policy.init_std > 0, "policy.init_std must be > 0"),
+        (cfg.pg.trajectories >= 1, f"pg.trajectories must be >= 1, got {cfg.pg.trajectories}"),
+        (0 < cfg.pg.discount <= 1, f"pg.discount must be in (0, 1], got {cfg.pg.discount}"),
+        (0 <= cfg.pg.gae_lambda <= 1, f"pg.gae_lambda must be in [0, 1], got {cfg.pg.gae_lambda}"),
+        (cfg.pg.baseline_reg > 0, "pg.baseline_reg must be > 0"),
+        (cfg.trpo.max_kl > 0, f"trpo.max_kl must be > 0, got {cfg.trpo.max_kl}"),
+        (cfg.trpo.cg_iters >= 1, f"trpo.cg_iters must be >= 1, got {cfg.trpo.cg_iters}"),
+        (cfg.trpo.cg_damping >= 0, "trpo.cg_damping must be >= 0"),
+        (0 < cfg.trpo.backtrack_ratio < 1, f"trpo.backtrack_ratio must be in (0, 1), got {cfg.trpo.backtrack_ratio}"),
+        (cfg.trpo.max_backtracks >= 1, "trpo.max_backtracks must be >= 1"),
+        (cfg.trpo.hvp_tasks is None or 1 <= cfg.trpo.hvp_tasks <= cfg.train.meta_batch_size,
+         f"trpo.hvp_tasks must be between 1 and train.meta_batch_size ({cfg.train.meta_batch_size}) or null"),
+        (cfg.train.meta_batch_size >= 1, "train.meta_batch_size must be >= 1"),
+        (cfg.maml.inner_steps in (0, 1), "maml.inner_steps must be 0 or 1 for RL: every further inner step needs fresh "
+         "trajectories from the adapted policy (multi-step meta-training is not implemented; evaluation takes eval.steps)"),
+        (cfg.maml.inner_lr_mode == "fixed", "maml.inner_lr_mode must be 'fixed' for RL (learned step sizes are not "
+         "part of the TRPO parameter vector)"),
+        (cfg.maml.inner_lr > 0, f"maml.inner_lr must be > 0, got {cfg.maml.inner_lr}"),
+        (cfg.eval.num_tasks >= 2, "eval.num_tasks must be >= 2 (a confidence interval needs two tasks)"),
+        (cfg.eval.steps >= 0, "eval.steps must be >= 0"),
+        (cfg.eval.trajectories >= 1, "eval.trajectories must be >= 1"),
+        (cfg.baseline_train.iterations >= 0, "baseline_train.iterations must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    unknown = sorted(set(cfg.baselines) - set(BASELINES))
+    if unknown:
+        raise ConfigError(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
+    return cfg

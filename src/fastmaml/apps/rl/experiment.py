@@ -1,0 +1,189 @@
+"""Meta-RL experiments: train (MAML, pretrained, oracle) with the one training loop, evaluate, reproduce.
+
+* ``maml``: MAML-TRPO — one policy-gradient inner step per task, TRPO outer step (:mod:`.trpo`).
+* ``pretrained``: the same TRPO machinery with 0 inner steps on the mixed task distribution
+  (one policy for all goals), then fine-tuned at test time by the same inner steps.
+* ``random``: the untrained policy MAML started from, fine-tuned the same way.
+* ``oracle``: 0 inner steps, the goal appended to the observation; not adapted.
+
+Evaluation: ``eval.num_tasks`` test tasks drawn from ``eval.seed``; for 0..``eval.steps``
+policy-gradient steps, the mean return of ``eval.trajectories`` episodes per task; mean ±
+95% CI over tasks (:func:`fastmaml.eval.stats.summarize`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastmaml.apps.rl.config import RLConfig, validate
+from fastmaml.apps.rl.envs import TaskDistribution, make_tasks
+from fastmaml.apps.rl.losses import reinforce_loss
+from fastmaml.apps.rl.policy import GaussianMLPPolicy
+from fastmaml.apps.rl.report import figure_learning_curves, figure_returns, markdown
+from fastmaml.apps.rl.rollout import per_task_actor, rollout
+from fastmaml.apps.rl.sampler import RLBatch, adapt_tasks, detached, process, sample_meta_batch
+from fastmaml.apps.rl.trpo import TRPOStep
+from fastmaml.config import to_dict
+from fastmaml.core.maml import MAML
+from fastmaml.errors import ConfigError
+from fastmaml.eval.environment import environment
+from fastmaml.eval.stats import summarize
+from fastmaml.fileio import atomic_write_text
+from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_state_into
+from fastmaml.train.loop import meta_train
+
+KINDS = ("maml", "pretrained", "oracle")  # the trained policies; "random" needs no training
+
+
+def task_distribution(cfg: RLConfig, oracle: bool = False) -> TaskDistribution:
+    return make_tasks(cfg.env.name, oracle=oracle, horizon=cfg.env.horizon)
+
+
+def build_learner(cfg: RLConfig, kind: str = "maml") -> MAML:
+    """The policy inside the MAML engine; ``pretrained``/``oracle`` take 0 inner steps in training.
+
+    Initialised from ``train.seed``, so ``random`` is exactly the policy MAML starts from.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"unknown kind {kind!r}; choose from {list(KINDS)}")
+    validate(cfg)
+    if cfg.train.device != "cpu":
+        raise ConfigError("the RL application samples environments on the CPU; use train.device=cpu")
+    dist = task_distribution(cfg, oracle=kind == "oracle")
+    torch.manual_seed(cfg.train.seed)
+    policy = GaussianMLPPolicy(dist.obs_dim, dist.act_dim, cfg.policy.hidden, cfg.policy.activation, cfg.policy.init_std)
+    maml = cfg.maml if kind == "maml" else dataclasses.replace(cfg.maml, inner_steps=0)
+    return maml.build(policy, reinforce_loss)
+
+
+def train_config(cfg: RLConfig, kind: str):
+    if kind == "maml":
+        return cfg.train
+    return dataclasses.replace(cfg.train, iterations=cfg.baseline_train.iterations,
+                               max_minutes=cfg.baseline_train.max_minutes)
+
+
+def train(cfg: RLConfig, run_dir: Path, kind: str = "maml", resume: bool = False) -> dict[str, Any]:
+    """Meta-train one policy with TRPO in the project's training loop (checkpoints, resume, metrics.jsonl)."""
+    learner = build_learner(cfg, kind)
+    dist = task_distribution(cfg, oracle=kind == "oracle")
+    trpo = TRPOStep(learner, cfg.trpo)
+
+    def sample(generator: torch.Generator) -> RLBatch:
+        return sample_meta_batch(learner, dist, cfg.train.meta_batch_size, cfg.pg, generator)
+
+    def meta_step(batch: RLBatch, iteration: int) -> dict[str, float]:
+        out = trpo(batch, iteration)
+        return {**out, "return_pre": float(batch.pre_return.mean()), "return_post": float(batch.post_return.mean())}
+
+    return meta_train(learner, sample, train_config(cfg, kind), run_dir, resume=resume, meta_step=meta_step,
+                      run_config={"experiment": "rl", "kind": kind, **to_dict(cfg)})
+
+
+def load_learner(cfg: RLConfig, run_dir: Path, kind: str = "maml") -> MAML:
+    learner = build_learner(cfg, kind)
+    path = RunDir(run_dir).last
+    load_state_into(learner, load_checkpoint(path)["model"], path)
+    return learner
+
+
+def test_tasks(cfg: RLConfig) -> torch.Tensor:
+    return task_distribution(cfg).sample_tasks(cfg.eval.num_tasks, torch.Generator().manual_seed(cfg.eval.seed))
+
+
+def adaptation_returns(learner: MAML, dist: TaskDistribution, tasks: torch.Tensor, steps: int, trajectories: int,
+                       cfg: RLConfig, seed: int) -> torch.Tensor:
+    """Mean episode return per task after 0..``steps`` policy-gradient steps, ``[T, steps + 1]``.
+
+    Every step samples fresh episodes from the current (adapted) policies and takes the
+    engine's inner step on them — the same inner step as in meta-training.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    n = tasks.shape[0]
+    params = {k: v.expand(n, *v.shape) for k, v in detached(learner).items()}
+    actor = per_task_actor(learner.model, params)
+    returns = []
+    for step in range(steps + 1):
+        traj = rollout(dist, tasks, trajectories, actor, generator, params)
+        returns.append(traj.returns().mean(1))
+        if step < steps:
+            x, y = process(traj, cfg.pg)
+            params = adapt_tasks(learner, params, x, y, step=step, per_task=True, lr=cfg.maml.inner_lr)
+    return torch.stack(returns, dim=1)
+
+
+def evaluate(cfg: RLConfig, learners: dict[str, MAML]) -> dict[str, torch.Tensor]:
+    """Per-task returns ``[T, steps + 1]`` of each method on the fixed test tasks (the oracle is not adapted)."""
+    tasks = test_tasks(cfg)
+    out = {}
+    for name, learner in learners.items():
+        oracle = name == "oracle"
+        dist = task_distribution(cfg, oracle=oracle)
+        steps = 0 if oracle else cfg.eval.steps
+        r = adaptation_returns(learner, dist, tasks, steps, cfg.eval.trajectories, cfg, seed=cfg.eval.seed + 1)
+        out[name] = r.expand(-1, cfg.eval.steps + 1) if oracle else r
+    return out
+
+
+def _done_marker(run_dir: Path) -> Path:
+    return Path(run_dir) / "done.json"
+
+
+def reproduce(cfg: RLConfig, out_dir: Path, resume: bool = False, command: str = "") -> dict[str, Any]:
+    """Train MAML (+ pretrained, oracle), evaluate all (+ random) on the test tasks, write results and figures.
+
+    Each policy trains in ``out_dir/<kind>``; a finished one (``done.json``: iterations or time budget
+    reached) is reused with ``--resume``, an unfinished one continues from its last checkpoint.
+    """
+    validate(cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    kinds = ["maml"] + [k for k in ("pretrained", "oracle") if k in cfg.baselines]
+    learners: dict[str, MAML] = {}
+    train_seconds: dict[str, float] = {}
+    for kind in kinds:
+        run_dir = out_dir / kind
+        marker = _done_marker(run_dir)
+        if not (resume and marker.exists()):
+            if marker.exists():
+                raise ConfigError(f"{run_dir} holds a finished run; pass --resume to reuse it or choose another --out")
+            print(f"[rl] training {kind} -> {run_dir}", file=sys.stderr)
+            summary = train(cfg, run_dir, kind, resume=resume)
+            atomic_write_text(marker, json.dumps(summary) + "\n")
+        train_seconds[kind] = float(json.loads(marker.read_text())["seconds"])
+        learners[kind] = load_learner(cfg, run_dir, kind)
+    if "random" in cfg.baselines:
+        learners["random"] = build_learner(cfg, "maml")
+    order = [m for m in ("maml", "pretrained", "random", "oracle") if m in learners]
+    per_task = evaluate(cfg, {m: learners[m] for m in order})
+    results = {m: summarize(r) for m, r in per_task.items()}
+
+    figure_returns(results, out_dir / "returns_vs_steps.png")
+    figure_learning_curves({k: RunDir(out_dir / k).metrics for k in kinds}, out_dir / "learning_curve.png")
+    report = {
+        "experiment": "rl",
+        "env": cfg.env.name,
+        "command": command,
+        "config": to_dict(cfg),
+        "results": results,
+        "per_task_returns": {m: r.tolist() for m, r in per_task.items()},
+        "train_seconds": train_seconds,
+        "iterations": {k: _iterations(out_dir / k) for k in kinds},
+        "total_seconds": time.perf_counter() - t0,
+        "environment": environment(),
+    }
+    atomic_write_text(out_dir / "results.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out_dir / "results.md", markdown(report))
+    return report
+
+
+def _iterations(run_dir: Path) -> int:
+    return int(load_checkpoint(RunDir(run_dir).last)["meta"]["iteration"])
