@@ -64,7 +64,8 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_sinusoid]
 
 def _optional_registrars() -> list[Callable]:
     out = []
-    for module, attr in (("fastmaml.experiments.fewshot_cli", "register"), ("fastmaml.apps.ids.cli", "register")):
+    for module, attr in (("fastmaml.experiments.fewshot_cli", "register"), ("fastmaml.apps.ids.cli", "register"),
+                           ("fastmaml.apps.rl.cli", "register")):
         try:
             mod = __import__(module, fromlist=[attr])
         except ModuleNotFoundError as e:
