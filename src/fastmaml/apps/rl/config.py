@@ -54,8 +54,9 @@ class TRPOConfig:
     backtrack_ratio: float = 0.8
     max_backtracks: int = 15
     # Hessian-vector products from the first `hvp_tasks` tasks only (None: all). Each CG iteration
-    # then costs hvp_tasks/meta_batch_size as much; the curvature estimate is noisier, and the line
-    # search still checks the KL on all tasks.
+    # then costs hvp_tasks/meta_batch_size as much; the curvature estimate is noisier and misses the
+    # directions only the other tasks' KL bends, so steps can overshoot: the line search (which checks
+    # the KL on all tasks) then backtracks further or rejects the step (seen with 1 of 4 tasks in tests).
     hvp_tasks: int | None = None
 
 

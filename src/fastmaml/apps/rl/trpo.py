@@ -89,6 +89,17 @@ def unflat(vector: torch.Tensor, like: Params) -> Params:
     return out
 
 
+def kl_hvp(kl: torch.Tensor, params: list[torch.Tensor], damping: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v -> (∇²KL + damping·I) v``, exact: ∇KL is built once with ``create_graph`` and each call
+    differentiates ``∇KL · v`` through that graph (and so through the inner step) again."""
+    grad_kl = flat(torch.autograd.grad(kl, params, create_graph=True))
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        return flat(torch.autograd.grad(grad_kl @ v, params, retain_graph=True)) + damping * v
+
+    return hvp
+
+
 @dataclass
 class TRPOStep:
     """TRPO on a MAML learner whose model is a Gaussian policy; call it with a meta-batch.
@@ -134,17 +145,12 @@ class TRPOStep:
         t = self._tick("gradient", t)
         if subsample:
             _, kl = self.objectives(params, batch.tasks(0, cfg.hvp_tasks), graph=True)
-        grad_kl = flat(torch.autograd.grad(kl, plist, create_graph=True))  # built once, reused by every HVP
+        hvp = kl_hvp(kl, plist, cfg.cg_damping)
         t = self._tick("kl_graph", t)
-
-        def hvp(v: torch.Tensor) -> torch.Tensor:
-            hv = torch.autograd.grad(grad_kl @ v, plist, retain_graph=True)
-            return flat(hv) + cfg.cg_damping * v
-
         direction = conjugate_gradient(hvp, -g, cfg.cg_iters)  # descent direction on the loss
         shs = float(direction @ hvp(direction))
         t = self._tick("cg_hvp", t)
-        del grad_kl
+        del hvp
         scale = math.sqrt(2 * cfg.max_kl / (shs + 1e-8)) if shs > 0 else 0.0
         theta = flat(p.detach() for p in plist)
         loss_before = float(surr.detach())

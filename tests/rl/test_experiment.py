@@ -1,0 +1,102 @@
+"""The RL application end to end: resume after a crash, config errors, the reproduce command."""
+
+import json
+
+import pytest
+import torch
+
+from fastmaml.apps.rl import experiment as E
+from fastmaml.apps.rl.config import RLConfig, validate
+from fastmaml.apps.rl.trpo import TRPOStep
+from fastmaml.cli import main
+from fastmaml.config import load_config
+from fastmaml.errors import ConfigError
+from fastmaml.train.checkpoint import load_checkpoint
+
+TINY = ["policy.hidden=[16]", "pg.trajectories=3", "env.horizon=15", "train.meta_batch_size=3", "train.threads=1",
+        "train.progress=false", "train.checkpoint_every=1", "train.max_minutes=null", "eval.num_tasks=3",
+        "eval.trajectories=3", "eval.steps=1", "baseline_train.iterations=2"]
+
+
+def tiny_cfg(*more):
+    return load_config(RLConfig, None, TINY + list(more))
+
+
+def params_of(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "last.safetensors")["model"]
+
+
+def test_crashed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
+    cfg = tiny_cfg("train.iterations=4")
+    E.train(cfg, tmp_path / "straight")
+
+    real = TRPOStep.__call__
+
+    def crash_at_3(self, batch, iteration=0):
+        if iteration == 2:  # the third meta-iteration dies after two were checkpointed
+            raise KeyboardInterrupt
+        return real(self, batch, iteration)
+
+    monkeypatch.setattr(TRPOStep, "__call__", crash_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        E.train(cfg, tmp_path / "crashed")
+    assert load_checkpoint(tmp_path / "crashed" / "checkpoints" / "last.safetensors")["meta"]["iteration"] == 2
+    monkeypatch.setattr(TRPOStep, "__call__", real)
+    E.train(cfg, tmp_path / "crashed", resume=True)
+    a, b = params_of(tmp_path / "straight"), params_of(tmp_path / "crashed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    first = E.build_learner(cfg).state_dict()
+    assert any(not torch.equal(first[k], a[k]) for k in a), "training did not change the policy"
+    log = [json.loads(line) for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1, 2, 3, 4]
+    assert all({"return_pre", "return_post", "kl"} <= set(r) for r in log)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("pg.trajectories=0", "pg.trajectories"),
+    ("pg.discount=1.5", "pg.discount"),
+    ("trpo.max_kl=-0.1", "trpo.max_kl"),
+    ("trpo.backtrack_ratio=1.0", "trpo.backtrack_ratio"),
+    ("trpo.hvp_tasks=50", "trpo.hvp_tasks"),
+    ("maml.inner_steps=2", "maml.inner_steps"),
+    ("maml.inner_lr_mode=per_element", "maml.inner_lr_mode"),
+    ("policy.activation=gelu", "policy.activation"),
+    ("eval.num_tasks=1", "eval.num_tasks"),
+    ("baselines=[pretrained,bogus]", "bogus"),
+])
+def test_bad_config_values_give_clear_errors(override, words):
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        validate(tiny_cfg(override))
+
+
+def test_unknown_env_key_and_device_are_errors():
+    with pytest.raises(ConfigError, match="unknown env 'cheetah'"):
+        E.task_distribution(tiny_cfg("env.name=cheetah"))
+    with pytest.raises(ConfigError, match="unknown config key"):
+        tiny_cfg("trpo.max_kll=0.1")
+    with pytest.raises(ConfigError, match="train.device=cpu"):
+        E.build_learner(tiny_cfg("train.device=cuda"))
+
+
+def test_reproduce_command_writes_results_and_resumes(tmp_path, capsys):
+    out = tmp_path / "rl"
+    args = ["rl", "reproduce", "--preset", "nav2d_smoke", "--out", str(out), *TINY, "train.iterations=2"]
+    assert main(args) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["results"]) == {"maml", "pretrained", "random", "oracle"}
+    assert len(report["results"]["maml"]["mean"]) == 2 and len(report["per_task_returns"]["maml"]) == 3
+    assert all(v < 0 for r in report["results"].values() for v in r["mean"])  # returns are negative distances
+    oracle = report["results"]["oracle"]["mean"]
+    assert oracle[0] == oracle[1]  # not adapted
+    for name in ("results.md", "returns_vs_steps.png", "learning_curve.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| MAML |" in (out / "results.md").read_text()
+    # a second run into the same folder needs --resume, which reuses the finished policies
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    before = (out / "maml" / "checkpoints" / "last.safetensors").read_bytes()
+    assert main(args + ["--resume"]) == 0
+    assert (out / "maml" / "checkpoints" / "last.safetensors").read_bytes() == before
+    assert json.loads((out / "results.json").read_text())["results"] == report["results"]

@@ -1,0 +1,123 @@
+"""TRPO's pieces: exact Hessian-vector products through the inner step, CG, the KL-safe line search."""
+
+import pytest
+import torch
+
+from fastmaml.apps.rl.config import TRPOConfig
+from fastmaml.apps.rl.trpo import TRPOStep, conjugate_gradient, flat, kl_hvp, line_search, unflat
+
+from .helpers import tiny_batch, tiny_learner
+
+
+def _kl_of(step: TRPOStep, batch, like):
+    return lambda theta: step.objectives(unflat(theta, like), batch, graph=True)[1]
+
+
+def test_hvp_equals_explicit_hessian_through_the_inner_step():
+    learner = tiny_learner()
+    batch = tiny_batch(learner)
+    step = TRPOStep(learner, TRPOConfig())
+    params = learner.params()
+    theta = flat(p.detach() for p in params.values())
+    # Away from the sampling policy too, where the KL's gradient (and the second-order term of the
+    # inner step) is not zero.
+    theta = theta + 0.05 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(1), dtype=theta.dtype)
+    like = {k: v.detach() for k, v in params.items()}
+    kl_fn = _kl_of(step, batch, like)
+    hessian = torch.autograd.functional.hessian(kl_fn, theta)
+    assert hessian.abs().max() > 1e-3  # a real curvature, not zeros
+
+    point = {k: v.clone().requires_grad_(True) for k, v in unflat(theta, like).items()}
+    _, kl = step.objectives(point, batch, graph=True)
+    hvp = kl_hvp(kl, list(point.values()))
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        v = torch.randn(theta.shape, generator=g, dtype=theta.dtype)
+        torch.testing.assert_close(hvp(v), hessian @ v, rtol=1e-8, atol=1e-10)
+    # the inner step matters: without differentiating through it the Hessian differs
+    first = tiny_learner()
+    first.first_order = True
+    h_first = torch.autograd.functional.hessian(_kl_of(TRPOStep(first, TRPOConfig()), batch, like), theta)
+    assert (h_first - hessian).abs().max() > 1e-4
+
+
+def test_hvp_matches_finite_differences_of_the_kl_gradient():
+    learner = tiny_learner()
+    batch = tiny_batch(learner, seed=3)
+    step = TRPOStep(learner, TRPOConfig())
+    params = learner.params()
+    like = {k: v.detach() for k, v in params.items()}
+    theta = flat(like.values())
+    _, kl = step.objectives(params, batch, graph=True)
+    hvp = kl_hvp(kl, list(params.values()), damping=0.0)
+
+    def grad_at(t):
+        point = {k: v.clone().requires_grad_(True) for k, v in unflat(t, like).items()}
+        _, k = step.objectives(point, batch, graph=True)
+        return flat(torch.autograd.grad(k, list(point.values())))
+
+    v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(4), dtype=theta.dtype)
+    eps = 1e-5
+    fd = (grad_at(theta + eps * v) - grad_at(theta - eps * v)) / (2 * eps)
+    torch.testing.assert_close(hvp(v), fd, rtol=1e-5, atol=1e-8)
+
+
+def test_conjugate_gradient_solves_a_known_spd_system():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    a = m @ m.T + 0.5 * torch.eye(6, dtype=torch.float64)
+    x_true = torch.randn(6, generator=g, dtype=torch.float64)
+    x = conjugate_gradient(lambda v: a @ v, a @ x_true, iters=6)  # exact in n steps (up to rounding)
+    torch.testing.assert_close(x, x_true, rtol=1e-7, atol=1e-9)
+    # fewer iterations: an approximation that still reduces the residual
+    x3 = conjugate_gradient(lambda v: a @ v, a @ x_true, iters=3)
+    assert (a @ x3 - a @ x_true).norm() < (a @ x_true).norm()
+
+
+@pytest.mark.parametrize("curvature", [0.001, 0.05, 1.0, 100.0])
+def test_line_search_never_accepts_a_step_above_the_kl_limit(curvature):
+    theta = torch.zeros(3, dtype=torch.float64)
+    full = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    seen = []
+
+    def evaluate(t):
+        kl = curvature * float(t @ t)  # grows with the step
+        loss = -float(t @ full)  # improves along the step
+        seen.append(kl)
+        return loss, kl
+
+    new, res = line_search(evaluate, theta, full, loss_before=0.0, max_kl=0.01, ratio=0.8, max_backtracks=15)
+    if res.accepted:
+        assert res.kl <= 0.01 and curvature * float(new @ new) <= 0.01
+        assert res.fraction == pytest.approx(0.8 ** (res.tries - 1))
+        assert all(k > 0.01 for k in seen[:-1])  # the first fraction within the limit was taken
+    else:
+        assert torch.equal(new, theta) and min(seen) > 0.01
+    assert res.accepted == (curvature * float(full @ full) * 0.8 ** 28 <= 0.01)
+
+
+def test_line_search_rejects_steps_that_do_not_improve_or_are_not_finite():
+    theta = torch.zeros(2)
+    new, res = line_search(lambda t: (1.0, 0.0), theta, torch.ones(2), loss_before=0.0, max_kl=0.01)
+    assert not res.accepted and torch.equal(new, theta)
+    new, res = line_search(lambda t: (float("nan"), 0.0), theta, torch.ones(2), loss_before=0.0, max_kl=0.01)
+    assert not res.accepted and torch.equal(new, theta)
+
+
+@pytest.mark.parametrize("hvp_tasks", [None, 2])
+def test_trpo_step_improves_the_surrogate_within_the_kl_limit(hvp_tasks):
+    learner = tiny_learner(hidden=(8,))
+    batch = tiny_batch(learner, tasks=4, trajectories=6, seed=5)
+    step = TRPOStep(learner, TRPOConfig(max_kl=0.01, hvp_tasks=hvp_tasks))
+    before = {k: v.detach().clone() for k, v in learner.params().items()}
+    with torch.no_grad():
+        s0, k0 = step.objectives(before, batch, graph=False)
+    out = step(batch)
+    after = {k: v.detach() for k, v in learner.params().items()}
+    with torch.no_grad():
+        s1, k1 = step.objectives(after, batch, graph=False)
+    assert float(k0) < 1e-12  # the sampling policies are reproduced exactly at the old parameters
+    assert out["step_fraction"] > 0, "no step accepted on an easy problem"
+    assert float(s1) < float(s0) and 0 < float(k1) <= 0.01
+    assert out["kl"] == pytest.approx(float(k1))
+    assert set(step.timings) == {"gradient", "kl_graph", "cg_hvp", "line_search"}
