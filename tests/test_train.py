@@ -164,3 +164,66 @@ def test_torchrun_two_processes_match_one(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     assert max((a[k] - b[k]).abs().max() for k in a) < 1e-4
+
+
+def _sgd_meta_step(learner, lr=0.01):
+    """A custom outer update (plain SGD on the meta-gradient) through meta_train's meta_step hook."""
+
+    def step(batch, iteration):
+        learner.zero_grad(set_to_none=True)
+        out = learner.meta_backward(batch)
+        with torch.no_grad():
+            for p in learner.parameters():
+                p -= lr * p.grad
+        return {"loss": float(out.loss), "iteration_seen": float(iteration)}
+
+    return step
+
+
+def test_meta_step_replaces_the_adam_update_and_logs_its_scalars(tmp_path):
+    cfg = small_cfg(iterations=6, checkpoint_every=2, log_every=3)
+    learner = S.build_learner(cfg)
+    sample = S.batch_sampler(cfg)
+    start = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+    meta_train(learner, sample, cfg.train, tmp_path / "custom", meta_step=_sgd_meta_step(learner))
+    # the same updates by hand, on the same meta-batches
+    ref = S.build_learner(cfg)
+    ref.load_state_dict(start)
+    manual = _sgd_meta_step(ref)
+    from fastmaml.train.loop import iteration_generator
+    for it in range(6):
+        manual(sample(iteration_generator(cfg.train.seed, it)), it)
+    got = final_params(tmp_path / "custom")
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+    lines = [json.loads(l) for l in (tmp_path / "custom" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["iteration"] for l in lines] == [3, 6]
+    assert [l["iteration_seen"] for l in lines] == [1.0, 4.0]  # window means of 0,1,2 and 3,4,5
+    # and it differs from the default Adam run (the hook really replaced the update)
+    S.train(cfg, tmp_path / "adam")
+    adam = final_params(tmp_path / "adam")
+    assert any(not torch.equal(adam[k], got[k]) for k in got)
+    assert "iteration_seen" not in (tmp_path / "adam" / "metrics.jsonl").read_text()
+
+
+def test_meta_step_run_resumes_to_the_same_parameters(tmp_path):
+    cfg = small_cfg(iterations=6, checkpoint_every=2, log_every=2)
+    learner = S.build_learner(cfg)
+    meta_train(learner, S.batch_sampler(cfg), cfg.train, tmp_path / "straight", meta_step=_sgd_meta_step(learner))
+    short = small_cfg(iterations=4, checkpoint_every=2, log_every=2)
+    learner = S.build_learner(short)
+    meta_train(learner, S.batch_sampler(short), short.train, tmp_path / "split", meta_step=_sgd_meta_step(learner))
+    learner = S.build_learner(cfg)
+    meta_train(learner, S.batch_sampler(cfg), cfg.train, tmp_path / "split", resume=True,
+               meta_step=_sgd_meta_step(learner))
+    a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "split")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_meta_step_with_a_nan_loss_stops_the_run(tmp_path):
+    cfg = small_cfg(iterations=5, checkpoint_every=1)
+    learner = S.build_learner(cfg)
+    with pytest.raises(NonFiniteLossError, match="iteration 3"):
+        meta_train(learner, S.batch_sampler(cfg), cfg.train, tmp_path / "nan",
+                   meta_step=lambda batch, it: {"loss": float("nan") if it == 2 else 1.0})
