@@ -2,7 +2,6 @@
 
     fastmaml rl reproduce --preset nav2d --out runs/rl_nav2d [--resume] [key=value ...]
     fastmaml rl train --preset nav2d --run-dir runs/rl_maml --kind maml|pretrained|oracle [--resume]
-    fastmaml rl evaluate --preset nav2d --out runs/rl_nav2d   # re-evaluate trained runs in OUT
 """
 
 from __future__ import annotations
