@@ -213,7 +213,7 @@ class MAML(nn.Module):
             for step in range(self.inner_steps):
                 with self._norm_mode(record=True):
                     self._call(params, xs, step)
-                params = self._inner_step(params, xs, ys, step, first_order=True)
+                params = self.inner_step(params, xs, ys, step, first_order=True)
             with self._norm_mode(record=True):
                 self._call(params, xq, self.inner_steps)
 
@@ -226,7 +226,11 @@ class MAML(nn.Module):
             return lr[min(step, lr.shape[0] - 1)]
         return lr
 
-    def _inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int, first_order: bool) -> Params:
+    def inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int, first_order: bool) -> Params:
+        """θ after inner step number ``step`` (0-based) on one task's ``(x, y)``; vmap it over tasks.
+
+        ``first_order``: the inner gradient is a constant for autograd (FOMAML, or no meta-gradient wanted).
+        """
         inner = {n: params[n] for n in self.inner_names}
 
         def support_loss(adapted: Params) -> torch.Tensor:
@@ -249,7 +253,7 @@ class MAML(nn.Module):
         """θ' after ``steps`` inner steps on one task's support set (no task dimension)."""
         first_order = self.first_order if first_order is None else first_order
         for step in range(steps):
-            params = self._inner_step(params, x, y, step, first_order)
+            params = self.inner_step(params, x, y, step, first_order)
         return params
 
     def set_iteration(self, iteration: int) -> None:
@@ -274,7 +278,7 @@ class MAML(nn.Module):
             return self.loss_fn(pred, yq), pred
         loss = 0.0
         for step in range(self.inner_steps):
-            params = self._inner_step(params, xs, ys, step, first_order)
+            params = self.inner_step(params, xs, ys, step, first_order)
             pred = self._call(params, xq, step + 1)
             loss = loss + weights[step] * self.loss_fn(pred, yq)
         return loss, pred
@@ -286,7 +290,7 @@ class MAML(nn.Module):
             losses.append(self.loss_fn(pred, yq))
             preds.append(pred)
             if step < steps:
-                params = self._inner_step(params, xs, ys, step, first_order=True)
+                params = self.inner_step(params, xs, ys, step, first_order=True)
         return torch.stack(losses), torch.stack(preds)
 
     def _over_tasks(self, fn: Callable, params: Params, batch: TaskBatch, *extra) -> tuple[torch.Tensor, torch.Tensor]:

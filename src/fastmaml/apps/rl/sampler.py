@@ -46,7 +46,7 @@ def adapt_tasks(learner: MAML, params: Params, x: torch.Tensor, y: torch.Tensor,
     """
     runner = learner if lr is None else learner.with_inner_lr(lr)
     with torch.no_grad():
-        fn = lambda p, xs, ys: runner._inner_step(p, xs, ys, step, first_order=True)  # noqa: E731
+        fn = lambda p, xs, ys: runner.inner_step(p, xs, ys, step, first_order=True)  # noqa: E731
         return vmap(fn, in_dims=(0 if per_task else None, 0, 0))(params, x, y)
 
 
