@@ -64,11 +64,30 @@ def test_crashed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
     ("maml.inner_lr_mode=per_element", "maml.inner_lr_mode"),
     ("policy.activation=gelu", "policy.activation"),
     ("eval.num_tasks=1", "eval.num_tasks"),
+    ("eval.later_step_scale=0", "eval.later_step_scale"),
     ("baselines=[pretrained,bogus]", "bogus"),
 ])
 def test_bad_config_values_give_clear_errors(override, words):
     with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
         validate(tiny_cfg(override))
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_test_time_steps_use_alpha_then_the_later_step_scale(monkeypatch, scale):
+    """The original test script's protocol: α for the first step, scale × α for the later ones."""
+    cfg = tiny_cfg("eval.steps=3", f"eval.later_step_scale={scale}", "maml.inner_lr=0.2")
+    seen = []
+    real = E.adapt_tasks
+
+    def spy(learner, params, x, y, step=0, per_task=False, lr=None):
+        seen.append((step, lr))
+        return real(learner, params, x, y, step=step, per_task=per_task, lr=lr)
+
+    monkeypatch.setattr(E, "adapt_tasks", spy)
+    learner = E.build_learner(cfg)
+    returns = E.adaptation_returns(learner, E.task_distribution(cfg), E.test_tasks(cfg), 3, 3, cfg, seed=0)
+    assert returns.shape == (3, 4)
+    assert seen == [(0, 0.2), (1, 0.2 * scale), (2, 0.2 * scale)]
 
 
 def test_unknown_env_key_and_device_are_errors():

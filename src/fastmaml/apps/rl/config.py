@@ -66,6 +66,10 @@ class RLEvalConfig:
     seed: int = 2017  # the test tasks' own seed, never used in training
     steps: int = 3  # policy-gradient steps evaluated: returns after 0..steps
     trajectories: int = 40  # per task per step (the original test script: batch 4000 = 40 × 100)
+    # Step size of the 2nd and later test-time steps as a fraction of α. 1.0: α throughout. The original
+    # test script (maml_examples/test_maml_point.py) takes its first step with α and the later ones with α/2
+    # (rllab VPG: init_learning_rate, then the optimizer's 0.5 × α): 0.5 reproduces that protocol.
+    later_step_scale: float = 1.0
 
 
 @dataclass
@@ -120,6 +124,7 @@ def validate(cfg: RLConfig) -> RLConfig:
         (cfg.eval.num_tasks >= 2, "eval.num_tasks must be >= 2 (a confidence interval needs two tasks)"),
         (cfg.eval.steps >= 0, "eval.steps must be >= 0"),
         (cfg.eval.trajectories >= 1, "eval.trajectories must be >= 1"),
+        (cfg.eval.later_step_scale > 0, "eval.later_step_scale must be > 0 (1.0: α at every test step; 0.5: the original code's α/2 after the first)"),
         (cfg.baseline_train.iterations >= 0, "baseline_train.iterations must be >= 0"),
     ]
     for ok, message in checks:

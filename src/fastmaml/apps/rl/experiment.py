@@ -115,7 +115,8 @@ def adaptation_returns(learner: MAML, dist: TaskDistribution, tasks: torch.Tenso
         returns.append(traj.returns().mean(1))
         if step < steps:
             x, y = process(traj, cfg.pg)
-            params = adapt_tasks(learner, params, x, y, step=step, per_task=True, lr=cfg.maml.inner_lr)
+            lr = cfg.maml.inner_lr * (1.0 if step == 0 else cfg.eval.later_step_scale)
+            params = adapt_tasks(learner, params, x, y, step=step, per_task=True, lr=lr)
     return torch.stack(returns, dim=1)
 
 

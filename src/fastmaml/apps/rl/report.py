@@ -32,7 +32,9 @@ def markdown(report: dict[str, Any]) -> str:
         + f" on {env['processor']} ({env['threads']} threads), torch {env['torch']}.  ",
         f"Test: {cfg['eval']['num_tasks']} tasks (seed {cfg['eval']['seed']}), {cfg['eval']['trajectories']} "
         "trajectories per task and step; average return ± 95% confidence interval over tasks after 0.."
-        f"{steps - 1} policy-gradient steps (step size α).",
+        f"{steps - 1} policy-gradient steps (step size α"
+        + (f", then {cfg['eval'].get('later_step_scale', 1.0):g} α" if cfg['eval'].get('later_step_scale', 1.0) != 1.0 else "")
+        + ").",
         "",
         head,
         "|---|" + "---:|" * steps,
