@@ -337,3 +337,22 @@ def test_meta_backward_accumulates_like_backward():
     learner.meta_backward(batch)
     for n, p in learner.named_parameters():
         torch.testing.assert_close(p.grad, 2 * once[n])
+
+
+@pytest.mark.parametrize("vectorize", ["vmap", "loop"])
+def test_safe_adaptation_never_raises_the_support_loss_and_equals_plain_steps_where_they_help(vectorize):
+    """With the query set equal to the support set the curve is the support loss. A step size that makes
+    plain gradient descent diverge on this quadratic is backtracked; a small one is taken unchanged."""
+    b = linear_tasks(t=4)
+    batch = TaskBatch(b.support_x, b.support_y, b.support_x, b.support_y)
+    model = nn.Linear(4, 1, bias=False).double()
+    too_big = MAML(model, F.mse_loss, inner_lr=3.0, vectorize=vectorize)
+    plain = too_big.adaptation_curve(batch, steps=6).losses
+    safe = too_big.adaptation_curve(batch, steps=6, safe_backtracks=8).losses
+    assert (plain[:, -1] > 100 * plain[:, 0]).all()  # the paper's plain steps blow up here
+    assert (safe[:, 1:] <= safe[:, :-1]).all() and (safe[:, -1] < safe[:, 0]).all()  # never up, and it learns
+    small = MAML(model, F.mse_loss, inner_lr=0.01, vectorize=vectorize)
+    torch.testing.assert_close(small.adaptation_curve(batch, steps=4, safe_backtracks=3).losses,
+                               small.adaptation_curve(batch, steps=4).losses, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="safe_backtracks"):
+        small.adaptation_curve(batch, steps=1, safe_backtracks=-1)

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Iterator, Literal, Mapping
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, grad_and_value, vmap
 
 from fastmaml.core.batchnorm import PerStepBatchNorm, convert_batchnorm
 from fastmaml.errors import ConfigError, DataError
@@ -283,14 +283,41 @@ class MAML(nn.Module):
             loss = loss + weights[step] * self.loss_fn(pred, yq)
         return loss, pred
 
-    def _task_curve(self, params: Params, xs, ys, xq, yq, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def safe_inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int, backtracks: int) -> Params:
+        """An inner step that never raises the support loss (test time only, no meta-gradient).
+
+        Tries the step with α, α/2, …, α/2^backtracks and takes the first whose support loss is
+        not above the current one; if none is (or the loss is not finite), the parameters stay.
+        The paper's plain step can blow up on a task far from the meta-training distribution
+        (a sinusoid of large amplitude after many steps); this cannot, and it is the plain step
+        wherever the plain step helps. Works under ``vmap``: the choice is a per-task ``where``.
+        """
+        inner = {n: params[n] for n in self.inner_names}
+
+        def support_loss(adapted: Params, row: int) -> torch.Tensor:
+            return self.loss_fn(self._call({**params, **adapted}, x, row), y)
+
+        grads, current = grad_and_value(lambda a: support_loss(a, step))(inner)
+        chosen, new, scale = torch.zeros((), dtype=torch.bool, device=current.device), dict(inner), 1.0
+        for _ in range(backtracks + 1):
+            candidate = {n: inner[n] - scale * self._lr(n, step) * grads[n] for n in inner}
+            take = (support_loss(candidate, step + 1) <= current) & ~chosen
+            new = {n: torch.where(take, candidate[n], new[n]) for n in inner}
+            chosen, scale = chosen | take, scale * 0.5
+        return {**params, **new}
+
+    def _task_curve(self, params: Params, xs, ys, xq, yq, steps: int, backtracks: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
         losses, preds = [], []
         for step in range(steps + 1):
             pred = self._call(params, xq, step)
             losses.append(self.loss_fn(pred, yq))
             preds.append(pred)
             if step < steps:
-                params = self.inner_step(params, xs, ys, step, first_order=True)
+                if backtracks is None:
+                    params = self.inner_step(params, xs, ys, step, first_order=True)
+                else:
+                    params = self.safe_inner_step(params, xs, ys, step, backtracks)
         return torch.stack(losses), torch.stack(preds)
 
     def _over_tasks(self, fn: Callable, params: Params, batch: TaskBatch, *extra) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,17 +364,22 @@ class MAML(nn.Module):
         steps: int | None = None,
         metrics: Mapping[str, MetricFn] | None = None,
         params: Params | None = None,
+        safe_backtracks: int | None = None,
     ) -> AdaptationCurve:
         """Query loss (and metrics) after 0..``steps`` inner steps for each task; no meta-gradient.
 
         ``params`` overrides the initialization, so baselines (a pretrained network,
-        a random one) are fine-tuned by exactly the same inner loop.
+        a random one) are fine-tuned by exactly the same inner loop. ``safe_backtracks=k``
+        adapts with :meth:`safe_inner_step` (steps that never raise the support loss) instead of
+        the paper's plain steps (``None``, the default).
         """
         batch.validate()
         steps = self.inner_steps if steps is None else steps
         params = {k: v.detach() for k, v in (params or self.params()).items()}
         with torch.no_grad(), self._eval_norms():
-            losses, preds = self._over_tasks(self._task_curve, params, batch, steps)
+            if safe_backtracks is not None and safe_backtracks < 0:
+                raise ConfigError(f"safe_backtracks must be >= 0 (or None for plain steps), got {safe_backtracks}")
+            losses, preds = self._over_tasks(self._task_curve, params, batch, steps, safe_backtracks)
             values = {}
             for name, fn in (metrics or {}).items():
                 y = batch.query_y.unsqueeze(1).expand(-1, steps + 1, *batch.query_y.shape[1:])
