@@ -53,6 +53,10 @@ class SinusoidEvalConfig:
     finetune_lrs: list[float] = field(default_factory=lambda: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1])
     tuning_tasks: int = 200
     tuning_seed: int = 4242
+    # Also report each adapted method with test-time steps that never raise the support loss
+    # (MAML.adaptation_curve(safe_backtracks=k): α, α/2, ... α/2^k, else no step), beside the
+    # paper's plain steps. None: the paper's protocol only.
+    safe_backtracks: int | None = None
 
 
 @dataclass
@@ -141,6 +145,10 @@ def evaluate(cfg: SinusoidConfig, learners: dict[str, MAML], finetune_lr: dict[s
         else:
             runner = learner.with_inner_lr(finetune_lr[name]) if name in finetune_lr else learner
             losses = runner.adaptation_curve(batch, steps=cfg.eval.steps).losses
+            if cfg.eval.safe_backtracks is not None:
+                base, sep, shot = name.partition("_k")
+                safe = runner.adaptation_curve(batch, steps=cfg.eval.steps, safe_backtracks=cfg.eval.safe_backtracks)
+                out[f"{base}_safe{sep}{shot}"] = summarize(safe.losses)
         out[name] = summarize(losses)
     return out
 
@@ -191,7 +199,10 @@ def figure_curves(results: dict[str, Any], path: Path) -> None:
 
 
 def _label(method: str) -> str:
-    return {"maml": "MAML", "pretrained": "pretrained", "oracle": "oracle"}[method.split("_k")[0]]
+    base = method.split("_k")[0]
+    safe = base.endswith("_safe")
+    label = {"maml": "MAML", "pretrained": "pretrained", "oracle": "oracle"}[base.removesuffix("_safe")]
+    return label + (", steps that never raise the support loss" if safe else "")
 
 
 def training_seconds(run_dir: Path) -> float:
