@@ -92,7 +92,7 @@ class MAML(nn.Module):
             running statistics per number of inner steps taken (0..S; more test-time steps
             reuse row S). Those weights are meta-learned but, as in MAML++, not adapted in the
             inner loop unless named in ``inner_params``. Running statistics are recorded on
-            the first task of every meta-batch (support set at step s, query set at step S).
+            the first task of every meta-batch (of every chunk, with ``chunk_size``) (support set at step s, query set at step S).
         bn_eval_stats: with ``per_step_bn``, what BatchNorm normalizes with when adapting and
             evaluating without a meta-gradient (:meth:`adaptation_curve`, :meth:`adapt`,
             :meth:`predict`): ``"batch"`` (the MAML paper's protocol, transductive) or

@@ -31,7 +31,7 @@ from fastmaml.models.conv import ConvNet
 from fastmaml.models.mlp import NonConvNet
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.tasks.episodes import EpisodeSampler, uint8_images_to_float
-from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_state_into
+from fastmaml.train.checkpoint import RunDir, load_run_into
 from fastmaml.train.loop import TrainConfig, meta_train
 
 
@@ -179,11 +179,7 @@ def train(cfg: FewShotConfig, run_dir: Path, resume: bool = False, pools: dict |
 
 
 def load_learner(cfg: FewShotConfig, run_dir: Path, pool_shape: tuple[int, ...], which: str = "best") -> MAML:
-    learner = build_learner(cfg, pool_shape)
-    layout = RunDir(run_dir)
-    path = layout.best_or_last() if which == "best" else layout.last
-    load_state_into(learner, load_checkpoint(path)["model"], path)
-    return learner.to(cfg.train.device)
+    return load_run_into(build_learner(cfg, pool_shape), run_dir, which).to(cfg.train.device)
 
 
 def evaluate(cfg: FewShotConfig, run_dir: Path, pools: dict | None = None, command: str = "") -> dict[str, Any]:

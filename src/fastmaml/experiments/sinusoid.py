@@ -36,7 +36,7 @@ from fastmaml.tasks.batch import TaskBatch
 from fastmaml.tasks.sinusoid import SinusoidTasks, oracle_inputs, target
 from fastmaml.fileio import atomic_write_text
 from fastmaml.eval.tuning import tune_inner_lr
-from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_state_into
+from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_run_into
 from fastmaml.train.loop import TrainConfig, meta_train
 
 PRESETS = Path(__file__).parent / "presets"
@@ -109,10 +109,7 @@ def train(cfg: SinusoidConfig, run_dir: Path, kind: str = "maml", resume: bool =
 
 
 def load_learner(cfg: SinusoidConfig, run_dir: Path, kind: str = "maml") -> MAML:
-    learner = build_learner(cfg, kind)
-    path = RunDir(run_dir).last
-    load_state_into(learner, load_checkpoint(path)["model"], path)
-    return learner
+    return load_run_into(build_learner(cfg, kind), run_dir)
 
 
 def eval_tasks(cfg: SinusoidConfig, k: int, num_tasks: int | None = None, seed: int | None = None):

@@ -36,7 +36,7 @@ from fastmaml.errors import ConfigError
 from fastmaml.eval.environment import environment
 from fastmaml.eval.stats import summarize
 from fastmaml.fileio import atomic_write_text
-from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_state_into
+from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_run_into
 from fastmaml.train.loop import meta_train
 
 KINDS = ("maml", "pretrained", "oracle")  # the trained policies; "random" needs no training
@@ -88,10 +88,7 @@ def train(cfg: RLConfig, run_dir: Path, kind: str = "maml", resume: bool = False
 
 
 def load_learner(cfg: RLConfig, run_dir: Path, kind: str = "maml") -> MAML:
-    learner = build_learner(cfg, kind)
-    path = RunDir(run_dir).last
-    load_state_into(learner, load_checkpoint(path)["model"], path)
-    return learner
+    return load_run_into(build_learner(cfg, kind), run_dir)
 
 
 def test_tasks(cfg: RLConfig) -> torch.Tensor:
