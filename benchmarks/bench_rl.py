@@ -40,6 +40,8 @@ def main() -> None:
     learner = E.build_learner(cfg)
     dist = E.task_distribution(cfg)
     trpo = TRPOStep(learner, cfg.trpo)
+    if learner.inner_steps != 1:
+        raise SystemExit("bench_rl.py times the paper's 1-step meta-iteration phase by phase; use maml.inner_steps=1")
     times: dict[str, float] = {}
 
     def tick(name: str, since: float) -> float:
@@ -68,7 +70,7 @@ def main() -> None:
         t = tick("sample: rollouts after adaptation", t)
         qx, qy = process(post, cfg.pg)
         t = tick("sample: baseline + advantages", t)
-        batch = RLBatch(sx, sy, qx, qy, pre.returns().mean(1), post.returns().mean(1))
+        batch = RLBatch(sx.unsqueeze(1), sy.unsqueeze(1), qx, qy, pre.returns().mean(1), post.returns().mean(1))
         trpo(batch, it)
     n = args.iterations
     phases = dict(times)

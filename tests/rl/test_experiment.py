@@ -26,8 +26,9 @@ def params_of(run_dir):
     return load_checkpoint(run_dir / "checkpoints" / "last.safetensors")["model"]
 
 
-def test_crashed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
-    cfg = tiny_cfg("train.iterations=4")
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_crashed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch, inner_steps):
+    cfg = tiny_cfg("train.iterations=4", f"maml.inner_steps={inner_steps}")
     E.train(cfg, tmp_path / "straight")
 
     real = TRPOStep.__call__
@@ -60,7 +61,7 @@ def test_crashed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
     ("trpo.max_kl=-0.1", "trpo.max_kl"),
     ("trpo.backtrack_ratio=1.0", "trpo.backtrack_ratio"),
     ("trpo.hvp_tasks=50", "trpo.hvp_tasks"),
-    ("maml.inner_steps=2", "maml.inner_steps"),
+    ("maml.inner_steps=-1", "maml.inner_steps"),
     ("maml.inner_lr_mode=per_element", "maml.inner_lr_mode"),
     ("policy.activation=gelu", "policy.activation"),
     ("eval.num_tasks=1", "eval.num_tasks"),

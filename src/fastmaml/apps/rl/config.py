@@ -116,8 +116,7 @@ def validate(cfg: RLConfig) -> RLConfig:
         (cfg.trpo.hvp_tasks is None or 1 <= cfg.trpo.hvp_tasks <= cfg.train.meta_batch_size,
          f"trpo.hvp_tasks must be between 1 and train.meta_batch_size ({cfg.train.meta_batch_size}) or null"),
         (cfg.train.meta_batch_size >= 1, "train.meta_batch_size must be >= 1"),
-        (cfg.maml.inner_steps in (0, 1), "maml.inner_steps must be 0 or 1 for RL: every further inner step needs fresh "
-         "trajectories from the adapted policy (multi-step meta-training is not implemented; evaluation takes eval.steps)"),
+        (cfg.maml.inner_steps >= 0, f"maml.inner_steps must be >= 0, got {cfg.maml.inner_steps}"),
         (cfg.maml.inner_lr_mode == "fixed", "maml.inner_lr_mode must be 'fixed' for RL (learned step sizes are not "
          "part of the TRPO parameter vector)"),
         (cfg.maml.inner_lr > 0, f"maml.inner_lr must be > 0, got {cfg.maml.inner_lr}"),

@@ -1,6 +1,7 @@
 """Meta-RL experiments: train (MAML, pretrained, oracle) with the one training loop, evaluate, reproduce.
 
-* ``maml``: MAML-TRPO — one policy-gradient inner step per task, TRPO outer step (:mod:`.trpo`).
+* ``maml``: MAML-TRPO — ``maml.inner_steps`` policy-gradient inner steps per task (1 in the paper), each on
+  fresh rollouts of the policy it starts from; TRPO outer step (:mod:`.trpo`).
 * ``pretrained``: the same TRPO machinery with 0 inner steps on the mixed task distribution
   (one policy for all goals), then fine-tuned at test time by the same inner steps.
 * ``random``: the untrained policy MAML started from, fine-tuned the same way.
@@ -81,7 +82,9 @@ def train(cfg: RLConfig, run_dir: Path, kind: str = "maml", resume: bool = False
 
     def meta_step(batch: RLBatch, iteration: int) -> dict[str, float]:
         out = trpo(batch, iteration)
-        return {**out, "return_pre": float(batch.pre_return.mean()), "return_post": float(batch.post_return.mean())}
+        steps = {} if batch.step_returns is None or batch.step_returns.shape[1] <= 2 else {
+            f"return_step{s}": float(batch.step_returns[:, s].mean()) for s in range(1, batch.step_returns.shape[1] - 1)}
+        return {**out, "return_pre": float(batch.pre_return.mean()), "return_post": float(batch.post_return.mean()), **steps}
 
     return meta_train(learner, sample, train_config(cfg, kind), run_dir, resume=resume, meta_step=meta_step,
                       run_config={"experiment": "rl", "kind": kind, **to_dict(cfg)})

@@ -26,7 +26,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Command: `{report['command']}`  ",
         f"Training: seed {cfg['train']['seed']}; MAML {report['iterations'].get('maml')} meta-iterations "
-        f"(meta-batch {cfg['train']['meta_batch_size']} tasks, {cfg['pg']['trajectories']} trajectories per task and step, "
+        f"({cfg['maml']['inner_steps']} inner step{'s' if cfg['maml']['inner_steps'] != 1 else ''}, "
+        f"meta-batch {cfg['train']['meta_batch_size']} tasks, {cfg['pg']['trajectories']} trajectories per task and step, "
         f"α = {cfg['maml']['inner_lr']}, TRPO KL ≤ {cfg['trpo']['max_kl']}, {cfg['trpo']['cg_iters']} CG iterations); "
         + ", ".join(f"{k} {v:.0f} s" for k, v in report["train_seconds"].items())
         + f" on {env['processor']} ({env['threads']} threads), torch {env['torch']}.  ",
@@ -77,7 +78,10 @@ def figure_learning_curves(logs: Mapping[str, Path], path: Path) -> None:
         it = [r["iteration"] for r in recs]
         if kind == "maml":
             ax.plot(it, [r["return_pre"] for r in recs], label="MAML, before adaptation", alpha=0.8)
-            ax.plot(it, [r["return_post"] for r in recs], label="MAML, after 1 step", alpha=0.8)
+            for key in sorted(k for k in recs[-1] if k.startswith("return_step")) if recs else []:
+                ax.plot(it, [r.get(key) for r in recs], label=f"MAML, after {key[len('return_step'):]} step(s)", alpha=0.8)
+            last = 1 + sum(k.startswith("return_step") for k in recs[-1]) if recs else 1
+            ax.plot(it, [r["return_post"] for r in recs], label=f"MAML, after {last} step{'s' if last > 1 else ''}", alpha=0.8)
         else:
             ax.plot(it, [r["return_post"] for r in recs], label=LABELS.get(kind, kind), alpha=0.8)
     ax.set_xlabel("meta-iteration")

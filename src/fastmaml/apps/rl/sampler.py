@@ -1,10 +1,14 @@
-"""One meta-batch of MAML-RL: tasks, pre-update rollouts, the inner step, post-update rollouts.
+"""One meta-batch of MAML-RL: tasks, rollouts before each inner step, the inner steps, post-update rollouts.
 
-For each of ``T`` tasks: ``N`` episodes with the meta-parameters θ (the support set), one
-policy-gradient step by the MAML engine (``learner.adapt_params``, vmapped over tasks)
-giving θ'ᵢ, then ``N`` episodes with θ'ᵢ (the query set). Both sets become one
-:class:`RLBatch`; the outer step (TRPO) differentiates the query loss through the inner step
-again. With 0 inner steps (pretraining, oracle) only the query rollouts are drawn.
+For each of ``T`` tasks and each of the ``S`` inner steps: ``N`` episodes with the current
+parameters (θ for the first step), then one policy-gradient step by the MAML engine
+(``learner.inner_step``, vmapped over tasks). Every step needs episodes of the policy it
+starts from — a policy-gradient step cannot reuse another policy's samples — so the support
+set of a task is ``S`` sets of rollouts, ``support_x [T, S, N·H, obs]``. After the last step,
+``N`` episodes with θ'ᵢ are the query set. The outer step (TRPO) differentiates the query loss
+through all ``S`` inner steps again, each on its own rollouts (as the original code, it does not
+differentiate the sampling distribution of the later rollouts). With 0 inner steps (pretraining,
+oracle) only the query rollouts are drawn and the support set is the query set.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ class RLBatch(TaskBatch):
 
     pre_return: torch.Tensor = None  # type: ignore[assignment]  # [T]
     post_return: torch.Tensor = None  # type: ignore[assignment]  # [T]
+    step_returns: torch.Tensor | None = None  # [T, S + 1]: after 0..S inner steps
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "RLBatch":
         b = super().to(device, non_blocking)
-        return RLBatch(b.support_x, b.support_y, b.query_x, b.query_y, self.pre_return, self.post_return)
+        return RLBatch(b.support_x, b.support_y, b.query_x, b.query_y, self.pre_return, self.post_return,
+                       self.step_returns)
 
 
 def detached(learner: MAML) -> Params:
@@ -50,20 +56,38 @@ def adapt_tasks(learner: MAML, params: Params, x: torch.Tensor, y: torch.Tensor,
         return vmap(fn, in_dims=(0 if per_task else None, 0, 0))(params, x, y)
 
 
+def adapt_on_rollouts(learner: MAML, params: Params, xs: torch.Tensor, ys: torch.Tensor, first_order: bool) -> Params:
+    """One task's θ after ``learner.inner_steps`` steps, step ``s`` on its own rollouts ``xs[s], ys[s]``.
+
+    ``xs [S, N·H, obs]``: a task's support set as :func:`sample_meta_batch` packs it. Vmap it over tasks.
+    """
+    for step in range(learner.inner_steps):
+        params = learner.inner_step(params, xs[step], ys[step], step, first_order)
+    return params
+
+
 def process(traj: Trajectories, pg: PGConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return to_task_data(traj, pg.discount, pg.gae_lambda, pg.center_advantages, pg.baseline_reg)
 
 
 def sample_meta_batch(learner: MAML, tasks_dist: TaskDistribution, num_tasks: int, pg: PGConfig,
                       generator: torch.Generator) -> RLBatch:
-    """Tasks, rollouts before and after the engine's inner step(s), packed as an :class:`RLBatch`."""
+    """Tasks, rollouts before every inner step and after the last, packed as an :class:`RLBatch`."""
     tasks = tasks_dist.sample_tasks(num_tasks, generator)
     params = detached(learner)
-    pre = rollout(tasks_dist, tasks, pg.trajectories, shared_actor(learner.model, params), generator)
-    sx, sy = process(pre, pg)
-    if learner.inner_steps == 0:
-        return RLBatch(sx, sy, sx, sy, pre.returns().mean(1), pre.returns().mean(1))
-    adapted = adapt_tasks(learner, params, sx, sy)
-    post = rollout(tasks_dist, tasks, pg.trajectories, per_task_actor(learner.model, adapted), generator, adapted)
+    actor, per_task = shared_actor(learner.model, params), False
+    xs, ys, returns = [], [], []
+    for step in range(learner.inner_steps):
+        traj = rollout(tasks_dist, tasks, pg.trajectories, actor, generator, params if per_task else None)
+        x, y = process(traj, pg)
+        xs.append(x)
+        ys.append(y)
+        returns.append(traj.returns().mean(1))
+        params = adapt_tasks(learner, params, x, y, step=step, per_task=per_task)
+        actor, per_task = per_task_actor(learner.model, params), True
+    post = rollout(tasks_dist, tasks, pg.trajectories, actor, generator, params if per_task else None)
     qx, qy = process(post, pg)
-    return RLBatch(sx, sy, qx, qy, pre.returns().mean(1), post.returns().mean(1))
+    returns.append(post.returns().mean(1))
+    if learner.inner_steps == 0:
+        return RLBatch(qx, qy, qx, qy, returns[0], returns[0], torch.stack(returns, 1))
+    return RLBatch(torch.stack(xs, 1), torch.stack(ys, 1), qx, qy, returns[0], returns[-1], torch.stack(returns, 1))

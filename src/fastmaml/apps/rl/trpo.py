@@ -26,6 +26,7 @@ from torch.func import vmap
 
 from fastmaml.apps.rl.config import TRPOConfig
 from fastmaml.apps.rl.losses import mean_kl, surrogate_loss
+from fastmaml.apps.rl.sampler import adapt_on_rollouts
 from fastmaml.core.maml import MAML, Params
 from fastmaml.tasks.batch import TaskBatch
 
@@ -120,7 +121,7 @@ class TRPOStep:
         steps = learner.inner_steps
 
         def task(xs, ys, xq, yq):
-            adapted = learner.adapt_params(params, xs, ys, steps, first_order=learner.first_order or not graph)
+            adapted = adapt_on_rollouts(learner, params, xs, ys, first_order=learner.first_order or not graph)
             pred = learner._call(adapted, xq, steps)
             return surrogate_loss(pred, yq), mean_kl(pred, yq)
 
