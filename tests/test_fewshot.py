@@ -55,6 +55,22 @@ def test_train_keeps_best_checkpoint_and_evaluates(tmp_path):
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
 
 
+def test_safe_steps_are_reported_beside_the_paper_protocol(tmp_path):
+    pools, _ = blob_pools()
+    cfg = tiny_cfg(**{"train.iterations": 15, "eval.safe_backtracks": 6})
+    FS.train(cfg, tmp_path, pools=pools)
+    # A step size far too large at test time: plain steps wreck some episodes, safe ones cannot raise
+    # the support loss, so they never fall below the unadapted network by much and beat plain steps.
+    cfg.maml.inner_lr = 50.0
+    report = FS.evaluate(cfg, tmp_path, pools)
+    plain, safe = report["test_accuracy"]["mean"], report["safe_steps"]["test_accuracy"]["mean"]
+    assert plain[0] == safe[0]  # same episodes, same unadapted network
+    assert safe[-1] > plain[-1] + 0.05
+    assert report["safe_steps"]["worse_than_step1_at_end"] <= report["test_spread"]["worse_than_step1_at_end"]
+    text = (tmp_path / "results.md").read_text()
+    assert "safe steps (≤ 6 halvings)" in text and "Single episodes" in text
+
+
 def test_first_order_and_nonconv_presets_train(tmp_path):
     pools, _ = blob_pools()
     for i, over in enumerate(({"maml.first_order": "true"}, {"model.kind": "nonconv"})):

@@ -62,6 +62,9 @@ class FewShotEvalConfig:
     q_query: int = 15  # query images per class in test episodes
     val_episodes: int = 100
     batch: int = 25  # test episodes per vectorized call (memory)
+    # Also test with steps that never raise the support loss (MAML.adaptation_curve(safe_backtracks=k):
+    # α, α/2, ..., α/2^k, else no step), reported beside the paper's plain steps. None: plain steps only.
+    safe_backtracks: int | None = None
 
 
 @dataclass
@@ -152,10 +155,17 @@ def fixed_episodes(cfg: FewShotConfig, pool: torch.Tensor, n: int, seed: int, de
     return out
 
 
-def accuracy_curve(learner: MAML, episodes: list[TaskBatch], steps: int) -> torch.Tensor:
-    """``[episodes, steps + 1]`` query accuracy after 0..steps inner steps."""
-    parts = [learner.adaptation_curve(b, steps, metrics={"accuracy": accuracy}).metrics["accuracy"] for b in episodes]
+def accuracy_curve(learner: MAML, episodes: list[TaskBatch], steps: int,
+                   safe_backtracks: int | None = None) -> torch.Tensor:
+    """``[episodes, steps + 1]`` query accuracy after 0..steps inner steps (plain, or safe with ``safe_backtracks``)."""
+    parts = [learner.adaptation_curve(b, steps, metrics={"accuracy": accuracy}, safe_backtracks=safe_backtracks)
+             .metrics["accuracy"] for b in episodes]
     return torch.cat(parts).cpu()
+
+
+def _spread(acc: torch.Tensor) -> dict[str, Any]:
+    """How far single episodes fall: the worst accuracy per step, and episodes that end below their step-1 accuracy."""
+    return {"min": acc.min(0).values.tolist(), "worse_than_step1_at_end": int((acc[:, -1] < acc[:, 1] - 1e-9).sum())}
 
 
 # ------------------------------------------------------------------ train / evaluate
@@ -192,6 +202,10 @@ def evaluate(cfg: FewShotConfig, run_dir: Path, pools: dict | None = None, comma
     t0 = time.perf_counter()
     acc = accuracy_curve(learner, episodes, steps)
     summary = summarize(acc)
+    safe = None
+    if cfg.eval.safe_backtracks is not None:
+        safe_acc = accuracy_curve(learner, episodes, steps, cfg.eval.safe_backtracks)
+        safe = {"backtracks": cfg.eval.safe_backtracks, "test_accuracy": summarize(safe_acc), **_spread(safe_acc)}
     log = _read_log(RunDir(run_dir).metrics)
     report = {
         "experiment": "fewshot",
@@ -200,6 +214,8 @@ def evaluate(cfg: FewShotConfig, run_dir: Path, pools: dict | None = None, comma
         "setting": f"{cfg.n_way}-way {cfg.k_shot}-shot",
         "method": method_name(cfg.maml) + f" ({cfg.model.kind})",
         "test_accuracy": summary,
+        "test_spread": _spread(acc),
+        "safe_steps": safe,
         "reported_step": cfg.maml.eval_inner_steps,
         "iterations_trained": max((r["iteration"] for r in log), default=0),
         "train_seconds": max((r.get("time", 0.0) for r in log), default=0.0),
@@ -261,6 +277,20 @@ def markdown(report: dict[str, Any]) -> str:
         "| inner steps | " + " | ".join(str(i) for i in steps_shown) + " |",
         "|---|" + "---:|" * len(steps_shown),
         "| accuracy | " + " | ".join(fmt(acc["mean"][i], acc["ci95"][i], percent=True) for i in steps_shown) + " |",
+    ]
+    safe = report.get("safe_steps")
+    if safe:
+        sacc = safe["test_accuracy"]
+        lines.append(f"| accuracy, safe steps (≤ {safe['backtracks']} halvings) | "
+                     + " | ".join(fmt(sacc["mean"][i], sacc["ci95"][i], percent=True) for i in steps_shown) + " |")
+    spreads = [("plain steps", report.get("test_spread"))] + ([("safe steps", safe)] if safe else [])
+    if report.get("test_spread"):
+        lines += ["", "Single episodes: worst accuracy after " + ", ".join(str(i) for i in steps_shown) + " steps; "
+                  f"episodes that end (step {len(acc['mean']) - 1}) below their accuracy after 1 step:", ""]
+        for name, sp in spreads:
+            lines.append(f"- {name}: " + " / ".join(f"{100 * sp['min'][i]:.1f}%" for i in steps_shown)
+                         + f"; {sp['worse_than_step1_at_end']} of {cfg['eval']['episodes']}")
+    lines += [
         "",
         "![accuracy](accuracy.png)",
         "",
@@ -280,6 +310,10 @@ def figure(report: dict[str, Any], path: Path) -> None:
     a.set_title("accuracy against training time")
     a.grid(alpha=0.3)
     acc = report["test_accuracy"]
-    plot_curves(b, {report["method"]: ([100 * m for m in acc["mean"]], [100 * c for c in acc["ci95"]])},
+    curves = {report["method"]: ([100 * m for m in acc["mean"]], [100 * c for c in acc["ci95"]])}
+    if report.get("safe_steps"):
+        sacc = report["safe_steps"]["test_accuracy"]
+        curves[report["method"] + ", safe steps"] = ([100 * m for m in sacc["mean"]], [100 * c for c in sacc["ci95"]])
+    plot_curves(b, curves,
                 ylabel="test accuracy (%)", title="accuracy against inner steps")
     save_figure(fig, path)
