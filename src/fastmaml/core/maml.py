@@ -104,6 +104,18 @@ class MAML(nn.Module):
             forward and backward one chunk at a time, freeing each chunk's graph; in
             :meth:`forward` it is vmap's ``chunk_size`` (the whole graph is kept). Conv nets
             on a CPU run faster with chunks whose activations stay in cache.
+        recompute_inner_steps: memory-bounded second order in :meth:`meta_backward`: instead of
+            keeping every inner step's activations for the backward pass, run the inner loop
+            without a graph (keeping only some steps' parameters), then walk the steps
+            backwards, rebuilding one step's graph at a time and backpropagating through it
+            (:mod:`fastmaml.core.recompute`). Peak activation memory is one inner step's instead
+            of ``inner_steps``'; the meta-gradient is the same; costs the graph-free inner loop
+            (and a partial second one for the parameters not kept). Used only when the step is
+            second order; :meth:`forward` is unchanged.
+        recompute_keep_every: with ``recompute_inner_steps``, keep the parameters after every
+            k-th inner step and recompute the others when the backward walk needs them (1: keep
+            all, fastest). ``None``: the smallest k that keeps fewest alive at once (1 up to 3
+            steps, 2 up to 10, about √(2S) beyond; :func:`fastmaml.core.recompute.keep_every`).
     """
 
     def __init__(
@@ -121,6 +133,8 @@ class MAML(nn.Module):
         first_order_iterations: int = 0,
         per_step_bn: bool = False,
         bn_eval_stats: BNStats = "batch",
+        recompute_inner_steps: bool = False,
+        recompute_keep_every: int | None = None,
     ) -> None:
         super().__init__()
         if multi_step_loss_iterations < 0 or first_order_iterations < 0:
@@ -135,6 +149,9 @@ class MAML(nn.Module):
             raise ConfigError(f"unknown vectorize {vectorize!r}: use 'vmap' or 'loop'")
         if chunk_size is not None and chunk_size < 1:
             raise ConfigError(f"chunk_size must be a positive number of tasks or None, got {chunk_size}")
+        if recompute_keep_every is not None and recompute_keep_every < 1:
+            raise ConfigError(
+                f"recompute_keep_every must be a positive number of steps or None, got {recompute_keep_every}")
         if bn_eval_stats not in ("batch", "running"):
             raise ConfigError(f"unknown bn_eval_stats {bn_eval_stats!r}: use 'batch' or 'running'")
         if bn_eval_stats == "running" and not per_step_bn:
@@ -150,6 +167,8 @@ class MAML(nn.Module):
         self.chunk_size = chunk_size
         self.multi_step_loss_iterations = multi_step_loss_iterations
         self.first_order_iterations = first_order_iterations
+        self.recompute_inner_steps = bool(recompute_inner_steps)
+        self.recompute_keep_every = recompute_keep_every
         self.iteration = 0  # the training iteration the schedules above follow (set_iteration)
 
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -345,8 +364,14 @@ class MAML(nn.Module):
         inner and outer passes) is freed before the next chunk starts: peak memory follows
         the chunk, not the meta-batch, and on a CPU the activations stay in cache. The
         training loop uses this. Returns the batch's :class:`MetaOutput` with a detached loss.
+        With ``recompute_inner_steps`` a second-order step also frees each inner step's
+        activations: they are recomputed step by step in the backward pass.
         """
         batch.validate()
+        if self.recompute_inner_steps and self.inner_steps > 0 and not self._training_first_order():
+            from fastmaml.core.recompute import meta_backward_recompute
+
+            return meta_backward_recompute(self, batch)
         total = batch.num_tasks
         size = self.chunk_size or total
         task_losses, preds = [], []
@@ -454,6 +479,8 @@ class MAMLConfig:
     first_order_iterations: int = 0  # MAML++ derivative-order annealing: first order this long (0: off)
     per_step_bn: bool = False  # MAML++ per-step BatchNorm weights and running statistics (BNWB + BNRS)
     bn_eval_stats: str = "batch"  # with per_step_bn: normalize adaptation/evaluation with "batch" or "running" stats
+    recompute_inner_steps: bool = False  # second order with one inner step's activations in memory (recomputed)
+    recompute_keep_every: int | None = None  # with recompute: keep every k-th step's parameters (None: automatic)
 
     def build(self, model: nn.Module, loss_fn: LossFn, inner_params: Iterable[str] | None = None) -> MAML:
         inner_params = self.inner_params if inner_params is None else inner_params
@@ -471,4 +498,6 @@ class MAMLConfig:
             first_order_iterations=self.first_order_iterations,
             per_step_bn=self.per_step_bn,
             bn_eval_stats=self.bn_eval_stats,  # type: ignore[arg-type]
+            recompute_inner_steps=self.recompute_inner_steps,
+            recompute_keep_every=self.recompute_keep_every,
         )

@@ -29,6 +29,7 @@ from fastmaml.eval.stats import fmt, summarize
 from fastmaml.fileio import atomic_write_text
 from fastmaml.models.conv import ConvNet
 from fastmaml.models.mlp import NonConvNet
+from fastmaml.models.resnet12 import ResNet12
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.tasks.episodes import EpisodeSampler, uint8_images_to_float
 from fastmaml.train.checkpoint import RunDir, load_run_into
@@ -48,7 +49,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    kind: str = "conv"  # conv | nonconv
+    kind: str = "conv"  # conv | nonconv | resnet12 (widths 64-160-320-640; hidden/strided/global_pool unused)
     hidden: int = 64  # conv filters (64 Omniglot, 32 MiniImagenet)
     strided: bool = True  # Omniglot: strided convolutions instead of max-pooling
     global_pool: bool = True  # Omniglot (Finn's code): average the last feature map over space
@@ -136,7 +137,9 @@ def build_model(cfg: FewShotConfig, pool_shape: tuple[int, ...]) -> nn.Module:
                        global_pool=cfg.model.global_pool)
     if cfg.model.kind == "nonconv":
         return NonConvNet(channels * cfg.data.image_size ** 2, cfg.n_way)
-    raise ConfigError(f"unknown model kind {cfg.model.kind!r}; use 'conv' or 'nonconv'")
+    if cfg.model.kind == "resnet12":
+        return ResNet12(channels, cfg.n_way)
+    raise ConfigError(f"unknown model kind {cfg.model.kind!r}; use 'conv', 'nonconv' or 'resnet12'")
 
 
 def build_learner(cfg: FewShotConfig, pool_shape: tuple[int, ...]) -> MAML:
