@@ -27,6 +27,9 @@ subprocess, so nothing of one run's peak leaks into the next. Measured there:
     python benchmarks/bench_memory.py --workload resnet12 --steps 1 2 5 10 --merge \
         --json results/benchmarks/memory.json --md results/benchmarks/memory.md
 
+    python benchmarks/bench_memory.py --workload omniglot_q1 --steps 1 10 --time-rounds 5 --merge \
+        --json results/benchmarks/memory.json --md results/benchmarks/memory.md   # time overhead
+
 ``--merge`` adds the rows to an existing JSON file (replacing rows of the same workload,
 implementation and step count) and rewrites the Markdown table from all rows. learn2learn is
 loaded as ``benchmarks/bench_maml.py`` does; where it is not installed its rows are skipped.
@@ -179,6 +182,30 @@ def run_one(spec: dict) -> dict:
     return out
 
 
+def time_interleaved(spec: dict) -> dict:
+    """Seconds per ``meta_backward``: stored, recompute (automatic k) and recompute keeping every step's
+    parameters (k = 1), timed in interleaved rounds in one process (load hits all three alike)."""
+    torch.manual_seed(0)
+    make_model, inner_lr, batch = make_workload(spec["workload"], spec["tasks"], spec["q_query"], spec["device"])
+    variants = {"stored": {}, "recompute": {"recompute_inner_steps": True},
+                "recompute, k=1": {"recompute_inner_steps": True, "recompute_keep_every": 1}}
+    learners = {}
+    for name, kw in variants.items():
+        torch.manual_seed(0)
+        learners[name] = MAML(make_model().to(spec["device"]), F.cross_entropy, inner_lr, spec["steps"],
+                              chunk_size=spec["chunk_size"], **kw)
+    times: dict[str, list[float]] = {name: [] for name in learners}
+    for _ in range(spec["rounds"] + 1):  # the first round warms up
+        for name, learner in learners.items():
+            learner.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            learner.meta_backward(batch)
+            if spec["device"].startswith("cuda"):
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t[1:]) for name, t in times.items()}
+
+
 # ------------------------------------------------------------------ driver
 def fmt_mb(x) -> str:
     return "-" if x is None else f"{x / 2**20:.1f}"
@@ -198,7 +225,9 @@ def markdown(doc: dict) -> str:
              "the CPU allocator's records (deterministic); *ΔmaxRSS*: peak resident memory minus resident memory "
              "before the iteration; *CUDA peak*: `max_memory_allocated` minus allocated before. "
              "*× 1 step*: the memory (tensor peak on CPU) against the same implementation's 1-step figure. "
-             "Seconds per iteration depend on machine load (memory does not).", ""]
+             "Seconds per iteration depend on machine load (memory does not); in these tables they come from separate "
+             "processes run at different times and are not comparable across rows on a shared machine: the "
+             "interleaved table at the end measures the time overhead of recompute.", ""]
     for key, meta in doc["meta"].items():
         lines.append(f"- {key}: {meta}")
     by_workload: dict[str, list[dict]] = {}
@@ -223,6 +252,17 @@ def markdown(doc: dict) -> str:
             ratio = f"{r[mem_key] / base:.2f}" if base else "-"
             lines.append(f"| {label(r)} | {r['steps']} | {fmt_mb(r.get(mem_key))} | {ratio} | "
                          f"{fmt_mb(r.get('delta_maxrss'))} | {r['seconds']:.3f} |")
+    if doc.get("timing"):
+        lines += ["", "## Time overhead of recompute (interleaved rounds in one process)", "",
+                  "Median seconds per `meta_backward` over `rounds` rounds of stored / recompute / recompute keeping "
+                  "every step's parameters (`recompute_keep_every=1`), timed one after the other in each round so "
+                  "that machine load hits all three alike; still load-sensitive.", "",
+                  "| workload | tasks (chunk_size) | inner steps | rounds | stored (s) | recompute (s) | × stored | "
+                  "recompute, k=1 (s) | × stored |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for t in doc["timing"]:
+            st, rc, r1 = t["stored"], t["recompute"], t["recompute, k=1"]
+            lines.append(f"| {t['workload']} | {t['tasks']} ({t['chunk_size'] or 'all'}) | {t['steps']} | {t['rounds']} | "
+                         f"{st:.3f} | {rc:.3f} | {rc / st:.2f} | {r1:.3f} | {r1 / st:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -239,13 +279,16 @@ def main() -> None:
                     help="timed iterations after the measured ones (0: time the first)")
     ap.add_argument("--no-rss", action="store_true",
                     help="CPU: skip the un-profiled iteration that measures ΔmaxRSS (one iteration instead of two)")
+    ap.add_argument("--time-rounds", type=int, default=0,
+                    help="instead of memory: time stored vs recompute in this many interleaved rounds per step count")
     ap.add_argument("--json")
     ap.add_argument("--md")
     ap.add_argument("--merge", action="store_true", help="add to the rows already in --json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(run_one(json.loads(args.child))), flush=True)
+        spec = json.loads(args.child)
+        print("RESULT " + json.dumps(time_interleaved(spec) if spec.get("rounds") else run_one(spec)), flush=True)
         return
 
     doc = {"meta": {}, "rows": []}
@@ -253,20 +296,35 @@ def main() -> None:
         doc = json.loads(Path(args.json).read_text())
     doc["meta"].update({"torch": torch.__version__, "python": platform.python_version(),
                         "threads": os.environ.get("OMP_NUM_THREADS", "default"), "machine": platform.machine()})
+    if not args.time_rounds and "learn2learn" in (args.impl or IMPLS):
+        from bench_maml import load_learn2learn_maml
+
+        l2l, how = load_learn2learn_maml()
+        version = getattr(sys.modules.get(l2l.__module__.split(".")[0]), "__version__", None) if l2l else None
+        if version is None and l2l is not None:
+            init = Path(sys.modules[l2l.__module__].__file__).parents[1] / "_version.py"
+            version = init.read_text().split("=")[-1].strip().strip("'\"") if init.exists() else "?"
+        doc["meta"]["learn2learn"] = f"{version} ({how})" if l2l else how
     for workload in args.workload or ["omniglot_q15"]:
         _, default_steps, default_tasks, default_q = WORKLOADS[workload]
+        if args.time_rounds:
+            for steps in args.steps or default_steps:
+                spec = {"workload": workload, "steps": steps, "device": args.device, "tasks": args.tasks or default_tasks,
+                        "q_query": args.q_query or default_q, "chunk_size": args.chunk_size, "rounds": args.time_rounds}
+                row = {**spec, **child(spec)}
+                key = ("workload", "steps", "device", "chunk_size", "tasks", "q_query")
+                doc["timing"] = [t for t in doc.get("timing", []) if any(t[k] != spec[k] for k in key)] + [row]
+                write(doc, args)
+                print(f"{workload:13s} S={steps:2d}  stored {row['stored']:.3f} s  recompute {row['recompute']:.3f} s "
+                      f"({row['recompute'] / row['stored']:.2f}x)  k=1 {row['recompute, k=1']:.3f} s", flush=True)
+            continue
         for impl in args.impl or IMPLS:
             for steps in args.steps or default_steps:
                 spec = {"workload": workload, "impl": impl, "steps": steps, "device": args.device,
                         "tasks": args.tasks or default_tasks, "q_query": args.q_query or default_q,
                         "chunk_size": None if impl == "learn2learn" else args.chunk_size,
                         "time_iters": args.time_iters, "rss": not args.no_rss}
-                proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                                      text=True)
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-                if proc.returncode or not lines:
-                    raise SystemExit(f"{spec} failed:\n{proc.stderr[-3000:]}")
-                row = {**spec, **json.loads(lines[-1][len("RESULT "):])}
+                row = {**spec, **child(spec)}
                 key = ("workload", "impl", "steps", "device", "chunk_size")
                 doc["rows"] = [r for r in doc["rows"] if any(r[k] != spec[k] for k in key)] + [row]
                 write(doc, args)  # after every row: an interrupted run keeps what it measured
@@ -275,6 +333,15 @@ def main() -> None:
                       f"ΔmaxRSS {fmt_mb(row.get('delta_maxrss')):>8s} MiB  {row.get('seconds', float('nan')):.3f} s"
                       + (f"  ({row['skipped']})" if "skipped" in row else ""), flush=True)
     print("\n" + write(doc, args))
+
+
+def child(spec: dict) -> dict:
+    """Run one configuration in a fresh process; its result."""
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{spec} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
 
 
 def write(doc: dict, args) -> str:
