@@ -61,6 +61,10 @@ class TrainConfig:
     keep_freed_memory: bool = True  # glibc: keep big tensors' memory in the heap (faster; see train/memory.py)
     lr_schedule: str = "constant"  # constant, or cosine (MAML++: meta_lr annealed to min_meta_lr over the iterations)
     min_meta_lr: float = 0.0
+    # torch.compile the whole meta-iteration (gradient + Adam: core/compiled.py); falls back to eager, with a
+    # warning, where it cannot. compile_mode: None, "max-autotune-no-cudagraphs", "reduce-overhead" (CUDA graphs).
+    compile: bool = False
+    compile_mode: str | None = None
 
 
 def meta_lr_at(cfg: TrainConfig, iteration: int) -> float:
@@ -122,6 +126,15 @@ def meta_train(
     device = torch.device(cfg.device)
     learner.to(device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr)
+    # ---- train.compile: the compiled meta-step (begin) ----
+    compiled = None
+    if cfg.compile and meta_step is None:
+        from fastmaml.core.compiled import CompiledMetaStep
+
+        # Under torchrun the gradient is all-reduced before the update: the compiled gradient, eager Adam.
+        compiled = CompiledMetaStep(learner, optimizer, fuse_optimizer=not ctx.enabled, mode=cfg.compile_mode,
+                                    grad_clip=cfg.grad_clip)
+    # ---- train.compile (end) ----
 
     start, best, time_offset = 0, None, 0.0  # time_offset: training seconds before a resume
     if resume and last_path.exists():
@@ -175,10 +188,15 @@ def meta_train(
             for group in optimizer.param_groups:
                 group["lr"] = meta_lr_at(cfg, it)
             extra: dict[str, float] = {}
-            if meta_step is None:
+            applied = False  # train.compile: the fused step has updated the parameters already
+            if compiled is not None and compiled.fused:
+                # Gradient, clipping and Adam in one compiled call; it applies nothing if the loss is not finite.
+                out = compiled.step(batch, lr=meta_lr_at(cfg, it))
+                loss_value, applied = float(out.loss), True
+            elif meta_step is None:
                 optimizer.zero_grad(set_to_none=True)
                 # Chunk by chunk (learner.chunk_size); nothing is applied before the NaN check below.
-                out = learner.meta_backward(batch)
+                out = (compiled.backward if compiled is not None else learner.meta_backward)(batch)
                 loss_value = D.all_reduce_scalar(float(out.loss), ctx, device)
             else:
                 extra = {k: float(v) for k, v in meta_step(batch, it).items()}
@@ -191,7 +209,7 @@ def meta_train(
                     f"meta-loss is {loss_value} at iteration {it + 1}; training stopped and {kept}. "
                     "Lower train.meta_lr or maml.inner_lr, set train.grad_clip, or check the data for NaN/inf."
                 )
-            if meta_step is None:
+            if meta_step is None and not applied:
                 D.average_gradients(learner.parameters(), ctx)
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_value_(learner.parameters(), cfg.grad_clip)
