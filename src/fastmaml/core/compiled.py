@@ -36,7 +36,8 @@ graph would undo), and any model or op ``torch.compile`` fails on (the error is 
 
 Where it pays (2 CPU cores, loaded machine, 1 thread, ratios within one interleaved run;
 ``benchmarks/bench_maml.py``): the sinusoid MLP 5.4× eager for MAML (946 vs 176 it/s), 6.0× for FOMAML,
-about 0.5–0.6× a hand-written ``jax.jit(vmap)`` MAML; compiling the gradient alone and leaving
+0.5–0.6× a hand-written ``jax.jit(vmap)`` MAML at 1 thread; at 2 threads 5.5× / 7.3× eager and
+1.11× / 1.17× JAX (1,947 vs 1,754 it/s; 3,210 vs 2,750); to be confirmed on a quiet machine. Compiling the gradient alone and leaving
 ``torch.optim.Adam`` eager gives only 2.2× (the eager per-tensor Adam costs as much as the compiled
 gradient), ``mode="max-autotune-no-cudagraphs"`` is no faster than the default. Finn's Omniglot conv
 net: 1.02× eager (the time is in the convolutions, already library kernels), after ~35–80 s of compiling.
