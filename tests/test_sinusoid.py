@@ -18,6 +18,9 @@ def test_safe_rows_sit_beside_the_paper_protocol_and_do_not_diverge():
     assert plain.get("nonfinite", [0])[-1] > 25
     assert "nonfinite" not in safe and all(math.isfinite(m) for m in safe["mean"])
     assert safe["mean"][-1] < safe["mean"][0]  # still learns
+    # The tail is reported: plain steps diverge on most tasks, safe ones on fewer; the worst task is named.
+    assert plain["diverged"] > 25 and safe["diverged"] < plain["diverged"]
+    assert len(safe["max"]) == 11 and safe["max"][-1] >= safe["mean"][-1]
     assert S._label("maml_safe_k20") == "MAML, steps that never raise the support loss"
     # Off by default: the paper's protocol only.
     assert set(S.evaluate(load_config(S.SinusoidConfig, None, ["eval.num_tasks=5", "hidden=[16]"]),

@@ -38,6 +38,7 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
 from fastmaml.core.batchnorm import PerStepBatchNorm, convert_batchnorm
+from fastmaml.core.recompute import meta_backward_recompute
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.tasks.batch import TaskBatch
 
@@ -369,9 +370,8 @@ class MAML(nn.Module):
         """
         batch.validate()
         if self.recompute_inner_steps and self.inner_steps > 0 and not self._training_first_order():
-            from fastmaml.core.recompute import meta_backward_recompute
-
-            return meta_backward_recompute(self, batch)
+            losses, preds = meta_backward_recompute(self, batch)
+            return MetaOutput(loss=losses.mean(), task_losses=losses, query_pred=preds)
         total = batch.num_tasks
         size = self.chunk_size or total
         task_losses, preds = [], []

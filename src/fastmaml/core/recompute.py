@@ -29,15 +29,15 @@ recomputed segments, about S + S·(1 - 1/k) first-order steps on top of the stor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import torch
 from torch.func import vmap
 
 from fastmaml.tasks.batch import TaskBatch
 
-if TYPE_CHECKING:
-    from fastmaml.core.maml import MAML, MetaOutput
+# A fastmaml.core.maml.MAML; not imported, since maml.py imports this module.
+MAML = Any
 
 Params = dict[str, torch.Tensor]
 
@@ -63,7 +63,7 @@ def keep_every(steps: int) -> int:
     return min(range(1, max(steps, 1) + 1), key=lambda k: (_live_peak(steps, k), k))
 
 
-def _over_tasks(maml: "MAML", fn: Callable, theta: Params, batched: bool, args: tuple) -> tuple:
+def _over_tasks(maml: MAML, fn: Callable, theta: Params, batched: bool, args: tuple) -> tuple:
     """``fn(theta_i, xs_i, ys_i, xq_i, yq_i)`` for every task, outputs stacked along dim 0.
 
     ``batched``: ``theta`` has a task dimension (else every task starts from the same tensors).
@@ -76,16 +76,14 @@ def _over_tasks(maml: "MAML", fn: Callable, theta: Params, batched: bool, args: 
                  else torch.stack([o[j] for o in outs]) for j in range(len(outs[0])))
 
 
-def meta_backward_recompute(maml: "MAML", batch: TaskBatch) -> "MetaOutput":
+def meta_backward_recompute(maml: MAML, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """:meth:`MAML.meta_backward` (second order) with each inner step recomputed in the backward pass.
 
     Accumulates the meta-gradient of the batch's mean query loss into ``.grad`` of the model's
     trainable parameters and of :attr:`MAML.inner_lrs`, chunk by chunk, as
     ``self(batch).loss.backward()`` would (up to rounding), and records per-step BatchNorm
-    running statistics once per chunk as :meth:`MAML.forward` does.
+    running statistics once per chunk as :meth:`MAML.forward` does. Returns (per-task query losses, query predictions).
     """
-    from fastmaml.core.maml import MetaOutput
-
     steps, names = maml.inner_steps, list(maml.inner_names)
     every = maml.recompute_keep_every or keep_every(steps)
     weights = maml._step_weights()
@@ -165,4 +163,4 @@ def meta_backward_recompute(maml: "MAML", batch: TaskBatch) -> "MetaOutput":
         preds.append(pred.detach())
 
     losses = torch.cat(task_losses)
-    return MetaOutput(loss=losses.mean(), task_losses=losses, query_pred=torch.cat(preds))
+    return losses, torch.cat(preds)

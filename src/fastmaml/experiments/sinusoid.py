@@ -145,8 +145,17 @@ def evaluate(cfg: SinusoidConfig, learners: dict[str, MAML], finetune_lr: dict[s
             if cfg.eval.safe_backtracks is not None:
                 base, sep, shot = name.partition("_k")
                 safe = runner.adaptation_curve(batch, steps=cfg.eval.steps, safe_backtracks=cfg.eval.safe_backtracks)
-                out[f"{base}_safe{sep}{shot}"] = summarize(safe.losses)
-        out[name] = summarize(losses)
+                out[f"{base}_safe{sep}{shot}"] = summarize_tasks(safe.losses)
+        out[name] = summarize_tasks(losses)
+    return out
+
+
+def summarize_tasks(losses: torch.Tensor) -> dict[str, Any]:
+    """Mean ± CI per step, plus the tail a mean hides: the worst task's MSE per step, and how many
+    tasks diverged — ended up, at some step, worse than before adapting at all."""
+    out: dict[str, Any] = summarize(losses)
+    out["max"] = losses.max(0).values.tolist()
+    out["diverged"] = int((~(losses[:, 1:] <= losses[:, :1])).any(1).sum()) if losses.shape[1] > 1 else 0  # NaN counts
     return out
 
 
@@ -298,5 +307,13 @@ def markdown(report: dict[str, Any]) -> str:
                 label += f" (step {report['finetune_lr'][f'pretrained_k{k}']})"
             lines.append(f"| {label} | " + " | ".join(fmt_summary(r, s) for s in steps) + " |")
         lines.append("")
+        tails = {name: r for name, r in methods.items() if "diverged" in r and name != "oracle"}
+        if tails:
+            lines += [f"Single tasks at K = {k}: the worst of {cfg['eval']['num_tasks']} tasks' MSE after "
+                      + ", ".join(str(s) for s in steps[1:]) + " steps, and the tasks that diverged (MSE above "
+                      "their unadapted MSE at some step):", ""]
+            lines += [f"- {_label(name)}: " + " / ".join(f"{r['max'][s]:.3g}" for s in steps[1:])
+                      + f"; {r['diverged']} diverged" for name, r in tails.items()]
+            lines.append("")
     lines += ["![Figure 2](fig2_predictions.png)", "", "![Figure 3](fig3_mse_vs_steps.png)", ""]
     return "\n".join(lines)
