@@ -403,18 +403,33 @@ class ParallelStep:
 
 
 # ------------------------------------------------------------------ timing
-def time_interleaved(impls: dict[str, Callable], batches, rounds: int, min_seconds: float) -> dict[str, list[float]]:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_interleaved(impls: dict[str, Callable], batches, rounds: int, min_seconds: float, device: str = "cpu",
+                     peaks: dict[str, float] | None = None) -> dict[str, list[float]]:
+    """Median-ready rates per implementation; on CUDA each timed block ends with a synchronize, and
+    ``peaks`` receives each implementation's peak allocated memory (MiB) over its warm-up iteration."""
     rates: dict[str, list[float]] = {k: [] for k in impls}
-    for fn in impls.values():  # warm-up (first-call overheads, allocator)
+    for name, fn in impls.items():  # warm-up (first-call overheads, allocator)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
         fn(batches[0])
+        _sync(device)
+        if device.startswith("cuda") and peaks is not None:
+            peaks[name] = torch.cuda.max_memory_allocated() / 2**20
     for _ in range(rounds):
         for name, fn in impls.items():
             n, t0 = 0, time.perf_counter()
             while True:
                 fn(batches[n % len(batches)])
                 n += 1
-                if time.perf_counter() - t0 >= min_seconds:
-                    break
+                if n % 5 == 0 or device == "cpu":
+                    _sync(device)
+                    if time.perf_counter() - t0 >= min_seconds:
+                        break
             rates[name].append(n / (time.perf_counter() - t0))
     return rates
 
@@ -446,6 +461,8 @@ def main() -> None:
                     help="also time the compiled meta-gradient with an eager Adam step (and check it equals eager "
                          "meta_backward's) and the fused step compiled with mode=max-autotune-no-cudagraphs")
     ap.add_argument("--no-loop", action="store_true", help="skip fastmaml's per-task loop row")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: models and batches live there (JAX rows: CPU only, "
+                    "skipped on cuda); on cuda the table also gives each row's peak allocated memory")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -460,10 +477,16 @@ def main() -> None:
         make_model, loss_fn, inner_lr, batches = sinusoid_workload(0)
     else:
         make_model, loss_fn, inner_lr, batches = omniglot_workload(0, k_query=args.q_query)
+    if args.device != "cpu":
+        base_model = make_model
+        make_model = lambda: base_model().to(args.device)  # noqa: E731 - every row builds its network through this
+        batches = [b.to(args.device) for b in batches]
+        args.no_jax, args.processes = True, 0
     l2l_maml, l2l_how = (None, "skipped") if args.no_l2l else load_learn2learn_maml()
-    jax_mod, jax_how = (None, "skipped") if args.no_jax else jax_available()
+    jax_mod, jax_how = (None, "skipped" if args.device == "cpu" else f"skipped on {args.device}") if args.no_jax \
+        else jax_available()
     orders = {"2": [False], "1": [True], "both": [False, True]}[args.order]
-    report = {"workload": args.workload, "steps": args.steps, "q_query": args.q_query, "threads": torch.get_num_threads(),
+    report = {"workload": args.workload, "device": args.device, "steps": args.steps, "q_query": args.q_query, "threads": torch.get_num_threads(),
               "cpus": cpus, "torch": torch.__version__, "learn2learn": l2l_how, "jax": jax_how, "malloc": malloc,
               "results": {}}
     shape = f", 32 tasks 5-way 1-shot {args.q_query}-query" if args.workload == "omniglot" else ", 25 tasks K=10"
@@ -527,7 +550,8 @@ def main() -> None:
                 parallel.append(ParallelStep(args.processes, "learn2learn", workload, args.steps, first_order,
                                              keep_memory=keep))
                 impls[f"learn2learn, {args.processes} processes x 1 thread"] = parallel[-1]
-        rates = time_interleaved(impls, batches, args.rounds, args.min_seconds)
+        peaks: dict[str, float] = {}
+        rates = time_interleaved(impls, batches, args.rounds, args.min_seconds, args.device, peaks)
         for p in parallel:
             p.close()
         med = {k: statistics.median(v) for k, v in rates.items()}
@@ -555,7 +579,11 @@ def main() -> None:
                   f"{r / med[base]:.2f} | {vs_l2l} | {vs_jax} |")
         if ref_note:
             print(ref_note.strip())
-        report["results"][label] = {"median_it_per_s": med, "rounds": rates, "notes": notes, "jax_reference": jax_ref}
+        if peaks:
+            print("\nPeak allocated memory (MiB, one meta-iteration): "
+                  + "; ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
+        report["results"][label] = {"median_it_per_s": med, "rounds": rates, "notes": notes, "jax_reference": jax_ref,
+                                    "peak_mib": peaks}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
