@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from fastmaml.apps.rl.envs.base import TaskDistribution, VecEnv, WithTaskInObservation
+from fastmaml.apps.rl.envs.halfcheetah import CheetahDir, CheetahVel  # needs mujoco only when built
 from fastmaml.apps.rl.envs.nav2d import Nav2D
 from fastmaml.errors import ConfigError
 
-ENVIRONMENTS: dict[str, Callable[..., Any]] = {"nav2d": Nav2D}
+ENVIRONMENTS: dict[str, Callable[..., Any]] = {"nav2d": Nav2D, "cheetah_vel": CheetahVel, "cheetah_dir": CheetahDir}
 
 
 def make_tasks(name: str, oracle: bool = False, **options: Any) -> TaskDistribution:
