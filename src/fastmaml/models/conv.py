@@ -49,6 +49,10 @@ class ConvNet(nn.Module):
         strided: stride-2 convolutions instead of max-pooling (Finn's Omniglot setting).
         global_pool: average the final feature map over space before the head (Finn's Omniglot
             code did this); by default the feature map is flattened.
+        pool_before_relu: with max-pooling, each block pools before its ReLU (conv, BN, pool, ReLU).
+            ReLU is monotonic, so ``relu(maxpool(x)) == maxpool(relu(x))`` exactly, gradients
+            included; the ReLU and its backward then touch a quarter of the values. Parameter
+            names and shapes are the same either way (ReLU and pooling have none).
 
     Input ``[B, in_channels, image_size, image_size]`` float; output ``[B, n_way]``.
     """
@@ -61,18 +65,23 @@ class ConvNet(nn.Module):
         image_size: int = 28,
         strided: bool = False,
         global_pool: bool = False,
+        pool_before_relu: bool = False,
     ) -> None:
         super().__init__()
         self.in_channels, self.n_way, self.hidden = in_channels, n_way, hidden
         self.image_size, self.strided, self.global_pool = image_size, strided, global_pool
+        self.pool_before_relu = pool_before_relu
         layers: list[nn.Module] = []
         c = in_channels
         for _ in range(4):
             layers.append(nn.Conv2d(c, hidden, 3, stride=2 if strided else 1, padding=1))
             layers.append(nn.BatchNorm2d(hidden, track_running_stats=False))
-            layers.append(nn.ReLU())
-            if not strided:
-                layers.append(nn.MaxPool2d(2))
+            if strided:
+                layers.append(nn.ReLU())
+            elif pool_before_relu:
+                layers += [nn.MaxPool2d(2), nn.ReLU()]
+            else:
+                layers += [nn.ReLU(), nn.MaxPool2d(2)]
             c = hidden
         self.features = nn.Sequential(*layers)
         s = conv_output_size(image_size, strided)

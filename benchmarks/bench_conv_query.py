@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""Where the time of a query-heavy MAML meta-iteration goes, and which conv designs pay.
+
+Companion of ``bench_maml.py`` (whose workloads, implementations and learn2learn loader it
+imports). Three modes:
+
+    python benchmarks/bench_conv_query.py time      # fastmaml vmap vs learn2learn, interleaved rounds
+    python benchmarks/bench_conv_query.py segments  # full step vs query pass only (0 inner steps)
+    python benchmarks/bench_conv_query.py layers    # one conv layer, fwd+bwd, four implementations
+    python benchmarks/bench_conv_query.py profile --impl vmap   # torch.profiler table, support/query split
+
+``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine
+other jobs are loading, with ``--threads 1``, it measures the work done rather than the
+share of the CPU obtained (stable to ~2% between rounds where wall time varies 2-3x).
+Final figures come from ``--clock wall`` on a quiet machine, like ``bench_maml.py``.
+
+Workloads: ``omniglot`` (bench_maml's: 32 tasks 5-way 1-shot, strided 64-filter net, 28x28x1,
+``--q-query`` queries per class) and ``mini`` (MiniImagenet shapes: 4 tasks 5-way 1-shot 15
+queries, 84x84x3, 32 filters, max-pooling, flattened head).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.func import vmap
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_maml as bm  # noqa: E402
+
+from fastmaml.models.conv import ConvNet  # noqa: E402
+from fastmaml.tasks.batch import TaskBatch  # noqa: E402
+
+
+def mini_workload(seed: int, tasks: int = 4, n_way: int = 5, k_shot: int = 1, k_query: int = 15, **model_kw):
+    def model():
+        return ConvNet(in_channels=3, n_way=n_way, hidden=32, image_size=84, strided=False, global_pool=False,
+                       **model_kw)
+
+    g = torch.Generator().manual_seed(seed)
+    ys = torch.arange(n_way).repeat(k_shot).expand(tasks, -1).contiguous()
+    yq = torch.arange(n_way).repeat(k_query).expand(tasks, -1).contiguous()
+    batches = [TaskBatch(torch.rand(tasks, n_way * k_shot, 3, 84, 84, generator=g), ys,
+                         torch.rand(tasks, n_way * k_query, 3, 84, 84, generator=g), yq) for _ in range(2)]
+    return model, F.cross_entropy, 0.01, batches
+
+
+def omniglot_workload(seed: int, k_query: int, **model_kw):
+    _, loss_fn, lr, batches = bm.omniglot_workload(seed, k_query=k_query)
+
+    def model():
+        return ConvNet(in_channels=1, n_way=5, hidden=64, image_size=28, strided=True, global_pool=True, **model_kw)
+
+    return model, loss_fn, lr, batches
+
+
+def workload(args, **model_kw):
+    if args.workload == "mini":
+        return mini_workload(0, k_query=args.q_query, **model_kw)
+    return omniglot_workload(0, args.q_query, **model_kw)
+
+
+def variants(args) -> dict[str, dict]:
+    """Model options to compare: name -> ConvNet keyword arguments."""
+    out = {"fastmaml vmap": {}}
+    for v in filter(None, args.variants.split(",")):
+        key, _, value = v.partition("=")
+        out[f"fastmaml vmap {v}"] = {key: value}
+    return out
+
+
+def timed_rounds(impls: dict, batches, rounds: int, clock: str) -> dict[str, list[float]]:
+    """Seconds per meta-iteration, one iteration per implementation per round, interleaved."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    for fn in impls.values():
+        fn(batches[0])
+    out: dict[str, list[float]] = {k: [] for k in impls}
+    for r in range(rounds):
+        for name, fn in impls.items():
+            t0 = now()
+            fn(batches[r % len(batches)])
+            out[name].append(now() - t0)
+    return out
+
+
+def report(secs: dict[str, list[float]], clock: str, ref: str = "learn2learn") -> None:
+    med = {k: statistics.median(v) for k, v in secs.items()}
+    unit = "it per CPU-s" if clock == "cpu" else "it/s"
+    print(f"| implementation | {unit} (median) | [min-max] | x {ref} |\n|---|---:|---:|---:|")
+    for k, s in med.items():
+        ratio = f"{med[ref] / s:.2f}" if ref in med else "-"
+        print(f"| {k} | {1 / s:.3g} | [{1 / max(secs[k]):.3g}-{1 / min(secs[k]):.3g}] | {ratio} |")
+
+
+def cmd_time(args) -> None:
+    impls = {}
+    batches = None
+    for name, kw in variants(args).items():
+        make_model, loss_fn, lr, batches = workload(args, **kw)
+        impls[name] = bm.fastmaml_step(make_model, loss_fn, lr, args.steps, args.first_order, "vmap",
+                                       chunk_size=args.chunk_size)
+    make_model, loss_fn, lr, batches = workload(args)
+    l2l, how = bm.load_learn2learn_maml()
+    if l2l is not None:
+        impls["learn2learn"] = bm.learn2learn_step(l2l, make_model, loss_fn, lr, args.steps, args.first_order)
+    print(f"# {args.workload}, {args.q_query} queries/class, {args.steps} step(s), "
+          f"{'FOMAML' if args.first_order else 'MAML 2nd order'}, {torch.get_num_threads()} thread(s), "
+          f"clock {args.clock}, learn2learn: {how}\n")
+    report(timed_rounds(impls, batches, args.rounds, args.clock), args.clock)
+
+
+def cmd_segments(args) -> None:
+    """Full step vs the query pass alone (0 inner steps: forward + backward at theta, no support pass)."""
+    make_model, loss_fn, lr, batches = workload(args)
+    l2l, _ = bm.load_learn2learn_maml()
+    impls = {}
+    for steps in (args.steps, 0):
+        impls[f"fastmaml vmap, {steps} step(s)"] = bm.fastmaml_step(make_model, loss_fn, lr, steps, False, "vmap")
+        if l2l is not None:
+            impls[f"learn2learn, {steps} step(s)"] = bm.learn2learn_step(l2l, make_model, loss_fn, lr, steps, False)
+    secs = timed_rounds(impls, batches, args.rounds, args.clock)
+    for k, v in secs.items():
+        print(f"{k:32s} {statistics.median(v) * 1e3:8.1f} ms ({args.clock})")
+
+
+# ------------------------------------------------------------------ one conv layer, per-task weights
+def _grouped(x, w, b, stride):
+    return vmap(lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding=1))(x, w, b)
+
+
+def _unfold_bmm(x, w, b, stride):
+    """im2col + matmul: under vmap one batched matmul per layer instead of a grouped convolution."""
+    def one(x, w, b):
+        n, _, h, _ = x.shape
+        ho = (h - 1) // stride + 1
+        cols = F.unfold(x, 3, padding=1, stride=stride)  # [n, C*9, L]
+        return (torch.matmul(w.flatten(1), cols) + b[:, None]).view(n, -1, ho, ho)
+    return vmap(one)(x, w, b)
+
+
+def _nhwc_bmm(x, w, b, stride):
+    """Channels-last im2col from 9 strided slices, one [n*L, 9C] x [9C, O] matmul per task."""
+    def one(x, w, b):
+        x = x.permute(0, 2, 3, 1)
+        n, h, _, _ = x.shape
+        ho = (h - 1) // stride + 1
+        xp = F.pad(x, (0, 0, 1, 1, 1, 1))
+        cols = torch.cat([xp[:, i:i + stride * ho:stride, j:j + stride * ho:stride] for i in range(3) for j in range(3)], -1)
+        out = torch.addmm(b, cols.reshape(n * ho * ho, -1), w.permute(0, 2, 3, 1).flatten(1).t())
+        return out.view(n, ho, ho, -1).permute(0, 3, 1, 2)
+    return vmap(one)(x, w, b)
+
+
+def _loop(x, w, b, stride):
+    return torch.stack([F.conv2d(xi, wi, bi, stride=stride, padding=1) for xi, wi, bi in zip(x.unbind(), w.unbind(), b.unbind())])
+
+
+def cmd_layers(args) -> None:
+    if args.workload == "mini":
+        shapes = [(3, 32, 84, 1), (32, 32, 42, 1), (32, 32, 21, 1), (32, 32, 10, 1)]
+        tasks = 4
+    else:
+        shapes = [(1, 64, 28, 2), (64, 64, 14, 2), (64, 64, 7, 2), (64, 64, 4, 2)]
+        tasks = 32
+    n = 5 * args.q_query
+    impls = {"grouped conv (vmap)": _grouped, "unfold + bmm": _unfold_bmm, "NHWC im2col + bmm": _nhwc_bmm,
+             "per-task loop": _loop}
+    now = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(f"# one layer, {tasks} tasks x {n} images, forward + backward (weights; inputs after layer 1), "
+          f"ms ({args.clock}), median of {args.rounds}\n")
+    print("| layer (C->O, HxW, stride) | " + " | ".join(impls) + " |\n|---|" + "---:|" * len(impls))
+    for c, o, h, s in shapes:
+        x = torch.randn(tasks, n, c, h, h, requires_grad=c > 3)
+        w = torch.randn(tasks, o, c, 3, 3, requires_grad=True)
+        b = torch.randn(tasks, o, requires_grad=True)
+        inputs = (x, w, b) if c > 3 else (w, b)
+        ref = _grouped(x, w, b, s)
+        g = torch.randn_like(ref)
+        times = {}
+        for name, f in impls.items():
+            out = f(x, w, b, s)
+            assert torch.allclose(out, ref, atol=1e-3, rtol=1e-4), name
+            ts = []
+            for _ in range(args.rounds):
+                t0 = now()
+                torch.autograd.grad(f(x, w, b, s), inputs, g)
+                ts.append(now() - t0)
+            times[name] = statistics.median(ts)
+        print(f"| {c}->{o}, {h}x{h}, s{s} | " + " | ".join(f"{t * 1e3:.0f}" for t in times.values()) + " |")
+
+
+# ------------------------------------------------------------------ profile
+def cmd_profile(args) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    make_model, loss_fn, lr, batches = workload(args)
+    if args.impl == "learn2learn":
+        l2l, _ = bm.load_learn2learn_maml()
+        step = bm.learn2learn_step(l2l, make_model, loss_fn, lr, args.steps, False)
+    else:
+        step = bm.fastmaml_step(make_model, loss_fn, lr, args.steps, False, args.impl, chunk_size=args.chunk_size)
+    for i in range(2):
+        step(batches[i % 2])
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step(batches[0])
+    table = prof.key_averages(group_by_input_shape=True)
+    n_query, n_support = 5 * args.q_query, 5
+    n_tasks = batches[0].num_tasks
+    groups: collections.Counter = collections.Counter()
+    for e in table:
+        if e.key.startswith(("autograd::", "ProfilerStep", "Optimizer")):
+            continue
+        leading = {d for s in (e.input_shapes or []) if s for d in s[:2]}
+        where = ("query" if n_query in leading or n_query * n_tasks in leading else
+                 "support" if n_support in leading or n_support * n_tasks in leading else "other")
+        kind = "convolution" if "conv" in e.key else e.key
+        groups[(where, kind)] += e.self_cpu_time_total
+    total = sum(groups.values())
+    print(f"# {args.impl}: {total / 1e3:.0f} ms of op self time in one meta-iteration (wall clock)\n")
+    print("| pass | op | ms | share |\n|---|---|---:|---:|")
+    for (where, kind), t in groups.most_common(args.top):
+        print(f"| {where} | {kind} | {t / 1e3:.1f} | {100 * t / total:.1f}% |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("mode", choices=["time", "segments", "layers", "profile"])
+    ap.add_argument("--workload", choices=["omniglot", "mini"], default="omniglot")
+    ap.add_argument("--q-query", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--first-order", action="store_true")
+    ap.add_argument("--chunk-size", type=int, default=None)
+    ap.add_argument("--variants", default="", help="time: ConvNet options to compare, e.g. 'block_order=pool_first'")
+    ap.add_argument("--impl", default="vmap", help="profile: vmap | loop | learn2learn")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    ap.add_argument("--default-malloc", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if not args.default_malloc:
+        bm.keep_freed_memory()
+    {"time": cmd_time, "segments": cmd_segments, "layers": cmd_layers, "profile": cmd_profile}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
