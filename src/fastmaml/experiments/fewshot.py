@@ -54,6 +54,8 @@ class ModelConfig:
     strided: bool = True  # Omniglot: strided convolutions instead of max-pooling
     global_pool: bool = True  # Omniglot (Finn's code): average the last feature map over space
     channels_last: bool = False
+    # max-pool nets: pool before the ReLU (exactly the same outputs and gradients; the ReLU sees a quarter of the values)
+    pool_before_relu: bool = False
 
 
 @dataclass
@@ -134,7 +136,7 @@ def build_model(cfg: FewShotConfig, pool_shape: tuple[int, ...]) -> nn.Module:
     channels = 1 if len(pool_shape) == 4 else pool_shape[2]
     if cfg.model.kind == "conv":
         return ConvNet(channels, cfg.n_way, cfg.model.hidden, cfg.data.image_size, strided=cfg.model.strided,
-                       global_pool=cfg.model.global_pool)
+                       global_pool=cfg.model.global_pool, pool_before_relu=cfg.model.pool_before_relu)
     if cfg.model.kind == "nonconv":
         return NonConvNet(channels * cfg.data.image_size ** 2, cfg.n_way)
     if cfg.model.kind == "resnet12":
