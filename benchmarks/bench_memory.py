@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fastmaml.core.maml import MAML  # noqa: E402
 from fastmaml.tasks.batch import TaskBatch  # noqa: E402
+from fastmaml.train.memory import peak_tensor_bytes  # noqa: E402
 
 IMPLS = ("stored", "recompute", "learn2learn")
 WORKLOADS = {
@@ -98,25 +99,6 @@ def make_workload(name: str, tasks: int, q_query: int, device: str):
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def tensor_peak_bytes(fn) -> int:
-    """Peak live tensor bytes during ``fn()`` beyond those live before, from the CPU allocator's records."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        stack.extend(node.children)
-        if hasattr(node.extra_fields, "alloc_size"):
-            events.append((node.start_time_ns, node.extra_fields.alloc_size))
-    live = peak = 0
-    for _, size in sorted(events, key=lambda e: e[0]):
-        live += size
-        peak = max(peak, live)
-    return peak
 
 
 def run_one(spec: dict) -> dict:
@@ -173,7 +155,7 @@ def run_one(spec: dict) -> dict:
         out["cuda_peak"] = torch.cuda.max_memory_allocated() - allocated0
     else:  # an iteration under the profiler (after the RSS one: its event records would inflate the RSS)
         start = time.perf_counter()
-        out["tensor_peak"] = tensor_peak_bytes(iteration)
+        out["tensor_peak"] = peak_tensor_bytes(iteration)
         if not spec["rss"]:
             first = time.perf_counter() - start
     times = [timed(iteration) for _ in range(spec["time_iters"])]

@@ -5,13 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 
 from fastmaml.core.maml import MAML, MAMLConfig
 from fastmaml.core.recompute import _live_peak, keep_every
 from fastmaml.errors import ConfigError
 from fastmaml.models.resnet12 import ResNet12
 from fastmaml.tasks.batch import TaskBatch
+from fastmaml.train.memory import peak_tensor_bytes
 
 
 def regression_tasks(t=4, n=5, d=3, seed=0):
@@ -176,26 +176,7 @@ def test_config():
 
 
 # ------------------------------------------------------------------ memory
-def peak_allocated_bytes(fn) -> int:
-    """Peak bytes of CPU tensor memory live during ``fn()`` beyond what was live before.
-
-    From the CPU allocator's own records of every allocation and free (the profiler's memory
-    events, in order): deterministic for a given program, unlike the process's RSS, and it
-    sees every tensor (saved-tensor hooks would not: torch.func transforms disable them).
-    """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        stack.extend(node.children)
-        if hasattr(node.extra_fields, "alloc_size"):
-            events.append((node.start_time_ns, node.extra_fields.alloc_size))
-    live = peak = 0
-    for _, size in sorted(events, key=lambda e: e[0]):
-        live += size
-        peak = max(peak, live)
-    return peak
+peak_allocated_bytes = peak_tensor_bytes
 
 
 def conv_net():

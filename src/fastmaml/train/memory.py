@@ -47,3 +47,28 @@ def keep_freed_memory() -> bool:
         (_M_TOP_PAD, 64 * 2**20),  # grow the heap in 64 MB steps (address space only until touched)
     ))
     return _applied
+
+
+def peak_tensor_bytes(fn) -> int:
+    """Peak bytes of CPU tensor memory live during ``fn()`` beyond what was live before.
+
+    From the CPU allocator's own records of every allocation and free (the profiler's memory
+    events, in order): deterministic for a given program, unlike the process's RSS, and it sees
+    every tensor (saved-tensor hooks would not: torch.func transforms disable them). Used by the
+    memory tests and ``benchmarks/bench_memory.py``.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if hasattr(node.extra_fields, "alloc_size"):
+            events.append((node.start_time_ns, node.extra_fields.alloc_size))
+    live = peak = 0
+    for _, size in sorted(events, key=lambda e: e[0]):
+        live += size
+        peak = max(peak, live)
+    return peak
