@@ -20,6 +20,7 @@ def test_safe_rows_sit_beside_the_paper_protocol_and_do_not_diverge():
     assert safe["mean"][-1] < safe["mean"][0]  # still learns
     # The tail is reported: plain steps diverge on most tasks, safe ones on fewer; the worst task is named.
     assert plain["diverged"] > 25 and safe["diverged"] < plain["diverged"]
+    assert safe["doubled"] <= safe["diverged"] and plain["doubled"] > 25
     assert len(safe["max"]) == 11 and safe["max"][-1] >= safe["mean"][-1]
     assert S._label("maml_safe_k20") == "MAML, steps that never raise the support loss"
     # Off by default: the paper's protocol only.
