@@ -120,3 +120,20 @@ def test_reproduce_command_writes_results_and_resumes(tmp_path, capsys):
     assert main(args + ["--resume"]) == 0
     assert (out / "maml" / "checkpoints" / "last.safetensors").read_bytes() == before
     assert json.loads((out / "results.json").read_text())["results"] == report["results"]
+
+
+def test_rl_presets_load_and_keep_the_paper_settings():
+    from fastmaml.apps.rl.cli import PRESETS
+    from fastmaml.apps.rl.config import RLConfig, validate
+    from fastmaml.config import load_config
+
+    cfgs = {p.stem: validate(load_config(RLConfig, p)) for p in sorted(PRESETS.glob("rl_*.yaml"))}
+    assert {"rl_nav2d", "rl_nav2d_2step", "rl_nav2d_2step_all", "rl_cheetah_vel", "rl_cheetah_dir"} <= set(cfgs)
+    for name, cfg in cfgs.items():
+        if "smoke" in name:
+            continue
+        assert cfg.maml.inner_lr == 0.1 and cfg.trpo.max_kl == 0.01 and cfg.pg.trajectories == 20, name
+        assert cfg.eval.num_tasks >= 40, f"{name}: the issue asks for at least 40 test tasks"
+    assert cfgs["rl_nav2d_2step"].maml.inner_steps == 2 and not cfgs["rl_nav2d_2step"].trpo.all_steps
+    assert cfgs["rl_nav2d_2step_all"].maml.inner_steps == 2 and cfgs["rl_nav2d_2step_all"].trpo.all_steps
+    assert cfgs["rl_cheetah_dir"].env.name == "cheetah_dir" and cfgs["rl_cheetah_vel"].env.name == "cheetah_vel"

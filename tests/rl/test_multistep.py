@@ -58,3 +58,39 @@ def test_meta_gradient_runs_through_both_inner_steps():
     surr_fo, _ = step.objectives(params, batch, graph=True)
     fo = torch.autograd.grad(surr_fo, list(params.values()))
     assert max((a - b).abs().max() for a, b in zip(fo, want)) > 1e-6
+
+
+def test_all_steps_objective_averages_every_step_on_its_own_rollouts():
+    """trpo.all_steps: mean over s = 1..S of the surrogate (and KL) of θ_s, step s < S judged on the
+    rollouts it sampled (the next step's support), step S on the query set; gradient through every step."""
+    from fastmaml.apps.rl.losses import mean_kl
+
+    learner = tiny_learner(inner_steps=2)
+    batch = tiny_batch(learner, tasks=2, trajectories=3, horizon=8, seed=7)
+    params = learner.params()
+    surr, kl = TRPOStep(learner, TRPOConfig(all_steps=True)).objectives(params, batch, graph=True)
+    got = torch.autograd.grad(surr, list(params.values()))
+
+    total_surr, total_kl = 0.0, 0.0
+    for t in range(batch.num_tasks):
+        p1 = _hand_step(learner.model, dict(params), batch.support_x[t, 0], batch.support_y[t, 0], learner.fixed_lr)
+        p2 = _hand_step(learner.model, p1, batch.support_x[t, 1], batch.support_y[t, 1], learner.fixed_lr)
+        out1 = functional_call(learner.model, p1, (batch.support_x[t, 1],))
+        out2 = functional_call(learner.model, p2, (batch.query_x[t],))
+        total_surr = total_surr + (surrogate_loss(out1, batch.support_y[t, 1]) + surrogate_loss(out2, batch.query_y[t])) / 2
+        total_kl = total_kl + (mean_kl(out1, batch.support_y[t, 1]) + mean_kl(out2, batch.query_y[t])) / 2
+    want = torch.autograd.grad(total_surr / batch.num_tasks, list(params.values()))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(kl, total_kl / batch.num_tasks, rtol=1e-9, atol=1e-12)
+
+    # It is a different objective from the last step's alone (whose gradient the test above pins down).
+    last, _ = TRPOStep(learner, TRPOConfig()).objectives(params, batch, graph=True)
+    last_grad = torch.autograd.grad(last, list(params.values()))
+    assert max((a - b).abs().max() for a, b in zip(last_grad, want)) > 1e-6
+    # With one inner step the flag changes nothing.
+    one = tiny_learner(inner_steps=1)
+    b1 = tiny_batch(one, tasks=2, trajectories=3, horizon=8, seed=7)
+    a = TRPOStep(one, TRPOConfig(all_steps=True)).objectives(one.params(), b1, graph=False)
+    b = TRPOStep(one, TRPOConfig()).objectives(one.params(), b1, graph=False)
+    torch.testing.assert_close(a, b)

@@ -58,6 +58,10 @@ class TRPOConfig:
     # directions only the other tasks' KL bends, so steps can overshoot: the line search (which checks
     # the KL on all tasks) then backtracks further or rejects the step (seen with 1 of 4 tasks in tests).
     hvp_tasks: int | None = None
+    # With inner_steps ≥ 2: maximise the mean surrogate of the policies after *every* inner step (step s
+    # on the rollouts it sampled, which are step s+1's support), not only the last, and hold their mean KL
+    # to max_kl: MAML++'s multi-step loss for TRPO. False: the last step only (the paper, the original code).
+    all_steps: bool = False
 
 
 @dataclass

@@ -116,14 +116,27 @@ class TRPOStep:
         """(mean surrogate, mean KL) over tasks, each after the engine's inner step(s) from ``params``.
 
         ``graph``: keep the second-order graph through the inner step (for gradients and HVPs).
+        With ``cfg.all_steps`` both are means over the policies after steps 1..S, step s < S judged on
+        the rollouts it sampled (``xs[s]``, the next step's support) and step S on the query set.
         """
         learner = self.learner
         steps = learner.inner_steps
+        first_order = learner.first_order or not graph
+        all_steps = self.cfg.all_steps and steps >= 2
 
         def task(xs, ys, xq, yq):
-            adapted = adapt_on_rollouts(learner, params, xs, ys, first_order=learner.first_order or not graph)
-            pred = learner._call(adapted, xq, steps)
-            return surrogate_loss(pred, yq), mean_kl(pred, yq)
+            if not all_steps:
+                adapted = adapt_on_rollouts(learner, params, xs, ys, first_order=first_order)
+                pred = learner._call(adapted, xq, steps)
+                return surrogate_loss(pred, yq), mean_kl(pred, yq)
+            adapted, surrs, kls = params, [], []
+            for step in range(steps):
+                adapted = learner.inner_step(adapted, xs[step], ys[step], step, first_order)
+                x, y = (xs[step + 1], ys[step + 1]) if step + 1 < steps else (xq, yq)
+                pred = learner._call(adapted, x, step + 1)
+                surrs.append(surrogate_loss(pred, y))
+                kls.append(mean_kl(pred, y))
+            return torch.stack(surrs).mean(), torch.stack(kls).mean()
 
         surr, kl = vmap(task)(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
         return surr.mean(), kl.mean()
