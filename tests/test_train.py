@@ -227,3 +227,24 @@ def test_meta_step_with_a_nan_loss_stops_the_run(tmp_path):
     with pytest.raises(NonFiniteLossError, match="iteration 3"):
         meta_train(learner, S.batch_sampler(cfg), cfg.train, tmp_path / "nan",
                    meta_step=lambda batch, it: {"loss": float("nan") if it == 2 else 1.0})
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path, umask):
+    # mkstemp makes 0600 files; results written through it must be readable like any other file.
+    from fastmaml.fileio import atomic_write_text
+    from fastmaml.train.checkpoint import save_checkpoint
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "results.md", "x\n")
+        save_checkpoint(tmp_path / "last.safetensors", torch.nn.Linear(2, 2).state_dict())
+        with open(tmp_path / "plain.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    want = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert want == 0o666 & ~umask
+    for name in ("results.md", "last.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == want, name
+    assert not list(tmp_path.glob(".*.tmp"))

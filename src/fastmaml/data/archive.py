@@ -25,6 +25,7 @@ from pathlib import Path, PureWindowsPath
 import torch
 
 from fastmaml.errors import DataError
+from fastmaml.fileio import default_file_mode, temp_file_beside
 
 _CHUNK = 1 << 20
 
@@ -277,7 +278,7 @@ def download(
     if dest.is_file() and (sha256 or md5) and matches(dest):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.download-", dir=dest.parent)
+    fd, tmp_name = temp_file_beside(dest, "download-")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -317,10 +318,11 @@ def save_cache(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None
     meta = dict(meta)
     meta["digest"] = _tensor_digest(tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"meta": json.dumps(meta)})
+        os.chmod(tmp, default_file_mode())  # save_file recreates the file as 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

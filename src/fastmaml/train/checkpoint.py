@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from fastmaml.errors import CheckpointError
+from fastmaml.fileio import default_file_mode, temp_file_beside
 
 FORMAT = "fastmaml-checkpoint-v1"
 # The error class was renamed across safetensors releases; catch whichever this one has.
@@ -48,10 +48,11 @@ def save_checkpoint(
         opt_meta = {"param_groups": sd["param_groups"], "scalars": scalars}
     header = {"format": FORMAT, "meta": json.dumps(meta or {}), "optimizer": json.dumps(opt_meta)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(path)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
+        os.chmod(tmp, default_file_mode())  # save_file recreates the file as 0600
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
