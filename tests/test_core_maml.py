@@ -30,28 +30,37 @@ def meta_grads(learner, batch):
     return {n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("steps, scale", [(1, 1.0), (3, 1.0), (3, 0.5)])
 @pytest.mark.parametrize("vectorize", ["vmap", "loop"])
-def test_second_order_matches_hand_derived_linear_regression(steps, vectorize):
+def test_second_order_matches_hand_derived_linear_regression(steps, scale, vectorize):
     """Linear model, MSE: ∇L = (2/n)Xᵀ(Xw − y), H = (2/n)XᵀX, so the meta-gradient is
-    (I − αH_s)^S ∇L_q(w_S) exactly; computed here with explicit matrices, no autograd."""
+    Π_s (I − α_s H) ∇L_q(w_S) exactly; computed here with explicit matrices, no autograd.
+    α_0 = α, later steps α·``later_step_scale``."""
     alpha, batch = 0.1, linear_tasks()
     model = nn.Linear(4, 1, bias=False).double()
-    learner = MAML(model, F.mse_loss, inner_lr=alpha, inner_steps=steps, vectorize=vectorize)
+    learner = MAML(model, F.mse_loss, inner_lr=alpha, inner_steps=steps, vectorize=vectorize, later_step_scale=scale)
     got = meta_grads(learner, batch)["model.weight"].view(-1)
 
     w0 = model.weight.detach().view(-1, 1)
+    rates = [alpha] + [alpha * scale] * (steps - 1)
     expected = torch.zeros(4, dtype=torch.float64)
     for i in range(batch.num_tasks):
         xs, ys, xq, yq = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
         hs = 2 / xs.shape[0] * xs.T @ xs
-        w = w0.clone()
-        for _ in range(steps):
-            w = w - alpha * (2 / xs.shape[0] * xs.T @ (xs @ w - ys))
+        w, jac = w0.clone(), torch.eye(4, dtype=torch.float64)
+        for rate in rates:
+            w = w - rate * (2 / xs.shape[0] * xs.T @ (xs @ w - ys))
+            jac = (torch.eye(4, dtype=torch.float64) - rate * hs) @ jac
         gq = 2 / xq.shape[0] * xq.T @ (xq @ w - yq)
-        jac = torch.linalg.matrix_power(torch.eye(4, dtype=torch.float64) - alpha * hs, steps)
         expected += (jac @ gq).view(-1) / batch.num_tasks
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_later_step_scale_needs_a_fixed_positive_rate():
+    with pytest.raises(ConfigError, match="later_step_scale must be > 0"):
+        MAML(nn.Linear(2, 1), F.mse_loss, later_step_scale=0.0)
+    with pytest.raises(ConfigError, match="applies to a fixed α"):
+        MAML(nn.Linear(2, 1), F.mse_loss, inner_lr_mode="per_layer_step", later_step_scale=0.5)
 
 
 def test_first_order_is_query_gradient_at_adapted_params():

@@ -66,6 +66,7 @@ def test_crashed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch, inner
     ("policy.activation=gelu", "policy.activation"),
     ("eval.num_tasks=1", "eval.num_tasks"),
     ("eval.later_step_scale=0", "eval.later_step_scale"),
+    ("maml.later_step_scale=-1", "maml.later_step_scale"),
     ("baselines=[pretrained,bogus]", "bogus"),
 ])
 def test_bad_config_values_give_clear_errors(override, words):
@@ -73,10 +74,15 @@ def test_bad_config_values_give_clear_errors(override, words):
         validate(tiny_cfg(override))
 
 
-@pytest.mark.parametrize("scale", [1.0, 0.5])
-def test_test_time_steps_use_alpha_then_the_later_step_scale(monkeypatch, scale):
+@pytest.mark.parametrize("overrides, scale", [
+    (["eval.later_step_scale=1.0"], 1.0),
+    (["eval.later_step_scale=0.5"], 0.5),
+    (["maml.later_step_scale=0.5"], 0.5),  # eval null: tested as meta-trained
+    (["maml.later_step_scale=0.5", "eval.later_step_scale=1.0"], 1.0),  # an explicit test protocol wins
+])
+def test_test_time_steps_use_alpha_then_the_later_step_scale(monkeypatch, overrides, scale):
     """The original test script's protocol: α for the first step, scale × α for the later ones."""
-    cfg = tiny_cfg("eval.steps=3", f"eval.later_step_scale={scale}", "maml.inner_lr=0.2")
+    cfg = tiny_cfg("eval.steps=3", "maml.inner_lr=0.2", *overrides)
     seen = []
     real = E.adapt_tasks
 

@@ -77,6 +77,8 @@ class MAML(nn.Module):
             or to per-step BatchNorm with ``per_step_bn``.
         loss_fn: ``loss_fn(prediction, target) -> scalar``, e.g. ``F.cross_entropy``.
         inner_lr: the inner step size α (initial value when learned).
+        later_step_scale: with a fixed α, steps after the first take α·``later_step_scale``
+            (the original MAML-RL test script adapts with α, then α/2; 1.0: α at every step).
         inner_steps: inner gradient steps during meta-training.
         first_order: FOMAML: ignore second derivatives in the meta-gradient.
         inner_lr_mode: ``"fixed"``; ``"per_layer_step"`` (MAML++ LSLR: a learned α per
@@ -136,8 +138,13 @@ class MAML(nn.Module):
         bn_eval_stats: BNStats = "batch",
         recompute_inner_steps: bool = False,
         recompute_keep_every: int | None = None,
+        later_step_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if not later_step_scale > 0:
+            raise ConfigError(f"later_step_scale must be > 0 (1.0: α at every inner step), got {later_step_scale}")
+        if later_step_scale != 1.0 and inner_lr_mode != "fixed":
+            raise ConfigError(f"later_step_scale applies to a fixed α; inner_lr_mode={inner_lr_mode!r} learns its rates")
         if multi_step_loss_iterations < 0 or first_order_iterations < 0:
             raise ConfigError("multi_step_loss_iterations and first_order_iterations must be >= 0 (0: off)")
         if inner_steps < 0:
@@ -188,6 +195,7 @@ class MAML(nn.Module):
         # ParameterDict keys may not contain '.', so 'layer.weight' is stored as 'layer__weight'.
         self.inner_lrs = nn.ParameterDict()
         self.fixed_lr = float(inner_lr)
+        self.later_step_scale = float(later_step_scale)
         for name in self.inner_names:
             p = trainable[name]
             if inner_lr_mode == "per_layer_step":
@@ -239,7 +247,7 @@ class MAML(nn.Module):
 
     def _lr(self, name: str, step: int) -> torch.Tensor | float:
         if self.inner_lr_mode == "fixed":
-            return self.fixed_lr
+            return self.fixed_lr if step == 0 else self.fixed_lr * self.later_step_scale
         lr = self.inner_lrs[_key(name)]
         if self.inner_lr_mode == "per_layer_step":
             # Steps beyond those meta-trained (e.g. more steps at test time) reuse the last learned rate.
@@ -481,6 +489,7 @@ class MAMLConfig:
     bn_eval_stats: str = "batch"  # with per_step_bn: normalize adaptation/evaluation with "batch" or "running" stats
     recompute_inner_steps: bool = False  # second order with one inner step's activations in memory (recomputed)
     recompute_keep_every: int | None = None  # with recompute: keep every k-th step's parameters (None: automatic)
+    later_step_scale: float = 1.0  # fixed α: steps after the first take α·this (MAML-RL's test script: 0.5)
 
     def build(self, model: nn.Module, loss_fn: LossFn, inner_params: Iterable[str] | None = None) -> MAML:
         inner_params = self.inner_params if inner_params is None else inner_params
@@ -500,4 +509,5 @@ class MAMLConfig:
             bn_eval_stats=self.bn_eval_stats,  # type: ignore[arg-type]
             recompute_inner_steps=self.recompute_inner_steps,
             recompute_keep_every=self.recompute_keep_every,
+            later_step_scale=self.later_step_scale,
         )

@@ -73,7 +73,13 @@ class RLEvalConfig:
     # Step size of the 2nd and later test-time steps as a fraction of α. 1.0: α throughout. The original
     # test script (maml_examples/test_maml_point.py) takes its first step with α and the later ones with α/2
     # (rllab VPG: init_learning_rate, then the optimizer's 0.5 × α): 0.5 reproduces that protocol.
-    later_step_scale: float = 1.0
+    # null: as meta-trained (maml.later_step_scale, 1.0 unless set).
+    later_step_scale: float | None = None
+
+
+def test_later_step_scale(cfg: "RLConfig") -> float:
+    """The test-time fraction of α for steps after the first: eval's, else the one MAML was trained with."""
+    return cfg.maml.later_step_scale if cfg.eval.later_step_scale is None else cfg.eval.later_step_scale
 
 
 @dataclass
@@ -127,7 +133,10 @@ def validate(cfg: RLConfig) -> RLConfig:
         (cfg.eval.num_tasks >= 2, "eval.num_tasks must be >= 2 (a confidence interval needs two tasks)"),
         (cfg.eval.steps >= 0, "eval.steps must be >= 0"),
         (cfg.eval.trajectories >= 1, "eval.trajectories must be >= 1"),
-        (cfg.eval.later_step_scale > 0, "eval.later_step_scale must be > 0 (1.0: α at every test step; 0.5: the original code's α/2 after the first)"),
+        (cfg.eval.later_step_scale is None or cfg.eval.later_step_scale > 0,
+         "eval.later_step_scale must be > 0 (1.0: α at every test step; 0.5: the original code's α/2 after the first) "
+         "or null (as maml.later_step_scale)"),
+        (cfg.maml.later_step_scale > 0, "maml.later_step_scale must be > 0 (1.0: α at every inner step)"),
         (cfg.baseline_train.iterations >= 0, "baseline_train.iterations must be >= 0"),
     ]
     for ok, message in checks:

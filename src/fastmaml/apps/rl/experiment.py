@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from fastmaml.apps.rl.config import RLConfig, validate
+from fastmaml.apps.rl.config import RLConfig, test_later_step_scale, validate
 from fastmaml.apps.rl.envs import TaskDistribution, make_tasks
 from fastmaml.apps.rl.losses import reinforce_loss
 from fastmaml.apps.rl.policy import GaussianMLPPolicy
@@ -115,7 +115,7 @@ def adaptation_returns(learner: MAML, dist: TaskDistribution, tasks: torch.Tenso
         returns.append(traj.returns().mean(1))
         if step < steps:
             x, y = process(traj, cfg.pg)
-            lr = cfg.maml.inner_lr * (1.0 if step == 0 else cfg.eval.later_step_scale)
+            lr = cfg.maml.inner_lr * (1.0 if step == 0 else test_later_step_scale(cfg))
             params = adapt_tasks(learner, params, x, y, step=step, per_task=True, lr=lr)
     return torch.stack(returns, dim=1)
 

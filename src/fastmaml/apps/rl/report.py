@@ -20,6 +20,13 @@ def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     results = report["results"]
     steps = len(next(iter(results.values()))["mean"])
+    train_scale = cfg["maml"].get("later_step_scale", 1.0)
+    test_scale = cfg["eval"].get("later_step_scale", 1.0)
+    test_scale = train_scale if test_scale is None else test_scale
+
+    def later(scale: float) -> str:
+        return f", then {scale:g} α" if scale != 1.0 else ""
+
     head = "| method | " + " | ".join(f"{s} step{'s' if s != 1 else ''}" for s in range(steps)) + " |"
     lines = [
         f"# MAML for reinforcement learning: {report['env']} (Finn et al. 2017, section 5.3)",
@@ -28,14 +35,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"Training: seed {cfg['train']['seed']}; MAML {report['iterations'].get('maml')} meta-iterations "
         f"({cfg['maml']['inner_steps']} inner step{'s' if cfg['maml']['inner_steps'] != 1 else ''}, "
         f"meta-batch {cfg['train']['meta_batch_size']} tasks, {cfg['pg']['trajectories']} trajectories per task and step, "
-        f"α = {cfg['maml']['inner_lr']}, TRPO KL ≤ {cfg['trpo']['max_kl']}, {cfg['trpo']['cg_iters']} CG iterations); "
+        f"α = {cfg['maml']['inner_lr']}{later(train_scale)}, TRPO KL ≤ {cfg['trpo']['max_kl']}, {cfg['trpo']['cg_iters']} CG iterations"
+        f"{', TRPO on the policy after every inner step' if cfg['trpo'].get('all_steps') else ''}); "
         + ", ".join(f"{k} {v:.0f} s" for k, v in report["train_seconds"].items())
         + f" on {env['processor']} ({env['threads']} threads), torch {env['torch']}.  ",
         f"Test: {cfg['eval']['num_tasks']} tasks (seed {cfg['eval']['seed']}), {cfg['eval']['trajectories']} "
         "trajectories per task and step; average return ± 95% confidence interval over tasks after 0.."
-        f"{steps - 1} policy-gradient steps (step size α"
-        + (f", then {cfg['eval'].get('later_step_scale', 1.0):g} α" if cfg['eval'].get('later_step_scale', 1.0) != 1.0 else "")
-        + ").",
+        f"{steps - 1} policy-gradient steps (step size α{later(test_scale)}).",
         "",
         head,
         "|---|" + "---:|" * steps,
