@@ -143,3 +143,27 @@ def test_rl_presets_load_and_keep_the_paper_settings():
     assert cfgs["rl_nav2d_2step"].maml.inner_steps == 2 and not cfgs["rl_nav2d_2step"].trpo.all_steps
     assert cfgs["rl_nav2d_2step_all"].maml.inner_steps == 2 and cfgs["rl_nav2d_2step_all"].trpo.all_steps
     assert cfgs["rl_cheetah_dir"].env.name == "cheetah_dir" and cfgs["rl_cheetah_vel"].env.name == "cheetah_vel"
+
+
+def test_nav2d_diagnosis_reproduces_the_evaluation_and_its_noise_floor(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "rl_nav2d_diagnose.py"
+    spec = importlib.util.spec_from_file_location("rl_nav2d_diagnose", script)
+    diagnosis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnosis)
+    out = tmp_path / "rl"
+    overrides = [*TINY, "train.iterations=2", "eval.num_tasks=4"]
+    assert main(["rl", "reproduce", "--preset", "nav2d_smoke", "--out", str(out), *overrides]) == 0
+    report = json.loads((out / "results.json").read_text())
+    cfg = validate(load_config(RLConfig, None, overrides))
+    found = diagnosis.diagnose(cfg, out)
+    # the stochastic column is the evaluation itself: the same rollouts, step by step
+    for step, row in enumerate(found["steps"]):
+        assert row["returns"].tolist() == pytest.approx([r[step] for r in report["per_task_returns"]["maml"]])
+        assert 0.0 <= row["reached"] <= 1.0 and row["distance_at_horizon"] > 0
+    floor = found["noise_floor_returns"]
+    assert floor.shape == (4,) and bool((floor <= 0).all())  # the oracle's returns on the same 4 goals
+    with pytest.raises(ConfigError, match="this diagnosis is for nav2d"):
+        diagnosis.diagnose(validate(load_config(RLConfig, None, overrides + ["env.name=cheetah_vel"])), out)
