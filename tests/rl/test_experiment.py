@@ -119,6 +119,7 @@ def test_reproduce_command_writes_results_and_resumes(tmp_path, capsys):
     for name in ("results.md", "returns_vs_steps.png", "learning_curve.png"):
         assert (out / name).stat().st_size > 0
     assert "| MAML |" in (out / "results.md").read_text()
+    assert len(report["test_tasks"]) == 3 and "| MAML minus |" in (out / "results.md").read_text()
     # a second run into the same folder needs --resume, which reuses the finished policies
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err

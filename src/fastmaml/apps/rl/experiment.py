@@ -176,6 +176,7 @@ def reproduce(cfg: RLConfig, out_dir: Path, resume: bool = False, command: str =
         "config": to_dict(cfg),
         "results": results,
         "per_task_returns": {m: r.tolist() for m, r in per_task.items()},
+        "test_tasks": test_tasks(cfg).tolist(),
         "train_seconds": train_seconds,
         "iterations": {k: _iterations(out_dir / k) for k in kinds},
         "total_seconds": time.perf_counter() - t0,

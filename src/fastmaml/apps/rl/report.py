@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from fastmaml.eval.plots import plot_curves, save_figure
-from fastmaml.eval.stats import fmt_summary
+from fastmaml.eval.stats import fmt_summary, summarize
 
 LABELS = {"maml": "MAML", "pretrained": "pretrained", "random": "random", "oracle": "oracle"}
 # Finn et al. 2017, 2D navigation: MAML's average return after 0, 1, 2 steps and the oracle's (the
@@ -55,8 +57,59 @@ def markdown(report: dict[str, Any]) -> str:
             cells = [f"{values[s]:.1f}" if s < len(values) else ("" if name != "oracle" else f"{values[0]:.1f}")
                      for s in range(steps)]
             lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    lines += paired_table(report["per_task_returns"], steps)
+    lines += group_table(report, steps)
     lines += ["", "![returns](returns_vs_steps.png)", "", "![learning curve](learning_curve.png)", ""]
     return "\n".join(lines)
+
+
+def paired_table(per_task: Mapping[str, list], steps: int) -> list[str]:
+    """MAML minus each adapted baseline on the same test tasks: mean ± 95% CI, and on how many tasks MAML is ahead.
+
+    Tasks differ far more from each other than methods do (forward against backward running), so an
+    unpaired comparison can overlap where the per-task difference is clear.
+    """
+    if "maml" not in per_task:
+        return []
+    maml = torch.tensor(per_task["maml"], dtype=torch.float64)
+    rows = []
+    for name in ("pretrained", "random"):
+        if name not in per_task:
+            continue
+        diff = maml - torch.tensor(per_task[name], dtype=torch.float64)
+        s = summarize(diff)
+        cells = [f"{s['mean'][i]:+.2f} ± {s['ci95'][i]:.2f} ({int((diff[:, i] > 0).sum())} of {diff.shape[0]})"
+                 for i in range(steps)]
+        rows.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["", "MAML minus the baseline on the same test tasks (mean ± 95% CI of the per-task difference; tasks "
+            "where MAML is ahead):", "", "| MAML minus | " + " | ".join(f"{i} step{'s' if i != 1 else ''}"
+                                                                            for i in range(steps)) + " |",
+            "|---|" + "---:|" * steps, *rows]
+
+
+def group_table(report: Mapping[str, Any], steps: int, max_groups: int = 4) -> list[str]:
+    """Results per distinct test task when there are only a few (goal direction: forward, backward)."""
+    tasks = report.get("test_tasks")
+    if not tasks:
+        return []
+    keys = [tuple(t) if isinstance(t, list) else (t,) for t in tasks]
+    groups = sorted(set(keys))
+    if len(groups) > max_groups:
+        return []
+    lines = ["", "Per test task (the distribution has only these):", "",
+             "| method | task | " + " | ".join(f"{i} step{'s' if i != 1 else ''}" for i in range(steps)) + " |",
+             "|---|---|" + "---:|" * steps]
+    for name, values in report["per_task_returns"].items():
+        r = torch.tensor(values, dtype=torch.float64)
+        for g in groups:
+            mask = torch.tensor([k == g for k in keys])
+            s = summarize(r[mask])
+            label = ", ".join(f"{v:g}" for v in g)
+            lines.append(f"| {LABELS.get(name, name)} | {label} ({int(mask.sum())} tasks) | "
+                         + " | ".join(fmt_summary(s, i, digits=2) for i in range(steps)) + " |")
+    return lines
 
 
 def figure_returns(results: Mapping[str, Any], path: Path) -> None:
