@@ -30,4 +30,6 @@ def test_group_table_splits_a_discrete_task_distribution_and_skips_a_continuous_
     continuous = {"test_tasks": [[0.1, 0.2], [0.3, 0.1], [0.0, 0.5], [0.2, 0.2], [0.4, 0.4]],
                   "per_task_returns": {"maml": [[1.0]] * 5}}
     assert group_table(continuous, steps=1) == []
+    assert group_table({**continuous, "test_tasks": continuous["test_tasks"][:3],
+                        "per_task_returns": {"maml": [[1.0]] * 3}}, steps=1) == []  # few, but no task repeats
     assert group_table({"per_task_returns": {"maml": [[1.0]]}}, steps=1) == []  # results written before test_tasks

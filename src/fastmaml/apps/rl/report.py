@@ -29,7 +29,7 @@ def markdown(report: dict[str, Any]) -> str:
     def later(scale: float) -> str:
         return f", then {scale:g} α" if scale != 1.0 else ""
 
-    head = "| method | " + " | ".join(f"{s} step{'s' if s != 1 else ''}" for s in range(steps)) + " |"
+    head = "| method | " + step_headers(steps)
     lines = [
         f"# MAML for reinforcement learning: {report['env']} (Finn et al. 2017, section 5.3)",
         "",
@@ -63,6 +63,11 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def step_headers(steps: int) -> str:
+    """``0 steps | 1 step | … |``: the step columns of every table."""
+    return " | ".join(f"{i} step{'s' if i != 1 else ''}" for i in range(steps)) + " |"
+
+
 def paired_table(per_task: Mapping[str, list], steps: int) -> list[str]:
     """MAML minus each adapted baseline on the same test tasks: mean ± 95% CI, and on how many tasks MAML is ahead.
 
@@ -83,23 +88,22 @@ def paired_table(per_task: Mapping[str, list], steps: int) -> list[str]:
         rows.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     if not rows:
         return []
-    return ["", "MAML minus the baseline on the same test tasks (mean ± 95% CI of the per-task difference; tasks "
-            "where MAML is ahead):", "", "| MAML minus | " + " | ".join(f"{i} step{'s' if i != 1 else ''}"
-                                                                            for i in range(steps)) + " |",
-            "|---|" + "---:|" * steps, *rows]
+    caption = ("MAML minus the baseline on the same test tasks (mean ± 95% CI of the per-task difference; tasks "
+               "where MAML is ahead):")
+    return ["", caption, "", "| MAML minus | " + step_headers(steps), "|---|" + "---:|" * steps, *rows]
 
 
 def group_table(report: Mapping[str, Any], steps: int, max_groups: int = 4) -> list[str]:
-    """Results per distinct test task when there are only a few (goal direction: forward, backward)."""
+    """Results per distinct test task when the tasks repeat and there are only a few (goal direction: ±1)."""
     tasks = report.get("test_tasks")
     if not tasks:
         return []
     keys = [tuple(t) if isinstance(t, list) else (t,) for t in tasks]
     groups = sorted(set(keys))
-    if len(groups) > max_groups:
+    if len(groups) > max_groups or len(groups) == len(keys):  # continuous goals: one task each
         return []
     lines = ["", "Per test task (the distribution has only these):", "",
-             "| method | task | " + " | ".join(f"{i} step{'s' if i != 1 else ''}" for i in range(steps)) + " |",
+             "| method | task | " + step_headers(steps),
              "|---|---|" + "---:|" * steps]
     for name, values in report["per_task_returns"].items():
         r = torch.tensor(values, dtype=torch.float64)
