@@ -23,9 +23,9 @@ import torch
 
 from fastmaml.apps.rl import experiment
 from fastmaml.apps.rl.cli import PRESETS
-from fastmaml.apps.rl.config import RLConfig, test_later_step_scale, validate
+from fastmaml.apps.rl.config import RLConfig, validate
 from fastmaml.apps.rl.rollout import per_task_actor, rollout
-from fastmaml.apps.rl.sampler import adapt_tasks, detached, process
+from fastmaml.apps.rl.sampler import detached
 from fastmaml.cliargs import preset_path
 from fastmaml.config import load_config
 from fastmaml.errors import ConfigError
@@ -45,15 +45,13 @@ def diagnose(cfg: RLConfig, run: Path) -> dict[str, Any]:
     tasks = experiment.test_tasks(cfg)
     dist = experiment.task_distribution(cfg)
     n = tasks.shape[0]
-    generator = torch.Generator().manual_seed(cfg.eval.seed + 1)  # as the evaluation: the same returns
     greedy_generator = torch.Generator().manual_seed(0)  # its own, so the stochastic rollouts stay the evaluation's
-    params = {k: v.expand(n, *v.shape) for k, v in detached(learner).items()}
-    actor = per_task_actor(learner.model, params)
     steps = []
-    for step in range(cfg.eval.steps + 1):
-        traj = rollout(dist, tasks, cfg.eval.trajectories, actor, generator, params)
+    # The evaluation's own rollouts (same seed), so the stochastic returns are the results table's.
+    for traj, params in experiment.adapted_rollouts(learner, dist, tasks, cfg.eval.steps, cfg.eval.trajectories,
+                                                    cfg, seed=cfg.eval.seed + 1):
         greedy = {k: (torch.full_like(v, -30.0) if k == "log_std" else v) for k, v in params.items()}
-        traj_mean = rollout(dist, tasks, 1, actor, greedy_generator, greedy)
+        traj_mean = rollout(dist, tasks, 1, per_task_actor(learner.model, greedy), greedy_generator, greedy)
         steps.append({
             "returns": traj.returns().mean(1),
             "mean_action_returns": traj_mean.returns().mean(1),
@@ -61,10 +59,6 @@ def diagnose(cfg: RLConfig, run: Path) -> dict[str, Any]:
             "reached": float(1.0 - traj.mask[..., -1].mean()),
             "distance_at_horizon": float((traj.obs[:, :, -1] - tasks[:, None]).norm(dim=-1).mean()),
         })
-        if step < cfg.eval.steps:
-            x, y = process(traj, cfg.pg)
-            lr = cfg.maml.inner_lr * (1.0 if step == 0 else test_later_step_scale(cfg))
-            params = adapt_tasks(learner, params, x, y, step=step, per_task=True, lr=lr)
 
     oracle = experiment.load_learner(cfg, run / "oracle", "oracle")
     oracle_params = {k: v.expand(n, *v.shape).clone() for k, v in detached(oracle).items()}

@@ -232,6 +232,7 @@ def test_meta_step_with_a_nan_loss_stops_the_run(tmp_path):
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path, umask):
     # mkstemp makes 0600 files; results written through it must be readable like any other file.
+    from fastmaml.data.archive import save_cache
     from fastmaml.fileio import atomic_write_text
     from fastmaml.train.checkpoint import save_checkpoint
 
@@ -239,12 +240,13 @@ def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path, umask):
     try:
         atomic_write_text(tmp_path / "results.md", "x\n")
         save_checkpoint(tmp_path / "last.safetensors", torch.nn.Linear(2, 2).state_dict())
+        save_cache(tmp_path / "images.safetensors", {"x": torch.zeros(2)}, {"version": 1})
         with open(tmp_path / "plain.txt", "w") as f:
             f.write("x")
     finally:
         os.umask(old)
     want = (tmp_path / "plain.txt").stat().st_mode & 0o777
     assert want == 0o666 & ~umask
-    for name in ("results.md", "last.safetensors"):
+    for name in ("results.md", "last.safetensors", "images.safetensors"):
         assert (tmp_path / name).stat().st_mode & 0o777 == want, name
     assert not list(tmp_path.glob(".*.tmp"))

@@ -25,7 +25,7 @@ from pathlib import Path, PureWindowsPath
 import torch
 
 from fastmaml.errors import DataError
-from fastmaml.fileio import default_file_mode, temp_file_beside
+from fastmaml.fileio import atomic_save_safetensors, temp_file_beside
 
 _CHUNK = 1 << 20
 
@@ -313,20 +313,9 @@ def default_cache_dir(name: str) -> Path:
 
 def save_cache(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Write a safetensors cache atomically, with a digest of the tensors for corruption checks."""
-    from safetensors.torch import save_file
-
     meta = dict(meta)
     meta["digest"] = _tensor_digest(tensors)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file_beside(path)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"meta": json.dumps(meta)})
-        os.chmod(tmp, default_file_mode())  # save_file recreates the file as 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_save_safetensors(path, {k: v.contiguous() for k, v in tensors.items()}, {"meta": json.dumps(meta)})
 
 
 def load_cache(path: Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict] | None:

@@ -9,17 +9,16 @@ leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import safetensors
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fastmaml.errors import CheckpointError
-from fastmaml.fileio import default_file_mode, temp_file_beside
+from fastmaml.fileio import atomic_save_safetensors
 
 FORMAT = "fastmaml-checkpoint-v1"
 # The error class was renamed across safetensors releases; catch whichever this one has.
@@ -47,18 +46,7 @@ def save_checkpoint(
                     scalars.setdefault(str(idx), {})[key] = value
         opt_meta = {"param_groups": sd["param_groups"], "scalars": scalars}
     header = {"format": FORMAT, "meta": json.dumps(meta or {}), "optimizer": json.dumps(opt_meta)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file_beside(path)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.chmod(tmp, default_file_mode())  # save_file recreates the file as 0600
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save_safetensors(path, tensors, header)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

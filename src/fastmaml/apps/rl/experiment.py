@@ -19,7 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -28,11 +28,11 @@ from fastmaml.apps.rl.envs import TaskDistribution, make_tasks
 from fastmaml.apps.rl.losses import reinforce_loss
 from fastmaml.apps.rl.policy import GaussianMLPPolicy
 from fastmaml.apps.rl.report import figure_learning_curves, figure_returns, markdown
-from fastmaml.apps.rl.rollout import per_task_actor, rollout
+from fastmaml.apps.rl.rollout import Trajectories, per_task_actor, rollout
 from fastmaml.apps.rl.sampler import RLBatch, adapt_tasks, detached, process, sample_meta_batch
 from fastmaml.apps.rl.trpo import TRPOStep
 from fastmaml.config import to_dict
-from fastmaml.core.maml import MAML
+from fastmaml.core.maml import MAML, Params
 from fastmaml.errors import ConfigError
 from fastmaml.eval.environment import environment
 from fastmaml.eval.stats import summarize
@@ -98,26 +98,31 @@ def test_tasks(cfg: RLConfig) -> torch.Tensor:
     return task_distribution(cfg).sample_tasks(cfg.eval.num_tasks, torch.Generator().manual_seed(cfg.eval.seed))
 
 
-def adaptation_returns(learner: MAML, dist: TaskDistribution, tasks: torch.Tensor, steps: int, trajectories: int,
-                       cfg: RLConfig, seed: int) -> torch.Tensor:
-    """Mean episode return per task after 0..``steps`` policy-gradient steps, ``[T, steps + 1]``.
+def adapted_rollouts(learner: MAML, dist: TaskDistribution, tasks: torch.Tensor, steps: int, trajectories: int,
+                     cfg: RLConfig, seed: int) -> Iterator[tuple[Trajectories, Params]]:
+    """The episodes of the policies after 0..``steps`` policy-gradient steps, each with its per-task parameters.
 
     Every step samples fresh episodes from the current (adapted) policies and takes the
-    engine's inner step on them — the same inner step as in meta-training.
+    engine's inner step on them — the same inner step as in meta-training (α, then α·scale).
     """
     generator = torch.Generator().manual_seed(seed)
     n = tasks.shape[0]
     params = {k: v.expand(n, *v.shape) for k, v in detached(learner).items()}
     actor = per_task_actor(learner.model, params)
-    returns = []
     for step in range(steps + 1):
         traj = rollout(dist, tasks, trajectories, actor, generator, params)
-        returns.append(traj.returns().mean(1))
+        yield traj, params
         if step < steps:
             x, y = process(traj, cfg.pg)
             lr = cfg.maml.inner_lr * (1.0 if step == 0 else test_later_step_scale(cfg))
             params = adapt_tasks(learner, params, x, y, step=step, per_task=True, lr=lr)
-    return torch.stack(returns, dim=1)
+
+
+def adaptation_returns(learner: MAML, dist: TaskDistribution, tasks: torch.Tensor, steps: int, trajectories: int,
+                       cfg: RLConfig, seed: int) -> torch.Tensor:
+    """Mean episode return per task after 0..``steps`` policy-gradient steps, ``[T, steps + 1]``."""
+    rollouts = adapted_rollouts(learner, dist, tasks, steps, trajectories, cfg, seed)
+    return torch.stack([traj.returns().mean(1) for traj, _ in rollouts], dim=1)
 
 
 def evaluate(cfg: RLConfig, learners: dict[str, MAML]) -> dict[str, torch.Tensor]:
