@@ -58,6 +58,7 @@ def test_crashed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch, inner
 @pytest.mark.parametrize("override, words", [
     ("pg.trajectories=0", "pg.trajectories"),
     ("pg.discount=1.5", "pg.discount"),
+    ("pg.inner_loss=dice", "pg.inner_loss"),
     ("trpo.max_kl=-0.1", "trpo.max_kl"),
     ("trpo.backtrack_ratio=1.0", "trpo.backtrack_ratio"),
     ("trpo.hvp_tasks=50", "trpo.hvp_tasks"),

@@ -4,15 +4,15 @@ import torch
 from torch.func import functional_call
 
 from fastmaml.apps.rl.config import TRPOConfig
-from fastmaml.apps.rl.losses import reinforce_loss, surrogate_loss, unpack
+from fastmaml.apps.rl.losses import lvc_loss, reinforce_loss, surrogate_loss, unpack
 from fastmaml.apps.rl.trpo import TRPOStep
 
 from .helpers import tiny_batch, tiny_learner
 
 
-def _hand_step(model, params, x, y, lr):
+def _hand_step(model, params, x, y, lr, loss_fn=reinforce_loss):
     """θ − α ∇ REINFORCE loss, by plain autograd (independent of the engine), graph kept."""
-    loss = reinforce_loss(functional_call(model, params, (x,)), y)
+    loss = loss_fn(functional_call(model, params, (x,)), y)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
     return {k: v - lr * g for (k, v), g in zip(params.items(), grads)}
 
@@ -94,3 +94,29 @@ def test_all_steps_objective_averages_every_step_on_its_own_rollouts():
     a = TRPOStep(one, TRPOConfig(all_steps=True)).objectives(one.params(), b1, graph=False)
     b = TRPOStep(one, TRPOConfig()).objectives(one.params(), b1, graph=False)
     torch.testing.assert_close(a, b)
+
+
+def test_lvc_samples_the_same_rollouts_and_differentiates_its_own_chain():
+    """pg.inner_loss=lvc: the inner steps (so the rollouts) are REINFORCE's, the meta-gradient is the LVC chain's."""
+    reinforce, lvc = tiny_learner(inner_steps=2), tiny_learner(inner_steps=2, loss=lvc_loss)
+    batch = tiny_batch(reinforce, tasks=2, trajectories=3, horizon=8, seed=7)
+    batch_lvc = tiny_batch(lvc, tasks=2, trajectories=3, horizon=8, seed=7)
+    torch.testing.assert_close(batch_lvc.query_y, batch.query_y)  # same adapted policies sampled the same episodes
+
+    grads = {}
+    for name, learner in (("reinforce", reinforce), ("lvc", lvc)):
+        params = learner.params()
+        surr, _ = TRPOStep(learner, TRPOConfig()).objectives(params, batch, graph=True)
+        grads[name] = torch.autograd.grad(surr, list(params.values()))
+    params = lvc.params()
+    total = 0.0
+    for t in range(batch.num_tasks):
+        p = dict(params)
+        for s in range(2):
+            p = _hand_step(lvc.model, p, batch.support_x[t, s], batch.support_y[t, s], lvc.fixed_lr, lvc_loss)
+        total = total + surrogate_loss(functional_call(lvc.model, p, (batch.query_x[t],)), batch.query_y[t])
+    want = torch.autograd.grad(total / batch.num_tasks, list(params.values()))
+    for g, w in zip(grads["lvc"], want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+    # the exploration term: the two estimators' meta-gradients differ
+    assert max(float((a - b).abs().max()) for a, b in zip(grads["lvc"], grads["reinforce"])) > 1e-4

@@ -3,7 +3,7 @@
 import torch
 
 from fastmaml.apps.rl.advantages import advantages, discounted_returns, fit_linear_baseline, baseline_features
-from fastmaml.apps.rl.losses import reinforce_loss
+from fastmaml.apps.rl.losses import INNER_LOSSES, reinforce_loss
 from fastmaml.apps.rl.rollout import Trajectories
 
 
@@ -81,3 +81,32 @@ def test_advantages_are_centered_per_task_and_zero_after_an_episode_ends():
     raw = advantages(traj, 0.99, 1.0, center=False)
     returns = discounted_returns(traj.rewards, 0.99)
     torch.testing.assert_close(raw, (returns - fit_linear_baseline(traj, returns)) * mask, rtol=1e-4, atol=1e-4)
+
+
+def _bandit(mu, log_std, c, n, seed=0):
+    """n pulls of a ~ N(μ, σ²) with reward r = −(a − c)², packed as loss targets (advantage = r)."""
+    g = torch.Generator().manual_seed(seed)
+    a = mu + log_std.exp() * torch.randn(n, mu.shape[0], generator=g, dtype=torch.float64)
+    r = -((a - c) ** 2).sum(-1)
+    old = torch.cat([mu, log_std]).expand(n, 2 * mu.shape[0])
+    return torch.cat([a, r[:, None], torch.ones(n, 1, dtype=torch.float64), old], dim=1)
+
+
+def test_lvc_inner_loss_takes_the_same_step_as_reinforce_but_has_the_true_curvature():
+    """One-step bandit: E[r] = −(μ − c)² − σ², so ∂²E[r]/∂μ² = −2. The LVC loss's Hessian estimates it
+    (E[(∇²log π + ∇log π ∇log πᵀ) r]); log π·r's Hessian (E[∇²log π · r] = −E[r]/σ²) does not."""
+    mu = torch.tensor([0.3], dtype=torch.float64)
+    log_std = torch.tensor([-0.5], dtype=torch.float64)
+    c = torch.tensor([0.8], dtype=torch.float64)
+    n = 400_000
+    y = _bandit(mu, log_std, c, n)
+
+    def loss_of(loss_fn):
+        return lambda m: loss_fn(torch.cat([m, log_std]).expand(n, 2), y)
+
+    grads = {name: torch.autograd.functional.jacobian(loss_of(fn), mu) for name, fn in INNER_LOSSES.items()}
+    torch.testing.assert_close(grads["lvc"], grads["reinforce"])  # the inner step itself is unchanged
+    curv = {name: -float(torch.autograd.functional.hessian(loss_of(fn), mu)) for name, fn in INNER_LOSSES.items()}
+    assert abs(curv["lvc"] - (-2.0)) < 0.1, curv
+    expected_reinforce = float(((mu - c) ** 2 + log_std.exp() ** 2) / log_std.exp() ** 2)  # −E[r]/σ² > 0
+    assert abs(curv["reinforce"] - expected_reinforce) < 0.1 and abs(curv["reinforce"] - (-2.0)) > 0.5, curv

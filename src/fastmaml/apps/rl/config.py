@@ -44,6 +44,11 @@ class PGConfig:
     gae_lambda: float = 1.0
     center_advantages: bool = True  # rllab's center_adv (per task: mean 0, std 1)
     baseline_reg: float = 1e-5  # ridge of the linear feature baseline
+    # The inner step's loss (same step, different meta-gradient): "reinforce" −mean log π·A (the paper and
+    # its code; the meta-gradient ignores how θ's sampling distribution shapes the inner gradient), or
+    # "lvc" −mean π/π_old·A (ProMP's low-variance curvature estimator, which keeps that term and so
+    # credits the pre-update policy for exploring). See apps/rl/losses.py.
+    inner_loss: str = "reinforce"
 
 
 @dataclass
@@ -118,6 +123,8 @@ def validate(cfg: RLConfig) -> RLConfig:
         (0 < cfg.pg.discount <= 1, f"pg.discount must be in (0, 1], got {cfg.pg.discount}"),
         (0 <= cfg.pg.gae_lambda <= 1, f"pg.gae_lambda must be in [0, 1], got {cfg.pg.gae_lambda}"),
         (cfg.pg.baseline_reg > 0, "pg.baseline_reg must be > 0"),
+        (cfg.pg.inner_loss in ("reinforce", "lvc"),
+         f"pg.inner_loss must be reinforce (the paper) or lvc (ProMP's estimator), got {cfg.pg.inner_loss!r}"),
         (cfg.trpo.max_kl > 0, f"trpo.max_kl must be > 0, got {cfg.trpo.max_kl}"),
         (cfg.trpo.cg_iters >= 1, f"trpo.cg_iters must be >= 1, got {cfg.trpo.cg_iters}"),
         (cfg.trpo.cg_damping >= 0, "trpo.cg_damping must be >= 0"),

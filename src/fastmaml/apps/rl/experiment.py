@@ -25,7 +25,7 @@ import torch
 
 from fastmaml.apps.rl.config import RLConfig, test_later_step_scale, validate
 from fastmaml.apps.rl.envs import TaskDistribution, make_tasks
-from fastmaml.apps.rl.losses import reinforce_loss
+from fastmaml.apps.rl.losses import INNER_LOSSES
 from fastmaml.apps.rl.policy import GaussianMLPPolicy
 from fastmaml.apps.rl.report import figure_learning_curves, figure_returns, markdown
 from fastmaml.apps.rl.rollout import Trajectories, per_task_actor, rollout
@@ -61,7 +61,7 @@ def build_learner(cfg: RLConfig, kind: str = "maml") -> MAML:
     torch.manual_seed(cfg.train.seed)
     policy = GaussianMLPPolicy(dist.obs_dim, dist.act_dim, cfg.policy.hidden, cfg.policy.activation, cfg.policy.init_std)
     maml = cfg.maml if kind == "maml" else dataclasses.replace(cfg.maml, inner_steps=0)
-    return maml.build(policy, reinforce_loss)
+    return maml.build(policy, INNER_LOSSES[cfg.pg.inner_loss])
 
 
 def train_config(cfg: RLConfig, kind: str):

@@ -50,6 +50,21 @@ def surrogate_loss(dist: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -_masked_mean(ratio * adv, mask)
 
 
+def lvc_loss(dist: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The inner step's loss as ProMP's low-variance curvature (LVC) estimator: −mean π(a|s)/π_old(a|s)·A.
+
+    At the sampling policy (π = π_old) its value and gradient are :func:`reinforce_loss`'s, so the
+    inner step is the same step; its Hessian is −mean (∇²log π + ∇log π ∇log πᵀ)·A, the extra term
+    being how θ's own sampling distribution shapes the inner gradient. ``log π·A`` has no such term,
+    so the original MAML-RL meta-gradient gives the pre-update policy no credit for exploring
+    (Rothfuss et al., ICLR 2019, section 4). Away from π_old it is the importance-weighted gradient.
+    """
+    return surrogate_loss(dist, y)
+
+
+INNER_LOSSES = {"reinforce": reinforce_loss, "lvc": lvc_loss}
+
+
 def mean_kl(dist: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """TRPO's constraint: mean KL(π_old(·|s) ‖ π(·|s)) over the sampled states."""
     _, _, mask, old = unpack(y, dist.shape[-1] // 2)
