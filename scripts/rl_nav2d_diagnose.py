@@ -5,6 +5,9 @@ After each test-time step on the reproduction's 40 test goals it prints:
   * the return of the same policy acting with its mean (σ → 0): what better aim alone could not fix;
   * σ in environment units, the share of episodes that reach the goal (which ends them), and the mean
     distance to the goal at the horizon (the policy keeps acting after an episode ended; masked out of the return);
+  * how far the episodes explore: the median over episodes of the farthest distance from the start (the
+    origin). Before adaptation this is what the first step learns from: goals beyond it reveal a direction
+    but not a distance;
 and once, the *noise floor*: the oracle policy (goal observed, near-perfect aim) run with the
 MAML policy's σ — the best return the MAML policy's exploration noise allows.
 
@@ -58,6 +61,7 @@ def diagnose(cfg: RLConfig, run: Path) -> dict[str, Any]:
             "sigma": float((params["log_std"].exp() * dist.max_action).mean()),
             "reached": float(1.0 - traj.mask[..., -1].mean()),
             "distance_at_horizon": float((traj.obs[:, :, -1] - tasks[:, None]).norm(dim=-1).mean()),
+            "explored": float(traj.obs.norm(dim=-1).amax(-1).median()),
         })
 
     oracle = experiment.load_learner(cfg, run / "oracle", "oracle")
@@ -79,10 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = validate(load_config(RLConfig, preset_path(args.preset, PRESETS, "rl", "rl"), args.overrides))
     out = diagnose(cfg, args.run)
     print(f"{args.run} ({args.preset}), {cfg.eval.num_tasks} test goals, {cfg.eval.trajectories} trajectories per step")
-    print("step  return (stochastic)  return (mean action)  σ env units  reached goal  distance at horizon")
+    print("step  return (stochastic)  return (mean action)  σ env units  reached goal  distance at horizon  explored")
     for step, row in enumerate(out["steps"]):
         print(f"{step:4d}  {fmt(row['returns']):>19}  {fmt(row['mean_action_returns']):>20}  "
-              f"{row['sigma']:11.4f}  {row['reached']:11.0%}  {row['distance_at_horizon']:19.3f}")
+              f"{row['sigma']:11.4f}  {row['reached']:11.0%}  {row['distance_at_horizon']:19.3f}  {row['explored']:8.3f}")
     print(f"noise floor (oracle's aim, MAML's initial σ): {fmt(out['noise_floor_returns'])}")
 
 

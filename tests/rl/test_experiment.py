@@ -145,6 +145,9 @@ def test_rl_presets_load_and_keep_the_paper_settings():
     assert cfgs["rl_nav2d_2step"].maml.inner_steps == 2 and not cfgs["rl_nav2d_2step"].trpo.all_steps
     assert cfgs["rl_nav2d_2step_all"].maml.inner_steps == 2 and cfgs["rl_nav2d_2step_all"].trpo.all_steps
     assert cfgs["rl_cheetah_dir"].env.name == "cheetah_dir" and cfgs["rl_cheetah_vel"].env.name == "cheetah_vel"
+    lvc = cfgs["rl_nav2d_lvc"]  # the paper's one-step setup, only the inner estimator and the test schedule differ
+    assert lvc.pg.inner_loss == "lvc" and lvc.maml.inner_steps == 1 and lvc.eval.later_step_scale == 0.5
+    assert cfgs["rl_nav2d"].pg.inner_loss == "reinforce"
 
 
 def test_nav2d_diagnosis_reproduces_the_evaluation_and_its_noise_floor(tmp_path):
@@ -165,6 +168,7 @@ def test_nav2d_diagnosis_reproduces_the_evaluation_and_its_noise_floor(tmp_path)
     for step, row in enumerate(found["steps"]):
         assert row["returns"].tolist() == pytest.approx([r[step] for r in report["per_task_returns"]["maml"]])
         assert 0.0 <= row["reached"] <= 1.0 and row["distance_at_horizon"] > 0
+        assert 0.0 < row["explored"] <= 15 * 0.1 * 2 ** 0.5  # farthest from the start: ≤ horizon × the largest move
     floor = found["noise_floor_returns"]
     assert floor.shape == (4,) and bool((floor <= 0).all())  # the oracle's returns on the same 4 goals
     with pytest.raises(ConfigError, match="this diagnosis is for nav2d"):

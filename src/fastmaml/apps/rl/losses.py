@@ -57,7 +57,7 @@ def lvc_loss(dist: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     inner step is the same step; its Hessian is −mean (∇²log π + ∇log π ∇log πᵀ)·A, the extra term
     being how θ's own sampling distribution shapes the inner gradient. ``log π·A`` has no such term,
     so the original MAML-RL meta-gradient gives the pre-update policy no credit for exploring
-    (Rothfuss et al., ICLR 2019, section 4). Away from π_old it is the importance-weighted gradient.
+    (Rothfuss et al., "ProMP", ICLR 2019). Away from π_old it is the importance-weighted gradient.
     """
     return surrogate_loss(dist, y)
 

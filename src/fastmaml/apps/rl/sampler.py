@@ -6,9 +6,10 @@ parameters (θ for the first step), then one policy-gradient step by the MAML en
 starts from — a policy-gradient step cannot reuse another policy's samples — so the support
 set of a task is ``S`` sets of rollouts, ``support_x [T, S, N·H, obs]``. After the last step,
 ``N`` episodes with θ'ᵢ are the query set. The outer step (TRPO) differentiates the query loss
-through all ``S`` inner steps again, each on its own rollouts (as the original code, it does not
-differentiate the sampling distribution of the later rollouts). With 0 inner steps (pretraining,
-oracle) only the query rollouts are drawn and the support set is the query set.
+through all ``S`` inner steps again, each on its own rollouts. Whether it credits θ for the rollouts
+its policies sampled is the inner loss's business (``pg.inner_loss``: ``reinforce`` does not, as the
+original code; ``lvc`` does, through the curvature of the inner step). With 0 inner steps
+(pretraining, oracle) only the query rollouts are drawn and the support set is the query set.
 """
 
 from __future__ import annotations
