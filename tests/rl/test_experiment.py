@@ -147,6 +147,7 @@ def test_rl_presets_load_and_keep_the_paper_settings():
     assert cfgs["rl_cheetah_dir"].env.name == "cheetah_dir" and cfgs["rl_cheetah_vel"].env.name == "cheetah_vel"
     lvc = cfgs["rl_nav2d_lvc"]  # the paper's one-step setup, only the inner estimator and the test schedule differ
     assert lvc.pg.inner_loss == "lvc" and lvc.maml.inner_steps == 1 and lvc.eval.later_step_scale == 0.5
+    assert lvc.train.validate_every > 0 and lvc.eval.validation_seed != lvc.eval.seed
     assert cfgs["rl_nav2d"].pg.inner_loss == "reinforce"
 
 
@@ -173,3 +174,59 @@ def test_nav2d_diagnosis_reproduces_the_evaluation_and_its_noise_floor(tmp_path)
     assert floor.shape == (4,) and bool((floor <= 0).all())  # the oracle's returns on the same 4 goals
     with pytest.raises(ConfigError, match="this diagnosis is for nav2d"):
         diagnosis.diagnose(validate(load_config(RLConfig, None, overrides + ["env.name=cheetah_vel"])), out)
+
+
+def test_validation_picks_the_evaluated_checkpoint_on_its_own_goals(tmp_path):
+    """train.validate_every: each policy is scored on validation goals (never the test goals) and the best
+    checkpoint is the one evaluated and reported."""
+    out = tmp_path / "rl"
+    overrides = [*TINY, "train.iterations=4", "baseline_train.iterations=3", "train.validate_every=1",
+                 "eval.validation_tasks=3", "baselines=[pretrained,oracle]"]
+    assert main(["rl", "reproduce", "--preset", "nav2d_smoke", "--out", str(out), *overrides]) == 0
+    cfg = validate(load_config(RLConfig, None, overrides))
+    assert not torch.equal(E.validation_tasks(cfg), E.test_tasks(cfg))
+    report = json.loads((out / "results.json").read_text())
+    for kind in ("maml", "pretrained", "oracle"):
+        val = [json.loads(line) for line in (out / kind / "metrics.jsonl").read_text().splitlines() if "val_return" in line]
+        assert [r["iteration"] for r in val] == list(range(1, report["iterations"][kind] + 1))
+        best = max(val, key=lambda r: r["val_return"])  # the first of equals: only a strictly better score replaces
+        assert report["evaluated_iteration"][kind] == best["iteration"]
+        assert load_checkpoint(out / kind / "checkpoints" / "best.safetensors")["meta"]["best"] == best["val_return"]
+    # the validation score is the test protocol's mean return after steps 1.., measured on the validation goals
+    learner = E.load_learner(cfg, out / "maml")
+    scores = E.validation_scores(cfg, learner, "maml")
+    assert scores["return"] == pytest.approx(best_maml := max(
+        json.loads(line)["val_return"] for line in (out / "maml" / "metrics.jsonl").read_text().splitlines()
+        if "val_return" in line))
+    assert scores["return"] == pytest.approx(scores["return_step1"])  # eval.steps=1: the one adapted step
+    # and the evaluation ran on that checkpoint: the report's MAML returns are the best checkpoint's
+    again = E.evaluate(cfg, {"maml": learner})["maml"]
+    torch.testing.assert_close(again, torch.tensor(report["per_task_returns"]["maml"]))
+    assert "Checkpoint: the best of every 1 meta-iterations" in (out / "results.md").read_text()
+    assert best_maml <= 0
+
+
+def test_validation_goals_must_not_be_the_test_goals():
+    with pytest.raises(ConfigError, match="eval.validation_seed must differ"):
+        validate(tiny_cfg("eval.validation_seed=2017"))
+
+
+def test_the_evaluated_policy_is_the_best_checkpoint_not_the_last(tmp_path, monkeypatch):
+    calls = {}
+
+    def falling_scores(cfg, learner, kind):  # every validation worse than the one before: the best is the first
+        calls[kind] = calls.get(kind, 0) + 1
+        return {"return": -float(calls[kind])}
+
+    monkeypatch.setattr(E, "validation_scores", falling_scores)
+    out = tmp_path / "rl"
+    overrides = [*TINY, "train.iterations=3", "train.validate_every=1", "baselines=[]"]
+    assert main(["rl", "reproduce", "--preset", "nav2d_smoke", "--out", str(out), *overrides]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["evaluated_iteration"] == {"maml": 1} and report["iterations"] == {"maml": 3}
+    cfg = validate(load_config(RLConfig, None, overrides))
+    learner = E.build_learner(cfg)
+    learner.load_state_dict(load_checkpoint(out / "maml" / "checkpoints" / "best.safetensors")["model"])
+    torch.testing.assert_close(E.evaluate(cfg, {"maml": learner})["maml"], torch.tensor(report["per_task_returns"]["maml"]))
+    learner.load_state_dict(params_of(out / "maml"))  # the last checkpoint scores otherwise
+    assert not torch.allclose(E.evaluate(cfg, {"maml": learner})["maml"], torch.tensor(report["per_task_returns"]["maml"]))

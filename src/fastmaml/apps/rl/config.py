@@ -80,6 +80,11 @@ class RLEvalConfig:
     # (rllab VPG: init_learning_rate, then the optimizer's 0.5 × α): 0.5 reproduces that protocol.
     # null: as meta-trained (maml.later_step_scale, 1.0 unless set).
     later_step_scale: float | None = None
+    # With train.validate_every = k > 0, every k meta-iterations each policy is scored on its own validation
+    # goals (this seed; never the test goals) by the test protocol above, and the best checkpoint — the
+    # highest mean return over steps 1..steps (step 0 for the oracle) — is the one evaluated. 0: the last one.
+    validation_tasks: int = 40
+    validation_seed: int = 99
 
 
 def test_later_step_scale(cfg: "RLConfig") -> float:
@@ -140,6 +145,9 @@ def validate(cfg: RLConfig) -> RLConfig:
         (cfg.eval.num_tasks >= 2, "eval.num_tasks must be >= 2 (a confidence interval needs two tasks)"),
         (cfg.eval.steps >= 0, "eval.steps must be >= 0"),
         (cfg.eval.trajectories >= 1, "eval.trajectories must be >= 1"),
+        (cfg.eval.validation_tasks >= 1, "eval.validation_tasks must be >= 1"),
+        (cfg.eval.validation_seed != cfg.eval.seed,
+         f"eval.validation_seed must differ from eval.seed ({cfg.eval.seed}): validation must not see the test goals"),
         (cfg.eval.later_step_scale is None or cfg.eval.later_step_scale > 0,
          "eval.later_step_scale must be > 0 (1.0: α at every test step; 0.5: the original code's α/2 after the first) "
          "or null (as maml.later_step_scale)"),

@@ -86,16 +86,39 @@ def train(cfg: RLConfig, run_dir: Path, kind: str = "maml", resume: bool = False
             f"return_step{s}": float(batch.step_returns[:, s].mean()) for s in range(1, batch.step_returns.shape[1] - 1)}
         return {**out, "return_pre": float(batch.pre_return.mean()), "return_post": float(batch.post_return.mean()), **steps}
 
+    def validate(learner: MAML) -> dict[str, float]:
+        return validation_scores(cfg, learner, kind)
+
     return meta_train(learner, sample, train_config(cfg, kind), run_dir, resume=resume, meta_step=meta_step,
-                      run_config={"experiment": "rl", "kind": kind, **to_dict(cfg)})
+                      validate=validate if cfg.train.validate_every else None, select_metric="return",
+                      select_mode="max", run_config={"experiment": "rl", "kind": kind, **to_dict(cfg)})
 
 
 def load_learner(cfg: RLConfig, run_dir: Path, kind: str = "maml") -> MAML:
-    return load_run_into(build_learner(cfg, kind), run_dir)
+    """The run's best checkpoint where it validated (``train.validate_every``), else its last."""
+    return load_run_into(build_learner(cfg, kind), run_dir, which="best")
 
 
 def test_tasks(cfg: RLConfig) -> torch.Tensor:
     return task_distribution(cfg).sample_tasks(cfg.eval.num_tasks, torch.Generator().manual_seed(cfg.eval.seed))
+
+
+def validation_tasks(cfg: RLConfig) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(cfg.eval.validation_seed)
+    return task_distribution(cfg).sample_tasks(cfg.eval.validation_tasks, generator)
+
+
+def validation_scores(cfg: RLConfig, learner: MAML, kind: str) -> dict[str, float]:
+    """Mean return on the validation goals after 0..``eval.steps`` test-time steps, by the test protocol.
+
+    ``return``, the score that picks the best checkpoint: the mean over steps 1..``eval.steps`` (the
+    whole adaptation curve, not one step of it), or step 0 for the oracle, which is not adapted.
+    """
+    oracle = kind == "oracle"
+    steps = 0 if oracle else cfg.eval.steps
+    r = adaptation_returns(learner, task_distribution(cfg, oracle=oracle), validation_tasks(cfg), steps,
+                           cfg.eval.trajectories, cfg, seed=cfg.eval.validation_seed + 1).mean(0)
+    return {"return": float(r[1:].mean() if steps else r[0]), **{f"return_step{s}": float(v) for s, v in enumerate(r)}}
 
 
 def adapted_rollouts(learner: MAML, dist: TaskDistribution, tasks: torch.Tensor, steps: int, trajectories: int,
@@ -184,6 +207,7 @@ def reproduce(cfg: RLConfig, out_dir: Path, resume: bool = False, command: str =
         "test_tasks": test_tasks(cfg).tolist(),
         "train_seconds": train_seconds,
         "iterations": {k: _iterations(out_dir / k) for k in kinds},
+        "evaluated_iteration": {k: _iterations(out_dir / k, "best") for k in kinds},
         "total_seconds": time.perf_counter() - t0,
         "environment": environment(),
     }
@@ -192,5 +216,6 @@ def reproduce(cfg: RLConfig, out_dir: Path, resume: bool = False, command: str =
     return report
 
 
-def _iterations(run_dir: Path) -> int:
-    return int(load_checkpoint(RunDir(run_dir).last)["meta"]["iteration"])
+def _iterations(run_dir: Path, which: str = "last") -> int:
+    layout = RunDir(run_dir)
+    return int(load_checkpoint(layout.best_or_last() if which == "best" else layout.last)["meta"]["iteration"])

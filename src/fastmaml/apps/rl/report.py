@@ -41,6 +41,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{', TRPO on the policy after every inner step' if cfg['trpo'].get('all_steps') else ''}); "
         + ", ".join(f"{k} {v:.0f} s" for k, v in report["train_seconds"].items())
         + f" on {env['processor']} ({env['threads']} threads), torch {env['torch']}.  ",
+        *selection_lines(report),
         f"Test: {cfg['eval']['num_tasks']} tasks (seed {cfg['eval']['seed']}), {cfg['eval']['trajectories']} "
         "trajectories per task and step; average return ± 95% confidence interval over tasks after 0.."
         f"{steps - 1} policy-gradient steps (step size α{later(test_scale)}).",
@@ -61,6 +62,19 @@ def markdown(report: dict[str, Any]) -> str:
     lines += group_table(report, steps)
     lines += ["", "![returns](returns_vs_steps.png)", "", "![learning curve](learning_curve.png)", ""]
     return "\n".join(lines)
+
+
+def selection_lines(report: dict[str, Any]) -> list[str]:
+    """Which checkpoint of each trained policy was evaluated, when the runs validated (else none: the last)."""
+    cfg = report["config"]
+    every = cfg["train"].get("validate_every", 0)
+    chosen = report.get("evaluated_iteration")
+    if not every or not chosen:
+        return []
+    ev = cfg["eval"]
+    return [f"Checkpoint: the best of every {every} meta-iterations by the mean return after 1..{ev['steps']} steps "
+            f"(0 for the oracle) on {ev['validation_tasks']} validation tasks (seed {ev['validation_seed']}), never the "
+            "test tasks: " + ", ".join(f"{k} iteration {chosen[k]} of {report['iterations'][k]}" for k in chosen) + ".  "]
 
 
 def step_headers(steps: int) -> str:
@@ -145,6 +159,10 @@ def figure_learning_curves(logs: Mapping[str, Path], path: Path) -> None:
                 ax.plot(it, [r.get(key) for r in recs], label=f"MAML, after {key[len('return_step'):]} step(s)", alpha=0.8)
             last = 1 + sum(k.startswith("return_step") for k in recs[-1]) if recs else 1
             ax.plot(it, [r["return_post"] for r in recs], label=f"MAML, after {last} step{'s' if last > 1 else ''}", alpha=0.8)
+            val = [json.loads(line) for line in Path(log).read_text().splitlines() if '"val_return"' in line]
+            if val:
+                ax.plot([r["iteration"] for r in val], [r["val_return"] for r in val], "k.",
+                        label="MAML, validation (mean after 1.. test steps)")
         else:
             ax.plot(it, [r["return_post"] for r in recs], label=LABELS.get(kind, kind), alpha=0.8)
     ax.set_xlabel("meta-iteration")
