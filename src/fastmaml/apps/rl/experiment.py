@@ -9,7 +9,9 @@
 
 Evaluation: ``eval.num_tasks`` test tasks drawn from ``eval.seed``; for 0..``eval.steps``
 policy-gradient steps, the mean return of ``eval.trajectories`` episodes per task; mean ±
-95% CI over tasks (:func:`fastmaml.eval.stats.summarize`).
+95% CI over tasks (:func:`fastmaml.eval.stats.summarize`). Each trained policy is evaluated at
+its last checkpoint, or with ``train.validate_every`` at the one that scored best on the
+validation tasks (``eval.validation_seed``) by the same protocol.
 """
 
 from __future__ import annotations
