@@ -135,10 +135,14 @@ class RunDir:
         """The best checkpoint where the run validated, else the last one."""
         return self.best if self.best.exists() else self.last
 
+    def checkpoint(self, which: str = "last") -> Path:
+        """``"last"``, or ``"best"`` (falling back to last where the run did not validate)."""
+        return self.best_or_last() if which == "best" else self.last
+
 
 def load_run_into(module: torch.nn.Module, run_dir: str | Path, which: str = "last") -> torch.nn.Module:
     """Load a run folder's ``last`` (or ``best``, falling back to last) checkpoint into ``module``; returns it."""
     layout = RunDir(run_dir)
-    path = layout.best_or_last() if which == "best" else layout.last
+    path = layout.checkpoint(which)
     load_state_into(module, load_checkpoint(path)["model"], path)
     return module

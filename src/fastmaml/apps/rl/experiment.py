@@ -219,5 +219,4 @@ def reproduce(cfg: RLConfig, out_dir: Path, resume: bool = False, command: str =
 
 
 def _iterations(run_dir: Path, which: str = "last") -> int:
-    layout = RunDir(run_dir)
-    return int(load_checkpoint(layout.best_or_last() if which == "best" else layout.last)["meta"]["iteration"])
+    return int(load_checkpoint(RunDir(run_dir).checkpoint(which))["meta"]["iteration"])

@@ -150,8 +150,8 @@ def figure_learning_curves(logs: Mapping[str, Path], path: Path) -> None:
     for kind, log in logs.items():
         if not Path(log).exists():
             continue
-        recs = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
-        recs = [r for r in recs if "return_post" in r]
+        logged = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+        recs = [r for r in logged if "return_post" in r]  # training rows; validation rows carry val_return
         it = [r["iteration"] for r in recs]
         if kind == "maml":
             ax.plot(it, [r["return_pre"] for r in recs], label="MAML, before adaptation", alpha=0.8)
@@ -159,7 +159,7 @@ def figure_learning_curves(logs: Mapping[str, Path], path: Path) -> None:
                 ax.plot(it, [r.get(key) for r in recs], label=f"MAML, after {key[len('return_step'):]} step(s)", alpha=0.8)
             last = 1 + sum(k.startswith("return_step") for k in recs[-1]) if recs else 1
             ax.plot(it, [r["return_post"] for r in recs], label=f"MAML, after {last} step{'s' if last > 1 else ''}", alpha=0.8)
-            val = [json.loads(line) for line in Path(log).read_text().splitlines() if '"val_return"' in line]
+            val = [r for r in logged if "val_return" in r]
             if val:
                 ax.plot([r["iteration"] for r in val], [r["val_return"] for r in val], "k.",
                         label="MAML, validation (mean after 1.. test steps)")
