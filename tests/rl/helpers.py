@@ -19,10 +19,11 @@ class Nav2D64(Nav2D):
         return super().sample_tasks(n, generator).double()
 
 
-def tiny_learner(hidden=(4,), activation="tanh", inner_lr=0.5, seed=0, inner_steps=1, loss=reinforce_loss) -> MAML:
+def tiny_learner(hidden=(4,), activation="tanh", inner_lr=0.5, seed=0, inner_steps=1, loss=reinforce_loss,
+                 inner_lr_mode="fixed") -> MAML:
     torch.manual_seed(seed)
     policy = GaussianMLPPolicy(2, 2, hidden, activation).double()
-    return MAML(policy, loss, inner_lr=inner_lr, inner_steps=inner_steps)
+    return MAML(policy, loss, inner_lr=inner_lr, inner_steps=inner_steps, inner_lr_mode=inner_lr_mode)
 
 
 def tiny_batch(learner: MAML, tasks: int = 3, trajectories: int = 4, horizon: int = 12, seed: int = 0):

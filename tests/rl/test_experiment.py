@@ -26,9 +26,9 @@ def params_of(run_dir):
     return load_checkpoint(run_dir / "checkpoints" / "last.safetensors")["model"]
 
 
-@pytest.mark.parametrize("inner_steps", [1, 2])
-def test_crashed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch, inner_steps):
-    cfg = tiny_cfg("train.iterations=4", f"maml.inner_steps={inner_steps}")
+@pytest.mark.parametrize("inner_steps, mode", [(1, "fixed"), (2, "fixed"), (1, "per_layer_step")])
+def test_crashed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch, inner_steps, mode):
+    cfg = tiny_cfg("train.iterations=4", f"maml.inner_steps={inner_steps}", f"maml.inner_lr_mode={mode}")
     E.train(cfg, tmp_path / "straight")
 
     real = TRPOStep.__call__
@@ -50,6 +50,8 @@ def test_crashed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch, inner
         assert torch.equal(a[k], b[k]), k
     first = E.build_learner(cfg).state_dict()
     assert any(not torch.equal(first[k], a[k]) for k in a), "training did not change the policy"
+    if mode != "fixed":  # the learned step sizes are checkpointed, resumed and trained like θ
+        assert any(k.startswith("inner_lrs.") and not torch.equal(first[k], a[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == [1, 2, 3, 4]
     assert all({"return_pre", "return_post", "kl"} <= set(r) for r in log)
@@ -63,7 +65,8 @@ def test_crashed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch, inner
     ("trpo.backtrack_ratio=1.0", "trpo.backtrack_ratio"),
     ("trpo.hvp_tasks=50", "trpo.hvp_tasks"),
     ("maml.inner_steps=-1", "maml.inner_steps"),
-    ("maml.inner_lr_mode=per_element", "maml.inner_lr_mode"),
+    ("maml.inner_lr_mode=adam", "maml.inner_lr_mode"),
+    ("maml.inner_lr_mode=per_element maml.later_step_scale=0.5", "maml.later_step_scale"),
     ("policy.activation=gelu", "policy.activation"),
     ("eval.num_tasks=1", "eval.num_tasks"),
     ("eval.later_step_scale=0", "eval.later_step_scale"),
@@ -72,7 +75,7 @@ def test_crashed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch, inner
 ])
 def test_bad_config_values_give_clear_errors(override, words):
     with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
-        validate(tiny_cfg(override))
+        validate(tiny_cfg(*override.split()))
 
 
 @pytest.mark.parametrize("overrides, scale", [
@@ -96,6 +99,42 @@ def test_test_time_steps_use_alpha_then_the_later_step_scale(monkeypatch, overri
     returns = E.adaptation_returns(learner, E.task_distribution(cfg), E.test_tasks(cfg), 3, 3, cfg, seed=0)
     assert returns.shape == (3, 4)
     assert seen == [(0, 0.2), (1, 0.2 * scale), (2, 0.2 * scale)]
+
+
+def test_learned_step_sizes_adapt_maml_at_test_time_and_the_baselines_keep_the_protocol(monkeypatch):
+    """With maml.inner_lr_mode, MAML's test-time steps use its learned rates (step s: the rate of step
+    min(s, S−1)); pretrained and random, which learned none, are fine-tuned with α then α·scale."""
+    cfg = tiny_cfg("eval.steps=3", "maml.inner_lr=0.2", "maml.inner_lr_mode=per_layer_step", "maml.inner_steps=2",
+                   "eval.later_step_scale=0.5")
+    learner = E.build_learner(cfg)
+    with torch.no_grad():
+        for rate in learner.inner_lrs.values():
+            rate.copy_(torch.tensor([0.0625, 0.25], dtype=rate.dtype))  # exact in float32
+    seen = []
+    real = learner.inner_step
+
+    def spy(params, x, y, step, first_order):
+        seen.append({n: float(learner._lr(n, step)) for n in learner.inner_names})
+        return real(params, x, y, step, first_order)
+
+    monkeypatch.setattr(learner, "inner_step", spy)
+    tasks, dist = E.test_tasks(cfg), E.task_distribution(cfg)
+    E.adaptation_returns(learner, dist, tasks, 3, 3, cfg, seed=0, kind="maml")
+    assert [set(s.values()) for s in seen] == [{0.0625}, {0.25}, {0.25}]
+
+    fixed = []
+    real_adapt = E.adapt_tasks
+
+    def spy_adapt(learner, params, x, y, step=0, per_task=False, lr=None):
+        fixed.append(lr)
+        return real_adapt(learner, params, x, y, step=step, per_task=per_task, lr=lr)
+
+    monkeypatch.setattr(E, "adapt_tasks", spy_adapt)
+    E.adaptation_returns(learner, dist, tasks, 3, 3, cfg, seed=0, kind="random")
+    assert fixed == [0.2, 0.1, 0.1]
+    summary = E.rate_summary(learner)
+    assert summary and all(v == [0.0625, 0.25] for v in summary.values())
+    assert set(summary) == set(learner.inner_names)  # parameter names as the model has them, not the ParameterDict keys
 
 
 def test_unknown_env_key_and_device_are_errors():

@@ -1,6 +1,6 @@
 """The RL report's paired and per-task tables, from a hand-made results dict."""
 
-from fastmaml.apps.rl.report import group_table, paired_table
+from fastmaml.apps.rl.report import group_table, learned_rate_lines, paired_table
 
 
 def rows(lines, first_cell):
@@ -33,3 +33,14 @@ def test_group_table_splits_a_discrete_task_distribution_and_skips_a_continuous_
     assert group_table({**continuous, "test_tasks": continuous["test_tasks"][:3],
                         "per_task_returns": {"maml": [[1.0]] * 3}}, steps=1) == []  # few, but no task repeats
     assert group_table({"per_task_returns": {"maml": [[1.0]]}}, steps=1) == []  # results written before test_tasks
+
+
+def test_learned_step_sizes_are_reported_per_step_or_summarised_per_element():
+    cfg = {"maml": {"inner_lr_mode": "per_layer_step", "inner_lr": 0.1}}
+    (line,) = learned_rate_lines({"config": cfg, "learned_inner_lrs": {"log_std": [0.25, 0.125], "mean.0.bias": [0.1, 0.05]}})
+    assert "per inner step" in line and "log_std 0.25 / 0.125" in line and "mean.0.bias 0.1 / 0.05" in line
+    cfg = {"maml": {"inner_lr_mode": "per_element", "inner_lr": 0.1}}
+    (line,) = learned_rate_lines({"config": cfg, "learned_inner_lrs": {"mean.0.weight": {"mean": 0.2, "min": -0.5, "max": 1.5}}})
+    assert "per element" in line and "mean.0.weight mean 0.2 (-0.5 to 1.5)" in line
+    assert learned_rate_lines({"config": cfg, "learned_inner_lrs": {}}) == []
+    assert learned_rate_lines({"config": cfg}) == []  # reports written before step sizes could be learned

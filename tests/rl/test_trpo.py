@@ -121,3 +121,87 @@ def test_trpo_step_improves_the_surrogate_within_the_kl_limit(hvp_tasks):
     assert float(s1) < float(s0) and 0 < float(k1) <= 0.01
     assert out["kl"] == pytest.approx(float(k1))
     assert set(step.timings) == {"gradient", "kl_graph", "cg_hvp", "line_search"}
+
+
+def _with_rates(step: TRPOStep, theta: torch.Tensor, like: dict) -> dict:
+    """Write the step-size part of TRPO's flat vector into the learner; return θ's part as fresh leaves."""
+    values = unflat(theta, like)
+    with torch.no_grad():
+        for name, rate in step.learned_rates().items():
+            rate.copy_(values[f"inner_lr:{name}"])
+    return {k: v.clone().requires_grad_(True) for k, v in values.items() if not k.startswith("inner_lr:")}
+
+
+@pytest.mark.parametrize("mode", ["per_layer_step", "per_element"])
+def test_learned_step_sizes_are_in_the_gradient_and_the_exact_hvp(mode):
+    """Meta-SGD / MAML++ step sizes are TRPO parameters: the surrogate's gradient and the KL's Hessian-vector
+    products with respect to them match finite differences."""
+    learner = tiny_learner(inner_lr=0.3, inner_lr_mode=mode)
+    batch = tiny_batch(learner, seed=7)
+    step = TRPOStep(learner, TRPOConfig())
+    rates = step.learned_rates()
+    assert set(rates) == {k for k, _ in learner.inner_lrs.items()} and rates
+    params = learner.params()
+    like = {**{k: v.detach() for k, v in params.items()}, **{f"inner_lr:{k}": v.detach() for k, v in rates.items()}}
+    theta = flat(v.clone() for v in like.values())
+    theta = theta + 0.05 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(8), dtype=theta.dtype)
+
+    def grads_at(t):
+        point = _with_rates(step, t, like)
+        surr, kl = step.objectives(point, batch, graph=True)
+        wrt = list(point.values()) + list(rates.values())
+        return surr, kl, wrt
+
+    surr, kl, wrt = grads_at(theta)
+    g = flat(torch.autograd.grad(surr, wrt, retain_graph=True))
+    hvp = kl_hvp(kl, wrt)
+    v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(9), dtype=theta.dtype)
+    n_theta = sum(x.numel() for x in params.values())
+    v_rates = torch.zeros_like(v)
+    v_rates[n_theta:] = v[n_theta:]  # a direction along the step sizes only
+    assert v_rates.abs().sum() > 0
+    exact = {"v": hvp(v), "rates": hvp(v_rates)}  # before the finite differences rewrite the learner's rates
+    eps = 1e-5
+
+    def surr_at(t):
+        with torch.no_grad():
+            return float(step.objectives(_with_rates(step, t, like), batch, graph=False)[0])
+
+    fd_surr = (surr_at(theta + eps * v_rates) - surr_at(theta - eps * v_rates)) / (2 * eps)
+    assert g @ v_rates == pytest.approx(fd_surr, rel=1e-5, abs=1e-9)
+    assert abs(fd_surr) > 1e-6, "the step sizes do not move the objective"
+
+    def kl_grad_at(t):
+        _, k, w = grads_at(t)
+        return flat(torch.autograd.grad(k, w))
+
+    for key, direction in (("v", v), ("rates", v_rates)):
+        expected = (kl_grad_at(theta + eps * direction) - kl_grad_at(theta - eps * direction)) / (2 * eps)
+        torch.testing.assert_close(exact[key], expected, rtol=1e-5, atol=1e-8)
+    assert exact["rates"][n_theta:].abs().max() > 1e-6  # the KL bends along the step sizes
+
+
+def test_trpo_step_updates_learned_step_sizes_within_the_kl_limit():
+    learner = tiny_learner(hidden=(8,), inner_lr=0.3, inner_lr_mode="per_layer_step")
+    batch = tiny_batch(learner, tasks=4, trajectories=6, seed=5)
+    step = TRPOStep(learner, TRPOConfig(max_kl=0.01))
+    rates_before = {k: v.detach().clone() for k, v in learner.inner_lrs.items()}
+    theta_before = {k: v.detach().clone() for k, v in learner.params().items()}
+    with torch.no_grad():
+        s0, _ = step.objectives(theta_before, batch, graph=False)
+    out = step(batch)
+    assert out["step_fraction"] > 0
+    assert any(not torch.equal(rates_before[k], v) for k, v in learner.inner_lrs.items()), "the step sizes did not move"
+    with torch.no_grad():  # measured with the new θ *and* the new step sizes now in the learner
+        s1, k1 = step.objectives({k: v.detach() for k, v in learner.params().items()}, batch, graph=False)
+    assert float(s1) < float(s0) and 0 < float(k1) <= 0.01
+    assert out["kl"] == pytest.approx(float(k1))
+    # a rejected step leaves the step sizes as they were (the line search wrote candidates into them)
+    rates_now = {k: v.detach().clone() for k, v in learner.inner_lrs.items()}
+    theta_now = {k: v.detach().clone() for k, v in learner.params().items()}
+    step.cfg = TRPOConfig(max_kl=1e-30, max_backtracks=2)
+    assert step(batch)["step_fraction"] == 0
+    for k, v in learner.inner_lrs.items():
+        assert torch.equal(v, rates_now[k])
+    for k, v in learner.params().items():
+        assert torch.equal(v, theta_now[k])

@@ -78,7 +78,9 @@ class RLEvalConfig:
     # Step size of the 2nd and later test-time steps as a fraction of α. 1.0: α throughout. The original
     # test script (maml_examples/test_maml_point.py) takes its first step with α and the later ones with α/2
     # (rllab VPG: init_learning_rate, then the optimizer's 0.5 × α): 0.5 reproduces that protocol.
-    # null: as meta-trained (maml.later_step_scale, 1.0 unless set).
+    # null: as meta-trained (maml.later_step_scale, 1.0 unless set). A MAML policy with learned step sizes
+    # (maml.inner_lr_mode) adapts with them instead (beyond the trained steps, the last step's); the
+    # baselines, which learned none, keep this protocol.
     later_step_scale: float | None = None
     # With train.validate_every = k > 0, every k meta-iterations each policy is scored on its own validation
     # goals (this seed; never the test goals) by the test protocol above, and the best checkpoint — the
@@ -139,8 +141,10 @@ def validate(cfg: RLConfig) -> RLConfig:
          f"trpo.hvp_tasks must be between 1 and train.meta_batch_size ({cfg.train.meta_batch_size}) or null"),
         (cfg.train.meta_batch_size >= 1, "train.meta_batch_size must be >= 1"),
         (cfg.maml.inner_steps >= 0, f"maml.inner_steps must be >= 0, got {cfg.maml.inner_steps}"),
-        (cfg.maml.inner_lr_mode == "fixed", "maml.inner_lr_mode must be 'fixed' for RL (learned step sizes are not "
-         "part of the TRPO parameter vector)"),
+        (cfg.maml.inner_lr_mode in ("fixed", "per_layer_step", "per_element"),
+         f"maml.inner_lr_mode must be fixed, per_layer_step (MAML++) or per_element (Meta-SGD), got {cfg.maml.inner_lr_mode!r}"),
+        (cfg.maml.inner_lr_mode == "fixed" or cfg.maml.later_step_scale == 1.0,
+         "maml.later_step_scale scales a fixed α; with learned step sizes (maml.inner_lr_mode) leave it at 1.0"),
         (cfg.maml.inner_lr > 0, f"maml.inner_lr must be > 0, got {cfg.maml.inner_lr}"),
         (cfg.eval.num_tasks >= 2, "eval.num_tasks must be >= 2 (a confidence interval needs two tasks)"),
         (cfg.eval.steps >= 0, "eval.steps must be >= 0"),

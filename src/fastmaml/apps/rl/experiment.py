@@ -119,17 +119,39 @@ def validation_scores(cfg: RLConfig, learner: MAML, kind: str) -> dict[str, floa
     oracle = kind == "oracle"
     steps = 0 if oracle else cfg.eval.steps
     r = adaptation_returns(learner, task_distribution(cfg, oracle=oracle), validation_tasks(cfg), steps,
-                           cfg.eval.trajectories, cfg, seed=cfg.eval.validation_seed + 1).mean(0)
+                           cfg.eval.trajectories, cfg, seed=cfg.eval.validation_seed + 1, kind=kind).mean(0)
     return {"return": float(r[1:].mean() if steps else r[0]), **{f"return_step{s}": float(v) for s, v in enumerate(r)}}
 
 
+def learned_rates(learner: MAML, kind: str) -> bool:
+    """Whether ``kind``'s policy adapts with step sizes it meta-learned (MAML with ``maml.inner_lr_mode``);
+    the baselines learned none and are fine-tuned with the fixed protocol."""
+    return kind == "maml" and learner.inner_lr_mode != "fixed" and learner.inner_steps > 0
+
+
+def rate_summary(learner: MAML) -> dict[str, Any]:
+    """MAML's learned step sizes for the report: per parameter tensor, the rate of each inner step
+    (``per_layer_step``) or the mean, min and max of its per-element rates (Meta-SGD); {} for a fixed α."""
+    if not learned_rates(learner, "maml"):
+        return {}
+    out: dict[str, Any] = {}
+    for key, rate in learner.inner_lrs.items():
+        r = rate.detach().double()
+        name = key.replace("__", ".")
+        out[name] = r.tolist() if learner.inner_lr_mode == "per_layer_step" else {
+            "mean": float(r.mean()), "min": float(r.min()), "max": float(r.max())}
+    return out
+
+
 def adapted_rollouts(learner: MAML, dist: TaskDistribution, tasks: torch.Tensor, steps: int, trajectories: int,
-                     cfg: RLConfig, seed: int) -> Iterator[tuple[Trajectories, Params]]:
+                     cfg: RLConfig, seed: int, kind: str = "maml") -> Iterator[tuple[Trajectories, Params]]:
     """The episodes of the policies after 0..``steps`` policy-gradient steps, each with its per-task parameters.
 
     Every step samples fresh episodes from the current (adapted) policies and takes the
-    engine's inner step on them — the same inner step as in meta-training (α, then α·scale).
+    engine's inner step on them — the same inner step as in meta-training (α, then α·scale;
+    or the learned step sizes, see :func:`learned_rates`).
     """
+    learned = learned_rates(learner, kind)
     generator = torch.Generator().manual_seed(seed)
     n = tasks.shape[0]
     params = {k: v.expand(n, *v.shape) for k, v in detached(learner).items()}
@@ -139,14 +161,14 @@ def adapted_rollouts(learner: MAML, dist: TaskDistribution, tasks: torch.Tensor,
         yield traj, params
         if step < steps:
             x, y = process(traj, cfg.pg)
-            lr = cfg.maml.inner_lr * (1.0 if step == 0 else test_later_step_scale(cfg))
+            lr = None if learned else cfg.maml.inner_lr * (1.0 if step == 0 else test_later_step_scale(cfg))
             params = adapt_tasks(learner, params, x, y, step=step, per_task=True, lr=lr)
 
 
 def adaptation_returns(learner: MAML, dist: TaskDistribution, tasks: torch.Tensor, steps: int, trajectories: int,
-                       cfg: RLConfig, seed: int) -> torch.Tensor:
+                       cfg: RLConfig, seed: int, kind: str = "maml") -> torch.Tensor:
     """Mean episode return per task after 0..``steps`` policy-gradient steps, ``[T, steps + 1]``."""
-    rollouts = adapted_rollouts(learner, dist, tasks, steps, trajectories, cfg, seed)
+    rollouts = adapted_rollouts(learner, dist, tasks, steps, trajectories, cfg, seed, kind)
     return torch.stack([traj.returns().mean(1) for traj, _ in rollouts], dim=1)
 
 
@@ -158,7 +180,8 @@ def evaluate(cfg: RLConfig, learners: dict[str, MAML]) -> dict[str, torch.Tensor
         oracle = name == "oracle"
         dist = task_distribution(cfg, oracle=oracle)
         steps = 0 if oracle else cfg.eval.steps
-        r = adaptation_returns(learner, dist, tasks, steps, cfg.eval.trajectories, cfg, seed=cfg.eval.seed + 1)
+        r = adaptation_returns(learner, dist, tasks, steps, cfg.eval.trajectories, cfg, seed=cfg.eval.seed + 1,
+                               kind=name)
         out[name] = r.expand(-1, cfg.eval.steps + 1) if oracle else r
     return out
 
@@ -210,6 +233,7 @@ def reproduce(cfg: RLConfig, out_dir: Path, resume: bool = False, command: str =
         "train_seconds": train_seconds,
         "iterations": {k: _iterations(out_dir / k) for k in kinds},
         "evaluated_iteration": {k: _iterations(out_dir / k, "best") for k in kinds},
+        "learned_inner_lrs": rate_summary(learners["maml"]),
         "total_seconds": time.perf_counter() - t0,
         "environment": environment(),
     }

@@ -44,7 +44,9 @@ def markdown(report: dict[str, Any]) -> str:
         *selection_lines(report),
         f"Test: {cfg['eval']['num_tasks']} tasks (seed {cfg['eval']['seed']}), {cfg['eval']['trajectories']} "
         "trajectories per task and step; average return ± 95% confidence interval over tasks after 0.."
-        f"{steps - 1} policy-gradient steps (step size α{later(test_scale)}).",
+        f"{steps - 1} policy-gradient steps (step size α{later(test_scale)}"
+        f"{'; MAML with its learned step sizes' if report.get('learned_inner_lrs') else ''}).",
+        *learned_rate_lines(report),
         "",
         head,
         "|---|" + "---:|" * steps,
@@ -75,6 +77,24 @@ def selection_lines(report: dict[str, Any]) -> list[str]:
     return [f"Checkpoint: the best of every {every} meta-iterations by the mean return after 1..{ev['steps']} steps "
             f"(0 for the oracle) on {ev['validation_tasks']} validation tasks (seed {ev['validation_seed']}), never the "
             "test tasks: " + ", ".join(f"{k} iteration {chosen[k]} of {report['iterations'][k]}" for k in chosen) + ".  "]
+
+
+def learned_rate_lines(report: dict[str, Any]) -> list[str]:
+    """MAML's learned inner step sizes (``maml.inner_lr_mode``): per parameter tensor, per step, or their
+    mean and range where they are per element (Meta-SGD)."""
+    rates = report.get("learned_inner_lrs")
+    if not rates:
+        return []
+
+    def cell(values: Any) -> str:
+        if isinstance(values, dict):
+            return f"mean {values['mean']:.3g} ({values['min']:.3g} to {values['max']:.3g})"
+        return " / ".join(f"{v:.3g}" for v in values)
+
+    mode = report["config"]["maml"]["inner_lr_mode"]
+    what = "per inner step" if mode == "per_layer_step" else "per element"
+    return [f"Learned step sizes ({mode}, {what}; started at α = {report['config']['maml']['inner_lr']}): "
+            + "; ".join(f"{name} {cell(v)}" for name, v in rates.items()) + ".  "]
 
 
 def step_headers(steps: int) -> str:

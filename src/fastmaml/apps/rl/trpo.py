@@ -12,6 +12,9 @@ not predicted — is within δ; otherwise the parameters stay unchanged.
 
 The inner step is the engine's (:meth:`MAML.adapt_params`), vmapped over tasks, so the
 meta-gradient and the HVPs are second order exactly as MAML's supervised meta-gradient.
+Learned inner step sizes (``maml.inner_lr_mode``: MAML++'s per layer and step, Meta-SGD's per
+element) are meta-parameters like θ: they join θ in TRPO's parameter vector, its natural gradient
+and its KL limit, which bounds how far a change of α may move the adapted policies.
 """
 
 from __future__ import annotations
@@ -141,6 +144,13 @@ class TRPOStep:
         surr, kl = vmap(task)(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
         return surr.mean(), kl.mean()
 
+    def learned_rates(self) -> dict[str, torch.Tensor]:
+        """The learner's learned inner step sizes, which TRPO updates with θ (none for a fixed α, or without
+        inner steps, where they would take no part in the objective)."""
+        if self.learner.inner_lr_mode == "fixed" or self.learner.inner_steps == 0:
+            return {}
+        return dict(self.learner.inner_lrs.items())
+
     def _tick(self, name: str, since: float) -> float:
         now = time.perf_counter()
         self.timings[name] = self.timings.get(name, 0.0) + now - since
@@ -149,7 +159,9 @@ class TRPOStep:
     def __call__(self, batch: TaskBatch, iteration: int = 0) -> dict[str, float]:
         cfg = self.cfg
         params = self.learner.params()
-        plist = list(params.values())
+        rates = self.learned_rates()
+        plist = list(params.values()) + list(rates.values())
+        like = {**params, **{f"inner_lr:{k}": v for k, v in rates.items()}}  # the layout of TRPO's flat vector
         t = time.perf_counter()
         # One pass through the inner step serves the surrogate's gradient and the KL's (unless the
         # HVPs use a subset of tasks, which then gets its own, smaller graph).
@@ -170,14 +182,19 @@ class TRPOStep:
         loss_before = float(surr.detach())
 
         def evaluate(candidate: torch.Tensor) -> tuple[float, float]:
+            values = unflat(candidate, like)
             with torch.no_grad():
-                s, k = self.objectives(unflat(candidate, params), batch, graph=False)
+                # The inner step reads its rates from the module, so a candidate's rates are written there
+                # (the accepted vector, or the old one, is written back below); θ is passed functionally.
+                for name, rate in rates.items():
+                    rate.copy_(values[f"inner_lr:{name}"])
+                s, k = self.objectives({n: values[n] for n in params}, batch, graph=False)
             return float(s), float(k)
 
         new_theta, result = line_search(evaluate, theta, scale * direction, loss_before, cfg.max_kl,
                                         cfg.backtrack_ratio, cfg.max_backtracks)
         with torch.no_grad():
-            for p, v in zip(plist, unflat(new_theta, params).values()):
+            for p, v in zip(plist, unflat(new_theta, like).values()):
                 p.copy_(v)
         self._tick("line_search", t)
         return {"loss": result.loss if result.accepted else loss_before, "kl": result.kl if result.accepted else 0.0,
