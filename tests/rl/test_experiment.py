@@ -132,6 +132,11 @@ def test_learned_step_sizes_adapt_maml_at_test_time_and_the_baselines_keep_the_p
     monkeypatch.setattr(E, "adapt_tasks", spy_adapt)
     E.adaptation_returns(learner, dist, tasks, 3, 3, cfg, seed=0, kind="random")
     assert fixed == [0.2, 0.1, 0.1]
+    # the baselines take no inner step in training and learn no step sizes: their checkpoints hold none
+    for kind in ("pretrained", "oracle"):
+        baseline = E.build_learner(cfg, kind)
+        assert baseline.inner_lr_mode == "fixed" and not any(k.startswith("inner_lrs") for k in baseline.state_dict())
+        assert E.rate_summary(baseline) == {}
     summary = E.rate_summary(learner)
     assert summary and all(v == [0.0625, 0.25] for v in summary.values())
     assert set(summary) == set(learner.inner_names)  # parameter names as the model has them, not the ParameterDict keys
@@ -188,6 +193,10 @@ def test_rl_presets_load_and_keep_the_paper_settings():
     assert lvc.pg.inner_loss == "lvc" and lvc.maml.inner_steps == 1 and lvc.eval.later_step_scale == 0.5
     assert lvc.train.validate_every > 0 and lvc.eval.validation_seed != lvc.eval.seed
     assert cfgs["rl_nav2d"].pg.inner_loss == "reinforce"
+    lslr = cfgs["rl_nav2d_lvc_lslr"]  # the best found: two steps, every step judged, LVC, learned per-step sizes
+    assert (lslr.maml.inner_steps, lslr.trpo.all_steps, lslr.pg.inner_loss, lslr.maml.inner_lr_mode) == (
+        2, True, "lvc", "per_layer_step")
+    assert lslr.train.validate_every > 0 and lslr.eval.later_step_scale == 0.5 and lslr.maml.later_step_scale == 1.0
 
 
 def test_nav2d_diagnosis_reproduces_the_evaluation_and_its_noise_floor(tmp_path):

@@ -50,7 +50,7 @@ def task_distribution(cfg: RLConfig, oracle: bool = False) -> TaskDistribution:
 
 
 def build_learner(cfg: RLConfig, kind: str = "maml") -> MAML:
-    """The policy inside the MAML engine; ``pretrained``/``oracle`` take 0 inner steps in training.
+    """The policy inside the MAML engine; ``pretrained``/``oracle`` take 0 inner steps in training (fixed α).
 
     Initialised from ``train.seed``, so ``random`` is exactly the policy MAML starts from.
     """
@@ -62,7 +62,8 @@ def build_learner(cfg: RLConfig, kind: str = "maml") -> MAML:
     dist = task_distribution(cfg, oracle=kind == "oracle")
     torch.manual_seed(cfg.train.seed)
     policy = GaussianMLPPolicy(dist.obs_dim, dist.act_dim, cfg.policy.hidden, cfg.policy.activation, cfg.policy.init_std)
-    maml = cfg.maml if kind == "maml" else dataclasses.replace(cfg.maml, inner_steps=0)
+    # The baselines take no inner step in training, so they learn no step sizes: a fixed α, whatever MAML's mode.
+    maml = cfg.maml if kind == "maml" else dataclasses.replace(cfg.maml, inner_steps=0, inner_lr_mode="fixed")
     return maml.build(policy, INNER_LOSSES[cfg.pg.inner_loss])
 
 
