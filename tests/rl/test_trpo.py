@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastmaml.apps.rl.config import TRPOConfig
-from fastmaml.apps.rl.trpo import TRPOStep, conjugate_gradient, flat, kl_hvp, line_search, unflat
+from fastmaml.apps.rl.trpo import TRPOStep, conjugate_gradient, flat, kl_hvp, learned_step_sizes, line_search, unflat
 
 from .helpers import tiny_batch, tiny_learner
 
@@ -127,7 +127,7 @@ def _with_rates(step: TRPOStep, theta: torch.Tensor, like: dict) -> dict:
     """Write the step-size part of TRPO's flat vector into the learner; return θ's part as fresh leaves."""
     values = unflat(theta, like)
     with torch.no_grad():
-        for name, rate in step.learned_rates().items():
+        for name, rate in learned_step_sizes(step.learner).items():
             rate.copy_(values[f"inner_lr:{name}"])
     return {k: v.clone().requires_grad_(True) for k, v in values.items() if not k.startswith("inner_lr:")}
 
@@ -139,7 +139,7 @@ def test_learned_step_sizes_are_in_the_gradient_and_the_exact_hvp(mode):
     learner = tiny_learner(inner_lr=0.3, inner_lr_mode=mode)
     batch = tiny_batch(learner, seed=7)
     step = TRPOStep(learner, TRPOConfig())
-    rates = step.learned_rates()
+    rates = learned_step_sizes(step.learner)
     assert set(rates) == {k for k, _ in learner.inner_lrs.items()} and rates
     params = learner.params()
     like = {**{k: v.detach() for k, v in params.items()}, **{f"inner_lr:{k}": v.detach() for k, v in rates.items()}}

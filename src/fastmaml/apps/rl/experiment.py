@@ -32,7 +32,7 @@ from fastmaml.apps.rl.policy import GaussianMLPPolicy
 from fastmaml.apps.rl.report import figure_learning_curves, figure_returns, markdown
 from fastmaml.apps.rl.rollout import Trajectories, per_task_actor, rollout
 from fastmaml.apps.rl.sampler import RLBatch, adapt_tasks, detached, process, sample_meta_batch
-from fastmaml.apps.rl.trpo import TRPOStep
+from fastmaml.apps.rl.trpo import TRPOStep, learned_step_sizes
 from fastmaml.config import to_dict
 from fastmaml.core.maml import MAML, Params
 from fastmaml.errors import ConfigError
@@ -127,16 +127,14 @@ def validation_scores(cfg: RLConfig, learner: MAML, kind: str) -> dict[str, floa
 def learned_rates(learner: MAML, kind: str) -> bool:
     """Whether ``kind``'s policy adapts with step sizes it meta-learned (MAML with ``maml.inner_lr_mode``);
     the baselines learned none and are fine-tuned with the fixed protocol."""
-    return kind == "maml" and learner.inner_lr_mode != "fixed" and learner.inner_steps > 0
+    return kind == "maml" and bool(learned_step_sizes(learner))
 
 
 def rate_summary(learner: MAML) -> dict[str, Any]:
     """MAML's learned step sizes for the report: per parameter tensor, the rate of each inner step
     (``per_layer_step``) or the mean, min and max of its per-element rates (Meta-SGD); {} for a fixed α."""
-    if not learned_rates(learner, "maml"):
-        return {}
     out: dict[str, Any] = {}
-    for key, rate in learner.inner_lrs.items():
+    for key, rate in learned_step_sizes(learner).items():
         r = rate.detach().double()
         name = key.replace("__", ".")
         out[name] = r.tolist() if learner.inner_lr_mode == "per_layer_step" else {

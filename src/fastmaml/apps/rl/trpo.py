@@ -93,6 +93,14 @@ def unflat(vector: torch.Tensor, like: Params) -> Params:
     return out
 
 
+def learned_step_sizes(learner: MAML) -> dict[str, torch.Tensor]:
+    """The learner's learned inner step sizes by their ``inner_lrs`` key, which TRPO updates with θ (none for a
+    fixed α, or without inner steps, where they take no part in the objective or the adaptation)."""
+    if learner.inner_lr_mode == "fixed" or learner.inner_steps == 0:
+        return {}
+    return dict(learner.inner_lrs.items())
+
+
 def kl_hvp(kl: torch.Tensor, params: list[torch.Tensor], damping: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
     """``v -> (∇²KL + damping·I) v``, exact: ∇KL is built once with ``create_graph`` and each call
     differentiates ``∇KL · v`` through that graph (and so through the inner step) again."""
@@ -144,13 +152,6 @@ class TRPOStep:
         surr, kl = vmap(task)(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
         return surr.mean(), kl.mean()
 
-    def learned_rates(self) -> dict[str, torch.Tensor]:
-        """The learner's learned inner step sizes, which TRPO updates with θ (none for a fixed α, or without
-        inner steps, where they would take no part in the objective)."""
-        if self.learner.inner_lr_mode == "fixed" or self.learner.inner_steps == 0:
-            return {}
-        return dict(self.learner.inner_lrs.items())
-
     def _tick(self, name: str, since: float) -> float:
         now = time.perf_counter()
         self.timings[name] = self.timings.get(name, 0.0) + now - since
@@ -159,7 +160,7 @@ class TRPOStep:
     def __call__(self, batch: TaskBatch, iteration: int = 0) -> dict[str, float]:
         cfg = self.cfg
         params = self.learner.params()
-        rates = self.learned_rates()
+        rates = learned_step_sizes(self.learner)
         plist = list(params.values()) + list(rates.values())
         like = {**params, **{f"inner_lr:{k}": v for k, v in rates.items()}}  # the layout of TRPO's flat vector
         t = time.perf_counter()
