@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 from torch.func import vmap
+from torch.nn.utils.stateless import _reparametrize_module
 
 from fastmaml.apps.rl.config import TRPOConfig
 from fastmaml.apps.rl.losses import mean_kl, surrogate_loss
@@ -184,11 +185,10 @@ class TRPOStep:
 
         def evaluate(candidate: torch.Tensor) -> tuple[float, float]:
             values = unflat(candidate, like)
-            with torch.no_grad():
-                # The inner step reads its rates from the module, so a candidate's rates are written there
-                # (the accepted vector, or the old one, is written back below); θ is passed functionally.
-                for name, rate in rates.items():
-                    rate.copy_(values[f"inner_lr:{name}"])
+            candidate_rates = {name: values[f"inner_lr:{name}"] for name in rates}
+            # The inner step reads its rates from the module: swap the candidate's in for the call, as
+            # core/compiled.py does (torch.func.functional_call's mechanism); θ is passed functionally.
+            with torch.no_grad(), _reparametrize_module(self.learner.inner_lrs, candidate_rates):
                 s, k = self.objectives({n: values[n] for n in params}, batch, graph=False)
             return float(s), float(k)
 
