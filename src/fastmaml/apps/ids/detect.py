@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fastmaml.apps.ids.alerts import ALERT_RULES, AlertRule, alert_metrics
-from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFeaturizer, build_sample_set
+from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer, build_sample_set, frame_feature_names
 from fastmaml.apps.ids.can.readers import open_capture
 from fastmaml.apps.ids.config import ModelConfig
 from fastmaml.apps.ids.ethernet.features import PACKET_FEATURES, EthFeatureState, EthFeaturizer
@@ -80,7 +80,7 @@ class Detector:
             return list(PACKET_FEATURES)
         if self.traffic != "can":
             raise DataError(f"detector traffic {self.traffic!r} unknown (expected 'can' or 'eth'); re-save the detector")
-        return list(FRAME_FEATURES)
+        return frame_feature_names(self.state())
 
     def columns(self) -> list[int]:
         valid = self.all_features()

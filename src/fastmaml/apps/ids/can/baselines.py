@@ -4,6 +4,11 @@
 * ``TimingRule``: flags a frame arriving much sooner than its ID's learned period
   (inter-arrival < ``factor`` x period).
 * ``PayloadRangeRule``: flags a payload byte outside the per-ID range seen in benign traffic.
+* ``SignalRangeRule`` (with signal features): flags a frame when one of its signals
+  (:mod:`~fastmaml.apps.ids.can.signals`) leaves the range seen in benign traffic.
+* ``PlausibilityRule`` (with signal features): flags a frame when one of its signals disagrees
+  with the prediction from its partners on other IDs by more than ``factor`` x the benign 99.9%
+  residual: the plausibility check an ECU runs on redundant signals.
 
 Each rule is fitted on benign frames and predicts per frame (``predict(FrameBatch)``) or per
 sample of a SampleSet built by ``features.build_sample_set`` (``predict_samples``; a window is
@@ -99,6 +104,39 @@ class TimingRule:
     def predict_samples(self, s: SampleSet) -> torch.Tensor:
         """Bool [N] from the ``dt_log_ratio`` feature."""
         return _any_in_window(_col(s, "dt_log_ratio") < self._threshold())
+
+
+class _SignalFeatureRule:
+    """A threshold on one signal-feature column (no fitting: the FeatureState's signals carry the clean statistics)."""
+
+    column = ""
+    threshold = 0.0
+
+    def fit(self, frames: object = None) -> _SignalFeatureRule:
+        return self
+
+    def predict_samples(self, s: SampleSet) -> torch.Tensor:
+        """Bool [N]: the column above the threshold (samples without signal features: never)."""
+        if self.column not in s.feature_names:
+            return torch.zeros(s.features.shape[0], dtype=torch.bool)
+        return _any_in_window(_col(s, self.column) > self.threshold)
+
+
+class SignalRangeRule(_SignalFeatureRule):
+    """A signal of the frame outside its benign range (``sig_range`` > 0)."""
+
+    column = "sig_range"
+
+
+class PlausibilityRule(_SignalFeatureRule):
+    """A signal more than ``factor`` x its benign 99.9% residual away from its partners' prediction."""
+
+    column = "sig_residual"
+
+    def __init__(self, factor: float = 2.0) -> None:
+        if factor <= 0:
+            raise DataError(f"PlausibilityRule factor must be > 0, got {factor}")
+        self.threshold = float(np.log2(1.0 + factor) / 4.0)  # the sig_residual scale
 
 
 class PayloadRangeRule:

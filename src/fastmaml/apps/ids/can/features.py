@@ -49,6 +49,11 @@ bus, so that a window of W frames (whose frames the network sees in arbitrary or
 tells which IDs are missing or inconsistent. Everything they need is learned from benign
 training traffic by ``FeatureState.fit``; nothing is specific to the simulator's IDs.
 
+With ``signals`` (``FeatureState.fit(..., signals=True)``, config ``features.signals: true``) the
+frame also carries the signal-level columns of :mod:`fastmaml.apps.ids.can.signals`
+(``SIGNAL_FEATURES``: its signals against their clean range, dynamics and cross-ID partners),
+appended after these 21; :func:`frame_feature_names` gives a state's columns.
+
 Window-level samples stack W consecutive frames' features into [W, F]. A window's label is
 (``label_rule="any"``, default) the most frequent attack label among its frames if any
 frame is an attack, else benign; with ``"majority"`` it is an attack only when more than
@@ -70,6 +75,8 @@ import torch
 
 from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
 from fastmaml.apps.ids.can.relations import MIN_ID_FRAMES, fit_relations, last_index, signal
+from fastmaml.apps.ids.can.signals import (SIGNAL_FEATURES, Signal, SignalFeaturizer, fit_signals, signals_from_dicts,
+                                           signals_to_dicts)
 from fastmaml.apps.ids.samples import SampleSet, make_windows, window_labels
 from fastmaml.errors import DataError
 
@@ -81,6 +88,8 @@ _POP = np.array([bin(i).count("1") for i in range(256)], np.float32)
 _MAX_DT_SAMPLES = 20000  # per ID, enough for a stable median
 _MAX_REL_FRAMES = 40000  # benign frames the cross-ID regression is fitted on (memory: frames x signals)
 _PERIODIC_SPREAD = 4.0  # an ID is periodic when its 99.9% benign inter-arrival is within this x its median
+_MAX_SIGNAL_FRAMES = 400_000  # benign frames signals are extracted from (about 4 minutes of a busy bus)
+
 @dataclass
 class FeatureState:
     """What features learn from benign training traffic: the clock, each ID's typical period,
@@ -97,6 +106,7 @@ class FeatureState:
     tolerances: dict[int, float] = field(default_factory=dict)  # 99.9% benign inter-arrival of each periodic ID
     delta_scale: dict[int, list[float]] = field(default_factory=dict)  # 99.9% benign |byte delta| per ID, 8 values
     relations: list[list[float]] = field(default_factory=list)  # see relations.fit_relations
+    signals: list[Signal] = field(default_factory=list)  # see signals.fit_signals; empty: no signal features
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -107,6 +117,7 @@ class FeatureState:
             "tolerances": {str(k): v for k, v in sorted(self.tolerances.items())},
             "delta_scale": {str(k): v for k, v in sorted(self.delta_scale.items())},
             "relations": self.relations,
+            **({"signals": signals_to_dicts(self.signals)} if self.signals else {}),
         }
 
     @staticmethod
@@ -122,6 +133,7 @@ class FeatureState:
                 {int(k): [float(x) for x in v] for k, v in d.get("delta_scale", {}).items()},
                 [[int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]), float(r[6])]
                  for r in d.get("relations", [])],
+                signals_from_dicts(d.get("signals", []), source),
             )
         except (KeyError, ValueError, TypeError) as e:
             raise DataError(f"{source}: corrupt FeatureState ({e}); refit with FeatureState.fit") from e
@@ -140,9 +152,10 @@ class FeatureState:
         return FeatureState.from_dict(d, str(path))
 
     @staticmethod
-    def fit(batches: Iterable[FrameBatch] | FrameBatch, clock: str = "auto") -> FeatureState:
+    def fit(batches: Iterable[FrameBatch] | FrameBatch, clock: str = "auto", signals: bool = False) -> FeatureState:
         """Learn periods (median same-ID inter-arrival), tolerances, byte-change scales, cross-ID
-        relations (on the first 40,000 benign frames) and known IDs from benign frames.
+        relations (on the first 40,000 benign frames) and known IDs from benign frames; with
+        ``signals`` also the payload signals and their partners (on the first 400,000).
 
         Frames labelled as attacks are ignored; unlabelled frames count as benign.
         ``clock``: ``"time"``, ``"index"`` or ``"auto"`` (time when the first chunk has timestamps).
@@ -158,6 +171,10 @@ class FeatureState:
         rel_ids: list[np.ndarray] = []
         rel_data: list[np.ndarray] = []
         rel_n = 0
+        sig_ids: list[np.ndarray] = []
+        sig_data: list[np.ndarray] = []
+        sig_clk: list[np.ndarray] = []
+        sig_n = 0
         offset = 0
         for b in batches:
             if not len(b):
@@ -176,6 +193,12 @@ class FeatureState:
                 rel_ids.append(ids[:take])
                 rel_data.append(data[:take])
                 rel_n += take
+            if signals and sig_n < _MAX_SIGNAL_FRAMES:
+                take = min(len(ids), _MAX_SIGNAL_FRAMES - sig_n)
+                sig_ids.append(ids[:take])
+                sig_data.append(data[:take])
+                sig_clk.append(clk[:take] if clock == "time" else clk[:take] / 1600.0)  # index clock: ~1,600 frames/s
+                sig_n += take
             for cid in np.unique(ids).tolist():
                 m = ids == cid
                 c = clk[m]
@@ -208,17 +231,23 @@ class FeatureState:
         delta_scale = {cid: np.quantile(np.concatenate(v), 0.999, axis=0).astype(float).tolist()
                        for cid, v in deltas.items() if dcounts[cid] >= MIN_ID_FRAMES}
         relations = fit_relations(np.concatenate(rel_ids), np.concatenate(rel_data)) if rel_ids else []
+        sigs = fit_signals(np.concatenate(sig_ids), np.concatenate(sig_data), np.concatenate(sig_clk)) if sig_ids else []
         return FeatureState("index" if clock == "auto" else clock, periods, default, sorted(last),
-                            tolerances, delta_scale, relations)
+                            tolerances, delta_scale, relations, sigs)
+
+
+def frame_feature_names(state: FeatureState) -> list[str]:
+    """The columns ``FrameFeaturizer(state)`` computes: FRAME_FEATURES, then SIGNAL_FEATURES when it has signals."""
+    return list(FRAME_FEATURES) + (list(SIGNAL_FEATURES) if state.signals else [])
 
 
 class FrameFeaturizer:
     """Streaming frame-level feature extractor; call ``transform`` on consecutive chunks."""
 
-    feature_names = FRAME_FEATURES
-
     def __init__(self, state: FeatureState) -> None:
         self.state = state
+        self.feature_names = frame_feature_names(state)
+        self._signals = SignalFeaturizer(state.signals) if state.signals else None
         ids = np.array(sorted(state.periods), np.int64)
         self._pid = ids
         self._pval = np.array([state.periods[i] for i in ids.tolist()], np.float64)
@@ -238,11 +267,13 @@ class FrameFeaturizer:
         self._last2_data: dict[int, np.ndarray] = {}
         self._offset = 0
         self._start: float | None = None  # first clock of the capture: "last seen" before an ID's first frame
+        if self._signals is not None:
+            self._signals.reset()
 
     def transform(self, b: FrameBatch) -> np.ndarray:
-        """float32 [len(b), 21] features of the next chunk of the capture."""
+        """float32 [len(b), len(self.feature_names)] features of the next chunk of the capture."""
         n = len(b)
-        out = np.empty((n, len(FRAME_FEATURES)), np.float32)
+        out = np.empty((n, len(self.feature_names)), np.float32)
         if n == 0:
             return out
         if self.state.clock == "time":
@@ -349,6 +380,8 @@ class FrameFeaturizer:
         delta2 = np.abs(data.astype(np.int16) - prev2_data.astype(np.int16)).astype(np.float32)
         rel2 = (delta2 / (scale + 1.0)).max(1)
         out[:, 20] = np.where(has_prev2, np.minimum(np.log2(1.0 + rel2) / 4.0, 1.0), 0.0)
+        if self._signals is not None:
+            out[:, len(FRAME_FEATURES):] = self._signals.transform(ids, data)
         return out
 
     def _bus_context(self, ids: np.ndarray, data: np.ndarray, clk: np.ndarray, out: np.ndarray) -> None:
@@ -439,7 +472,7 @@ def build_sample_set(
     fz = FrameFeaturizer(state)
     kept_x: dict[int, np.ndarray] = {}
     kept_k: dict[int, np.ndarray] = {}
-    tail_x = np.zeros((0, len(FRAME_FEATURES)), np.float32)
+    tail_x = np.zeros((0, len(fz.feature_names)), np.float32)
     tail_y = np.zeros(0, np.int64)
     sample_no = 0
     for b in source:
@@ -474,7 +507,7 @@ def build_sample_set(
                 sel = np.argpartition(kc, max_per_class - 1)[:max_per_class]
                 xc, kc = xc[sel], kc[sel]
             kept_x[c], kept_k[c] = xc, kc
-    shape = (0, window, len(FRAME_FEATURES)) if window is not None else (0, len(FRAME_FEATURES))
+    shape = (0, window, len(fz.feature_names)) if window is not None else (0, len(fz.feature_names))
     xs_all, ys_all = [np.zeros(shape, np.float32)], [np.zeros(0, np.int64)]
     for c in sorted(kept_x):
         order = np.argsort(kept_k[c], kind="stable")  # deterministic order independent of chunking
@@ -482,10 +515,10 @@ def build_sample_set(
         ys_all.append(np.full(len(order), c, np.int64))
     return SampleSet(
         torch.from_numpy(np.ascontiguousarray(np.concatenate(xs_all))).float(),
-        torch.from_numpy(np.concatenate(ys_all)), names, list(FRAME_FEATURES), name,
+        torch.from_numpy(np.concatenate(ys_all)), names, fz.feature_names, name,
     )
 
 
 def frame_features(batch: FrameBatch, state: FeatureState) -> torch.Tensor:
-    """float32 [N, 21] features of one whole capture (fresh predecessor state)."""
+    """float32 [N, F] features of one whole capture (fresh predecessor state)."""
     return torch.from_numpy(FrameFeaturizer(state).transform(batch))

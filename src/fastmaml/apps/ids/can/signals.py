@@ -1,0 +1,366 @@
+"""Signals of CAN payloads without a DBC, and the signal-level features that see them in context.
+
+A masquerading ECU sends the right ID at the right rate, so nothing in timing or in the
+presence of frames gives it away; only what its payload *means* does. This module finds the
+signals of every ID in clean traffic and judges each frame's signals against them.
+
+Extraction (READ / LibreCAN style, from bit-flip statistics of clean traffic): for every ID the
+probability that each of the 64 payload bits (bit 0 = most significant bit of byte 0) differs
+from the ID's previous frame. Inside a big-endian signal the flip rate grows from the most to
+the least significant bit, so a signal boundary is a bit that never flips or whose flip rate
+falls below half of its left neighbour's. A field is kept as a *physical* signal when it is at
+least 4 bits wide, takes >= 8 distinct values and is smooth (99% of frame-to-frame changes
+within a fifth of its range): counters, checksums and flags are left out.
+
+Context: every physical signal is regressed on the latest values of the physical signals of
+the other IDs (the bus's recent-value state, sampled and held); the best partners (at most 3,
+joint least squares) predict it. Vehicles broadcast one quantity in several messages (wheel
+speeds and vehicle speed, engine speed and torque), so a false value disagrees with its
+partners even when it is in range and smooth. Two slowly drifting quantities (two temperatures)
+also correlate over a short capture without being redundant, and their "relation" breaks later
+in the drive; so a partner must explain >= 90% of the target's variance, >= 50% of the variance
+of its changes over half a second, and the joint fit on the first half of the clean frames
+must still explain >= 80% on the second half.
+
+Per frame, over the physical signals of the frame's ID (0 for IDs without any), the columns of
+``SIGNAL_FEATURES``:
+
+    sig_range       how far the value lies outside its clean range, log-scaled to [0, 1]
+    sig_edge        how deep the value sits in a tail of its clean distribution: 1/3 per
+                    clean quantile (0.1%, 0.01%, extreme) it reaches; a value pinned at the
+                    clean maximum scores 1
+    sig_jump        change against the ID's previous frame relative to the signal's clean
+                    99.9% change, log-scaled
+    sig_stuck       frames the value has not changed relative to the longest clean run of an
+                    unchanged value, / 4, clipped to [0, 1]
+    sig_residual    |value - prediction from the partners' latest values| relative to the clean
+                    99.9% residual, log-scaled (0 for signals without partners)
+    sig_residual_8  the same, averaged over the signal's last 8 frames: a persistent small
+                    offset below the per-frame noise adds up
+    sig_has_partner 1 when the ID has a signal with partners (the residual columns mean something)
+
+Everything is fitted on benign training traffic (``fit_signals``) and computed causally with
+state carried across chunks, so streamed and one-shot features are identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from fastmaml.apps.ids.can.relations import last_index
+from fastmaml.errors import DataError
+
+SIGNAL_FEATURES: list[str] = ["sig_range", "sig_edge", "sig_jump", "sig_stuck", "sig_residual", "sig_residual_8",
+                              "sig_has_partner"]
+MIN_SIGNAL_FRAMES = 200  # an ID needs this many clean frames for its flip statistics
+_FLIP_DROP = 0.5  # a bit flipping less than this x its left neighbour starts a new signal
+_MIN_BITS = 4
+_MIN_LEVELS = 8
+_SMOOTH = 0.2  # 99% of a physical signal's changes lie within this fraction of its range
+_PARTNER_R2 = 0.9
+_PARTNER_DELTA_R2 = 0.5
+_PARTNER_HOLDOUT_R2 = 0.8
+_DELTA_LAG_S = 0.5
+_MAX_PARTNERS = 3
+_MAX_FIT_ROWS = 4000  # frames of a target ID its regressions are fitted on (evenly spaced)
+_RESID_WINDOW = 8
+_TAILS = (0.001, 0.0001)  # sig_edge levels below the extreme
+
+
+@dataclass
+class Signal:
+    """One physical signal: bits ``[start, start + length)`` of an ID's payload, big-endian, unsigned."""
+
+    can_id: int
+    start: int
+    length: int
+    lo: float  # clean range
+    hi: float
+    low_tails: list[float]  # clean quantiles _TAILS (lower tail)
+    high_tails: list[float]  # clean quantiles 1 - _TAILS (upper tail)
+    step: float  # clean 99.9% |change| between consecutive frames
+    max_run: float  # longest clean run of an unchanged value, in frames
+    partners: list[list[int]] = field(default_factory=list)  # [[can_id, signal index], ...]
+    coef: list[float] = field(default_factory=list)  # prediction = coef[:-1] . partner values + coef[-1]
+    resid_scale: float = 1.0  # clean 99.9% |residual|
+
+    @property
+    def name(self) -> str:
+        return f"0x{self.can_id:X}[{self.start}:{self.start + self.length}]"
+
+
+def payload_words(data: np.ndarray) -> np.ndarray:
+    """uint64 [n]: the first 8 payload bytes as one big-endian word (shorter payloads zero padded)."""
+    d = np.zeros((len(data), 8), np.uint8)
+    w = min(data.shape[1], 8) if data.ndim == 2 else 0
+    d[:, :w] = data[:, :w]
+    return d.view(">u8").reshape(-1).astype(np.uint64)
+
+
+def field_values(words: np.ndarray, start: int, length: int) -> np.ndarray:
+    """float64 values of bits ``[start, start + length)`` (bit 0 = MSB of byte 0)."""
+    shift = np.uint64(64 - start - length)
+    mask = np.uint64((1 << length) - 1)
+    return ((words >> shift) & mask).astype(np.float64)
+
+
+def write_field(words: np.ndarray, start: int, length: int, values: np.ndarray) -> np.ndarray:
+    """``words`` with bits ``[start, start + length)`` replaced by ``values`` (clipped to the field)."""
+    shift = np.uint64(64 - start - length)
+    mask = np.uint64((1 << length) - 1)
+    v = np.clip(np.round(values), 0, (1 << length) - 1).astype(np.uint64)
+    return (words & ~(mask << shift)) | (v << shift)
+
+
+def words_to_bytes(words: np.ndarray) -> np.ndarray:
+    """Inverse of ``payload_words``: uint8 [n, 8]."""
+    return words.astype(">u8").view(np.uint8).reshape(-1, 8).copy()
+
+
+def segment_fields(flip: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, length)`` of the candidate fields of one ID from its 64 bit-flip rates (see module doc)."""
+    fields: list[tuple[int, int]] = []
+    start = None
+    for i in range(65):
+        f = flip[i] if i < 64 else 0.0
+        boundary = f == 0 or (start is not None and f < _FLIP_DROP * flip[i - 1])
+        if boundary and start is not None:
+            fields.append((start, i - start))
+            start = None
+        if f > 0 and start is None:
+            start = i
+    return fields
+
+
+def _longest_run(v: np.ndarray) -> int:
+    change = np.flatnonzero(np.diff(v) != 0)
+    edges = np.concatenate([[-1], change, [len(v) - 1]])
+    return int(np.diff(edges).max()) if len(v) else 0
+
+
+def fit_signals(ids: np.ndarray, data: np.ndarray, clock: np.ndarray | None = None) -> list[Signal]:
+    """Physical signals of clean frames ``ids`` / ``data`` (in capture order), with their partners.
+
+    ``clock``: timestamps in seconds (for the half-second changes partners are checked on); without
+    it the frame index stands in, with 1,000 frames a second.
+    """
+    ids = np.asarray(ids, np.int64)
+    words = payload_words(data)
+    uniq, cnt = np.unique(ids, return_counts=True)
+    sigs: list[Signal] = []
+    for cid in uniq[cnt >= MIN_SIGNAL_FRAMES].tolist():
+        w = words[ids == cid]
+        bits = np.unpackbits(words_to_bytes(w), axis=1)
+        flip = (bits[1:] != bits[:-1]).mean(0)
+        for start, length in segment_fields(flip):
+            if length < _MIN_BITS:
+                continue
+            v = field_values(w, start, length)
+            lo, hi = float(v.min()), float(v.max())
+            if len(np.unique(v)) < _MIN_LEVELS or hi <= lo:
+                continue
+            step = np.abs(np.diff(v))
+            if np.quantile(step, 0.99) > _SMOOTH * (hi - lo):
+                continue  # counter, checksum or noise
+            sigs.append(Signal(int(cid), start, length, lo, hi,
+                               [float(np.quantile(v, q)) for q in _TAILS],
+                               [float(np.quantile(v, 1 - q)) for q in _TAILS],
+                               float(max(np.quantile(step, 0.999), 1.0)), float(max(_longest_run(v), 1))))
+    _fit_partners(sigs, ids, words, np.arange(len(ids)) / 1000.0 if clock is None else np.asarray(clock, np.float64))
+    return sigs
+
+
+def _r2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared correlation of ``b`` [n] with every column of ``a`` [n, m]."""
+    az = (a - a.mean(0)) / np.maximum(a.std(0), 1e-12)
+    bz = (b - b.mean()) / max(b.std(), 1e-12)
+    return (az.T @ bz / len(b)) ** 2
+
+
+def _holdout_r2(x: np.ndarray, t: np.ndarray) -> float:
+    """R^2 on the second half of a least-squares fit on the first half."""
+    h = len(t) // 2
+    a = np.concatenate([x, np.ones((len(t), 1))], 1)
+    coef, *_ = np.linalg.lstsq(a[:h], t[:h], rcond=None)
+    res = t[h:] - a[h:] @ coef
+    return 1.0 - float(res.var()) / max(float(t[h:].var()), 1e-12)
+
+
+def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock: np.ndarray) -> None:
+    """Each signal's partners on other IDs and its linear prediction from their latest values."""
+    by_id: dict[int, list[int]] = {}
+    for j, s in enumerate(sigs):
+        by_id.setdefault(s.can_id, []).append(j)
+    last = {cid: last_index(ids, cid) for cid in by_id}
+    for cid, members in by_id.items():
+        rows = np.flatnonzero(ids == cid)
+        rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), _MAX_FIT_ROWS)).astype(np.int64)]
+        # The bus's recent-value state at this ID's frames: every other ID's signals, sampled and held.
+        cols, names = [], []
+        for other, oj in by_id.items():
+            if other == cid:
+                continue
+            src = last[other][rows]
+            for j in oj:
+                s = sigs[j]
+                cols.append(np.where(src >= 0, field_values(words[np.maximum(src, 0)], s.start, s.length), np.nan))
+                names.append(j)
+        if not cols:
+            continue
+        state = np.stack(cols, 1)
+        ok = ~np.isnan(state).any(1)
+        if ok.sum() < MIN_SIGNAL_FRAMES:
+            continue
+        state = state[ok]
+        t_clk = clock[rows[ok]]
+        dt = float(np.median(np.diff(t_clk))) if len(t_clk) > 1 else 1.0
+        lag = max(1, int(round(_DELTA_LAG_S / max(dt, 1e-9))))
+        for j in members:
+            s = sigs[j]
+            t = field_values(words[rows[ok]], s.start, s.length)
+            r2 = _r2(state, t)
+            r2_delta = _r2(state[lag:] - state[:-lag], t[lag:] - t[:-lag]) if len(t) > 2 * lag else np.zeros_like(r2)
+            good = (r2 >= _PARTNER_R2) & (r2_delta >= _PARTNER_DELTA_R2)
+            best = [int(k) for k in np.argsort(-r2)[:_MAX_PARTNERS] if good[k]]
+            if not best or _holdout_r2(state[:, best], t) < _PARTNER_HOLDOUT_R2:
+                continue
+            a = np.concatenate([state[:, best], np.ones((len(t), 1))], 1)
+            coef, *_ = np.linalg.lstsq(a, t, rcond=None)
+            res = np.abs(t - a @ coef)
+            s.partners = [[sigs[names[k]].can_id, names[k]] for k in best]
+            s.coef = [float(c) for c in coef]
+            s.resid_scale = float(max(np.quantile(res, 0.999), 1.0))
+
+
+def signals_to_dicts(sigs: list[Signal]) -> list[dict]:
+    return [asdict(s) for s in sigs]
+
+
+def signals_from_dicts(rows: list[dict], source: str = "<dict>") -> list[Signal]:
+    try:
+        sigs = [Signal(**r) for r in rows]
+    except TypeError as e:
+        raise DataError(f"{source}: corrupt signal table ({e}); refit the FeatureState") from e
+    for s in sigs:
+        if not (0 <= s.start and 1 <= s.length and s.start + s.length <= 64) or any(
+                not 0 <= p[1] < len(sigs) for p in s.partners):
+            raise DataError(f"{source}: signal {s.name} is out of range; refit the FeatureState")
+    return sigs
+
+
+def _log_scale(r: np.ndarray) -> np.ndarray:
+    return np.minimum(np.log2(1.0 + r) / 4.0, 1.0)
+
+
+class SignalFeaturizer:
+    """Streaming ``SIGNAL_FEATURES`` of consecutive chunks of one capture."""
+
+    def __init__(self, sigs: list[Signal]) -> None:
+        self.sigs = sigs
+        self.by_id: dict[int, list[int]] = {}
+        for j, s in enumerate(sigs):
+            self.by_id.setdefault(s.can_id, []).append(j)
+        self._partner_ids = sorted({p[0] for s in sigs for p in s.partners})
+        self.reset()
+
+    def reset(self) -> None:
+        self._last_word: dict[int, int] = {}  # latest payload word of every signal-carrying ID
+        self._run: dict[int, tuple[float, int]] = {}  # signal -> (last value, frames unchanged)
+        self._resid: dict[int, np.ndarray] = {}  # signal -> its last few normalized residuals
+
+    def transform(self, ids: np.ndarray, data: np.ndarray) -> np.ndarray:
+        """float32 [n, len(SIGNAL_FEATURES)] for the next chunk (frames in capture order)."""
+        ids = np.asarray(ids, np.int64)
+        n = len(ids)
+        out = np.zeros((n, len(SIGNAL_FEATURES)), np.float32)
+        if n == 0 or not self.sigs:
+            return out
+        words = payload_words(data)
+        last = {cid: last_index(ids, cid) for cid in self._partner_ids}
+        carried_words = dict(self._last_word)  # the state before this chunk, read by every ID below
+        for cid, members in self.by_id.items():
+            rows = np.flatnonzero(ids == cid)
+            if not len(rows):
+                continue
+            w = words[rows]
+            prev_w = np.empty_like(w)
+            prev_w[1:] = w[:-1]
+            carried = carried_words.get(cid)
+            has_prev = np.ones(len(rows), bool)
+            if carried is None:
+                has_prev[0] = False
+                prev_w[0] = w[0]
+            else:
+                prev_w[0] = np.uint64(carried)
+            cols = np.zeros((len(rows), len(SIGNAL_FEATURES)))
+            for j in members:
+                s = self.sigs[j]
+                v = field_values(w, s.start, s.length)
+                width = s.hi - s.lo + 1.0
+                outside = np.maximum(np.maximum(s.lo - v, v - s.hi), 0.0) / width
+                edge = sum(((v >= h) | (v <= lo_)).astype(np.float64) for lo_, h in zip(s.low_tails, s.high_tails))
+                edge += (v >= s.hi) | (v <= s.lo)
+                jump = np.where(has_prev, np.abs(v - field_values(prev_w, s.start, s.length)) / s.step, 0.0)
+                stuck = self._stuck(j, v) / s.max_run
+                res, res8 = self._residual(j, s, rows, v, words, last, carried_words)
+                np.maximum(cols[:, 0], _log_scale(16.0 * outside), out=cols[:, 0])
+                np.maximum(cols[:, 1], edge / (len(_TAILS) + 1), out=cols[:, 1])
+                np.maximum(cols[:, 2], _log_scale(jump), out=cols[:, 2])
+                np.maximum(cols[:, 3], np.minimum(stuck / 4.0, 1.0), out=cols[:, 3])
+                np.maximum(cols[:, 4], _log_scale(res), out=cols[:, 4])
+                np.maximum(cols[:, 5], _log_scale(res8), out=cols[:, 5])
+                if s.partners:
+                    cols[:, 6] = 1.0
+            out[rows] = cols
+            self._last_word[cid] = int(w[-1])
+        return out
+
+    def _stuck(self, j: int, v: np.ndarray) -> np.ndarray:
+        """Frames each value has been unchanged, counting the current one and runs from earlier chunks."""
+        idx = np.arange(len(v))
+        starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
+        run_start = starts[np.searchsorted(starts, idx, side="right") - 1]
+        run = (idx - run_start + 1).astype(np.float64)
+        prev = self._run.get(j)
+        if prev is not None and prev[0] == v[0]:
+            run[: (starts[1] if len(starts) > 1 else len(v))] += prev[1]
+        self._run[j] = (float(v[-1]), int(run[-1]))
+        return run
+
+    def _residual(self, j: int, s: Signal, rows: np.ndarray, v: np.ndarray, words: np.ndarray,
+                  last: dict[int, np.ndarray], carried_words: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Normalized residual against the partners' latest values, and its mean over the last 8 frames."""
+        if not s.partners:
+            return np.zeros(len(v)), np.zeros(len(v))
+        pred = np.full(len(v), s.coef[-1])
+        have = np.ones(len(v), bool)
+        for (pid, k), c in zip(s.partners, s.coef[:-1]):
+            src = last[pid][rows]
+            pw = words[np.maximum(src, 0)]
+            carried = carried_words.get(pid)
+            if carried is not None:
+                pw = np.where(src >= 0, pw, np.uint64(carried))
+                ok = np.ones(len(v), bool)
+            else:
+                ok = src >= 0
+            p = self.sigs[k]
+            pred += c * field_values(pw, p.start, p.length)
+            have &= ok
+        r = np.where(have, np.abs(v - pred) / s.resid_scale, 0.0)
+        # Mean of the last 8 residuals, summed oldest first so that any chunking gives the same bits.
+        hist = self._resid.get(j, np.zeros(0))
+        pad = _RESID_WINDOW - 1 - len(hist)
+        seq = np.concatenate([np.zeros(pad), hist, r])
+        seen = np.concatenate([np.zeros(pad), np.ones(len(hist) + len(r))])
+        total, count = np.zeros(len(r)), np.zeros(len(r))
+        for k in range(_RESID_WINDOW):
+            total += seq[k:k + len(r)]
+            count += seen[k:k + len(r)]
+        self._resid[j] = seq[-(_RESID_WINDOW - 1):][seen[-(_RESID_WINDOW - 1):] > 0]
+        return r, total / count
+
+
+__all__ = ["SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "fit_signals", "field_values", "payload_words",
+           "segment_fields", "signals_from_dicts", "signals_to_dicts", "write_field", "words_to_bytes"]

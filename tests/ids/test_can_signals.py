@@ -1,0 +1,111 @@
+"""Signal extraction from bit-flip statistics and the signal-level features (can/signals.py)."""
+
+import numpy as np
+import pytest
+
+from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFeaturizer, frame_feature_names
+from fastmaml.apps.ids.can.frames import FrameBatch
+from fastmaml.apps.ids.can.signals import (SIGNAL_FEATURES, SignalFeaturizer, field_values, fit_signals,
+                                           payload_words, segment_fields, write_field, words_to_bytes)
+from fastmaml.errors import DataError
+
+
+def _bus(n_cycles: int = 3000, seed: int = 0, offset_rows: slice | None = None) -> FrameBatch:
+    """Two IDs at 100 Hz: 0x100 carries speed in bits [4:16] plus a 4-bit counter and a random byte;
+    0x200 carries 2 * speed + 100 in bits [16:32] (a redundant copy on another ECU)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_cycles) * 0.01
+    speed = np.round(1500 + 1200 * np.sin(t / 3.0) + rng.normal(0, 2, n_cycles)).clip(0, 4095)
+    w1 = write_field(np.zeros(n_cycles, np.uint64), 4, 12, speed)
+    w1 = write_field(w1, 16, 4, np.arange(n_cycles) % 16)
+    w1 = write_field(w1, 56, 8, rng.integers(0, 256, n_cycles))  # checksum-like noise
+    copy = 2 * speed + 100
+    if offset_rows is not None:
+        copy[offset_rows] += 600
+    w2 = write_field(np.zeros(n_cycles, np.uint64), 16, 16, copy)
+    ids = np.tile(np.array([0x100, 0x200], np.uint32), n_cycles)
+    words = np.stack([w1, w2], 1).reshape(-1)
+    ts = np.stack([t, t + 0.004], 1).reshape(-1)
+    n = len(ids)
+    return FrameBatch(ts, ids, np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.full(n, 8, np.uint8),
+                      np.full(n, 8, np.uint8), words_to_bytes(words), np.zeros(n, np.int16), ["benign"])
+
+
+def test_field_write_and_read_round_trip_only_touch_the_field():
+    rng = np.random.default_rng(1)
+    w = rng.integers(0, 2**63, 50, dtype=np.int64).astype(np.uint64)
+    v = rng.integers(0, 2**11, 50).astype(np.float64)
+    out = write_field(w, 13, 11, v)
+    assert (field_values(out, 13, 11) == v).all()
+    mask = np.uint64(((1 << 11) - 1) << (64 - 13 - 11))
+    assert ((out & ~mask) == (w & ~mask)).all()
+    assert (payload_words(words_to_bytes(out)) == out).all()
+
+
+def test_segment_fields_splits_where_the_flip_rate_falls():
+    flip = np.zeros(64)
+    flip[4:16] = np.geomspace(0.001, 0.5, 12)  # one signal, flips rising towards its LSB
+    flip[16:20] = [0.06, 0.12, 0.25, 0.5]  # the next one starts with a drop
+    assert segment_fields(flip) == [(4, 12), (16, 4)]
+
+
+def test_fit_signals_finds_the_speed_and_its_partner_and_drops_counter_and_noise():
+    b = _bus()
+    sigs = fit_signals(b.can_id, b.data)
+    names = {s.name for s in sigs}
+    # 2 * speed + 100 < 8192 is even: its top 3 bits and its LSB never flip, so the field is [19:31]
+    assert names == {"0x100[4:16]", "0x200[19:31]"}  # no counter, no random byte
+    speed = next(s for s in sigs if s.name == "0x100[4:16]")
+    assert [sigs[p[1]].name for p in speed.partners] == ["0x200[19:31]"]
+    assert speed.coef[0] == pytest.approx(1.0, rel=0.01)  # speed = (copy >> 1) - 50
+    assert speed.resid_scale <= 20.0  # the partner is one cycle old: sample-and-hold lag plus noise
+
+
+def test_residual_feature_flags_a_false_copy_and_not_the_genuine_frames():
+    clean = _bus()
+    state = FeatureState.fit(clean, signals=True)
+    attacked = _bus(offset_rows=slice(2000, 2200))
+    x = FrameFeaturizer(state).transform(attacked)
+    res = x[:, frame_feature_names(state).index("sig_residual")]
+    on = (attacked.can_id == 0x200) & (attacked.timestamp >= 20.0) & (attacked.timestamp < 22.0)
+    assert res[on].min() > 0.5
+    assert np.quantile(res[~on & (attacked.can_id == 0x200)], 0.99) < 0.3
+
+
+def test_signal_features_are_the_same_in_any_chunking():
+    b = _bus(offset_rows=slice(500, 700))
+    state = FeatureState.fit(_bus(seed=3), signals=True)
+    whole = FrameFeaturizer(state).transform(b)
+    fz = FrameFeaturizer(state)
+    cuts = np.sort(np.random.default_rng(0).choice(len(b), 9, replace=False))
+    parts = [fz.transform(b.select(slice(a, c))) for a, c in zip(np.r_[0, cuts], np.r_[cuts, len(b)])]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_stuck_counts_frames_across_chunks():
+    sf = SignalFeaturizer(fit_signals(_bus().can_id, _bus().data))
+    b = _bus()
+    frozen = b.data.copy()
+    frozen[b.can_id == 0x100] = frozen[b.can_id == 0x100][0]
+    col = SIGNAL_FEATURES.index("sig_stuck")
+    a = sf.transform(b.can_id[:3000], frozen[:3000])[:, col]
+    c = sf.transform(b.can_id[3000:], frozen[3000:])[:, col]
+    stuck = np.concatenate([a, c])[b.can_id == 0x100]
+    assert (np.diff(stuck) >= 0).all() and stuck[-1] == 1.0
+
+
+def test_feature_state_with_signals_round_trips_and_old_states_keep_21_columns():
+    state = FeatureState.fit(_bus(), signals=True)
+    back = FeatureState.from_dict(state.to_dict())
+    assert [s.name for s in back.signals] == [s.name for s in state.signals]
+    assert frame_feature_names(back) == FRAME_FEATURES + SIGNAL_FEATURES
+    plain = FeatureState.fit(_bus())
+    assert "signals" not in plain.to_dict() and frame_feature_names(plain) == FRAME_FEATURES
+    assert FrameFeaturizer(plain).transform(_bus(100)).shape[1] == 21
+    bad = state.to_dict()
+    bad["signals"][0]["start"] = 70
+    with pytest.raises(DataError, match="out of range"):
+        FeatureState.from_dict(bad, "det.json")
+    bad["signals"][0] = {"nonsense": 1}
+    with pytest.raises(DataError, match="det.json: corrupt signal table"):
+        FeatureState.from_dict(bad, "det.json")
