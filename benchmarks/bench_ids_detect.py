@@ -6,7 +6,9 @@ log, then times, single-threaded (torch.set_num_threads(1)):
   feat     + frame features (FeatureState fitted on a separate benign capture)
   detect   + FrameMLP(F -> 64 -> 64 -> 2) forward on each chunk
   ids detect  the whole `fastmaml ids detect` path (stream_detect: + CSV verdicts), frame and window detectors
-and, with --cic, the CICIoV2024 reader on the real 1.2M-row benign zip.
+and, with --cic, the CICIoV2024 reader on the real 1.2M-row benign zip; with --signals also the
+signal-level features (can/signals.py) on the same capture, beside the plain ones (the
+FeatureState fitted with signals=True), and their ratio.
 The target is >= 100,000 frames/s for "detect".
 
 Usage: python benchmarks/bench_ids_detect.py [--seconds 300] [--chunk 65536] [--cic PATH]
@@ -23,7 +25,7 @@ import torch
 
 from fastmaml.apps.ids.can import sim as can_sim
 from fastmaml.apps.ids.can.readers import open_capture
-from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFeaturizer
+from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer, frame_feature_names
 from fastmaml.apps.ids.detect import Detector, load_detector, save_detector, stream_detect
 from fastmaml.apps.ids.config import load_ids_config
 from fastmaml.apps.ids.models import build_model
@@ -49,7 +51,7 @@ def run(path: Path, chunk: int, state: FeatureState | None, model: torch.nn.Modu
 def preset_detector(state: FeatureState, window: int | None) -> Detector:
     """An (untrained) detector with the sim preset's model: speed does not depend on the weights."""
     cfg = load_ids_config("sim")
-    names = list(FRAME_FEATURES)
+    names = frame_feature_names(state)
     torch.manual_seed(0)
     net = build_model(cfg.model, len(names), window)
     return Detector(to_dict(cfg.model), {k: v.detach() for k, v in net.state_dict().items()}, state.to_dict(), names,
@@ -68,11 +70,13 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=65536)
     ap.add_argument("--repeat", type=int, default=3, help="best of N passes")
     ap.add_argument("--cic", type=Path, default=None, help="CICIoV2024 decimal_benign.csv.zip to time the reader on")
+    ap.add_argument("--signals", action="store_true", help="also time the signal-level features")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    state = FeatureState.fit(can_sim.simulate("none", 60.0, 1))
-    model = FrameMLP(len(FRAME_FEATURES), (64, 64), 2).eval()
+    clean = can_sim.simulate("none", 60.0, 1)
+    state = FeatureState.fit(clean)
+    model = FrameMLP(len(frame_feature_names(state)), (64, 64), 2).eval()
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "capture.log"
         frames = can_sim.simulate("dos", args.seconds, 2)
@@ -88,6 +92,18 @@ def main() -> None:
             best = max(_stream(det_path, path, Path(d) / "verdicts.csv", args.chunk) for _ in range(args.repeat))
             label = f"ids detect w={window or 1}"
             print(f"{label:14s} {best:12,.0f} frames/s  (stream_detect: read + features + detector + CSV)")
+        if args.signals:
+            sig_state = FeatureState.fit(clean, signals=True)
+            sig_model = FrameMLP(len(frame_feature_names(sig_state)), (64, 64), 2).eval()
+            plain, sig = (max(n / s for n, s in (run(path, args.chunk, st, m) for _ in range(args.repeat)))
+                          for st, m in ((state, model), (sig_state, sig_model)))
+            print(f"{'+signals':14s} {sig:12,.0f} frames/s  read+feat+mlp with {len(sig_state.signals)} signals "
+                  f"({sum(bool(x.partners) for x in sig_state.signals)} with partners): {sig / plain:.2f}x the "
+                  f"plain features' {plain:,.0f}")
+            det_path = Path(d) / "det_sig"
+            save_detector(preset_detector(sig_state, None), det_path)
+            best = max(_stream(det_path, path, Path(d) / "verdicts.csv", args.chunk) for _ in range(args.repeat))
+            print(f"{'ids detect sig':14s} {best:12,.0f} frames/s  (stream_detect with signal features)")
         # the hot path without parsing text (frames already in memory, e.g. from a live socket)
         fz = FrameFeaturizer(state)
         t0 = time.perf_counter()

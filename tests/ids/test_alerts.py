@@ -55,3 +55,25 @@ def test_hold_off_limits_alerts_but_not_detection():
     m = alert_metrics(truth.copy(), truth, t, ids, AlertRule(1, 1, holdoff=1.0), occurrence_gap=0.005)
     assert m["occurrences"] == 19 and m["occurrences_detected"] == 19 and m["median_delay_s"] == 0.0
     assert m["alerts"] == 10 and m["false_alerts"] == 0
+
+
+def test_budget_threshold_is_the_lowest_that_keeps_the_false_alert_budget():
+    import torch
+
+    from fastmaml.apps.ids.alerts import AlertRule, k_of_n_alerts
+    from fastmaml.apps.ids.families import Stream
+    from fastmaml.apps.ids.operational import budget_threshold
+
+    rng = np.random.default_rng(0)
+    n = 36_001  # one hour (3,600.0 s) of two IDs at 5 Hz each
+    clock = np.arange(n) * 0.1
+    key = np.arange(n) % 2
+    p = rng.beta(1, 20, n)
+    st = Stream(torch.zeros(n, 1), torch.zeros(n, dtype=torch.bool), torch.from_numpy(clock), torch.from_numpy(key))
+    for rule, budget in ((AlertRule(1, 1), 10.0), (AlertRule(2, 4), 3.0), (AlertRule(1, 1), 0.0)):
+        thr = budget_threshold(torch.from_numpy(p), st, rule, budget)
+        assert len(k_of_n_alerts(p > thr, clock, key, rule)) <= budget
+        lower = np.unique(p)[np.unique(p) < thr]
+        if len(lower):  # the next observed value down would break the budget
+            assert len(k_of_n_alerts(p > lower[-1], clock, key, rule)) > budget
+    assert budget_threshold(torch.from_numpy(p), st, AlertRule(1, 1), 0.0) == p.max()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from fastmaml import cliargs
+from fastmaml.apps.ids.splits import FILE_SPLITS
 from fastmaml.config import load_config, to_dict
 from fastmaml.core.maml import MAMLConfig
 from fastmaml.errors import ConfigError, DataError
@@ -16,9 +17,10 @@ from fastmaml.train.loop import TrainConfig
 PRESETS = Path(__file__).parent / "presets"
 METHODS = ("scratch", "pretrained", "maml", "fomaml")
 METRIC_NAMES = ("f1", "recall", "fpr", "accuracy")
-RULES = ("id_allow_list", "timing", "payload_range")
-SOURCE_KINDS = ("cic", "sim", "captures", "daga", "eth_sim", "eth_captures", "synthetic")
-SPLITS = ("occurrences", "time")
+RULES = ("id_allow_list", "timing", "payload_range", "signal_range", "plausibility")
+SOURCE_KINDS = ("cic", "sim", "captures", "daga", "masquerade", "eth_sim", "eth_captures", "synthetic")
+SPLITS = ("occurrences", "time") + FILE_SPLITS
+FILE_SPLIT_KINDS = ("captures",)  # the source kinds that FILE_SPLITS serve (a folder of capture files)
 DATA_ROOT_ENV = "FASTMAML_DATA_ROOT"
 ETH_KINDS = ("eth_sim", "eth_captures")
 
@@ -56,6 +58,16 @@ class SourceConfig:
     capture has too few occurrences to put some on both sides; ``time`` cuts each capture at
     ``1 - test_fraction`` of its frames. For ``sim`` and ``eth_sim`` the test captures are
     simulated with another seed (another drive).
+
+    For a folder of real captures (``kind: captures``) that holds one injection interval per
+    file, often several files per attack type: ``by_capture`` holds out whole files (per attack
+    type with >= 2 files holding only it, about ``test_fraction`` of them, at least one, test
+    whole; the last ones in ``captures`` order), ``within_interval`` cuts each capture inside its
+    attack frames so both parts hold some (test frames then come from the same injection as
+    training frames: optimistic), and ``auto`` (the ``captures`` preset's default) picks per
+    attack type: by_capture with >= 2 files, else occurrences when its capture has enough, else
+    within_interval, and logs the choice. Features and rules are fitted on the benign frames of
+    the training parts only.
     """
 
     kind: str = "sim"
@@ -64,7 +76,7 @@ class SourceConfig:
     cic_dir: str = ""  # default: <data_root>/ids/ciciov2024/decimal
     daga_dir: str = ""  # default: <data_root>/ids/daga
     captures: list[CaptureSpec] = field(default_factory=list)
-    split: str = "occurrences"
+    split: str = "occurrences"  # occurrences, time, by_capture, within_interval, auto (the captures preset's default)
     test_fraction: float = 0.3
     occurrence_gap_s: float = 0.05  # attack frames closer than this belong to one occurrence (frames without time: 50 frames)
     min_occurrences: int = 2  # per side; fewer on either side of a cut stops the run
@@ -76,6 +88,10 @@ class SourceConfig:
     sim_test_seed: int = 2
     synthetic_attacks: int = 4
     synthetic_samples: int = 400  # per class and split
+    # masquerade: attacks generated on a clean capture (source.captures[0], else DAGA's clean trace)
+    masquerade_occurrences: int = 20  # injection intervals per attack type, spread over the drive
+    masquerade_duration_s: float = 2.0  # length of each interval
+    masquerade_seed: int = 0
     eth_camera: bool = True  # eth_sim: include the ~2,000 packets/s camera stream (off: fast tiny runs)
 
 
@@ -85,8 +101,17 @@ _ETH_ONLY_KEYS = {"eth_camera": True}
 # Keys added later, left out of cache keys while at their defaults (so earlier runs stay valid);
 # where the data live (data_root, cic_dir, daga_dir) never changes what is read from them.
 _LATER_DEFAULTS = {"split": "occurrences", "occurrence_gap_s": 0.05, "min_occurrences": 2, "skip_malformed": False,
-                   "bad_id": "error"}
+                   "bad_id": "error", "masquerade_occurrences": 20, "masquerade_duration_s": 2.0,
+                   "masquerade_seed": 0}
 _LOCATION_KEYS = ("data_root", "cic_dir", "daga_dir")
+
+
+def feature_key(feat: FeatureConfig) -> dict[str, Any]:
+    """The features config as it enters cache keys (``signals`` only when on, so earlier runs stay valid)."""
+    d = to_dict(feat)
+    if not d.get("signals"):
+        d.pop("signals", None)
+    return d
 
 
 def source_key(src: SourceConfig) -> dict[str, Any]:
@@ -136,6 +161,7 @@ class FeatureConfig:
     max_benign: int = 20000  # per task family and split
     max_attack: int = 5000
     drop: list[str] = field(default_factory=list)  # feature columns to leave out (ablations, e.g. id_known)
+    signals: bool = False  # CAN: add the signal-level columns (can/signals.py: payload signals in cross-ID context)
     seed: int = 0
 
 
@@ -163,6 +189,8 @@ class EvalConfig:
     figure_shot: int = 5  # K of the figures and of the operational evaluation
     operational_episodes: int = 5  # adapted detectors streamed over each held-out test capture, per seed (0: off)
     calibrate_fpr: float = 1e-4  # streams are also judged at the threshold flagging this share of benign training frames
+    # ... and, per alert rule, at the threshold where it raises at most this many false alerts per hour on them
+    alert_budget_per_hour: float = 10.0
 
 
 @dataclass
@@ -206,8 +234,14 @@ class IdsConfig:
             raise ConfigError("eval.finetune_lrs must list positive step sizes")
         if self.train_source is not None and (self.train_source.kind in ETH_KINDS) != (self.source.kind in ETH_KINDS):
             raise ConfigError("train_source and source must carry the same traffic (both CAN or both Ethernet)")
-        if self.source.split not in SPLITS:
-            raise ConfigError(f"source.split {self.source.split!r} unknown; use one of {', '.join(SPLITS)}")
+        for key, src in (("source", self.source), ("train_source", self.train_source)):
+            if src is None:
+                continue
+            if src.split not in SPLITS:
+                raise ConfigError(f"{key}.split {src.split!r} unknown; use one of {', '.join(SPLITS)}")
+            if src.split in FILE_SPLITS and src.kind not in FILE_SPLIT_KINDS:
+                raise ConfigError(f"{key}.split={src.split} splits a folder of capture files (source.kind=captures); "
+                                  f"{key}.kind={src.kind} takes {key}.split=occurrences or time")
         if self.source.bad_id not in ("error", "skip", "keep"):
             raise ConfigError(f"source.bad_id {self.source.bad_id!r} unknown; use error, skip or keep")
         if not 0 < self.source.test_fraction < 1:

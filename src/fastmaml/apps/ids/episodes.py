@@ -24,15 +24,36 @@ def _class_tensors(s: SampleSet) -> list[torch.Tensor]:
     return [s.features[s.labels == 0], s.features[s.labels == 1]]
 
 
-def check_sizes(data: IdsData, names: Iterable[str], split: str, k: int, q: int, key: str) -> None:
+_SIM_KINDS = ("sim", "eth_sim")  # sources whose amount of data is source.sim_duration_s
+
+
+def _more_data(kind: str, cls: str) -> str:
+    """How to give a source more samples of class ``cls``: the knob depends on the source kind."""
+    if kind in _SIM_KINDS:
+        return "give the source more data (source.sim_duration_s)"
+    if kind == "synthetic":
+        return "give the source more data (source.synthetic_samples)"
+    if not kind:
+        return "give the source more data"
+    cap = "features.max_benign" if cls == "benign" else "features.max_attack"
+    return f"give more or longer captures of that attack, or raise {cap} if it caps the samples"
+
+
+def check_sizes(data: IdsData, names: Iterable[str], split: str, k: int, q: int, key: str, kind: str = "") -> None:
+    """DataError naming the attack whose ``split`` part has fewer than K + Q samples of a class.
+
+    ``kind``: the ``source.kind`` the attacks come from, so the message names the knob that gives
+    that source more data (``""``: unknown, a generic hint).
+    """
     for n in names:
         s, _ = data.families[n].part(split)
         counts = s.counts()
         for cls, c in counts.items():
             if c < k + q:
+                query = "eval.query" if key.startswith("eval.") else "train_query"
                 raise DataError(
                     f"{split} part of attack {n!r} has {c} {cls!r} samples but episodes need K + Q = {k} + {q}; "
-                    f"lower {key}, eval.query/train_query, or give the source more data (e.g. source.sim_duration_s)"
+                    f"lower {key} or {query}, or {_more_data(kind, cls)}"
                 )
 
 

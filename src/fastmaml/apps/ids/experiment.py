@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from fastmaml.apps.ids.config import IdsConfig, METHODS, load_ids_config, preset_path, source_key  # noqa: F401
+from fastmaml.apps.ids.config import IdsConfig, METHODS, feature_key, load_ids_config, preset_path, source_key  # noqa: F401
 from fastmaml.apps.ids.episodes import Episodes, check_sizes, fingerprint, fixed_episodes, make_train_sampler
 from fastmaml.apps.ids.families import FIT_STREAM, IdsData, Stream
 from fastmaml.apps.ids.metrics import CURVE_METRICS, rates
@@ -99,7 +99,7 @@ def train_method(cfg: IdsConfig, data: IdsData, known: Sequence[str], method: st
     if method == "scratch":
         return learner, 0.0
     known = data.check_attacks(known, "known attack")
-    check_sizes(data, known, "train", cfg.train_shots, cfg.train_query, "train_shots")
+    check_sizes(data, known, "train", cfg.train_shots, cfg.train_query, "train_shots", _train_kind(cfg))
     ident = _identity(cfg, method, known, seed, data_key(cfg))
     last = RunDir(run_dir).last
     if last.is_file():
@@ -118,6 +118,15 @@ def train_method(cfg: IdsConfig, data: IdsData, known: Sequence[str], method: st
     return learner, time.perf_counter() - t0
 
 
+def _log(message: str) -> None:
+    print(f"[ids] {message}", file=sys.stderr)
+
+
+def _train_kind(cfg: IdsConfig) -> str:
+    """The source kind the known (training) attacks come from, for check_sizes' hints."""
+    return (cfg.train_source or cfg.source).kind
+
+
 # ===================================================================== evaluation
 def _params(learner: MAML) -> Params:
     return {k: v.detach() for k, v in learner.params().items()}
@@ -126,7 +135,8 @@ def _params(learner: MAML) -> Params:
 def tune_step_size(cfg: IdsConfig, data: IdsData, base: MAML, known: Sequence[str], k: int) -> tuple[float, dict]:
     """Fine-tuning step size with the best mean F1 after ``eval.steps`` steps on known-attack episodes."""
     e = cfg.eval
-    check_sizes(data, known, "train", k, e.query, "eval.shots (the step size is tuned on known-attack episodes)")
+    check_sizes(data, known, "train", k, e.query, "eval.shots (the step size is tuned on known-attack episodes)",
+                _train_kind(cfg))
     n_each = max(1, e.tuning_episodes // len(known))
     batches = [fixed_episodes(data, a, "train", k, e.query, n_each, e.tuning_seed).batch for a in known]
     batch = TaskBatch(*(torch.cat([getattr(b, a) for b in batches]) for a in
@@ -162,6 +172,7 @@ def fold_name(holdout: Sequence[str]) -> str:
 def _eval_key(cfg: IdsConfig, known: Sequence[str], holdout: Sequence[str], dkey: str) -> str:
     c = to_dict(cfg)
     c["source"] = source_key(cfg.source)
+    c["features"] = feature_key(cfg.features)
     if cfg.train_source is not None:
         c["train_source"] = source_key(cfg.train_source)
     for k in ("progress", "threads", "device", "checkpoint_every", "log_every"):
@@ -170,18 +181,58 @@ def _eval_key(cfg: IdsConfig, known: Sequence[str], holdout: Sequence[str], dkey
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _size_problem(data: IdsData, names: Sequence[str], split: str, k: int, q: int, key: str, kind: str) -> str | None:
+    """check_sizes' message, or None when the parts are large enough."""
+    try:
+        check_sizes(data, names, split, k, q, key, kind)
+    except DataError as err:
+        return str(err)
+    return None
+
+
+def fitting_shots(cfg: IdsConfig, data: IdsData, known: Sequence[str], holdout: Sequence[str]
+                  ) -> tuple[list[int], dict[str, str]]:
+    """The Ks of ``eval.shots`` a fold can evaluate, and for the others (str K) why not.
+
+    A K fits when every held-out attack's test part holds K + Q samples per class and, where a
+    method's fine-tuning step size is tuned on known-attack episodes, every known attack's
+    training part does too. So a small attack type costs only the Ks it cannot fill.
+    """
+    e = cfg.eval
+    tuned = any(m in ("scratch", "pretrained") for m in cfg.methods)
+    fit: list[int] = []
+    why: dict[str, str] = {}
+    for k in e.shots:
+        problem = _size_problem(data, holdout, "test", k, e.query, "eval.shots", cfg.source.kind)
+        if problem is None and tuned:
+            problem = _size_problem(data, known, "train", k, e.query,
+                                    "eval.shots (the step size is tuned on known-attack episodes)", _train_kind(cfg))
+        if problem is None:
+            fit.append(k)
+        else:
+            why[str(k)] = problem
+    return fit, why
+
+
 def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Path, resume: bool = True,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train every method without ``holdout``, evaluate on the held-out attacks; cached in ``out_dir/evals``."""
-    log = log or (lambda m: print(f"[ids] {m}", file=sys.stderr))
+    """Train every method without ``holdout``, evaluate on the held-out attacks; cached in ``out_dir/evals``.
+
+    Ks of ``eval.shots`` the data cannot fill are left out and listed under ``skipped_shots``;
+    DataError when none fits (the comparison then skips the fold).
+    """
+    log = log or _log
     holdout = data.check_attacks(holdout, "held-out attack")
     known = [a for a in data.attacks if a not in holdout]
     if not known:
         raise DataError(f"holding out {holdout} leaves no attack to meta-train on; hold out fewer attacks")
     e = cfg.eval
-    for k in e.shots:
-        check_sizes(data, holdout, "test", k, e.query, "eval.shots")
     name = fold_name(holdout)
+    shots, skipped_shots = fitting_shots(cfg, data, known, holdout)
+    if not shots:
+        raise DataError(f"no K of eval.shots {e.shots} fits: {skipped_shots[str(min(e.shots))]}")
+    for k, why in skipped_shots.items():
+        log(f"fold {name}: K = {k} left out: {why}")
     dkey = data_key(cfg)
     key = _eval_key(cfg, known, holdout, dkey)
     cache = Path(out_dir) / "evals" / f"{name}.json"
@@ -192,9 +243,9 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
             return cached
     t_fold = time.perf_counter()
     values: dict[str, dict[int, dict[str, list[dict[str, torch.Tensor]]]]] = {a: {} for a in holdout}
-    episodes = {a: {k: fixed_episodes(data, a, "test", k, e.query, e.episodes, e.seed) for k in e.shots}
+    episodes = {a: {k: fixed_episodes(data, a, "test", k, e.query, e.episodes, e.seed) for k in shots}
                 for a in holdout}
-    fingerprints: dict[str, dict[str, dict[str, str]]] = {a: {str(k): {} for k in e.shots} for a in holdout}
+    fingerprints: dict[str, dict[str, dict[str, str]]] = {a: {str(k): {} for k in shots} for a in holdout}
     train_seconds: dict[str, float] = {}
     step_sizes: dict[str, dict[str, float]] = {}
     tuning: dict[str, Any] = {}
@@ -208,7 +259,7 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
             learner, secs = train_method(cfg, data, known, method, seed, run_dir, resume=resume)
             train_seconds[f"{method}-s{seed}"] = secs
             params = _params(learner)
-            for k in e.shots:
+            for k in shots:
                 if method in ("scratch", "pretrained"):
                     lr, scores = tune_step_size(cfg, data, learner, known, k)
                     step_sizes.setdefault(f"{method}-s{seed}", {})[str(k)] = lr
@@ -224,11 +275,11 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
                         ops.setdefault(a, {}).setdefault(method, []).extend(operational_values(
                             runner, params, ep, e.steps, data.streams[a], data.streams.get(BENIGN),
                             e.operational_episodes, cfg.source.occurrence_gap_s, data.streams.get(FIT_STREAM),
-                            e.calibrate_fpr))
+                            e.calibrate_fpr, e.alert_budget_per_hour))
     results: dict[str, Any] = {}
     for a in holdout:
         results[a] = {}
-        for k in e.shots:
+        for k in shots:
             ep = episodes[a][k]
             entry: dict[str, Any] = {"methods": {}, "rules": {}, "episodes": e.episodes, "fingerprint": ep.fingerprint,
                                      "method_fingerprints": fingerprints[a][str(k)]}
@@ -255,6 +306,7 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
                        "methods": {meth: summarize_rows(rows) for meth, rows in m.items()}}
                    for a, m in ops.items()}
     out = {"fold": name, "operational": operational, "holdout": list(holdout), "known": known, "key": key, "results": results,
+           "skipped_shots": skipped_shots,
            "step_sizes": step_sizes, "step_size_tuning": tuning, "train_seconds": train_seconds,
            "seconds": time.perf_counter() - t_fold}
     atomic_write_text(cache, json.dumps(out, indent=1) + "\n")
@@ -280,7 +332,12 @@ def leave_one_out(data: IdsData) -> list[list[str]]:
 
 def compare(cfg: IdsConfig, out_dir: Path, folds: list[list[str]] | None = None, resume: bool = True,
             command: str = "", data: IdsData | None = None) -> dict[str, Any]:
-    """Run every fold (skipping finished ones), then write results.json, report.md and figures to ``out_dir``."""
+    """Run every fold (skipping finished ones), then write results.json, report.md and figures to ``out_dir``.
+
+    A fold the data cannot serve (an attack the source could not cut, a test part too small for
+    any K of eval.shots, ...) is logged, listed under ``skipped_folds`` with its reason, and the
+    other folds still run; DataError when every fold is skipped.
+    """
     from fastmaml.apps.ids import report as R
 
     cfg.validate()
@@ -290,9 +347,11 @@ def compare(cfg: IdsConfig, out_dir: Path, folds: list[list[str]] | None = None,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = data if data is not None else prepare_data(cfg, out_dir / "data")
-    folds = folds or default_folds(data)
+    # Attacks the source could not split (source.split=auto): their folds are reported as skipped.
+    uncut: dict[str, str] = (data.stats.get("split") or {}).get("skipped", {})
+    folds = folds or (default_folds(data) + [[a] for a in uncut])
     for f in folds:
-        data.check_attacks(f, "held-out attack")
+        data.check_attacks([a for a in f if a not in uncut], "held-out attack")
     seen: set[str] = set()
     for f in folds:
         dup = seen & set(f)
@@ -300,7 +359,20 @@ def compare(cfg: IdsConfig, out_dir: Path, folds: list[list[str]] | None = None,
             raise DataError(f"attack(s) {sorted(dup)} held out in more than one fold; give each attack to one fold")
         seen |= set(f)
     prep_seconds = time.perf_counter() - t0
-    fold_results = [run_fold(cfg, data, f, out_dir, resume=resume) for f in folds]
+    fold_results: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []  # {"fold", "holdout", "reason"} per fold the data cannot serve
+    for f in folds:
+        why = "; ".join(f"attack {a!r} could not be split: {uncut[a]}" for a in f if a in uncut)
+        if not why:
+            try:
+                fold_results.append(run_fold(cfg, data, f, out_dir, resume=resume))
+                continue
+            except DataError as err:  # this fold's data cannot serve it; the others may
+                why = str(err)
+        _log(f"fold {fold_name(f)}: skipped: {why}")
+        skipped.append({"fold": fold_name(f), "holdout": list(f), "reason": why})
+    if not fold_results:
+        raise DataError("every fold was skipped: " + "; ".join(f"fold {s['fold']}: {s['reason']}" for s in skipped))
     report = {
         "experiment": "ids-fewshot",
         "command": command,
@@ -311,6 +383,7 @@ def compare(cfg: IdsConfig, out_dir: Path, folds: list[list[str]] | None = None,
         "window": data.window,
         "data_stats": data.stats,
         "folds": fold_results,
+        "skipped_folds": skipped,
         "prep_seconds": prep_seconds,
         "total_seconds": time.perf_counter() - t0,
         "fold_seconds_sum": sum(f["seconds"] for f in fold_results),

@@ -8,6 +8,11 @@ step count) and then judges every frame of that capture, and of clean traffic wh
 has it. Reported per method: frame detection rate and FPR on the whole stream, and for each
 alert rule the false alerts per hour of benign driving, the share of attack occurrences alerted
 on and the delay from an occurrence's first frame to its alert.
+
+Thresholds: p(attack) > 0.5; the threshold flagging a share ``calibrate_fpr`` of the benign
+frames before the cut; and, per alert rule, the lowest threshold at which that rule raises at
+most ``alert_budget`` false alerts per hour on the benign traffic before the cut (the vehicle's
+own clean driving: a deployment sets it without attack labels).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastmaml.apps.ids.alerts import ALERT_RULES, alert_metrics
+from fastmaml.apps.ids.alerts import ALERT_RULES, AlertRule, alert_metrics, k_of_n_alerts
 from fastmaml.apps.ids.episodes import Episodes
 from fastmaml.apps.ids.families import Stream
 from fastmaml.core.maml import MAML, Params
@@ -36,6 +41,26 @@ def calibrated_threshold(p_benign: torch.Tensor, fpr: float) -> float:
         return 0.5
     return float(torch.quantile(p_benign.double(), 1.0 - fpr, interpolation="higher")) if len(p_benign) <= 16_000_000 \
         else float(p_benign.double().kthvalue(int(len(p_benign) * (1 - fpr))).values)
+
+
+def budget_threshold(p_benign: torch.Tensor, st: Stream, rule: AlertRule, per_hour: float) -> float:
+    """The lowest p(attack) threshold at which ``rule`` raises at most ``per_hour`` alerts per hour on the
+    benign stream ``st`` (flags strictly above it), found by bisection over the observed p values."""
+    p = p_benign.double().numpy()
+    if not len(p):
+        return 0.5
+    clock, key = st.clock.numpy(), st.key.numpy()
+    hours = float(clock[-1] - clock[0]) * st.clock_unit_s / 3600.0 if len(clock) > 1 else 0.0
+    allowed = int(np.floor(per_hour * hours + 1e-9))
+    cand = np.unique(p)  # thresholds between observed values change nothing
+    lo, hi = 0, len(cand) - 1  # cand[hi] (the largest p) flags nothing, so it always fits the budget
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(k_of_n_alerts(p > cand[mid], clock, key, rule)) <= allowed:
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(cand[lo])
 
 
 def stream_values(flags: np.ndarray, st: Stream, gap_s: float) -> dict[str, float]:
@@ -59,13 +84,15 @@ def stream_values(flags: np.ndarray, st: Stream, gap_s: float) -> dict[str, floa
 
 def operational_values(runner: MAML, params: Params, ep: Episodes, steps: int, attack_stream: Stream,
                        benign_stream: Stream | None, n_episodes: int, gap_s: float, fit_stream: Stream | None = None,
-                       calibrate_fpr: float = 1e-4) -> list[dict[str, float]]:
+                       calibrate_fpr: float = 1e-4, alert_budget: float | None = None) -> list[dict[str, float]]:
     """One dict of stream metrics per adapted detector (the first ``n_episodes`` support sets).
 
     Keys ``attack/...`` and ``clean/...`` judge verdicts at p(attack) > 0.5; with ``fit_stream``
     (benign training-period frames) also ``calibrated/attack/...`` and ``calibrated/clean/...`` at
     the threshold that flags ``calibrate_fpr`` of those benign frames: what a deployment can set
-    from the vehicle's own clean driving, without attack labels.
+    from the vehicle's own clean driving, without attack labels. With ``alert_budget`` also
+    ``budget-<rule>/attack/...`` (and ``clean/...``): that alert rule's metrics at the threshold where
+    it raises at most ``alert_budget`` false alerts per hour on the fit stream.
     """
     rows = []
     b = ep.batch
@@ -74,17 +101,23 @@ def operational_values(runner: MAML, params: Params, ep: Episodes, steps: int, a
         p_att = _p_attack(runner, adapted, attack_stream.x)
         p_clean = _p_attack(runner, adapted, benign_stream.x) if benign_stream is not None else None
         thresholds = {"": 0.5}
-        if fit_stream is not None:
-            thresholds["calibrated/"] = calibrated_threshold(_p_attack(runner, adapted, fit_stream.x), calibrate_fpr)
+        p_fit = _p_attack(runner, adapted, fit_stream.x) if fit_stream is not None else None
+        if p_fit is not None:
+            thresholds["calibrated/"] = calibrated_threshold(p_fit, calibrate_fpr)
+            for rule in ALERT_RULES if alert_budget is not None else ():
+                thresholds[f"budget-{rule.name}/"] = budget_threshold(p_fit, fit_stream, rule, alert_budget)
         row: dict[str, float] = {}
         for prefix, thr in thresholds.items():
-            row.update({f"{prefix}attack/{k}": v for k, v in
-                        stream_values((p_att > thr).numpy(), attack_stream, gap_s).items()})
-            if p_clean is not None:
-                row.update({f"{prefix}clean/{k}": v for k, v in
-                            stream_values((p_clean > thr).numpy(), benign_stream, gap_s).items()})
-        if fit_stream is not None:
-            row["calibrated/threshold"] = thresholds["calibrated/"]
+            # A budget threshold is set for one alert rule: keep only that rule's columns.
+            only = prefix[len("budget-"):-1] if prefix.startswith("budget-") else None
+            for part, p, st in (("attack", p_att, attack_stream), ("clean", p_clean, benign_stream)):
+                if p is None:
+                    continue
+                row.update({f"{prefix}{part}/{k}": v for k, v in stream_values((p > thr).numpy(), st, gap_s).items()
+                            if only is None or "/" not in k or k.startswith(only + "/")})
+        for prefix, thr in thresholds.items():
+            if prefix:
+                row[f"{prefix}threshold"] = thr
         rows.append(row)
     return rows
 

@@ -21,7 +21,7 @@ from fastmaml.fileio import atomic_write_text
 
 RULE_LABELS = {"id_allow_list": "ID allow-list", "timing": "timing rule", "payload_range": "payload range",
                "unknown_mac": "unknown-MAC rule", "rate": "rate rule", "seq_gap": "sequence-gap rule",
-               "any": "any rule (OR)"}
+               "signal_range": "signal range", "plausibility": "partner plausibility", "any": "any rule (OR)"}
 # The rule drawn as a dotted reference line in F1-vs-K (the first one the report has).
 FIGURE_RULES = ("id_allow_list", "any")
 NOTES_FILE = "notes.md"  # hand-written analysis in the output folder, embedded in report.md
@@ -117,10 +117,10 @@ def figure_shots(report: dict[str, Any], path: Path) -> None:
 
 def figure_steps(report: dict[str, Any], path: Path) -> None:
     """F1 against fine-tuning steps at K = eval.figure_shot, one panel per held-out attack."""
-    items = _attacks(report)
+    k = _fig_shot(report)
+    items = _at(_attacks(report), k)
     if not items:
         return
-    k = _fig_shot(report)
     fig, axes = _grid(len(items))
     for ax, (attack, per_k) in zip(axes, items):
         curves = {LABELS[m]: (r["f1"]["mean"], r["f1"]["ci95"]) for m, r in per_k[k]["methods"].items()}
@@ -134,15 +134,17 @@ def figure_steps(report: dict[str, Any], path: Path) -> None:
 # ----------------------------------------------------------------- markdown
 def _folds_text(report: dict[str, Any]) -> str:
     folds = report["folds"]
+    skipped = report.get("skipped_folds") or []
     everything = set((report.get("data_stats") or {}).get("counts", {}))
-    held = {a for f in folds for a in f["holdout"]}
-    if all(len(f["holdout"]) == 1 for f in folds) and (not everything or held == everything):
-        return "(leave-one-attack-out: one meta-training per held-out attack)."
-    if len(folds) == 1:
+    held = {a for f in [*folds, *skipped] for a in f["holdout"]}
+    note = (f" Skipped: {', '.join(s['fold'] for s in skipped)} (see *Skipped folds and K*)." if skipped else "")
+    if all(len(f["holdout"]) == 1 for f in [*folds, *skipped]) and (not everything or held >= everything):
+        return "(leave-one-attack-out: one meta-training per held-out attack)." + note
+    if len(folds) == 1 and not skipped:
         f = folds[0]
         return (f"(held out together: {', '.join(f['holdout'])}; one meta-training on the {len(f['known'])} other "
                 f"attack types: {', '.join(f['known'])}).")
-    return "(folds: " + "; ".join(", ".join(f["holdout"]) for f in folds) + ")."
+    return "(folds: " + "; ".join(", ".join(f["holdout"]) for f in folds) + ")." + note
 
 
 def _figure_rule(report: dict[str, Any]) -> str:
@@ -197,8 +199,9 @@ def markdown(report: dict[str, Any], notes: str | None = None) -> str:
     ]
     lines += _data_section(report)
     lines += split_section(report.get("data_stats") or {})
+    lines += _skipped_section(report)
     lines += _summary_section(report, k_fig, s_final)
-    lines += operational_section(report["folds"], RULE_LABELS, e.get("calibrate_fpr", 1e-4))
+    lines += operational_section(report["folds"], RULE_LABELS, e.get("calibrate_fpr", 1e-4), e.get("alert_budget_per_hour"))
     if notes:
         lines += [notes.strip(), ""]
     fig_rule = _figure_rule(report)
@@ -268,10 +271,33 @@ def _eth_data_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _summary_section(report: dict[str, Any], k_fig: str, s_final: int) -> list[str]:
-    items = _attacks(report)
-    if not items:
+def _skipped_section(report: dict[str, Any]) -> list[str]:
+    """Folds the data could not serve, and Ks left out of a fold (too few samples for K + Q)."""
+    folds = report.get("skipped_folds") or []
+    shots = [(f["fold"], k, why) for f in report["folds"] for k, why in (f.get("skipped_shots") or {}).items()]
+    if not folds and not shots:
         return []
+    lines = ["## Skipped folds and K", ""]
+    if folds:
+        lines += ["Folds the data could not serve, not trained and not in the tables below:", ""]
+        lines += [f"* **{s['fold']}**: {s['reason']}" for s in folds] + [""]
+    if shots:
+        lines += ["Ks left out of a fold that runs (its other Ks are reported):", ""]
+        lines += [f"* {fold}, K = {k}: {why}" for fold, k, why in shots] + [""]
+    return lines
+
+
+def _at(items: list[tuple[str, dict[str, Any]]], k: str) -> list[tuple[str, dict[str, Any]]]:
+    """The held-out attacks evaluated at K = ``k`` (a small attack may lack the larger Ks)."""
+    return [(a, per_k) for a, per_k in items if k in per_k]
+
+
+def _summary_section(report: dict[str, Any], k_fig: str, s_final: int) -> list[str]:
+    every = _attacks(report)
+    items = _at(every, k_fig)
+    missing = [a for a, _ in every if a not in dict(items)]
+    if not items:
+        return [f"No held-out attack was evaluated at K = {k_fig} (see *Skipped folds and K*).", ""] if every else []
     methods = list(next(iter(items[0][1].values()))["methods"])
     rules = list(next(iter(items[0][1].values()))["rules"])
     head = [LABELS[m] for m in methods] + [RULE_LABELS.get(r, r) for r in rules]
@@ -286,11 +312,14 @@ def _summary_section(report: dict[str, Any], k_fig: str, s_final: int) -> list[s
         cells += [f"{entry['rules'][r]['f1']['mean'][0]:.3f}" for r in rules]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     lines.append("")
+    if missing:
+        lines += [f"Not evaluated at K = {k_fig} (too few samples; see *Skipped folds and K*): "
+                  f"{', '.join(missing)}.", ""]
     lines += chance_section(items, methods, k_fig, s_final)
     lines += ["## Where MAML does and does not beat fine-tuning and scratch", ""]
     if "maml" in methods:
         lines += maml_detection_verdict(items, k_fig, s_final)
-    lines += _verdicts(report, items, methods, s_final)
+    lines += _verdicts(report, every, methods, s_final)
     return lines
 
 
@@ -306,7 +335,7 @@ def _verdicts(report: dict[str, Any], items: list, methods: list[str], s_final: 
         for step in (1, s_final):
             wins, losses, ties = [], [], []
             for a, per_k in items:
-                for k in shots:
+                for k in [k for k in shots if k in per_k]:
                     v = _verdict(per_k[k]["methods"]["maml"]["f1"], per_k[k]["methods"][other]["f1"], step)
                     (wins if v > 0 else losses if v < 0 else ties).append(f"{a}@K={k}")
             n = len(wins) + len(losses) + len(ties)
@@ -316,6 +345,7 @@ def _verdicts(report: dict[str, Any], items: list, methods: list[str], s_final: 
                        + (f"; no clear difference: {', '.join(ties)}" if ties and len(ties) <= 12 else "") + ".")
     k5 = str(report["config"]["eval"].get("figure_shot", 5))
     if "scratch" in methods and k5 in shots:
+        items = _at(items, k5)  # an attack too small for K = figure_shot has no verdict there
         beat = [a for a, per_k in items
                 if _verdict(per_k[k5]["methods"]["maml"]["f1"], per_k[k5]["methods"]["scratch"]["f1"], s_final) > 0]
         # A higher F1 between two detectors that both flag at random is no win.

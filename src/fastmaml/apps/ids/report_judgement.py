@@ -4,8 +4,8 @@
   rate against false-positive rate. A detector detects something only when its detection rate
   exceeds its FPR with non-overlapping 95% CIs; informedness (detection rate − FPR) and MCC
   say by how much. F1 alone cannot: on balanced query sets "flag everything" scores 0.667.
-* :func:`split_section`: where each capture was cut and how many attack occurrences and frames
-  fall on each side.
+* :func:`split_section`: how each attack was split (folders of captures: which files were held
+  out whole), where each capture was cut and how many attack occurrences and frames fall on each side.
 * :func:`operational_section`: the streamed evaluation (:mod:`fastmaml.apps.ids.operational`):
   false alerts per hour of benign driving, occurrences alerted on and the delay.
 """
@@ -87,23 +87,66 @@ def maml_detection_verdict(items: list, k: str, step: int) -> list[str]:
     return out
 
 
+# How a folder of captures is split (source.split: by_capture, within_interval, auto), per attack.
+_SPLIT_WORDS = {
+    "by_capture": "whole capture files held out",
+    "occurrences": "cut between two occurrences",
+    "within_interval": "cut inside its injection interval (test frames come from the same injection as training "
+                       "frames, so its scores are optimistic next to held-out captures)",
+}
+
+
+def _split_intro(sp: dict[str, Any]) -> str:
+    pct = f"{100 * sp['test_fraction']:.0f}%"
+    occurrences = (f"between two attack occurrences (attack frames closer than {sp['occurrence_gap_s']} s form one "
+                   f"occurrence), aiming at {pct} of the occurrences after the cut")
+    if sp["kind"] == "occurrences":
+        return (f"Each capture is cut once in time, {occurrences} and keeping every attack on both sides; each part is "
+                "featurized on its own, so no sample or per-ID history crosses the cut.")
+    if sp["kind"] == "time":
+        return f"Each capture is cut at {100 * (1 - sp['test_fraction']):.0f}% of its frames."
+    by_file = (f"for an attack type with several capture files about {pct} of them (at least one) are held out "
+               "whole as test files and the others train")
+    within = f"cut once in time inside its attack frames, about {pct} of them after the cut"
+    text = {"by_capture": f"Whole capture files are held out: {by_file}.",
+            "within_interval": f"Each capture is {within}, so both parts hold frames of each attack.",
+            "auto": f"Chosen per attack type (source.split=auto): {by_file}; an attack with one capture file is cut "
+                    f"{occurrences} where it has enough occurrences, else {within}."}[sp["kind"]]
+    return (text + " Features and rules are fitted on the benign frames of the training parts only, and each part is "
+            "featurized on its own, so no frame or per-ID history is on both sides. Benign-only captures, if any, are "
+            f"cut at {100 * (1 - sp['test_fraction']):.0f}% of their frames.")
+
+
+def _per_attack(sp: dict[str, Any]) -> list[str]:
+    lines = []
+    for a, d in (sp.get("attacks") or {}).items():
+        where = [f"{side}: {', '.join(d[key])}" for side, key in (("train", "train_files"), ("test", "test_files"),
+                                                                   ("cut", "cut_files")) if d.get(key)]
+        how = "; ".join(_SPLIT_WORDS.get(m, m) for m in d["method"].split("+"))
+        lines.append(f"* **{a}**: {how} ({'; '.join(where)})")
+    lines += [f"* **{a}**: not used, its capture could not be split: {why}"
+              for a, why in (sp.get("skipped") or {}).items()]
+    return lines + [""] if lines else []
+
+
+def _cut_at(c: dict[str, Any]) -> str:
+    if c.get("method") == "by_capture":
+        return "whole file: test" if c["index"] == 0 else "whole file: train"
+    return f"{c['clock']:.2f}" + (" (inside the interval)" if c.get("method") == "within_interval" else "")
+
+
 def split_section(stats: dict[str, Any]) -> list[str]:
     sp = stats.get("split")
     if not sp:
         return []
-    lines = ["## Train/test split", "",
-             (f"Each capture is cut once in time, between two attack occurrences (attack frames closer than "
-              f"{sp['occurrence_gap_s']} s form one occurrence), aiming at {100 * sp['test_fraction']:.0f}% of the "
-              "occurrences after the cut and keeping every attack on both sides; each part is featurized on its own, "
-              "so no sample or per-ID history crosses the cut." if sp["kind"] == "occurrences" else
-              f"Each capture is cut at {100 * (1 - sp['test_fraction']):.0f}% of its frames."), "",
+    lines = ["## Train/test split", "", _split_intro(sp), "", *_per_attack(sp),
              "| capture | cut at | attack occurrences train / test | attack frames train / test | benign frames train / test |",
              "|---|---:|---|---|---:|"]
     for c in sp["cuts"]:
         occ = "; ".join(f"{a}: {v['train']} / {v['test']}" for a, v in c["occurrences"].items()) or "none"
         fr = "; ".join(f"{a}: {v['train']} / {v['test']}" for a, v in c["frames"].items() if a != "benign") or "none"
         b = c["frames"].get("benign", {"train": 0, "test": 0})
-        lines.append(f"| {c['capture']} | {c['clock']:.2f} | {occ} | {fr} | {b['train']} / {b['test']} |")
+        lines.append(f"| {c['capture']} | {_cut_at(c)} | {occ} | {fr} | {b['train']} / {b['test']} |")
     lines.append("")
     return lines
 
@@ -120,7 +163,8 @@ def _v(d: dict[str, Any], key: str, digits: int = 3) -> str:
     return "–" if v is None or v != v else f"{v:.{digits}f}"
 
 
-def operational_section(folds: list[dict[str, Any]], rule_names: dict[str, str], calibrate_fpr: float) -> list[str]:
+def operational_section(folds: list[dict[str, Any]], rule_names: dict[str, str], calibrate_fpr: float,
+                        alert_budget: float | None = None) -> list[str]:
     ops = [(a, o) for f in folds for a, o in (f.get("operational") or {}).items()]
     if not ops:
         return []
@@ -129,9 +173,13 @@ def operational_section(folds: list[dict[str, Any]], rule_names: dict[str, str],
     lines = ["## Judged as a vehicle would: whole test-period streams", "",
              "Each method is adapted on the K-shot support set of the first test episodes (per training seed) and then "
              "judges **every frame** of the held-out attack's capture after the cut, where attack frames are rare, and "
-             "of clean traffic after the cut where the source has it. Two decision thresholds: p(attack) > 0.5, and "
+             "of clean traffic after the cut where the source has it. Decision thresholds: p(attack) > 0.5; "
              f"*calibrated*: the threshold that flags {calibrate_fpr:g} of the benign frames before the cut (set from "
-             "the vehicle's own clean driving, no attack labels). Alert rules: "
+             "the vehicle's own clean driving, no attack labels)"
+             + (f"; *≤ {alert_budget:g} alerts/h*: per alert rule, the lowest threshold at which that rule raises at "
+                f"most {alert_budget:g} false alerts per hour on the benign traffic before the cut (with less than "
+                f"{60 / alert_budget:.0f} minutes of it, that means none), its row showing that rule's columns"
+                if alert_budget is not None else "") + ". Alert rules: "
              + ", ".join(f"`{r}` = an alert when {r.split('-of-')[0]} of the last {r.split('-of-')[1]} frames of one "
                          "CAN ID are flagged, then 1 s of quiet for that ID" for r in alert_rules)
              + ". An attack occurrence counts as detected when the rule fires on it; the delay runs from its first "
@@ -157,6 +205,8 @@ def operational_section(folds: list[dict[str, Any]], rule_names: dict[str, str],
             rows.append((f"{LABELS.get(m, m)}, p > 0.5", v, "", _m))
             if any(k.startswith("calibrated/") for k in v):
                 rows.append((f"{LABELS.get(m, m)}, calibrated", v, "calibrated/", _m))
+            rows += [(f"{LABELS.get(m, m)}, ≤ {alert_budget:g} alerts/h for {r}", v, f"budget-{r}/", _m)
+                     for r in alert_rules if any(k.startswith(f"budget-{r}/") for k in v)]
         rows += [(f"{rule_names.get(r, r)} (rule)", v, "", lambda d, k, digits=3: _v(d, k, digits))
                  for r, v in (o.get("rules") or {}).items()]
         for label, v, pre, f in rows:

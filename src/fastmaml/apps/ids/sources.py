@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from fastmaml.apps.ids.can import source as can_source
-from fastmaml.apps.ids.config import FeatureConfig, IdsConfig, SourceConfig, source_key
+from fastmaml.apps.ids.config import FeatureConfig, IdsConfig, SourceConfig, feature_key, source_key
 from fastmaml.apps.ids.ethernet import source as eth_source
 from fastmaml.apps.ids.families import IdsData, drop_features, load_data, save_data
 from fastmaml.apps.ids import synthetic
@@ -24,7 +24,7 @@ from fastmaml.errors import ConfigError
 
 def data_key(cfg: IdsConfig) -> str:
     """Hash of everything that shapes the prepared data (source(s) + features)."""
-    d = {"source": source_key(cfg.source), "features": to_dict(cfg.features), "v": 1}
+    d = {"source": source_key(cfg.source), "features": feature_key(cfg.features), "v": 1}
     if cfg.train_source is not None:
         d["train_source"] = source_key(cfg.train_source)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -37,10 +37,16 @@ SOURCES: dict[str, Prepare] = {
     "sim": can_source.prepare_sim,
     "captures": can_source.prepare_captures,
     "daga": can_source.prepare_daga,
+    "masquerade": lambda *a: _masquerade().prepare_masquerade(*a),
     "eth_sim": eth_source.prepare_eth,
     "eth_captures": eth_source.prepare_eth,
     "synthetic": synthetic.prepare_synthetic,
 }
+
+
+def _masquerade():  # imported on use: the generator is only needed by its source kind
+    from fastmaml.apps.ids.can import masquerade
+    return masquerade
 
 
 def prepare_data(cfg: IdsConfig, cache_dir: Path | None = None, log: Callable[[str], None] | None = None) -> IdsData:

@@ -13,20 +13,25 @@ import numpy as np
 import torch
 
 from fastmaml.apps.ids.can import sim as can_sim
-from fastmaml.apps.ids.can.baselines import AllowListRule, PayloadRangeRule, TimingRule
-from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFeaturizer, build_sample_set
+from fastmaml.apps.ids.can.baselines import (AllowListRule, PayloadRangeRule, PlausibilityRule, SignalRangeRule,
+                                             TimingRule)
+from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer, build_sample_set, frame_feature_names
 from fastmaml.apps.ids.can.frames import FrameBatch
 from fastmaml.apps.ids.can.readers import open_capture
 from fastmaml.apps.ids.config import CaptureSpec, FeatureConfig, SourceConfig, data_folder
 from fastmaml.apps.ids.families import FIT_STREAM, IdsData, Stream, TaskFamily, cap, rule_predictions, unseen_id_fraction
 from fastmaml.apps.ids.samples import BENIGN, SampleSet
-from fastmaml.apps.ids.splits import Cut, check_both_sides, occurrence_cut, time_cut
+from fastmaml.apps.ids.splits import (FILE_SPLITS, Cut, SplitPlan, check_both_sides, occurrence_cut, plan_split,
+                                      time_cut)
 from fastmaml.errors import ConfigError, DataError
 
 
 def _fit_rules(benign: FrameBatch | list[FrameBatch], state: FeatureState) -> dict[str, Any]:
-    return {"id_allow_list": AllowListRule().fit(benign), "timing": TimingRule().fit(state),
-            "payload_range": PayloadRangeRule().fit(benign)}
+    rules = {"id_allow_list": AllowListRule().fit(benign), "timing": TimingRule().fit(state),
+             "payload_range": PayloadRangeRule().fit(benign)}
+    if state.signals:  # the rules a vehicle would write on the same signals
+        rules.update(signal_range=SignalRangeRule(), plausibility=PlausibilityRule())
+    return rules
 
 
 def _family_from_frames(name: str, parts: dict[str, list[FrameBatch] | FrameBatch], state: FeatureState,
@@ -66,7 +71,7 @@ def prepare_cic(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], Non
                         f"{sorted(p.name for p in folder.iterdir())}")
     log(f"reading {benign_files[0].name}")
     benign = _split_frames(open_capture(benign_files[0]).read_all(), src.test_fraction)
-    state = FeatureState.fit(benign["train"])
+    state = FeatureState.fit(benign["train"], signals=feat.signals)
     rules = _fit_rules(benign["train"], state)
     ben_sets = {split: cap(build_sample_set(b, state, window=feat.window, stride=feat.stride,
                                              label_rule=feat.label_rule, class_names=[BENIGN],
@@ -91,7 +96,7 @@ def prepare_cic(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], Non
 def prepare_sim(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], None], workdir: Path | None = None) -> IdsData:
     """The CAN simulator: train and test captures are two drives (seeds); features fitted on a third."""
     fit = can_sim.simulate("none", src.sim_duration_s, src.sim_fit_seed)
-    state = FeatureState.fit(fit)
+    state = FeatureState.fit(fit, signals=feat.signals)
     rules = _fit_rules(fit, state)
     attacks = src.attacks or list(can_sim.ATTACKS)
     bad = [a for a in attacks if a not in can_sim.ATTACKS]
@@ -106,8 +111,11 @@ def prepare_sim(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], Non
     return _finish(families, state, feat, "CAN simulator", [])
 
 
-def _read(spec: CaptureSpec, src: SourceConfig, log: Callable[[str], None]) -> FrameBatch:
-    """One labelled capture; ``spec.attack`` renames its attack frames (one-attack files)."""
+def read_labelled(spec: CaptureSpec, src: SourceConfig, log: Callable[[str], None], clean: bool = False) -> FrameBatch:
+    """One labelled capture; ``spec.attack`` renames its attack frames (one-attack files).
+
+    ``clean``: the capture is known to be attack-free, so frames without labels count as benign.
+    """
     kw: dict[str, Any] = {"skip_malformed": src.skip_malformed}
     if src.bad_id != "error":
         kw["bad_id"] = src.bad_id
@@ -120,6 +128,10 @@ def _read(spec: CaptureSpec, src: SourceConfig, log: Callable[[str], None]) -> F
     frames = reader.read_all()
     if reader.stats.lines_skipped:
         log(f"{spec.path}: skipped {reader.stats.lines_skipped} line(s), e.g. {reader.stats.skip_reasons[:3]}")
+    if clean:
+        names = list(frames.label_names) + ([] if BENIGN in frames.label_names else [BENIGN])
+        frames.label = np.where(frames.label < 0, names.index(BENIGN), frames.label).astype(np.int16)
+        frames.label_names = names
     if len(frames) and (frames.label < 0).all():
         raise DataError(f"{spec.path}: frames carry no labels; give a label file (labels: ...) for this capture")
     if spec.attack:
@@ -143,6 +155,11 @@ def _codes(b: FrameBatch, names: list[str]) -> np.ndarray:
     return b.label_codes(names)
 
 
+def _code_names(captures: list[FrameBatch]) -> list[str]:
+    """Benign, then every attack name of the captures: code c of :func:`_codes` is ``names[c]``."""
+    return [BENIGN] + sorted({n for b in captures for n in b.label_names if n != BENIGN})
+
+
 def cut_captures(captures: list[FrameBatch], labels: list[str], src: SourceConfig,
                  same_timeline: bool = False) -> list[Cut]:
     """Where each capture is cut into train and test (see :mod:`fastmaml.apps.ids.splits`).
@@ -150,7 +167,7 @@ def cut_captures(captures: list[FrameBatch], labels: list[str], src: SourceConfi
     ``same_timeline``: the captures are the same drive with different injections (DAGA), so one
     cut time serves them all and benign traffic before it can fit the features leak-free.
     """
-    names = [BENIGN] + sorted({n for b in captures for n in b.label_names if n != BENIGN})
+    names = _code_names(captures)
     if src.split == "time":
         cuts = []
         for b, what in zip(captures, labels):
@@ -175,6 +192,20 @@ def cut_captures(captures: list[FrameBatch], labels: list[str], src: SourceConfi
             for (c, gap), b, what in zip(clocks, captures, labels)]
 
 
+def plan_captures(captures: list[FrameBatch], labels: list[str], src: SourceConfig) -> SplitPlan:
+    """The by_capture / within_interval / auto split of a folder of captures.
+
+    See :func:`~fastmaml.apps.ids.splits.plan_split`.
+    """
+    names = _code_names(captures)
+    timelines = []
+    for b in captures:
+        clk, gap = _clock(b, src.occurrence_gap_s)
+        timelines.append((clk, _codes(b, names), gap))
+    return plan_split(timelines, labels, names, kind=src.split, test_fraction=src.test_fraction,
+                      min_occurrences=src.min_occurrences)
+
+
 def _describe_at(clk: np.ndarray, codes: np.ndarray, names: list[str], at: float, gap: float, what: str) -> Cut:
     """The cut of one capture at clock ``at`` (the joint cut of captures on one timeline)."""
     k = int(np.searchsorted(clk, at, side="left"))
@@ -186,10 +217,11 @@ def _describe_at(clk: np.ndarray, codes: np.ndarray, names: list[str], at: float
 def frame_stream(b: FrameBatch, state: FeatureState, attack: str | None, source: str,
                  rules: dict[str, Any] | None = None) -> Stream:
     """A capture part featurized in order, for operational metrics (attack = frames labelled ``attack``)."""
-    x = torch.from_numpy(FrameFeaturizer(state).transform(b)) if len(b) else torch.zeros(0, len(FRAME_FEATURES))
+    fz = FrameFeaturizer(state)
+    x = torch.from_numpy(fz.transform(b)) if len(b) else torch.zeros(0, len(fz.feature_names))
     is_attack = (b.label_codes([attack]) == 0) if attack else np.zeros(len(b), bool)
     as_set = SampleSet(x, torch.from_numpy(is_attack.astype(np.int64)), [BENIGN, attack or "attack"],
-                       list(FRAME_FEATURES), source)
+                       fz.feature_names, source)
     verdicts = rule_predictions(as_set, rules or {})
     if b.has_timestamps:
         clock, unit = b.timestamp, 1.0
@@ -199,11 +231,15 @@ def frame_stream(b: FrameBatch, state: FeatureState, attack: str | None, source:
                   torch.from_numpy(b.can_id.astype(np.int64)), unit, source, verdicts)
 
 
-def _prepare_cut_captures(frames: list[FrameBatch], labels: list[str], cuts: list[Cut], fit: list[FrameBatch],
+def prepare_cut_captures(frames: list[FrameBatch], labels: list[str], cuts: list[Cut], fit: list[FrameBatch],
                           src: SourceConfig, feat: FeatureConfig, log: Callable[[str], None], source: str,
-                          benign_test: FrameBatch | None = None) -> IdsData:
-    """Families from captures cut at ``cuts``; features and rules fitted on ``fit`` (benign frames count)."""
-    state = FeatureState.fit(fit)
+                          benign_test: FrameBatch | None = None, plan: SplitPlan | None = None) -> IdsData:
+    """Families from captures cut at ``cuts``; features and rules fitted on ``fit`` (benign frames count).
+
+    ``plan``: the by_capture / within_interval / auto split the cuts come from; its choice per
+    attack (and the attacks it had to skip) go into ``stats["split"]``.
+    """
+    state = FeatureState.fit(fit, signals=feat.signals)
     rules = _fit_rules(fit, state)
     parts = [{"train": b.select(slice(0, c.index)), "test": b.select(slice(c.index, len(b)))}
              for b, c in zip(frames, cuts)]
@@ -221,15 +257,23 @@ def _prepare_cut_captures(frames: list[FrameBatch], labels: list[str], cuts: lis
         use = [k for k, b in enumerate(frames) if name in b.label_names and (b.label_codes([name]) == 0).any()]
         use += [k for k in benign_only if k not in use]
         log(f"featurizing attack {name!r} from {[labels[k] for k in use]}")
-        families[name] = _family_from_frames(name, {split: [parts[k][split] for k in use] for split in
-                                                    ("train", "test")}, state, feat, rules)
-    data = _finish(families, state, feat, source, src.attacks)
+        # Empty parts (a capture held out whole has no train part, a training one no test part) add nothing.
+        families[name] = _family_from_frames(name, {split: [parts[k][split] for k in use if len(parts[k][split])]
+                                                    for split in ("train", "test")}, state, feat, rules)
+    skipped = {a: why for a, why in (plan.skipped if plan else {}).items() if not src.attacks or a in src.attacks}
+    data = _finish(families, state, feat, source, [a for a in src.attacks if a not in skipped])
     data.stats["split"] = {"kind": src.split, "test_fraction": src.test_fraction,
                            "occurrence_gap_s": src.occurrence_gap_s, "cuts": [c.to_dict() for c in cuts]}
+    if plan is not None:
+        data.stats["split"].update(attacks=plan.attacks(list(families)), skipped=skipped)
     if feat.window is None:  # streams of frame verdicts (window detectors: not yet)
         for name in families:
-            k = next(k for k, b in enumerate(frames) if name in b.label_names)
-            data.streams[name] = frame_stream(parts[k]["test"], state, name, f"{labels[k]} after the cut", rules)
+            # The first capture with frames of the attack after its cut (a by_capture type's
+            # training files have none); else, as before, the first one holding it.
+            holding = [k for k, b in enumerate(frames) if name in b.label_names]
+            k = next((k for k in holding if cuts[k].frames.get(name, {}).get("test", 0)), holding[0])
+            where = "held out whole" if cuts[k].whole == "test" else "after the cut"
+            data.streams[name] = frame_stream(parts[k]["test"], state, name, f"{labels[k]} {where}", rules)
         if benign_test is None and benign_only:
             benign_test, where = parts[benign_only[0]]["test"], labels[benign_only[0]]
         else:
@@ -237,26 +281,52 @@ def _prepare_cut_captures(frames: list[FrameBatch], labels: list[str], cuts: lis
         if benign_test is not None and len(benign_test):
             data.streams[BENIGN] = frame_stream(benign_test, state, None, f"{where} after the cut", rules)
         # Benign traffic before the cut, for thresholds calibrated on the vehicle's own clean driving.
-        benign_fit = [b.select(~b.is_attack()) for b in fit]
-        xs = [frame_stream(b, state, None, "").x for b in benign_fit if len(b)]
-        if xs:
-            x = torch.cat(xs)[:_MAX_FIT_STREAM]
+        # Kept with their clock and CAN IDs, so alert rules can be calibrated on it too; several
+        # captures are laid end to end on one clock, a minute apart.
+        streams = [frame_stream(b.select(~b.is_attack()), state, None, "") for b in fit]
+        streams = [s for s in streams if len(s.x)]
+        if streams:
+            clocks, end = [], 0.0
+            for s in streams:
+                c = (s.clock - s.clock[0]) * s.clock_unit_s + end
+                clocks.append(c)
+                end = float(c[-1]) + 60.0
+            x = torch.cat([s.x for s in streams])[:_MAX_FIT_STREAM]
             n = len(x)
-            data.streams[FIT_STREAM] = Stream(x, torch.zeros(n, dtype=torch.bool), torch.arange(n, dtype=torch.float64),
-                                              torch.zeros(n, dtype=torch.int64), 1.0, "benign frames before the cut")
+            data.streams[FIT_STREAM] = Stream(x, torch.zeros(n, dtype=torch.bool), torch.cat(clocks)[:n],
+                                              torch.cat([s.key for s in streams])[:n], 1.0,
+                                              "benign frames before the cut")
     return data
 
 
 def prepare_captures(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], None],
                      workdir: Path | None = None) -> IdsData:
-    """Labelled capture files (``source.captures``) in any reader format, each cut in time (``source.split``)."""
+    """Labelled capture files (``source.captures``) in any reader format, split by ``source.split``.
+
+    ``occurrences`` / ``time`` cut each capture in time; ``by_capture`` / ``within_interval`` /
+    ``auto`` hold out whole files or cut inside a capture's one interval (:func:`plan_captures`),
+    logging the choice per attack. Either way features and rules are fitted on the training parts only.
+    """
     if not src.captures:
         raise ConfigError("source.kind=captures needs source.captures: a list of {path, labels, format, attack, columns}")
-    frames = [_read(c, src, log) for c in src.captures]
+    frames = [read_labelled(c, src, log) for c in src.captures]
     labels = [c.path for c in src.captures]
-    cuts = cut_captures(frames, labels, src)
-    fit = [b.select(slice(0, c.index)) for b, c in zip(frames, cuts)]
-    return _prepare_cut_captures(frames, labels, cuts, fit, src, feat, log, "captures " + ", ".join(labels))
+    plan = None
+    if src.split in FILE_SPLITS:
+        plan = plan_captures(frames, labels, src)
+        log(plan.summary([n for n in _code_names(frames)[1:] if not src.attacks or n in src.attacks]))
+        keep = [i for i, c in enumerate(plan.cuts) if c is not None]
+        frames, labels = [frames[i] for i in keep], [labels[i] for i in keep]
+        if not any(b.is_attack().any() for b in frames):
+            raise DataError("no attack's captures could be split into train and test parts: "
+                            + "; ".join(f"{a}: {why}" for a, why in plan.skipped.items()))
+        cuts = [c for c in plan.cuts if c is not None]
+    else:
+        cuts = cut_captures(frames, labels, src)
+    # Captures held out whole (cut at frame 0) have no training part to fit on.
+    fit = [b.select(slice(0, c.index)) for b, c in zip(frames, cuts) if c.index > 0]
+    return prepare_cut_captures(frames, labels, cuts, fit, src, feat, log, "captures " + ", ".join(labels),
+                                 plan=plan)
 
 
 # DAGA (Volvo V40, trace 03): one capture per attack type. The files are cumulative (ID_2C5 also
@@ -289,16 +359,16 @@ def prepare_daga(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], No
         if not Path(spec.path).is_file():
             raise DataError(f"DAGA file {spec.path} not found; {folder} must hold the DAGA/dataset layout "
                             "(clean/, infected/<attack>/) as described in the data README")
-    frames = [_read(s, src, log) for s in specs]
+    frames = [read_labelled(s, src, log) for s in specs]
     labels = [f"{a} ({Path(s.path).name})" for a, s in zip(wanted, specs)]
     cuts = cut_captures(frames, labels, src, same_timeline=True)
-    clean = _read(CaptureSpec(path=str(folder / DAGA_CLEAN), format="daga", attack="none"), src, log)
+    clean = read_labelled(CaptureSpec(path=str(folder / DAGA_CLEAN), format="daga", attack="none"), src, log)
     fit_end = min(c.clock for c in cuts)
     clean_clk, _ = _clock(clean, src.occurrence_gap_s)
     fit = clean.select(slice(0, int(np.searchsorted(clean_clk, fit_end))))
     log(f"cut at {fit_end:.2f} s; features and rules fitted on the clean trace before it ({len(fit)} frames)")
     after = clean.select(slice(int(np.searchsorted(clean_clk, max(c.clock for c in cuts))), len(clean)))
-    return _prepare_cut_captures(frames, labels, cuts, [fit], src, feat, log, f"DAGA ({folder})", benign_test=after)
+    return prepare_cut_captures(frames, labels, cuts, [fit], src, feat, log, f"DAGA ({folder})", benign_test=after)
 
 
 def _finish(families: dict[str, TaskFamily], state: FeatureState, feat: FeatureConfig, source: str,
@@ -308,4 +378,4 @@ def _finish(families: dict[str, TaskFamily], state: FeatureState, feat: FeatureC
         raise DataError(f"attack(s) {missing} not found in {source}; available: {list(families)}")
     stats = {"unseen_id_fraction": {n: unseen_id_fraction(f.test) for n, f in families.items()},
              "counts": {n: {"train": f.train.counts(), "test": f.test.counts()} for n, f in families.items()}}
-    return IdsData(families, list(FRAME_FEATURES), feat.window, state.to_dict(), source, stats)
+    return IdsData(families, frame_feature_names(state), feat.window, state.to_dict(), source, stats)

@@ -1,0 +1,196 @@
+"""A folder of real-style labelled CSV captures (one injection interval per file) through the captures preset.
+
+The folder: three files of ``dos`` (a whole-file hold-out is possible), one of ``fuzzy`` (one
+interval: cut inside it), one of ``spoof`` with several bursts (cut between occurrences) and one
+``tiny`` injection too small for any test episode (its fold is skipped, the others are reported).
+"""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fastmaml.apps.ids import experiment as E
+from fastmaml.apps.ids.config import CaptureSpec
+from fastmaml.apps.ids.episodes import check_sizes
+from fastmaml.apps.ids.families import IdsData, TaskFamily
+from fastmaml.apps.ids.samples import SampleSet
+from fastmaml.apps.ids.splits import occurrence_cut, within_interval_cut
+from fastmaml.errors import ConfigError, DataError
+
+BYTES = [f"B{i}" for i in range(1, 9)]
+COLUMNS = {"time": "Zeit", "id": "Kennung", "id_base": "hex", "bytes": BYTES, "label": "Klasse",
+           "benign_values": ["normal"]}
+PERIODS = {0x100: 0.01, 0x200: 0.02, 0x300: 0.05}  # benign periodic IDs (s)
+LEAK_ID = 0x7AB  # a benign ID only the held-out dos file carries: features fitted on it would leak
+# attack -> (CAN ID or None for random IDs, frame period s, frames per burst, burst starts s)
+INJECTIONS = {"dos": (0x000, 0.002, 300, [4.0]), "fuzzy": (None, 0.01, 60, [3.0]),
+              "spoof": (0x200, 0.01, 20, [1.0, 3.0, 5.0, 7.0]), "tiny": (0x100, 0.01, 30, [5.0])}
+
+
+def _write_capture(path, attack: str, seed: int, extra_ids: tuple[int, ...] = (), duration: float = 10.0) -> None:
+    """Benign periodic frames on a few IDs plus ``attack``'s injection(s), as a ;-separated CSV with a label column."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cid in [*PERIODS, *extra_ids]:
+        period = PERIODS.get(cid, 0.1)
+        for n, t in enumerate(np.arange(rng.uniform(0, period), duration, period)):
+            rows.append((t, cid, [n % 256, cid & 0xFF, 7, 0, 0, 0, 0, n // 256 % 256], "normal"))
+    cid, period, n, starts = INJECTIONS[attack]
+    for s in starts:
+        for k in range(n):
+            payload = [0] * 8 if attack == "dos" else rng.integers(0, 256, 8).tolist()
+            rows.append((s + k * period + 1e-4, int(rng.integers(0, 0x800)) if cid is None else cid, payload, attack))
+    rows.sort(key=lambda r: r[0])
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh, delimiter=";")
+        w.writerow(["Zeit", "Kennung", *BYTES, "Klasse"])
+        for t, c, payload, label in rows:
+            w.writerow([f"{t:.6f}", f"{c:03X}", *payload, label])
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("captures")
+    for k in (1, 2, 3):
+        _write_capture(d / f"dos_{k}.csv", "dos", k, extra_ids=(LEAK_ID,) if k == 3 else ())
+    for k, attack in enumerate(("fuzzy", "spoof", "tiny")):
+        _write_capture(d / f"{attack}.csv", attack, 10 + k)
+    return d
+
+
+def _specs(folder, names):
+    return [CaptureSpec(path=str(folder / f"{n}.csv"), format="csv", columns=dict(COLUMNS)) for n in names]
+
+
+TINY = ["train.iterations=4", "train.meta_batch_size=2", "train.checkpoint_every=4", "train.log_every=4",
+        "train_shots=2", "train_query=5", "seeds=[0]", "methods=[scratch, maml]", "model.hidden=[8]",
+        "eval.shots=[2, 12]", "eval.query=8", "eval.episodes=2", "eval.steps=1", "eval.report_steps=[0, 1]",
+        "eval.tuning_episodes=2", "eval.finetune_lrs=[0.1]", "eval.operational_episodes=0",
+        "features.max_benign=300", "features.max_attack=200"]
+
+
+def _cfg(folder, names, *overrides):
+    cfg = E.load_ids_config("captures", [*TINY, *overrides])
+    cfg.source.captures = _specs(folder, names)
+    return cfg
+
+
+def _prepare(folder, names, *overrides):
+    logs: list[str] = []
+    return E.prepare_data(_cfg(folder, names, *overrides), log=logs.append), logs
+
+
+def test_by_capture_holds_out_whole_files_and_fits_on_training_files_only(folder):
+    data, _ = _prepare(folder, ["dos_1", "dos_2", "dos_3"], "source.split=by_capture")
+    cuts = {c["capture"].rsplit("/", 1)[-1]: c for c in data.stats["split"]["cuts"]}
+    assert [cuts[f"dos_{k}.csv"]["method"] for k in (1, 2, 3)] == ["by_capture"] * 3
+    # About 30% of three files, at least one: the last one listed is the test file, whole.
+    assert cuts["dos_3.csv"]["index"] == 0 and cuts["dos_3.csv"]["frames"]["dos"]["train"] == 0
+    for k in (1, 2):
+        frames = cuts[f"dos_{k}.csv"]["frames"]
+        assert frames["dos"]["test"] == 0 and frames["benign"]["test"] == 0
+    att = data.stats["split"]["attacks"]["dos"]
+    assert att["method"] == "by_capture" and [f.rsplit("/", 1)[-1] for f in att["test_files"]] == ["dos_3.csv"]
+    assert len(att["train_files"]) == 2
+    # The held-out file's benign-only ID never reached the fitted features (leakage-free).
+    assert LEAK_ID not in data.feature_state["known_ids"] and 0x100 in data.feature_state["known_ids"]
+    st = data.streams["dos"]
+    assert st.source.endswith("dos_3.csv held out whole") and int(st.attack.sum()) == 300
+    fam = data.families["dos"]
+    assert fam.train.counts()["dos"] == 200 and fam.test.counts()["dos"] == 200  # capped at features.max_attack
+    # A type with one file cannot be held out whole: the error says which and what to use.
+    with pytest.raises(DataError, match=r"attack 'fuzzy' has 1 capture\(s\).*source.split=auto"):
+        _prepare(folder, ["dos_1", "dos_2", "fuzzy"], "source.split=by_capture")
+
+
+def test_auto_picks_per_attack_type_and_logs_it(folder):
+    data, logs = _prepare(folder, ["dos_1", "dos_2", "dos_3", "fuzzy", "spoof"])
+    assert data.stats["split"]["kind"] == "auto"  # the captures preset's default
+    assert ("split: dos by_capture (2 train files, 1 test file); fuzzy within_interval (1 file); "
+            "spoof occurrences (1 file)") in logs
+    chosen = {a: d["method"] for a, d in data.stats["split"]["attacks"].items()}
+    assert chosen == {"dos": "by_capture", "fuzzy": "within_interval", "spoof": "occurrences"}
+    for a in chosen:
+        assert data.families[a].train.counts()[a] > 0 and data.families[a].test.counts()[a] > 0
+    spoof = next(c for c in data.stats["split"]["cuts"] if c["capture"].endswith("spoof.csv"))
+    assert min(spoof["occurrences"]["spoof"].values()) >= 2
+
+
+def test_within_interval_cut_leaves_attack_frames_on_both_sides_and_none_in_both(folder):
+    t = np.arange(2000) * 0.005  # 10 s
+    codes = np.zeros(2000, np.int64)
+    codes[800:1000] = 1  # one interval of 200 frames
+    with pytest.raises(DataError):
+        occurrence_cut(t, codes, ["benign", "x"], test_fraction=0.3, gap=0.05, min_occurrences=2)
+    cut = within_interval_cut(t, codes, ["benign", "x"], test_fraction=0.3, gap=0.05)
+    assert 800 < cut.index < 1000 and cut.method == "within_interval"
+    assert cut.frames["x"] == {"train": 140, "test": 60}  # 30% of the interval's frames after the cut
+    assert cut.frames["benign"]["train"] + cut.frames["benign"]["test"] == 1800
+    assert cut.occurrences["x"] == {"train": 1, "test": 1}  # the interval lies on both sides
+    # Through the source: the capture's test part (its stream) starts at the cut and holds the rest.
+    data, _ = _prepare(folder, ["fuzzy"], "source.split=within_interval")
+    c = data.stats["split"]["cuts"][0]
+    assert c["frames"]["fuzzy"] == {"train": 42, "test": 18}
+    st = data.streams["fuzzy"]
+    assert float(st.clock[0]) == pytest.approx(c["clock"]) and int(st.attack.sum()) == 18
+    assert len(st.clock) == sum(v["test"] for v in c["frames"].values())
+
+
+def test_small_type_is_skipped_and_a_rerun_reuses_finished_folds(folder, tmp_path, monkeypatch):
+    cfg = _cfg(folder, ["dos_1", "dos_2", "dos_3", "fuzzy", "tiny"])
+    out = tmp_path / "out"
+    calls = []
+    real = E.train_method
+    monkeypatch.setattr(E, "train_method", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    E.compare(cfg, out)
+    res = json.loads((out / "results.json").read_text())
+    assert [f["fold"] for f in res["folds"]] == ["dos", "fuzzy"]
+    (skip,) = res["skipped_folds"]
+    assert skip["fold"] == "tiny" and skip["holdout"] == ["tiny"]
+    assert "test part of attack 'tiny' has 9 'tiny' samples but episodes need K + Q = 2 + 8" in skip["reason"]
+    assert "longer captures" in skip["reason"] and "sim_duration_s" not in skip["reason"]
+    # fuzzy's test part fills K = 2 but not K = 12: that K is left out, the fold is reported.
+    fuzzy = res["folds"][1]
+    assert list(fuzzy["results"]["fuzzy"]) == ["2"] and "has 18 'fuzzy' samples" in fuzzy["skipped_shots"]["12"]
+    assert list(res["folds"][0]["results"]["dos"]) == ["2", "12"] and not res["folds"][0]["skipped_shots"]
+    report = (out / "report.md").read_text()
+    assert "## Skipped folds and K" in report and "* **tiny**:" in report and "fuzzy, K = 12:" in report
+    assert "whole file: test" in report and "(inside the interval)" in report
+    assert calls.count("maml") == 2
+    # A rerun trains nothing: both finished folds come from out/evals, the skipped one is skipped again.
+    calls.clear()
+    again = E.compare(cfg, out)
+    assert calls == [] and [f["fold"] for f in again["folds"]] == ["dos", "fuzzy"]
+    assert again["skipped_folds"] == res["skipped_folds"]
+    # Holding out only the small type: every fold is skipped, and the error says why.
+    with pytest.raises(DataError, match=r"every fold was skipped: fold tiny: no K of eval.shots \[2, 12\] fits"):
+        E.compare(cfg, out, folds=[["tiny"]])
+
+
+def test_hints_name_the_knobs_of_the_source_kind():
+    t = np.arange(2000) * 0.005
+    codes = np.zeros(2000, np.int64)
+    codes[800:1000] = 1
+    with pytest.raises(DataError) as err:
+        occurrence_cut(t, codes, ["benign", "x"], test_fraction=0.3, gap=0.05, min_occurrences=2, capture="one.csv")
+    msg = str(err.value)
+    assert "single occurrence: lower source.occurrence_gap_s (now 0.05)" in msg
+    assert "source.split=by_capture" in msg and "source.split=auto" in msg
+    assert "raise source.occurrence_gap_s" not in msg
+    s = SampleSet(torch.zeros(30, 2), torch.cat([torch.zeros(25), torch.ones(5)]).long(), ["benign", "x"], ["a", "b"])
+    data = IdsData({"x": TaskFamily("x", s, s)}, ["a", "b"], None)
+    with pytest.raises(DataError) as err:
+        check_sizes(data, ["x"], "test", 5, 10, "eval.shots", "captures")
+    msg = str(err.value)
+    assert "lower eval.shots or eval.query" in msg and "longer captures" in msg and "features.max_attack" in msg
+    assert "sim_duration_s" not in msg
+    with pytest.raises(DataError, match=r"source.sim_duration_s"):
+        check_sizes(data, ["x"], "test", 5, 10, "eval.shots", "sim")
+    with pytest.raises(DataError, match=r"lower train_shots or train_query, or give the source more data$"):
+        check_sizes(data, ["x"], "train", 5, 10, "train_shots")
+    # The folder splits are for capture folders: other kinds say which splits they take.
+    with pytest.raises(ConfigError, match=r"source.split=auto splits a folder.*source.kind=sim takes"):
+        E.load_ids_config("sim_tiny", ["source.split=auto"])

@@ -1,0 +1,125 @@
+"""The masquerade generator (can/masquerade.py) on a clean simulated drive, and its traffic source."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fastmaml.apps.ids.can import masquerade as M
+from fastmaml.apps.ids.can import sim
+from fastmaml.apps.ids.can.signals import field_values, payload_words
+from fastmaml.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return sim.simulate("none", 40.0, 0)
+
+
+@pytest.fixture(scope="module")
+def generated(clean):
+    return M.generate(clean, occurrences=6, duration_s=1.5, seed=3)
+
+
+def _fields_of(plan):
+    return {(p["can_id"], p["start"], p["length"]) for p in plan}
+
+
+def test_masquerade_keeps_every_frame_id_and_timestamp_and_changes_only_target_bits(clean, generated):
+    captures, plans = generated
+    for kind in M.KINDS:
+        m = captures[M.attack_name(kind, "masquerade")]
+        assert len(m) == len(clean)
+        assert (m.timestamp == clean.timestamp).all() and (m.can_id == clean.can_id).all()
+        assert (m.length == clean.length).all() and (m.dlc == clean.dlc).all()
+        changed = (m.data != clean.data).any(1)
+        attack = m.is_attack()
+        assert changed.any() and not (changed & ~attack).any()  # only labelled frames differ
+        # every labelled frame is a target frame inside an interval, and every such frame is labelled
+        inside = np.zeros(len(clean), bool)
+        allowed = np.zeros((len(clean), 64), bool)
+        for p in plans[kind]:
+            rows = (clean.can_id == p["can_id"]) & (clean.timestamp >= p["t0"]) & (clean.timestamp < p["t1"])
+            inside |= rows
+            allowed[np.ix_(rows, np.arange(p["start"], p["start"] + p["length"]))] = True
+        assert (attack == inside).all()
+        flipped = np.unpackbits(m.data[:, :8] ^ clean.data[:, :8], axis=1).astype(bool)
+        assert not (flipped & ~allowed).any()  # no bit outside the target signal moved
+
+
+def test_fabrication_adds_forged_frames_and_keeps_the_genuine_ones(clean, generated):
+    captures, _ = generated
+    masq, fab = captures["offset_masquerade"], captures["offset_fabrication"]
+    assert len(fab) == len(clean) + int(masq.is_attack().sum())
+    genuine = fab.select(~fab.is_attack())
+    assert (genuine.timestamp == clean.timestamp).all() and (genuine.data == clean.data).all()
+    forged = fab.select(fab.is_attack())
+    np.testing.assert_array_equal(forged.data, masq.data[masq.is_attack()])  # the same false values
+    assert (np.diff(fab.timestamp) >= 0).all()
+
+
+def test_each_kind_sends_what_it_says(clean, generated):
+    captures, plans = generated
+    targets = {(s.can_id, s.start): s for s in M.target_signals(clean)}
+    for kind in M.KINDS:
+        m = captures[M.attack_name(kind, "masquerade")]
+        for p in plans[kind]:
+            s = targets[(p["can_id"], p["start"])]
+            rows = np.flatnonzero((clean.can_id == p["can_id"]) & (clean.timestamp >= p["t0"])
+                                  & (clean.timestamp < p["t1"]))
+            v = field_values(payload_words(clean.data[rows]), s.start, s.length)
+            f = field_values(payload_words(m.data[rows]), s.start, s.length)
+            r = s.hi - s.lo
+            if kind == "maximum":
+                assert (f == s.hi).all()
+            elif kind == "constant":
+                assert len(np.unique(f)) == 1 and s.lo <= f[0] <= s.hi
+            elif kind == "offset":
+                assert np.allclose(np.abs(f - v), r / 4, atol=0.5)
+            elif kind == "drift":
+                gap = np.abs(f - v)
+                assert gap[0] < 1 and gap[-1] == pytest.approx(r / 2 * (len(v) - 1) / max(len(v) - 1, 1), abs=1)
+            else:  # replay: values of the same signal from earlier in the drive
+                assert p["replay_from"] + 1.5 <= p["t0"] + 1e-9
+                earlier = field_values(payload_words(clean.data[(clean.can_id == p["can_id"])
+                                                                & (clean.timestamp < p["t0"])]), s.start, s.length)
+                assert set(f.tolist()) <= set(earlier.tolist())
+
+
+def test_twins_share_times_and_targets_and_kinds_differ(generated):
+    _, plans = generated
+    assert len({json.dumps(plans[k]) for k in M.KINDS}) == len(M.KINDS)
+    assert all(len(plans[k]) == 6 for k in M.KINDS)
+
+
+def test_generator_errors_name_the_fix(clean):
+    with pytest.raises(DataError, match="masquerade_occurrences"):
+        M.plan(clean, "offset", M.target_signals(clean), 40, 1.5, 0)
+    with pytest.raises(DataError, match="kind 'nope' unknown"):
+        M.plan(clean, "nope", M.target_signals(clean), 4, 1.5, 0)
+    attacked = sim.simulate("dos", 10.0, 0)
+    with pytest.raises(DataError, match="needs a clean capture"):
+        M.inject(attacked, [], "masquerade", "x", {})
+
+
+def test_masquerade_source_holds_each_kind_out_with_both_variants(tmp_path, clean):
+    from fastmaml.apps.ids.config import CaptureSpec, FeatureConfig, SourceConfig
+    from fastmaml.apps.ids.experiment import default_folds
+
+    path = tmp_path / "clean.log"
+    with open(path, "w") as fh:  # candump log of the clean drive
+        for k in range(len(clean)):
+            fh.write(f"({clean.timestamp[k]:.6f}) can0 {int(clean.can_id[k]):03X}#"
+                     f"{clean.data[k, :clean.length[k]].tobytes().hex().upper()}\n")
+    src = SourceConfig(kind="masquerade", captures=[CaptureSpec(path=str(path), format="candump")],
+                       attacks=["offset_masquerade", "offset_fabrication", "maximum_masquerade",
+                                "maximum_fabrication"], masquerade_occurrences=6, masquerade_duration_s=1.5,
+                       test_fraction=0.35)
+    data = M.prepare_masquerade(src, FeatureConfig(signals=True, max_benign=2000), lambda m: None)
+    assert sorted(map(sorted, default_folds(data))) == [["maximum_fabrication", "maximum_masquerade"],
+                                                        ["offset_fabrication", "offset_masquerade"]]
+    assert data.feature_names[-7:] == ["sig_range", "sig_edge", "sig_jump", "sig_stuck", "sig_residual",
+                                       "sig_residual_8", "sig_has_partner"]
+    for name, fam in data.families.items():
+        assert fam.train.counts()[name] > 0 and fam.test.counts()[name] > 0
+    assert set(data.stats["masquerade"]["injections"]) == {"offset", "maximum"}
