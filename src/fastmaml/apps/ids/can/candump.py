@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from fastmaml.apps.ids.can.capture import HEX_DIGITS, CaptureReader, LineError, Row, parse_hex_id
+from fastmaml.apps.ids.can.capture import (HEX_DIGITS, CaptureReader, LineError, Row, fast_times, is_digits,
+                                           parse_hex_id, parse_time)
 from fastmaml.apps.ids.can.frames import CLASSIC_MAX, FD_DLC_TO_LEN, FD_MAX, FrameBatch
 from fastmaml.apps.ids.can.carhacking import CarHackingReader
 from fastmaml.errors import DataError
@@ -35,7 +36,7 @@ def load_label_file(path: str | Path) -> tuple[np.ndarray, list[str]]:
             next(fh)
             for k, line in enumerate(fh, start=2):
                 parts = line.strip().split(",")
-                if len(parts) != 2 or not parts[0].isdigit() or not parts[1]:
+                if len(parts) != 2 or not is_digits(parts[0]) or not parts[1]:
                     raise DataError(f"{path}:{k}: expected 'index,label', got {line.strip()!r}; fix the label file")
                 if int(parts[0]) != len(codes):
                     raise DataError(
@@ -57,7 +58,11 @@ class CandumpReader(CaptureReader):
         labels: path of an ``index,label`` CSV or a Car-Hacking CSV aligned frame by frame.
             Without it labels are unknown (-1). A count mismatch raises DataError at the end.
         delta_timestamps: console ``-td`` stamps are per-frame deltas and get accumulated.
-            None (default) guesses: stamps that ever decrease are deltas.
+            None (default) guesses from the first chunk: console stamps that decrease at more than a
+            tenth of the steps are deltas (a few decreases are damage, such as repeated lines).
+
+    Every line has a ``(timestamp)`` or none has (most lines of the first chunk decide); a line
+    that differs is malformed, so a damaged line start cannot mix NaN into the timestamps.
     """
 
     format_name = "candump"
@@ -67,19 +72,26 @@ class CandumpReader(CaptureReader):
         super().__init__(path, **kw)
         self.labels_path = labels
         self.delta_timestamps = delta_timestamps
+        self._stamped: bool | None = None  # lines carry "(timestamp)"; decided on the first chunk
 
     def _chunks(self) -> Iterator[FrameBatch]:
         side = load_label_file(self.labels_path) if self.labels_path is not None else None
         offset = 0
         t_acc = 0.0
         delta = self.delta_timestamps
+        self._stamped = None
         with self._open_text() as fh:
             for start, lines in self._line_chunks(fh):
+                if self._stamped is None:
+                    body = [ln for ln in lines if ln.strip()]
+                    if body:
+                        self._stamped = 2 * sum(ln.lstrip().startswith("(") for ln in body) >= len(body)
                 batch = self._parse_chunk(start, lines)
                 if len(batch) and not np.isnan(batch.timestamp).all():
                     if delta is None:
                         console = not lines[0].lstrip().startswith("(") or "[" in lines[0]
-                        delta = console and bool((np.diff(batch.timestamp) < 0).any())
+                        steps = np.diff(batch.timestamp)
+                        delta = console and bool((steps < 0).sum() > 0.1 * steps.size)
                     if delta:
                         cs = np.cumsum(batch.timestamp) + t_acc
                         t_acc = float(cs[-1])
@@ -112,7 +124,7 @@ class CandumpReader(CaptureReader):
         if any("#" not in f or "##" in f or "#R" in f or "_" in f for f in frames):
             raise ValueError("special frames")
         n = len(parts)
-        ts = np.array([p[0][1:-1] for p in parts]).astype(np.float64)
+        ts = fast_times([p[0][1:-1] for p in parts])
         split = [f.split("#") for f in frames]
         id_tok = [s[0] for s in split]
         id_len = np.fromiter((len(t) for t in id_tok), np.int64, n)
@@ -134,9 +146,11 @@ class CandumpReader(CaptureReader):
 
     def _slow(self, line: str) -> Row | None:
         s = line.strip()
-        if s.startswith("(") and "#" in s:
-            return self._slow_log(s)
-        return self._slow_console(line)
+        row = self._slow_log(s) if s.startswith("(") and "#" in s else self._slow_console(line)
+        if self._stamped is not None and bool(np.isnan(row[0])) == self._stamped:
+            raise LineError("no '(timestamp)', unlike the other lines (a damaged line start?)" if self._stamped
+                            else "a '(timestamp)', unlike the other lines")
+        return row
 
     def _slow_log(self, s: str) -> Row:
         p = s.split()
@@ -144,10 +158,7 @@ class CandumpReader(CaptureReader):
             raise LineError("expected '(timestamp) interface ID#DATA'")
         if not (p[0].startswith("(") and p[0].endswith(")")):
             raise LineError(f"bad timestamp {p[0]!r}")
-        try:
-            ts = float(p[0][1:-1])
-        except ValueError:
-            raise LineError(f"bad timestamp {p[0]!r}") from None
+        ts = parse_time(p[0][1:-1])
         id_tok, sep, rest = p[2].partition("#")
         if not sep:
             raise LineError("missing '#' between ID and data")
@@ -192,13 +203,16 @@ class CandumpReader(CaptureReader):
         rest = line
         if m:
             stamp = m.group(1).strip()
-            try:
-                if "-" in stamp and ":" in stamp:  # -tA: "2015-07-10 08:17:32.249713"
-                    ts = float(np.datetime64(stamp.replace(" ", "T")).astype("datetime64[us]").astype(np.int64)) / 1e6
-                else:
-                    ts = float(stamp)
-            except ValueError:
-                raise LineError(f"bad timestamp {stamp!r}") from None
+            if "-" in stamp and ":" in stamp:  # -tA: "2015-07-10 08:17:32.249713"
+                try:
+                    dt = np.datetime64(stamp.replace(" ", "T")).astype("datetime64[us]")
+                except (ValueError, OverflowError):
+                    raise LineError(f"bad timestamp {stamp!r}") from None
+                if np.isnat(dt):
+                    raise LineError(f"bad timestamp {stamp!r}")
+                ts = float(dt.astype(np.int64)) / 1e6
+            else:
+                ts = parse_time(stamp)
             rest = line[m.end():]
         p = rest.split()
         if len(p) >= 3 and p[1] in ("RX", "TX"):  # '-x': "can0  RX - -  123 ..."
@@ -210,7 +224,7 @@ class CandumpReader(CaptureReader):
             raise LineError(f"CAN ID {id_tok!r} must have 3 (11-bit) or 8 (29-bit) hex digits")
         ext = len(id_tok) == 8
         can_id = parse_hex_id(id_tok)
-        if not (len_tok.startswith("[") and len_tok.endswith("]") and len_tok[1:-1].isdigit()):
+        if not (len_tok.startswith("[") and len_tok.endswith("]") and is_digits(len_tok[1:-1])):
             raise LineError(f"bad length field {len_tok!r}, expected e.g. [8]")
         n = int(len_tok[1:-1])
         is_fd = len(len_tok) == 4 or n > 8  # candump prints FD lengths as two digits, "[08]"

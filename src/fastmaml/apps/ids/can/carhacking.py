@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from fastmaml.apps.ids.can.capture import HEX_DIGITS, CaptureReader, LineError, Row, parse_hex_id
+from fastmaml.apps.ids.can.capture import (HEX_DIGITS, CaptureReader, LineError, Row, fast_times, parse_hex_id,
+                                           parse_time)
 from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
 
 
@@ -42,7 +43,7 @@ class CarHackingReader(CaptureReader):
         lens = np.fromiter((len(r) for r in rows), np.int64, n)
         if n and ((lens != dlc + 4).any() or dlc.max() > 8 or dlc.min() < 0):
             raise ValueError("dlc")
-        ts = np.array([r[0] for r in rows]).astype(np.float64)
+        ts = fast_times([r[0] for r in rows])
         ids = np.array([int(r[1], 16) for r in rows], np.int64)
         hexes = ["".join(r[3:-1]) for r in rows]
         if any(len(h) != 2 * d for h, d in zip(hexes, dlc.tolist())):
@@ -63,10 +64,7 @@ class CarHackingReader(CaptureReader):
         r = line.split(",")
         if len(r) < 4:
             raise LineError(f"expected Timestamp,ID,DLC,data...,Flag; got {len(r)} fields (truncated line?)")
-        try:
-            ts = float(r[0])
-        except ValueError:
-            raise LineError(f"bad timestamp {r[0]!r}") from None
+        ts = parse_time(r[0])
         can_id = parse_hex_id(r[1].strip())
         ext = len(r[1].strip()) > 4 or can_id > 0x7FF
         try:

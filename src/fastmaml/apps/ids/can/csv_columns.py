@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import csv
 import re
-import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from fastmaml.apps.ids.can.frames import BENIGN, FD_DLC_TO_LEN, FrameBatch, len_to_dlc
-from fastmaml.apps.ids.can.capture import CaptureReader, LineError, Row, open_zip_member
+from fastmaml.apps.ids.can.capture import CaptureReader, LineError, Row, check_text, shorten
 from fastmaml.errors import ConfigError, DataError
 
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
@@ -194,12 +193,20 @@ def _resolve(header: list[str], cmap: ColumnMap, where: str) -> tuple[_Cols, Col
                  idx("dlc", m.dlc), idx("label", m.label)), m
 
 
+def split_fields(line: str, delimiter: str) -> list[str]:
+    """One CSV line's fields; LineError for what the csv module refuses (a stray CR, a field over its size limit)."""
+    try:
+        return next(csv.reader([line], delimiter=delimiter), [])
+    except csv.Error as e:
+        raise LineError(f"not a readable CSV line ({e})") from None
+
+
 def header_auto_maps(first_line: str) -> bool:
     """True when a CSV header line can be mapped without a column map (used by ``detect_format``)."""
     line = first_line.lstrip("\ufeff").strip()
     try:
-        _resolve([h.strip() for h in next(csv.reader([line], delimiter=sniff_delimiter(line)))], ColumnMap(), "?")
-    except (DataError, StopIteration):
+        _resolve([h.strip() for h in split_fields(line, sniff_delimiter(line))], ColumnMap(), "?")
+    except (DataError, LineError):
         return False
     return True
 
@@ -212,12 +219,12 @@ def _conv(vals: list[str], fn: Callable[[str], Any], col: str, what: str, hint: 
     """``fn`` over the values; the first failure becomes a LineError naming column and value."""
     try:
         return [fn(v) for v in vals]
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         for v in vals:
             try:
                 fn(v)
-            except (ValueError, TypeError):
-                raise LineError(f"column {col!r}: {what} {v!r}{hint}") from None
+            except (ValueError, TypeError, OverflowError):
+                raise LineError(f"column {col!r}: {what} {shorten(v, 40)!r}{hint}") from None
         raise
 
 
@@ -248,6 +255,11 @@ def _quick_bytes(vals: list[str], base: int) -> np.ndarray | None:
         return None
 
 
+def _shown_int(v: int, text: str) -> str:
+    """``v`` for a message; its text, shortened, when huge (str() of an int over 4300 digits raises)."""
+    return str(v) if v.bit_length() <= 256 else shorten(text, 40)
+
+
 def _datetime_s(v: str) -> float:
     if not v or v.lower() == "nat":
         raise ValueError(v)
@@ -263,6 +275,7 @@ class ColumnCsvReader(CaptureReader):
     """
 
     format_name = "column-mapped CSV"
+    zip_members = (".csv", ".txt", ".tsv")
 
     def __init__(self, path: str | Path, columns: ColumnMap | Mapping[str, Any] | Sequence[str] | None = None,
                  attack: str | None = None, **kw: Any) -> None:
@@ -271,11 +284,6 @@ class ColumnCsvReader(CaptureReader):
         if attack:
             self.columns = replace(self.columns, attack=attack)
 
-    def _open_text(self) -> IO[bytes]:
-        if zipfile.is_zipfile(self.path):
-            return open_zip_member(self.path, (".csv", ".txt", ".tsv"), ".csv/.txt/.tsv file")
-        return open(self.path, "rb")
-
     def _chunks(self) -> Iterator[FrameBatch]:
         with self._open_text() as fh:
             raw = fh.readline()
@@ -283,8 +291,14 @@ class ColumnCsvReader(CaptureReader):
                 return
             line = raw.decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r\n")
             self._delim = self.columns.delimiter or sniff_delimiter(line)
-            header = [h.strip() for h in next(csv.reader([line], delimiter=self._delim))]
+            try:
+                check_text(line)
+                header = [h.strip() for h in split_fields(line, self._delim)]
+            except LineError as e:
+                raise DataError(f"{self.path}:1: the header line is damaged: {e}: {shorten(line)!r}; "
+                                "fix the first line (the column names)") from None
             self._cols, self._map = _resolve(header, self.columns, str(self.path))
+            self._header = line.strip()
             self._benign = {b.strip().lower() for b in self._map.benign_values}
             for k, (start, lines) in enumerate(self._line_chunks(fh, 2)):
                 if k == 0:
@@ -292,7 +306,14 @@ class ColumnCsvReader(CaptureReader):
                 yield self._parse_chunk(start, lines)
 
     def _decide_bases(self, lines: list[str]) -> None:
-        rows = [r for r in csv.reader(lines[:5000], delimiter=self._delim) if len(r) == len(self._cols.header)]
+        rows = []
+        for line in lines[:5000]:
+            try:
+                r = split_fields(line, self._delim)
+            except LineError:
+                continue  # reported when the chunk is parsed
+            if len(r) == len(self._cols.header):
+                rows.append(r)
         c, m = self._cols, self._map
         self._id_hex = m.id_base == "hex" or (m.id_base == "auto" and _looks_hex([r[c.id].strip() for r in rows]))
         self._byte_hex = m.byte_base == "hex" or (
@@ -325,7 +346,7 @@ class ColumnCsvReader(CaptureReader):
         )
 
     def _slow(self, line: str) -> Row | None:
-        row = next(csv.reader([line], delimiter=self._delim))
+        row = split_fields(line, self._delim)
         if len(row) != len(self._cols.header):
             raise LineError(f"expected {len(self._cols.header)} {self._delim!r}-separated fields like the header, "
                              f"got {len(row)}")
@@ -359,10 +380,12 @@ class ColumnCsvReader(CaptureReader):
             if not np.isfinite(ts).all():
                 raise LineError(f"column {name[c.time]!r}: time is not a finite number")
         base = 16 if self._id_hex else 10
-        idl = _conv(col(c.id), lambda v: int(v, base), name[c.id],
+        id_text = col(c.id)
+        idl = _conv(id_text, lambda v: int(v, base), name[c.id],
                     f"bad {'hex' if base == 16 else 'decimal'} CAN ID", " (set columns.id_base if the base is wrong)")
-        for v in (v for v in idl if not 0 <= v <= 0xFFFFFFFF):
-            raise LineError(f"column {name[c.id]!r}: CAN ID {v} is negative or does not fit in 32 bits")
+        for k in (k for k, v in enumerate(idl) if not 0 <= v <= 0xFFFFFFFF):
+            raise LineError(f"column {name[c.id]!r}: CAN ID {_shown_int(idl[k], id_text[k])} is negative or "
+                            "does not fit in 32 bits")
         ids = np.array(idl, np.int64)
         ext = ids > 0x7FF if m.id_bits == "auto" else np.full(n, m.id_bits == "29")
         dlc = None if c.dlc is None else np.array(_conv(col(c.dlc), int, name[c.dlc], "bad DLC"), np.int64)
@@ -406,9 +429,11 @@ class ColumnCsvReader(CaptureReader):
             arr = _quick_bytes(vals, base)
             vv = arr if arr is not None else _conv(vals, lambda v: int(v, base), c.header[c.bytes[j]],
                                                    f"bad {kind} byte", " (set columns.byte_base if the base is wrong)")
-            bad = [v for v in vv if not 0 <= v <= 255] if arr is None else arr[(arr < 0) | (arr > 255)].tolist()
+            bad = ([k for k, v in enumerate(vv) if not 0 <= v <= 255] if arr is None
+                   else np.flatnonzero((arr < 0) | (arr > 255)).tolist())
             if bad:
-                raise LineError(f"column {c.header[c.bytes[j]]!r}: byte value {bad[0]} outside 0..255")
+                raise LineError(f"column {c.header[c.bytes[j]]!r}: byte value "
+                                f"{_shown_int(int(vv[bad[0]]), vals[bad[0]])} outside 0..255")
             data[:, j] = vv
         if (length > 8).any() and not set(length.tolist()) <= set(FD_DLC_TO_LEN):
             raise LineError(f"{int(length.max())} data bytes is not a CAN (FD) length")

@@ -23,15 +23,15 @@ The quirks of the real files, and what this reader does with them:
 from __future__ import annotations
 
 import re
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
-from fastmaml.apps.ids.can.capture import CaptureReader, LineError, parse_hex_id, Row, open_zip_member
+from fastmaml.apps.ids.can.capture import (CaptureReader, LineError, Row, fast_times, is_digits, parse_hex_id,
+                                           parse_time)
 from fastmaml.errors import DataError
 
 DAGA_HEADER = ["timestamp", "CAN_ID", "DLC", "PAYLOAD_HEX", "PAYLOAD_BIN", "ANOMALY"]
@@ -82,17 +82,13 @@ class DagaReader(CaptureReader):
     """
 
     format_name = "DAGA CSV"
+    zip_members = (".txt", ".csv")
 
     def __init__(self, path: str | Path, attack: str | None = None, **kw: Any) -> None:
         super().__init__(path, **kw)
         self.attack = (attack or daga_attack_name(self.path)).strip().lower()
         if not self.attack or self.attack == BENIGN:
             raise DataError(f"attack name {attack!r} for {self.path} must be a non-empty name other than {BENIGN!r}")
-
-    def _open_text(self) -> IO[bytes]:
-        if zipfile.is_zipfile(self.path):
-            return open_zip_member(self.path, (".txt", ".csv"), ".txt/.csv file")
-        return open(self.path, "rb")
 
     def _chunks(self) -> Iterator[FrameBatch]:
         return self._header_csv_chunks(DAGA_HEADER, "DAGA CSV",
@@ -105,9 +101,7 @@ class DagaReader(CaptureReader):
             raise ValueError("column count")
         # One join+split gives every field; column k of row i is f[6 * i + k].
         f = ",".join(lines).split(",")
-        ts = np.array(f[0::6], dtype=np.float64)
-        if not np.isfinite(ts).all():
-            raise ValueError("timestamp")
+        ts = fast_times(f[0::6])
         id_tok = [t[:-2] if t.endswith(".0") else t for t in f[1::6]]
         if not all(id_tok) or not set("".join(id_tok)) <= _HEX_CHARS:
             raise ValueError("id")
@@ -135,14 +129,9 @@ class DagaReader(CaptureReader):
             raise LineError(f"expected 6 comma-separated fields ({','.join(DAGA_HEADER)}), got {len(r)} "
                              "(truncated line?)")
         ts_s, id_s, dlc_s, hx, _bits, lab = r
-        try:
-            ts = float(ts_s)
-        except ValueError:
-            raise LineError(f"bad timestamp {ts_s!r}") from None
-        if not np.isfinite(ts):
-            raise LineError(f"bad timestamp {ts_s!r}")
+        ts = parse_time(ts_s)
         can_id = parse_hex_id(id_s[:-2] if id_s.endswith(".0") else id_s, "CAN_ID")
-        if not dlc_s.isdigit() or int(dlc_s) % 8 or int(dlc_s) > 64:
+        if not is_digits(dlc_s) or int(dlc_s) % 8 or int(dlc_s) > 64:
             raise LineError(f"DLC {dlc_s!r} is not a bit count 0..64 in steps of 8 (DAGA files have 64)")
         nbytes = int(dlc_s) // 8
         if (not hx and nbytes) or len(hx) > 2 * nbytes or any(c not in _HEX_CHARS for c in hx):

@@ -12,7 +12,10 @@ Formats:
 
 Every reader reports ``stats`` (a ``ReadStats``: frames read, lines skipped and why).
 A malformed line raises ``DataError`` naming file, line and problem; with
-``skip_malformed=True`` it is skipped and counted instead, never dropped silently.
+``skip_malformed=True`` it is skipped and counted instead, never dropped silently. Damage
+(NUL bytes, a lone CR, bytes that are not UTF-8, 'nan'/'inf' timestamps, a repeated header,
+an overlong line) is such a malformed line; a cut or corrupt zip is a DataError naming the
+file. No reader lets a raw Python exception (csv.Error, zipfile.BadZipFile, ...) escape.
 An empty file (no bytes, or a CICIoV2024 header only) yields zero frames and reports
 ``frames_read == 0``; a file that is not the format at all (no valid first line) raises.
 
@@ -30,21 +33,22 @@ the value, ``is_extended`` the width the format says). ``reader.bad_ids`` counts
 
 from __future__ import annotations
 
+import math
 import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from fastmaml.apps.ids.can.candump import CandumpReader, load_label_file
 from fastmaml.apps.ids.can.carhacking import CarHackingReader, carhacking_attack_name
-from fastmaml.apps.ids.can.capture import (BAD_ID_POLICIES, CaptureReader, LineError, Row, id_out_of_range,
-                                           open_zip_member, rows_to_batch)
+from fastmaml.apps.ids.can.capture import (BAD_ID_POLICIES, ZIP_MAGIC, CaptureReader, LineError, Row,
+                                           id_out_of_range, open_zip_member, rows_to_batch)
 from fastmaml.apps.ids.can.csv_columns import ColumnCsvReader, header_auto_maps
 from fastmaml.apps.ids.can.daga import DAGA_HEADER, DagaReader
-from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
+from fastmaml.apps.ids.can.frames import BENIGN, FD_MAX, FrameBatch
 from fastmaml.errors import DataError
 
 CIC_HEADER = ["ID", *[f"DATA_{i}" for i in range(8)], "label", "category", "specific_class"]
@@ -60,11 +64,7 @@ class CicIov2024Reader(CaptureReader):
     """CICIoV2024 decimal CSV (or .zip holding one). Label = ``specific_class``; no timestamps."""
 
     format_name = "CICIoV2024 decimal CSV"
-
-    def _open_text(self) -> IO[bytes]:
-        if zipfile.is_zipfile(self.path):
-            return open_zip_member(self.path)
-        return open(self.path, "rb")
+    zip_members = (".csv",)
 
     def _chunks(self) -> Iterator[FrameBatch]:
         return self._header_csv_chunks(CIC_HEADER, "CICIoV2024 decimal CSV")
@@ -115,8 +115,10 @@ class PythonCanReader(CaptureReader):
     """Any format ``can.LogReader`` opens (ASC, BLF, TRC, python-can CSV, MF4, SQLite).
 
     python-can reports no line numbers; a parse failure raises DataError naming the file and
-    the frame index reached. Error frames are skipped and counted. A non-empty file giving
-    zero frames raises DataError. Limitation: python-can itself stops quietly at a truncated
+    the frame index reached. Error frames are skipped and counted. A message python-can decodes
+    but no CAN frame can be (over 64 data bytes, a non-finite timestamp) is a malformed frame:
+    DataError naming file and frame, or skipped and counted with ``skip_malformed``. A non-empty
+    file giving zero frames raises DataError. Limitation: python-can itself stops quietly at a truncated
     BLF and only logs a warning for a bad TRC line, so those cases cannot be counted here.
     """
 
@@ -158,6 +160,16 @@ class PythonCanReader(CaptureReader):
                     if msg.is_error_frame:
                         self.stats.skip(f"frame {k}: error frame")
                         continue
+                    # python-can takes some damaged records as frames (a TRC line made a 21 kB payload).
+                    problem = _message_problem(msg)
+                    if problem:
+                        if not self.skip_malformed:
+                            raise DataError(f"{self.path}: frame {k}: {problem} ({self.format_name} format); the "
+                                            "file is damaged there: pass skip_malformed=True (source.skip_malformed: "
+                                            "true in a config) to skip and count such frames")
+                        self.stats.skip(f"frame {k}: {problem}")
+                        self._dropped.append(len(rows) + len(self._dropped))  # its label goes with it
+                        continue
                     row: Row = (
                         float(msg.timestamp), int(msg.arbitration_id), bool(msg.is_extended_id),
                         bool(msg.is_remote_frame), bool(msg.is_fd), int(msg.dlc), bytes(msg.data), None,
@@ -168,6 +180,8 @@ class PythonCanReader(CaptureReader):
                     rows.append(row)
                     if len(rows) >= self.chunk_size:
                         yield flush()
+            if rows or self._dropped:  # a dropped last frame still owns a label
+                yield flush()
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001 - python-can raises many kinds on corrupt input
@@ -175,8 +189,6 @@ class PythonCanReader(CaptureReader):
                 f"{self.path}: python-can could not parse the capture after {k} frames: {type(e).__name__}: {e}; "
                 "check the file is a complete capture of the format its extension says"
             ) from e
-        if rows or self._dropped:  # a dropped last frame still owns a label
-            yield flush()
         if k == 0 and self.path.stat().st_size > 0:
             # python-can returns nothing (no error) for some garbage files; never report that as "empty".
             raise DataError(
@@ -185,6 +197,17 @@ class PythonCanReader(CaptureReader):
             )
         if side is not None and offset != len(side[0]):
             raise DataError(f"{self.labels_path}: has {len(side[0])} labels but {self.path} has {offset} frames")
+
+
+def _message_problem(msg: Any) -> str:
+    """Why a python-can message cannot be a frame ('' when it can)."""
+    if not math.isfinite(msg.timestamp):
+        return f"timestamp {msg.timestamp} is not a finite number"
+    if len(msg.data) > FD_MAX:
+        return f"{len(msg.data)} data bytes exceed {FD_MAX}"
+    if not 0 <= msg.dlc <= FD_MAX:
+        return f"DLC {msg.dlc} outside 0..{FD_MAX}"
+    return ""
 
 
 # ===================================================================== auto-detect
@@ -234,6 +257,8 @@ def detect_format(path: str | Path) -> str:
         return _zip_format(path)
     with open(path, "rb") as fh:
         head = fh.read(4096)
+    if head.startswith(ZIP_MAGIC):  # is_zipfile failed: the directory at its end is gone
+        raise DataError(f"{path}: a truncated or damaged zip archive; download or copy it again")
     if head.startswith(b"LOGG"):
         return "pythoncan"  # BLF with another extension
     first = head.split(b"\n", 1)[0].decode("utf-8", "replace").lstrip("\ufeff").strip()
