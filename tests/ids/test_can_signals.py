@@ -53,10 +53,11 @@ def test_fit_signals_finds_the_speed_and_its_partner_and_drops_counter_and_noise
     b = _bus()
     sigs = fit_signals(b.can_id, b.data)
     names = {s.name for s in sigs}
-    # 2 * speed + 100 < 8192 is even: its top 3 bits and its LSB never flip, so the field is [19:31]
-    assert names == {"0x100[4:16]", "0x200[19:31]"}  # no counter, no random byte
-    speed = next(s for s in sigs if s.name == "0x100[4:16]")
-    assert [sigs[p[1]].name for p in speed.partners] == ["0x200[19:31]"]
+    # 2 * speed + 100 < 8192 is even: its top 3 bits and its LSB never flip, so its bits are [19:31];
+    # both take the 4 always-zero bits above them as headroom
+    assert names == {"0x100[0:16]", "0x200[15:31]"}  # no counter, no random byte
+    speed = next(s for s in sigs if s.name == "0x100[0:16]")
+    assert [sigs[p[1]].name for p in speed.partners] == ["0x200[15:31]"]
     assert speed.coef[0] == pytest.approx(1.0, rel=0.01)  # speed = (copy >> 1) - 50
     assert speed.resid_scale <= 20.0  # the partner is one cycle old: sample-and-hold lag plus noise
 
@@ -70,6 +71,16 @@ def test_residual_feature_flags_a_false_copy_and_not_the_genuine_frames():
     on = (attacked.can_id == 0x200) & (attacked.timestamp >= 20.0) & (attacked.timestamp < 22.0)
     assert res[on].min() > 0.5
     assert np.quantile(res[~on & (attacked.can_id == 0x200)], 0.99) < 0.3
+
+
+def test_headroom_bits_keep_a_signal_that_outgrows_the_clean_capture_readable():
+    # speed < 4096 in bits [4:16] of 0x100; bits [0:4] are 0 in every clean frame
+    sigs = fit_signals(_bus().can_id, _bus().data)
+    speed = next(s for s in sigs if s.can_id == 0x100)
+    assert (speed.start, speed.length) == (0, 16)
+    faster = 6000.0 + np.arange(50)  # above anything the clean capture showed: needs bit 3
+    w = write_field(np.zeros(50, np.uint64), 0, 16, faster)
+    np.testing.assert_array_equal(field_values(w, speed.start, speed.length), faster)  # no wrap-around
 
 
 def test_signal_features_are_the_same_in_any_chunking():

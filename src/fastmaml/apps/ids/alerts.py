@@ -46,6 +46,15 @@ class AlertRule:
 ALERT_RULES = (AlertRule(1, 1, holdoff=1.0), AlertRule(2, 4, holdoff=1.0))
 
 
+def parse_alert_rule(text: str, holdoff: float = 1.0) -> AlertRule:
+    """``"k-of-n"`` (e.g. ``"8-of-16"``) as an AlertRule; DataError naming the text otherwise."""
+    try:
+        k, n = (int(x) for x in text.split("-of-"))
+    except ValueError:
+        raise DataError(f"alert rule {text!r} is not 'k-of-n' (e.g. '2-of-4')") from None
+    return AlertRule(k, n, holdoff=holdoff)
+
+
 def _rolling_count(x: np.ndarray, n: int) -> np.ndarray:
     c = np.cumsum(np.concatenate([[0], x.astype(np.int64)]))
     return c[1:] - c[np.maximum(np.arange(1, len(x) + 1) - n, 0)]

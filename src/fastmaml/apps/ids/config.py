@@ -191,6 +191,7 @@ class EvalConfig:
     calibrate_fpr: float = 1e-4  # streams are also judged at the threshold flagging this share of benign training frames
     # ... and, per alert rule, at the threshold where it raises at most this many false alerts per hour on them
     alert_budget_per_hour: float = 10.0
+    alert_rules: list[str] = field(default_factory=lambda: ["1-of-1", "2-of-4"])  # "k-of-n": k of the last n frames of one ID
 
 
 @dataclass
@@ -246,6 +247,8 @@ class IdsConfig:
             raise ConfigError(f"source.bad_id {self.source.bad_id!r} unknown; use error, skip or keep")
         if not 0 < self.source.test_fraction < 1:
             raise ConfigError(f"source.test_fraction must be in (0, 1), got {self.source.test_fraction}")
+        if not self.eval.alert_rules:
+            raise ConfigError("eval.alert_rules must list at least one 'k-of-n' rule, e.g. ['1-of-1', '2-of-4']")
         if not self.seeds:
             raise ConfigError("seeds must list at least one training seed")
 

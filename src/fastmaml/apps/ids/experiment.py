@@ -38,6 +38,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from fastmaml.apps.ids.alerts import parse_alert_rule
 from fastmaml.apps.ids.config import IdsConfig, METHODS, feature_key, load_ids_config, preset_path, source_key  # noqa: F401
 from fastmaml.apps.ids.episodes import Episodes, check_sizes, fingerprint, fixed_episodes, make_train_sampler
 from fastmaml.apps.ids.families import FIT_STREAM, IdsData, Stream
@@ -227,6 +228,7 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
     if not known:
         raise DataError(f"holding out {holdout} leaves no attack to meta-train on; hold out fewer attacks")
     e = cfg.eval
+    alert_rules = [parse_alert_rule(r) for r in e.alert_rules]
     name = fold_name(holdout)
     shots, skipped_shots = fitting_shots(cfg, data, known, holdout)
     if not shots:
@@ -275,7 +277,7 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
                         ops.setdefault(a, {}).setdefault(method, []).extend(operational_values(
                             runner, params, ep, e.steps, data.streams[a], data.streams.get(BENIGN),
                             e.operational_episodes, cfg.source.occurrence_gap_s, data.streams.get(FIT_STREAM),
-                            e.calibrate_fpr, e.alert_budget_per_hour))
+                            e.calibrate_fpr, e.alert_budget_per_hour, alert_rules))
     results: dict[str, Any] = {}
     for a in holdout:
         results[a] = {}
@@ -293,10 +295,11 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
         st, clean = data.streams[a], data.streams.get(BENIGN)
         rows = {}
         for r, v in st.rules.items():
-            row = {f"attack/{m}": x for m, x in stream_values(v.numpy(), st, cfg.source.occurrence_gap_s).items()}
+            gap = cfg.source.occurrence_gap_s
+            row = {f"attack/{m}": x for m, x in stream_values(v.numpy(), st, gap, alert_rules).items()}
             if clean is not None and r in clean.rules:
-                row.update({f"clean/{m}": x for m, x in stream_values(clean.rules[r].numpy(), clean,
-                                                                      cfg.source.occurrence_gap_s).items()})
+                row.update({f"clean/{m}": x for m, x in stream_values(clean.rules[r].numpy(), clean, gap,
+                                                                      alert_rules).items()})
             rows[r] = row
         ops_rules[a] = rows
     operational = {a: {"rules": ops_rules[a], "shots": e.figure_shot,
@@ -341,6 +344,10 @@ def compare(cfg: IdsConfig, out_dir: Path, folds: list[list[str]] | None = None,
     from fastmaml.apps.ids import report as R
 
     cfg.validate()
+    try:
+        [parse_alert_rule(r) for r in cfg.eval.alert_rules]
+    except DataError as err:
+        raise ConfigError(f"eval.alert_rules: {err}") from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

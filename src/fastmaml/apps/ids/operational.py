@@ -12,12 +12,16 @@ on and the delay from an occurrence's first frame to its alert.
 Thresholds: p(attack) > 0.5; the threshold flagging a share ``calibrate_fpr`` of the benign
 frames before the cut; and, per alert rule, the lowest threshold at which that rule raises at
 most ``alert_budget`` false alerts per hour on the benign traffic before the cut (the vehicle's
-own clean driving: a deployment sets it without attack labels).
+own clean driving: a deployment sets it without attack labels). Beside them, the *operating
+point*: the same budget read off the clean stream after the cut itself. It is not a threshold a
+deployment could set (it looks at the test period's clean traffic), but it says how many
+occurrences a detector catches at a vehicle-grade alert rate, apart from how well the
+calibration carries over from one stretch of driving to the next.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -63,7 +67,8 @@ def budget_threshold(p_benign: torch.Tensor, st: Stream, rule: AlertRule, per_ho
     return float(cand[lo])
 
 
-def stream_values(flags: np.ndarray, st: Stream, gap_s: float) -> dict[str, float]:
+def stream_values(flags: np.ndarray, st: Stream, gap_s: float,
+                  alert_rules: Sequence[AlertRule] = ALERT_RULES) -> dict[str, float]:
     """Frame rates and alert metrics of one verdict stream."""
     truth = st.attack.numpy().astype(bool)
     clock, key = st.clock.numpy(), st.key.numpy()
@@ -72,7 +77,7 @@ def stream_values(flags: np.ndarray, st: Stream, gap_s: float) -> dict[str, floa
         out["frame_recall"] = float(flags[truth].mean())
     if (~truth).any():
         out["frame_fpr"] = float(flags[~truth].mean())
-    for rule in ALERT_RULES:
+    for rule in alert_rules:
         m = alert_metrics(flags, truth, clock, key, rule, occurrence_gap=gap_s / st.clock_unit_s,
                           clock_unit_s=st.clock_unit_s)
         out[f"{rule.name}/false_alerts_per_hour"] = m["false_alerts_per_hour"]
@@ -84,7 +89,8 @@ def stream_values(flags: np.ndarray, st: Stream, gap_s: float) -> dict[str, floa
 
 def operational_values(runner: MAML, params: Params, ep: Episodes, steps: int, attack_stream: Stream,
                        benign_stream: Stream | None, n_episodes: int, gap_s: float, fit_stream: Stream | None = None,
-                       calibrate_fpr: float = 1e-4, alert_budget: float | None = None) -> list[dict[str, float]]:
+                       calibrate_fpr: float = 1e-4, alert_budget: float | None = None,
+                       alert_rules: Sequence[AlertRule] = ALERT_RULES) -> list[dict[str, float]]:
     """One dict of stream metrics per adapted detector (the first ``n_episodes`` support sets).
 
     Keys ``attack/...`` and ``clean/...`` judge verdicts at p(attack) > 0.5; with ``fit_stream``
@@ -92,7 +98,8 @@ def operational_values(runner: MAML, params: Params, ep: Episodes, steps: int, a
     the threshold that flags ``calibrate_fpr`` of those benign frames: what a deployment can set
     from the vehicle's own clean driving, without attack labels. With ``alert_budget`` also
     ``budget-<rule>/attack/...`` (and ``clean/...``): that alert rule's metrics at the threshold where
-    it raises at most ``alert_budget`` false alerts per hour on the fit stream.
+    it raises at most ``alert_budget`` false alerts per hour on the fit stream, and
+    ``oppoint-<rule>/...`` at the threshold where it does so on the clean stream (see the module doc).
     """
     rows = []
     b = ep.batch
@@ -104,17 +111,18 @@ def operational_values(runner: MAML, params: Params, ep: Episodes, steps: int, a
         p_fit = _p_attack(runner, adapted, fit_stream.x) if fit_stream is not None else None
         if p_fit is not None:
             thresholds["calibrated/"] = calibrated_threshold(p_fit, calibrate_fpr)
-            for rule in ALERT_RULES if alert_budget is not None else ():
+            for rule in alert_rules if alert_budget is not None else ():
                 thresholds[f"budget-{rule.name}/"] = budget_threshold(p_fit, fit_stream, rule, alert_budget)
+        for rule in alert_rules if alert_budget is not None and p_clean is not None else ():
+            thresholds[f"oppoint-{rule.name}/"] = budget_threshold(p_clean, benign_stream, rule, alert_budget)
         row: dict[str, float] = {}
         for prefix, thr in thresholds.items():
-            # A budget threshold is set for one alert rule: keep only that rule's columns.
-            only = prefix[len("budget-"):-1] if prefix.startswith("budget-") else None
+            # A budget threshold is set for one alert rule: judge with that rule only.
+            rules = [r for r in alert_rules if prefix.endswith(f"-{r.name}/")] or alert_rules
             for part, p, st in (("attack", p_att, attack_stream), ("clean", p_clean, benign_stream)):
-                if p is None:
-                    continue
-                row.update({f"{prefix}{part}/{k}": v for k, v in stream_values((p > thr).numpy(), st, gap_s).items()
-                            if only is None or "/" not in k or k.startswith(only + "/")})
+                if p is not None:
+                    row.update({f"{prefix}{part}/{k}": v
+                                for k, v in stream_values((p > thr).numpy(), st, gap_s, rules).items()})
         for prefix, thr in thresholds.items():
             if prefix:
                 row[f"{prefix}threshold"] = thr

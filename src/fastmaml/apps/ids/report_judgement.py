@@ -178,7 +178,10 @@ def operational_section(folds: list[dict[str, Any]], rule_names: dict[str, str],
              "the vehicle's own clean driving, no attack labels)"
              + (f"; *≤ {alert_budget:g} alerts/h*: per alert rule, the lowest threshold at which that rule raises at "
                 f"most {alert_budget:g} false alerts per hour on the benign traffic before the cut (with less than "
-                f"{60 / alert_budget:.0f} minutes of it, that means none), its row showing that rule's columns"
+                f"{60 / alert_budget:.0f} minutes of it, that means none), its row showing that rule's columns; "
+                "*operating point*: the same budget read off the clean stream after the cut itself: not a threshold "
+                "a vehicle could set, but how many occurrences the detector catches at that alert rate, apart from "
+                "how well a threshold carries over from one stretch of driving to the next"
                 if alert_budget is not None else "") + ". Alert rules: "
              + ", ".join(f"`{r}` = an alert when {r.split('-of-')[0]} of the last {r.split('-of-')[1]} frames of one "
                          "CAN ID are flagged, then 1 s of quiet for that ID" for r in alert_rules)
@@ -207,6 +210,8 @@ def operational_section(folds: list[dict[str, Any]], rule_names: dict[str, str],
                 rows.append((f"{LABELS.get(m, m)}, calibrated", v, "calibrated/", _m))
             rows += [(f"{LABELS.get(m, m)}, ≤ {alert_budget:g} alerts/h for {r}", v, f"budget-{r}/", _m)
                      for r in alert_rules if any(k.startswith(f"budget-{r}/") for k in v)]
+            rows += [(f"{LABELS.get(m, m)}, operating point {r}", v, f"oppoint-{r}/", _m)
+                     for r in alert_rules if any(k.startswith(f"oppoint-{r}/") for k in v)]
         rows += [(f"{rule_names.get(r, r)} (rule)", v, "", lambda d, k, digits=3: _v(d, k, digits))
                  for r, v in (o.get("rules") or {}).items()]
         for label, v, pre, f in rows:

@@ -10,7 +10,10 @@ from the ID's previous frame. Inside a big-endian signal the flip rate grows fro
 the least significant bit, so a signal boundary is a bit that never flips or whose flip rate
 falls below half of its left neighbour's. A field is kept as a *physical* signal when it is at
 least 4 bits wide, takes >= 8 distinct values and is smooth (99% of frame-to-frame changes
-within a fifth of its range): counters, checksums and flags are left out.
+within a fifth of its range): counters, checksums and flags are left out. A short clean capture
+never sets the top bits of a quantity that later grows (a wheel speed above any speed driven
+before), so a kept signal also takes up to 4 bits above it that are 0 in every clean frame:
+the value then carries into them instead of wrapping around.
 
 Context: every physical signal is regressed on the latest values of the physical signals of
 the other IDs (the bus's recent-value state, sampled and held); the best partners (at most 3,
@@ -58,6 +61,7 @@ MIN_SIGNAL_FRAMES = 200  # an ID needs this many clean frames for its flip stati
 _FLIP_DROP = 0.5  # a bit flipping less than this x its left neighbour starts a new signal
 _MIN_BITS = 4
 _MIN_LEVELS = 8
+_HEADROOM_BITS = 4
 _SMOOTH = 0.2  # 99% of a physical signal's changes lie within this fraction of its range
 _PARTNER_R2 = 0.9
 _PARTNER_DELTA_R2 = 0.5
@@ -164,6 +168,10 @@ def fit_signals(ids: np.ndarray, data: np.ndarray, clock: np.ndarray | None = No
             step = np.abs(np.diff(v))
             if np.quantile(step, 0.99) > _SMOOTH * (hi - lo):
                 continue  # counter, checksum or noise
+            head = 0
+            while head < _HEADROOM_BITS and start - head > 0 and not bits[:, start - head - 1].any():
+                head += 1  # bits that never flipped and are 0: free above the signal, not another field
+            start, length = start - head, length + head
             sigs.append(Signal(int(cid), start, length, lo, hi,
                                [float(np.quantile(v, q)) for q in _TAILS],
                                [float(np.quantile(v, 1 - q)) for q in _TAILS],
