@@ -26,7 +26,7 @@ def main() -> None:
     from fastmaml.apps.ids.ethernet.features import PACKET_FEATURES, EthFeatureState, EthFeaturizer
     from fastmaml.apps.ids.ethernet.pcap_reader import PcapReader, read_pcap
     from fastmaml.apps.ids.ethernet.zonal_sim import simulate
-    from fastmaml.apps.ids.config import load_ids_config
+    from fastmaml.apps.ids.registry import load_ids_config
     from fastmaml.apps.ids.models import build_model
     from fastmaml.eval.environment import environment
     from fastmaml.config import to_dict

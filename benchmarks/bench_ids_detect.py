@@ -27,7 +27,7 @@ from fastmaml.apps.ids.can import sim as can_sim
 from fastmaml.apps.ids.can.readers import open_capture
 from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer, frame_feature_names
 from fastmaml.apps.ids.detect import Detector, load_detector, save_detector, stream_detect
-from fastmaml.apps.ids.config import load_ids_config
+from fastmaml.apps.ids.registry import load_ids_config
 from fastmaml.apps.ids.models import build_model
 from fastmaml.apps.ids.models import FrameMLP
 from fastmaml.config import to_dict

@@ -7,7 +7,7 @@
 
 from fastmaml.core.batchnorm import BatchStatNorm, convert_batchnorm
 from fastmaml.core.maml import MAML, AdaptationCurve, MAMLConfig, MetaOutput, accuracy
-from fastmaml.tasks.batch import TaskBatch
+from fastmaml.core.batch import TaskBatch
 
 __version__ = "0.1.0"
 __all__ = ["MAML", "MAMLConfig", "MetaOutput", "AdaptationCurve", "TaskBatch", "accuracy", "BatchStatNorm",

@@ -145,5 +145,5 @@ def test_bad_eth_sources_give_clear_errors(tmp_path):
     nolab = E.load_ids_config("eth_tiny", ["source.kind=eth_captures", f"source.captures=[{{path: {tmp_path}/b.pcap}}]"])
     with pytest.raises(ConfigError, match="has no label file"):
         E.prepare_data(nolab, log=lambda m: None)
-    with pytest.raises(ConfigError, match="source.kind .ethernet. unknown; use one of cic, sim, captures, daga, masquerade, eth_sim"):
+    with pytest.raises(ConfigError, match="source.kind .ethernet. unknown; use one of cic, sim, captures, daga, masquerade, synthetic, eth_sim, eth_captures"):
         E.load_ids_config("eth_tiny", ["source.kind=ethernet"])

@@ -166,7 +166,7 @@ def test_adapt_unlabelled_capture_is_an_error(workdir, tmp_path):
 @pytest.mark.parametrize("w,stride", [(4, 4), (5, 2), (3, 7)])
 def test_window_stream_gives_one_pass_windows_in_any_chunking(w, stride):
     """The carry used by both CAN and Ethernet detection: chunked pushes = one push of everything."""
-    from fastmaml.apps.ids.detect import _WindowStream
+    from fastmaml.apps.ids.detect.stream import _WindowStream
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(101, 3)).astype(np.float32), rng.integers(0, 2, 101)

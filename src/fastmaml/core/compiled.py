@@ -69,7 +69,7 @@ from torch.func import grad_and_value, vmap
 from torch.nn.utils.stateless import _reparametrize_module
 
 from fastmaml.core.maml import MAML, MetaOutput
-from fastmaml.tasks.batch import TaskBatch
+from fastmaml.core.batch import TaskBatch
 
 
 #: torch.compile backend when none is given ("inductor"; tests trace with "aot_eager", which skips C++ compilation)

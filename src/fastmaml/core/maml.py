@@ -40,7 +40,7 @@ from torch.func import functional_call, grad, grad_and_value, vmap
 from fastmaml.core.batchnorm import PerStepBatchNorm, convert_batchnorm
 from fastmaml.core.recompute import meta_backward_recompute
 from fastmaml.errors import ConfigError, DataError
-from fastmaml.tasks.batch import TaskBatch
+from fastmaml.core.batch import TaskBatch
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 from torch.func import vmap
 
-from fastmaml.tasks.batch import TaskBatch
+from fastmaml.core.batch import TaskBatch
 
 # A fastmaml.core.maml.MAML; not imported, since maml.py imports this module.
 MAML = Any

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import torch
 
 from fastmaml.errors import DataError
-from fastmaml.tasks.batch import TaskBatch
+from fastmaml.core.batch import TaskBatch
 
 # Ranges up to this size (or where m is a large fraction of the range) use rand+argsort.
 _DENSE_LIMIT = 64

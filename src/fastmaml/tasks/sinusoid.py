@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from fastmaml.errors import ConfigError
-from fastmaml.tasks.batch import TaskBatch
+from fastmaml.core.batch import TaskBatch
 
 
 @dataclass

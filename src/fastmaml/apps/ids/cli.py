@@ -22,6 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
+from fastmaml.apps.ids.registry import TRAFFIC
 from fastmaml.cliargs import add_common, command_line, config_overrides
 from fastmaml.errors import DataError
 
@@ -32,8 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     acts = p.add_subparsers(dest="action", required=True)
 
     s = acts.add_parser("simulate", help="write a simulated capture (candump log or pcap) + per-frame labels with one attack")
-    s.add_argument("--network", choices=["can", "eth"], default="can",
-                   help="can: candump log of the CAN simulator; eth: pcap of the zonal Ethernet network (default: can)")
+    s.add_argument("--network", choices=list(TRAFFIC), default="can",
+                   help="traffic kind: can: candump log of the CAN simulator; eth: pcap of the zonal Ethernet network "
+                        "(default: can)")
     s.add_argument("--attack", default="none", help="attack to inject (default: none = benign only)")
     s.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0)
@@ -113,30 +115,9 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> None:
-    if args.network == "eth":
-        _simulate_eth(args)
-        return
-    from fastmaml.apps.ids.can import sim as can_sim
-
-    if args.attack not in ("none", *can_sim.ATTACKS):
-        raise DataError(f"unknown attack {args.attack!r}; valid: none, {', '.join(can_sim.ATTACKS)}")
-    frames = can_sim.simulate(args.attack, args.duration, args.seed)
     labels = args.labels or args.out.with_name(args.out.stem + "_labels.csv")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    can_sim.write_candump(frames, args.out, labels)
-    print(f"wrote {len(frames)} frames ({int(frames.is_attack().sum())} attack) to {args.out}, labels to {labels}")
-
-
-def _simulate_eth(args: argparse.Namespace) -> None:
-    from fastmaml.apps.ids.ethernet import zonal_sim
-
-    if args.attack not in ("none", *zonal_sim.ATTACKS):
-        raise DataError(f"unknown zonal-network attack {args.attack!r}; valid: none, {', '.join(zonal_sim.ATTACKS)}")
-    cap = zonal_sim.simulate(args.attack, args.duration, args.seed)
-    labels = args.labels or args.out.with_name(args.out.stem + "_labels.csv")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    cap.write(args.out, labels, pcapng=args.out.suffix == ".pcapng")
-    print(f"wrote {len(cap)} packets ({int(cap.labels.sum())} attack) to {args.out}, labels to {labels}")
+    print(TRAFFIC[args.network].simulate(args.attack, args.duration, args.seed, args.out, labels))
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -197,7 +178,7 @@ def _detect(args: argparse.Namespace) -> None:
                                                            for k, v in s.metrics.items()))
     for rule, m in s.alerts.items():
         what = "false alerts" if s.metrics else "alerts (unlabelled capture: every alert counted)"
-        line = (f"alert rule {rule} (per {'CAN ID' if s.unit == 'frames' else 'protocol'}, 1 s hold-off): "
+        line = (f"alert rule {rule} (per {s.key_name}, 1 s hold-off): "
                 f"{m['alerts']} alerts, {m['false_alerts_per_hour']:.1f} {what} per hour")
         if s.metrics and m["occurrences"]:
             line += (f"; attack occurrences alerted {m['occurrences_detected']}/{m['occurrences']}, "

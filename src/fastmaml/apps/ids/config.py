@@ -1,11 +1,15 @@
-"""Configuration of the IDS experiments: dataclasses with YAML presets (``presets/ids_*.yaml``)."""
+"""Configuration of the IDS experiments: dataclasses with YAML presets (``presets/ids_*.yaml``).
+
+Traffic-agnostic: which source kinds exist, and what each reads, is the registry's
+(:mod:`fastmaml.apps.ids.registry`, which adds its checks to :func:`read_ids_config`).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from fastmaml import cliargs
 from fastmaml.apps.ids.splits import FILE_SPLITS
@@ -17,12 +21,8 @@ from fastmaml.train.loop import TrainConfig
 PRESETS = Path(__file__).parent / "presets"
 METHODS = ("scratch", "pretrained", "maml", "fomaml")
 METRIC_NAMES = ("f1", "recall", "fpr", "accuracy")
-RULES = ("id_allow_list", "timing", "payload_range", "signal_range", "plausibility")
-SOURCE_KINDS = ("cic", "sim", "captures", "daga", "masquerade", "eth_sim", "eth_captures", "synthetic")
 SPLITS = ("occurrences", "time") + FILE_SPLITS
-FILE_SPLIT_KINDS = ("captures",)  # the source kinds that FILE_SPLITS serve (a folder of capture files)
 DATA_ROOT_ENV = "FASTMAML_DATA_ROOT"
-ETH_KINDS = ("eth_sim", "eth_captures")
 
 
 # ======================================================================== configs
@@ -95,14 +95,11 @@ class SourceConfig:
     eth_camera: bool = True  # eth_sim: include the ~2,000 packets/s camera stream (off: fast tiny runs)
 
 
-# Source keys only the Ethernet kinds read: left out of the cache keys of the other kinds (and
-# when at their defaults), so adding them did not invalidate earlier runs.
-_ETH_ONLY_KEYS = {"eth_camera": True}
 # Keys added later, left out of cache keys while at their defaults (so earlier runs stay valid);
 # where the data live (data_root, cic_dir, daga_dir) never changes what is read from them.
 _LATER_DEFAULTS = {"split": "occurrences", "occurrence_gap_s": 0.05, "min_occurrences": 2, "skip_malformed": False,
                    "bad_id": "error", "masquerade_occurrences": 20, "masquerade_duration_s": 2.0,
-                   "masquerade_seed": 0}
+                   "masquerade_seed": 0, "eth_camera": True}
 _LOCATION_KEYS = ("data_root", "cic_dir", "daga_dir")
 
 
@@ -114,12 +111,15 @@ def feature_key(feat: FeatureConfig) -> dict[str, Any]:
     return d
 
 
-def source_key(src: SourceConfig) -> dict[str, Any]:
-    """The source config as it enters cache keys: what shapes the data, not where it lies."""
+def source_key(src: SourceConfig, unread: Sequence[str] = ()) -> dict[str, Any]:
+    """The source config as it enters cache keys: what shapes the data, not where it lies.
+
+    ``unread``: keys the source's kind never reads (another traffic kind's), left out too, so
+    adding them did not invalidate earlier runs of this kind.
+    """
     d = to_dict(src)
-    for k, default in _ETH_ONLY_KEYS.items():
-        if src.kind not in ETH_KINDS or d.get(k) == default:
-            d.pop(k, None)
+    for k in unread:
+        d.pop(k, None)
     for k, default in _LATER_DEFAULTS.items():
         if d.get(k) == default:
             d.pop(k, None)
@@ -215,12 +215,14 @@ class IdsConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
-        """ConfigError for values that cannot work, naming the key and the fix."""
+        """ConfigError for values that cannot work, naming the key and the fix.
+
+        Whether the source kinds exist and fit together is checked against the registry
+        (:func:`fastmaml.apps.ids.registry.check_sources`).
+        """
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ConfigError(f"methods {bad or '[]'} unknown; choose from {list(METHODS)}")
-        if self.source.kind not in SOURCE_KINDS:
-            raise ConfigError(f"source.kind {self.source.kind!r} unknown; use one of {', '.join(SOURCE_KINDS)}")
         if self.model.name not in ("mlp", "cnn", "gru"):
             raise ConfigError(f"model.name {self.model.name!r} unknown; use mlp, cnn or gru")
         if self.model.name in ("cnn", "gru") and not self.features.window:
@@ -233,16 +235,11 @@ class IdsConfig:
             raise ConfigError(f"eval.report_steps {self.eval.report_steps} must lie in 0..eval.steps={self.eval.steps}")
         if not self.eval.finetune_lrs or min(self.eval.finetune_lrs) <= 0:
             raise ConfigError("eval.finetune_lrs must list positive step sizes")
-        if self.train_source is not None and (self.train_source.kind in ETH_KINDS) != (self.source.kind in ETH_KINDS):
-            raise ConfigError("train_source and source must carry the same traffic (both CAN or both Ethernet)")
         for key, src in (("source", self.source), ("train_source", self.train_source)):
             if src is None:
                 continue
             if src.split not in SPLITS:
                 raise ConfigError(f"{key}.split {src.split!r} unknown; use one of {', '.join(SPLITS)}")
-            if src.split in FILE_SPLITS and src.kind not in FILE_SPLIT_KINDS:
-                raise ConfigError(f"{key}.split={src.split} splits a folder of capture files (source.kind=captures); "
-                                  f"{key}.kind={src.kind} takes {key}.split=occurrences or time")
         if self.source.bad_id not in ("error", "skip", "keep"):
             raise ConfigError(f"source.bad_id {self.source.bad_id!r} unknown; use error, skip or keep")
         if not 0 < self.source.test_fraction < 1:
@@ -253,8 +250,11 @@ class IdsConfig:
             raise ConfigError("seeds must list at least one training seed")
 
 
-def load_ids_config(preset: str | Path | None, overrides: Iterable[str] = ()) -> IdsConfig:
-    """Defaults, then a preset (name like ``cic`` -> ``presets/ids_cic.yaml``, or a YAML path), then overrides."""
+def read_ids_config(preset: str | Path | None, overrides: Iterable[str] = ()) -> IdsConfig:
+    """Defaults, then a preset (name like ``cic`` -> ``presets/ids_cic.yaml``, or a YAML path), then overrides.
+
+    Source kinds unchecked: :func:`fastmaml.apps.ids.registry.load_ids_config` checks them too.
+    """
     cfg = load_config(IdsConfig, preset_path(preset), overrides)
     cfg.validate()
     return cfg

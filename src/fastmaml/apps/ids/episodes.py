@@ -16,7 +16,7 @@ import torch
 from fastmaml.apps.ids.families import IdsData
 from fastmaml.apps.ids.samples import SampleSet
 from fastmaml.errors import DataError
-from fastmaml.tasks.batch import TaskBatch
+from fastmaml.core.batch import TaskBatch
 from fastmaml.tasks.episodes import EpisodeIndices, EpisodeSampler
 
 

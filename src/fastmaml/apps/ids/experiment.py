@@ -39,12 +39,13 @@ import torch
 import torch.nn.functional as F
 
 from fastmaml.apps.ids.alerts import parse_alert_rule
-from fastmaml.apps.ids.config import IdsConfig, METHODS, feature_key, load_ids_config, preset_path, source_key  # noqa: F401
+from fastmaml.apps.ids.config import IdsConfig, METHODS, feature_key, preset_path  # noqa: F401
 from fastmaml.apps.ids.episodes import Episodes, check_sizes, fingerprint, fixed_episodes, make_train_sampler
 from fastmaml.apps.ids.families import FIT_STREAM, IdsData, Stream
 from fastmaml.apps.ids.metrics import CURVE_METRICS, rates
 from fastmaml.apps.ids.models import build_model
 from fastmaml.apps.ids.operational import operational_values, stream_values, summarize_rows
+from fastmaml.apps.ids.registry import load_ids_config, source_key  # noqa: F401 - load_ids_config: re-exported
 from fastmaml.apps.ids.samples import BENIGN
 from fastmaml.apps.ids.sources import data_key, prepare_data
 from fastmaml.config import to_dict
@@ -54,7 +55,7 @@ from fastmaml.eval.environment import environment
 from fastmaml.eval.stats import summarize
 from fastmaml.eval.tuning import tune_inner_lr
 from fastmaml.fileio import atomic_write_text
-from fastmaml.tasks.batch import TaskBatch
+from fastmaml.core.batch import TaskBatch
 from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_state_into
 from fastmaml.train.loop import meta_train
 
@@ -422,7 +423,7 @@ def meta_train_detector(cfg: IdsConfig, attacks: Sequence[str], out_dir: Path, m
         attacks = [a for a in data.attacks if a not in held]
     if data.feature_state is None:
         raise ConfigError(f"source {cfg.source.kind!r} has no feature state, so its detector cannot stream "
-                          "captures; use source.kind cic, sim, captures, eth_sim or eth_captures")
+                          "captures; use a source of real or simulated captures")
     seed = cfg.seeds[0] if seed is None else seed
     if method not in ("maml", "fomaml", "pretrained"):
         raise ConfigError(f"method {method!r} cannot be meta-trained; use maml, fomaml or pretrained")

@@ -70,7 +70,7 @@ class IdsData:
     feature_state: dict[str, Any] | None = None  # JSON form of the fitted feature state (for detectors)
     source: str = ""
     stats: dict[str, Any] = field(default_factory=dict)  # e.g. unseen-ID fractions per attack
-    traffic: str = "can"  # "can" or "eth": which feature pipeline a detector of this data streams
+    traffic: str = "can"  # its traffic kind (registry name: "can", "eth"), stamped by sources.prepare_data
     default_holdout: list[list[str]] | None = None  # the source's default folds (None: leave-one-attack-out)
     # Test-period captures in order, per attack (its capture) and "benign" (clean traffic), where the
     # source has them: the operational evaluation streams detectors over them.

@@ -13,17 +13,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fastmaml.apps.ids.registry import report_traffic
 from fastmaml.apps.ids.report_judgement import (LABELS, chance_section, maml_detection_verdict, near_chance,
                                                 operational_section, split_section)
 from fastmaml.eval.plots import plot_curves, save_figure
 from fastmaml.eval.stats import fmt
 from fastmaml.fileio import atomic_write_text
 
-RULE_LABELS = {"id_allow_list": "ID allow-list", "timing": "timing rule", "payload_range": "payload range",
-               "unknown_mac": "unknown-MAC rule", "rate": "rate rule", "seq_gap": "sequence-gap rule",
-               "signal_range": "signal range", "plausibility": "partner plausibility", "any": "any rule (OR)"}
-# The rule drawn as a dotted reference line in F1-vs-K (the first one the report has).
-FIGURE_RULES = ("id_allow_list", "any")
+ANY_RULE = {"any": "any rule (OR)"}  # a source may add the OR of its traffic kind's rules
 NOTES_FILE = "notes.md"  # hand-written analysis in the output folder, embedded in report.md
 STYLES = {"from scratch": {"marker": "x", "color": "tab:gray"}, "pretrained + fine-tune": {"marker": "s", "color": "tab:blue"},
           "MAML": {"marker": "o", "color": "tab:red"}, "FOMAML": {"marker": "^", "color": "tab:orange"}}
@@ -44,6 +41,17 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------ helpers
+def _rule_labels(report: dict[str, Any]) -> dict[str, str]:
+    """Rule name -> label of the report's traffic kind's rules."""
+    return {**report_traffic(report).rules, **ANY_RULE}
+
+
+def _figure_rule_name(report: dict[str, Any], rules: dict[str, Any]) -> str | None:
+    """The rule drawn as the dotted reference line of F1-vs-K, when the results have it."""
+    r = report_traffic(report).reference_rule
+    return r if r in rules else None
+
+
 def _attacks(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(attack, {K: entry}) over all folds, in fold order."""
     out = []
@@ -102,11 +110,10 @@ def figure_shots(report: dict[str, Any], path: Path) -> None:
         plot_curves(ax, curves, x=[int(k) for k in shots], xlabel="K (labelled samples per class)", ylabel=f"F1 after {s} steps",
                     title=f"held out: {attack}", styles=STYLES)
         rules = per_k[shots[0]]["rules"]
-        for r in FIGURE_RULES:
-            if r in rules:
-                ax.axhline(rules[r]["f1"]["mean"][0], color="k", linestyle=":", linewidth=1, label=RULE_LABELS[r])
-                ax.legend(fontsize=7)
-                break
+        r = _figure_rule_name(report, rules)
+        if r is not None:
+            ax.axhline(rules[r]["f1"]["mean"][0], color="k", linestyle=":", linewidth=1, label=_rule_labels(report)[r])
+            ax.legend(fontsize=7)
         ax.set_xscale("log")
         ax.minorticks_off()  # log-scale minor labels (2x10^0 ...) only clutter a few integer K
         ax.set_xticks([int(k) for k in shots], [k for k in shots])
@@ -149,8 +156,8 @@ def _folds_text(report: dict[str, Any]) -> str:
 
 def _figure_rule(report: dict[str, Any]) -> str:
     items = _attacks(report)
-    rules = next(iter(items[0][1].values()))["rules"] if items else {}
-    return next((RULE_LABELS[r] for r in FIGURE_RULES if r in rules), "")
+    r = _figure_rule_name(report, next(iter(items[0][1].values()))["rules"] if items else {})
+    return _rule_labels(report)[r] if r is not None else ""
 
 
 def markdown(report: dict[str, Any], notes: str | None = None) -> str:
@@ -161,7 +168,7 @@ def markdown(report: dict[str, Any], notes: str | None = None) -> str:
     s_final = _final(report)
     k_fig = _fig_shot(report)
     win = report.get("window")
-    unit = "packet" if report.get("traffic") == "eth" else "frame"
+    unit = report_traffic(report).unit
     lines = [
         f"# Few-shot intrusion detection: {report['source']}",
         "",
@@ -197,11 +204,12 @@ def markdown(report: dict[str, Any], notes: str | None = None) -> str:
         "that flags everything scores F1 = 0.667 with FPR = 1, so F1 near 0.667 is no detection at all.",
         "",
     ]
-    lines += _data_section(report)
+    lines += report_traffic(report).data_section(report)
     lines += split_section(report.get("data_stats") or {})
     lines += _skipped_section(report)
     lines += _summary_section(report, k_fig, s_final)
-    lines += operational_section(report["folds"], RULE_LABELS, e.get("calibrate_fpr", 1e-4), e.get("alert_budget_per_hour"))
+    lines += operational_section(report["folds"], _rule_labels(report), e.get("calibrate_fpr", 1e-4),
+                                 e.get("alert_budget_per_hour"))
     if notes:
         lines += [notes.strip(), ""]
     fig_rule = _figure_rule(report)
@@ -213,62 +221,6 @@ def markdown(report: dict[str, Any], notes: str | None = None) -> str:
     lines += _step_size_section(report)
     lines += ["## Config", "", "```json", json.dumps(cfg, indent=1), "```", ""]
     return "\n".join(lines)
-
-
-def _data_section(report: dict[str, Any]) -> list[str]:
-    stats = report.get("data_stats") or {}
-    if "novelty" in stats:
-        return _eth_data_section(report)
-    counts = stats.get("counts", {})
-    unseen = stats.get("unseen_id_fraction", {})
-    lines = ["## Data", ""]
-    if counts:
-        lines += ["| attack | train benign | train attack | test benign | test attack | attack samples with a CAN ID unseen in benign traffic |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        for a, c in counts.items():
-            u = unseen.get(a, {})
-            frac = f"{100 * u['attack']:.1f}%" if "attack" in u else "n/a"
-            lines.append(f"| {a} | {c['train']['benign']} | {c['train'][a]} | {c['test']['benign']} | {c['test'][a]} | {frac} |")
-        lines.append("")
-    fr = [u.get("attack") for u in unseen.values() if u]
-    if fr and all(x is not None and x >= 0.999 for x in fr):
-        id_feats = [f for f in ("id_known", "id_scaled") if f in report["feature_names"]]
-        lines += [
-            "**Every attack sample in this data carries a CAN ID that never occurs in benign traffic.** An ID allow-list "
-            "learned from benign traffic is therefore already a (near) perfect detector here"
-            + (f", and the {' / '.join(f'`{f}`' for f in id_feats)} feature(s) make every task trivially separable"
-               if id_feats else " (the ID features were dropped from the learned detectors' inputs in this run)")
-            + "; this data cannot show an advantage of learned detectors, meta-learned or not. "
-            + ("In CICIoV2024 this holds for all five attack types (DoS and the four spoofing attacks). Its attack "
-               "files also hold only attack frames (no benign frames around them), so timing and payload features "
-               "see each attack capture on its own; read the CICIoV2024 numbers as a sanity check."
-               if "CICIoV2024" in report["source"] else ""),
-            "",
-        ]
-    elif fr:
-        lo = min(x for x in fr if x is not None)
-        lines += [f"Attacks reuse legitimate IDs (at most {100 * max(x for x in fr if x is not None):.1f}% and at least "
-                  f"{100 * lo:.1f}% of an attack's samples carry an unseen ID), so an ID allow-list cannot catch them.", ""]
-    return lines
-
-
-def _eth_data_section(report: dict[str, Any]) -> list[str]:
-    """Ethernet sources: sample counts, and how many attack packets a MAC / stream allow-list would see."""
-    nov = report["data_stats"]["novelty"]
-    lines = ["## Data", "",
-             "| attack | train benign | train attack | test benign | test attack | attack packets from an unknown source MAC "
-             "| attack packets of a stream unseen in benign traffic |", "|---|---:|---:|---:|---:|---:|---:|"]
-    counts = report["data_stats"].get("counts", {})
-    for a, n in nov.items():
-        c = counts.get(a)
-        cells = ([str(c["train"]["benign"]), str(c["train"][a]), str(c["test"]["benign"]), str(c["test"][a])]
-                 if c else ["?"] * 4)
-        pct = [f"{100 * n[k]:.1f}%" if k in n else "n/a" for k in ("src_mac_new", "stream_new")]
-        lines.append(f"| {a} | " + " | ".join(cells + pct) + " |")
-    lines += ["", "Counts are samples after the per-family caps (features.max_benign / max_attack); the two last "
-              "columns are over all attack packets of the test capture. Attacks whose packets come from known MACs on "
-              "known streams (injection, replay, spoofing, request floods) are invisible to the unknown-MAC rule.", ""]
-    return lines
 
 
 def _skipped_section(report: dict[str, Any]) -> list[str]:
@@ -300,7 +252,8 @@ def _summary_section(report: dict[str, Any], k_fig: str, s_final: int) -> list[s
         return [f"No held-out attack was evaluated at K = {k_fig} (see *Skipped folds and K*).", ""] if every else []
     methods = list(next(iter(items[0][1].values()))["methods"])
     rules = list(next(iter(items[0][1].values()))["rules"])
-    head = [LABELS[m] for m in methods] + [RULE_LABELS.get(r, r) for r in rules]
+    labels = _rule_labels(report)
+    head = [LABELS[m] for m in methods] + [labels.get(r, r) for r in rules]
     lines = [f"## Summary: F1 at K = {k_fig} after 1 and {s_final} steps", "",
              "Cells: F1 after 1 step / after " + f"{s_final} steps (mean over episodes; CIs in the tables below). "
              "Rules need no adaptation.", "",
@@ -363,6 +316,7 @@ def _verdicts(report: dict[str, Any], items: list, methods: list[str], s_final: 
 def _detail_section(report: dict[str, Any]) -> list[str]:
     cfg = report["config"]
     steps = [s for s in cfg["eval"]["report_steps"] if s <= _final(report)]
+    labels = _rule_labels(report)
     lines = ["## Results per held-out attack", ""]
     for fold in report["folds"]:
         for a, per_k in fold["results"].items():
@@ -380,7 +334,7 @@ def _detail_section(report: dict[str, Any]) -> list[str]:
                         cells = [fmt(r[metric]["mean"][s], r[metric]["ci95"][s]) for s in steps]
                         lines.append(f"| {LABELS[m] if metric == 'f1' else ''} | {label} | " + " | ".join(cells) + " |")
                 for rule, r in entry["rules"].items():
-                    lines.append(f"| {RULE_LABELS.get(rule, rule)} (rule) | F1 / detection rate / FPR | "
+                    lines.append(f"| {labels.get(rule, rule)} (rule) | F1 / detection rate / FPR | "
                                  + " / ".join(fmt(r[x]["mean"][0], r[x]["ci95"][0]) for x in ("f1", "recall", "fpr"))
                                  + " |" + " |" * (len(steps) - 1))
                 lines.append("")

@@ -1,7 +1,9 @@
-"""Traffic sources by name: ``source.kind`` -> the function that prepares its task families.
+"""Prepared data of a config's source(s): ``source.kind`` -> its traffic kind's source -> :class:`IdsData`.
 
-Adding a data source is one small module with a ``prepare(src, feat, log, workdir) -> IdsData``
-function and one line in :data:`SOURCES`.
+The source kinds are listed once, by the traffic kinds that carry them
+(:mod:`fastmaml.apps.ids.registry`); adding a data source is one ``prepare(src, feat, log,
+workdir) -> IdsData`` function and one entry in its traffic kind's ``sources``. Prepared data
+are cached by a hash of what shapes them.
 """
 
 from __future__ import annotations
@@ -13,12 +15,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from fastmaml.apps.ids.can import source as can_source
-from fastmaml.apps.ids.config import FeatureConfig, IdsConfig, SourceConfig, feature_key, source_key
-from fastmaml.apps.ids.ethernet import source as eth_source
+from fastmaml.apps.ids.config import IdsConfig, feature_key
 from fastmaml.apps.ids.families import IdsData, drop_features, load_data, save_data
-from fastmaml.apps.ids import synthetic
-from fastmaml.config import to_dict
+from fastmaml.apps.ids.registry import check_sources, source_key, source_kind
 from fastmaml.errors import ConfigError
 
 
@@ -30,25 +29,6 @@ def data_key(cfg: IdsConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# kind -> prepare(src, feat, log, workdir) -> IdsData
-Prepare = Callable[[SourceConfig, FeatureConfig, Callable[[str], None], "Path | None"], IdsData]
-SOURCES: dict[str, Prepare] = {
-    "cic": can_source.prepare_cic,
-    "sim": can_source.prepare_sim,
-    "captures": can_source.prepare_captures,
-    "daga": can_source.prepare_daga,
-    "masquerade": lambda *a: _masquerade().prepare_masquerade(*a),
-    "eth_sim": eth_source.prepare_eth,
-    "eth_captures": eth_source.prepare_eth,
-    "synthetic": synthetic.prepare_synthetic,
-}
-
-
-def _masquerade():  # imported on use: the generator is only needed by its source kind
-    from fastmaml.apps.ids.can import masquerade
-    return masquerade
-
-
 def prepare_data(cfg: IdsConfig, cache_dir: Path | None = None, log: Callable[[str], None] | None = None) -> IdsData:
     """The task families of ``cfg.source`` (read from ``cache_dir`` when prepared before).
 
@@ -56,17 +36,17 @@ def prepare_data(cfg: IdsConfig, cache_dir: Path | None = None, log: Callable[[s
     ``<kind>:<attack>``, and the test source's attacks as the default held-out fold.
     """
     log = log or (lambda m: print(f"[ids] {m}", file=sys.stderr))
+    check_sources(cfg)
     if cfg.train_source is not None:
         return _cross_source(cfg, cache_dir, log)
     path = Path(cache_dir) / f"data-{data_key(cfg)}.safetensors" if cache_dir is not None else None
     if path is not None and path.is_file():
         return load_data(path)
-    prepare = SOURCES.get(cfg.source.kind)
-    if prepare is None:
-        raise ConfigError(f"source.kind {cfg.source.kind!r} unknown; use one of {', '.join(SOURCES)}")
+    traffic, source = source_kind(cfg.source.kind)
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    data = prepare(cfg.source, cfg.features, log, Path(cache_dir) if cache_dir is not None else None)
+    data = source.prepare(cfg.source, cfg.features, log, Path(cache_dir) if cache_dir is not None else None)
+    data.traffic = traffic.name  # the registry says which traffic a source carries, not the source itself
     drop_features(data, cfg.features.drop)
     if path is not None:
         save_data(data, path)

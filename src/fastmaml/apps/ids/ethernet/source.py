@@ -35,6 +35,7 @@ from fastmaml.apps.ids.ethernet.baselines import RULES as ETH_RULES
 from fastmaml.apps.ids.ethernet.features import PACKET_FEATURES, EthFeatureState, EthFeaturizer, PacketStats
 from fastmaml.apps.ids.ethernet.pcap_reader import PacketChunk, PcapReader
 from fastmaml.apps.ids.ethernet.labels import read_labels
+from fastmaml.apps.ids.ethernet.magic import is_pcap
 from fastmaml.apps.ids.samples import window_labels
 from fastmaml.apps.ids.families import IdsData, TaskFamily, cap_indices, families_from_sample_sets
 from fastmaml.apps.ids.samples import BENIGN, SampleSet
@@ -49,17 +50,6 @@ SIMULATED_NOTE = (
     "periodic, the attacks are what the simulator injects, and real captures will be noisier. Read the "
     "numbers as a comparison of methods on one controlled network, not as field detection rates."
 )
-
-
-def is_pcap(path: str | Path) -> bool:
-    """True when the file starts with a pcap or pcapng magic number."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-    except OSError:
-        return False
-    return head in (b"\x0a\x0d\x0d\x0a", b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1",
-                    b"\xa1\xb2\x3c\x4d")
 
 
 # ----------------------------------------------------------------------------- one capture
@@ -139,8 +129,8 @@ def to_samples(cf: CaptureFeatures, window: int | None, stride: int | None, labe
     return s, {r: torch.from_numpy(np.asarray(v, dtype=bool)) for r, v in rules.items()}
 
 
-def _benign_chunk(pcap: Path, labels_csv: Path | None, upto: float = 1.0) -> list[PacketChunk]:
-    """The benign packets among the first ``upto`` fraction of a capture (for fitting the state)."""
+def benign_chunks(pcap: str | Path, labels_csv: str | Path | None, upto: float = 1.0) -> list[PacketChunk]:
+    """The benign packets among the first ``upto`` fraction of a capture (for fitting the state; all without labels)."""
     chunks = list(PcapReader(pcap).chunks())
     if not chunks:
         raise DataError(f"{pcap}: no packets could be read; give a capture with Ethernet traffic")
@@ -203,7 +193,7 @@ def prepare_eth(src: Any, feat: Any, log: Callable[[str], None], workdir: Path |
     log("fitting Ethernet features on the benign packets of the train parts")
     benign: list[PacketChunk] = []
     for p, lab in specs:
-        benign += _benign_chunk(p, lab, 1 - src.test_fraction)
+        benign += benign_chunks(p, lab, 1 - src.test_fraction)
     state = EthFeatureState.fit(benign)
     parts: dict[str, list[tuple[SampleSet, dict[str, torch.Tensor]]]] = {"train": [], "test": []}
     names = [BENIGN]
@@ -237,7 +227,7 @@ def prepare_eth(src: Any, feat: Any, log: Callable[[str], None], workdir: Path |
         f.test, f.test_rules = _cap_with_rules(f.test, f.test_rules, feat.max_benign, feat.max_attack, feat.seed)
     source = "Ethernet captures " + ", ".join(str(p) for p, _ in specs)
     return IdsData(fams, list(PACKET_FEATURES), feat.window, state.to_dict(), source,
-                   {"novelty": {a: novelty.get(a, {}) for a in attacks}, "counts": _counts(fams)}, traffic="eth")
+                   {"novelty": {a: novelty.get(a, {}) for a in attacks}, "counts": _counts(fams)})
 
 
 def _counts(families: dict[str, Any]) -> dict[str, dict[str, dict[str, int]]]:
@@ -265,7 +255,7 @@ def _prepare_sim(src: Any, feat: Any, log: Callable[[str], None], workdir: Path 
 
         log(f"simulating a benign zonal-network capture ({D:.0f} s) to fit features and rules")
         fit_pcap, fit_lab = capture("none", src.sim_fit_seed)
-        state = EthFeatureState.fit(_benign_chunk(fit_pcap, fit_lab))
+        state = EthFeatureState.fit(benign_chunks(fit_pcap, fit_lab))
         fit_pcap.unlink()
         families = {}
         novelty = {}
@@ -289,4 +279,4 @@ def _prepare_sim(src: Any, feat: Any, log: Callable[[str], None], workdir: Path 
     return IdsData(families, list(PACKET_FEATURES), feat.window, state.to_dict(),
                    "simulated zonal automotive-Ethernet network",
                    {"novelty": novelty, "counts": _counts(families), "notes": [SIMULATED_NOTE]},
-                   traffic="eth", default_holdout=default)
+                   default_holdout=default)
