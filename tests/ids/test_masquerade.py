@@ -123,3 +123,23 @@ def test_masquerade_source_holds_each_kind_out_with_both_variants(tmp_path, clea
     for name, fam in data.families.items():
         assert fam.train.counts()[name] > 0 and fam.test.counts()[name] > 0
     assert set(data.stats["masquerade"]["injections"]) == {"offset", "maximum"}
+
+
+def test_cli_writes_a_labelled_masquerade_capture_of_a_clean_log(tmp_path):
+    from fastmaml.apps.ids.can.readers import open_capture
+    from fastmaml.cli import main
+
+    clean_log = tmp_path / "clean.log"
+    main(["ids", "simulate", "--attack", "none", "--duration", "40", "--out", str(clean_log)])
+    out = tmp_path / "drift.log"
+    main(["ids", "masquerade", "--capture", str(clean_log), "--kind", "drift", "--occurrences", "6",
+          "--duration", "1.5", "--out", str(out)])
+    clean = open_capture(clean_log).read_all()
+    got = open_capture(out, labels=tmp_path / "drift_labels.csv").read_all()
+    assert len(got) == len(clean) and (got.can_id == clean.can_id).all()
+    np.testing.assert_allclose(got.timestamp, clean.timestamp, atol=1e-6)
+    attack = got.is_attack()
+    assert got.label_names[1] == "drift_masquerade" and attack.sum() > 0
+    assert not (got.data != clean.data).any(1)[~attack].any()
+    plan = json.loads((tmp_path / "drift_injections.json").read_text())
+    assert plan["kind"] == "drift" and len(plan["injections"]) == 6

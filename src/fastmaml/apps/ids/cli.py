@@ -5,6 +5,7 @@
     fastmaml ids train --preset sim --attacks dos,fuzzing --out runs/ids/det
     fastmaml ids adapt --detector runs/ids/det/detector --capture new.log --labels new.csv --shots 5 --out adapted
     fastmaml ids detect --detector adapted --capture traffic.log --out verdicts.csv
+    fastmaml ids masquerade --capture clean.log --kind offset --out offset.log   # + offset_labels.csv
 
 Automotive Ethernet (pcap/pcapng captures, the simulated zonal network):
 
@@ -22,6 +23,8 @@ import argparse
 import json
 from pathlib import Path
 
+from fastmaml.apps.ids.can.masquerade import KINDS as MASQUERADE_KINDS
+from fastmaml.apps.ids.can.masquerade import VARIANTS as MASQUERADE_VARIANTS
 from fastmaml.apps.ids.registry import TRAFFIC
 from fastmaml.cliargs import add_common, command_line, config_overrides
 from fastmaml.errors import DataError
@@ -41,6 +44,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True, help="capture to write (candump log, or pcap for --network eth)")
     s.add_argument("--labels", type=Path, default=None, help="label CSV to write (default: OUT with _labels.csv)")
+
+    m = acts.add_parser("masquerade", help="write masquerade (or fabrication) attacks generated on a clean CAN "
+                                           "capture: candump log + per-frame labels + the injections")
+    m.add_argument("--capture", type=Path, required=True, help="clean capture, any supported CAN format")
+    m.add_argument("--format", default="auto", help="capture format (default: auto-detect)")
+    m.add_argument("--kind", choices=list(MASQUERADE_KINDS), required=True, help="what false values the attacker sends")
+    m.add_argument("--variant", choices=list(MASQUERADE_VARIANTS), default="masquerade",
+                   help="masquerade: the genuine frames carry the false values (no frame added); fabrication: forged "
+                        "frames are added beside the genuine ones (default: %(default)s)")
+    m.add_argument("--occurrences", type=int, default=20, help="injection intervals (default: %(default)s)")
+    m.add_argument("--duration", type=float, default=2.0, help="seconds per interval (default: %(default)s)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", type=Path, required=True, help="candump log to write")
+    m.add_argument("--labels", type=Path, default=None, help="label CSV to write (default: OUT with _labels.csv)")
 
     c = acts.add_parser("compare", help="scratch vs pretrained vs MAML vs FOMAML (+ rules) on held-out attacks")
     _common(c, "sim")
@@ -111,13 +128,39 @@ def _split(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> None:
     """Dispatch ``fastmaml ids <action>``."""
-    {"simulate": _simulate, "compare": _compare, "train": _train, "adapt": _adapt, "detect": _detect}[args.action](args)
+    {"simulate": _simulate, "masquerade": _masquerade, "compare": _compare, "train": _train, "adapt": _adapt,
+     "detect": _detect}[args.action](args)
 
 
 def _simulate(args: argparse.Namespace) -> None:
     labels = args.labels or args.out.with_name(args.out.stem + "_labels.csv")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     print(TRAFFIC[args.network].simulate(args.attack, args.duration, args.seed, args.out, labels))
+
+
+def _masquerade(args: argparse.Namespace) -> None:
+    from fastmaml.apps.ids.can import masquerade as M
+    from fastmaml.apps.ids.can import sim as can_sim
+    from fastmaml.apps.ids.can.readers import open_capture
+    from fastmaml.fileio import atomic_write_text
+
+    clean = open_capture(args.capture, args.format).read_all()
+    if clean.is_attack().any():
+        raise DataError(f"{args.capture}: holds {int(clean.is_attack().sum())} attack frames; give a clean capture")
+    clean.label[:] = 0
+    clean.label_names = ["benign"]
+    targets = M.target_signals(clean)
+    injections = M.plan(clean, args.kind, targets, args.occurrences, args.duration, args.seed)
+    name = M.attack_name(args.kind, args.variant)
+    frames = M.inject(clean, injections, args.variant, name, {(s.can_id, s.start): s for s in targets})
+    labels = args.labels or args.out.with_name(args.out.stem + "_labels.csv")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    can_sim.write_candump(frames, args.out, labels)
+    plan = args.out.with_name(args.out.stem + "_injections.json")
+    atomic_write_text(plan, json.dumps({"capture": str(args.capture), "kind": args.kind, "variant": args.variant,
+                                        "injections": [vars(i) for i in injections]}, indent=1) + "\n")
+    print(f"wrote {len(frames)} frames ({int(frames.is_attack().sum())} {name}) to {args.out}, labels to {labels}, "
+          f"the {len(injections)} injections to {plan}")
 
 
 def _compare(args: argparse.Namespace) -> None:
