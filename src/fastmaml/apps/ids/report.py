@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from fastmaml.apps.ids.registry import report_traffic
-from fastmaml.apps.ids.report_judgement import (LABELS, chance_section, maml_detection_verdict, near_chance,
-                                                operational_section, split_section)
+from fastmaml.apps.ids.report_judgement import (LABELS, budget_summary_section, chance_section,
+                                                maml_detection_verdict, near_chance, operational_section, split_section)
 from fastmaml.eval.plots import plot_curves, save_figure
 from fastmaml.eval.stats import fmt
 from fastmaml.fileio import atomic_write_text
@@ -208,6 +208,7 @@ def markdown(report: dict[str, Any], notes: str | None = None) -> str:
     lines += split_section(report.get("data_stats") or {})
     lines += _skipped_section(report)
     lines += _summary_section(report, k_fig, s_final)
+    lines += budget_summary_section(report["folds"], _rule_labels(report), e.get("alert_budget_per_hour"))
     lines += operational_section(report["folds"], _rule_labels(report), e.get("calibrate_fpr", 1e-4),
                                  e.get("alert_budget_per_hour"))
     if notes:
