@@ -64,6 +64,24 @@ def _stream(det_path: Path, capture: Path, out: Path, chunk: int) -> float:
     return summary.frames / (time.perf_counter() - t0)
 
 
+def _real_capture(path: Path, chunk: int, repeat: int) -> None:
+    """Features (+ a FrameMLP forward) on a real capture in memory, plain and with signals, in one run."""
+    frames = open_capture(path).read_all()
+    fit = frames.select(slice(0, int(0.4 * len(frames))))
+    for label, st in (("plain", FeatureState.fit(fit)), ("signals", FeatureState.fit(fit, signals=True))):
+        net = FrameMLP(len(frame_feature_names(st)), (64, 64), 2).eval()
+        best = 0.0
+        for _ in range(repeat):
+            fz = FrameFeaturizer(st)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                for a in range(0, len(frames), chunk):
+                    net(torch.from_numpy(fz.transform(frames.select(slice(a, a + chunk))))).argmax(1)
+            best = max(best, len(frames) / (time.perf_counter() - t0))
+        extra = f", {len(st.signals)} signals ({sum(bool(x.partners) for x in st.signals)} with partners)" if st.signals else ""
+        print(f"{path.name} {label:8s} feat+mlp (mem) {best:12,.0f} frames/s  ({len(frames):,} frames{extra})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=300.0, help="simulated capture length")
@@ -71,6 +89,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="best of N passes")
     ap.add_argument("--cic", type=Path, default=None, help="CICIoV2024 decimal_benign.csv.zip to time the reader on")
     ap.add_argument("--signals", action="store_true", help="also time the signal-level features")
+    ap.add_argument("--real", type=Path, default=None,
+                    help="a real clean capture (e.g. DAGA's clean/V40_03.can.zip) to time the features with and without "
+                         "signals on, the state fitted on its first 40%%")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -111,6 +132,8 @@ def main() -> None:
             for a in range(0, len(frames), args.chunk):
                 model(torch.from_numpy(fz.transform(frames.select(slice(a, a + args.chunk))))).argmax(1)
         print(f"{'feat+mlp (mem)':14s} {len(frames) / (time.perf_counter() - t0):12,.0f} frames/s")
+    if args.real is not None:
+        _real_capture(args.real, args.chunk, args.repeat)
     if args.cic is not None:
         n, s = run(args.cic, args.chunk, None, None)
         print(f"CICIoV2024 reader on {args.cic.name}: {n:,} rows in {s:.2f}s = {n / s:,.0f} rows/s")
