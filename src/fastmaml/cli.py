@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from fastmaml.cliargs import add_common, command_line, config_overrides, preset_path
+from fastmaml.cliargs import add_common, command_line, config_overrides, preset_names, preset_path
 from fastmaml.errors import FastMAMLError
 
 PRESETS = Path(__file__).parent / "experiments" / "presets"
@@ -21,16 +21,17 @@ PRESETS = Path(__file__).parent / "experiments" / "presets"
 def _sinusoid(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sinusoid", help="the paper's sinusoid regression experiment")
     acts = p.add_subparsers(dest="action", required=True)
+    presets = preset_names(PRESETS, "sinusoid")
     t = acts.add_parser("train", help="meta-train one model (MAML, or a baseline with --kind)")
-    add_common(t, "paper")
+    add_common(t, "paper", presets)
     t.add_argument("--run-dir", type=Path, required=True)
     t.add_argument("--kind", choices=["maml", "pretrained", "oracle"], default="maml")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     e = acts.add_parser("evaluate", help="evaluate a trained MAML run on the fixed test tasks")
-    add_common(e, "paper")
+    add_common(e, "paper", presets)
     e.add_argument("--run-dir", type=Path, required=True)
     r = acts.add_parser("reproduce", help="train MAML per K + baselines, evaluate, write tables and figures")
-    add_common(r, "paper")
+    add_common(r, "paper", presets)
     r.add_argument("--out", type=Path, default=Path("runs/sinusoid"))
     r.add_argument("--resume", action="store_true", help="reuse finished sub-runs and resume unfinished ones")
     p.set_defaults(handler=_run_sinusoid)

@@ -1,6 +1,6 @@
 """What every ``fastmaml`` command line shares: ``--preset``, ``key=value`` overrides, ``--device``, ``--data-root``.
 
-Each experiment (sinusoid, fewshot, ids) registers its subcommands with :func:`add_common`
+Each experiment (sinusoid, fewshot, ids, rl) registers its subcommands with :func:`add_common`
 and turns the parsed arguments into config overrides with :func:`config_overrides`, so the
 flags mean the same everywhere.
 """
@@ -10,16 +10,21 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from fastmaml.errors import ConfigError
 
 
-def add_common(p: argparse.ArgumentParser, default_preset: str | None, presets: str = "", *,
+def add_common(p: argparse.ArgumentParser, default_preset: str | None, presets: Sequence[str] = (), *,
                data_root: bool = False, device: bool = True) -> None:
-    """``--preset``, positional ``key=value`` overrides, and optionally ``--device`` and ``--data-root``."""
+    """``--preset``, positional ``key=value`` overrides, and optionally ``--device`` and ``--data-root``.
+
+    ``presets``: the names the help lists, normally :func:`preset_names` of the experiment's folder.
+    """
+    names = ", ".join(presets)
     p.add_argument("--preset", default=default_preset,
-                   help=f"preset name{f' ({presets})' if presets else ''} or a YAML file (default: %(default)s)")
+                   help=f"preset name{f' ({names})' if names else ''} or a YAML file (default: %(default)s)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.iterations=1000")
     if device:
         p.add_argument("--device", default=None, help="cpu or cuda (overrides train.device)")
@@ -37,6 +42,11 @@ def config_overrides(args: argparse.Namespace, data_root_key: str | None = None)
     return out
 
 
+def preset_names(folder: Path, prefix: str) -> list[str]:
+    """The presets in ``folder`` by name, sorted: ``<prefix>_<name>.yaml`` -> ``name``."""
+    return sorted(f.stem[len(prefix) + 1:] for f in folder.glob(f"{prefix}_*.yaml"))
+
+
 def preset_path(name: str | Path | None, folder: Path, prefix: str, label: str = "") -> Path | None:
     """A preset by name (``paper`` -> ``folder/<prefix>_paper.yaml``) or by YAML path; ConfigError naming the choices."""
     if name is None:
@@ -48,7 +58,7 @@ def preset_path(name: str | Path | None, folder: Path, prefix: str, label: str =
         return p
     candidate = folder / f"{prefix}_{name}.yaml"
     if not candidate.is_file():
-        known = sorted(f.stem[len(prefix) + 1:] for f in folder.glob(f"{prefix}_*.yaml"))
+        known = preset_names(folder, prefix)
         raise ConfigError(f"unknown {label or prefix} preset {str(name)!r}; choose from {known} or give a YAML file path")
     return candidate
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from fastmaml.cliargs import add_common, command_line, config_overrides, preset_path
+from fastmaml.cliargs import add_common, command_line, config_overrides, preset_names, preset_path
 from fastmaml.errors import DataError
 
 PRESETS = Path(__file__).parent / "presets"
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, help_ in (("train", "meta-train, keeping the best validation checkpoint, then test"),
                         ("evaluate", "test a trained run on 600 fixed episodes of held-out classes")):
         a = acts.add_parser(name, help=help_)
-        add_common(a, "omniglot_5w1s", data_root=True)
+        add_common(a, "omniglot_5w1s", preset_names(PRESETS, "fewshot"), data_root=True)
         a.add_argument("--run-dir", type=Path, required=True)
         if name == "train":
             a.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")

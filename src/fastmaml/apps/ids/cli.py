@@ -25,8 +25,9 @@ from pathlib import Path
 
 from fastmaml.apps.ids.can.masquerade import KINDS as MASQUERADE_KINDS
 from fastmaml.apps.ids.can.masquerade import VARIANTS as MASQUERADE_VARIANTS
+from fastmaml.apps.ids.config import PRESETS
 from fastmaml.apps.ids.registry import TRAFFIC
-from fastmaml.cliargs import add_common, command_line, config_overrides
+from fastmaml.cliargs import add_common, command_line, config_overrides, preset_names
 from fastmaml.errors import DataError
 
 
@@ -116,7 +117,7 @@ def _reader_options(p: argparse.ArgumentParser) -> None:
 
 
 def _common(p: argparse.ArgumentParser, default: str) -> None:
-    add_common(p, default, "daga, cic, sim, eth, captures, tiny, sim_tiny, eth_tiny", data_root=True)
+    add_common(p, default, preset_names(PRESETS, "ids"), data_root=True)
 
 
 def _split(text: str) -> list[str]:

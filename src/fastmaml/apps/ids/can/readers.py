@@ -215,7 +215,11 @@ _PYTHONCAN_EXT = {".asc", ".blf", ".trc", ".mf4", ".db", ".sqlite"}
 _CH_LINE = re.compile(r"^\d+(\.\d+)?,[0-9a-fA-F]{1,8},\d+,")
 
 
-_FORMATS = ("cic", "carhacking", "candump", "pythoncan", "daga", "csv")
+# Every capture format by name, listed once: ``open_capture`` picks from it, messages name its keys.
+_READERS: dict[str, type[CaptureReader]] = {
+    "cic": CicIov2024Reader, "carhacking": CarHackingReader, "candump": CandumpReader,
+    "pythoncan": PythonCanReader, "daga": DagaReader, "csv": ColumnCsvReader}
+_FORMATS = tuple(_READERS)
 
 
 def _zip_format(path: Path) -> str:
@@ -295,13 +299,10 @@ def open_capture(path: str | Path, format: str = "auto", **kw: Any) -> CaptureRe
     """
 
     fmt = detect_format(path) if format == "auto" else format
-    classes: dict[str, type[CaptureReader]] = {
-        "cic": CicIov2024Reader, "carhacking": CarHackingReader, "candump": CandumpReader,
-        "pythoncan": PythonCanReader, "daga": DagaReader, "csv": ColumnCsvReader}
-    if fmt not in classes:
-        raise DataError(f"unknown capture format {format!r}; use one of auto, {', '.join(classes)}")
+    if fmt not in _READERS:
+        raise DataError(f"unknown capture format {format!r}; use one of auto, {', '.join(_FORMATS)}")
     try:
-        return classes[fmt](path, **kw)
+        return _READERS[fmt](path, **kw)
     except TypeError as e:
         if "unexpected keyword" not in str(e):
             raise

@@ -406,255 +406,31 @@ class PcapReader:
     def _decode(
         self, heads: list[bytes], bufs: list[bytes], ts: np.ndarray, lens: np.ndarray, idx0: int
     ) -> PacketChunk:
-        n = len(heads)
-        H = HEAD
-        M = np.frombuffer(b"".join(heads), dtype=np.uint8).reshape(n, H)
-        L = lens.astype(np.int64)
-        P = self.payload_prefix
-        ar = np.arange(n)
+        """Decode one chunk: Ethernet + VLAN tags, then each protocol on its rows, then the payload prefix.
 
-        def u8(rows: np.ndarray, off: np.ndarray) -> np.ndarray:
-            return M[rows, np.minimum(off, H - 1)].astype(np.int64)
+        ``heads`` are the frames cut (or zero-padded) to ``HEAD`` bytes, ``bufs`` the whole
+        frames (only the CAN walkers read past ``HEAD``).
+        """
+        h = _Heads(heads, lens)
+        cols = _decode_ethernet(h)
+        avtp, acf_off = _decode_avtp(h)
+        cols |= avtp
+        cols |= _decode_gptp(h)
+        ip, udp_off = _decode_ip(h)
+        cols |= ip
+        udp = _decode_udp(h, udp_off)
+        cols |= {"sport": udp.sport_col, "dport": udp.dport_col}
+        is_can = (udp.sport == self.can_udp_port) | (udp.dport == self.can_udp_port)
+        cols |= _decode_someip(h, udp, ~is_can, self.someip_ports, self.someip_heuristic)
+        can_udp_rows = udp.rows[is_can]
+        h.proto[can_udp_rows] = PROTO_CAN_UDP
+        cols |= _decode_can(h, bufs, acf_off, can_udp_rows)
+        cols["payload"] = _payload_prefix(h, self.payload_prefix)
 
-        def be16(rows: np.ndarray, off: np.ndarray) -> np.ndarray:
-            return (u8(rows, off) << 8) | u8(rows, off + 1)
-
-        def be32(rows: np.ndarray, off: np.ndarray) -> np.ndarray:
-            return (be16(rows, off) << 16) | be16(rows, off + 2)
-
-        def be64u(rows: np.ndarray, off: np.ndarray) -> np.ndarray:
-            return (be32(rows, off).astype(np.uint64) << np.uint64(32)) | be32(rows, off + 4).astype(np.uint64)
-
-        reason = np.zeros(n, dtype=np.int8)
-
-        def flag(rows: np.ndarray, bad: np.ndarray, name: str) -> None:
-            r = rows[bad]
-            reason[r[reason[r] == 0]] = _R[name]
-
-        # Ethernet + VLAN tags
-        flag(ar, L < 14, "short_ethernet")
-        sh = np.uint64(8)
-        dst = np.zeros(n, dtype=np.uint64)
-        src = np.zeros(n, dtype=np.uint64)
-        for k in range(6):
-            dst = (dst << sh) | M[:, k].astype(np.uint64)
-            src = (src << sh) | M[:, 6 + k].astype(np.uint64)
-        et = be16(ar, np.full(n, 12))
-        off = np.full(n, 14, dtype=np.int64)
-        vlan = np.full(n, -1, dtype=np.int16)
-        pcp = np.full(n, -1, dtype=np.int8)
-        outer = np.full(n, -1, dtype=np.int16)
-        t1 = np.isin(et, VLAN_TPIDS)
-        if t1.any():
-            r = ar[t1]
-            tci1 = be16(r, np.full(len(r), 14))
-            inner = be16(r, np.full(len(r), 16))
-            t2 = np.isin(inner, VLAN_TPIDS)
-            tci2 = be16(r, np.full(len(r), 18))
-            et2 = be16(r, np.full(len(r), 20))
-            tci = np.where(t2, tci2, tci1)
-            vlan[r] = tci & 0xFFF
-            pcp[r] = tci >> 13
-            outer[r[t2]] = tci1[t2] & 0xFFF
-            et[r] = np.where(t2, et2, inner)
-            off[r] = np.where(t2, 22, 18)
-            flag(r, L[r] < off[r], "short_vlan")
-        ok = reason == 0
-
-        proto = np.zeros(n, dtype=np.int8)
-        pay_off = off.copy()        # where the payload prefix starts
-        pay_end = L.copy()          # where it ends (exclusive)
-
-        # AVTP -------------------------------------------------------------
-        avtp_subtype = np.full(n, -1, dtype=np.int16)
-        avtp_sid = np.zeros(n, dtype=np.uint64)
-        avtp_seq = np.full(n, -1, dtype=np.int16)
-        avtp_ts = np.full(n, -1, dtype=np.int64)
-        avtp_len = np.full(n, -1, dtype=np.int32)
-        acf_off = np.full(n, -1, dtype=np.int64)
-        r = ar[ok & (et == ETH_AVTP)]
-        if len(r):
-            p = off[r]
-            proto[r] = PROTO_AVTP
-            st = u8(r, p)
-            avtp_subtype[r] = st
-            ntscf = st == AVTP_NTSCF
-            crf = st == AVTP_CRF
-            ctrl = (st >= 0x80) & ~ntscf
-            hdr = np.select([ntscf, crf, ctrl], [12, 20, 12], 24)
-            short = L[r] < p + hdr
-            flag(r, short, "short_avtp")
-            avtp_sid[r] = be64u(r, p + 4)
-            seq = np.where(ntscf, u8(r, p + 3), u8(r, p + 2))
-            avtp_seq[r] = np.where(ctrl, -1, seq)
-            stream_hdr = ~(ntscf | crf | ctrl)
-            avtp_ts[r[stream_hdr]] = be32(r[stream_hdr], p[stream_hdr] + 12)
-            dlen = np.select(
-                [ntscf, crf, ctrl],
-                [((u8(r, p + 1) & 7) << 8) | u8(r, p + 2), be16(r, p + 16), (((u8(r, p + 2) & 7) << 8) | u8(r, p + 3))],
-                be16(r, p + 20),
-            )
-            avtp_len[r] = dlen
-            flag(r, ~short & (p + hdr + dlen > L[r]), "avtp_length_exceeds_frame")
-            pay_off[r] = p + hdr
-            pay_end[r] = np.minimum(L[r], p + hdr + dlen)
-            acf = ntscf | (st == AVTP_TSCF)
-            acf_off[r[acf]] = (p + hdr)[acf]
-
-        # gPTP -------------------------------------------------------------
-        ptp_type = np.full(n, -1, dtype=np.int8)
-        ptp_seq = np.full(n, -1, dtype=np.int32)
-        ptp_corr = np.zeros(n, dtype=np.int64)
-        ptp_dom = np.full(n, -1, dtype=np.int16)
-        ptp_clk = np.zeros(n, dtype=np.uint64)
-        ptp_origin = np.full(n, np.nan)
-        r = ar[ok & (et == ETH_GPTP)]
-        if len(r):
-            p = off[r]
-            proto[r] = PROTO_GPTP
-            flag(r, L[r] < p + 34, "short_gptp")
-            ptp_type[r] = u8(r, p) & 0xF
-            ptp_dom[r] = u8(r, p + 4)
-            ptp_corr[r] = be64u(r, p + 8).view(np.int64)
-            ptp_clk[r] = be64u(r, p + 20)
-            ptp_seq[r] = be16(r, p + 30)
-            has_ts = L[r] >= p + 44
-            rr, pp = r[has_ts], p[has_ts]
-            secs = (be16(rr, pp + 34) << 32) | be32(rr, pp + 36)
-            ptp_origin[rr] = secs + be32(rr, pp + 40) * 1e-9
-            pay_off[r] = p + 34
-
-        # IP / UDP ---------------------------------------------------------
-        ip_src = np.zeros(n, dtype=np.uint32)
-        ip_dst = np.zeros(n, dtype=np.uint32)
-        sport = np.full(n, -1, dtype=np.int32)
-        dport = np.full(n, -1, dtype=np.int32)
-        udp_off = np.full(n, -1, dtype=np.int64)
-        ok = reason == 0
-        proto[ok & (et == ETH_ARP)] = PROTO_ARP
-        r4 = ar[ok & (et == ETH_IPV4)]
-        if len(r4):
-            p = off[r4]
-            proto[r4] = PROTO_IP
-            vihl = u8(r4, p)
-            ihl = (vihl & 0xF) * 4
-            bad = ((vihl >> 4) != 4) | (ihl < 20)
-            flag(r4, bad, "bad_ipv4_header")
-            short = ~bad & (L[r4] < p + ihl)
-            flag(r4, short, "short_ip")
-            ip_src[r4] = be32(r4, p + 12)
-            ip_dst[r4] = be32(r4, p + 16)
-            frag_off = be16(r4, p + 6) & 0x1FFF
-            udp = ~bad & ~short & (u8(r4, p + 9) == 17) & (frag_off == 0)
-            udp_off[r4[udp]] = (p + ihl)[udp]
-            pay_off[r4] = p + ihl
-        r6 = ar[ok & (et == ETH_IPV6)]
-        if len(r6):
-            p = off[r6]
-            proto[r6] = PROTO_IP
-            short = L[r6] < p + 40
-            flag(r6, short, "short_ip")
-            ip_src[r6] = be32(r6, p + 20)
-            ip_dst[r6] = be32(r6, p + 36)
-            udp = ~short & (u8(r6, p + 6) == 17)
-            udp_off[r6[udp]] = p[udp] + 40
-            pay_off[r6] = p + 40
-        ru = ar[udp_off >= 0]
-        someip_cols = {k: np.full(n, -1, dtype=np.int32) for k in ("service", "method", "client", "session")}
-        s_pv = np.full(n, -1, dtype=np.int16)
-        s_iv = np.full(n, -1, dtype=np.int16)
-        s_mt = np.full(n, -1, dtype=np.int16)
-        s_rc = np.full(n, -1, dtype=np.int16)
-        s_len = np.full(n, -1, dtype=np.int64)
-        can_udp_rows = np.zeros(0, dtype=np.int64)
-        if len(ru):
-            u = udp_off[ru]
-            short = L[ru] < u + 8
-            flag(ru, short, "short_udp")
-            ru, u = ru[~short], u[~short]
-            proto[ru] = PROTO_UDP
-            sp, dp = be16(ru, u), be16(ru, u + 2)
-            sport[ru], dport[ru] = sp, dp
-            ulen = be16(ru, u + 4)
-            avail = np.minimum(ulen, L[ru] - u) - 8
-            pay_off[ru] = u + 8
-            pay_end[ru] = u + 8 + np.maximum(avail, 0)
-            # SOME/IP
-            by_port = np.isin(sp, self.someip_ports) | np.isin(dp, self.someip_ports)
-            s_length = be32(ru, u + 12)
-            s_type = u8(ru, u + 22)
-            sane = (
-                (avail >= 16) & (s_length >= 8) & (s_length <= avail - 8)
-                & (u8(ru, u + 20) == 1) & np.isin(s_type, SOMEIP_MSG_TYPES)
-            )
-            is_can = (sp == self.can_udp_port) | (dp == self.can_udp_port)
-            if self.someip_heuristic:
-                someip = (by_port | (sane & (s_length == avail - 8))) & ~is_can
-            else:
-                someip = by_port & ~is_can
-            flag(ru, someip & ~sane, "bad_someip")
-            rs, us = ru[someip], u[someip]
-            proto[rs] = PROTO_SOMEIP
-            someip_cols["service"][rs] = be16(rs, us + 8)
-            someip_cols["method"][rs] = be16(rs, us + 10)
-            s_len[rs] = s_length[someip]
-            someip_cols["client"][rs] = be16(rs, us + 16)
-            someip_cols["session"][rs] = be16(rs, us + 18)
-            s_pv[rs] = u8(rs, us + 20)
-            s_iv[rs] = u8(rs, us + 21)
-            s_mt[rs] = s_type[someip]
-            s_rc[rs] = u8(rs, us + 23)
-            pay_off[rs] = us + 24
-            pay_end[rs] = np.minimum(pay_end[rs], us + 16 + s_length[someip])
-            can_udp_rows = ru[is_can]
-            proto[can_udp_rows] = PROTO_CAN_UDP
-
-        # CAN (first frame vectorized; count and validation by walking the frames) --------
-        can_id = np.full(n, -1, dtype=np.int64)
-        can_len = np.full(n, -1, dtype=np.int16)
-        can_flags = np.zeros(n, dtype=np.int16)
-        can_count = np.zeros(n, dtype=np.int16)
-        can_data = np.zeros((n, 8), dtype=np.uint8)
-        acf_rows = ar[(acf_off >= 0) & (reason == 0)]
-        for rows, walker, bad_name in (
-            (acf_rows, _walk_acf, "bad_acf"),
-            (can_udp_rows[reason[can_udp_rows] == 0], _walk_can_udp, "bad_can_udp"),
-        ):
-            for i in rows.tolist():
-                if walker is _walk_acf:
-                    frames, bad = walker(bufs[i], int(acf_off[i]), int(pay_end[i]))
-                else:
-                    frames, bad = walker(bufs[i], int(pay_off[i]), int(pay_end[i]))
-                if bad:
-                    reason[i] = _R[bad_name]
-                can_count[i] = len(frames)
-                if frames:
-                    cid, flags, data = frames[0]
-                    can_id[i], can_flags[i], can_len[i] = cid, flags, len(data)
-                    d = data[:8]
-                    can_data[i, : len(d)] = np.frombuffer(d, dtype=np.uint8)
-
-        # payload prefix
-        if P:
-            k = np.arange(P)
-            pos = pay_off[:, None] + k[None, :]
-            payload = np.where(pos < pay_end[:, None], M[ar[:, None], np.minimum(pos, H - 1)], 0).astype(np.uint8)
-        else:
-            payload = np.zeros((n, 0), dtype=np.uint8)
-
-        chunk = PacketChunk(
-            index=np.arange(idx0, idx0 + n, dtype=np.int64), ts=ts.astype(np.float64), length=lens,
-            dst_mac=dst, src_mac=src, vlan=vlan, pcp=pcp, outer_vlan=outer, ethertype=et.astype(np.int32),
-            proto=proto, malformed=reason, avtp_subtype=avtp_subtype, avtp_stream_id=avtp_sid,
-            avtp_seq=avtp_seq, avtp_ts=avtp_ts, avtp_data_len=avtp_len, ptp_type=ptp_type, ptp_seq=ptp_seq,
-            ptp_correction=ptp_corr, ptp_domain=ptp_dom, ptp_clock_id=ptp_clk, ptp_origin_ts=ptp_origin,
-            ip_src=ip_src, ip_dst=ip_dst, sport=sport, dport=dport,
-            someip_service=someip_cols["service"], someip_method=someip_cols["method"],
-            someip_client=someip_cols["client"], someip_session=someip_cols["session"],
-            someip_proto_ver=s_pv, someip_iface_ver=s_iv, someip_msg_type=s_mt, someip_return_code=s_rc,
-            someip_length=s_len, can_id=can_id, can_len=can_len, can_flags=can_flags, can_count=can_count,
-            can_data=can_data, payload=payload,
-        )
+        n = h.n
+        chunk = PacketChunk(index=np.arange(idx0, idx0 + n, dtype=np.int64), ts=ts.astype(np.float64), length=lens,
+                            proto=h.proto, malformed=h.reason, **cols)
+        reason = h.reason
         bad = reason != 0
         if bad.any():
             codes, counts = np.unique(reason[bad], return_counts=True)
@@ -663,6 +439,327 @@ class PcapReader:
             if not self.keep_malformed:
                 chunk = chunk.select(~bad)
         return chunk
+
+
+# ----------------------------------------------------------------------------- protocol decoders
+# Each decoder reads a chunk's heads through a _Heads, for all rows of its protocol at once, and
+# returns its PacketChunk columns (absent values as PacketChunk says). What several protocols share
+# (malformed reason, protocol code, where the payload prefix starts and ends) lives on the _Heads.
+class _Heads:
+    """A chunk's frames cut to ``HEAD`` bytes as an ``[n, HEAD]`` matrix, with big-endian field readers.
+
+    Decoders fill in the per-packet state: ``reason`` (first malformed reason, 0 = well formed),
+    ``proto`` (PROTO_* code), ``et`` / ``off`` (EtherType after the VLAN tags and where its header
+    starts, set by :func:`_decode_ethernet`), ``pay_off`` / ``pay_end`` (the payload prefix's span).
+    Offsets past ``HEAD`` read the last byte; every decoder bounds them by ``L`` (the captured length).
+    """
+
+    def __init__(self, heads: list[bytes], lens: np.ndarray) -> None:
+        self.n = n = len(heads)
+        self.M = np.frombuffer(b"".join(heads), dtype=np.uint8).reshape(n, HEAD)
+        self.L = lens.astype(np.int64)
+        self.ar = np.arange(n)
+        self.reason = np.zeros(n, dtype=np.int8)
+        self.proto = np.zeros(n, dtype=np.int8)
+        self.et = np.zeros(n, dtype=np.int64)
+        self.off = np.full(n, 14, dtype=np.int64)
+        self.pay_off = self.off.copy()
+        self.pay_end = self.L.copy()
+
+    def u8(self, rows: np.ndarray, off: np.ndarray) -> np.ndarray:
+        return self.M[rows, np.minimum(off, HEAD - 1)].astype(np.int64)
+
+    def be16(self, rows: np.ndarray, off: np.ndarray) -> np.ndarray:
+        return (self.u8(rows, off) << 8) | self.u8(rows, off + 1)
+
+    def be32(self, rows: np.ndarray, off: np.ndarray) -> np.ndarray:
+        return (self.be16(rows, off) << 16) | self.be16(rows, off + 2)
+
+    def be64u(self, rows: np.ndarray, off: np.ndarray) -> np.ndarray:
+        return (self.be32(rows, off).astype(np.uint64) << np.uint64(32)) | self.be32(rows, off + 4).astype(np.uint64)
+
+    def flag(self, rows: np.ndarray, bad: np.ndarray, name: str) -> None:
+        """Mark ``rows[bad]`` malformed for ``name``, unless an earlier reason was found."""
+        r = rows[bad]
+        self.reason[r[self.reason[r] == 0]] = _R[name]
+
+    def rows_of(self, ethertype: int) -> np.ndarray:
+        """Well-formed rows so far whose EtherType (after the VLAN tags) is ``ethertype``."""
+        return self.ar[(self.reason == 0) & (self.et == ethertype)]
+
+
+def _decode_ethernet(h: _Heads) -> dict[str, np.ndarray]:
+    """MACs, 802.1Q / QinQ tags (the inner tag's VLAN + PCP, the outer VLAN) and the EtherType after them."""
+    n, M, ar, L = h.n, h.M, h.ar, h.L
+    h.flag(ar, L < 14, "short_ethernet")
+    sh = np.uint64(8)
+    dst = np.zeros(n, dtype=np.uint64)
+    src = np.zeros(n, dtype=np.uint64)
+    for k in range(6):
+        dst = (dst << sh) | M[:, k].astype(np.uint64)
+        src = (src << sh) | M[:, 6 + k].astype(np.uint64)
+    et = h.be16(ar, np.full(n, 12))
+    off = np.full(n, 14, dtype=np.int64)
+    vlan = np.full(n, -1, dtype=np.int16)
+    pcp = np.full(n, -1, dtype=np.int8)
+    outer = np.full(n, -1, dtype=np.int16)
+    t1 = np.isin(et, VLAN_TPIDS)
+    if t1.any():
+        r = ar[t1]
+        tci1 = h.be16(r, np.full(len(r), 14))
+        inner = h.be16(r, np.full(len(r), 16))
+        t2 = np.isin(inner, VLAN_TPIDS)
+        tci2 = h.be16(r, np.full(len(r), 18))
+        et2 = h.be16(r, np.full(len(r), 20))
+        tci = np.where(t2, tci2, tci1)
+        vlan[r] = tci & 0xFFF
+        pcp[r] = tci >> 13
+        outer[r[t2]] = tci1[t2] & 0xFFF
+        et[r] = np.where(t2, et2, inner)
+        off[r] = np.where(t2, 22, 18)
+        h.flag(r, L[r] < off[r], "short_vlan")
+    h.et, h.off = et, off
+    h.pay_off = off.copy()
+    return {"dst_mac": dst, "src_mac": src, "vlan": vlan, "pcp": pcp, "outer_vlan": outer,
+            "ethertype": et.astype(np.int32)}
+
+
+def _decode_avtp(h: _Heads) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """IEEE 1722 AVTP: subtype, stream ID, sequence, AVTP timestamp, stream-data length.
+
+    Also returns, per row, where ACF messages start (NTSCF / TSCF payloads; -1 elsewhere).
+    """
+    n, L = h.n, h.L
+    avtp_subtype = np.full(n, -1, dtype=np.int16)
+    avtp_sid = np.zeros(n, dtype=np.uint64)
+    avtp_seq = np.full(n, -1, dtype=np.int16)
+    avtp_ts = np.full(n, -1, dtype=np.int64)
+    avtp_len = np.full(n, -1, dtype=np.int32)
+    acf_off = np.full(n, -1, dtype=np.int64)
+    r = h.rows_of(ETH_AVTP)
+    if len(r):
+        p = h.off[r]
+        h.proto[r] = PROTO_AVTP
+        st = h.u8(r, p)
+        avtp_subtype[r] = st
+        ntscf = st == AVTP_NTSCF
+        crf = st == AVTP_CRF
+        ctrl = (st >= 0x80) & ~ntscf
+        hdr = np.select([ntscf, crf, ctrl], [12, 20, 12], 24)
+        short = L[r] < p + hdr
+        h.flag(r, short, "short_avtp")
+        avtp_sid[r] = h.be64u(r, p + 4)
+        seq = np.where(ntscf, h.u8(r, p + 3), h.u8(r, p + 2))
+        avtp_seq[r] = np.where(ctrl, -1, seq)
+        stream_hdr = ~(ntscf | crf | ctrl)
+        avtp_ts[r[stream_hdr]] = h.be32(r[stream_hdr], p[stream_hdr] + 12)
+        dlen = np.select(
+            [ntscf, crf, ctrl],
+            [((h.u8(r, p + 1) & 7) << 8) | h.u8(r, p + 2), h.be16(r, p + 16),
+             (((h.u8(r, p + 2) & 7) << 8) | h.u8(r, p + 3))],
+            h.be16(r, p + 20),
+        )
+        avtp_len[r] = dlen
+        h.flag(r, ~short & (p + hdr + dlen > L[r]), "avtp_length_exceeds_frame")
+        h.pay_off[r] = p + hdr
+        h.pay_end[r] = np.minimum(L[r], p + hdr + dlen)
+        acf = ntscf | (st == AVTP_TSCF)
+        acf_off[r[acf]] = (p + hdr)[acf]
+    return {"avtp_subtype": avtp_subtype, "avtp_stream_id": avtp_sid, "avtp_seq": avtp_seq, "avtp_ts": avtp_ts,
+            "avtp_data_len": avtp_len}, acf_off
+
+
+def _decode_gptp(h: _Heads) -> dict[str, np.ndarray]:
+    """gPTP: message type, domain, correction field (raw), source clock identity, sequence id, origin timestamp."""
+    n, L = h.n, h.L
+    ptp_type = np.full(n, -1, dtype=np.int8)
+    ptp_seq = np.full(n, -1, dtype=np.int32)
+    ptp_corr = np.zeros(n, dtype=np.int64)
+    ptp_dom = np.full(n, -1, dtype=np.int16)
+    ptp_clk = np.zeros(n, dtype=np.uint64)
+    ptp_origin = np.full(n, np.nan)
+    r = h.rows_of(ETH_GPTP)
+    if len(r):
+        p = h.off[r]
+        h.proto[r] = PROTO_GPTP
+        h.flag(r, L[r] < p + 34, "short_gptp")
+        ptp_type[r] = h.u8(r, p) & 0xF
+        ptp_dom[r] = h.u8(r, p + 4)
+        ptp_corr[r] = h.be64u(r, p + 8).view(np.int64)
+        ptp_clk[r] = h.be64u(r, p + 20)
+        ptp_seq[r] = h.be16(r, p + 30)
+        has_ts = L[r] >= p + 44
+        rr, pp = r[has_ts], p[has_ts]
+        secs = (h.be16(rr, pp + 34) << 32) | h.be32(rr, pp + 36)
+        ptp_origin[rr] = secs + h.be32(rr, pp + 40) * 1e-9
+        h.pay_off[r] = p + 34
+    return {"ptp_type": ptp_type, "ptp_seq": ptp_seq, "ptp_correction": ptp_corr, "ptp_domain": ptp_dom,
+            "ptp_clock_id": ptp_clk, "ptp_origin_ts": ptp_origin}
+
+
+def _decode_ip(h: _Heads) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """ARP (protocol code only), IPv4 and IPv6: addresses (IPv6: low 32 bits), and where UDP starts (-1: no UDP)."""
+    n = h.n
+    ip_src = np.zeros(n, dtype=np.uint32)
+    ip_dst = np.zeros(n, dtype=np.uint32)
+    udp_off = np.full(n, -1, dtype=np.int64)
+    arp, r4, r6 = h.rows_of(ETH_ARP), h.rows_of(ETH_IPV4), h.rows_of(ETH_IPV6)
+    h.proto[arp] = PROTO_ARP
+    if len(r4):
+        _decode_ipv4(h, r4, ip_src, ip_dst, udp_off)
+    if len(r6):
+        _decode_ipv6(h, r6, ip_src, ip_dst, udp_off)
+    return {"ip_src": ip_src, "ip_dst": ip_dst}, udp_off
+
+
+def _decode_ipv4(h: _Heads, r4: np.ndarray, ip_src: np.ndarray, ip_dst: np.ndarray, udp_off: np.ndarray) -> None:
+    """IPv4 rows ``r4``: header check, addresses; UDP where the fragment offset is 0 (unfragmented or first fragment)."""
+    L = h.L
+    p = h.off[r4]
+    h.proto[r4] = PROTO_IP
+    vihl = h.u8(r4, p)
+    ihl = (vihl & 0xF) * 4
+    bad = ((vihl >> 4) != 4) | (ihl < 20)
+    h.flag(r4, bad, "bad_ipv4_header")
+    short = ~bad & (L[r4] < p + ihl)
+    h.flag(r4, short, "short_ip")
+    ip_src[r4] = h.be32(r4, p + 12)
+    ip_dst[r4] = h.be32(r4, p + 16)
+    frag_off = h.be16(r4, p + 6) & 0x1FFF
+    udp = ~bad & ~short & (h.u8(r4, p + 9) == 17) & (frag_off == 0)
+    udp_off[r4[udp]] = (p + ihl)[udp]
+    h.pay_off[r4] = p + ihl
+
+
+def _decode_ipv6(h: _Heads, r6: np.ndarray, ip_src: np.ndarray, ip_dst: np.ndarray, udp_off: np.ndarray) -> None:
+    """IPv6 rows ``r6`` (no extension headers): low 32 bits of the addresses; UDP when the next header is 17."""
+    L = h.L
+    p = h.off[r6]
+    h.proto[r6] = PROTO_IP
+    short = L[r6] < p + 40
+    h.flag(r6, short, "short_ip")
+    ip_src[r6] = h.be32(r6, p + 20)
+    ip_dst[r6] = h.be32(r6, p + 36)
+    udp = ~short & (h.u8(r6, p + 6) == 17)
+    udp_off[r6[udp]] = p[udp] + 40
+    h.pay_off[r6] = p + 40
+
+
+@dataclass
+class _Udp:
+    """The rows with a whole UDP header: where it starts, its ports, the datagram payload bytes captured."""
+
+    rows: np.ndarray
+    off: np.ndarray
+    sport: np.ndarray
+    dport: np.ndarray
+    avail: np.ndarray
+    sport_col: np.ndarray  # the PacketChunk columns (every row; -1 without UDP)
+    dport_col: np.ndarray
+
+
+def _decode_udp(h: _Heads, udp_off: np.ndarray) -> _Udp:
+    """UDP headers at ``udp_off`` (-1: none): ports; the payload prefix becomes the datagram's payload."""
+    n, L = h.n, h.L
+    sport = np.full(n, -1, dtype=np.int32)
+    dport = np.full(n, -1, dtype=np.int32)
+    ru = h.ar[udp_off >= 0]
+    if not len(ru):
+        e = np.zeros(0, dtype=np.int64)
+        return _Udp(ru, e, e, e, e, sport, dport)
+    u = udp_off[ru]
+    short = L[ru] < u + 8
+    h.flag(ru, short, "short_udp")
+    ru, u = ru[~short], u[~short]
+    h.proto[ru] = PROTO_UDP
+    sp, dp = h.be16(ru, u), h.be16(ru, u + 2)
+    sport[ru], dport[ru] = sp, dp
+    ulen = h.be16(ru, u + 4)
+    avail = np.minimum(ulen, L[ru] - u) - 8
+    h.pay_off[ru] = u + 8
+    h.pay_end[ru] = u + 8 + np.maximum(avail, 0)
+    return _Udp(ru, u, sp, dp, avail, sport, dport)
+
+
+def _decode_someip(h: _Heads, udp: _Udp, candidate: np.ndarray, ports: np.ndarray,
+                   heuristic: bool) -> dict[str, np.ndarray]:
+    """SOME/IP in the UDP datagrams where ``candidate``: on ``ports``, or (``heuristic``) with a sane header.
+
+    A datagram on a SOME/IP port whose header is not sane is malformed (``bad_someip``).
+    """
+    n = h.n
+    cols = {f"someip_{k}": np.full(n, -1, dtype=np.int32) for k in ("service", "method", "client", "session")}
+    for k in ("proto_ver", "iface_ver", "msg_type", "return_code"):
+        cols[f"someip_{k}"] = np.full(n, -1, dtype=np.int16)
+    cols["someip_length"] = np.full(n, -1, dtype=np.int64)
+    ru, u, avail = udp.rows, udp.off, udp.avail
+    if not len(ru):
+        return cols
+    by_port = np.isin(udp.sport, ports) | np.isin(udp.dport, ports)
+    s_length = h.be32(ru, u + 12)
+    s_type = h.u8(ru, u + 22)
+    sane = (
+        (avail >= 16) & (s_length >= 8) & (s_length <= avail - 8)
+        & (h.u8(ru, u + 20) == 1) & np.isin(s_type, SOMEIP_MSG_TYPES)
+    )
+    if heuristic:
+        someip = (by_port | (sane & (s_length == avail - 8))) & candidate
+    else:
+        someip = by_port & candidate
+    h.flag(ru, someip & ~sane, "bad_someip")
+    rs, us = ru[someip], u[someip]
+    h.proto[rs] = PROTO_SOMEIP
+    cols["someip_service"][rs] = h.be16(rs, us + 8)
+    cols["someip_method"][rs] = h.be16(rs, us + 10)
+    cols["someip_length"][rs] = s_length[someip]
+    cols["someip_client"][rs] = h.be16(rs, us + 16)
+    cols["someip_session"][rs] = h.be16(rs, us + 18)
+    cols["someip_proto_ver"][rs] = h.u8(rs, us + 20)
+    cols["someip_iface_ver"][rs] = h.u8(rs, us + 21)
+    cols["someip_msg_type"][rs] = s_type[someip]
+    cols["someip_return_code"][rs] = h.u8(rs, us + 23)
+    h.pay_off[rs] = us + 24
+    h.pay_end[rs] = np.minimum(h.pay_end[rs], us + 16 + s_length[someip])
+    return cols
+
+
+def _decode_can(h: _Heads, bufs: list[bytes], acf_off: np.ndarray, can_udp_rows: np.ndarray) -> dict[str, np.ndarray]:
+    """CAN in IEEE 1722 ACF (messages from ``acf_off``) and in CAN-in-UDP (``can_udp_rows``).
+
+    The first frame goes to the columns, vectorized; counting and validating every frame walks the
+    whole frames in ``bufs`` (a malformed walk marks the row ``bad_acf`` / ``bad_can_udp``).
+    """
+    n, reason = h.n, h.reason
+    can_id = np.full(n, -1, dtype=np.int64)
+    can_len = np.full(n, -1, dtype=np.int16)
+    can_flags = np.zeros(n, dtype=np.int16)
+    can_count = np.zeros(n, dtype=np.int16)
+    can_data = np.zeros((n, 8), dtype=np.uint8)
+    acf_rows = h.ar[(acf_off >= 0) & (reason == 0)]
+    udp_rows = can_udp_rows[reason[can_udp_rows] == 0]
+    for rows, starts, walker, bad_name in ((acf_rows, acf_off, _walk_acf, "bad_acf"),
+                                           (udp_rows, h.pay_off, _walk_can_udp, "bad_can_udp")):
+        for i in rows.tolist():
+            frames, bad = walker(bufs[i], int(starts[i]), int(h.pay_end[i]))
+            if bad:
+                reason[i] = _R[bad_name]
+            can_count[i] = len(frames)
+            if frames:
+                cid, flags, data = frames[0]
+                can_id[i], can_flags[i], can_len[i] = cid, flags, len(data)
+                d = data[:8]
+                can_data[i, : len(d)] = np.frombuffer(d, dtype=np.uint8)
+    return {"can_id": can_id, "can_len": can_len, "can_flags": can_flags, "can_count": can_count,
+            "can_data": can_data}
+
+
+def _payload_prefix(h: _Heads, P: int) -> np.ndarray:
+    """The first ``P`` bytes of each row's payload span (after its innermost decoded header), zero-padded."""
+    if not P:
+        return np.zeros((h.n, 0), dtype=np.uint8)
+    k = np.arange(P)
+    pos = h.pay_off[:, None] + k[None, :]
+    return np.where(pos < h.pay_end[:, None], h.M[h.ar[:, None], np.minimum(pos, HEAD - 1)], 0).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- CAN walkers
