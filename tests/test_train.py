@@ -250,3 +250,25 @@ def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path, umask):
     for name in ("results.md", "last.safetensors", "images.safetensors"):
         assert (tmp_path / name).stat().st_mode & 0o777 == want, name
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_patience_stops_when_validation_stops_improving_and_survives_a_resume(tmp_path):
+    cfg = small_cfg(iterations=200, checkpoint_every=10, log_every=10, validate_every=10, patience=30)
+    scores = iter([0.9, 0.5, 0.4, 0.45, 0.41, 0.42, 0.43, 0.3, 0.2])  # best at 30, then no better until 70
+
+    def validate(learner):
+        return {"loss": next(scores)}
+
+    out = meta_train(S.build_learner(cfg), S.batch_sampler(cfg), cfg.train, tmp_path / "run", validate=validate)
+    assert out["stopped_for_patience"] and out["best_iteration"] == 30 and out["iterations"] == 60
+    meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")["meta"]
+    assert meta["iteration"] == 60 and meta["best_iteration"] == 30
+    # resuming a run that stopped for patience trains no further
+    again = meta_train(S.build_learner(cfg), S.batch_sampler(cfg), cfg.train, tmp_path / "run", resume=True,
+                       validate=validate)
+    assert again["iterations"] == 60 and again["stopped_for_patience"]
+    # without patience the same scores run to the end
+    scores = iter([0.9, 0.5, 0.4] + [0.45] * 17)
+    cfg.train.patience = 0
+    full = meta_train(S.build_learner(cfg), S.batch_sampler(cfg), cfg.train, tmp_path / "full", validate=validate)
+    assert full["iterations"] == 200 and not full["stopped_for_patience"]

@@ -57,6 +57,7 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     max_minutes: float | None = None  # stop (with a checkpoint) once training has taken this long
+    patience: int = 0  # stop once validation has not improved for this many iterations (0: never; needs validate_every)
     progress: bool = True
     keep_freed_memory: bool = True  # glibc: keep big tensors' memory in the heap (faster; see train/memory.py)
     lr_schedule: str = "constant"  # constant, or cosine (MAML++: meta_lr annealed to min_meta_lr over the iterations)
@@ -138,6 +139,7 @@ def meta_train(
     # ---- train.compile (end) ----
 
     start, best, time_offset = 0, None, 0.0  # time_offset: training seconds before a resume
+    best_iteration = 0  # where the best validation score was reached (train.patience counts from it)
     if resume and last_path.exists():
         ckpt = load_checkpoint(last_path, map_location=device)
         load_state_into(learner, ckpt["model"], last_path)
@@ -146,6 +148,7 @@ def meta_train(
         optimizer.load_state_dict(ckpt["optimizer"])
         start = int(ckpt["meta"]["iteration"])
         best = ckpt["meta"].get("best")
+        best_iteration = int(ckpt["meta"].get("best_iteration", start))
         if ctx.is_main:
             time_offset = _truncate_log(log_path, start)
     elif ctx.is_main:
@@ -161,18 +164,19 @@ def meta_train(
 
     def checkpoint(path: Path, iteration: int) -> None:
         if ctx.is_main:
-            meta = {"iteration": iteration, "best": best, "config": run_config or {}, "seed": cfg.seed}
+            meta = {"iteration": iteration, "best": best, "best_iteration": best_iteration, "config": run_config or {},
+                    "seed": cfg.seed}
             save_checkpoint(path, learner.state_dict(), optimizer, meta)
 
     def run_validation(iteration: int) -> None:
-        nonlocal best
+        nonlocal best, best_iteration
         scores = validate(learner)
         log.write(json.dumps({"iteration": iteration, "time": time.perf_counter() - t0,
                               **{f"val_{k}": v for k, v in scores.items()}}) + "\n")
         log.flush()
         score = scores[select_metric]
         if best is None or (score < best if select_mode == "min" else score > best):
-            best = score
+            best, best_iteration = score, iteration
             checkpoint(best_path, iteration)
 
     bar = tqdm(
@@ -182,8 +186,15 @@ def meta_train(
     t0, window_loss, window_n = time.perf_counter() - time_offset, 0.0, 0
     window_extra: dict[str, float] = {}  # meta_step's other scalars, summed over the logging window
     last_good, done = start, start
+
+    def out_of_patience() -> bool:
+        return bool(cfg.patience and validate is not None and cfg.validate_every and best is not None
+                    and done - best_iteration >= cfg.patience)
+
     with open(log_path, "a") if ctx.is_main else _NullFile() as log:
         for it in range(start, cfg.iterations):
+            if out_of_patience():  # a resumed run that had already stopped for patience
+                break
             batch = D.shard(sample_batch(iteration_generator(cfg.seed, it)), ctx).to(device)
             learner.set_iteration(it)  # MAML++ schedules (multi-step loss, derivative order) follow it
             for group in optimizer.param_groups:
@@ -231,7 +242,9 @@ def meta_train(
             bar.update(1)
             if validate is not None and cfg.validate_every and (done % cfg.validate_every == 0 or done == cfg.iterations):
                 run_validation(done)
-            out_of_time = cfg.max_minutes is not None and (time.perf_counter() - t0) / 60 >= cfg.max_minutes
+            # No improvement for train.patience iterations: stop as if out of time (checkpoint, then break).
+            out_of_time = (cfg.max_minutes is not None and (time.perf_counter() - t0) / 60 >= cfg.max_minutes
+                           ) or out_of_patience()
             if ctx.enabled and cfg.max_minutes is not None:  # every rank must stop at the same iteration
                 out_of_time = D.all_reduce_scalar(float(out_of_time), ctx, device) > 0
             if done % cfg.checkpoint_every == 0 or done == cfg.iterations or out_of_time:
@@ -242,7 +255,8 @@ def meta_train(
                     run_validation(done)  # a final validation so the best checkpoint reflects the end
                 break
     bar.close()
-    return {"iterations": done, "resumed_from": start, "best": best, "seconds": time.perf_counter() - t0}
+    return {"iterations": done, "resumed_from": start, "best": best, "best_iteration": best_iteration,
+            "stopped_for_patience": out_of_patience(), "seconds": time.perf_counter() - t0}
 
 
 def _truncate_log(log_path: Path, iteration: int) -> float:

@@ -177,7 +177,8 @@ def _eval_key(cfg: IdsConfig, known: Sequence[str], holdout: Sequence[str], dkey
     c["features"] = feature_key(cfg.features)
     if cfg.train_source is not None:
         c["train_source"] = source_key(cfg.train_source)
-    for k in ("progress", "threads", "device", "checkpoint_every", "log_every"):
+    # What cannot change a result (IDS training has no validation, so train.patience does nothing here).
+    for k in ("progress", "threads", "device", "checkpoint_every", "log_every", "patience"):
         c["train"].pop(k, None)
     blob = json.dumps({"cfg": c, "known": sorted(known), "holdout": list(holdout), "data": dkey}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
