@@ -243,10 +243,12 @@ def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock:
 
 
 def signals_to_dicts(sigs: list[Signal]) -> list[dict]:
+    """JSON-able form (a FeatureState's ``signals`` entry)."""
     return [asdict(s) for s in sigs]
 
 
 def signals_from_dicts(rows: list[dict], source: str = "<dict>") -> list[Signal]:
+    """Inverse of ``signals_to_dicts``; DataError naming ``source`` on a corrupt or out-of-range table."""
     try:
         sigs = [Signal(**r) for r in rows]
     except TypeError as e:
