@@ -150,16 +150,15 @@ def _masquerade(args: argparse.Namespace) -> None:
         raise DataError(f"{args.capture}: holds {int(clean.is_attack().sum())} attack frames; give a clean capture")
     clean.label[:] = 0
     clean.label_names = ["benign"]
-    targets = M.target_signals(clean)
-    injections = M.plan(clean, args.kind, targets, args.occurrences, args.duration, args.seed)
+    captures, plans = M.generate(clean, [args.kind], args.occurrences, args.duration, args.seed)
     name = M.attack_name(args.kind, args.variant)
-    frames = M.inject(clean, injections, args.variant, name, {(s.can_id, s.start): s for s in targets})
+    frames, injections = captures[name], plans[args.kind]
     labels = args.labels or args.out.with_name(args.out.stem + "_labels.csv")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     can_sim.write_candump(frames, args.out, labels)
     plan = args.out.with_name(args.out.stem + "_injections.json")
     atomic_write_text(plan, json.dumps({"capture": str(args.capture), "kind": args.kind, "variant": args.variant,
-                                        "injections": [vars(i) for i in injections]}, indent=1) + "\n")
+                                        "injections": injections}, indent=1) + "\n")
     print(f"wrote {len(frames)} frames ({int(frames.is_attack().sum())} {name}) to {args.out}, labels to {labels}, "
           f"the {len(injections)} injections to {plan}")
 
