@@ -35,6 +35,7 @@ class CaptureSpec:
     format: str = "auto"  # auto, cic, carhacking, candump, pythoncan, daga, csv
     attack: str = ""  # name of the attack in this capture when the file does not say (daga, carhacking, csv)
     columns: dict[str, Any] = field(default_factory=dict)  # format csv: the column map (time, id, payload/bytes, label, ...)
+    label_column: int = 1  # candump lines with inline label columns (CrySyS): which one after ID#DATA is the label
 
 
 @dataclass
@@ -126,7 +127,7 @@ def source_key(src: SourceConfig, unread: Sequence[str] = ()) -> dict[str, Any]:
     for k in _LOCATION_KEYS:
         d.pop(k, None)
     for c in d.get("captures", []):
-        for k, default in (("attack", ""), ("columns", {})):
+        for k, default in (("attack", ""), ("columns", {}), ("label_column", 1)):
             if c.get(k) == default:
                 c.pop(k, None)
     return d

@@ -123,6 +123,8 @@ def read_labelled(spec: CaptureSpec, src: SourceConfig, log: Callable[[str], Non
         kw["labels"] = spec.labels
     if spec.columns:
         kw["columns"] = spec.columns
+    if spec.label_column != 1:
+        kw["label_column"] = spec.label_column
     reader = open_capture(spec.path, spec.format, **kw)
     log(f"reading {spec.path}")
     frames = reader.read_all()

@@ -1,0 +1,97 @@
+"""Rough edges a new user hit with the CrySyS sample and the README (issue 34)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastmaml.apps.ids.can.candump import CandumpReader
+from fastmaml.apps.ids.can.readers import open_capture
+from fastmaml.apps.ids.can.source import read_labelled
+from fastmaml.apps.ids.can.traffic import CAN
+from fastmaml.apps.ids.config import CaptureSpec, SourceConfig
+from fastmaml.apps.ids.traffic import ReadOptions
+from fastmaml.errors import DataError
+
+# The shared data layout next to the project's checkout, unless FASTMAML_DATA_ROOT says otherwise.
+DATA_ROOT = Path(os.environ.get("FASTMAML_DATA_ROOT") or Path(__file__).resolve().parents[2].parent / "shared" / "data")
+CRYSYS = DATA_ROOT / "ids" / "crysys-sample"
+
+
+def _crysys_style(path: Path, attack_rows: set[int], n: int = 40, second: str = "False") -> Path:
+    """A candump log with CrySyS label columns: ``(ts) can0 ID#DATA <is_malicious>\\t<is_shifted_in_time>``."""
+    lines = []
+    for i in range(n):
+        bad = i in attack_rows
+        flag = ("1" if i % 2 else "True") if bad else ("0" if i % 3 == 0 else "False")
+        lines.append(f"({i * 0.01:.6f}) can0 {0x110 + (i % 3) * 0x100:03X}#00{i % 256:02x}cd50c251be00 {flag}\t{second}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ------------------------------------------------------------ 1. inline CrySyS label columns
+def test_inline_label_columns_read_with_labels(tmp_path, read_fast_and_precise):
+    path = _crysys_style(tmp_path / "S-1-1-malicious-CONST.log", {5, 6, 7, 20})
+    fast, precise = read_fast_and_precise(CandumpReader, path, chunk_size=16)
+    for b in (fast, precise):
+        assert b.label_names == ["benign", "s-1-1-malicious-const"]  # named after the file, as Car-Hacking files
+        assert np.flatnonzero(b.is_attack()).tolist() == [5, 6, 7, 20]
+        assert (b.label >= 0).all()
+    # auto-detected as candump, no side label file needed
+    assert open_capture(path).read_all().is_attack().sum() == 4
+
+
+def test_label_column_picks_the_second_column(tmp_path):
+    path = tmp_path / "two.log"
+    path.write_text("(0.000000) can0 110#00 False 1\n(0.010000) can0 110#01 1 0\n(0.020000) can0 110#02 1 True\n")
+    assert open_capture(path).read_all().is_attack().tolist() == [False, True, True]
+    assert open_capture(path, label_column=2).read_all().is_attack().tolist() == [True, False, True]
+    spec = CaptureSpec(path=str(path), label_column=2)
+    assert read_labelled(spec, SourceConfig(kind="captures"), lambda m: None).is_attack().tolist() == [True, False, True]
+
+
+def test_plain_log_and_direction_flag_stay_unlabelled(tmp_path):
+    path = tmp_path / "plain.log"
+    path.write_text("(0.000000) can0 110#00 R\n(0.010000) can0 110#01 T\n(0.020000) can0 110#02 \n")
+    b = open_capture(path).read_all()
+    assert len(b) == 3 and (b.label == -1).all()
+
+
+@pytest.mark.parametrize("chunk_size", [1000, 1])
+def test_bad_inline_label_names_file_and_line(tmp_path, chunk_size):
+    path = _crysys_style(tmp_path / "bad.log", {3})
+    lines = path.read_text().splitlines()
+    lines[9] = lines[9].rsplit(" ", 1)[0] + " maybe\tFalse"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"bad\.log:10: bad label 'maybe'"):
+        CandumpReader(path, chunk_size=chunk_size).read_all()
+
+
+def test_inline_labels_reach_samples_and_streams_without_a_label_file(tmp_path):
+    path = _crysys_style(tmp_path / "attack.log", set(range(10, 30)), n=200)
+    state = CAN.fit_state(path)
+    s = CAN.labelled_samples(state, path, None, window=None, stride=None, label_rule="any", max_per_class=1000,
+                             seed=0)
+    assert s.counts()["attack"] == 20
+    truth = np.concatenate([r.truth for r in CAN.row_stream(state, path, None).rows])
+    assert truth.sum() == 20
+    two = tmp_path / "two.log"
+    two.write_text("(0.000000) can0 110#00 0 1\n(0.010000) can0 110#01 1 0\n")
+    truth = next(CAN.row_stream(state, two, None, ReadOptions(label_column=2)).rows).truth
+    assert truth.tolist() == [1, 0]
+
+
+@pytest.mark.skipif(not CRYSYS.is_dir(), reason=f"CrySyS sample not found under {CRYSYS} (set FASTMAML_DATA_ROOT)")
+@pytest.mark.parametrize("name,attacks", [
+    ("S-1-1-malicious-CONST-msg-mod-0x410-0.4-0.6.log", 60),
+    ("S-1-1-malicious-DOUBLE-msg-mod-0x110-NEG_OFFSET-0.4-0.6-0x410-NEG_OFFSET-0.4-0.6.log", 661),
+    ("S-1-1-benign.log", 0),
+])
+def test_real_crysys_files(name, attacks):
+    b = open_capture(CRYSYS / name).read_all()
+    assert len(b) == 17935 and int(b.is_attack().sum()) == attacks
+    if attacks:
+        assert (b.label >= 0).all() and b.label_names[0] == "benign"
