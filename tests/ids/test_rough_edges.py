@@ -95,3 +95,41 @@ def test_real_crysys_files(name, attacks):
     assert len(b) == 17935 and int(b.is_attack().sum()) == attacks
     if attacks:
         assert (b.label >= 0).all() and b.label_names[0] == "benign"
+
+
+# ------------------------------------------------------------ 2. train --preset masquerade without --attacks
+@pytest.fixture(scope="module")
+def clean_log(tmp_path_factory) -> Path:
+    """A clean simulated drive as a candump log, no label file beside it."""
+    from fastmaml.cli import main
+
+    d = tmp_path_factory.mktemp("clean")
+    assert main(["ids", "simulate", "--attack", "none", "--duration", "30", "--out", str(d / "clean.log")]) == 0
+    (d / "clean_labels.csv").unlink()
+    return d / "clean.log"
+
+
+TINY_MASQUERADE = ["source.masquerade_occurrences=6", "source.masquerade_duration_s=1", "train.iterations=2",
+                   "train.checkpoint_every=2", "features.max_benign=500", "features.max_attack=200"]
+
+
+def test_train_masquerade_without_attacks_trains_on_all(clean_log, tmp_path, capsys):
+    import json
+
+    from fastmaml.cli import main
+
+    assert main(["ids", "train", "--preset", "masquerade", "--out", str(tmp_path / "det"),
+                 f"source.captures=[{{path: {clean_log}}}]", *TINY_MASQUERADE]) == 0
+    meta = json.loads((tmp_path / "det" / "detector" / "detector.json").read_text())["meta"]
+    assert len(meta["trained_on"]) == 10  # five kinds x two variants: every attack the source has
+
+
+def test_train_with_no_attack_left_says_what_to_pass(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from fastmaml.apps.ids import experiment as E
+
+    monkeypatch.setattr(E, "prepare_data", lambda cfg, d: SimpleNamespace(attacks=[], default_holdout=None,
+                                                                          source="an empty source"))
+    with pytest.raises(DataError, match="no attack to train on; pass --attacks"):
+        E.meta_train_detector(E.load_ids_config("sim_tiny"), [], tmp_path)

@@ -407,7 +407,8 @@ def meta_train_detector(cfg: IdsConfig, attacks: Sequence[str], out_dir: Path, m
     """Meta-train a detector on ``attacks`` and save it (weights + JSON) to ``out_dir/detector``.
 
     No ``attacks``: every attack of the source except its default held-out ones (Ethernet
-    simulator: the flooding variants), which stay new for ``fastmaml ids adapt``.
+    simulator: the flooding variants), which stay new for ``fastmaml ids adapt``; where those
+    folds cover every attack (masquerade: each kind is a fold), every attack of the source.
     """
     from fastmaml.apps.ids.detect import Detector, save_detector
 
@@ -422,6 +423,13 @@ def meta_train_detector(cfg: IdsConfig, attacks: Sequence[str], out_dir: Path, m
         # detector can be adapted to them as new attacks (Ethernet: the flooding variants).
         held = {a for f in (data.default_holdout or []) for a in f}
         attacks = [a for a in data.attacks if a not in held]
+        if not attacks:
+            # The default folds are a rotation over all attacks (masquerade: one fold per kind), not
+            # attacks kept new: training on none of them would leave nothing to learn from.
+            attacks = list(data.attacks)
+        if not attacks:
+            raise DataError(f"{data.source} has no attack to train on; pass --attacks A,B (source.attacks) "
+                            "naming attacks the source holds")
     if data.feature_state is None:
         raise ConfigError(f"source {cfg.source.kind!r} has no feature state, so its detector cannot stream "
                           "captures; use a source of real or simulated captures")
