@@ -133,3 +133,28 @@ def test_train_with_no_attack_left_says_what_to_pass(monkeypatch, tmp_path):
                                                                           source="an empty source"))
     with pytest.raises(DataError, match="no attack to train on; pass --attacks"):
         E.meta_train_detector(E.load_ids_config("sim_tiny"), [], tmp_path)
+
+
+# ------------------------------------------------------------ 3. options and key=value overrides in any order
+@pytest.mark.parametrize("argv,overrides", [
+    (["ids", "compare", "--preset", "sim", "--out", "d", "a.b=1"], ["a.b=1"]),
+    (["ids", "compare", "a.b=1", "--out", "d", "c=2", "--holdout", "dos", "a.b=3"], ["a.b=1", "c=2", "a.b=3"]),
+    (["ids", "train", "--out", "d", "x=1", "--attacks", "dos", "y=2"], ["x=1", "y=2"]),
+    (["sinusoid", "reproduce", "--preset", "paper", "--out", "d", "train.iterations=5"], ["train.iterations=5"]),
+])
+def test_overrides_after_options_are_taken_in_order(argv, overrides):
+    from fastmaml.cli import build_parser
+    from fastmaml.cliargs import parse_args
+
+    args = parse_args(build_parser(), argv)
+    assert args.overrides == overrides
+
+
+@pytest.mark.parametrize("argv", [["ids", "compare", "a=1", "--out", "d", "stray"], ["ids", "simulate", "--out", "d", "a=1"],
+                                  ["ids", "compare", "--out", "d", "--bogus"]])
+def test_words_that_are_no_override_still_fail(argv, capsys):
+    from fastmaml.cli import main
+
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "unrecognized arguments" in capsys.readouterr().err
