@@ -158,3 +158,42 @@ def test_words_that_are_no_override_still_fail(argv, capsys):
     with pytest.raises(SystemExit):
         main(argv)
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ 4. a clean capture needs no label file
+def _candump_drive(path: Path, bursts: list[float], seed: int, duration: float = 10.0, labelled: bool = True) -> Path:
+    """Periodic frames on three IDs, plus spoofed 0x200 frames in 0.2 s bursts; CrySyS-style labels if ``labelled``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cid, period in ((0x100, 0.01), (0x200, 0.02), (0x300, 0.05)):
+        for n, t in enumerate(np.arange(rng.uniform(0, period), duration, period)):
+            rows.append((t, cid, bytes([n % 256, cid & 0xFF, 7, 0, 0, 0, 0, 0]), False))
+    for b in bursts:
+        rows += [(b + k * 0.01 + 1e-4, 0x200, bytes(rng.integers(0, 256, 8).tolist()), True) for k in range(20)]
+    rows.sort(key=lambda r: r[0])
+    with open(path, "w") as fh:
+        for t, cid, data, bad in rows:
+            fh.write(f"({t:.6f}) can0 {cid:03X}#{data.hex()}" + (f" {int(bad)}\tFalse" if labelled else " ") + "\n")
+    return path
+
+
+TINY_COMPARE = ["train.iterations=2", "train.meta_batch_size=2", "train.checkpoint_every=2", "train.log_every=2",
+                "train_shots=2", "train_query=5", "seeds=[0]", "methods=[scratch, maml]", "model.hidden=[8]",
+                "eval.shots=[2]", "eval.query=8", "eval.episodes=2", "eval.steps=1", "eval.report_steps=[0, 1]",
+                "eval.tuning_episodes=2", "eval.finetune_lrs=[0.1]", "eval.operational_episodes=0",
+                "features.max_benign=300", "features.max_attack=200"]
+
+
+def test_clean_capture_in_a_captures_folder_needs_no_label_file(tmp_path):
+    from fastmaml.apps.ids import experiment as E
+
+    spoof = _candump_drive(tmp_path / "spoof.log", [1.0, 3.0, 5.0, 7.0], 1)
+    clean = _candump_drive(tmp_path / "clean.log", [], 2, labelled=False)
+    cfg = E.load_ids_config("captures", [*TINY_COMPARE, f"source.captures=[{{path: {spoof}}}, {{path: {clean}}}]"])
+    logs: list[str] = []
+    data = E.prepare_data(cfg, log=logs.append)
+    said = [m for m in logs if "no label file" in m]
+    assert len(said) == 1 and "clean.log" in said[0] and "count as benign" in said[0]
+    assert data.attacks == ["spoof"]  # named after its file (inline labels, item 1)
+    cut = next(c for c in data.stats["split"]["cuts"] if c["capture"].endswith("clean.log"))
+    assert cut["frames"]["benign"]["train"] > 0 and "spoof" not in cut["frames"]

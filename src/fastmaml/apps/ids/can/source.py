@@ -115,6 +115,8 @@ def read_labelled(spec: CaptureSpec, src: SourceConfig, log: Callable[[str], Non
     """One labelled capture; ``spec.attack`` renames its attack frames (one-attack files).
 
     ``clean``: the capture is known to be attack-free, so frames without labels count as benign.
+    A capture with neither a side label file nor labels of its own is taken as clean too (a
+    clean drive beside the attack captures needs no all-benign label file), and the log says so.
     """
     kw: dict[str, Any] = {"skip_malformed": src.skip_malformed}
     if src.bad_id != "error":
@@ -130,6 +132,9 @@ def read_labelled(spec: CaptureSpec, src: SourceConfig, log: Callable[[str], Non
     frames = reader.read_all()
     if reader.stats.lines_skipped:
         log(f"{spec.path}: skipped {reader.stats.lines_skipped} line(s), e.g. {reader.stats.skip_reasons[:3]}")
+    if not clean and not spec.labels and len(frames) and (frames.label < 0).all():
+        log(f"{spec.path}: no label file and no labels in the capture: all {len(frames)} frames count as benign")
+        clean = True
     if clean:
         names = list(frames.label_names) + ([] if BENIGN in frames.label_names else [BENIGN])
         frames.label = np.where(frames.label < 0, names.index(BENIGN), frames.label).astype(np.int16)
