@@ -197,3 +197,20 @@ def test_clean_capture_in_a_captures_folder_needs_no_label_file(tmp_path):
     assert data.attacks == ["spoof"]  # named after its file (inline labels, item 1)
     cut = next(c for c in data.stats["split"]["cuts"] if c["capture"].endswith("clean.log"))
     assert cut["frames"]["benign"]["train"] > 0 and "spoof" not in cut["frames"]
+
+
+# ------------------------------------------------------------ 5. a small fold shrinks its query set first
+def test_small_fold_shrinks_the_query_set_and_says_so(tmp_path):
+    import json
+
+    from fastmaml.apps.ids import experiment as E
+
+    cfg = E.load_ids_config("tiny", ["source.synthetic_samples=12", "eval.shots=[5]", "eval.query=10",
+                                     "methods=[scratch, maml]", "train.iterations=2", "train.checkpoint_every=2",
+                                     "eval.episodes=2", "eval.tuning_episodes=2", "eval.operational_episodes=0"])
+    report = E.compare(cfg, tmp_path, folds=[["attack0"]])
+    fold = report["folds"][0]
+    assert fold["query"] == 7 and fold["query_shrunk_from"] == 10 and "5" in fold["results"]["attack0"]
+    assert not report["skipped_folds"]
+    assert "query set shrunk to Q = 7 per class" in (tmp_path / "report.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["folds"][0]["query"] == 7
