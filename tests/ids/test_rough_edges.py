@@ -214,3 +214,22 @@ def test_small_fold_shrinks_the_query_set_and_says_so(tmp_path):
     assert not report["skipped_folds"]
     assert "query set shrunk to Q = 7 per class" in (tmp_path / "report.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())["folds"][0]["query"] == 7
+
+
+# ------------------------------------------------------------ 6. the captures preset uses the signal features
+def test_captures_preset_has_signal_features_without_the_long_drive_columns(tmp_path):
+    from fastmaml.apps.ids import experiment as E
+
+    spoof = _candump_drive(tmp_path / "spoof.log", [1.0, 3.0, 5.0, 7.0], 1)
+    cfg = E.load_ids_config("captures", [*TINY_COMPARE, f"source.captures=[{{path: {spoof}}}]"])
+    assert cfg.features.signals
+    logs: list[str] = []
+    data = E.prepare_data(cfg, log=logs.append)
+    assert {"sig_jump", "sig_residual", "sig_has_partner"} <= set(data.feature_names)
+    assert not {"sig_range", "sig_edge", "sig_stuck"} & set(data.feature_names)
+    assert any("sig_range, sig_edge, sig_stuck left out" in n for n in data.stats["notes"])
+    # A column the user drops already is dropped once, without an error.
+    cfg = E.load_ids_config("captures", [*TINY_COMPARE, f"source.captures=[{{path: {spoof}}}]",
+                                         "features.drop=[sig_stuck, id_known]"])
+    names = E.prepare_data(cfg, log=logs.append).feature_names
+    assert not {"sig_range", "sig_edge", "sig_stuck", "id_known"} & set(names) and "sig_jump" in names
