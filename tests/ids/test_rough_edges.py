@@ -233,3 +233,24 @@ def test_captures_preset_has_signal_features_without_the_long_drive_columns(tmp_
                                          "features.drop=[sig_stuck, id_known]"])
     names = E.prepare_data(cfg, log=logs.append).feature_names
     assert not {"sig_range", "sig_edge", "sig_stuck", "id_known"} & set(names) and "sig_jump" in names
+
+
+# ------------------------------------------------------------ 7. the --occurrences hint
+def test_too_short_capture_names_the_key_the_option_and_the_number_that_fits(clean_log, tmp_path, capsys):
+    from fastmaml.apps.ids.can import masquerade as M
+    from fastmaml.cli import main
+
+    out = tmp_path / "max.log"
+    assert main(["ids", "masquerade", "--capture", str(clean_log), "--kind", "maximum", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    fits = int(err.split("masquerade_occurrences=")[1].split()[0])
+    assert "20 intervals of 2.0 s do not fit" in err and f"--occurrences {fits})" in err and 1 <= fits < 20
+    # The number given fits, one more does not.
+    assert main(["ids", "masquerade", "--capture", str(clean_log), "--kind", "maximum", "--occurrences", str(fits),
+                 "--out", str(out)]) == 0
+    assert main(["ids", "masquerade", "--capture", str(clean_log), "--kind", "maximum", "--occurrences",
+                 str(fits + 1), "--out", str(out)]) == 2
+    clean = open_capture(clean_log).read_all()
+    with pytest.raises(DataError, match=r"not even one fits: set source.masquerade_occurrences=1 \(fastmaml ids "
+                                        r"masquerade: --occurrences 1\) and source.masquerade_duration_s="):
+        M.plan(clean, "maximum", M.target_signals(clean), 3, 60.0, 0)
