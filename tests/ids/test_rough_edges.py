@@ -254,3 +254,45 @@ def test_too_short_capture_names_the_key_the_option_and_the_number_that_fits(cle
     with pytest.raises(DataError, match=r"not even one fits: set source.masquerade_occurrences=1 \(fastmaml ids "
                                         r"masquerade: --occurrences 1\) and source.masquerade_duration_s="):
         M.plan(clean, "maximum", M.target_signals(clean), 3, 60.0, 0)
+
+
+# ------------------------------------------------------------ 8. label format and the clean-capture override, documented
+def _help(*args: str) -> str:
+    import contextlib
+    import io
+
+    from fastmaml.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        main([*args, "--help"])
+    return " ".join(buf.getvalue().split())
+
+
+@pytest.mark.parametrize("action", ["masquerade", "compare"])
+def test_help_states_the_label_format_and_the_clean_capture_override(action):
+    text = _help("ids", action)
+    assert "'index,label'" in text and "'0,benign'" in text and "1/True = attack" in text
+    assert "--preset masquerade 'source.captures=[clean.log]'" in text
+
+
+def test_readme_states_the_label_format_and_the_clean_capture_override():
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    assert "`index,label`" in readme and "`0,benign`" in readme and "`1`/`True` = attack" in readme
+    assert "fastmaml ids compare --preset masquerade 'source.captures=[clean.log]' --out" in readme
+
+
+def test_clean_capture_feeds_the_masquerade_preset_as_written(clean_log, tmp_path, monkeypatch):
+    import json
+
+    from fastmaml.cli import main
+
+    monkeypatch.chdir(clean_log.parent)  # the README's relative path, exactly
+    out = tmp_path / "mycar"
+    assert main(["ids", "compare", "--preset", "masquerade", "source.captures=[clean.log]", "--out", str(out),
+                 *TINY_MASQUERADE, *TINY_COMPARE, "methods=[maml]",
+                 "source.attacks=[offset_masquerade, offset_fabrication, maximum_masquerade, maximum_fabrication]"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["source"]["captures"][0]["path"] == "clean.log"
+    assert "clean.log" in res["source"] and sorted(f["fold"] for f in res["folds"]) == [
+        "maximum_masquerade+maximum_fabrication", "offset_masquerade+offset_fabrication"]

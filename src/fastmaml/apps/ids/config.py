@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 from fastmaml import cliargs
 from fastmaml.apps.ids.splits import FILE_SPLITS
@@ -28,8 +28,9 @@ DATA_ROOT_ENV = "FASTMAML_DATA_ROOT"
 # ======================================================================== configs
 @dataclass
 class CaptureSpec:
-    """One labelled capture for ``source.kind: captures``."""
+    """One labelled capture for ``source.kind: captures``; a plain path stands for ``{path: ...}``."""
 
+    SHORTHAND: ClassVar[str] = "path"  # source.captures=[clean.log] is source.captures=[{path: clean.log}]
     path: str = ""
     labels: str = ""  # side label file (``index,label`` CSV, Car-Hacking CSV, or for pcaps ``index/timestamp,attack`` CSV)
     format: str = "auto"  # auto, cic, carhacking, candump, pythoncan, daga, csv
