@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from fastmaml.cliargs import add_common, command_line, config_overrides, preset_names, preset_path
+from fastmaml.cliargs import add_common, command_line, config_overrides, parse_args, preset_names, preset_path
 from fastmaml.errors import FastMAMLError
 
 PRESETS = Path(__file__).parent / "experiments" / "presets"
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)  # key=value overrides anywhere among the options
     try:
         args.handler(args)
     except FastMAMLError as e:

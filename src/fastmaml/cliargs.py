@@ -32,6 +32,24 @@ def add_common(p: argparse.ArgumentParser, default_preset: str | None, presets: 
         p.add_argument("--data-root", default=None, help="folder holding the data set(s) (see README, Data)")
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args``, but ``key=value`` overrides may come anywhere among the options.
+
+    argparse fills the ``overrides`` positional (``nargs='*'``) from the first run of positional
+    words only, so ``--preset X --out DIR a=1`` or ``a=1 --out DIR b=2`` left ``a=1`` / ``b=2``
+    "unrecognized". Those words are collected here and appended in command-line order (a later
+    override of the same key still wins). ``parse_intermixed_args`` cannot do this: it refuses
+    parsers with subcommands.
+    """
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides or []) + extra
+    return args
+
+
 def config_overrides(args: argparse.Namespace, data_root_key: str | None = None) -> list[str]:
     """The ``key=value`` overrides plus those the shared flags stand for (device, data root)."""
     out = list(getattr(args, "overrides", []) or [])

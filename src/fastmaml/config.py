@@ -96,6 +96,10 @@ def _merge(base: dict, new: dict, source: str, path: str = "") -> None:
 def _convert(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
+        shorthand = getattr(tp, "SHORTHAND", None)
+        if shorthand and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            # A config class may let one plain value stand for its main field: [clean.log] for [{path: clean.log}].
+            value = {shorthand: value}
         return from_dict(tp, value, path)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)

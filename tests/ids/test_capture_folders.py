@@ -2,7 +2,7 @@
 
 The folder: three files of ``dos`` (a whole-file hold-out is possible), one of ``fuzzy`` (one
 interval: cut inside it), one of ``spoof`` with several bursts (cut between occurrences) and one
-``tiny`` injection too small for any test episode (its fold is skipped, the others are reported).
+``tiny`` injection too small for the configured query set (its query set shrinks; the others are reported).
 """
 
 import csv
@@ -147,27 +147,31 @@ def test_small_type_is_skipped_and_a_rerun_reuses_finished_folds(folder, tmp_pat
     monkeypatch.setattr(E, "train_method", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     E.compare(cfg, out)
     res = json.loads((out / "results.json").read_text())
-    assert [f["fold"] for f in res["folds"]] == ["dos", "fuzzy"]
-    (skip,) = res["skipped_folds"]
-    assert skip["fold"] == "tiny" and skip["holdout"] == ["tiny"]
-    assert "test part of attack 'tiny' has 9 'tiny' samples but episodes need K + Q = 2 + 8" in skip["reason"]
-    assert "longer captures" in skip["reason"] and "sim_duration_s" not in skip["reason"]
+    assert [f["fold"] for f in res["folds"]] == ["dos", "fuzzy", "tiny"] and not res["skipped_folds"]
+    # tiny's 9 test samples cannot hold K + Q = 2 + 8: its query set shrinks to 7 rather than the fold being skipped.
+    tiny = res["folds"][2]
+    assert tiny["query"] == 7 and tiny["query_shrunk_from"] == 8 and list(tiny["results"]["tiny"]) == ["2"]
     # fuzzy's test part fills K = 2 but not K = 12: that K is left out, the fold is reported.
     fuzzy = res["folds"][1]
     assert list(fuzzy["results"]["fuzzy"]) == ["2"] and "has 18 'fuzzy' samples" in fuzzy["skipped_shots"]["12"]
+    assert fuzzy["query"] == 8 and "query_shrunk_from" not in fuzzy
     assert list(res["folds"][0]["results"]["dos"]) == ["2", "12"] and not res["folds"][0]["skipped_shots"]
     report = (out / "report.md").read_text()
-    assert "## Skipped folds and K" in report and "* **tiny**:" in report and "fuzzy, K = 12:" in report
+    assert "## Skipped folds and K" in report and "fuzzy, K = 12:" in report
+    assert "Fold tiny: query set shrunk to Q = 7 per class" in report
     assert "whole file: test" in report and "(inside the interval)" in report
-    assert calls.count("maml") == 2
-    # A rerun trains nothing: both finished folds come from out/evals, the skipped one is skipped again.
+    assert calls.count("maml") == 3
+    # A rerun trains nothing: the finished folds come from out/evals.
     calls.clear()
     again = E.compare(cfg, out)
-    assert calls == [] and [f["fold"] for f in again["folds"]] == ["dos", "fuzzy"]
+    assert calls == [] and [f["fold"] for f in again["folds"]] == ["dos", "fuzzy", "tiny"]
     assert again["skipped_folds"] == res["skipped_folds"]
-    # Holding out only the small type: every fold is skipped, and the error says why.
-    with pytest.raises(DataError, match=r"every fold was skipped: fold tiny: no K of eval.shots \[2, 12\] fits"):
-        E.compare(cfg, out, folds=[["tiny"]])
+    # A K the small type cannot fill even with one query sample per class: every fold is skipped, the error says why.
+    big = _cfg(folder, ["dos_1", "dos_2", "dos_3", "fuzzy", "tiny"], "eval.shots=[9, 12]")
+    with pytest.raises(DataError, match=r"every fold was skipped: fold tiny: no K of eval.shots \[9, 12\] fits: "
+                                        r"test part of attack 'tiny' has 9 'tiny' samples but episodes need "
+                                        r"K \+ Q = 9 \+ 8.*longer captures"):
+        E.compare(big, out, folds=[["tiny"]])
 
 
 def test_hints_name_the_knobs_of_the_source_kind():

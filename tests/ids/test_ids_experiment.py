@@ -115,13 +115,14 @@ def test_families_from_sample_sets_for_other_sources():
 
 def test_too_small_known_attack_is_named_with_split_and_counts(tmp_path, tiny_cfg, tiny_data):
     # A known attack whose training part is too small for the tuning episodes: named, with its split and counts.
+    # (5 samples: too few for K = 5 even with the query set shrunk to one sample per class.)
     fam = tiny_data.families["attack1"]
     small = fam.train.select(torch.cat([torch.nonzero(fam.train.labels == 0).squeeze(1),
-                                        torch.nonzero(fam.train.labels == 1).squeeze(1)[:7]]))
+                                        torch.nonzero(fam.train.labels == 1).squeeze(1)[:5]]))
     data = IdsData({**tiny_data.families, "attack1": TaskFamily("attack1", small, fam.test)}, tiny_data.feature_names,
                    None)
     cfg = E.load_ids_config("tiny", ["methods=[scratch]", "eval.shots=[5]", "eval.query=10"])
-    with pytest.raises(DataError, match=r"train part of attack 'attack1' has 7 'attack1' samples but episodes need "
+    with pytest.raises(DataError, match=r"train part of attack 'attack1' has 5 'attack1' samples but episodes need "
                                         r"K \+ Q = 5 \+ 10; lower eval.shots"):
         E.run_fold(cfg, data, ["attack0"], tmp_path)
 

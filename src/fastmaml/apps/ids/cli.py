@@ -31,6 +31,20 @@ from fastmaml.cliargs import add_common, command_line, config_overrides, preset_
 from fastmaml.errors import DataError
 
 
+# What the side-label reader (can/candump.py load_label_file) takes, and how a clean capture of the
+# user's own car feeds the masquerade preset: said in --help of masquerade and compare, and in README.
+LABELS_HELP = (
+    "Labels of a candump or python-can capture: a side label file, a CSV with the header 'index,label' and one row "
+    "per frame in capture order ('0,benign', '1,dos', ...; 'benign' is normal traffic, any other text names the "
+    "attack), or a Car-Hacking CSV of the same frames (flag T = injected); in a config: source.captures=[{path: "
+    "cap.log, labels: cap_labels.csv}]. candump lines carrying label columns after the frame (CrySyS: '(12.091016) "
+    "can0 410#000ecd50c251be00 1<TAB>False', 1/True = attack, 0/False = benign) need no side file (label_column: "
+    "which column, default 1); a capture with no labels at all counts as clean. A clean capture of your own car "
+    "feeds the masquerade preset as: fastmaml ids compare --preset masquerade 'source.captures=[clean.log]' "
+    "--out DIR."
+)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``ids`` subcommand (called by ``fastmaml.cli``)."""
     p = sub.add_parser("ids", help="few-shot intrusion detection on in-vehicle CAN and automotive-Ethernet traffic")
@@ -47,7 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--labels", type=Path, default=None, help="label CSV to write (default: OUT with _labels.csv)")
 
     m = acts.add_parser("masquerade", help="write masquerade (or fabrication) attacks generated on a clean CAN "
-                                           "capture: candump log + per-frame labels + the injections")
+                                           "capture: candump log + per-frame labels + the injections",
+                        description="Write masquerade (or fabrication) attacks generated on a clean CAN capture: a "
+                                    "candump log, its side label file OUT_labels.csv ('index,label' rows) and the "
+                                    "injections. " + LABELS_HELP)
     m.add_argument("--capture", type=Path, required=True, help="clean capture, any supported CAN format")
     m.add_argument("--format", default="auto", help="capture format (default: auto-detect)")
     m.add_argument("--kind", choices=list(MASQUERADE_KINDS), required=True, help="what false values the attacker sends")
@@ -60,7 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--out", type=Path, required=True, help="candump log to write")
     m.add_argument("--labels", type=Path, default=None, help="label CSV to write (default: OUT with _labels.csv)")
 
-    c = acts.add_parser("compare", help="scratch vs pretrained vs MAML vs FOMAML (+ rules) on held-out attacks")
+    c = acts.add_parser("compare", help="scratch vs pretrained vs MAML vs FOMAML (+ rules) on held-out attacks",
+                        description="Scratch vs pretrained vs MAML vs FOMAML (+ rules) on held-out attacks. Options "
+                                    "and key=value overrides may come in any order. " + LABELS_HELP)
     _common(c, "sim")
     c.add_argument("--holdout", action="append", default=None, metavar="A[,B...]",
                    help="attacks held out together in one fold; repeat for more folds; 'each' = leave-one-attack-out "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 from fastmaml import cliargs
 from fastmaml.apps.ids.splits import FILE_SPLITS
@@ -28,13 +28,15 @@ DATA_ROOT_ENV = "FASTMAML_DATA_ROOT"
 # ======================================================================== configs
 @dataclass
 class CaptureSpec:
-    """One labelled capture for ``source.kind: captures``."""
+    """One labelled capture for ``source.kind: captures``; a plain path stands for ``{path: ...}``."""
 
+    SHORTHAND: ClassVar[str] = "path"  # source.captures=[clean.log] is source.captures=[{path: clean.log}]
     path: str = ""
     labels: str = ""  # side label file (``index,label`` CSV, Car-Hacking CSV, or for pcaps ``index/timestamp,attack`` CSV)
     format: str = "auto"  # auto, cic, carhacking, candump, pythoncan, daga, csv
     attack: str = ""  # name of the attack in this capture when the file does not say (daga, carhacking, csv)
     columns: dict[str, Any] = field(default_factory=dict)  # format csv: the column map (time, id, payload/bytes, label, ...)
+    label_column: int = 1  # candump lines with inline label columns (CrySyS): which one after ID#DATA is the label
 
 
 @dataclass
@@ -126,7 +128,7 @@ def source_key(src: SourceConfig, unread: Sequence[str] = ()) -> dict[str, Any]:
     for k in _LOCATION_KEYS:
         d.pop(k, None)
     for c in d.get("captures", []):
-        for k, default in (("attack", ""), ("columns", {})):
+        for k, default in (("attack", ""), ("columns", {}), ("label_column", 1)):
             if c.get(k) == default:
                 c.pop(k, None)
     return d

@@ -217,12 +217,26 @@ def fitting_shots(cfg: IdsConfig, data: IdsData, known: Sequence[str], holdout: 
     return fit, why
 
 
+def fitting_query(cfg: IdsConfig, data: IdsData, known: Sequence[str], holdout: Sequence[str]) -> int | None:
+    """The largest query size below ``eval.query`` with which some K of ``eval.shots`` fits (None: none does).
+
+    A small attack type would rather be scored on fewer query samples than not at all.
+    """
+    for q in range(cfg.eval.query - 1, 0, -1):
+        smaller = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, query=q))
+        if fitting_shots(smaller, data, known, holdout)[0]:
+            return q
+    return None
+
+
 def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Path, resume: bool = True,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train every method without ``holdout``, evaluate on the held-out attacks; cached in ``out_dir/evals``.
 
-    Ks of ``eval.shots`` the data cannot fill are left out and listed under ``skipped_shots``;
-    DataError when none fits (the comparison then skips the fold).
+    Ks of ``eval.shots`` the data cannot fill are left out and listed under ``skipped_shots``.
+    When none fits, the query set shrinks to the largest size that lets one fit (``query`` in
+    the result says the size used, ``query_shrunk_from`` the configured one); DataError when
+    even one query sample per class does not fit (the comparison then skips the fold).
     """
     log = log or _log
     holdout = data.check_attacks(holdout, "held-out attack")
@@ -233,8 +247,17 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
     alert_rules = [parse_alert_rule(r) for r in e.alert_rules]
     name = fold_name(holdout)
     shots, skipped_shots = fitting_shots(cfg, data, known, holdout)
+    configured_query = e.query
     if not shots:
-        raise DataError(f"no K of eval.shots {e.shots} fits: {skipped_shots[str(min(e.shots))]}")
+        q = fitting_query(cfg, data, known, holdout)
+        if q is None:
+            raise DataError(f"no K of eval.shots {e.shots} fits: {skipped_shots[str(min(e.shots))]}")
+        log(f"fold {name}: no K of eval.shots {e.shots} fits with eval.query={e.query} "
+            f"({skipped_shots[str(min(e.shots))]}); query shrunk to {q} per class")
+        # Everything below (episodes, step-size tuning, the cache key) uses the shrunk query.
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(e, query=q))
+        e = cfg.eval
+        shots, skipped_shots = fitting_shots(cfg, data, known, holdout)
     for k, why in skipped_shots.items():
         log(f"fold {name}: K = {k} left out: {why}")
     dkey = data_key(cfg)
@@ -311,11 +334,22 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
                        "methods": {meth: summarize_rows(rows) for meth, rows in m.items()}}
                    for a, m in ops.items()}
     out = {"fold": name, "operational": operational, "holdout": list(holdout), "known": known, "key": key, "results": results,
-           "skipped_shots": skipped_shots,
+           "skipped_shots": skipped_shots, "query": e.query,
+           **({"query_shrunk_from": configured_query} if e.query != configured_query else {}),
            "step_sizes": step_sizes, "step_size_tuning": tuning, "train_seconds": train_seconds,
            "seconds": time.perf_counter() - t_fold}
     atomic_write_text(cache, json.dumps(out, indent=1) + "\n")
     return out
+
+
+def _with_query_notes(stats: dict[str, Any], folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """``stats`` plus a note (the report prints ``notes`` at its top) per fold scored on a shrunk query set."""
+    notes = [f"**Fold {f['fold']}: query set shrunk to Q = {f['query']} per class** (eval.query = "
+             f"{f['query_shrunk_from']}): its data held too few samples for K + Q at any K of eval.shots."
+             for f in folds if "query_shrunk_from" in f]
+    if not notes:
+        return stats
+    return {**stats, "notes": list(stats.get("notes", [])) + notes}
 
 
 def _minutes(st: Stream) -> float:
@@ -390,7 +424,7 @@ def compare(cfg: IdsConfig, out_dir: Path, folds: list[list[str]] | None = None,
         "traffic": data.traffic,
         "feature_names": data.feature_names,
         "window": data.window,
-        "data_stats": data.stats,
+        "data_stats": _with_query_notes(data.stats, fold_results),
         "folds": fold_results,
         "skipped_folds": skipped,
         "prep_seconds": prep_seconds,
@@ -407,7 +441,8 @@ def meta_train_detector(cfg: IdsConfig, attacks: Sequence[str], out_dir: Path, m
     """Meta-train a detector on ``attacks`` and save it (weights + JSON) to ``out_dir/detector``.
 
     No ``attacks``: every attack of the source except its default held-out ones (Ethernet
-    simulator: the flooding variants), which stay new for ``fastmaml ids adapt``.
+    simulator: the flooding variants), which stay new for ``fastmaml ids adapt``; where those
+    folds cover every attack (masquerade: each kind is a fold), every attack of the source.
     """
     from fastmaml.apps.ids.detect import Detector, save_detector
 
@@ -422,6 +457,13 @@ def meta_train_detector(cfg: IdsConfig, attacks: Sequence[str], out_dir: Path, m
         # detector can be adapted to them as new attacks (Ethernet: the flooding variants).
         held = {a for f in (data.default_holdout or []) for a in f}
         attacks = [a for a in data.attacks if a not in held]
+        if not attacks:
+            # The default folds are a rotation over all attacks (masquerade: one fold per kind), not
+            # attacks kept new: training on none of them would leave nothing to learn from.
+            attacks = list(data.attacks)
+        if not attacks:
+            raise DataError(f"{data.source} has no attack to train on; pass --attacks A,B (source.attacks) "
+                            "naming attacks the source holds")
     if data.feature_state is None:
         raise ConfigError(f"source {cfg.source.kind!r} has no feature state, so its detector cannot stream "
                           "captures; use a source of real or simulated captures")

@@ -52,6 +52,7 @@ class ReadOptions:
     skip_malformed: bool = False
     columns: Sequence[str] | dict[str, Any] | None = None  # the column map of a labelled CSV export
     bad_id: str = "error"
+    label_column: int = 1  # candump with inline label columns: which column after ID#DATA is the label
 
 
 @dataclass

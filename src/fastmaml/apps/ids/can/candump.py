@@ -10,13 +10,16 @@ from typing import Any
 import numpy as np
 
 from fastmaml.apps.ids.can.capture import (HEX_DIGITS, CaptureReader, LineError, Row, fast_times, is_digits,
-                                           parse_hex_id, parse_time)
-from fastmaml.apps.ids.can.frames import CLASSIC_MAX, FD_DLC_TO_LEN, FD_MAX, FrameBatch
-from fastmaml.apps.ids.can.carhacking import CarHackingReader
+                                           parse_hex_id, parse_time, shorten)
+from fastmaml.apps.ids.can.frames import BENIGN, CLASSIC_MAX, FD_DLC_TO_LEN, FD_MAX, FrameBatch
+from fastmaml.apps.ids.can.carhacking import CarHackingReader, carhacking_attack_name
 from fastmaml.errors import DataError
 
 # ======================================================================== candump
 _CONSOLE_TS = re.compile(r"^\s*\(([^)]*)\)\s*")
+# Inline label columns after the frame (CrySyS CAN logs: is_malicious, is_shifted_in_time):
+# 1/True = attack, 0/False = benign. can-utils' own extra column is a direction flag R/T, never one of these.
+_INLINE_LABELS = {"1": 1, "true": 1, "0": 0, "false": 0}
 
 
 def load_label_file(path: str | Path) -> tuple[np.ndarray, list[str]]:
@@ -52,11 +55,19 @@ def load_label_file(path: str | Path) -> tuple[np.ndarray, list[str]]:
 
 
 class CandumpReader(CaptureReader):
-    """can-utils candump text (log or console form). Labels from an optional side file.
+    """can-utils candump text (log or console form). Labels from an optional side file or inline columns.
 
     Args:
         labels: path of an ``index,label`` CSV or a Car-Hacking CSV aligned frame by frame.
-            Without it labels are unknown (-1). A count mismatch raises DataError at the end.
+            Without it (and without inline labels) labels are unknown (-1). A count mismatch
+            raises DataError at the end. A side file wins over inline labels.
+        label_column: log-form lines may carry label columns after ``ID#DATA`` (the CrySyS CAN
+            logs: ``(12.091016) can0 410#000ecd50c251be00 1<TAB>False``, is_malicious then
+            is_shifted_in_time). Which extra column is the label, 1 = the first (default). They are
+            detected on the first chunk (most lines hold ``1``/``0``/``True``/``False`` there); an
+            attack frame is labelled ``attack``, else a name made from the file name as for
+            Car-Hacking files. A bad label value is a malformed line (DataError naming file and line).
+        attack: the attack name of inline-labelled attack frames.
         delta_timestamps: console ``-td`` stamps are per-frame deltas and get accumulated.
             None (default) guesses from the first chunk: console stamps that decrease at more than a
             tenth of the steps are deltas (a few decreases are damage, such as repeated lines).
@@ -68,11 +79,26 @@ class CandumpReader(CaptureReader):
     format_name = "candump"
 
     def __init__(self, path: str | Path, labels: str | Path | None = None,
-                 delta_timestamps: bool | None = None, **kw: Any) -> None:
+                 delta_timestamps: bool | None = None, label_column: int = 1, attack: str | None = None,
+                 **kw: Any) -> None:
         super().__init__(path, **kw)
+        if label_column < 1:
+            raise DataError(f"label_column must be >= 1 (1 = the first column after ID#DATA), got {label_column}")
         self.labels_path = labels
         self.delta_timestamps = delta_timestamps
+        self.label_column = label_column
+        self.attack = (attack or carhacking_attack_name(self.path)).lower()
         self._stamped: bool | None = None  # lines carry "(timestamp)"; decided on the first chunk
+        self._inline: bool | None = None  # lines carry label columns; decided on the first chunk
+
+    def _has_inline_labels(self, body: list[str]) -> bool:
+        """Most log-form lines hold a label value in the label column."""
+        col = 2 + self.label_column
+        hits = 0
+        for ln in body:
+            p = ln.split()
+            hits += len(p) > col and p[0].startswith("(") and p[col].lower() in _INLINE_LABELS
+        return 2 * hits > len(body)
 
     def _chunks(self) -> Iterator[FrameBatch]:
         side = load_label_file(self.labels_path) if self.labels_path is not None else None
@@ -80,13 +106,19 @@ class CandumpReader(CaptureReader):
         t_acc = 0.0
         delta = self.delta_timestamps
         self._stamped = None
+        self._inline = None
         with self._open_text() as fh:
             for start, lines in self._line_chunks(fh):
                 if self._stamped is None:
                     body = [ln for ln in lines if ln.strip()]
                     if body:
                         self._stamped = 2 * sum(ln.lstrip().startswith("(") for ln in body) >= len(body)
+                        self._inline = self._has_inline_labels(body)
                 batch = self._parse_chunk(start, lines)
+                if self._inline and len(batch):
+                    # The precise path names labels in first-seen order; every chunk says benign, attack.
+                    batch.label = batch.label_codes([BENIGN, self.attack]).astype(np.int16)
+                    batch.label_names = [BENIGN, self.attack]
                 if len(batch) and not np.isnan(batch.timestamp).all():
                     if delta is None:
                         console = not lines[0].lstrip().startswith("(") or "[" in lines[0]
@@ -115,10 +147,15 @@ class CandumpReader(CaptureReader):
                 "regenerate the label file for this capture"
             )
 
-    # Log form: "(ts) iface ID#DATA [flag]"
+    # Log form: "(ts) iface ID#DATA [flag]", or "(ts) iface ID#DATA label [label ...]" (inline labels)
     def _fast(self, lines: list[str]) -> FrameBatch:
         parts = [ln.split() for ln in lines]
-        if not parts or any(len(p) not in (3, 4) or p[0][0] != "(" for p in parts):
+        col = 2 + self.label_column
+        if self._inline:
+            if not parts or any(len(p) <= col or p[0][0] != "(" for p in parts):
+                raise ValueError("not labelled log form")
+            label = np.array([_INLINE_LABELS[p[col].lower()] for p in parts], np.int16)  # KeyError: precise path
+        elif not parts or any(len(p) not in (3, 4) or p[0][0] != "(" for p in parts):
             raise ValueError("not simple log form")
         frames = [p[2] for p in parts]
         if any("#" not in f or "##" in f or "#R" in f or "_" in f for f in frames):
@@ -139,6 +176,9 @@ class CandumpReader(CaptureReader):
             raise ValueError("data")
         data = np.frombuffer(b"".join(bytes.fromhex(h).ljust(8, b"\0") for h in hexes), np.uint8).reshape(n, 8)
         ln = (lens // 2).astype(np.uint8)
+        if self._inline:
+            return FrameBatch(ts, ids.astype(np.uint32), ext, np.zeros(n, bool), np.zeros(n, bool), ln, ln, data,
+                              label, [BENIGN, self.attack])
         return FrameBatch(
             ts, ids.astype(np.uint32), ext, np.zeros(n, bool), np.zeros(n, bool), ln, ln, data,
             np.full(n, -1, np.int16), [],
@@ -154,6 +194,18 @@ class CandumpReader(CaptureReader):
 
     def _slow_log(self, s: str) -> Row:
         p = s.split()
+        label = None
+        if self._inline:
+            col = 2 + self.label_column
+            if len(p) <= col:
+                raise LineError(f"expected '(timestamp) interface ID#DATA' and label column {self.label_column} "
+                                "after it, like the other lines")
+            value = _INLINE_LABELS.get(p[col].lower())
+            if value is None:
+                raise LineError(f"bad label {shorten(p[col], 40)!r} in label column {self.label_column}: "
+                                "expected 1 or True (attack), 0 or False (benign)")
+            label = self.attack if value else BENIGN
+            p = p[:3]
         if len(p) not in (3, 4):
             raise LineError("expected '(timestamp) interface ID#DATA'")
         if not (p[0].startswith("(") and p[0].endswith(")")):
@@ -174,12 +226,12 @@ class CandumpReader(CaptureReader):
             data = self._hex_bytes(hexdata)
             if len(data) not in FD_DLC_TO_LEN:
                 raise LineError(f"CAN FD payload of {len(data)} bytes is not a valid FD length")
-            return (ts, can_id, ext, False, True, FD_DLC_TO_LEN.index(len(data)), data, None)
+            return (ts, can_id, ext, False, True, FD_DLC_TO_LEN.index(len(data)), data, label)
         if rest.upper().startswith("R"):
             dlc_s = rest[1:]
             if dlc_s and (len(dlc_s) != 1 or dlc_s not in "012345678"):
                 raise LineError(f"bad remote-frame DLC {dlc_s!r}")
-            return (ts, can_id, ext, True, False, int(dlc_s) if dlc_s else 0, b"", None)
+            return (ts, can_id, ext, True, False, int(dlc_s) if dlc_s else 0, b"", label)
         hexdata, _, dlc_s = rest.partition("_")
         data = self._hex_bytes(hexdata)
         if len(data) > CLASSIC_MAX:
@@ -189,7 +241,7 @@ class CandumpReader(CaptureReader):
             if len(data) != 8 or len(dlc_s) != 1 or dlc_s not in "9ABCDEFabcdef":
                 raise LineError(f"bad '_' DLC suffix {dlc_s!r}")
             dlc = int(dlc_s, 16)
-        return (ts, can_id, ext, False, False, dlc, data, None)
+        return (ts, can_id, ext, False, False, dlc, data, label)
 
     @staticmethod
     def _hex_bytes(h: str) -> bytes:

@@ -93,9 +93,18 @@ def plan(clean: FrameBatch, kind: str, targets: list[Signal], occurrences: int, 
     begin = t_first + 0.1 * (t_last - t_first)  # replay needs earlier driving to copy
     slot = (t_last - begin) / occurrences
     if slot < 1.5 * duration_s:
-        raise DataError(f"{occurrences} intervals of {duration_s} s do not fit in the {t_last - t_first:.0f} s "
-                        "capture with gaps between them; lower source.masquerade_occurrences or "
-                        "source.masquerade_duration_s")
+        # One message serves the masquerade source (config keys) and `fastmaml ids masquerade` (its options).
+        fits = int(np.floor((t_last - begin) / (1.5 * duration_s) + 1e-9))
+        what = f"{occurrences} intervals of {duration_s} s do not fit in the {t_last - t_first:.0f} s capture with gaps " \
+               "between them"
+        if fits >= 1:
+            raise DataError(f"{what}; {fits} fit: set source.masquerade_occurrences={fits} (fastmaml ids masquerade: "
+                            f"--occurrences {fits}), or lower source.masquerade_duration_s (--duration), or give a "
+                            "longer clean capture")
+        longest = (t_last - begin) / 1.5
+        raise DataError(f"{what}; not even one fits: set source.masquerade_occurrences=1 (fastmaml ids masquerade: "
+                        f"--occurrences 1) and source.masquerade_duration_s={longest:.2f} or less (--duration), or give "
+                        "a longer clean capture")
     rng = np.random.default_rng([seed, KINDS.index(kind)])
     out = []
     for i in range(occurrences):

@@ -19,7 +19,8 @@ from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer, build_
 from fastmaml.apps.ids.can.frames import FrameBatch
 from fastmaml.apps.ids.can.readers import open_capture
 from fastmaml.apps.ids.config import CaptureSpec, FeatureConfig, SourceConfig, data_folder
-from fastmaml.apps.ids.families import FIT_STREAM, IdsData, Stream, TaskFamily, cap, rule_predictions, unseen_id_fraction
+from fastmaml.apps.ids.families import (FIT_STREAM, IdsData, Stream, TaskFamily, cap, drop_features,
+                                       rule_predictions, unseen_id_fraction)
 from fastmaml.apps.ids.samples import BENIGN, SampleSet
 from fastmaml.apps.ids.splits import (FILE_SPLITS, Cut, SplitPlan, check_both_sides, occurrence_cut, plan_split,
                                       time_cut)
@@ -115,6 +116,8 @@ def read_labelled(spec: CaptureSpec, src: SourceConfig, log: Callable[[str], Non
     """One labelled capture; ``spec.attack`` renames its attack frames (one-attack files).
 
     ``clean``: the capture is known to be attack-free, so frames without labels count as benign.
+    A capture with neither a side label file nor labels of its own is taken as clean too (a
+    clean drive beside the attack captures needs no all-benign label file), and the log says so.
     """
     kw: dict[str, Any] = {"skip_malformed": src.skip_malformed}
     if src.bad_id != "error":
@@ -123,11 +126,16 @@ def read_labelled(spec: CaptureSpec, src: SourceConfig, log: Callable[[str], Non
         kw["labels"] = spec.labels
     if spec.columns:
         kw["columns"] = spec.columns
+    if spec.label_column != 1:
+        kw["label_column"] = spec.label_column
     reader = open_capture(spec.path, spec.format, **kw)
     log(f"reading {spec.path}")
     frames = reader.read_all()
     if reader.stats.lines_skipped:
         log(f"{spec.path}: skipped {reader.stats.lines_skipped} line(s), e.g. {reader.stats.skip_reasons[:3]}")
+    if not clean and not spec.labels and len(frames) and (frames.label < 0).all():
+        log(f"{spec.path}: no label file and no labels in the capture: all {len(frames)} frames count as benign")
+        clean = True
     if clean:
         names = list(frames.label_names) + ([] if BENIGN in frames.label_names else [BENIGN])
         frames.label = np.where(frames.label < 0, names.index(BENIGN), frames.label).astype(np.int16)
@@ -325,8 +333,38 @@ def prepare_captures(src: SourceConfig, feat: FeatureConfig, log: Callable[[str]
         cuts = cut_captures(frames, labels, src)
     # Captures held out whole (cut at frame 0) have no training part to fit on.
     fit = [b.select(slice(0, c.index)) for b, c in zip(frames, cuts) if c.index > 0]
-    return prepare_cut_captures(frames, labels, cuts, fit, src, feat, log, "captures " + ", ".join(labels),
-                                 plan=plan)
+    data = prepare_cut_captures(frames, labels, cuts, fit, src, feat, log, "captures " + ", ".join(labels),
+                                plan=plan)
+    if feat.signals:
+        _drop_short_driving_columns(data, fit, src, feat, log)
+    return data
+
+
+# The signal columns judging a value against the clean range, tails and longest still run: a
+# short clean drive has not shown them (on DAGA's 103 s before the cut, 35-80% of several IDs'
+# frames after it lay outside the range seen before), so they would flag clean driving.
+SIGNAL_SPAN_COLUMNS = ("sig_range", "sig_edge", "sig_stuck")
+SIGNAL_SPAN_MIN_CLEAN_S = 1800.0  # clean driving (seconds, before the cut) those columns need
+
+
+def _drop_short_driving_columns(data: IdsData, fit: list[FrameBatch], src: SourceConfig, feat: FeatureConfig,
+                                log: Callable[[str], None]) -> None:
+    """Leave out :data:`SIGNAL_SPAN_COLUMNS` when the folder's clean training driving is shorter than they need."""
+    seconds = 0.0
+    for b in fit:
+        clean = b.select(~b.is_attack())
+        if len(clean) > 1:
+            clk, gap = _clock(clean, src.occurrence_gap_s)
+            seconds += float(clk[-1] - clk[0]) * src.occurrence_gap_s / gap  # frames without time: 1,000 a "second"
+    drop = [c for c in SIGNAL_SPAN_COLUMNS if c in data.feature_names and c not in feat.drop]
+    if seconds >= SIGNAL_SPAN_MIN_CLEAN_S or not drop:
+        return
+    drop_features(data, drop)
+    note = (f"Signal columns {', '.join(drop)} left out: the captures hold {seconds:.0f} s of clean driving before "
+            f"the cut, and the clean range, tails and still runs they judge by need about "
+            f"{SIGNAL_SPAN_MIN_CLEAN_S / 60:.0f} minutes (the signal-range rule still uses the range).")
+    log(note)
+    data.stats["notes"] = list(data.stats.get("notes", [])) + [note]
 
 
 # DAGA (Volvo V40, trace 03): one capture per attack type. The files are cumulative (ID_2C5 also

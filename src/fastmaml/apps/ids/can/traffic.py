@@ -143,6 +143,8 @@ def _reader(capture: str | Path, labels: str | Path | None, options: ReadOptions
         fmt = "csv" if fmt == "auto" else fmt
     if o.bad_id != "error":
         kw["bad_id"] = o.bad_id
+    if o.label_column != 1:  # only candump reads it; the default reaches no other reader
+        kw["label_column"] = o.label_column
     try:
         return open_capture(capture, fmt, **kw)
     except TypeError:
