@@ -69,7 +69,7 @@ def test_unseen_csv_layout_runs_compare_train_adapt_detect(export, tmp_path, cap
     out = capsys.readouterr().out
     assert "against the capture's labels" in out and "alert rule 1-of-1" in out
     rows = list(csv.DictReader(open(tmp_path / "v.csv")))
-    assert set(rows[0]) == {"frame", "timestamp", "can_id", "p_attack", "verdict", "label"}
+    assert set(rows[0]) == {"frame", "timestamp", "can_id", "p_attack", "log_odds", "verdict", "label"}
     # Timestamps were read in ms and converted to seconds; labels came from 'Klasse'.
     assert float(rows[-1]["timestamp"]) == pytest.approx(40.0, abs=0.1)
     assert 0 < sum(int(r["label"]) for r in rows) < len(rows)

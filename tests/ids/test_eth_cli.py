@@ -82,7 +82,7 @@ def test_detect_without_labels_and_on_a_truncated_capture(workdir, tmp_path, cap
     out = capsys.readouterr().out
     assert "reader:" in out and "truncated" in out
     rows = _rows(tmp_path / "v.csv")
-    assert list(rows[0]) == ["packet", "timestamp", "proto", "p_attack", "verdict"]
+    assert list(rows[0]) == ["packet", "timestamp", "proto", "p_attack", "log_odds", "verdict"]
     assert len(rows) == len(read_pcap(d / "cap.pcap")[0]) - 1
 
 

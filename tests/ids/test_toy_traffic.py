@@ -167,7 +167,7 @@ def test_a_toy_traffic_kind_runs_compare_train_adapt_detect(monkeypatch, tmp_pat
     assert det.traffic == "toy" and info.attack == "drift" and info.holdout_metrics is not None
     s = stream_detect(det, cap, tmp_path / "v.csv", labels=labels, chunk_size=500, progress=False)
     assert s.unit == "readings" and s.key_name == "sensor" and s.frames == 2000 and s.metrics is not None
-    assert (tmp_path / "v.csv").read_text().splitlines()[0] == "reading,timestamp,sensor,p_attack,verdict,label"
+    assert (tmp_path / "v.csv").read_text().splitlines()[0] == "reading,timestamp,sensor,p_attack,log_odds,verdict,label"
     # A capture of another kind is refused by whichever kind claims it.
     can_log = tmp_path / "c.log"
     can_log.write_text("(1.000000) can0 123#0011\n")

@@ -106,6 +106,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--seed", type=int, default=0, help="which K samples are picked")
     a.add_argument("--out", type=Path, required=True, help="folder for the adapted detector")
     _reader_options(a)
+    a.add_argument("--benign-frames", type=int, default=4096,
+                   help="with --clean: benign frames drawn from the clean capture for the support set beside the K "
+                        "attack frames (default: %(default)s); without --clean the support set is K benign + K attack "
+                        "samples of --capture")
+    _evidence_options(a)
 
     d = acts.add_parser("detect", help="stream a capture through a detector, one verdict per frame/window to CSV")
     d.add_argument("--detector", type=Path, required=True)
@@ -121,7 +126,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     _reader_options(d)
     d.add_argument("--frames-per-second", type=float, default=None,
                    help="captures without timestamps (CICIoV2024): the bus rate to assume for alerts per hour")
+    _evidence_options(d)
+    d.add_argument("--threshold", type=float, default=None,
+                   help="evidence threshold to alert at (overrides the detector's calibrated one; not saved)")
+    d.add_argument("--json", type=Path, default=None,
+                   help="also write the summary (alerts, occurrences caught, calibration) as JSON here")
     p.set_defaults(handler=run)
+
+
+def _evidence_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clean", type=Path, default=None,
+                   help="a clean capture of the same vehicle: the evidence threshold for --alerts-per-hour is set on "
+                        "it and written into the detector folder" + (" (adapt: its frames also form the benign side "
+                                                                      "of the support set)" if p.prog.endswith("adapt")
+                                                                     else ""))
+    p.add_argument("--clean-format", default="auto", help="format of --clean (default: auto-detect)")
+    p.add_argument("--alerts-per-hour", type=float, default=10.0,
+                   help="false-alert budget the threshold is calibrated for (default: %(default)s per hour)")
+    p.add_argument("--clip", type=float, default=None,
+                   help="most evidence (log-odds) one frame may add to its CAN ID's sum (default: 6, or the "
+                        "detector's)")
 
 
 def _reader_options(p: argparse.ArgumentParser) -> None:
@@ -209,15 +233,46 @@ def _train(args: argparse.Namespace) -> None:
     print(f"detector: {path}")
 
 
+def _evidence(args: argparse.Namespace, det: object) -> object:
+    """The evidence setting the options ask for (None: the detector's own, or the defaults)."""
+    from fastmaml.apps.ids.evidence import Evidence
+
+    if args.clip is None:
+        return None
+    base = det.alarm() or Evidence()  # type: ignore[attr-defined]
+    return Evidence(base.threshold, args.clip, base.drift, base.holdoff_s)
+
+
+def _evidence_line(e: dict, key_name: str) -> str:
+    """One line: evidence alerts and, against labels, occurrences caught, delay and false alerts per hour."""
+    line = (f"evidence alerts (CUSUM of log-odds per {key_name}, threshold {e['threshold']:.2f}): {e['alerts']} in "
+            f"{e['seconds']:.1f} s")
+    j = e.get("judgement")
+    if j:
+        line += (f"; attack occurrences caught {j['caught']}/{j['occurrences']}, median time to detect "
+                 f"{j['median_delay_s']:.3f} s; {j['false_alerts']} false alerts "
+                 f"({j['false_alerts_per_hour']:.1f} per hour of benign traffic)")
+        for o in j["per_occurrence"]:
+            k = f"0x{o['key']:x}" if isinstance(o["key"], int) else str(o["key"])
+            line += (f"\n  {key_name} {k} {o['start']:.2f}-{o['end']:.2f} s ({o['frames']} frames): "
+                     + (f"caught after {o['delay_s']:.3f} s" if o["alerted"] else "missed"))
+    return line
+
+
 def _adapt(args: argparse.Namespace) -> None:
     from fastmaml.apps.ids.detect import adapt_detector, load_detector, save_detector
 
     det = load_detector(args.detector)
     new, info = adapt_detector(det, args.capture, args.shots, labels=args.labels, attack=args.attack, steps=args.steps,
-                               format=args.format, seed=args.seed, columns=args.column, bad_id=args.bad_id)
+                               format=args.format, seed=args.seed, columns=args.column, bad_id=args.bad_id,
+                               clean=args.clean, clean_format=args.clean_format, benign_frames=args.benign_frames,
+                               alerts_per_hour=args.alerts_per_hour, evidence=_evidence(args, det))
     save_detector(new, args.out)
-    print(f"adapted to {info.attack!r} from {info.shots} samples per class (available: {info.available}); "
+    benign = f"{info.benign_support} clean frames" if args.clean else f"{info.shots} benign samples"
+    print(f"adapted to {info.attack!r} from {info.shots} attack samples and {benign} (available: {info.available}); "
           f"detector: {args.out}")
+    if info.calibration is not None:
+        print("calibrated: " + info.calibration.summary())
     if info.holdout_metrics:
         m = info.holdout_metrics
         print("on the capture's other samples: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
@@ -225,12 +280,21 @@ def _adapt(args: argparse.Namespace) -> None:
 
 
 def _detect(args: argparse.Namespace) -> None:
-    from fastmaml.apps.ids.detect import load_detector, stream_detect
+    from fastmaml.apps.ids.detect import calibrate_detector, load_detector, save_detector, stream_detect
+    from fastmaml.apps.ids.evidence import Evidence
 
     det = load_detector(args.detector)
+    if args.clean is not None:
+        det, cal = calibrate_detector(det, args.clean, args.alerts_per_hour, evidence=_evidence(args, det),
+                                      clean_format=args.clean_format)
+        save_detector(det, args.detector)
+        print(f"calibrated (written to {args.detector}): " + cal.summary())
+    ev = det.alarm()
+    if args.threshold is not None:
+        ev = (_evidence(args, det) or ev or Evidence()).with_threshold(args.threshold)
     s = stream_detect(det, args.capture, args.out, labels=args.labels, format=args.format, chunk_size=args.chunk_size,
                       progress=not args.no_progress, skip_malformed=args.skip_malformed, columns=args.column,
-                      bad_id=args.bad_id, frames_per_second=args.frames_per_second)
+                      bad_id=args.bad_id, frames_per_second=args.frames_per_second, evidence=ev)
     print(f"{s.frames} {s.unit}, {s.samples} verdicts ({s.flagged} flagged) -> {s.out}; "
           f"{s.seconds:.2f} s, {s.frames_per_second:,.0f} {s.unit}/s")
     if s.reader_note:
@@ -238,6 +302,15 @@ def _detect(args: argparse.Namespace) -> None:
     if s.metrics:
         print("against the capture's labels: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                                            for k, v in s.metrics.items()))
+    if s.evidence is not None:
+        print(_evidence_line(s.evidence, s.key_name))
+    elif det.window is None:
+        print("evidence alerts: none (the detector is not calibrated: pass --clean CLEAN_CAPTURE or --threshold)")
+    if args.json is not None:
+        from dataclasses import asdict
+
+        from fastmaml.fileio import atomic_write_text
+        atomic_write_text(args.json, json.dumps(asdict(s), indent=1, default=float) + "\n")
     for rule, m in s.alerts.items():
         what = "false alerts" if s.metrics else "alerts (unlabelled capture: every alert counted)"
         line = (f"alert rule {rule} (per {s.key_name}, 1 s hold-off): "

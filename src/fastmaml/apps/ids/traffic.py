@@ -114,6 +114,13 @@ class Traffic(ABC):
                    options: ReadOptions = ReadOptions()) -> RowStream:
         """The capture featurized chunk by chunk (with 0/1 truth where it carries labels)."""
 
+    def partners(self, state: Any) -> dict[int, set[int]]:
+        """Stream key -> keys whose traffic it is checked against (CAN: an ID's signals' cross-ID partners).
+
+        An attack on one key moves its partners' evidence too, so an alert there saw the attack.
+        Default: none."""
+        return {}
+
     def claims(self, path: str | Path) -> bool:
         """True when ``path`` is unmistakably this kind's capture (a magic number); default: cannot tell."""
         return False

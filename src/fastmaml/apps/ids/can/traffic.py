@@ -70,6 +70,13 @@ class CanTraffic(Traffic):
         return build_sample_set(_reader(capture, labels, options), state, window=window, stride=stride,
                                 label_rule=label_rule, max_per_class=max_per_class, seed=seed, name=str(capture))
 
+    def partners(self, state: FeatureState) -> dict[int, set[int]]:
+        out: dict[int, set[int]] = {}
+        for sig in state.signals:
+            for cid, _ in sig.partners:
+                out.setdefault(sig.can_id, set()).add(int(cid))
+        return out
+
     def row_stream(self, state: FeatureState, capture: str | Path, labels: str | Path | None,
                    options: ReadOptions = ReadOptions()) -> RowStream:
         reader = _reader(capture, labels, options)

@@ -5,9 +5,10 @@ Each works for every traffic kind through the detector's :class:`~fastmaml.apps.
 (looked up by the name saved with it); none branches on the kind.
 """
 
-from fastmaml.apps.ids.detect.adapt import AdaptInfo, adapt_detector
+from fastmaml.apps.ids.detect.adapt import AdaptInfo, adapt_detector, balanced_cross_entropy, calibrate_detector
 from fastmaml.apps.ids.detect.detector import Detector, check_capture, load_detector, predict_proba, save_detector
-from fastmaml.apps.ids.detect.stream import DetectSummary, stream_detect
+from fastmaml.apps.ids.detect.stream import DetectSummary, ScoredCapture, score_capture, stream_detect
 
-__all__ = ["AdaptInfo", "DetectSummary", "Detector", "adapt_detector", "check_capture", "load_detector",
-           "predict_proba", "save_detector", "stream_detect"]
+__all__ = ["AdaptInfo", "DetectSummary", "Detector", "ScoredCapture", "adapt_detector", "balanced_cross_entropy",
+           "calibrate_detector", "check_capture", "load_detector", "predict_proba", "save_detector", "score_capture",
+           "stream_detect"]

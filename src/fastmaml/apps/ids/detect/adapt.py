@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from fastmaml.apps.ids.detect.detector import Detector, check_capture, predict_proba
+from fastmaml.apps.ids.detect.stream import score_capture
+from fastmaml.apps.ids.evidence import Calibration, Evidence, calibrate
 from fastmaml.apps.ids.metrics import detection_metrics
 from fastmaml.apps.ids.samples import BENIGN
 from fastmaml.apps.ids.traffic import ReadOptions
@@ -25,14 +27,36 @@ class AdaptInfo:
     attack: str
     available: dict[str, int]
     holdout_metrics: dict[str, float] | None
+    benign_support: int = 0  # benign samples in the support set (K, or those drawn from the clean capture)
+    calibration: Calibration | None = None  # the evidence threshold set on the clean capture
+
+
+def balanced_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with each present class weighing the same, whatever its count.
+
+    K attack frames beside thousands of clean ones then pull as hard as in the balanced K/K
+    episodes the detector was meta-trained on (on a balanced set it equals plain cross-entropy),
+    while the benign side of the gradient comes from all of the clean traffic instead of K frames.
+    """
+    per = F.cross_entropy(logits, y, reduction="none")
+    classes = [per[y == c].mean() for c in (0, 1) if bool((y == c).any())]
+    return torch.stack(classes).mean()
 
 
 def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | Path | None = None,
                    attack: str | None = None, steps: int | None = None, format: str = "auto", seed: int = 0,
                    max_samples: int = 200_000, columns: Sequence[str] | dict[str, Any] | None = None,
-                   bad_id: str = "error") -> tuple[Detector, AdaptInfo]:
-    """Adapt ``det`` to a new attack from K labelled benign + K attack samples of a capture.
+                   bad_id: str = "error", clean: str | Path | None = None, clean_format: str = "auto",
+                   benign_frames: int = 4096, alerts_per_hour: float | None = 10.0,
+                   evidence: Evidence | None = None) -> tuple[Detector, AdaptInfo]:
+    """Adapt ``det`` to a new attack from K labelled attack samples of a capture.
 
+    Without ``clean`` the support set is K benign + K attack samples of the capture. With
+    ``clean`` (a capture of the vehicle's clean driving, which a vehicle has in abundance) the
+    benign side is up to ``benign_frames`` frames drawn from it, the loss weighs both classes
+    equally (:func:`balanced_cross_entropy`), and with ``alerts_per_hour`` the evidence threshold
+    for that false-alert budget is calibrated on the whole clean capture and saved in the detector
+    (:mod:`fastmaml.apps.ids.evidence`; ``evidence`` sets clip, drift and hold-off).
     ``attack`` picks one attack class of the capture (default: every non-benign label is the
     attack). The other samples of the capture (up to ``max_samples`` per class) score the
     adapted detector. ``columns`` (format ``csv``): the column map of a labelled CSV export
@@ -62,18 +86,49 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
     picks = [torch.nonzero(y == c).squeeze(1) for c in (0, 1)]
     picks = [p[torch.randperm(p.numel(), generator=g)[:k]] for p in picks]
     support = torch.cat(picks)
+    sx, sy = x[support], y[support]
+    clean_scores = None
+    if clean is not None:
+        if benign_frames < 1:
+            raise DataError(f"--benign-frames must be >= 1 clean frame, got {benign_frames}")
+        clean_scores = score_capture(det, clean, options=ReadOptions(format=clean_format), keep_features=True)
+        if clean_scores.truth is not None and clean_scores.truth.any():
+            raise DataError(f"{clean}: holds {int(clean_scores.truth.sum())} attack frames; give a clean capture")
+        cx = torch.from_numpy(clean_scores.x)
+        benign = cx[torch.randperm(len(cx), generator=g)[:benign_frames]]
+        sx = torch.cat([benign, x[picks[1]]])
+        sy = torch.cat([torch.zeros(len(benign), dtype=torch.long), torch.ones(len(picks[1]), dtype=torch.long)])
     net = det.module()
-    learner = MAML(net, F.cross_entropy, inner_lr=det.inner_lr, inner_steps=1)
+    loss = balanced_cross_entropy if clean is not None else F.cross_entropy
+    learner = MAML(net, loss, inner_lr=det.inner_lr, inner_steps=1)
     steps = det.adapt_steps if steps is None else steps
-    params = learner.adapt(x[support], y[support], steps=steps)
+    params = learner.adapt(sx, sy, steps=steps)
     name = "+".join(chosen) if chosen else "attack"
     new = replace(det, params={n: p.detach().clone() for n, p in params.items()}, class_names=[BENIGN, name],
                   meta={**det.meta, "adapted_to": name, "shots": k, "adapt_steps_used": steps,
-                        "adapt_capture": str(capture)})
+                        "adapt_capture": str(capture), "benign_support": int((sy == 0).sum()),
+                        "benign_from": str(clean) if clean is not None else "capture"},
+                  evidence={})  # a threshold set for the old weights does not hold for the new ones
+    calibration = None
+    if clean is not None and alerts_per_hour is not None:
+        new, calibration = calibrate_detector(new, clean, alerts_per_hour, evidence=evidence, clean_format=clean_format)
     rest = torch.ones(len(y), dtype=torch.bool)
     rest[support] = False
     metrics = None
     if bool(rest.any()):
         p = predict_proba(new.module(), x[rest])
         metrics = detection_metrics((p > new.threshold).numpy(), (y[rest] == 1).numpy())
-    return new, AdaptInfo(k, name, available, metrics)
+    return new, AdaptInfo(k, name, available, metrics, int((sy == 0).sum()), calibration)
+
+
+def calibrate_detector(det: Detector, clean: str | Path, alerts_per_hour: float, *, evidence: Evidence | None = None,
+                       clean_format: str = "auto") -> tuple[Detector, Calibration]:
+    """``det`` with its evidence threshold set on the clean capture for ``alerts_per_hour`` false alerts an hour."""
+    ev = evidence or det.alarm() or Evidence()
+    sc = score_capture(det, clean, options=ReadOptions(format=clean_format))
+    if sc.truth is not None and sc.truth.any():
+        raise DataError(f"{clean}: holds {int(sc.truth.sum())} attack frames; calibrate on a clean capture")
+    cal = calibrate(sc.log_odds, sc.clock, sc.key, alerts_per_hour, ev)
+    setting = {"threshold": cal.threshold, "clip": ev.clip, "drift": ev.drift, "holdoff_s": ev.holdoff_s,
+               "calibration": cal.to_dict(), "clean_capture": str(clean)}
+    return replace(det, evidence=setting), cal

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fastmaml.apps.ids.config import ModelConfig
+from fastmaml.apps.ids.evidence import Calibration, Evidence
 from fastmaml.apps.ids.models import build_model
 from fastmaml.apps.ids.registry import TRAFFIC, detector_traffic
 from fastmaml.apps.ids.traffic import Traffic
@@ -45,6 +46,20 @@ class Detector:
     threshold: float = 0.5  # p(attack) above which a sample is flagged
     meta: dict[str, Any] = field(default_factory=dict)
     traffic: str = "can"  # its traffic kind's registry name (files from before Ethernet have none: CAN)
+    # How frame log-odds become alerts (evidence.Evidence fields) and, once calibrated on clean traffic,
+    # "calibration" (evidence.Calibration.to_dict()); empty: not calibrated (files from before it have none).
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def alarm(self) -> Evidence | None:
+        """The CUSUM alert setting with its calibrated threshold, or None when the detector was never calibrated."""
+        if "threshold" not in self.evidence:
+            return None
+        return Evidence(**{k: float(self.evidence[k]) for k in ("threshold", "clip", "drift", "holdoff_s")
+                           if k in self.evidence})
+
+    def calibration(self) -> Calibration | None:
+        c = self.evidence.get("calibration")
+        return Calibration.from_dict(c) if c else None
 
     def kind(self) -> Traffic:
         """The traffic kind this detector reads (DataError when this version has no such kind)."""
@@ -107,7 +122,7 @@ def load_detector(path: str | Path) -> Detector:
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise DataError(f"{folder / WEIGHTS} is truncated or corrupt ({e}); re-save the detector") from e
     fields = {f for f in Detector.__dataclass_fields__ if f != "params"}
-    missing = sorted(fields - set(meta) - {"threshold", "meta", "traffic"})
+    missing = sorted(fields - set(meta) - {"threshold", "meta", "traffic", "evidence"})
     if missing:
         raise DataError(f"{folder / META} lacks {missing}; re-save the detector")
     det = Detector(params=params, **{k: meta[k] for k in fields if k in meta})
@@ -130,10 +145,21 @@ def check_capture(det: Detector, capture: str | Path) -> None:
         raise DataError(problem)
 
 
-def predict_proba(net: nn.Module, x: torch.Tensor, batch_size: int = 16384) -> torch.Tensor:
-    """p(attack) per sample."""
+def predict_logits(net: nn.Module, x: torch.Tensor, batch_size: int = 16384) -> torch.Tensor:
+    """The network's two-class logits ``[N, 2]`` (benign, attack)."""
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            out.append(torch.softmax(net(x[i: i + batch_size]), -1)[:, 1])
-    return torch.cat(out) if out else torch.zeros(0)
+            out.append(net(x[i: i + batch_size]))
+    return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+def predict_proba(net: nn.Module, x: torch.Tensor, batch_size: int = 16384) -> torch.Tensor:
+    """p(attack) per sample."""
+    return torch.softmax(predict_logits(net, x, batch_size), -1)[:, 1]
+
+
+def predict_log_odds(net: nn.Module, x: torch.Tensor, batch_size: int = 16384) -> torch.Tensor:
+    """``logit[attack] - logit[benign]`` per sample: the score evidence accumulates (a probability saturates at 1)."""
+    z = predict_logits(net, x, batch_size)
+    return z[:, 1] - z[:, 0]

@@ -19,7 +19,9 @@ import torch
 from tqdm import tqdm
 
 from fastmaml.apps.ids.alerts import ALERT_RULES, AlertRule, alert_metrics
-from fastmaml.apps.ids.detect.detector import Detector, check_capture, predict_proba
+from fastmaml.apps.ids.detect.detector import Detector, check_capture, predict_logits, predict_proba
+from fastmaml.apps.ids.evidence import Alerts, CusumState, Evidence, cusum_alerts, judge
+from fastmaml.errors import DataError
 from fastmaml.apps.ids.metrics import detection_metrics
 from fastmaml.apps.ids.samples import make_windows, window_labels
 from fastmaml.apps.ids.traffic import ReadOptions
@@ -40,6 +42,66 @@ class DetectSummary:
     reader_note: str = ""  # malformed packets skipped / file truncated, when any
     alerts: dict[str, dict[str, Any]] = field(default_factory=dict)  # alert rule -> alert_metrics (needs timestamps)
     key_name: str = "CAN ID"  # what the alert streams are per (the traffic kind's key: CAN ID, protocol)
+    # The calibrated evidence alerts (CUSUM on log-odds per stream): threshold, alert times and keys, and,
+    # against labels, evidence.Judgement.to_dict() (occurrences caught, delays, false alerts per hour).
+    evidence: dict[str, Any] | None = None
+
+
+class KeyIndex:
+    """Stable small integers for a traffic's stream keys (CAN IDs, protocol names) across chunks."""
+
+    def __init__(self) -> None:
+        self.ids: dict[Any, int] = {}
+
+    def __call__(self, keys: np.ndarray) -> np.ndarray:
+        if keys.dtype.kind in "iu":
+            return keys.astype(np.int64)
+        return np.array([self.ids.setdefault(k, len(self.ids)) for k in keys.tolist()], np.int64)
+
+
+@dataclass
+class ScoredCapture:
+    """A capture scored frame by frame: log-odds, time, stream key (int), 0/1 truth (None: unlabelled) and features."""
+
+    log_odds: np.ndarray
+    clock: np.ndarray
+    key: np.ndarray
+    truth: np.ndarray | None
+    x: np.ndarray | None = None  # the detector's feature columns, when asked for
+
+    @property
+    def seconds(self) -> float:
+        return float(self.clock[-1] - self.clock[0]) if len(self.clock) > 1 else 0.0
+
+
+def score_capture(det: Detector, capture: str | Path, labels: str | Path | None = None,
+                  options: ReadOptions = ReadOptions(), keep_features: bool = False) -> ScoredCapture:
+    """Every frame of ``capture`` scored by ``det`` (frame detectors: evidence accumulates per frame and stream)."""
+    if det.window is not None:
+        raise DataError("evidence over time (calibration, CUSUM alerts) needs a frame-level detector; this one "
+                        f"reads windows of {det.window} frames: retrain it with features.window=null")
+    check_capture(det, capture)
+    net, cols = det.module(), det.columns()
+    keys = KeyIndex()
+    parts: dict[str, list[np.ndarray]] = {"s": [], "t": [], "k": [], "y": [], "x": []}
+    labelled = True
+    with torch.inference_mode():
+        for r in det.kind().row_stream(det.state(), capture, labels, options).rows:
+            x = np.ascontiguousarray(r.x[:, cols])
+            z = predict_logits(net, torch.from_numpy(x)).double().numpy()
+            parts["s"].append(z[:, 1] - z[:, 0])
+            parts["t"].append(np.asarray(r.ts, np.float64))
+            parts["k"].append(keys(np.asarray(r.key)))
+            labelled = labelled and r.truth is not None
+            parts["y"].append(np.asarray(r.truth if r.truth is not None else np.zeros(len(x)), bool))
+            if keep_features:
+                parts["x"].append(x)
+    if not parts["s"]:
+        raise DataError(f"{capture} holds no frames")
+    cat = {k: np.concatenate(v) if v else None for k, v in parts.items()}
+    if np.isnan(cat["t"]).any():
+        raise DataError(f"{capture} has no timestamps: evidence over time needs them")
+    return ScoredCapture(cat["s"], cat["t"], cat["k"], cat["y"] if labelled else None, cat["x"])
 
 
 class _WindowStream:
@@ -75,11 +137,13 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
                   format: str = "auto", chunk_size: int = 65536, progress: bool = True,
                   skip_malformed: bool = False, alert_rules: Sequence[AlertRule] = ALERT_RULES,
                   columns: Sequence[str] | dict[str, Any] | None = None, bad_id: str = "error",
-                  frames_per_second: float | None = None) -> DetectSummary:
+                  frames_per_second: float | None = None, evidence: Evidence | None = None,
+                  gap_s: float = 0.05) -> DetectSummary:
     """Stream ``capture`` (a capture of the detector's traffic kind) through ``det``; verdicts to ``out_csv``.
 
-    Sample-level detectors write one row per frame/packet: ``frame,timestamp,can_id,p_attack,verdict[,label]``
-    (Ethernet: ``packet,timestamp,proto,...``, ``packet`` = its index in the file); window detectors
+    Sample-level detectors write one row per frame/packet:
+    ``frame,timestamp,can_id,p_attack,log_odds,verdict[,label]`` (``log_odds``: logit attack minus
+    logit benign, the score evidence sums; Ethernet: ``packet,timestamp,proto,...``, ``packet`` = its index in the file); window detectors
     write ``first_frame,last_frame,p_attack,verdict[,label]`` (``first_packet,last_packet`` for
     Ethernet; in general the traffic kind's unit and key column). ``label`` (0/1 ground truth)
     appears when the capture carries labels. Malformed pcap packets are always skipped and
@@ -89,6 +153,11 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
     for windows) and, against the labels, false alerts per hour and the delay to each attack.
     Captures without timestamps (CICIoV2024) get alert metrics only with ``frames_per_second``,
     the bus rate assumed to turn frame counts into time.
+
+    ``evidence`` (default: the detector's calibrated setting, if any): the CUSUM of each stream's
+    log-odds raises the alerts of ``DetectSummary.evidence``; against labels, each attack occurrence
+    (per attacked ID, split where frames are more than ``gap_s`` or 5 periods of that ID apart) is
+    caught or not, and alerts that did not see an attack are false.
     """
     check_capture(det, capture)
     traffic = det.kind()
@@ -106,6 +175,10 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
     tmp = out_csv.with_name(f".{out_csv.name}.part")
     n_rows = n_samples = n_flagged = 0
     kept: dict[str, list[np.ndarray]] = {"v": [], "y": [], "t": [], "k": [], "pos": []}
+    ev = evidence if evidence is not None else det.alarm()
+    if ev is not None and w is not None:
+        raise DataError("evidence over time needs a frame-level detector; this one reads windows")
+    cusum_state, key_index, ev_alerts = CusumState(), KeyIndex(), []
     labelled: bool | None = None  # every chunk so far carried labels (the first one decides the CSV columns)
     t0 = time.perf_counter()
     bar = tqdm(unit=f" {unit}s", unit_scale=True, disable=not progress, desc="detect", mininterval=0.5)
@@ -119,10 +192,16 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
                 truth = r.truth if r.truth is not None else np.full(len(r.x), -1, np.int64)
                 x = r.x if identity else r.x[:, cols]
                 if w is None:
-                    p = predict_proba(net, torch.from_numpy(np.ascontiguousarray(x))).numpy()
+                    z = predict_logits(net, torch.from_numpy(np.ascontiguousarray(x)))
+                    p = torch.softmax(z, -1)[:, 1].numpy()
+                    lo = (z[:, 1] - z[:, 0]).double().numpy()
                     v = p > det.threshold
-                    fh.write(_sample_rows(r.index, r.ts, r.key, p, v, truth if with_label else None))
+                    fh.write(_sample_rows(r.index, r.ts, r.key, p, lo, v, truth if with_label else None))
                     t, k, pos = r.ts, r.key, np.arange(n_rows, n_rows + len(r.x))
+                    if ev is not None:
+                        a, cusum_state = cusum_alerts(lo, np.asarray(r.ts, np.float64), key_index(np.asarray(r.key)),
+                                                      ev, cusum_state)
+                        ev_alerts.append(Alerts(a.index + n_rows, a.time, a.key, a.onset))
                 else:
                     first, xs, yt = windows.push(x, truth)
                     p = predict_proba(net, torch.from_numpy(xs)).numpy() if len(xs) else np.zeros(0)
@@ -155,8 +234,33 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
     if frames_per_second and kept["t"] and np.isnan(np.concatenate(kept["t"])).any():
         kept["t"] = [np.concatenate(kept["pos"]).astype(np.float64) / frames_per_second]  # position -> assumed time
     alerts = _alerts(v, y if labelled else np.zeros(len(v), bool), kept, alert_rules) if len(v) else {}
+    ev_summary = None
+    if ev is not None and len(v):
+        ev_summary = _evidence_summary(ev, ev_alerts, y if labelled else None, kept, key_index, gap_s,
+                                       traffic.partners(det.state()))
     return DetectSummary(n_rows, n_samples, n_flagged, secs, n_rows / max(secs, 1e-9), str(out_csv), metrics,
-                         unit=f"{unit}s", reader_note=stream.note(), alerts=alerts, key_name=traffic.key_name)
+                         unit=f"{unit}s", reader_note=stream.note(), alerts=alerts, key_name=traffic.key_name,
+                         evidence=ev_summary)
+
+
+def _evidence_summary(ev: Evidence, parts: list[Alerts], y: np.ndarray | None, kept: dict[str, list[np.ndarray]],
+                      key_index: KeyIndex, gap_s: float, partners: dict[int, set[int]]) -> dict[str, Any]:
+    """The evidence alerts of a whole capture, judged against its labels when it has them."""
+    a = Alerts(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("index", "time", "key", "onset"))) \
+        if parts else Alerts.empty()
+    names = {v: k for k, v in key_index.ids.items()}
+    out: dict[str, Any] = {"threshold": ev.threshold, "clip": ev.clip, "drift": ev.drift, "holdoff_s": ev.holdoff_s,
+                           "alerts": int(len(a.index)),
+                           "alert_list": [{"frame": int(i), "time": float(t), "key": names.get(int(k), int(k))}
+                                          for i, t, k in zip(a.index, a.time, a.key)]}
+    t = np.concatenate(kept["t"])
+    out["seconds"] = float(t[-1] - t[0]) if len(t) > 1 else 0.0
+    if y is not None:
+        keys = np.concatenate([key_index(np.asarray(k)) for k in kept["k"]])
+        out["judgement"] = judge(a, y, t, keys, gap_s, partners).to_dict()
+        for o in out["judgement"]["per_occurrence"]:
+            o["key"] = names.get(o["key"], o["key"])
+    return out
 
 
 def _alerts(v: np.ndarray, y: np.ndarray, kept: dict[str, list[np.ndarray]], rules: Sequence[AlertRule]
@@ -171,20 +275,22 @@ def _alerts(v: np.ndarray, y: np.ndarray, kept: dict[str, list[np.ndarray]], rul
 
 
 def _header(unit: str, key: str, window: int | None, labelled: bool) -> str:
-    cols = [unit, "timestamp", key] if window is None else [f"first_{unit}", f"last_{unit}"]
-    return ",".join(cols + ["p_attack", "verdict"] + (["label"] if labelled else [])) + "\n"
+    cols = [unit, "timestamp", key, "p_attack", "log_odds"] if window is None else [f"first_{unit}", f"last_{unit}",
+                                                                                    "p_attack"]
+    return ",".join(cols + ["verdict"] + (["label"] if labelled else [])) + "\n"
 
 
-def _sample_rows(idx: np.ndarray, ts: np.ndarray, key: np.ndarray, p: np.ndarray, v: np.ndarray,
+def _sample_rows(idx: np.ndarray, ts: np.ndarray, key: np.ndarray, p: np.ndarray, lo: np.ndarray, v: np.ndarray,
                  truth: np.ndarray | None) -> str:
     tss = ["" if t != t else f"{t:.6f}" for t in ts.tolist()]
     ps = [f"{x:.4f}" for x in p.tolist()]
+    los = [f"{x:.3f}" for x in lo.tolist()]
     vs = v.astype(np.int8).tolist()
     if truth is None:
-        rows = [f"{i},{t},{c},{q},{d}" for i, t, c, q, d in zip(idx.tolist(), tss, key.tolist(), ps, vs)]
+        rows = [f"{i},{t},{c},{q},{o},{d}" for i, t, c, q, o, d in zip(idx.tolist(), tss, key.tolist(), ps, los, vs)]
     else:
-        rows = [f"{i},{t},{c},{q},{d},{y}" for i, t, c, q, d, y in zip(idx.tolist(), tss, key.tolist(), ps, vs,
-                                                                        truth.tolist())]
+        rows = [f"{i},{t},{c},{q},{o},{d},{y}" for i, t, c, q, o, d, y in zip(idx.tolist(), tss, key.tolist(), ps, los,
+                                                                              vs, truth.tolist())]
     return "".join(r + "\n" for r in rows)
 
 

@@ -1,0 +1,442 @@
+"""Evidence over time: a CUSUM per stream on per-frame log-odds, its alerts, and the threshold for a false-alert budget.
+
+A vehicle cannot alert on every frame a detector finds odd: at ~1,600 frames a second a 0.1%
+false-positive rate is 5,800 false alerts an hour. What separates a masquerade from a lone odd
+frame is that it lasts. So each stream (a CAN ID) keeps a one-sided CUSUM of its frames' scores
+
+    S_t = max(0, S_{t-1} + clip(score_t, -clip, clip) - drift)
+
+and alerts when S_t exceeds a threshold h; S restarts at 0 after the alert and the stream stays
+quiet for ``holdoff`` seconds (one incident, one alert). The score is the detector's log-odds
+``logit_attack - logit_benign`` (never a probability, which saturates at 1.0 and cannot be
+thresholded at a low rate), clipped so no single frame carries more than ``clip`` of evidence;
+for a rule it is +1 for a flagged frame and -1 otherwise, so rules and detectors are judged on
+the same path.
+
+:func:`calibrate` sets h on clean driving for a budget of false alerts per hour. A clean capture
+of 30 s cannot show a rate of 10 an hour: where it holds enough CUSUM excursions, the tail of
+their peaks is fitted with a generalized Pareto distribution (peaks over a threshold) to
+extrapolate the rate, with a bootstrap interval; the calibration always states how much clean
+driving it rests on and how much would *verify* the budget (no alert in 3 / budget hours: the
+rule of three, 95%).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fastmaml.errors import DataError
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """How frame scores become alerts: clip each score, subtract ``drift``, sum per stream; alert above ``threshold``."""
+
+    threshold: float = math.inf
+    clip: float = 6.0
+    drift: float = 0.0
+    holdoff_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.clip > 0:
+            raise DataError(f"evidence clip must be > 0, got {self.clip}")
+        if self.holdoff_s < 0:
+            raise DataError(f"evidence hold-off must be >= 0 s, got {self.holdoff_s}")
+        if math.isnan(self.threshold):
+            raise DataError("evidence threshold is NaN; calibrate it on clean traffic (--clean) or pass --threshold")
+
+    def with_threshold(self, threshold: float) -> Evidence:
+        return Evidence(threshold, self.clip, self.drift, self.holdoff_s)
+
+
+def log_odds(logits: np.ndarray) -> np.ndarray:
+    """``logit[attack] - logit[benign]`` of a two-class network output ``[N, 2]``."""
+    logits = np.asarray(logits, np.float64)
+    return logits[:, 1] - logits[:, 0]
+
+
+@dataclass
+class CusumState:
+    """What a stream carries from one chunk to the next: each key's sum, its quiet-until time and excursion start."""
+
+    level: dict[int, float] = field(default_factory=dict)
+    quiet_until: dict[int, float] = field(default_factory=dict)
+    start: dict[int, float] = field(default_factory=dict)  # time the key's current excursion left 0
+
+
+@dataclass
+class Alerts:
+    """Alerts of one pass: frame index, time, key, and when the excursion that raised each began."""
+
+    index: np.ndarray
+    time: np.ndarray
+    key: np.ndarray
+    onset: np.ndarray  # time the CUSUM of that key last left 0 before the alert: the evidence's start
+
+    @staticmethod
+    def empty() -> Alerts:
+        return Alerts(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), np.zeros(0))
+
+
+def _groups(keys: np.ndarray) -> list[np.ndarray]:
+    order = np.argsort(keys, kind="stable")  # each key's frames in capture order
+    return [g for g in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1) if len(g)]
+
+
+def _cusum_run(x: np.ndarray, s0: float) -> np.ndarray:
+    """S_t = max(0, S_{t-1} + x_t) from S_0 = s0, vectorized (Lindley): S_t = C_t - min(-s0, min_{j<=t} C_j)."""
+    c = np.cumsum(x)
+    return c - np.minimum(-s0, np.minimum.accumulate(c))
+
+
+_BLOCK = 4096
+
+
+def cusum_alerts(score: np.ndarray, clock: np.ndarray, key: np.ndarray, ev: Evidence,
+                 state: CusumState | None = None) -> tuple[Alerts, CusumState]:
+    """Alerts of the per-key CUSUM on ``score`` (frames in capture order); ``state`` carries a stream across chunks.
+
+    Any chunking of a capture gives the alerts of one pass (tested).
+    """
+    score, clock, key = np.asarray(score, np.float64), np.asarray(clock, np.float64), np.asarray(key, np.int64)
+    if not (score.shape == clock.shape == key.shape):
+        raise DataError(f"evidence: {len(score)} scores, {len(clock)} times and {len(key)} keys differ in length")
+    if np.isnan(score).any():
+        raise DataError("evidence: a frame score is NaN (the detector's output); check the detector's weights")
+    state = state or CusumState()
+    x = np.clip(score, -ev.clip, ev.clip) - ev.drift
+    out: list[tuple[int, float, int, float]] = []
+    for g in _groups(key):
+        k = int(key[g[0]])
+        xs, ts = x[g], clock[g]
+        s0, quiet, onset = state.level.get(k, 0.0), state.quiet_until.get(k, -math.inf), state.start.get(k, math.nan)
+        pos = int(np.searchsorted(ts, quiet, side="left"))  # frames inside a hold-off add nothing
+        if pos > 0:
+            s0 = 0.0
+        # Blocks bound the work after each alert (the sums restart there), so many alerts cost no more than a pass.
+        while pos < len(xs):
+            end = min(pos + _BLOCK, len(xs))
+            s = _cusum_run(xs[pos:end], s0)
+            zero = np.flatnonzero(s <= 0)
+            over = np.flatnonzero(s > ev.threshold)
+            if not len(over):
+                onset = _onset(ts[pos:end], s, zero, onset, s0)
+                s0, pos = float(s[-1]), end
+                continue
+            a = int(over[0])
+            before = zero[zero < a]
+            if len(before):
+                start = float(ts[pos + before[-1] + 1])
+            else:
+                start = onset if (s0 > 0 and onset == onset) else float(ts[pos])
+            out.append((int(g[pos + a]), float(ts[pos + a]), k, start))
+            quiet = float(ts[pos + a]) + ev.holdoff_s
+            pos = int(np.searchsorted(ts, quiet, side="left"))
+            s0, onset = 0.0, math.nan
+        state.level[k], state.quiet_until[k], state.start[k] = s0, quiet, onset
+    if not out:
+        return Alerts.empty(), state
+    out.sort()
+    idx, t, kk, on = (np.array(v) for v in zip(*out))
+    return Alerts(idx.astype(np.int64), t.astype(np.float64), kk.astype(np.int64), on.astype(np.float64)), state
+
+
+def _onset(ts: np.ndarray, s: np.ndarray, zero: np.ndarray, onset: float, s0: float) -> float:
+    """When the excursion still open at the end of ``s`` began (NaN when S ended at 0)."""
+    if s[-1] <= 0:
+        return math.nan
+    if len(zero):
+        return float(ts[zero[-1] + 1])
+    return onset if (s0 > 0 and onset == onset) else float(ts[0])
+
+
+def excursion_peaks(score: np.ndarray, key: np.ndarray, ev: Evidence) -> np.ndarray:
+    """The peak of every CUSUM excursion (a run of S > 0) of every key, with no threshold: the tail calibration fits."""
+    x = np.clip(np.asarray(score, np.float64), -ev.clip, ev.clip) - ev.drift
+    peaks = []
+    for g in _groups(np.asarray(key, np.int64)):
+        s = _cusum_run(x[g], 0.0)
+        pos = s > 0
+        if not pos.any():
+            continue
+        edges = np.flatnonzero(np.diff(np.r_[0, pos.astype(np.int8), 0]))
+        peaks.extend(float(s[a:b].max()) for a, b in zip(edges[::2], edges[1::2]))
+    return np.sort(np.array(peaks, np.float64))
+
+
+# ====================================================================== calibration
+@dataclass
+class Calibration:
+    """The threshold for a false-alert budget, and what it rests on."""
+
+    budget_per_hour: float
+    threshold: float
+    clean_seconds: float
+    clean_alerts: int  # at the threshold, on the clean traffic it was set on
+    excursions: int  # CUSUM excursions on that traffic (the sample the tail fit sees)
+    method: str  # "empirical" (the clean traffic holds the budget's count), "tail" (GPD extrapolation), "max" (too few)
+    extrapolated_per_hour: float = math.nan  # the tail fit's false-alert rate at the threshold
+    extrapolated_ci95: tuple[float, float] = (math.nan, math.nan)
+    upper_bound_per_hour: float = math.nan  # what the clean traffic alone bounds (95%): (alerts + 3) / hours, roughly
+    verify_hours: float = math.nan  # clean driving without an alert that would verify the budget (95%)
+    tail_shape: float = math.nan
+    tail_scale: float = math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["extrapolated_ci95"] = list(self.extrapolated_ci95)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Calibration:
+        d = dict(d)
+        d["extrapolated_ci95"] = tuple(d.get("extrapolated_ci95", (math.nan, math.nan)))
+        return Calibration(**d)
+
+    def summary(self) -> str:
+        hours = self.clean_seconds / 3600.0
+        line = (f"threshold {self.threshold:.2f} for <= {self.budget_per_hour:g} false alerts/h, set on "
+                f"{self.clean_seconds:.0f} s of clean traffic ({self.clean_alerts} alerts there, "
+                f"{self.excursions} excursions); ")
+        if self.extrapolated_per_hour == self.extrapolated_per_hour:
+            lo, hi = self.extrapolated_ci95
+            line += (f"{'set by the' if self.method == 'tail' else 'above the clean maximum; the'} tail fit puts "
+                     f"the rate at {self.extrapolated_per_hour:.2g}/h (95% {lo:.2g}-{hi:.2g}/h); ")
+        else:
+            line += f"too few excursions for a tail fit (< {MIN_TAIL_EXCURSIONS}); "
+        line += (f"the clean traffic alone bounds the rate below {self.upper_bound_per_hour:.0f}/h (95%); "
+                 f"verifying <= {self.budget_per_hour:g}/h needs {self.verify_hours:.2g} h "
+                 f"({self.verify_hours * 60:.0f} min) of clean driving without an alert")
+        if hours >= self.verify_hours and self.clean_alerts == 0:
+            line += " (this clean traffic is that long)"
+        return line
+
+
+def gpd_fit(y: np.ndarray) -> tuple[float, float]:
+    """Shape ξ and scale σ of a generalized Pareto distribution fitted to exceedances ``y >= 0``.
+
+    Probability-weighted moments (Hosking & Wallis 1987): closed form, stable on the few dozen
+    exceedances a short clean capture gives, where maximum likelihood often fails to converge.
+    """
+    y = np.sort(np.asarray(y, np.float64))
+    n = len(y)
+    if n < 3:
+        raise DataError(f"a tail fit needs >= 3 exceedances, got {n}")
+    a0 = y.mean()
+    a1 = float(np.sum((n - np.arange(1, n + 1)) / (n - 1) * y) / n)
+    if a0 <= 0 or a0 - 2 * a1 <= 0:
+        return 0.0, max(a0, 1e-12)
+    k = a0 / (a0 - 2 * a1) - 2.0  # Hosking's k = -ξ
+    sigma = 2 * a0 * a1 / (a0 - 2 * a1)
+    xi = float(np.clip(-k, -0.5, 0.9))
+    return xi, float(max(sigma, 1e-12))
+
+
+def gpd_survival(y: np.ndarray | float, xi: float, sigma: float) -> np.ndarray:
+    y = np.maximum(np.asarray(y, np.float64), 0.0)
+    if abs(xi) < 1e-9:
+        return np.exp(-y / sigma)
+    base = 1.0 + xi * y / sigma
+    return np.where(base > 0, np.power(np.maximum(base, 1e-300), -1.0 / xi), 0.0)
+
+
+def _tail_rate(peaks: np.ndarray, hours: float, threshold: float, m: int) -> tuple[float, float, float]:
+    """False alerts per hour at ``threshold`` from the ``m`` highest excursion peaks (rate above u times GPD survival)."""
+    top = np.sort(peaks)[-(m + 1):]
+    u = float(top[0])
+    xi, sigma = gpd_fit(top[1:] - u)
+    rate_u = m / hours
+    return float(rate_u * gpd_survival(threshold - u, xi, sigma)), xi, sigma
+
+
+def _tail_threshold(peaks: np.ndarray, hours: float, budget: float, m: int) -> float:
+    top = np.sort(peaks)[-(m + 1):]
+    u = float(top[0])
+    xi, sigma = gpd_fit(top[1:] - u)
+    ratio = budget / (m / hours)  # survival the threshold must reach
+    if ratio >= 1.0:
+        return u
+    if abs(xi) < 1e-9:
+        return u - sigma * math.log(ratio)
+    return u + sigma / xi * (ratio ** (-xi) - 1.0)
+
+
+def count_alerts(score: np.ndarray, clock: np.ndarray, key: np.ndarray, ev: Evidence) -> int:
+    return len(cusum_alerts(score, clock, key, ev)[0].index)
+
+
+MIN_TAIL_EXCURSIONS = 10
+
+
+def calibrate(score: np.ndarray, clock: np.ndarray, key: np.ndarray, budget_per_hour: float,
+              ev: Evidence = Evidence(), *, bootstrap: int = 200, seed: int = 0) -> Calibration:
+    """The CUSUM threshold for at most ``budget_per_hour`` false alerts per hour, set on clean traffic.
+
+    Empirically it is the lowest threshold at which the clean traffic raises at most
+    ``floor(budget * hours)`` alerts; with >= 10 excursions a generalized Pareto fit to the top
+    excursion peaks extrapolates the rate beyond what the clean traffic can show, and the
+    threshold is the higher of the two. With fewer, the threshold sits just above the highest
+    clean peak, and the calibration says that is all the data supports.
+    """
+    if budget_per_hour <= 0:
+        raise DataError(f"false-alert budget must be > 0 alerts per hour, got {budget_per_hour}")
+    clock = np.asarray(clock, np.float64)
+    if len(clock) < 2 or not np.isfinite(clock).all():
+        raise DataError("calibration needs a clean capture with timestamps (at least 2 frames)")
+    seconds = float(clock[-1] - clock[0])
+    if seconds <= 0:
+        raise DataError("calibration: the clean capture spans 0 s; give a longer clean capture")
+    hours = seconds / 3600.0
+    peaks = excursion_peaks(score, key, ev)
+    allowed = int(math.floor(budget_per_hour * hours + 1e-9))
+    # Empirical: bisection over the observed peaks (a threshold between two peaks changes nothing).
+    cand = np.unique(np.r_[0.0, peaks])
+    lo, hi = 0, len(cand) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count_alerts(score, clock, key, ev.with_threshold(float(cand[mid]))) <= allowed:
+            hi = mid
+        else:
+            lo = mid + 1
+    h = float(cand[lo])
+    if count_alerts(score, clock, key, ev.with_threshold(h)) > allowed:  # unreachable: the top peak alerts on nothing
+        h = float(cand[-1])
+    cal = Calibration(budget_per_hour, h, seconds, 0, len(peaks), "empirical", verify_hours=3.0 / budget_per_hour)
+    if len(peaks) >= MIN_TAIL_EXCURSIONS:
+        m = min(max(len(peaks) // 2, MIN_TAIL_EXCURSIONS - 1), 100)
+        h_tail = _tail_threshold(peaks, hours, budget_per_hour, m)
+        if h_tail > h:
+            cal.threshold, cal.method = float(h_tail), "tail"
+        rate, cal.tail_shape, cal.tail_scale = _tail_rate(peaks, hours, cal.threshold, m)
+        cal.extrapolated_per_hour = rate
+        rng = np.random.default_rng(seed)
+        boots = []
+        for _ in range(bootstrap):
+            # Excursions arrive as a Poisson process: resample how many, then which.
+            n = max(int(rng.poisson(len(peaks))), m + 1)
+            boots.append(_tail_rate(rng.choice(peaks, n, replace=True), hours, cal.threshold, m)[0])
+        cal.extrapolated_ci95 = (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
+    elif allowed == 0:
+        cal.method = "max"
+    cal.clean_alerts = count_alerts(score, clock, key, ev.with_threshold(cal.threshold))
+    cal.upper_bound_per_hour = (cal.clean_alerts + 3.0) / hours  # ~95% upper bound for small counts (3 at zero)
+    return cal
+
+
+# ====================================================================== judgement
+@dataclass
+class Occurrence:
+    """One attack occurrence on one key: its frames' span and whether (and how soon) it was alerted."""
+
+    key: int
+    start: float
+    end: float
+    frames: int
+    alerted: bool = False
+    delay_s: float = math.nan
+
+
+@dataclass
+class Judgement:
+    """Alerts against labels: occurrences (per attacked key) caught, delays, false alerts per hour of benign traffic."""
+
+    alerts: int
+    false_alerts: int
+    benign_hours: float
+    occurrences: list[Occurrence]
+
+    @property
+    def false_alerts_per_hour(self) -> float:
+        return self.false_alerts / self.benign_hours if self.benign_hours > 0 else math.nan
+
+    @property
+    def caught(self) -> int:
+        return sum(o.alerted for o in self.occurrences)
+
+    @property
+    def caught_rate(self) -> float:
+        return self.caught / len(self.occurrences) if self.occurrences else math.nan
+
+    @property
+    def median_delay_s(self) -> float:
+        d = [o.delay_s for o in self.occurrences if o.alerted]
+        return float(np.median(d)) if d else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alerts": self.alerts, "false_alerts": self.false_alerts, "benign_hours": self.benign_hours,
+                "false_alerts_per_hour": self.false_alerts_per_hour, "caught": self.caught,
+                "occurrences": len(self.occurrences), "caught_rate": self.caught_rate,
+                "median_delay_s": self.median_delay_s, "per_occurrence": [asdict(o) for o in self.occurrences]}
+
+
+def key_gaps(clock: np.ndarray, key: np.ndarray, gap_s: float, periods: float = 5.0) -> dict[int, float]:
+    """Per key, the gap that separates two occurrences: ``gap_s`` or ``periods`` x its median period, the larger.
+
+    A fixed gap counts a 10 Hz and a 100 Hz ID differently (at 0.05 s every frame of the 10 Hz
+    ID would be an occurrence of its own).
+    """
+    out = {}
+    for g in _groups(np.asarray(key, np.int64)):
+        dt = np.diff(np.asarray(clock, np.float64)[g])
+        period = float(np.median(dt)) if len(dt) else 0.0
+        out[int(key[g[0]])] = max(gap_s, periods * period)
+    return out
+
+
+def occurrences(truth: np.ndarray, clock: np.ndarray, key: np.ndarray, gaps: dict[int, float]) -> list[Occurrence]:
+    """Runs of attack frames per key, split where one is further than that key's gap from the next."""
+    truth = np.asarray(truth, bool)
+    out = []
+    for g in _groups(np.asarray(key, np.int64)):
+        t = np.asarray(clock, np.float64)[g][truth[g]]
+        if not len(t):
+            continue
+        k = int(key[g[0]])
+        cut = np.flatnonzero(np.diff(t) > gaps.get(k, 0.0)) + 1
+        for a, b in zip(np.r_[0, cut], np.r_[cut, len(t)]):
+            out.append(Occurrence(k, float(t[a]), float(t[b - 1]), int(b - a)))
+    return sorted(out, key=lambda o: (o.start, o.key))
+
+
+def judge(alerts: Alerts, truth: np.ndarray, clock: np.ndarray, key: np.ndarray, gap_s: float = 0.05,
+          partners: dict[int, set[int]] | None = None) -> Judgement:
+    """Which alerts are true and which occurrences they catch.
+
+    An alert is *true* when its key is attacked inside the alert's evidence span (its excursion
+    began before the occurrence ended) or when its key is a partner of an attacked key
+    (``partners``: key -> keys its signals are checked against, either way round) during an
+    occurrence: an attack on one signal moves its partners' residuals too. An alert on any other
+    key near an attack is false: it did not see the attack. An occurrence is caught by the first
+    alert *on its own key* between its first frame and its last frame plus the gap (a partner's
+    alert, true as it is, may have been raised by another attacked ID); one alert per occurrence.
+    """
+    clock, key = np.asarray(clock, np.float64), np.asarray(key, np.int64)
+    gaps = key_gaps(clock, key, gap_s)
+    occ = occurrences(truth, clock, key, gaps)
+    partners = partners or {}
+    true = np.zeros(len(alerts.index), bool)
+    for i, (t, k, onset) in enumerate(zip(alerts.time.tolist(), alerts.key.tolist(), alerts.onset.tolist())):
+        for o in occ:
+            related = o.key == k or k in partners.get(o.key, ()) or o.key in partners.get(k, ())
+            g = gaps.get(o.key, gap_s)
+            if related and o.start <= t <= o.end + g + (0 if o.key == k else g) and onset <= o.end + g:
+                true[i] = True
+                if o.key == k and not o.alerted:
+                    o.alerted, o.delay_s = True, t - o.start
+    duration = float(clock[-1] - clock[0]) if len(clock) > 1 else 0.0
+    # Benign time: the capture less the union of the occurrences (each widened by its key's gap).
+    spans = sorted((o.start, o.end + gaps.get(o.key, gap_s)) for o in occ)
+    covered, cur_a, cur_b = 0.0, None, None
+    for a, b in spans:
+        if cur_b is None or a > cur_b:
+            covered += (cur_b - cur_a) if cur_b is not None else 0.0
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    covered += (cur_b - cur_a) if cur_b is not None else 0.0
+    benign_h = max(duration - covered, 0.0) / 3600.0
+    return Judgement(len(alerts.index), int((~true).sum()), benign_h, occ)

@@ -1,0 +1,121 @@
+"""Evidence over time (apps/ids/evidence.py): the per-stream CUSUM, its calibration to a false-alert budget, and
+the judgement of alerts against labels."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fastmaml.apps.ids import evidence as E
+from fastmaml.errors import DataError
+
+
+def _naive_cusum(score, clock, key, ev):
+    """Frame-by-frame reference: S per key, alert above the threshold, reset and hold-off."""
+    level, quiet, alerts = {}, {}, []
+    for i, (s, t, k) in enumerate(zip(score, clock, key)):
+        if t < quiet.get(k, -math.inf):
+            level[k] = 0.0
+            continue
+        v = max(0.0, level.get(k, 0.0) + min(max(s, -ev.clip), ev.clip) - ev.drift)
+        if v > ev.threshold:
+            alerts.append(i)
+            level[k], quiet[k] = 0.0, t + ev.holdoff_s
+        else:
+            level[k] = v
+    return alerts
+
+
+def _stream(n=6000, seed=0, ids=(1, 2, 3)):
+    rng = np.random.default_rng(seed)
+    key = rng.choice(ids, n)
+    clock = np.cumsum(rng.exponential(0.002, n))
+    score = rng.normal(-1.0, 2.0, n)
+    return score, clock, key
+
+
+@pytest.mark.parametrize("threshold,drift", [(4.0, 0.0), (6.0, 0.3), (2.0, -0.2)])
+def test_cusum_matches_frame_by_frame_reference(threshold, drift):
+    score, clock, key = _stream()
+    ev = E.Evidence(threshold=threshold, clip=3.0, drift=drift, holdoff_s=0.05)
+    got, _ = E.cusum_alerts(score, clock, key, ev)
+    want = _naive_cusum(score, clock, key, ev)
+    assert len(want) > 5
+    assert got.index.tolist() == want
+
+
+def test_cusum_any_chunking_gives_one_pass():
+    score, clock, key = _stream(seed=1)
+    ev = E.Evidence(threshold=5.0, clip=4.0, holdoff_s=0.1)
+    whole, _ = E.cusum_alerts(score, clock, key, ev)
+    state, parts = None, []
+    for a, b in [(0, 7), (7, 1000), (1000, 1001), (1001, 4500), (4500, 6000)]:
+        got, state = E.cusum_alerts(score[a:b], clock[a:b], key[a:b], ev, state)
+        parts.append(got.index + a)
+        assert np.all(got.onset <= got.time)
+    assert np.concatenate(parts).tolist() == whole.index.tolist()
+
+
+def test_gpd_fit_recovers_shape_and_scale():
+    rng = np.random.default_rng(0)
+    xi, sigma = 0.2, 1.5
+    u = rng.random(4000)
+    y = sigma / xi * (u ** -xi - 1)  # GPD by inversion
+    fx, fs = E.gpd_fit(y)
+    assert abs(fx - xi) < 0.06 and abs(fs - sigma) / sigma < 0.08
+
+
+def test_calibration_on_a_short_capture_extrapolates_the_rate_of_a_long_one():
+    rng = np.random.default_rng(3)
+    def clean(seconds):
+        n = int(seconds * 300)
+        key = rng.choice(np.arange(6), n)
+        return rng.normal(-1.5, 1.5, n), np.linspace(0, seconds, n), key
+    ev = E.Evidence(clip=4.0)
+    # 30 s of clean traffic cannot show 30 alerts an hour (0.25 expected): the tail fit extrapolates.
+    cal = E.calibrate(*clean(30), budget_per_hour=30.0, ev=ev)
+    assert cal.method == "tail" and cal.excursions >= E.MIN_TAIL_EXCURSIONS
+    assert cal.clean_alerts == 0 and cal.verify_hours == pytest.approx(0.1)
+    assert cal.extrapolated_per_hour == pytest.approx(30.0, rel=1e-6)
+    lo, hi = cal.extrapolated_ci95
+    assert lo <= cal.extrapolated_per_hour <= hi
+    # Measured on an hour of the same traffic, the threshold keeps the budget (within the fit's noise).
+    score, clock, key = clean(3600)
+    assert E.count_alerts(score, clock, key, ev.with_threshold(cal.threshold)) <= 45
+    # A threshold set on the long capture holds its budget there.
+    long_cal = E.calibrate(score, clock, key, budget_per_hour=30.0, ev=ev, bootstrap=20)
+    assert E.count_alerts(score, clock, key, ev.with_threshold(long_cal.threshold)) <= 60
+
+
+def test_calibration_without_excursions_says_so():
+    clock = np.linspace(0, 30, 3000)
+    cal = E.calibrate(np.full(3000, -5.0), clock, np.zeros(3000, np.int64), budget_per_hour=10.0)
+    assert cal.method == "max" and cal.excursions == 0 and cal.clean_alerts == 0
+    assert cal.upper_bound_per_hour == pytest.approx(3 / (30 / 3600))
+    assert "verifying <= 10/h needs 0.3 h (18 min)" in cal.summary()
+    with pytest.raises(DataError, match="budget"):
+        E.calibrate(np.zeros(3), np.arange(3.0), np.zeros(3, np.int64), 0.0)
+
+
+def test_judge_counts_occurrences_per_key_with_its_own_gap_and_only_alerts_that_saw_the_attack():
+    # Key 1 at 10 Hz, key 2 at 100 Hz, 10 s; key 1 attacked 4-5 s (10 frames, 0.1 s apart: one occurrence
+    # although the default gap is 0.05 s), key 2 attacked 7-7.5 s.
+    t1, t2 = np.arange(0, 10, 0.1), np.arange(0, 10, 0.01)
+    clock = np.r_[t1, t2]
+    key = np.r_[np.ones(len(t1), np.int64), np.full(len(t2), 2)]
+    truth = np.r_[(t1 >= 4) & (t1 < 5), (t2 >= 7) & (t2 < 7.5)]
+    order = np.argsort(clock, kind="stable")
+    clock, key, truth = clock[order], key[order], truth[order]
+    occ = E.occurrences(truth, clock, key, E.key_gaps(clock, key, 0.05))
+    assert [(o.key, o.frames) for o in occ] == [(1, 10), (2, 50)]
+    # Alerts: key 1 at 4.3 s (true), key 2 at 4.3 s (false: key 2 is not attacked then), key 2 at 7.2 s (true).
+    alerts = E.Alerts(np.array([1, 2, 3]), np.array([4.3, 4.3, 7.2]), np.array([1, 2, 2]), np.array([4.0, 4.2, 7.0]))
+    j = E.judge(alerts, truth, clock, key)
+    assert j.caught == 2 and j.false_alerts == 1
+    assert [round(o.delay_s, 6) for o in j.occurrences] == [0.3, 0.2]
+    # With key 2 a partner of key 1, its alert during key 1's occurrence is true, but catches nothing.
+    j = E.judge(alerts, truth, clock, key, partners={1: {2}})
+    assert j.false_alerts == 0 and j.caught == 2
+    only_partner = E.Alerts(np.array([2]), np.array([4.3]), np.array([2]), np.array([4.2]))
+    j = E.judge(only_partner, truth, clock, key, partners={1: {2}})
+    assert j.false_alerts == 0 and j.caught == 0
