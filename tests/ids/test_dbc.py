@@ -169,6 +169,29 @@ def test_compare_with_features_dbc_end_to_end(car, tmp_path):
     assert targets <= {(0x100, 0, False), (0x200, 44, True)} and targets
     report = (out / "report.md").read_text()
     assert f"Signals from the DBC `{dbc}`: 4 used" in report and "found 2 of 4 DBC signals" in report
+    assert "1 left out (Wheels.Accel: signed)" in report
+
+
+def test_ids_masquerade_dbc_targets_the_dbc_signals(car, tmp_path):
+    from fastmaml.cli import main
+
+    dbc, log = car
+    out = tmp_path / "offset.log"
+    assert main(["ids", "masquerade", "--capture", str(log), "--kind", "offset", "--occurrences", "6",
+                 "--duration", "1.5", "--dbc", str(dbc), "--out", str(out)]) == 0
+    plan = json.loads(out.with_name("offset_injections.json").read_text())["injections"]
+    assert len(plan) == 6
+    assert {(i["can_id"], i["start"], i["length"], i["little_endian"]) for i in plan} <= {
+        (0x100, 0, 16, False), (0x200, 44, 12, True)}
+    # The forged frames differ from the clean ones only in the target's bits, Intel ones included.
+    clean, forged = open_capture(log).read_all(), open_capture(out).read_all()
+    for i in plan:
+        t = clean.timestamp
+        rows = np.flatnonzero((clean.can_id == i["can_id"]) & (t >= i["t0"]) & (t < i["t1"]))
+        before, after = payload_words(clean.data[rows]), payload_words(forged.data[rows])
+        kept = write_field(after, i["start"], i["length"], field_values(before, i["start"], i["length"],
+                                                                            i["little_endian"]), i["little_endian"])
+        assert (kept == before).all() and (after != before).any()
 
 
 def test_missing_cantools_bad_dbc_and_dbc_without_signals_say_what_to_do(car, tmp_path, monkeypatch):

@@ -47,7 +47,7 @@ def _cantools() -> Any:
 
 
 def to_field(can_id: int, start: int, length: int, byte_order: str, label: str = "") -> Field:
-    """A DBC signal's ``start|length@order`` (cantools numbering) as a :class:`Field`; ValueError if it leaves 8 bytes."""
+    """A DBC signal's ``start|length@order`` (cantools numbering) as a Field; ValueError if it leaves 8 bytes."""
     if byte_order == "big_endian":
         # DBC Motorola start = the signal's most significant bit, numbered byte * 8 + bit (bit 0 = LSB).
         msb = start // 8 * 8 + 7 - start % 8

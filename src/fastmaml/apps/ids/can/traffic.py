@@ -131,9 +131,10 @@ class CanTraffic(Traffic):
                       "catch them.", ""]
         dbc = (report.get("data_stats") or {}).get("dbc")
         if dbc:  # features.dbc: where the signals came from, and how the inferred ones compare
-            score = dbc.get("inferred_vs_dbc")
+            score, skipped = dbc.get("inferred_vs_dbc"), dbc.get("skipped", [])
             lines += [f"Signals from the DBC `{dbc['path']}`: {len(dbc.get('signals', []))} used (physical in the "
-                      f"clean frames) of {dbc['fields']} readable, {len(dbc.get('skipped', []))} left out"
+                      f"clean frames) of {dbc['fields']} readable, {len(skipped)} left out"
+                      + (f" ({'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''})" if skipped else "")
                       + (f"; without it the {SegmentationScore(**score).summary()}." if score else "."), ""]
         return lines
 
