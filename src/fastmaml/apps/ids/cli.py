@@ -74,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--occurrences", type=int, default=20, help="injection intervals (default: %(default)s)")
     m.add_argument("--duration", type=float, default=2.0, help="seconds per interval (default: %(default)s)")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--dbc", type=Path, default=None,
+                   help="the car's DBC file: target its signals instead of the ones inferred from the capture "
+                        "(needs pip install cantools)")
     m.add_argument("--out", type=Path, required=True, help="candump log to write")
     m.add_argument("--labels", type=Path, default=None, help="label CSV to write (default: OUT with _labels.csv)")
 
@@ -193,7 +196,8 @@ def _masquerade(args: argparse.Namespace) -> None:
         raise DataError(f"{args.capture}: holds {int(clean.is_attack().sum())} attack frames; give a clean capture")
     clean.label[:] = 0
     clean.label_names = ["benign"]
-    captures, plans = M.generate(clean, [args.kind], args.occurrences, args.duration, args.seed)
+    captures, plans = M.generate(clean, [args.kind], args.occurrences, args.duration, args.seed,
+                                str(args.dbc or ""))
     name = M.attack_name(args.kind, args.variant)
     frames, injections = captures[name], plans[args.kind]
     labels = args.labels or args.out.with_name(args.out.stem + "_labels.csv")

@@ -6,6 +6,7 @@ Traffic-agnostic: which source kinds exist, and what each reads, is the registry
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,10 +107,17 @@ _LOCATION_KEYS = ("data_root", "cic_dir", "daga_dir")
 
 
 def feature_key(feat: FeatureConfig) -> dict[str, Any]:
-    """The features config as it enters cache keys (``signals`` only when on, so earlier runs stay valid)."""
+    """The features config as it enters cache keys (``signals`` / ``dbc`` only when on, so earlier runs stay valid).
+
+    A DBC enters with a hash of its contents: an edited file gives other signals.
+    """
     d = to_dict(feat)
     if not d.get("signals"):
         d.pop("signals", None)
+    if not d.get("dbc"):
+        d.pop("dbc", None)
+    elif Path(feat.dbc).expanduser().is_file():
+        d["dbc_sha256"] = hashlib.sha256(Path(feat.dbc).expanduser().read_bytes()).hexdigest()
     return d
 
 
@@ -164,6 +172,7 @@ class FeatureConfig:
     max_attack: int = 5000
     drop: list[str] = field(default_factory=list)  # feature columns to leave out (ablations, e.g. id_known)
     signals: bool = False  # CAN: add the signal-level columns (can/signals.py: payload signals in cross-ID context)
+    dbc: str = ""  # CAN, with signals: the car's DBC file; its signals replace the inferred ones (can/dbc.py)
     seed: int = 0
 
 
@@ -250,6 +259,9 @@ class IdsConfig:
             raise ConfigError("eval.alert_rules must list at least one 'k-of-n' rule, e.g. ['1-of-1', '2-of-4']")
         if not self.seeds:
             raise ConfigError("seeds must list at least one training seed")
+        if self.features.dbc and not self.features.signals:
+            raise ConfigError(f"features.dbc={self.features.dbc} gives the signal features their signals; "
+                              "switch them on: features.signals=true")
 
 
 def read_ids_config(preset: str | Path | None, overrides: Iterable[str] = ()) -> IdsConfig:

@@ -75,8 +75,8 @@ import torch
 
 from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
 from fastmaml.apps.ids.can.relations import MIN_ID_FRAMES, fit_relations, last_index, signal
-from fastmaml.apps.ids.can.signals import (SIGNAL_FEATURES, Signal, SignalFeaturizer, fit_signals, signals_from_dicts,
-                                           signals_to_dicts)
+from fastmaml.apps.ids.can.signals import (SIGNAL_FEATURES, Signal, SignalFeaturizer, find_signals, fit_signals,
+                                           signals_from_dicts, signals_to_dicts)
 from fastmaml.apps.ids.samples import SampleSet, make_windows, window_labels
 from fastmaml.errors import DataError
 
@@ -107,6 +107,9 @@ class FeatureState:
     delta_scale: dict[int, list[float]] = field(default_factory=dict)  # 99.9% benign |byte delta| per ID, 8 values
     relations: list[list[float]] = field(default_factory=list)  # see relations.fit_relations
     signals: list[Signal] = field(default_factory=list)  # see signals.fit_signals; empty: no signal features
+    # Fitted with a DBC (features.dbc): its path, the signals it gave, those left out, and the
+    # inferred segmentation scored against it (dbc.SegmentationScore); empty without a DBC.
+    dbc: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -118,6 +121,7 @@ class FeatureState:
             "delta_scale": {str(k): v for k, v in sorted(self.delta_scale.items())},
             "relations": self.relations,
             **({"signals": signals_to_dicts(self.signals)} if self.signals else {}),
+            **({"dbc": self.dbc} if self.dbc else {}),
         }
 
     @staticmethod
@@ -134,6 +138,7 @@ class FeatureState:
                 [[int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]), float(r[6])]
                  for r in d.get("relations", [])],
                 signals_from_dicts(d.get("signals", []), source),
+                dict(d.get("dbc", {})),
             )
         except (KeyError, ValueError, TypeError) as e:
             raise DataError(f"{source}: corrupt FeatureState ({e}); refit with FeatureState.fit") from e
@@ -152,16 +157,19 @@ class FeatureState:
         return FeatureState.from_dict(d, str(path))
 
     @staticmethod
-    def fit(batches: Iterable[FrameBatch] | FrameBatch, clock: str = "auto", signals: bool = False) -> FeatureState:
+    def fit(batches: Iterable[FrameBatch] | FrameBatch, clock: str = "auto", signals: bool = False,
+            dbc: str | Path = "") -> FeatureState:
         """Learn periods (median same-ID inter-arrival), tolerances, byte-change scales, cross-ID
         relations (on the first 40,000 benign frames) and known IDs from benign frames; with
-        ``signals`` also the payload signals and their partners (on the first 400,000).
+        ``signals`` also the payload signals and their partners (on the first 400,000), taken
+        from the DBC file ``dbc`` when given (see :mod:`fastmaml.apps.ids.can.dbc`).
 
         Frames labelled as attacks are ignored; unlabelled frames count as benign.
         ``clock``: ``"time"``, ``"index"`` or ``"auto"`` (time when the first chunk has timestamps).
         """
         if isinstance(batches, FrameBatch):
             batches = [batches]
+        signals = signals or bool(dbc)
         dts: dict[int, list[np.ndarray]] = {}
         counts: dict[int, int] = {}
         last: dict[int, float] = {}
@@ -231,9 +239,27 @@ class FeatureState:
         delta_scale = {cid: np.quantile(np.concatenate(v), 0.999, axis=0).astype(float).tolist()
                        for cid, v in deltas.items() if dcounts[cid] >= MIN_ID_FRAMES}
         relations = fit_relations(np.concatenate(rel_ids), np.concatenate(rel_data)) if rel_ids else []
-        sigs = fit_signals(np.concatenate(sig_ids), np.concatenate(sig_data), np.concatenate(sig_clk)) if sig_ids else []
+        fields, dbc_info = None, {}
+        if signals and dbc:
+            from fastmaml.apps.ids.can.dbc import read_dbc  # cantools only when a DBC is given
+            fields, skipped = read_dbc(dbc)
+            dbc_info = {"path": str(dbc), "fields": len(fields), "skipped": skipped}
+        sigs = fit_signals(np.concatenate(sig_ids), np.concatenate(sig_data), np.concatenate(sig_clk),
+                           fields) if sig_ids else []
+        if fields is not None:
+            dbc_info.update(signals=[s.name for s in sigs], **_score_against(sigs, sig_ids, sig_data))
         return FeatureState("index" if clock == "auto" else clock, periods, default, sorted(last),
-                            tolerances, delta_scale, relations, sigs)
+                            tolerances, delta_scale, relations, sigs, dbc_info)
+
+
+def _score_against(dbc_sigs: list[Signal], sig_ids: list[np.ndarray], sig_data: list[np.ndarray]) -> dict:
+    """``{"inferred_vs_dbc": ...}``: what the segmentation without the DBC finds on the same frames, scored."""
+    from fastmaml.apps.ids.can.dbc import score_segmentation
+
+    if not sig_ids:
+        return {}
+    inferred = find_signals(np.concatenate(sig_ids), np.concatenate(sig_data))
+    return {"inferred_vs_dbc": score_segmentation(inferred, dbc_sigs).to_dict()}
 
 
 def frame_feature_names(state: FeatureState) -> list[str]:

@@ -61,17 +61,25 @@ class Injection:
     t0: float
     t1: float
     replay_from: float = 0.0  # replay: the earlier stretch starts here
+    little_endian: bool = False  # a DBC Intel signal over several bytes (see signals.Signal)
 
 
 def attack_name(kind: str, variant: str) -> str:
     return f"{kind}_{variant}"
 
 
-def target_signals(clean: FrameBatch) -> list[Signal]:
-    """The signals a masquerade targets (see the module doc); DataError when the capture has none."""
+def target_signals(clean: FrameBatch, dbc: str = "") -> list[Signal]:
+    """The signals a masquerade targets (see the module doc); DataError when the capture has none.
+
+    ``dbc``: the car's DBC file; its signals stand in for the inferred ones (``features.dbc``).
+    """
     if not clean.has_timestamps:
         raise DataError("masquerade generation needs timestamps (it keeps them exactly and works in seconds)")
-    sigs = fit_signals(clean.can_id, clean.data, clean.timestamp)
+    fields = None
+    if dbc:
+        from fastmaml.apps.ids.can.dbc import read_dbc  # cantools only when a DBC is given
+        fields = read_dbc(dbc)[0]
+    sigs = fit_signals(clean.can_id, clean.data, clean.timestamp, fields)
     span = float(clean.timestamp[-1] - clean.timestamp[0]) or 1.0
     ids, counts = np.unique(clean.can_id.astype(np.int64), return_counts=True)
     rate = dict(zip(ids.tolist(), (counts / span).tolist()))
@@ -110,7 +118,8 @@ def plan(clean: FrameBatch, kind: str, targets: list[Signal], occurrences: int, 
     for i in range(occurrences):
         t0 = begin + i * slot + rng.uniform(0, slot - 1.25 * duration_s)
         s = targets[int(rng.integers(len(targets)))]
-        inj = Injection(kind, s.can_id, s.start, s.length, float(t0), float(t0 + duration_s))
+        inj = Injection(kind, s.can_id, s.start, s.length, float(t0), float(t0 + duration_s),
+                        little_endian=s.little_endian)
         if kind == "replay":
             inj.replay_from = _farthest_replay(clean, inj, t0 - rng.uniform(duration_s, t0 - t_first, _REPLAY_DRAWS))
         out.append(inj)
@@ -124,13 +133,13 @@ def _interval_rows(clean: FrameBatch, can_id: int, t0: float, t1: float) -> np.n
 
 def _replay_values(clean: FrameBatch, inj: Injection, start: float, n: int) -> np.ndarray:
     rows = _interval_rows(clean, inj.can_id, start, start + 2 * (inj.t1 - inj.t0) + 1.0)[:n]
-    v = field_values(payload_words(clean.data[rows]), inj.start, inj.length)
+    v = field_values(payload_words(clean.data[rows]), inj.start, inj.length, inj.little_endian)
     return np.pad(v, (0, n - len(v)), mode="edge") if 0 < len(v) < n else v
 
 
 def _farthest_replay(clean: FrameBatch, inj: Injection, starts: np.ndarray) -> float:
     genuine = field_values(payload_words(clean.data[_interval_rows(clean, inj.can_id, inj.t0, inj.t1)]),
-                           inj.start, inj.length)
+                           inj.start, inj.length, inj.little_endian)
     if not len(genuine):
         return float(starts[0])
     gaps = [float(np.abs(_replay_values(clean, inj, float(s), len(genuine)) - genuine).mean()) for s in starts]
@@ -144,7 +153,8 @@ def false_values(clean: FrameBatch, inj: Injection, genuine: np.ndarray, sig: Si
     if inj.kind == "maximum":
         return np.full(len(genuine), hi)
     if inj.kind == "constant":
-        clean_v = field_values(payload_words(clean.data[clean.can_id == inj.can_id]), inj.start, inj.length)
+        clean_v = field_values(payload_words(clean.data[clean.can_id == inj.can_id]), inj.start, inj.length,
+                               inj.little_endian)
         q10, q90 = np.quantile(clean_v, [0.1, 0.9])
         return np.full(len(genuine), q10 if abs(q10 - genuine[0]) > abs(q90 - genuine[0]) else q90)
     if inj.kind == "offset":
@@ -156,7 +166,7 @@ def false_values(clean: FrameBatch, inj: Injection, genuine: np.ndarray, sig: Si
 
 
 def inject(clean: FrameBatch, injections: list[Injection], variant: str, name: str,
-           signals: dict[tuple[int, int], Signal]) -> FrameBatch:
+           signals: dict[tuple[int, int, bool], Signal]) -> FrameBatch:
     """The clean capture with ``injections`` applied as ``variant``; frames of the attack labelled ``name``.
 
     ``masquerade`` returns as many frames as ``clean``, in the same order, with the same IDs,
@@ -174,9 +184,10 @@ def inject(clean: FrameBatch, injections: list[Injection], variant: str, name: s
         rows = _interval_rows(clean, inj.can_id, inj.t0, inj.t1)
         if not len(rows):
             continue
-        genuine = field_values(words[rows], inj.start, inj.length)
-        new_words[rows] = write_field(words[rows], inj.start, inj.length,
-                                      false_values(clean, inj, genuine, signals[(inj.can_id, inj.start)]))
+        genuine = field_values(words[rows], inj.start, inj.length, inj.little_endian)
+        sig = signals[(inj.can_id, inj.start, inj.little_endian)]
+        new_words[rows] = write_field(words[rows], inj.start, inj.length, false_values(clean, inj, genuine, sig),
+                                      inj.little_endian)
         forged[rows] = True
     data = clean.data.copy()
     data[:, :8] = words_to_bytes(new_words)[:, : min(8, data.shape[1])]
@@ -212,10 +223,11 @@ def _periods(clean: FrameBatch) -> np.ndarray:
 
 
 def generate(clean: FrameBatch, kinds: list[str] | tuple[str, ...] = KINDS, occurrences: int = 20,
-             duration_s: float = 2.0, seed: int = 0) -> tuple[dict[str, FrameBatch], dict[str, list[dict]]]:
+             duration_s: float = 2.0, seed: int = 0, dbc: str = ""
+             ) -> tuple[dict[str, FrameBatch], dict[str, list[dict]]]:
     """Every (kind, variant) attack capture of ``clean``: ``{name: frames}``, and the injections per kind."""
-    targets = target_signals(clean)
-    by_key = {(s.can_id, s.start): s for s in targets}
+    targets = target_signals(clean, dbc)
+    by_key = {(s.can_id, s.start, s.little_endian): s for s in targets}
     captures: dict[str, FrameBatch] = {}
     plans: dict[str, list[dict]] = {}
     for kind in kinds:
@@ -252,7 +264,7 @@ def prepare_masquerade(src: SourceConfig, feat: FeatureConfig, log: Callable[[st
                         f"{[attack_name(k, v) for k in KINDS for v in VARIANTS]}")
     log(f"generating {len(kinds)} masquerade kinds x {len(VARIANTS)} variants on {what}")
     captures, plans = generate(clean, kinds, src.masquerade_occurrences, src.masquerade_duration_s,
-                               src.masquerade_seed)
+                               src.masquerade_seed, feat.dbc)
     if src.attacks:
         captures = {k: v for k, v in captures.items() if k in src.attacks}
     names = list(captures)

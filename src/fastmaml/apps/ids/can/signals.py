@@ -44,6 +44,13 @@ Per frame, over the physical signals of the frame's ID (0 for IDs without any), 
 
 Everything is fitted on benign training traffic (``fit_signals``) and computed causally with
 state carried across chunks, so streamed and one-shot features are identical.
+
+With the car's DBC (``features.dbc``, :mod:`fastmaml.apps.ids.can.dbc`) its signals' fields
+replace the segmentation: ``fit_signals(..., fields=...)`` keeps those of them that are physical
+in the clean frames (the same >= 8 values and smoothness; no headroom: the DBC gives the width)
+and fits their ranges and partners as above. A DBC's Intel signal over several bytes is the one
+field that is not big-endian: ``little_endian`` reads it from the payload taken as a
+little-endian number.
 """
 
 from __future__ import annotations
@@ -89,10 +96,13 @@ class Signal:
     partners: list[list[int]] = field(default_factory=list)  # [[can_id, signal index], ...]
     coef: list[float] = field(default_factory=list)  # prediction = coef[:-1] . partner values + coef[-1]
     resid_scale: float = 1.0  # clean 99.9% |residual|
+    little_endian: bool = False  # a DBC Intel signal over several bytes: bits counted in the byte-reversed word
+    label: str = ""  # the DBC's Message.Signal name; "" for an inferred signal
 
     @property
     def name(self) -> str:
-        return f"0x{self.can_id:X}[{self.start}:{self.start + self.length}]"
+        bits = f"0x{self.can_id:X}[{'le ' if self.little_endian else ''}{self.start}:{self.start + self.length}]"
+        return f"{self.label} {bits}" if self.label else bits
 
 
 def payload_words(data: np.ndarray) -> np.ndarray:
@@ -103,19 +113,29 @@ def payload_words(data: np.ndarray) -> np.ndarray:
     return d.view(">u8").reshape(-1).astype(np.uint64)
 
 
-def field_values(words: np.ndarray, start: int, length: int) -> np.ndarray:
-    """float64 values of bits ``[start, start + length)`` (bit 0 = MSB of byte 0)."""
+def field_values(words: np.ndarray, start: int, length: int, little_endian: bool = False) -> np.ndarray:
+    """float64 values of bits ``[start, start + length)`` (bit 0 = MSB of byte 0; ``little_endian``: of byte 7)."""
+    if little_endian:
+        words = words.byteswap()
     shift = np.uint64(64 - start - length)
     mask = np.uint64((1 << length) - 1)
     return ((words >> shift) & mask).astype(np.float64)
 
 
-def write_field(words: np.ndarray, start: int, length: int, values: np.ndarray) -> np.ndarray:
+def write_field(words: np.ndarray, start: int, length: int, values: np.ndarray,
+                little_endian: bool = False) -> np.ndarray:
     """``words`` with bits ``[start, start + length)`` replaced by ``values`` (clipped to the field)."""
+    if little_endian:
+        return write_field(words.byteswap(), start, length, values).byteswap()
     shift = np.uint64(64 - start - length)
     mask = np.uint64((1 << length) - 1)
     v = np.clip(np.round(values), 0, (1 << length) - 1).astype(np.uint64)
     return (words & ~(mask << shift)) | (v << shift)
+
+
+def signal_values(words: np.ndarray, s: Signal) -> np.ndarray:
+    """float64 raw values of signal ``s`` in payload ``words``."""
+    return field_values(words, s.start, s.length, s.little_endian)
 
 
 def words_to_bytes(words: np.ndarray) -> np.ndarray:
@@ -144,39 +164,66 @@ def _longest_run(v: np.ndarray) -> int:
     return int(np.diff(edges).max()) if len(v) else 0
 
 
-def fit_signals(ids: np.ndarray, data: np.ndarray, clock: np.ndarray | None = None) -> list[Signal]:
-    """Physical signals of clean frames ``ids`` / ``data`` (in capture order), with their partners.
+def _physical(v: np.ndarray) -> bool:
+    """Whether field values ``v`` look like a physical quantity (not a flag, counter, checksum or noise)."""
+    lo, hi = float(v.min()), float(v.max())
+    if len(np.unique(v)) < _MIN_LEVELS or hi <= lo:
+        return False
+    return bool(np.quantile(np.abs(np.diff(v)), 0.99) <= _SMOOTH * (hi - lo))
 
-    ``clock``: timestamps in seconds (for the half-second changes partners are checked on); without
-    it the frame index stands in, with 1,000 frames a second.
+
+def _signal(cid: int, start: int, length: int, v: np.ndarray, little_endian: bool = False, label: str = "") -> Signal:
+    """A Signal with its clean statistics from values ``v`` (the ID's frames in capture order)."""
+    step = np.abs(np.diff(v))
+    return Signal(int(cid), start, length, float(v.min()), float(v.max()),
+                  [float(np.quantile(v, q)) for q in _TAILS], [float(np.quantile(v, 1 - q)) for q in _TAILS],
+                  float(max(np.quantile(step, 0.999), 1.0)), float(max(_longest_run(v), 1)),
+                  little_endian=little_endian, label=label)
+
+
+def find_signals(ids: np.ndarray, data: np.ndarray, fields: list | None = None) -> list[Signal]:
+    """The physical signals of clean frames ``ids`` / ``data`` (capture order), without partners.
+
+    ``fields``: the DBC's (anything with can_id, start, length, little_endian, label, as
+    :func:`fastmaml.apps.ids.can.dbc.read_dbc` gives) instead of the bit-flip segmentation.
     """
     ids = np.asarray(ids, np.int64)
     words = payload_words(data)
     uniq, cnt = np.unique(ids, return_counts=True)
+    enough = set(uniq[cnt >= MIN_SIGNAL_FRAMES].tolist())
     sigs: list[Signal] = []
-    for cid in uniq[cnt >= MIN_SIGNAL_FRAMES].tolist():
+    if fields is not None:
+        for f in fields:
+            if f.can_id in enough:
+                v = field_values(words[ids == f.can_id], f.start, f.length, f.little_endian)
+                if _physical(v):
+                    sigs.append(_signal(f.can_id, f.start, f.length, v, f.little_endian, f.label))
+        return sigs
+    for cid in sorted(enough):
         w = words[ids == cid]
         bits = np.unpackbits(words_to_bytes(w), axis=1)
         flip = (bits[1:] != bits[:-1]).mean(0)
         for start, length in segment_fields(flip):
-            if length < _MIN_BITS:
+            if length < _MIN_BITS or not _physical(v := field_values(w, start, length)):
                 continue
-            v = field_values(w, start, length)
-            lo, hi = float(v.min()), float(v.max())
-            if len(np.unique(v)) < _MIN_LEVELS or hi <= lo:
-                continue
-            step = np.abs(np.diff(v))
-            if np.quantile(step, 0.99) > _SMOOTH * (hi - lo):
-                continue  # counter, checksum or noise
             head = 0
             while head < _HEADROOM_BITS and start - head > 0 and not bits[:, start - head - 1].any():
                 head += 1  # bits that never flipped and are 0: free above the signal, not another field
-            start, length = start - head, length + head
-            sigs.append(Signal(int(cid), start, length, lo, hi,
-                               [float(np.quantile(v, q)) for q in _TAILS],
-                               [float(np.quantile(v, 1 - q)) for q in _TAILS],
-                               float(max(np.quantile(step, 0.999), 1.0)), float(max(_longest_run(v), 1))))
-    _fit_partners(sigs, ids, words, np.arange(len(ids)) / 1000.0 if clock is None else np.asarray(clock, np.float64))
+            sigs.append(_signal(cid, start - head, length + head, v))
+    return sigs
+
+
+def fit_signals(ids: np.ndarray, data: np.ndarray, clock: np.ndarray | None = None,
+                fields: list | None = None) -> list[Signal]:
+    """Physical signals of clean frames ``ids`` / ``data`` (in capture order), with their partners.
+
+    ``clock``: timestamps in seconds (for the half-second changes partners are checked on); without
+    it the frame index stands in, with 1,000 frames a second. ``fields``: see :func:`find_signals`.
+    """
+    sigs = find_signals(ids, data, fields)
+    ids = np.asarray(ids, np.int64)
+    clk = np.arange(len(ids)) / 1000.0 if clock is None else np.asarray(clock, np.float64)
+    _fit_partners(sigs, ids, payload_words(data), clk)
     return sigs
 
 
@@ -213,7 +260,7 @@ def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock:
             src = last[other][rows]
             for j in oj:
                 s = sigs[j]
-                cols.append(np.where(src >= 0, field_values(words[np.maximum(src, 0)], s.start, s.length), np.nan))
+                cols.append(np.where(src >= 0, signal_values(words[np.maximum(src, 0)], s), np.nan))
                 names.append(j)
         if not cols:
             continue
@@ -227,7 +274,7 @@ def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock:
         lag = max(1, int(round(_DELTA_LAG_S / max(dt, 1e-9))))
         for j in members:
             s = sigs[j]
-            t = field_values(words[rows[ok]], s.start, s.length)
+            t = signal_values(words[rows[ok]], s)
             r2 = _r2(state, t)
             r2_delta = _r2(state[lag:] - state[:-lag], t[lag:] - t[:-lag]) if len(t) > 2 * lag else np.zeros_like(r2)
             good = (r2 >= _PARTNER_R2) & (r2_delta >= _PARTNER_DELTA_R2)
@@ -307,12 +354,12 @@ class SignalFeaturizer:
             cols = np.zeros((len(rows), len(SIGNAL_FEATURES)))
             for j in members:
                 s = self.sigs[j]
-                v = field_values(w, s.start, s.length)
+                v = signal_values(w, s)
                 width = s.hi - s.lo + 1.0
                 outside = np.maximum(np.maximum(s.lo - v, v - s.hi), 0.0) / width
                 edge = sum(((v >= h) | (v <= lo_)).astype(np.float64) for lo_, h in zip(s.low_tails, s.high_tails))
                 edge += (v >= s.hi) | (v <= s.lo)
-                jump = np.where(has_prev, np.abs(v - field_values(prev_w, s.start, s.length)) / s.step, 0.0)
+                jump = np.where(has_prev, np.abs(v - signal_values(prev_w, s)) / s.step, 0.0)
                 stuck = self._stuck(j, v) / s.max_run
                 res, res8 = self._residual(j, s, rows, v, words, last, carried_words)
                 np.maximum(cols[:, 0], _log_scale(16.0 * outside), out=cols[:, 0])
@@ -356,7 +403,7 @@ class SignalFeaturizer:
             else:
                 ok = src >= 0
             p = self.sigs[k]
-            pred += c * field_values(pw, p.start, p.length)
+            pred += c * signal_values(pw, p)
             have &= ok
         r = np.where(have, np.abs(v - pred) / s.resid_scale, 0.0)
         # Mean of the last 8 residuals, summed oldest first so that any chunking gives the same bits.
@@ -372,5 +419,6 @@ class SignalFeaturizer:
         return r, total / count
 
 
-__all__ = ["SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "fit_signals", "field_values", "payload_words",
-           "segment_fields", "signals_from_dicts", "signals_to_dicts", "write_field", "words_to_bytes"]
+__all__ = ["SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "find_signals", "fit_signals", "field_values",
+           "payload_words", "segment_fields", "signal_values", "signals_from_dicts", "signals_to_dicts", "write_field",
+           "words_to_bytes"]

@@ -72,7 +72,7 @@ def prepare_cic(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], Non
                         f"{sorted(p.name for p in folder.iterdir())}")
     log(f"reading {benign_files[0].name}")
     benign = _split_frames(open_capture(benign_files[0]).read_all(), src.test_fraction)
-    state = FeatureState.fit(benign["train"], signals=feat.signals)
+    state = FeatureState.fit(benign["train"], signals=feat.signals, dbc=feat.dbc)
     rules = _fit_rules(benign["train"], state)
     ben_sets = {split: cap(build_sample_set(b, state, window=feat.window, stride=feat.stride,
                                              label_rule=feat.label_rule, class_names=[BENIGN],
@@ -97,7 +97,7 @@ def prepare_cic(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], Non
 def prepare_sim(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], None], workdir: Path | None = None) -> IdsData:
     """The CAN simulator: train and test captures are two drives (seeds); features fitted on a third."""
     fit = can_sim.simulate("none", src.sim_duration_s, src.sim_fit_seed)
-    state = FeatureState.fit(fit, signals=feat.signals)
+    state = FeatureState.fit(fit, signals=feat.signals, dbc=feat.dbc)
     rules = _fit_rules(fit, state)
     attacks = src.attacks or list(can_sim.ATTACKS)
     bad = [a for a in attacks if a not in can_sim.ATTACKS]
@@ -247,7 +247,7 @@ def prepare_cut_captures(frames: list[FrameBatch], labels: list[str], cuts: list
     ``plan``: the by_capture / within_interval / auto split the cuts come from; its choice per
     attack (and the attacks it had to skip) go into ``stats["split"]``.
     """
-    state = FeatureState.fit(fit, signals=feat.signals)
+    state = FeatureState.fit(fit, signals=feat.signals, dbc=feat.dbc)
     rules = _fit_rules(fit, state)
     parts = [{"train": b.select(slice(0, c.index)), "test": b.select(slice(c.index, len(b)))}
              for b, c in zip(frames, cuts)]
@@ -416,4 +416,6 @@ def _finish(families: dict[str, TaskFamily], state: FeatureState, feat: FeatureC
         raise DataError(f"attack(s) {missing} not found in {source}; available: {list(families)}")
     stats = {"unseen_id_fraction": {n: unseen_id_fraction(f.test) for n, f in families.items()},
              "counts": {n: {"train": f.train.counts(), "test": f.test.counts()} for n, f in families.items()}}
+    if state.dbc:  # the DBC's signals, and the inferred segmentation scored against them
+        stats["dbc"] = state.dbc
     return IdsData(families, frame_feature_names(state), feat.window, state.to_dict(), source, stats)

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from fastmaml.apps.ids.can.dbc import SegmentationScore
 from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer, build_sample_set, frame_feature_names
 from fastmaml.apps.ids.can.readers import open_capture
 from fastmaml.apps.ids.samples import SampleSet
@@ -135,6 +136,13 @@ class CanTraffic(Traffic):
             lines += [f"Attacks reuse legitimate IDs (at most {100 * max(x for x in fr if x is not None):.1f}% and at "
                       f"least {100 * lo:.1f}% of an attack's samples carry an unseen ID), so an ID allow-list cannot "
                       "catch them.", ""]
+        dbc = (report.get("data_stats") or {}).get("dbc")
+        if dbc:  # features.dbc: where the signals came from, and how the inferred ones compare
+            score, skipped = dbc.get("inferred_vs_dbc"), dbc.get("skipped", [])
+            lines += [f"Signals from the DBC `{dbc['path']}`: {len(dbc.get('signals', []))} used (physical in the "
+                      f"clean frames) of {dbc['fields']} readable, {len(skipped)} left out"
+                      + (f" ({'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''})" if skipped else "")
+                      + (f"; without it the {SegmentationScore(**score).summary()}." if score else "."), ""]
         return lines
 
 
