@@ -94,7 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = acts.add_parser("train", help="meta-train a detector on given attacks and save it")
     _common(t, "sim")
     t.add_argument("--attacks", default=None, help="comma-separated attacks to train on (default: all of the source)")
-    t.add_argument("--method", choices=["maml", "fomaml", "pretrained"], default="maml")
+    t.add_argument("--method", choices=["maml", "fomaml", "pretrained", "scratch"], default="maml",
+                   help="maml / fomaml: meta-trained; pretrained: one network on all training attacks; scratch: "
+                        "random init (a baseline), fine-tuning step size tuned on the attacks (default: %(default)s)")
     t.add_argument("--out", type=Path, required=True, help="folder; the detector goes to OUT/detector")
 
     a = acts.add_parser("adapt", help="adapt a detector to a new attack from K labelled samples per class")
@@ -134,6 +136,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="evidence threshold to alert at (overrides the detector's calibrated one; not saved)")
     d.add_argument("--json", type=Path, default=None,
                    help="also write the summary (alerts, occurrences caught, calibration) as JSON here")
+    j = acts.add_parser("judge", help="judge adapted detectors and the rule baselines on one path: evidence per CAN "
+                                      "ID, a threshold set on clean driving for a false-alert budget, occurrences "
+                                      "caught and time to detect on labelled attack captures")
+    j.add_argument("--detector", action="append", required=True, metavar="NAME=FOLDER",
+                   help="an adapted detector (from ids adapt), repeatable: --detector maml=runs/a --detector scratch=runs/b")
+    j.add_argument("--clean", type=Path, required=True, help="clean capture of the same vehicle: thresholds are set on it")
+    j.add_argument("--capture", type=Path, action="append", required=True,
+                   help="labelled attack capture (inline labels or a labelled format), repeatable")
+    j.add_argument("--alerts-per-hour", type=float, default=10.0, help="false-alert budget (default: %(default)s/h)")
+    j.add_argument("--clip", type=float, default=6.0, help="most evidence one frame adds (default: %(default)s)")
+    j.add_argument("--saved-thresholds", action="store_true",
+                   help="use the thresholds saved in the detectors (ids adapt --clean) instead of calibrating all here")
+    j.add_argument("--no-rules", action="store_true", help="judge the detectors only")
+    j.add_argument("--format", default="auto", help="capture format (default: auto-detect)")
+    j.add_argument("--out", type=Path, required=True, help="folder for judgement.json and judgement.md")
     p.set_defaults(handler=run)
 
 
@@ -176,7 +193,7 @@ def _split(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> None:
     """Dispatch ``fastmaml ids <action>``."""
     {"simulate": _simulate, "masquerade": _masquerade, "compare": _compare, "train": _train, "adapt": _adapt,
-     "detect": _detect}[args.action](args)
+     "detect": _detect, "judge": _judge}[args.action](args)
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -263,6 +280,35 @@ def _evidence_line(e: dict, key_name: str) -> str:
     return line
 
 
+def _judge(args: argparse.Namespace) -> None:
+    from fastmaml.apps.ids.detect import load_detector
+    from fastmaml.apps.ids.evidence import Evidence
+    from fastmaml.apps.ids.judge import judge_scorers, markdown_table, summary_table
+    from fastmaml.apps.ids.traffic import ReadOptions
+    from fastmaml.cliargs import command_line
+    from fastmaml.fileio import atomic_write_text
+
+    dets = {}
+    for item in args.detector:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise DataError(f"--detector {item!r} is not NAME=FOLDER (e.g. --detector maml=runs/adapted)")
+        dets[name] = load_detector(folder)
+    results = judge_scorers(dets, args.clean, args.capture, alerts_per_hour=args.alerts_per_hour,
+                            rules=not args.no_rules, evidence=Evidence(clip=args.clip),
+                            options=ReadOptions(format=args.format), recalibrate=not args.saved_thresholds)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = (["## Summary (seeds pooled)", ""] + summary_table(results) + ["", "## Every scorer", ""]
+             + markdown_table(results, args.alerts_per_hour))
+    atomic_write_text(args.out / "judgement.json", json.dumps({"command": command_line(), "clean": str(args.clean),
+                                                               "alerts_per_hour": args.alerts_per_hour,
+                                                               "results": [r.to_dict() for r in results]},
+                                                              indent=1, default=float) + "\n")
+    atomic_write_text(args.out / "judgement.md", "\n".join([f"`{command_line()}`", ""] + table) + "\n")
+    print("\n".join(table))
+    print(f"calibration of the first scorer: {results[0].calibration.summary()}")
+
+
 def _adapt(args: argparse.Namespace) -> None:
     from fastmaml.apps.ids.detect import adapt_detector, load_detector, save_detector
 
@@ -272,9 +318,9 @@ def _adapt(args: argparse.Namespace) -> None:
                                clean=args.clean, clean_format=args.clean_format, benign_frames=args.benign_frames,
                                alerts_per_hour=args.alerts_per_hour, evidence=_evidence(args, det))
     save_detector(new, args.out)
-    benign = f"{info.benign_support} clean frames" if args.clean else f"{info.shots} benign samples"
-    print(f"adapted to {info.attack!r} from {info.shots} attack samples and {benign} (available: {info.available}); "
-          f"detector: {args.out}")
+    support = (f"{info.shots} attack samples and {info.benign_support} clean frames" if args.clean
+               else f"{info.shots} samples per class")
+    print(f"adapted to {info.attack!r} from {support} (available: {info.available}); detector: {args.out}")
     if info.calibration is not None:
         print("calibrated: " + info.calibration.summary())
     if info.holdout_metrics:

@@ -203,6 +203,11 @@ class EvalConfig:
     # ... and, per alert rule, at the threshold where it raises at most this many false alerts per hour on them
     alert_budget_per_hour: float = 10.0
     alert_rules: list[str] = field(default_factory=lambda: ["1-of-1", "2-of-4"])  # "k-of-n": k of the last n frames of one ID
+    # Evidence over time (evidence.py): per-ID CUSUM of log-odds, threshold set on the benign traffic before the cut
+    # for alert_budget_per_hour; each method adapted on its K attack shots beside this many benign frames of that
+    # traffic (0: off), judged on the test-period streams beside the rules on the same path.
+    evidence_benign: int = 1024
+    evidence_clip: float = 6.0
 
 
 @dataclass

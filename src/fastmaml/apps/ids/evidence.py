@@ -280,7 +280,8 @@ def calibrate(score: np.ndarray, clock: np.ndarray, key: np.ndarray, budget_per_
     ``floor(budget * hours)`` alerts; with >= 10 excursions a generalized Pareto fit to the top
     excursion peaks extrapolates the rate beyond what the clean traffic can show, and the
     threshold is the higher of the two. With fewer, the threshold sits just above the highest
-    clean peak, and the calibration says that is all the data supports.
+    clean peak, and the calibration says that is all the data supports. Never below ``clip``: no
+    single frame raises an alert on its own.
     """
     if budget_per_hour <= 0:
         raise DataError(f"false-alert budget must be > 0 alerts per hour, got {budget_per_hour}")
@@ -319,9 +320,12 @@ def calibrate(score: np.ndarray, clock: np.ndarray, key: np.ndarray, budget_per_
             # Excursions arrive as a Poisson process: resample how many, then which.
             n = max(int(rng.poisson(len(peaks))), m + 1)
             boots.append(_tail_rate(rng.choice(peaks, n, replace=True), hours, cal.threshold, m)[0])
-        cal.extrapolated_ci95 = (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
+        if boots:
+            cal.extrapolated_ci95 = (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
     elif allowed == 0:
         cal.method = "max"
+    if cal.threshold < ev.clip:  # one frame alone never alerts: a lone odd frame is what clean driving shows
+        cal.threshold = ev.clip
     cal.clean_alerts = count_alerts(score, clock, key, ev.with_threshold(cal.threshold))
     cal.upper_bound_per_hour = (cal.clean_alerts + 3.0) / hours  # ~95% upper bound for small counts (3 at zero)
     return cal

@@ -44,8 +44,9 @@ from fastmaml.apps.ids.episodes import Episodes, check_sizes, fingerprint, fixed
 from fastmaml.apps.ids.families import FIT_STREAM, IdsData, Stream
 from fastmaml.apps.ids.metrics import CURVE_METRICS, rates
 from fastmaml.apps.ids.models import build_model
-from fastmaml.apps.ids.operational import operational_values, stream_values, summarize_rows
-from fastmaml.apps.ids.registry import load_ids_config, source_key  # noqa: F401 - load_ids_config: re-exported
+from fastmaml.apps.ids.operational import (evidence_rule_values, evidence_values, operational_values, stream_values,
+                                           summarize_rows)
+from fastmaml.apps.ids.registry import TRAFFIC, load_ids_config, source_key  # noqa: F401 - load_ids_config: re-exported
 from fastmaml.apps.ids.samples import BENIGN
 from fastmaml.apps.ids.sources import data_key, prepare_data
 from fastmaml.config import to_dict
@@ -269,6 +270,8 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
             log(f"fold {name}: finished earlier, reusing {cache}")
             return cached
     t_fold = time.perf_counter()
+    partners = (TRAFFIC[data.traffic].partners(TRAFFIC[data.traffic].load_state(data.feature_state, "feature state"))
+                if data.feature_state is not None else {})
     values: dict[str, dict[int, dict[str, list[dict[str, torch.Tensor]]]]] = {a: {} for a in holdout}
     episodes = {a: {k: fixed_episodes(data, a, "test", k, e.query, e.episodes, e.seed) for k in shots}
                 for a in holdout}
@@ -299,10 +302,17 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
                     fingerprints[a][str(k)][method] = fingerprint(ep.batch)
                     values[a].setdefault(k, {}).setdefault(method, []).append(curve_values(runner, params, ep, e.steps))
                     if k == e.figure_shot and e.operational_episodes and a in data.streams:
-                        ops.setdefault(a, {}).setdefault(method, []).extend(operational_values(
+                        rows = operational_values(
                             runner, params, ep, e.steps, data.streams[a], data.streams.get(BENIGN),
                             e.operational_episodes, cfg.source.occurrence_gap_s, data.streams.get(FIT_STREAM),
-                            e.calibrate_fpr, e.alert_budget_per_hour, alert_rules))
+                            e.calibrate_fpr, e.alert_budget_per_hour, alert_rules)
+                        if _with_evidence(cfg, data):
+                            ev_rows = evidence_values(
+                                runner, params, ep, e.steps, data.streams[a], data.streams.get(BENIGN),
+                                data.streams[FIT_STREAM], e.operational_episodes, e.alert_budget_per_hour,
+                                cfg.source.occurrence_gap_s, partners, e.evidence_benign, e.evidence_clip, seed)
+                            rows = [{**r, **v} for r, v in zip(rows, ev_rows)]
+                        ops.setdefault(a, {}).setdefault(method, []).extend(rows)
     results: dict[str, Any] = {}
     for a in holdout:
         results[a] = {}
@@ -326,6 +336,10 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
                 row.update({f"clean/{m}": x for m, x in stream_values(clean.rules[r].numpy(), clean, gap,
                                                                       alert_rules).items()})
             rows[r] = row
+        if _with_evidence(cfg, data):
+            for r, v in evidence_rule_values(st, clean, data.streams[FIT_STREAM], e.alert_budget_per_hour,
+                                             cfg.source.occurrence_gap_s, partners).items():
+                rows.setdefault(r, {}).update(v)
         ops_rules[a] = rows
     operational = {a: {"rules": ops_rules[a], "shots": e.figure_shot,
                        "minutes": {k: _minutes(s) for k, s in (("attack", data.streams[a]), ("clean", data.streams.get(BENIGN)))
@@ -350,6 +364,13 @@ def _with_query_notes(stats: dict[str, Any], folds: list[dict[str, Any]]) -> dic
     if not notes:
         return stats
     return {**stats, "notes": list(stats.get("notes", [])) + notes}
+
+
+def _with_evidence(cfg: IdsConfig, data: IdsData) -> bool:
+    """Evidence over time is judged where there is benign traffic before the cut to set its threshold on."""
+    e = cfg.eval
+    return bool(e.evidence_benign and e.alert_budget_per_hour and FIT_STREAM in data.streams
+                and data.window is None)
 
 
 def _minutes(st: Stream) -> float:
@@ -468,11 +489,12 @@ def meta_train_detector(cfg: IdsConfig, attacks: Sequence[str], out_dir: Path, m
         raise ConfigError(f"source {cfg.source.kind!r} has no feature state, so its detector cannot stream "
                           "captures; use a source of real or simulated captures")
     seed = cfg.seeds[0] if seed is None else seed
-    if method not in ("maml", "fomaml", "pretrained"):
-        raise ConfigError(f"method {method!r} cannot be meta-trained; use maml, fomaml or pretrained")
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; use one of {list(METHODS)}")
     learner, _ = train_method(cfg, data, attacks, method, seed, out_dir / "run", resume=resume)
-    if method == "pretrained":
-        # The step size a pretrained network is fine-tuned with, tuned on its own training attacks.
+    if method in ("pretrained", "scratch"):
+        # The step size it is fine-tuned with, tuned on the training attacks (scratch: the baseline that
+        # learns nothing before the K shots, the same random init and tuning as in `ids compare`).
         step, _ = tune_step_size(cfg, data, learner, attacks, cfg.train_shots)
     else:
         step = cfg.maml.inner_lr

@@ -28,6 +28,7 @@ import torch
 
 from fastmaml.apps.ids.alerts import ALERT_RULES, AlertRule, alert_metrics, k_of_n_alerts
 from fastmaml.apps.ids.episodes import Episodes
+from fastmaml.apps.ids.evidence import Evidence, calibrate, count_alerts, cusum_alerts, judge
 from fastmaml.apps.ids.families import Stream
 from fastmaml.core.maml import MAML, Params
 from fastmaml.eval.stats import mean_ci
@@ -138,4 +139,89 @@ def summarize_rows(rows: list[dict[str, float]]) -> dict[str, Any]:
         v = v[~torch.isnan(v)]
         mean, ci = mean_ci(v) if len(v) else (torch.tensor(float("nan")), torch.tensor(float("nan")))
         out[k] = {"mean": float(mean), "ci95": float(ci), "n": int(len(v))}
+    return out
+
+
+# ====================================================================== evidence over time
+def _log_odds(runner: MAML, params: Params, x: torch.Tensor, batch: int = 65536) -> np.ndarray:
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            z = runner.predict(params, x[i:i + batch])
+            out.append((z[:, 1] - z[:, 0]).double())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def evidence_judgement(scores: dict[str, np.ndarray], attack: Stream, clean: Stream | None, fit: Stream,
+                       budget: float, ev: Evidence, gap_s: float, partners: dict[int, set[int]]) -> dict[str, float]:
+    """One scorer's scores on the fit / attack / clean streams -> calibrated evidence alerts, judged.
+
+    The threshold is set on ``fit`` (benign traffic before the cut) for ``budget`` false alerts per
+    hour; the attack stream's occurrences (per attacked ID) caught, their median time to detect, and
+    false alerts per hour on the attack stream's benign traffic and on the clean stream after the cut
+    (out of sample).
+    """
+    def arrays(st: Stream) -> tuple[np.ndarray, np.ndarray]:
+        return st.clock.double().numpy() * st.clock_unit_s, st.key.numpy().astype(np.int64)
+
+    fc, fk = arrays(fit)
+    cal = calibrate(scores["fit"], fc, fk, budget, ev, bootstrap=50)
+    thr = ev.with_threshold(cal.threshold)
+    ac, ak = arrays(attack)
+    alerts, _ = cusum_alerts(scores["attack"], ac, ak, thr)
+    j = judge(alerts, attack.attack.numpy().astype(bool), ac, ak, gap_s, partners)
+    out = {"threshold": cal.threshold, "fit_seconds": cal.clean_seconds, "extrapolated_per_hour": cal.extrapolated_per_hour,
+           "attack/caught_rate": j.caught_rate, "attack/median_delay_s": j.median_delay_s,
+           "attack/false_alerts_per_hour": j.false_alerts_per_hour}
+    if clean is not None and "clean" in scores:
+        cc, ck = arrays(clean)
+        n = count_alerts(scores["clean"], cc, ck, thr)
+        secs = float(cc[-1] - cc[0]) if len(cc) > 1 else 0.0
+        out["clean/false_alerts_per_hour"] = n / (secs / 3600.0) if secs > 0 else float("nan")
+    return out
+
+
+def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, attack: Stream, clean: Stream | None,
+                    fit: Stream, n_episodes: int, budget: float, gap_s: float, partners: dict[int, set[int]],
+                    benign_frames: int, clip: float, seed: int = 0) -> list[dict[str, float]]:
+    """Per adapted detector (first ``n_episodes`` support sets): evidence judgement after two adaptations.
+
+    ``evidence/``: the K attack shots beside ``benign_frames`` frames of the benign traffic before the
+    cut (a vehicle has clean driving in abundance), the attack shots repeated to weigh as much as the
+    benign frames (the balanced loss of meta-training); ``evidence-kk/``: the episode's K/K support set.
+    """
+    rows = []
+    b = ep.batch
+    g = torch.Generator().manual_seed(seed)
+    ev = Evidence(clip=clip)
+    streams = {"attack": attack, "fit": fit, **({"clean": clean} if clean is not None else {})}
+    for i in range(min(n_episodes, b.support_x.shape[0])):
+        sx, sy = b.support_x[i], b.support_y[i]
+        att = sx[sy == 1]
+        reps = max(1, benign_frames // max(len(att), 1))
+        benign = fit.x[torch.randperm(len(fit.x), generator=g)[:reps * len(att)]]
+        xs = torch.cat([benign, att.repeat(reps, *([1] * (att.dim() - 1)))])
+        ys = torch.cat([torch.zeros(len(benign), dtype=torch.long), torch.ones(reps * len(att), dtype=torch.long)])
+        row: dict[str, float] = {}
+        for prefix, (x, y) in (("evidence/", (xs, ys)), ("evidence-kk/", (sx, sy))):
+            adapted = runner.adapt(x, y, steps=steps)
+            scores = {name: _log_odds(runner, adapted, st.x) for name, st in streams.items()}
+            row.update({prefix + k: v for k, v in evidence_judgement(scores, attack, clean, fit, budget, ev, gap_s,
+                                                                    partners).items()})
+        rows.append(row)
+    return rows
+
+
+def evidence_rule_values(attack: Stream, clean: Stream | None, fit: Stream, budget: float, gap_s: float,
+                         partners: dict[int, set[int]]) -> dict[str, dict[str, float]]:
+    """Each rule on the same path: +1 per flagged frame, -1 otherwise, summed per ID, threshold set on ``fit``."""
+    out = {}
+    for r in attack.rules:
+        if r not in fit.rules:
+            continue
+        scores = {"attack": np.where(attack.rules[r].numpy(), 1.0, -1.0), "fit": np.where(fit.rules[r].numpy(), 1.0, -1.0)}
+        if clean is not None and r in clean.rules:
+            scores["clean"] = np.where(clean.rules[r].numpy(), 1.0, -1.0)
+        out[r] = {f"evidence/{k}": v for k, v in evidence_judgement(scores, attack, clean, fit, budget,
+                                                                     Evidence(clip=1.0), gap_s, partners).items()}
     return out

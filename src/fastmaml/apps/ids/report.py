@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastmaml.apps.ids.registry import report_traffic
-from fastmaml.apps.ids.report_judgement import (LABELS, budget_summary_section, chance_section,
+from fastmaml.apps.ids.report_judgement import (LABELS, budget_summary_section, evidence_section, chance_section,
                                                 maml_detection_verdict, near_chance, operational_section, split_section)
 from fastmaml.eval.plots import plot_curves, save_figure
 from fastmaml.eval.stats import fmt
@@ -207,6 +207,7 @@ def markdown(report: dict[str, Any], notes: str | None = None) -> str:
     lines += report_traffic(report).data_section(report)
     lines += split_section(report.get("data_stats") or {})
     lines += _skipped_section(report)
+    lines += evidence_section(report["folds"], _rule_labels(report), e.get("alert_budget_per_hour"))
     lines += _summary_section(report, k_fig, s_final)
     lines += budget_summary_section(report["folds"], _rule_labels(report), e.get("alert_budget_per_hour"))
     lines += operational_section(report["folds"], _rule_labels(report), e.get("calibrate_fpr", 1e-4),

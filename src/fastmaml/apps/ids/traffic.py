@@ -114,6 +114,12 @@ class Traffic(ABC):
                    options: ReadOptions = ReadOptions()) -> RowStream:
         """The capture featurized chunk by chunk (with 0/1 truth where it carries labels)."""
 
+    def stream_rules(self, state: Any, clean: str | Path, options: ReadOptions = ReadOptions()
+                     ) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        """The rule baselines fitted on a clean capture, each a function of a chunk's feature rows (every
+        column of :meth:`feature_names`) to bool flags: what ``ids judge`` streams beside the detectors."""
+        return {}
+
     def partners(self, state: Any) -> dict[int, set[int]]:
         """Stream key -> keys whose traffic it is checked against (CAN: an ID's signals' cross-ID partners).
 

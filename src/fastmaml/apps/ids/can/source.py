@@ -291,7 +291,7 @@ def prepare_cut_captures(frames: list[FrameBatch], labels: list[str], cuts: list
         # Benign traffic before the cut, for thresholds calibrated on the vehicle's own clean driving.
         # Kept with their clock and CAN IDs, so alert rules can be calibrated on it too; several
         # captures are laid end to end on one clock, a minute apart.
-        streams = [frame_stream(b.select(~b.is_attack()), state, None, "") for b in fit]
+        streams = [frame_stream(b.select(~b.is_attack()), state, None, "", rules) for b in fit]
         streams = [s for s in streams if len(s.x)]
         if streams:
             clocks, end = [], 0.0
@@ -303,7 +303,9 @@ def prepare_cut_captures(frames: list[FrameBatch], labels: list[str], cuts: list
             n = len(x)
             data.streams[FIT_STREAM] = Stream(x, torch.zeros(n, dtype=torch.bool), torch.cat(clocks)[:n],
                                               torch.cat([s.key for s in streams])[:n], 1.0,
-                                              "benign frames before the cut")
+                                              "benign frames before the cut",
+                                              {r: torch.cat([s.rules[r] for s in streams])[:n]
+                                               for r in streams[0].rules})
     return data
 
 

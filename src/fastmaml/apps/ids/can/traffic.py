@@ -9,9 +9,10 @@ source) are imported on use, so a run loads only its own source's code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
+import torch
 
 from fastmaml.apps.ids.can.dbc import SegmentationScore
 from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer, build_sample_set, frame_feature_names
@@ -70,6 +71,24 @@ class CanTraffic(Traffic):
                          options: ReadOptions = ReadOptions()) -> SampleSet:
         return build_sample_set(_reader(capture, labels, options), state, window=window, stride=stride,
                                 label_rule=label_rule, max_per_class=max_per_class, seed=seed, name=str(capture))
+
+    def stream_rules(self, state: FeatureState, clean: str | Path, options: ReadOptions = ReadOptions()
+                     ) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        from fastmaml.apps.ids.can.source import _fit_rules
+        from fastmaml.apps.ids.samples import BENIGN
+
+        frames = list(_reader(clean, None, options))
+        fitted = _fit_rules(frames, state)
+        names = frame_feature_names(state)
+
+        def apply(rule: Any) -> Callable[[np.ndarray], np.ndarray]:
+            def flags(x: np.ndarray) -> np.ndarray:
+                s = SampleSet(torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.zeros(len(x), dtype=torch.long),
+                              [BENIGN], names)
+                return rule.predict_samples(s).numpy().astype(bool)
+            return flags
+
+        return {name: apply(rule) for name, rule in fitted.items()}
 
     def partners(self, state: FeatureState) -> dict[int, set[int]]:
         out: dict[int, set[int]] = {}
