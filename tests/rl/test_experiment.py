@@ -114,7 +114,7 @@ def test_learned_step_sizes_adapt_maml_at_test_time_and_the_baselines_keep_the_p
     real = learner.inner_step
 
     def spy(params, x, y, step, first_order):
-        seen.append({n: float(learner._lr(n, step)) for n in learner.inner_names})
+        seen.append({n: float(learner.step_size(n, step)) for n in learner.inner_names})
         return real(params, x, y, step, first_order)
 
     monkeypatch.setattr(learner, "inner_step", spy)

@@ -1,6 +1,7 @@
 """MAML and its first-order variant, for any ``nn.Module`` and differentiable loss.
 
-The whole algorithm (Finn, Abbeel & Levine, ICML 2017) is in this file:
+The algorithm (Finn, Abbeel & Levine, ICML 2017); the inner loop itself, shared with the compiled,
+recomputing and TRPO paths, is :func:`fastmaml.core.inner_loop.task_loss`:
 
     inner loop   θ'ᵢ = θ − α ∇θ L(θ; support_i)        repeated S times
     outer loop   θ  ← θ − β ∇θ Σᵢ L(θ'ᵢ; query_i)       (done by any torch optimizer)
@@ -35,15 +36,14 @@ from typing import Callable, Iterable, Iterator, Literal, Mapping
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.func import grad_and_value, vmap
 
 from fastmaml.core.batchnorm import PerStepBatchNorm, convert_batchnorm
+from fastmaml.core.inner_loop import LossFn, Params, Rates, adapt, call_model, inner_step, over_tasks, task_loss
 from fastmaml.core.recompute import meta_backward_recompute
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.core.batch import TaskBatch
 
-Params = dict[str, torch.Tensor]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 InnerLR = Literal["fixed", "per_layer_step", "per_element"]
 Vectorize = Literal["vmap", "loop"]
@@ -208,13 +208,6 @@ class MAML(nn.Module):
         """The model's trainable parameters as a dict (the meta-learned initialization θ)."""
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
-    def _call(self, params: Params, x: torch.Tensor, step: int) -> torch.Tensor:
-        # `step`: inner steps `params` have taken (selects per-step BatchNorm rows).
-        for norm in self.step_norms:
-            norm.step = step
-        # Frozen parameters and buffers come from the module; trainable ones from `params`.
-        return functional_call(self.model, params, (x,), strict=False)
-
     @contextmanager
     def _norm_mode(self, record: bool = False, use_running_stats: bool = False) -> Iterator[None]:
         for norm in self.step_norms:
@@ -229,7 +222,7 @@ class MAML(nn.Module):
         """Context for passes without a meta-gradient: BatchNorm as ``bn_eval_stats`` says."""
         return self._norm_mode(use_running_stats=self.bn_eval_stats == "running")
 
-    def _record_running_stats(self, batch: TaskBatch) -> None:
+    def record_running_stats(self, batch: TaskBatch) -> None:
         """Fold the first task's per-step batch statistics into the per-step running statistics.
 
         Eager and outside ``vmap``/``grad`` (in-place buffer updates are not allowed there). The
@@ -240,15 +233,16 @@ class MAML(nn.Module):
         with torch.no_grad():
             for step in range(self.inner_steps):
                 with self._norm_mode(record=True):
-                    self._call(params, xs, step)
+                    call_model(self, params, xs, step)
                 params = self.inner_step(params, xs, ys, step, first_order=True)
             with self._norm_mode(record=True):
-                self._call(params, xq, self.inner_steps)
+                call_model(self, params, xq, self.inner_steps)
 
-    def _lr(self, name: str, step: int) -> torch.Tensor | float:
+    def step_size(self, name: str, step: int, rates: Rates | None = None) -> torch.Tensor | float:
+        """α of parameter ``name`` at inner step ``step``; ``rates`` (by :attr:`inner_lrs` key) replaces the learned rates."""
         if self.inner_lr_mode == "fixed":
             return self.fixed_lr if step == 0 else self.fixed_lr * self.later_step_scale
-        lr = self.inner_lrs[_key(name)]
+        lr = (self.inner_lrs if rates is None else rates)[_key(name)]
         if self.inner_lr_mode == "per_layer_step":
             # Steps beyond those meta-trained (e.g. more steps at test time) reuse the last learned rate.
             return lr[min(step, lr.shape[0] - 1)]
@@ -258,58 +252,31 @@ class MAML(nn.Module):
         """θ after inner step number ``step`` (0-based) on one task's ``(x, y)``; vmap it over tasks.
 
         ``first_order``: the inner gradient is a constant for autograd (FOMAML, or no meta-gradient wanted).
+        (:func:`fastmaml.core.inner_loop.inner_step`.)
         """
-        inner = {n: params[n] for n in self.inner_names}
-
-        def support_loss(adapted: Params) -> torch.Tensor:
-            return self.loss_fn(self._call({**params, **adapted}, x, step), y)
-
-        if first_order:
-            # Outside autograd's view: the inner gradient is a constant, so ∂θ'/∂θ = I (FOMAML).
-            with torch.no_grad():
-                grads = grad(support_loss)(inner)
-        else:
-            grads = grad(support_loss)(inner)
-        new = dict(params)
-        for n, g in grads.items():
-            new[n] = params[n] - self._lr(n, step) * g
-        return new
+        return inner_step(self, params, x, y, step, first_order)
 
     def adapt_params(
         self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, first_order: bool | None = None
     ) -> Params:
         """θ' after ``steps`` inner steps on one task's support set (no task dimension)."""
         first_order = self.first_order if first_order is None else first_order
-        for step in range(steps):
-            params = self.inner_step(params, x, y, step, first_order)
-        return params
+        return adapt(self, params, x, y, steps, first_order)
 
     def set_iteration(self, iteration: int) -> None:
         """Where training stands, for the multi-step-loss and derivative-order schedules."""
         self.iteration = int(iteration)
 
-    def _training_first_order(self) -> bool:
-        return self.first_order or self.iteration < self.first_order_iterations
+    def training_schedule(self) -> tuple[bool, torch.Tensor | None]:
+        """(first order?, multi-step loss weights or None) of the current training iteration.
 
-    def _step_weights(self) -> torch.Tensor | None:
-        """Weights of the query losses after steps 1..S while the multi-step loss is on, else None."""
+        MAML++'s derivative-order annealing and multi-step loss follow :meth:`set_iteration`; every
+        meta-gradient path (eager, compiled, recomputing) asks here.
+        """
+        first_order = self.first_order or self.iteration < self.first_order_iterations
         if self.iteration >= self.multi_step_loss_iterations or self.inner_steps < 2:
-            return None
-        return multi_step_weights(self.inner_steps, self.iteration / self.multi_step_loss_iterations)
-
-    def _task_loss(self, params: Params, xs, ys, xq, yq) -> tuple[torch.Tensor, torch.Tensor]:
-        first_order = self._training_first_order()
-        weights = self._step_weights()
-        if weights is None:
-            adapted = self.adapt_params(params, xs, ys, self.inner_steps, first_order)
-            pred = self._call(adapted, xq, self.inner_steps)
-            return self.loss_fn(pred, yq), pred
-        loss = 0.0
-        for step in range(self.inner_steps):
-            params = self.inner_step(params, xs, ys, step, first_order)
-            pred = self._call(params, xq, step + 1)
-            loss = loss + weights[step] * self.loss_fn(pred, yq)
-        return loss, pred
+            return first_order, None
+        return first_order, multi_step_weights(self.inner_steps, self.iteration / self.multi_step_loss_iterations)
 
     def safe_inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int, backtracks: int) -> Params:
         """An inner step that never raises the support loss (test time only, no meta-gradient).
@@ -323,12 +290,12 @@ class MAML(nn.Module):
         inner = {n: params[n] for n in self.inner_names}
 
         def support_loss(adapted: Params, row: int) -> torch.Tensor:
-            return self.loss_fn(self._call({**params, **adapted}, x, row), y)
+            return self.loss_fn(call_model(self, {**params, **adapted}, x, row), y)
 
         grads, current = grad_and_value(lambda a: support_loss(a, step))(inner)
         chosen, new, scale = torch.zeros((), dtype=torch.bool, device=current.device), dict(inner), 1.0
         for _ in range(backtracks + 1):
-            candidate = {n: inner[n] - scale * self._lr(n, step) * grads[n] for n in inner}
+            candidate = {n: inner[n] - scale * self.step_size(n, step) * grads[n] for n in inner}
             take = (support_loss(candidate, step + 1) <= current) & ~chosen
             new = {n: torch.where(take, candidate[n], new[n]) for n in inner}
             chosen, scale = chosen | take, scale * 0.5
@@ -338,7 +305,7 @@ class MAML(nn.Module):
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         losses, preds = [], []
         for step in range(steps + 1):
-            pred = self._call(params, xq, step)
+            pred = call_model(self, params, xq, step)
             losses.append(self.loss_fn(pred, yq))
             preds.append(pred)
             if step < steps:
@@ -348,20 +315,22 @@ class MAML(nn.Module):
                     params = self.safe_inner_step(params, xs, ys, step, backtracks)
         return torch.stack(losses), torch.stack(preds)
 
-    def _over_tasks(self, fn: Callable, params: Params, batch: TaskBatch, *extra) -> tuple[torch.Tensor, torch.Tensor]:
+    def _over_tasks(self, fn: Callable, params: Params, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
         args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-        if self.vectorize == "vmap":
-            return vmap(lambda *a: fn(params, *a, *extra), chunk_size=self.chunk_size)(*args)
-        outs = [fn(params, *(a[i] for a in args), *extra) for i in range(batch.num_tasks)]
-        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+        return over_tasks(fn, self.vectorize, params, False, args, self.chunk_size)
 
     # ------------------------------------------------------------------ public API
     def forward(self, batch: TaskBatch) -> MetaOutput:
         """Meta-loss of a task batch: adapt to each support set, evaluate on its query set."""
         batch.validate()
-        task_losses, preds = self._over_tasks(self._task_loss, self.params(), batch)
+        first_order, step_weights = self.training_schedule()
+
+        def one_task(params: Params, xs, ys, xq, yq) -> tuple[torch.Tensor, torch.Tensor]:
+            return task_loss(self, params, xs, ys, xq, yq, first_order=first_order, step_weights=step_weights)
+
+        task_losses, preds = self._over_tasks(one_task, self.params(), batch)
         if self.step_norms and self.training:
-            self._record_running_stats(batch)
+            self.record_running_stats(batch)
         loss = task_losses.mean()
         return MetaOutput(loss=loss, task_losses=task_losses.detach(), query_pred=preds.detach())
 
@@ -377,7 +346,7 @@ class MAML(nn.Module):
         activations: they are recomputed step by step in the backward pass.
         """
         batch.validate()
-        if self.recompute_inner_steps and self.inner_steps > 0 and not self._training_first_order():
+        if self.recompute_inner_steps and self.inner_steps > 0 and not self.training_schedule()[0]:
             losses, preds = meta_backward_recompute(self, batch)
             return MetaOutput(loss=losses.mean(), task_losses=losses, query_pred=preds)
         total = batch.num_tasks
@@ -412,7 +381,8 @@ class MAML(nn.Module):
         with torch.no_grad(), self._eval_norms():
             if safe_backtracks is not None and safe_backtracks < 0:
                 raise ConfigError(f"safe_backtracks must be >= 0 (or None for plain steps), got {safe_backtracks}")
-            losses, preds = self._over_tasks(self._task_curve, params, batch, steps, safe_backtracks)
+            losses, preds = self._over_tasks(
+                lambda p, xs, ys, xq, yq: self._task_curve(p, xs, ys, xq, yq, steps, safe_backtracks), params, batch)
             values = {}
             for name, fn in (metrics or {}).items():
                 y = batch.query_y.unsqueeze(1).expand(-1, steps + 1, *batch.query_y.shape[1:])
@@ -444,7 +414,7 @@ class MAML(nn.Module):
         """The model's output on ``x`` with the given parameters, adapted by ``step`` inner steps
         (default: ``inner_steps``; it only matters with per-step BatchNorm)."""
         with torch.no_grad(), self._eval_norms():
-            return self._call(params, x, self.inner_steps if step is None else step)
+            return call_model(self, params, x, self.inner_steps if step is None else step)
 
 
 def _key(name: str) -> str:
