@@ -8,6 +8,7 @@ from torch import nn
 
 from fastmaml.core.maml import MAML, MAMLConfig
 from fastmaml.core.recompute import _live_peak, keep_every
+from fastmaml.core.step_size import from_config as step_rule
 from fastmaml.errors import ConfigError
 from fastmaml.models.resnet12 import ResNet12
 from fastmaml.tasks.batch import TaskBatch
@@ -88,39 +89,38 @@ def test_conv_batchnorm_equals_stored(vectorize):
 
 @pytest.mark.parametrize("mode", ["per_layer_step", "per_element"])
 def test_learned_inner_lrs_equal_stored(mode):
-    grads = assert_same(conv_bn, F.cross_entropy, image_tasks(), inner_lr=0.2, inner_steps=3, inner_lr_mode=mode)
+    grads = assert_same(conv_bn, F.cross_entropy, image_tasks(), inner_lr=step_rule(mode, 0.2), inner_steps=3)
     assert any(k.startswith("inner_lrs.") for k in grads)
 
 
 def test_anil_head_only_equals_stored():
-    grads = assert_same(conv_bn, F.cross_entropy, image_tasks(), inner_lr=0.3, inner_steps=3,
-                        inner_params=["7.weight", "7.bias"], inner_lr_mode="per_layer_step")
+    grads = assert_same(conv_bn, F.cross_entropy, image_tasks(), inner_lr=step_rule("per_layer_step", 0.3), inner_steps=3,
+                        inner_params=["7.weight", "7.bias"])
     assert grads["model.0.weight"].abs().max() > 0  # the body gets its meta-gradient through the head's steps
 
 
 @pytest.mark.parametrize("iteration", [0, 7])
 def test_multi_step_loss_equals_stored(iteration):
-    assert_same(conv_bn, F.cross_entropy, image_tasks(), iteration=iteration, inner_lr=0.3, inner_steps=4,
-                multi_step_loss_iterations=10, inner_lr_mode="per_layer_step")
+    assert_same(conv_bn, F.cross_entropy, image_tasks(), iteration=iteration, inner_lr=step_rule("per_layer_step", 0.3), inner_steps=4,
+                multi_step_loss_iterations=10)
 
 
 @pytest.mark.parametrize("vectorize", ["vmap", "loop"])
 def test_per_step_batchnorm_equals_stored(vectorize):
     """Per-step BN rows (meta-learned, not adapted) get their gradient both directly (query) and
     through the steps; running statistics are recorded per chunk exactly as without recompute."""
-    assert_same(conv_bn, F.cross_entropy, image_tasks(), iteration=2, inner_lr=0.3, inner_steps=3, per_step_bn=True,
-                multi_step_loss_iterations=5, inner_lr_mode="per_layer_step", vectorize=vectorize, chunk_size=2)
+    assert_same(conv_bn, F.cross_entropy, image_tasks(), iteration=2, inner_lr=step_rule("per_layer_step", 0.3), inner_steps=3, per_step_bn=True,
+                multi_step_loss_iterations=5, vectorize=vectorize, chunk_size=2)
 
 
 @pytest.mark.parametrize("every", [1, 2, 3, 5])
 def test_any_spacing_of_kept_parameters_equals_stored(every):
     """Parameters kept every k steps, the others recomputed segment by segment (with the multi-step loss,
     which needs the query gradient at every step, and learned rates)."""
-    stored, _, _ = grads_after_meta_backward(conv_bn, F.cross_entropy, image_tasks(), iteration=3, inner_lr=0.3,
-                                             inner_steps=5, multi_step_loss_iterations=10,
-                                             inner_lr_mode="per_layer_step")
-    got, _, _ = grads_after_meta_backward(conv_bn, F.cross_entropy, image_tasks(), iteration=3, inner_lr=0.3,
-                                          inner_steps=5, multi_step_loss_iterations=10, inner_lr_mode="per_layer_step",
+    stored, _, _ = grads_after_meta_backward(conv_bn, F.cross_entropy, image_tasks(), iteration=3, inner_lr=step_rule("per_layer_step", 0.3),
+                                             inner_steps=5, multi_step_loss_iterations=10)
+    got, _, _ = grads_after_meta_backward(conv_bn, F.cross_entropy, image_tasks(), iteration=3, inner_lr=step_rule("per_layer_step", 0.3),
+                                          inner_steps=5, multi_step_loss_iterations=10,
                                           recompute_inner_steps=True, recompute_keep_every=every)
     for name in stored:
         torch.testing.assert_close(got[name], stored[name], rtol=0, atol=1e-10, msg=name)

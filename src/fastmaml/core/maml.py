@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Literal, Mapping
+from typing import Callable, Iterable, Iterator, Literal, Mapping, Union
 
 import torch
 from torch import nn
@@ -41,11 +41,13 @@ from torch.func import grad_and_value, vmap
 from fastmaml.core.batchnorm import PerStepBatchNorm, convert_batchnorm
 from fastmaml.core.inner_loop import LossFn, Params, Rates, adapt, call_model, inner_step, over_tasks, task_loss
 from fastmaml.core.recompute import meta_backward_recompute
+from fastmaml.core.step_size import Fixed, StepSizeRule, from_config, from_legacy
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.core.batch import TaskBatch
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-InnerLR = Literal["fixed", "per_layer_step", "per_element"]
+#: a step-size rule (core/step_size.py: Fixed, PerLayerStep, PerElement or your own), or a float: Fixed(α)
+InnerLR = Union[float, StepSizeRule]
 Vectorize = Literal["vmap", "loop"]
 BNStats = Literal["batch", "running"]
 
@@ -76,13 +78,13 @@ class MAML(nn.Module):
             batch-statistics normalization (:func:`convert_batchnorm`), as in the paper,
             or to per-step BatchNorm with ``per_step_bn``.
         loss_fn: ``loss_fn(prediction, target) -> scalar``, e.g. ``F.cross_entropy``.
-        inner_lr: the inner step size α (initial value when learned).
-        later_step_scale: with a fixed α, steps after the first take α·``later_step_scale``
-            (the original MAML-RL test script adapts with α, then α/2; 1.0: α at every step).
+        inner_lr: the inner step-size rule (:mod:`fastmaml.core.step_size`): a float α is
+            ``Fixed(α)``; ``Fixed(α, later=0.5)`` takes α/2 after the first step (the original MAML-RL
+            test script); ``PerLayerStep(α)`` (MAML++ LSLR: a learned α per parameter tensor and
+            step); ``PerElement(α)`` (Meta-SGD: a learned α per element); or any object with the
+            rule's ``init``/``rate`` methods. Learned step sizes live in :attr:`inner_lrs`.
         inner_steps: inner gradient steps during meta-training.
         first_order: FOMAML: ignore second derivatives in the meta-gradient.
-        inner_lr_mode: ``"fixed"``; ``"per_layer_step"`` (MAML++ LSLR: a learned α per
-            parameter tensor and step); ``"per_element"`` (Meta-SGD: a learned α per element).
         inner_params: names of the parameters adapted in the inner loop (default: all).
             The others are still meta-learned but stay fixed within a task.
         multi_step_loss_iterations: MAML++ multi-step loss: for this many training iterations
@@ -125,10 +127,9 @@ class MAML(nn.Module):
         self,
         model: nn.Module,
         loss_fn: LossFn,
-        inner_lr: float = 0.01,
+        inner_lr: InnerLR = 0.01,
         inner_steps: int = 1,
         first_order: bool = False,
-        inner_lr_mode: InnerLR = "fixed",
         inner_params: Iterable[str] | None = None,
         vectorize: Vectorize = "vmap",
         chunk_size: int | None = None,
@@ -138,21 +139,17 @@ class MAML(nn.Module):
         bn_eval_stats: BNStats = "batch",
         recompute_inner_steps: bool = False,
         recompute_keep_every: int | None = None,
-        later_step_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        if not later_step_scale > 0:
-            raise ConfigError(f"later_step_scale must be > 0 (1.0: α at every inner step), got {later_step_scale}")
-        if later_step_scale != 1.0 and inner_lr_mode != "fixed":
-            raise ConfigError(f"later_step_scale applies to a fixed α; inner_lr_mode={inner_lr_mode!r} learns its rates")
+        if isinstance(inner_lr, (int, float)) and not isinstance(inner_lr, bool):
+            inner_lr = Fixed(float(inner_lr))
+        if not isinstance(inner_lr, StepSizeRule):
+            raise ConfigError(f"inner_lr must be a number or a step-size rule (Fixed, PerLayerStep, PerElement, or an "
+                              f"object with init(params, steps) and rate(learned, name, step)), got {inner_lr!r}")
         if multi_step_loss_iterations < 0 or first_order_iterations < 0:
             raise ConfigError("multi_step_loss_iterations and first_order_iterations must be >= 0 (0: off)")
         if inner_steps < 0:
             raise ConfigError(f"inner_steps must be >= 0, got {inner_steps}")
-        if inner_lr_mode not in ("fixed", "per_layer_step", "per_element"):
-            raise ConfigError(
-                f"unknown inner_lr_mode {inner_lr_mode!r}: use 'fixed', 'per_layer_step' (MAML++) or 'per_element' (Meta-SGD)"
-            )
         if vectorize not in ("vmap", "loop"):
             raise ConfigError(f"unknown vectorize {vectorize!r}: use 'vmap' or 'loop'")
         if chunk_size is not None and chunk_size < 1:
@@ -170,7 +167,7 @@ class MAML(nn.Module):
         self.loss_fn = loss_fn
         self.inner_steps = inner_steps
         self.first_order = first_order
-        self.inner_lr_mode = inner_lr_mode
+        self.inner_lr = inner_lr
         self.vectorize = vectorize
         self.chunk_size = chunk_size
         self.multi_step_loss_iterations = multi_step_loss_iterations
@@ -192,16 +189,11 @@ class MAML(nn.Module):
             if unknown:
                 raise ConfigError(f"inner_params {unknown} are not trainable parameters of the model; choose from {names}")
 
-        # ParameterDict keys may not contain '.', so 'layer.weight' is stored as 'layer__weight'.
+        # The rule's learned step sizes, meta-learned with θ (empty for a fixed α). ParameterDict keys
+        # may not contain '.', so 'layer.weight' is stored as 'layer__weight'.
         self.inner_lrs = nn.ParameterDict()
-        self.fixed_lr = float(inner_lr)
-        self.later_step_scale = float(later_step_scale)
-        for name in self.inner_names:
-            p = trainable[name]
-            if inner_lr_mode == "per_layer_step":
-                self.inner_lrs[_key(name)] = nn.Parameter(torch.full((max(inner_steps, 1),), float(inner_lr), dtype=p.dtype, device=p.device))
-            elif inner_lr_mode == "per_element":
-                self.inner_lrs[_key(name)] = nn.Parameter(torch.full_like(p.detach(), float(inner_lr)))
+        for name, rate in inner_lr.init({n: trainable[n] for n in self.inner_names}, inner_steps).items():
+            self.inner_lrs[_key(name)] = nn.Parameter(rate)
 
     # ------------------------------------------------------------------ functional pieces
     def params(self) -> Params:
@@ -239,14 +231,9 @@ class MAML(nn.Module):
                 call_model(self, params, xq, self.inner_steps)
 
     def step_size(self, name: str, step: int, rates: Rates | None = None) -> torch.Tensor | float:
-        """α of parameter ``name`` at inner step ``step``; ``rates`` (by :attr:`inner_lrs` key) replaces the learned rates."""
-        if self.inner_lr_mode == "fixed":
-            return self.fixed_lr if step == 0 else self.fixed_lr * self.later_step_scale
-        lr = (self.inner_lrs if rates is None else rates)[_key(name)]
-        if self.inner_lr_mode == "per_layer_step":
-            # Steps beyond those meta-trained (e.g. more steps at test time) reuse the last learned rate.
-            return lr[min(step, lr.shape[0] - 1)]
-        return lr
+        """α of parameter ``name`` at inner step ``step`` by the :attr:`inner_lr` rule; ``rates`` (by
+        :attr:`inner_lrs` key) replaces the learned step sizes (compiled graphs, TRPO's line search)."""
+        return self.inner_lr.rate(_ByParameterName(self.inner_lrs if rates is None else rates), name, step)
 
     def inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int, first_order: bool) -> Params:
         """θ after inner step number ``step`` (0-based) on one task's ``(x, y)``; vmap it over tasks.
@@ -421,6 +408,22 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
+class _ByParameterName(Mapping):
+    """The learned step sizes stored by :attr:`MAML.inner_lrs` key, looked up by parameter name (as rules see them)."""
+
+    def __init__(self, by_key: Mapping[str, torch.Tensor]) -> None:
+        self.by_key = by_key
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.by_key[_key(name)]
+
+    def __iter__(self) -> Iterator[str]:
+        return (key.replace("__", ".") for key in self.by_key)
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Fraction of correct argmax predictions (a metric for :meth:`MAML.adaptation_curve`)."""
     return (logits.argmax(dim=-1) == target).float().mean()
@@ -448,7 +451,9 @@ class MAMLConfig:
     inner_steps: int = 1
     eval_inner_steps: int = 10
     first_order: bool = False
-    inner_lr_mode: str = "fixed"
+    # The inner step-size rule with α = inner_lr (core/step_size.py): fixed, fixed(later=0.5) (α, then α/2),
+    # per_layer_step (MAML++ LSLR), per_element (Meta-SGD).
+    step_size: str = "fixed"
     vectorize: str = "vmap"
     chunk_size: int | None = None
     # Parameters adapted in the inner loop (None: all). ANIL (Raghu et al. 2020): the head only.
@@ -459,17 +464,33 @@ class MAMLConfig:
     bn_eval_stats: str = "batch"  # with per_step_bn: normalize adaptation/evaluation with "batch" or "running" stats
     recompute_inner_steps: bool = False  # second order with one inner step's activations in memory (recomputed)
     recompute_keep_every: int | None = None  # with recompute: keep every k-th step's parameters (None: automatic)
-    later_step_scale: float = 1.0  # fixed α: steps after the first take α·this (MAML-RL's test script: 0.5)
+
+    # Keys of configs written before maml.step_size (presets, committed runs' config.json); read by
+    # fastmaml.config and mapped to step_size by upgrade_config.
+    LEGACY_KEYS = ("inner_lr_mode", "later_step_scale")
+
+    @classmethod
+    def upgrade_config(cls, data: dict) -> dict:
+        """``data`` with the legacy keys ``inner_lr_mode`` / ``later_step_scale`` turned into ``step_size``."""
+        if not any(k in data for k in cls.LEGACY_KEYS):
+            return data
+        data = dict(data)
+        mode, later = data.pop("inner_lr_mode", None), data.pop("later_step_scale", None)
+        if mode is not None or later not in (None, 1.0):  # else the old keys said nothing beyond step_size's default
+            data["step_size"] = from_legacy(mode or data.get("step_size"), later)
+        return data
+
+    def step_size_rule(self) -> StepSizeRule:
+        return from_config(self.step_size, self.inner_lr)
 
     def build(self, model: nn.Module, loss_fn: LossFn, inner_params: Iterable[str] | None = None) -> MAML:
         inner_params = self.inner_params if inner_params is None else inner_params
         return MAML(
             model,
             loss_fn,
-            inner_lr=self.inner_lr,
+            inner_lr=self.step_size_rule(),
             inner_steps=self.inner_steps,
             first_order=self.first_order,
-            inner_lr_mode=self.inner_lr_mode,  # type: ignore[arg-type]
             inner_params=inner_params,
             vectorize=self.vectorize,  # type: ignore[arg-type]
             chunk_size=self.chunk_size,
@@ -479,5 +500,4 @@ class MAMLConfig:
             bn_eval_stats=self.bn_eval_stats,  # type: ignore[arg-type]
             recompute_inner_steps=self.recompute_inner_steps,
             recompute_keep_every=self.recompute_keep_every,
-            later_step_scale=self.later_step_scale,
         )

@@ -13,7 +13,7 @@ not predicted — is within δ; otherwise the parameters stay unchanged.
 The per-task objective is the engine's (:func:`fastmaml.core.inner_loop.task_loss`, with one set of
 rollouts per inner step), vmapped over tasks, so the meta-gradient and the HVPs are second order
 exactly as MAML's supervised meta-gradient.
-Learned inner step sizes (``maml.inner_lr_mode``: MAML++'s per layer and step, Meta-SGD's per
+Learned inner step sizes (``maml.step_size``: MAML++'s per layer and step, Meta-SGD's per
 element) are meta-parameters like θ: they join θ in TRPO's parameter vector, its natural gradient
 and its KL limit, which bounds how far a change of α may move the adapted policies.
 """
@@ -97,7 +97,7 @@ def unflat(vector: torch.Tensor, like: Params) -> Params:
 def learned_step_sizes(learner: MAML) -> dict[str, torch.Tensor]:
     """The learner's learned inner step sizes by their ``inner_lrs`` key, which TRPO updates with θ (none for a
     fixed α, or without inner steps, where they take no part in the objective or the adaptation)."""
-    if learner.inner_lr_mode == "fixed" or learner.inner_steps == 0:
+    if learner.inner_steps == 0:
         return {}
     return dict(learner.inner_lrs.items())
 
