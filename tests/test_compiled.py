@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmaml.core.compiled import CompiledMetaStep, CompileFallbackWarning, unsupported_reason
-from fastmaml.core.maml import MAML
+from fastmaml.core.maml import MAML, MAMLPlusPlus
 from fastmaml.core.step_size import from_config as step_rule
 from fastmaml.models.conv import ConvNet
 from fastmaml.tasks.batch import TaskBatch
@@ -70,7 +70,7 @@ VARIANTS = {
     "lslr_per_layer_step": dict(loss_fn=F.mse_loss, inner_lr=step_rule("per_layer_step", 0.1), inner_steps=2),
     "metasgd_per_element": dict(loss_fn=F.mse_loss, inner_lr=step_rule("per_element", 0.1), inner_steps=1),
     "anil_head_only": dict(loss_fn=F.mse_loss, inner_lr=0.1, inner_steps=2, inner_params=["4.weight", "4.bias"]),
-    "multi_step_loss": dict(loss_fn=F.mse_loss, inner_lr=0.1, inner_steps=3, multi_step_loss_iterations=100),
+    "multi_step_loss": dict(loss_fn=F.mse_loss, inner_lr=0.1, inner_steps=3, mamlpp=MAMLPlusPlus(multi_step_loss_iterations=100)),
 }
 
 
@@ -211,7 +211,7 @@ def test_per_step_batchnorm_falls_back():
         torch.manual_seed(2)
         return ConvNet(1, 3, hidden=4, image_size=12, strided=True, global_pool=True).double()
 
-    learner = MAML(make(), F.cross_entropy, inner_lr=0.4, per_step_bn=True)
+    learner = MAML(make(), F.cross_entropy, inner_lr=0.4, mamlpp=MAMLPlusPlus(per_step_bn=True))
     assert "per-step BatchNorm" in unsupported_reason(learner)
     step = CompiledMetaStep(learner, torch.optim.Adam(learner.parameters()), backend="aot_eager")
     with pytest.warns(CompileFallbackWarning, match="per-step BatchNorm"):

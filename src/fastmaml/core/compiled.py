@@ -67,7 +67,7 @@ import torch
 from torch.func import grad_and_value, vmap
 
 from fastmaml.core.batch import TaskBatch
-from fastmaml.core.inner_loop import task_loss
+from fastmaml.core.inner_loop import meta_backward_in_chunks, task_loss
 from fastmaml.core.maml import MAML, MetaOutput
 
 
@@ -264,29 +264,29 @@ class CompiledMetaStep:
             return self.learner.meta_backward(batch)
         batch.validate()
         first_order, multi_step, w = self._schedule()
-        total = batch.num_tasks
-        size = self.learner.chunk_size or total
         fn = self._get("grad", first_order, multi_step)
-        losses, preds = [], []
+        chunks_done = 0
+
+        def backward_chunk(chunk: TaskBatch, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal chunks_done
+            grads, task_losses, pred = fn(self._tensors, w, chunk.support_x, chunk.support_y, chunk.query_x,
+                                          chunk.query_y, 1.0 / total)
+            for p, g in zip(self._tensors, grads):
+                if p.grad is None:
+                    p.grad = g.detach().clone() if chunks_done else g.detach()
+                else:
+                    p.grad.add_(g)
+            chunks_done += 1
+            return task_losses.detach(), pred.detach()
+
         try:
-            for start in range(0, total, size):
-                chunk = batch.tasks(start, start + size)
-                grads, task_losses, pred = fn(self._tensors, w, chunk.support_x, chunk.support_y, chunk.query_x,
-                                              chunk.query_y, 1.0 / total)
-                for p, g in zip(self._tensors, grads):
-                    if p.grad is None:
-                        p.grad = g.detach().clone() if start else g.detach()
-                    else:
-                        p.grad.add_(g)
-                losses.append(task_losses.detach())
-                preds.append(pred.detach())
+            task_losses, preds = meta_backward_in_chunks(batch, self.learner.chunk_size, backward_chunk)
         except Exception as e:  # noqa: BLE001 - any compile failure: eager from now on
-            if losses:  # a later chunk failed (a new shape): undo the chunks already accumulated
+            if chunks_done:  # a later chunk failed (a new shape): the earlier chunks' gradients are already in .grad
                 raise
             self._fail(e)
             return self.learner.meta_backward(batch)
-        task_losses = torch.cat(losses)
-        return MetaOutput(loss=task_losses.mean(), task_losses=task_losses, query_pred=torch.cat(preds))
+        return MetaOutput(loss=task_losses.mean(), task_losses=task_losses, query_pred=preds)
 
     def step(self, batch: TaskBatch, lr: float | None = None) -> MetaOutput:
         """One meta-iteration: meta-gradient and Adam update (``lr``: this iteration's outer rate;

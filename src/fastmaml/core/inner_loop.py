@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from fastmaml.core.batch import TaskBatch
 from fastmaml.core.batchnorm import PerStepBatchNorm
 
 Params = dict[str, torch.Tensor]
@@ -142,6 +143,27 @@ def task_loss(
         step_loss, pred = query_loss(learner, params, x, y, step + 1, loss_fn)
         loss = loss + step_weights[step] * step_loss
     return loss, pred
+
+
+def meta_backward_in_chunks(batch: TaskBatch, chunk_size: int | None,
+                            backward_chunk: Callable[[TaskBatch, int], tuple[torch.Tensor, torch.Tensor]]
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The meta-backward of a batch, ``chunk_size`` tasks at a time (``None``: all at once).
+
+    ``backward_chunk(chunk, total)`` backpropagates the chunk's share of the batch's mean query loss
+    (its tasks' losses summed, divided by ``total``, the batch's number of tasks) into ``.grad`` and
+    returns the chunk's (detached per-task losses, query predictions). Each chunk's graph is freed
+    before the next one is built, so peak memory follows the chunk, not the batch. Returns the per-task
+    losses and predictions of the whole batch. Used by the eager, compiled and recomputing paths.
+    """
+    total = batch.num_tasks
+    size = chunk_size or total
+    losses, preds = [], []
+    for start in range(0, total, size):
+        chunk_losses, chunk_preds = backward_chunk(batch.tasks(start, start + size), total)
+        losses.append(chunk_losses)
+        preds.append(chunk_preds)
+    return torch.cat(losses), torch.cat(preds)
 
 
 def over_tasks(fn: Callable, vectorize: str, params, batched: bool, task_args: Sequence[torch.Tensor],

@@ -39,7 +39,8 @@ from torch import nn
 from torch.func import grad_and_value, vmap
 
 from fastmaml.core.batchnorm import PerStepBatchNorm, convert_batchnorm
-from fastmaml.core.inner_loop import LossFn, Params, Rates, adapt, call_model, inner_step, over_tasks, task_loss
+from fastmaml.core.inner_loop import (LossFn, Params, Rates, adapt, call_model, inner_step, meta_backward_in_chunks,
+                                     over_tasks, task_loss)
 from fastmaml.core.recompute import meta_backward_recompute
 from fastmaml.core.step_size import Fixed, StepSizeRule, from_config, from_legacy
 from fastmaml.errors import ConfigError, DataError
@@ -70,13 +71,76 @@ class AdaptationCurve:
     metrics: dict[str, torch.Tensor]  # name -> [T, S + 1]
 
 
+@dataclass(frozen=True)
+class MAMLPlusPlus:
+    """MAML++'s training schedules and per-step BatchNorm (Antoniou et al. 2019; its learned per-layer,
+    per-step step sizes are the step-size rule :class:`~fastmaml.core.step_size.PerLayerStep`).
+
+    Args:
+        multi_step_loss_iterations: the multi-step loss: for this many training iterations
+            the meta-loss is Σ_s w_s L(θ_s; query) over inner steps s = 1..S, the weights
+            starting equal and annealed linearly towards the last step (see
+            :func:`multi_step_weights`); afterwards the last step's loss only. 0: off.
+        first_order_iterations: derivative-order annealing: first order for this many
+            training iterations, then second order (unless MAML's ``first_order``). 0: off.
+        per_step_bn: BNWB + BNRS: each BatchNorm gets one row of weight, bias and
+            running statistics per number of inner steps taken (0..S; more test-time steps
+            reuse row S). Those weights are meta-learned but, as in MAML++, not adapted in the
+            inner loop unless named in ``inner_params``. Running statistics are recorded on
+            the first task of every meta-batch (of every chunk, with ``chunk_size``) (support set
+            at step s, query set at step S).
+        bn_eval_stats: with ``per_step_bn``, what BatchNorm normalizes with when adapting and
+            evaluating without a meta-gradient (:meth:`MAML.adaptation_curve`, :meth:`MAML.adapt`,
+            :meth:`MAML.predict`): ``"batch"`` (the MAML paper's protocol, transductive) or
+            ``"running"`` (the step's running statistics; each test example is classified
+            independently of the other queries).
+    """
+
+    multi_step_loss_iterations: int = 0
+    first_order_iterations: int = 0
+    per_step_bn: bool = False
+    bn_eval_stats: BNStats = "batch"
+
+    def __post_init__(self) -> None:
+        if self.multi_step_loss_iterations < 0 or self.first_order_iterations < 0:
+            raise ConfigError("multi_step_loss_iterations and first_order_iterations must be >= 0 (0: off)")
+        if self.bn_eval_stats not in ("batch", "running"):
+            raise ConfigError(f"unknown bn_eval_stats {self.bn_eval_stats!r}: use 'batch' or 'running'")
+        if self.bn_eval_stats == "running" and not self.per_step_bn:
+            raise ConfigError("bn_eval_stats='running' needs per_step_bn=True (only per-step BatchNorm keeps running statistics)")
+
+
+@dataclass(frozen=True)
+class Recompute:
+    """Memory-bounded second order in :meth:`MAML.meta_backward`: instead of keeping every inner step's
+    activations for the backward pass, run the inner loop without a graph (keeping only some steps'
+    parameters), then walk the steps backwards, rebuilding one step's graph at a time and
+    backpropagating through it (:mod:`fastmaml.core.recompute`). Peak activation memory is one inner
+    step's instead of ``inner_steps``'; the meta-gradient is the same; costs the graph-free inner loop
+    (and a partial second one for the parameters not kept). Used only when the step is second order;
+    :meth:`MAML.forward` is unchanged.
+
+    Args:
+        keep_every: keep the parameters after every k-th inner step and recompute the others when
+            the backward walk needs them (1: keep all, fastest). ``None``: the smallest k that keeps
+            fewest alive at once (1 up to 3 steps, 2 up to 10, about √(2S) beyond;
+            :func:`fastmaml.core.recompute.keep_every`).
+    """
+
+    keep_every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep_every is not None and self.keep_every < 1:
+            raise ConfigError(f"recompute keep_every must be a positive number of steps or None, got {self.keep_every}")
+
+
 class MAML(nn.Module):
     """Model-Agnostic Meta-Learning around ``model``.
 
     Args:
         model: any ``nn.Module``. BatchNorm layers are switched (in place) to
             batch-statistics normalization (:func:`convert_batchnorm`), as in the paper,
-            or to per-step BatchNorm with ``per_step_bn``.
+            or to per-step BatchNorm with ``MAMLPlusPlus(per_step_bn=True)``.
         loss_fn: ``loss_fn(prediction, target) -> scalar``, e.g. ``F.cross_entropy``.
         inner_lr: the inner step-size rule (:mod:`fastmaml.core.step_size`): a float α is
             ``Fixed(α)``; ``Fixed(α, later=0.5)`` takes α/2 after the first step (the original MAML-RL
@@ -87,40 +151,16 @@ class MAML(nn.Module):
         first_order: FOMAML: ignore second derivatives in the meta-gradient.
         inner_params: names of the parameters adapted in the inner loop (default: all).
             The others are still meta-learned but stay fixed within a task.
-        multi_step_loss_iterations: MAML++ multi-step loss: for this many training iterations
-            the meta-loss is Σ_s w_s L(θ_s; query) over inner steps s = 1..S, the weights
-            starting equal and annealed linearly towards the last step (see
-            :func:`multi_step_weights`); afterwards the last step's loss only. 0: off.
-        first_order_iterations: MAML++ derivative-order annealing: first order for this many
-            training iterations, then second order (unless ``first_order``). 0: off.
-        per_step_bn: MAML++ BNWB + BNRS: each BatchNorm gets one row of weight, bias and
-            running statistics per number of inner steps taken (0..S; more test-time steps
-            reuse row S). Those weights are meta-learned but, as in MAML++, not adapted in the
-            inner loop unless named in ``inner_params``. Running statistics are recorded on
-            the first task of every meta-batch (of every chunk, with ``chunk_size``) (support set at step s, query set at step S).
-        bn_eval_stats: with ``per_step_bn``, what BatchNorm normalizes with when adapting and
-            evaluating without a meta-gradient (:meth:`adaptation_curve`, :meth:`adapt`,
-            :meth:`predict`): ``"batch"`` (the MAML paper's protocol, transductive) or
-            ``"running"`` (the step's running statistics; each test example is classified
-            independently of the other queries).
         vectorize: ``"vmap"`` processes all tasks in one vectorized call; ``"loop"``
             runs tasks one by one (same gradients; for models vmap cannot handle).
         chunk_size: tasks per pass (``None``: all at once). :meth:`meta_backward` runs
             forward and backward one chunk at a time, freeing each chunk's graph; in
             :meth:`forward` it is vmap's ``chunk_size`` (the whole graph is kept). Conv nets
             on a CPU run faster with chunks whose activations stay in cache.
-        recompute_inner_steps: memory-bounded second order in :meth:`meta_backward`: instead of
-            keeping every inner step's activations for the backward pass, run the inner loop
-            without a graph (keeping only some steps' parameters), then walk the steps
-            backwards, rebuilding one step's graph at a time and backpropagating through it
-            (:mod:`fastmaml.core.recompute`). Peak activation memory is one inner step's instead
-            of ``inner_steps``'; the meta-gradient is the same; costs the graph-free inner loop
-            (and a partial second one for the parameters not kept). Used only when the step is
-            second order; :meth:`forward` is unchanged.
-        recompute_keep_every: with ``recompute_inner_steps``, keep the parameters after every
-            k-th inner step and recompute the others when the backward walk needs them (1: keep
-            all, fastest). ``None``: the smallest k that keeps fewest alive at once (1 up to 3
-            steps, 2 up to 10, about √(2S) beyond; :func:`fastmaml.core.recompute.keep_every`).
+        mamlpp: MAML++'s multi-step loss, derivative-order annealing and per-step BatchNorm
+            (:class:`MAMLPlusPlus`); ``None``: none of them.
+        recompute: memory-bounded second order (:class:`Recompute`); ``None``: every inner step's
+            activations are kept for the backward pass.
     """
 
     def __init__(
@@ -133,12 +173,8 @@ class MAML(nn.Module):
         inner_params: Iterable[str] | None = None,
         vectorize: Vectorize = "vmap",
         chunk_size: int | None = None,
-        multi_step_loss_iterations: int = 0,
-        first_order_iterations: int = 0,
-        per_step_bn: bool = False,
-        bn_eval_stats: BNStats = "batch",
-        recompute_inner_steps: bool = False,
-        recompute_keep_every: int | None = None,
+        mamlpp: MAMLPlusPlus | None = None,
+        recompute: Recompute | None = None,
     ) -> None:
         super().__init__()
         if isinstance(inner_lr, (int, float)) and not isinstance(inner_lr, bool):
@@ -146,34 +182,27 @@ class MAML(nn.Module):
         if not isinstance(inner_lr, StepSizeRule):
             raise ConfigError(f"inner_lr must be a number or a step-size rule (Fixed, PerLayerStep, PerElement, or an "
                               f"object with init(params, steps) and rate(learned, name, step)), got {inner_lr!r}")
-        if multi_step_loss_iterations < 0 or first_order_iterations < 0:
-            raise ConfigError("multi_step_loss_iterations and first_order_iterations must be >= 0 (0: off)")
+        mamlpp = mamlpp or MAMLPlusPlus()
         if inner_steps < 0:
             raise ConfigError(f"inner_steps must be >= 0, got {inner_steps}")
         if vectorize not in ("vmap", "loop"):
             raise ConfigError(f"unknown vectorize {vectorize!r}: use 'vmap' or 'loop'")
         if chunk_size is not None and chunk_size < 1:
             raise ConfigError(f"chunk_size must be a positive number of tasks or None, got {chunk_size}")
-        if recompute_keep_every is not None and recompute_keep_every < 1:
-            raise ConfigError(
-                f"recompute_keep_every must be a positive number of steps or None, got {recompute_keep_every}")
-        if bn_eval_stats not in ("batch", "running"):
-            raise ConfigError(f"unknown bn_eval_stats {bn_eval_stats!r}: use 'batch' or 'running'")
-        if bn_eval_stats == "running" and not per_step_bn:
-            raise ConfigError("bn_eval_stats='running' needs per_step_bn=True (only per-step BatchNorm keeps running statistics)")
-        self.model = convert_batchnorm(model, per_step=inner_steps + 1 if per_step_bn else None)
+        self.mamlpp, self.recompute = mamlpp, recompute
+        self.model = convert_batchnorm(model, per_step=inner_steps + 1 if mamlpp.per_step_bn else None)
         self.step_norms = [m for m in self.model.modules() if isinstance(m, PerStepBatchNorm)]
-        self.bn_eval_stats = bn_eval_stats
+        self.bn_eval_stats = mamlpp.bn_eval_stats
         self.loss_fn = loss_fn
         self.inner_steps = inner_steps
         self.first_order = first_order
         self.inner_lr = inner_lr
         self.vectorize = vectorize
         self.chunk_size = chunk_size
-        self.multi_step_loss_iterations = multi_step_loss_iterations
-        self.first_order_iterations = first_order_iterations
-        self.recompute_inner_steps = bool(recompute_inner_steps)
-        self.recompute_keep_every = recompute_keep_every
+        self.multi_step_loss_iterations = mamlpp.multi_step_loss_iterations
+        self.first_order_iterations = mamlpp.first_order_iterations
+        self.recompute_inner_steps = recompute is not None
+        self.recompute_keep_every = None if recompute is None else recompute.keep_every
         self.iteration = 0  # the training iteration the schedules above follow (set_iteration)
 
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -336,16 +365,14 @@ class MAML(nn.Module):
         if self.recompute_inner_steps and self.inner_steps > 0 and not self.training_schedule()[0]:
             losses, preds = meta_backward_recompute(self, batch)
             return MetaOutput(loss=losses.mean(), task_losses=losses, query_pred=preds)
-        total = batch.num_tasks
-        size = self.chunk_size or total
-        task_losses, preds = [], []
-        for start in range(0, total, size):
-            out = self(batch.tasks(start, start + size))
+
+        def backward_chunk(chunk: TaskBatch, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self(chunk)
             (out.loss * (out.task_losses.shape[0] / total)).backward()  # chunk's share of the mean
-            task_losses.append(out.task_losses)
-            preds.append(out.query_pred)
-        losses = torch.cat(task_losses)
-        return MetaOutput(loss=losses.mean(), task_losses=losses, query_pred=torch.cat(preds))
+            return out.task_losses, out.query_pred
+
+        losses, preds = meta_backward_in_chunks(batch, self.chunk_size, backward_chunk)
+        return MetaOutput(loss=losses.mean(), task_losses=losses, query_pred=preds)
 
     def adaptation_curve(
         self,
@@ -395,7 +422,8 @@ class MAML(nn.Module):
         How baselines are fine-tuned: a pretrained or random network through the very same inner loop.
         """
         return MAML(self.model, self.loss_fn, inner_lr=lr, inner_steps=1, vectorize=self.vectorize,
-                    chunk_size=self.chunk_size, per_step_bn=bool(self.step_norms), bn_eval_stats=self.bn_eval_stats)
+                    chunk_size=self.chunk_size,
+                    mamlpp=MAMLPlusPlus(per_step_bn=bool(self.step_norms), bn_eval_stats=self.bn_eval_stats))
 
     def predict(self, params: Params, x: torch.Tensor, step: int | None = None) -> torch.Tensor:
         """The model's output on ``x`` with the given parameters, adapted by ``step`` inner steps
@@ -494,10 +522,7 @@ class MAMLConfig:
             inner_params=inner_params,
             vectorize=self.vectorize,  # type: ignore[arg-type]
             chunk_size=self.chunk_size,
-            multi_step_loss_iterations=self.multi_step_loss_iterations,
-            first_order_iterations=self.first_order_iterations,
-            per_step_bn=self.per_step_bn,
-            bn_eval_stats=self.bn_eval_stats,  # type: ignore[arg-type]
-            recompute_inner_steps=self.recompute_inner_steps,
-            recompute_keep_every=self.recompute_keep_every,
+            mamlpp=MAMLPlusPlus(self.multi_step_loss_iterations, self.first_order_iterations, self.per_step_bn,
+                                self.bn_eval_stats),  # type: ignore[arg-type]
+            recompute=Recompute(self.recompute_keep_every) if self.recompute_inner_steps else None,
         )

@@ -34,7 +34,8 @@ from typing import Protocol
 import torch
 
 from fastmaml.core.batch import TaskBatch
-from fastmaml.core.inner_loop import InnerLoopLearner, Params, inner_step, over_tasks, query_loss
+from fastmaml.core.inner_loop import (InnerLoopLearner, Params, inner_step, meta_backward_in_chunks, over_tasks,
+                                     query_loss)
 
 
 class RecomputeLearner(InnerLoopLearner, Protocol):
@@ -85,8 +86,6 @@ def meta_backward_recompute(maml: RecomputeLearner, batch: TaskBatch) -> tuple[t
     steps, names = maml.inner_steps, list(maml.inner_names)
     every = maml.recompute_keep_every or keep_every(steps)
     _, weights = maml.training_schedule()  # second order here (MAML.meta_backward checks)
-    total = batch.num_tasks
-    size = maml.chunk_size or total
     params = maml.params()  # the meta-parameters themselves: backward passes accumulate into their .grad
     theta0 = {n: params[n] for n in names}
 
@@ -112,9 +111,7 @@ def meta_backward_recompute(maml: RecomputeLearner, batch: TaskBatch) -> tuple[t
         # Tasks vectorized inside each step exactly as in the stored pass (MAML.forward), whole chunk at once.
         return over_tasks(fn, maml.vectorize, theta, batched, args)
 
-    task_losses, preds = [], []
-    for start in range(0, total, size):
-        chunk = batch.tasks(start, start + size)
+    def backward_chunk(chunk: TaskBatch, total: int) -> tuple[torch.Tensor, torch.Tensor]:
         args = (chunk.support_x, chunk.support_y, chunk.query_x, chunk.query_y)
 
         # 1. Forward without a graph, keeping θ_s for s divisible by `every` (θ₀: the parameters).
@@ -160,8 +157,6 @@ def meta_backward_recompute(maml: RecomputeLearner, batch: TaskBatch) -> tuple[t
 
         if maml.step_norms and maml.training:
             maml.record_running_stats(chunk)
-        task_losses.append(chunk_losses)
-        preds.append(pred.detach())
+        return chunk_losses, pred.detach()
 
-    losses = torch.cat(task_losses)
-    return losses, torch.cat(preds)
+    return meta_backward_in_chunks(batch, maml.chunk_size, backward_chunk)
