@@ -115,7 +115,8 @@ def kl_hvp(kl: torch.Tensor, params: list[torch.Tensor], damping: float = 0.0) -
 
 @dataclass
 class TRPOStep:
-    """TRPO on a MAML learner whose model is a Gaussian policy; call it with a meta-batch.
+    """TRPO on a MAML learner whose model is a Gaussian policy; call it with a meta-batch (a
+    :class:`fastmaml.train.loop.MetaStep`, which ``meta_train`` runs in place of Adam).
 
     ``timings`` accumulates seconds per phase (gradient, hvp/cg, line search) for benchmarks.
     """
