@@ -2,7 +2,7 @@
 """Peak memory of one second-order meta-iteration against the number of inner steps.
 
 fastmaml with the stored graph (every inner step's activations kept for the backward pass),
-fastmaml with ``recompute_inner_steps=True`` (each step recomputed in the backward pass, one
+fastmaml with ``recompute=Recompute()`` (each step recomputed in the backward pass, one
 step's activations alive at a time) and learn2learn's ``MAML`` (task by task: clone, adapt,
 backward), on Finn's Omniglot conv net and on ResNet-12 (MiniImagenet, 84x84).
 
@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fastmaml.core.maml import MAML  # noqa: E402
+from fastmaml.core.maml import MAML, Recompute  # noqa: E402
 from fastmaml.tasks.batch import TaskBatch  # noqa: E402
 from fastmaml.train.memory import peak_tensor_bytes  # noqa: E402
 
@@ -119,7 +119,7 @@ def run_one(spec: dict) -> dict:
             learn2learn_meta_backward(learner, b, F.cross_entropy, steps)
     else:
         learner = MAML(make_model().to(device), F.cross_entropy, inner_lr, steps, chunk_size=spec["chunk_size"],
-                       recompute_inner_steps=spec["impl"] == "recompute")
+                       recompute=Recompute() if spec["impl"] == "recompute" else None)
 
         def iteration(b: TaskBatch = batch):
             learner.zero_grad(set_to_none=True)
@@ -169,8 +169,8 @@ def time_interleaved(spec: dict) -> dict:
     parameters (k = 1), timed in interleaved rounds in one process (load hits all three alike)."""
     torch.manual_seed(0)
     make_model, inner_lr, batch = make_workload(spec["workload"], spec["tasks"], spec["q_query"], spec["device"])
-    variants = {"stored": {}, "recompute": {"recompute_inner_steps": True},
-                "recompute, k=1": {"recompute_inner_steps": True, "recompute_keep_every": 1}}
+    variants = {"stored": {}, "recompute": {"recompute": Recompute()},
+                "recompute, k=1": {"recompute": Recompute(keep_every=1)}}
     learners = {}
     for name, kw in variants.items():
         torch.manual_seed(0)
@@ -237,7 +237,7 @@ def markdown(doc: dict) -> str:
     if doc.get("timing"):
         lines += ["", "## Time overhead of recompute (interleaved rounds in one process)", "",
                   "Median seconds per `meta_backward` over `rounds` rounds of stored / recompute / recompute keeping "
-                  "every step's parameters (`recompute_keep_every=1`), timed one after the other in each round so "
+                  "every step's parameters (`Recompute(keep_every=1)`), timed one after the other in each round so "
                   "that machine load hits all three alike; still load-sensitive.", "",
                   "| workload | tasks (chunk_size) | inner steps | rounds | stored (s) | recompute (s) | × stored | "
                   "recompute, k=1 (s) | × stored |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmaml.core.compiled import CompiledMetaStep, CompileFallbackWarning, unsupported_reason
-from fastmaml.core.maml import MAML
+from fastmaml.core.maml import MAML, MAMLPlusPlus
+from fastmaml.core.step_size import from_config as step_rule
 from fastmaml.models.conv import ConvNet
 from fastmaml.tasks.batch import TaskBatch
 
@@ -66,10 +67,10 @@ def assert_same_grads(ref, got, rtol=1e-9, atol=1e-11):
 VARIANTS = {
     "maml_2nd_order_2_steps": dict(loss_fn=F.mse_loss, inner_lr=0.1, inner_steps=2),
     "fomaml": dict(loss_fn=F.mse_loss, inner_lr=0.1, inner_steps=2, first_order=True),
-    "lslr_per_layer_step": dict(loss_fn=F.mse_loss, inner_lr=0.1, inner_steps=2, inner_lr_mode="per_layer_step"),
-    "metasgd_per_element": dict(loss_fn=F.mse_loss, inner_lr=0.1, inner_steps=1, inner_lr_mode="per_element"),
+    "lslr_per_layer_step": dict(loss_fn=F.mse_loss, inner_lr=step_rule("per_layer_step", 0.1), inner_steps=2),
+    "metasgd_per_element": dict(loss_fn=F.mse_loss, inner_lr=step_rule("per_element", 0.1), inner_steps=1),
     "anil_head_only": dict(loss_fn=F.mse_loss, inner_lr=0.1, inner_steps=2, inner_params=["4.weight", "4.bias"]),
-    "multi_step_loss": dict(loss_fn=F.mse_loss, inner_lr=0.1, inner_steps=3, multi_step_loss_iterations=100),
+    "multi_step_loss": dict(loss_fn=F.mse_loss, inner_lr=0.1, inner_steps=3, mamlpp=MAMLPlusPlus(multi_step_loss_iterations=100)),
 }
 
 
@@ -127,7 +128,7 @@ def eager_adam_run(learner, batches, lrs=None, clip=None):
 
 @pytest.mark.parametrize("inner_lr_mode", ["fixed", "per_layer_step"])
 def test_fused_adam_steps_equal_eager_adam(inner_lr_mode):
-    kw = dict(loss_fn=F.mse_loss, inner_lr=0.1, inner_steps=1, inner_lr_mode=inner_lr_mode)
+    kw = dict(loss_fn=F.mse_loss, inner_lr=step_rule(inner_lr_mode, 0.1), inner_steps=1)
     ref, new = learner_pair(mlp, **kw)
     batches = [regression_batch(seed=s) for s in range(5)]
     lrs = [1e-2, 1e-2, 5e-3, 2e-3, 1e-3]  # a schedule: the rate is a graph input, no recompiles
@@ -210,7 +211,7 @@ def test_per_step_batchnorm_falls_back():
         torch.manual_seed(2)
         return ConvNet(1, 3, hidden=4, image_size=12, strided=True, global_pool=True).double()
 
-    learner = MAML(make(), F.cross_entropy, inner_lr=0.4, per_step_bn=True)
+    learner = MAML(make(), F.cross_entropy, inner_lr=0.4, mamlpp=MAMLPlusPlus(per_step_bn=True))
     assert "per-step BatchNorm" in unsupported_reason(learner)
     step = CompiledMetaStep(learner, torch.optim.Adam(learner.parameters()), backend="aot_eager")
     with pytest.warns(CompileFallbackWarning, match="per-step BatchNorm"):

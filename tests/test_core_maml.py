@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmaml.core.batchnorm import BatchStatNorm
-from fastmaml.core.maml import MAML, accuracy
+from fastmaml.core.maml import MAML, MAMLConfig, accuracy
+from fastmaml.core.step_size import Fixed, from_config as step_rule
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.tasks.sinusoid import SinusoidTasks
@@ -35,10 +36,11 @@ def meta_grads(learner, batch):
 def test_second_order_matches_hand_derived_linear_regression(steps, scale, vectorize):
     """Linear model, MSE: ∇L = (2/n)Xᵀ(Xw − y), H = (2/n)XᵀX, so the meta-gradient is
     Π_s (I − α_s H) ∇L_q(w_S) exactly; computed here with explicit matrices, no autograd.
-    α_0 = α, later steps α·``later_step_scale``."""
+    α_0 = α, later steps α·``later`` (``Fixed(α, later=...)``)."""
     alpha, batch = 0.1, linear_tasks()
     model = nn.Linear(4, 1, bias=False).double()
-    learner = MAML(model, F.mse_loss, inner_lr=alpha, inner_steps=steps, vectorize=vectorize, later_step_scale=scale)
+    learner = MAML(model, F.mse_loss, inner_lr=Fixed(alpha, later=scale), inner_steps=steps,
+                   vectorize=vectorize)
     got = meta_grads(learner, batch)["model.weight"].view(-1)
 
     w0 = model.weight.detach().view(-1, 1)
@@ -57,10 +59,13 @@ def test_second_order_matches_hand_derived_linear_regression(steps, scale, vecto
 
 
 def test_later_step_scale_needs_a_fixed_positive_rate():
-    with pytest.raises(ConfigError, match="later_step_scale must be > 0"):
-        MAML(nn.Linear(2, 1), F.mse_loss, later_step_scale=0.0)
-    with pytest.raises(ConfigError, match="applies to a fixed α"):
-        MAML(nn.Linear(2, 1), F.mse_loss, inner_lr_mode="per_layer_step", later_step_scale=0.5)
+    with pytest.raises(ConfigError, match="must be > 0"):
+        Fixed(0.1, later=0.0)
+    # Configs written before maml.step_size: the old keys map to a rule, and a scaled learned rate is refused.
+    assert MAMLConfig.upgrade_config({"inner_lr_mode": "fixed", "later_step_scale": 0.5})["step_size"] == "fixed(later=0.5)"
+    assert step_rule("fixed(later=0.5)", 0.1) == Fixed(0.1, later=0.5)
+    with pytest.raises(ConfigError, match="scales a fixed α"):
+        MAMLConfig.upgrade_config({"inner_lr_mode": "per_layer_step", "later_step_scale": 0.5})
 
 
 def test_first_order_is_query_gradient_at_adapted_params():
@@ -229,7 +234,7 @@ def test_native_batchnorm_affine_under_vmap_is_what_we_avoid():
 def test_learned_inner_lrs_receive_correct_gradients(mode):
     batch = linear_tasks(t=2)
     model = mlp(d_in=4)
-    learner = MAML(model, F.mse_loss, inner_lr=0.05, inner_steps=2, inner_lr_mode=mode)
+    learner = MAML(model, F.mse_loss, inner_lr=step_rule(mode, 0.05), inner_steps=2)
     grads = meta_grads(learner, batch)
     lr_grads = {k: v for k, v in grads.items() if k.startswith("inner_lrs.")}
     assert len(lr_grads) == len(list(model.parameters()))
@@ -299,8 +304,10 @@ def test_bad_inputs_give_clear_errors():
         learner(TaskBatch(good.support_x, good.support_y[:, :2], good.query_x, good.query_y))
     with pytest.raises(DataError, match="empty"):
         learner.adapt(good.support_x[0, :0], good.support_y[0, :0])
-    with pytest.raises(ConfigError, match="inner_lr_mode"):
-        MAML(nn.Linear(1, 1), F.mse_loss, inner_lr_mode="adaptive")
+    with pytest.raises(ConfigError, match="step-size rule"):
+        MAML(nn.Linear(1, 1), F.mse_loss, inner_lr="adaptive")
+    with pytest.raises(ConfigError, match="maml.step_size"):
+        MAMLConfig(step_size="adaptive").build(nn.Linear(1, 1), F.mse_loss)
     with pytest.raises(ConfigError, match="vectorize"):
         MAML(nn.Linear(1, 1), F.mse_loss, vectorize="threads")
 
@@ -319,10 +326,10 @@ def test_meta_backward_in_chunks_equals_one_backward(chunk_size, vectorize):
     """Chunk-by-chunk backward accumulates the same meta-gradient as one pass over all 5 tasks
     (chunk sizes that do and do not divide the batch), second order, with BatchNorm and learned rates."""
     batch = image_tasks(dtype=torch.float64, t=5)
-    ref = MAML(conv_bn_net(), F.cross_entropy, 0.3, inner_steps=2, inner_lr_mode="per_layer_step", vectorize=vectorize)
+    ref = MAML(conv_bn_net(), F.cross_entropy, step_rule("per_layer_step", 0.3), inner_steps=2, vectorize=vectorize)
     expected = meta_grads(ref, batch)
     expected_out = ref(batch)
-    learner = MAML(conv_bn_net(), F.cross_entropy, 0.3, inner_steps=2, inner_lr_mode="per_layer_step",
+    learner = MAML(conv_bn_net(), F.cross_entropy, step_rule("per_layer_step", 0.3), inner_steps=2,
                    vectorize=vectorize, chunk_size=chunk_size)
     learner.zero_grad()
     out = learner.meta_backward(batch)

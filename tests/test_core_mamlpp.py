@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastmaml.core.maml import MAML, MAMLConfig, multi_step_weights
+from fastmaml.core.maml import MAML, MAMLConfig, MAMLPlusPlus, multi_step_weights
 from fastmaml.errors import ConfigError
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.train.loop import TrainConfig, meta_lr_at
@@ -52,7 +52,8 @@ def _hand_meta_grad(model, batch, alpha, steps, weights, first_order=False):
 def test_multi_step_loss_gradient_matches_a_hand_computation(vectorize):
     torch.manual_seed(0)
     model = nn.Linear(2, 1).double()
-    learner = MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=3, vectorize=vectorize, multi_step_loss_iterations=100)
+    learner = MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=3, vectorize=vectorize,
+                   mamlpp=MAMLPlusPlus(multi_step_loss_iterations=100))
     batch = _batch()
     learner.set_iteration(40)
     learner(batch).loss.backward()
@@ -70,7 +71,7 @@ def test_multi_step_loss_gradient_matches_a_hand_computation(vectorize):
 def test_derivative_order_annealing_switches_from_first_to_second_order():
     torch.manual_seed(1)
     model = nn.Linear(2, 1).double()
-    learner = MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=2, first_order_iterations=10)
+    learner = MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=2, mamlpp=MAMLPlusPlus(first_order_iterations=10))
     batch = _batch(seed=3)
     grads = {}
     for it in (9, 10):
@@ -83,7 +84,7 @@ def test_derivative_order_annealing_switches_from_first_to_second_order():
     assert torch.allclose(grads[9], fo, atol=1e-10) and torch.allclose(grads[10], so, atol=1e-10)
     assert not torch.allclose(fo, so)
     with pytest.raises(ConfigError, match=">= 0"):
-        MAML(nn.Linear(2, 1), F.mse_loss, first_order_iterations=-1)
+        MAMLPlusPlus(first_order_iterations=-1)
     # From a config (presets): the fields reach the learner.
     built = MAMLConfig(inner_steps=2, multi_step_loss_iterations=5, first_order_iterations=7).build(
         nn.Linear(2, 1), F.mse_loss)

@@ -110,7 +110,7 @@ def test_all_presets_load():
         assert cfg.maml.first_order == name.endswith("_fo.yaml")
         assert (cfg.maml.inner_params is not None) == name.endswith("_anil.yaml")
         assert cfg.maml.per_step_bn == mamlpp and (cfg.train.lr_schedule == "cosine") == mamlpp
-        assert (cfg.maml.inner_lr_mode == "per_layer_step") == mamlpp
+        assert (cfg.maml.step_size == "per_layer_step") == mamlpp
         variant = name.removesuffix(".yaml").rsplit("_", 1)[-1]
         assert FS.method_name(cfg.maml) == {"mamlpp": "MAML++", "anil": "ANIL", "fo": "FOMAML"}.get(variant, "MAML")
     # Every Table 1 row has its MAML, FOMAML, MAML++ and ANIL preset.

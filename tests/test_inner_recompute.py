@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastmaml.core.maml import MAML, MAMLConfig
+from fastmaml.core.maml import MAML, MAMLConfig, MAMLPlusPlus, Recompute
 from fastmaml.core.recompute import _live_peak, keep_every
+from fastmaml.core.step_size import from_config as step_rule
 from fastmaml.errors import ConfigError
 from fastmaml.models.resnet12 import ResNet12
 from fastmaml.tasks.batch import TaskBatch
@@ -42,8 +43,12 @@ def image_tasks(t=5, seed=4):
     return TaskBatch(xs, torch.randint(0, 3, (t, 6), generator=g), xq, torch.randint(0, 3, (t, 9), generator=g))
 
 
-def grads_after_meta_backward(make_model, loss_fn, batch, iteration=0, **kw):
-    learner = MAML(make_model(), loss_fn, **kw)
+def grads_after_meta_backward(make_model, loss_fn, batch, iteration=0, multi_step_loss_iterations=0,
+                              first_order_iterations=0, per_step_bn=False, recompute_inner_steps=False,
+                              recompute_keep_every=None, **kw):
+    mamlpp = MAMLPlusPlus(multi_step_loss_iterations, first_order_iterations, per_step_bn)
+    recompute = Recompute(recompute_keep_every) if recompute_inner_steps else None
+    learner = MAML(make_model(), loss_fn, mamlpp=mamlpp, recompute=recompute, **kw)
     if learner.step_norms:  # distinct per-step rows, so using a wrong row would show
         torch.manual_seed(3)
         with torch.no_grad():
@@ -88,39 +93,38 @@ def test_conv_batchnorm_equals_stored(vectorize):
 
 @pytest.mark.parametrize("mode", ["per_layer_step", "per_element"])
 def test_learned_inner_lrs_equal_stored(mode):
-    grads = assert_same(conv_bn, F.cross_entropy, image_tasks(), inner_lr=0.2, inner_steps=3, inner_lr_mode=mode)
+    grads = assert_same(conv_bn, F.cross_entropy, image_tasks(), inner_lr=step_rule(mode, 0.2), inner_steps=3)
     assert any(k.startswith("inner_lrs.") for k in grads)
 
 
 def test_anil_head_only_equals_stored():
-    grads = assert_same(conv_bn, F.cross_entropy, image_tasks(), inner_lr=0.3, inner_steps=3,
-                        inner_params=["7.weight", "7.bias"], inner_lr_mode="per_layer_step")
+    grads = assert_same(conv_bn, F.cross_entropy, image_tasks(), inner_lr=step_rule("per_layer_step", 0.3), inner_steps=3,
+                        inner_params=["7.weight", "7.bias"])
     assert grads["model.0.weight"].abs().max() > 0  # the body gets its meta-gradient through the head's steps
 
 
 @pytest.mark.parametrize("iteration", [0, 7])
 def test_multi_step_loss_equals_stored(iteration):
-    assert_same(conv_bn, F.cross_entropy, image_tasks(), iteration=iteration, inner_lr=0.3, inner_steps=4,
-                multi_step_loss_iterations=10, inner_lr_mode="per_layer_step")
+    assert_same(conv_bn, F.cross_entropy, image_tasks(), iteration=iteration, inner_lr=step_rule("per_layer_step", 0.3), inner_steps=4,
+                multi_step_loss_iterations=10)
 
 
 @pytest.mark.parametrize("vectorize", ["vmap", "loop"])
 def test_per_step_batchnorm_equals_stored(vectorize):
     """Per-step BN rows (meta-learned, not adapted) get their gradient both directly (query) and
     through the steps; running statistics are recorded per chunk exactly as without recompute."""
-    assert_same(conv_bn, F.cross_entropy, image_tasks(), iteration=2, inner_lr=0.3, inner_steps=3, per_step_bn=True,
-                multi_step_loss_iterations=5, inner_lr_mode="per_layer_step", vectorize=vectorize, chunk_size=2)
+    assert_same(conv_bn, F.cross_entropy, image_tasks(), iteration=2, inner_lr=step_rule("per_layer_step", 0.3), inner_steps=3, per_step_bn=True,
+                multi_step_loss_iterations=5, vectorize=vectorize, chunk_size=2)
 
 
 @pytest.mark.parametrize("every", [1, 2, 3, 5])
 def test_any_spacing_of_kept_parameters_equals_stored(every):
     """Parameters kept every k steps, the others recomputed segment by segment (with the multi-step loss,
     which needs the query gradient at every step, and learned rates)."""
-    stored, _, _ = grads_after_meta_backward(conv_bn, F.cross_entropy, image_tasks(), iteration=3, inner_lr=0.3,
-                                             inner_steps=5, multi_step_loss_iterations=10,
-                                             inner_lr_mode="per_layer_step")
-    got, _, _ = grads_after_meta_backward(conv_bn, F.cross_entropy, image_tasks(), iteration=3, inner_lr=0.3,
-                                          inner_steps=5, multi_step_loss_iterations=10, inner_lr_mode="per_layer_step",
+    stored, _, _ = grads_after_meta_backward(conv_bn, F.cross_entropy, image_tasks(), iteration=3, inner_lr=step_rule("per_layer_step", 0.3),
+                                             inner_steps=5, multi_step_loss_iterations=10)
+    got, _, _ = grads_after_meta_backward(conv_bn, F.cross_entropy, image_tasks(), iteration=3, inner_lr=step_rule("per_layer_step", 0.3),
+                                          inner_steps=5, multi_step_loss_iterations=10,
                                           recompute_inner_steps=True, recompute_keep_every=every)
     for name in stored:
         torch.testing.assert_close(got[name], stored[name], rtol=0, atol=1e-10, msg=name)
@@ -155,7 +159,7 @@ def test_first_order_is_unaffected():
 
 
 def test_accumulates_like_backward():
-    learner = MAML(mlp(), F.mse_loss, 0.1, inner_steps=2, recompute_inner_steps=True)
+    learner = MAML(mlp(), F.mse_loss, 0.1, inner_steps=2, recompute=Recompute())
     learner.zero_grad()
     learner.meta_backward(regression_tasks())
     once = {n: p.grad.clone() for n, p in learner.named_parameters()}
@@ -169,8 +173,8 @@ def test_config():
     learner = MAMLConfig(inner_steps=3, recompute_inner_steps=True, recompute_keep_every=2).build(mlp(), F.mse_loss)
     assert learner.recompute_inner_steps and learner.inner_steps == 3 and learner.recompute_keep_every == 2
     assert not MAML(mlp(), F.mse_loss).recompute_inner_steps
-    with pytest.raises(ConfigError, match="recompute_keep_every"):
-        MAML(mlp(), F.mse_loss, recompute_inner_steps=True, recompute_keep_every=0)
+    with pytest.raises(ConfigError, match="keep_every"):
+        Recompute(keep_every=0)
     # Zero inner steps: nothing to recompute, the ordinary path.
     assert_same(mlp, F.mse_loss, regression_tasks(), inner_lr=0.1, inner_steps=0)
 
@@ -197,7 +201,8 @@ def test_peak_memory_does_not_grow_with_inner_steps():
     peaks = {}
     for recompute in (False, True):
         for steps in (1, 10):
-            learner = MAML(conv_net(), F.cross_entropy, 0.1, inner_steps=steps, recompute_inner_steps=recompute)
+            learner = MAML(conv_net(), F.cross_entropy, 0.1, inner_steps=steps,
+                           recompute=Recompute() if recompute else None)
             learner.meta_backward(batch)  # warm-up: lazily allocated state is not the step's memory
             learner.zero_grad()
             peaks[recompute, steps] = peak_allocated_bytes(lambda: learner.meta_backward(batch))
@@ -219,7 +224,7 @@ def test_resnet12_shape_and_meta_backward():
     for recompute in (False, True):
         torch.manual_seed(0)
         learner = MAML(ResNet12(3, 5, widths=(4, 6, 8, 10)), F.cross_entropy, 0.1, inner_steps=2,
-                       recompute_inner_steps=recompute)
+                       recompute=Recompute() if recompute else None)
         out = learner.meta_backward(batch)
         assert out.query_pred.shape == (2, 5, 5) and torch.isfinite(out.loss)
         grads[recompute] = {n: p.grad for n, p in learner.named_parameters()}

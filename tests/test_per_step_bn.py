@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmaml.core.batchnorm import PerStepBatchNorm
-from fastmaml.core.maml import MAML, MAMLConfig
+from fastmaml.core.maml import MAML, MAMLConfig, MAMLPlusPlus
 from fastmaml.errors import ConfigError
 from fastmaml.tasks.batch import TaskBatch
 
@@ -20,10 +20,10 @@ def tasks(t=3, seed=0):
     return TaskBatch(xs * 2 + 1, ys, xq * 2 + 1, yq)
 
 
-def learner(**kw) -> MAML:
+def learner(bn_eval_stats="batch", **kw) -> MAML:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3)).double()
-    maml = MAML(net, F.cross_entropy, inner_lr=ALPHA, inner_steps=STEPS, per_step_bn=True, **kw)
+    maml = MAML(net, F.cross_entropy, inner_lr=ALPHA, inner_steps=STEPS, mamlpp=MAMLPlusPlus(per_step_bn=True, bn_eval_stats=bn_eval_stats), **kw)
     with torch.no_grad():  # distinct rows, so a wrong row changes every number below
         maml.model[1].weight.uniform_(0.5, 2.0)
         maml.model[1].bias.normal_()
@@ -44,10 +44,10 @@ def test_per_step_rows_replace_batchnorm_and_are_not_adapted_by_default():
     norm = maml.model[1]
     assert isinstance(norm, PerStepBatchNorm) and norm.weight.shape == (STEPS + 1, 5)
     assert "1.weight" not in maml.inner_names and "0.weight" in maml.inner_names
-    assert MAML(nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5)), F.mse_loss, inner_steps=2, per_step_bn=True,
+    assert MAML(nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5)), F.mse_loss, inner_steps=2, mamlpp=MAMLPlusPlus(per_step_bn=True),
                 inner_params=["1.weight", "0.weight"]).inner_names == ["1.weight", "0.weight"]
     with pytest.raises(ConfigError, match="per_step_bn"):
-        MAML(nn.Linear(2, 2), F.mse_loss, bn_eval_stats="running")
+        MAMLPlusPlus(bn_eval_stats="running")
     assert MAMLConfig(per_step_bn=True, inner_steps=3).build(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)),
                                                              F.mse_loss).model[1].weight.shape == (4, 2)
 

@@ -6,9 +6,10 @@
 """
 
 from fastmaml.core.batchnorm import BatchStatNorm, convert_batchnorm
-from fastmaml.core.maml import MAML, AdaptationCurve, MAMLConfig, MetaOutput, accuracy
+from fastmaml.core.maml import MAML, AdaptationCurve, MAMLConfig, MAMLPlusPlus, MetaOutput, Recompute, accuracy
+from fastmaml.core.step_size import Fixed, PerElement, PerLayerStep
 from fastmaml.core.batch import TaskBatch
 
 __version__ = "0.1.0"
 __all__ = ["MAML", "MAMLConfig", "MetaOutput", "AdaptationCurve", "TaskBatch", "accuracy", "BatchStatNorm",
-           "convert_batchnorm"]
+           "convert_batchnorm", "Fixed", "PerLayerStep", "PerElement", "MAMLPlusPlus", "Recompute"]

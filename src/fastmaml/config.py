@@ -2,7 +2,9 @@
 
     cfg = load_config(SinusoidConfig, "paper.yaml", ["train.iterations=1000", "maml.first_order=true"])
 
-Unknown keys are errors (a typo must not silently fall back to a default).
+Unknown keys are errors (a typo must not silently fall back to a default). A config section whose keys
+were renamed lists the old ones in ``LEGACY_KEYS`` and maps them in a classmethod ``upgrade_config(data)``,
+so presets and the ``config.json`` of runs written before the rename still load.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
     """Build dataclass ``cls`` from a nested dict, checking keys and converting simple types."""
     if not isinstance(data, dict):
         raise ConfigError(f"config section {path or '<root>'} must be a mapping, got {type(data).__name__}")
+    if hasattr(cls, "upgrade_config"):
+        data = cls.upgrade_config(data)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -44,7 +48,7 @@ def load_config(cls: type[T], preset: str | Path | None = None, overrides: Itera
     """Defaults of ``cls``, then the YAML ``preset`` (if any), then ``key.sub=value`` overrides."""
     data: dict[str, Any] = to_dict(cls())
     if preset is not None:
-        _merge_preset(data, Path(preset), ())
+        _merge_preset(data, Path(preset), (), cls)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.iterations=1000)")
@@ -56,13 +60,23 @@ def load_config(cls: type[T], preset: str | Path | None = None, overrides: Itera
             if not isinstance(node.get(part), dict):
                 raise ConfigError(f"unknown config section {part!r} in override {item!r}")
             node = node[part]
-        if parts[-1] not in node:
+        if parts[-1] not in node and parts[-1] not in _legacy_keys(cls, parts[:-1]):
             raise ConfigError(f"unknown config key {key!r} in override {item!r}; valid keys here: {sorted(node)}")
         node[parts[-1]] = value
     return from_dict(cls, data)
 
 
-def _merge_preset(data: dict, path: Path, chain: tuple[Path, ...]) -> None:
+def _legacy_keys(cls: type, section: list[str]) -> tuple[str, ...]:
+    """The old key names the dataclass of config section ``section`` (a path from ``cls``) still reads."""
+    for part in section:
+        tp = typing.get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
+        if tp is None or not dataclasses.is_dataclass(tp):
+            return ()
+        cls = tp
+    return tuple(getattr(cls, "LEGACY_KEYS", ()))
+
+
+def _merge_preset(data: dict, path: Path, chain: tuple[Path, ...], cls: type) -> None:
     """Merge the YAML preset at ``path`` into ``data``; ``extends: other.yaml`` (a file beside it) merges first."""
     if path.resolve() in chain:
         raise ConfigError(f"config preset {path} extends itself through {' -> '.join(p.name for p in chain)}")
@@ -76,19 +90,19 @@ def _merge_preset(data: dict, path: Path, chain: tuple[Path, ...]) -> None:
         base = loaded.pop("extends")
         if not isinstance(base, str) or Path(base).name != base:
             raise ConfigError(f"{path}: 'extends' must name a preset file in the same folder, got {base!r}")
-        _merge_preset(data, path.parent / base, chain + (path.resolve(),))
-    _merge(data, loaded, str(path))
+        _merge_preset(data, path.parent / base, chain + (path.resolve(),), cls)
+    _merge(data, loaded, str(path), cls)
 
 
-def _merge(base: dict, new: dict, source: str, path: str = "") -> None:
+def _merge(base: dict, new: dict, source: str, cls: type, path: str = "") -> None:
     if not isinstance(new, dict):
         raise ConfigError(f"{source}: section {path or '<root>'} must be a mapping")
     for key, value in new.items():
         where = f"{path}.{key}" if path else key
-        if key not in base:
+        if key not in base and key not in _legacy_keys(cls, path.split(".") if path else []):
             raise ConfigError(f"{source}: unknown config key {where!r}; valid keys here: {sorted(base)}")
         if isinstance(base[key], dict) and isinstance(value, dict):
-            _merge(base[key], value, source, where)
+            _merge(base[key], value, source, cls, where)
         else:
             base[key] = value
 

@@ -10,6 +10,7 @@ from fastmaml.apps.rl.losses import reinforce_loss
 from fastmaml.apps.rl.policy import GaussianMLPPolicy
 from fastmaml.apps.rl.sampler import sample_meta_batch
 from fastmaml.core.maml import MAML
+from fastmaml.core.step_size import from_config
 
 
 class Nav2D64(Nav2D):
@@ -20,10 +21,10 @@ class Nav2D64(Nav2D):
 
 
 def tiny_learner(hidden=(4,), activation="tanh", inner_lr=0.5, seed=0, inner_steps=1, loss=reinforce_loss,
-                 inner_lr_mode="fixed") -> MAML:
+                 step_size="fixed") -> MAML:
     torch.manual_seed(seed)
     policy = GaussianMLPPolicy(2, 2, hidden, activation).double()
-    return MAML(policy, loss, inner_lr=inner_lr, inner_steps=inner_steps, inner_lr_mode=inner_lr_mode)
+    return MAML(policy, loss, inner_lr=from_config(step_size, inner_lr), inner_steps=inner_steps)
 
 
 def tiny_batch(learner: MAML, tasks: int = 3, trajectories: int = 4, horizon: int = 12, seed: int = 0):

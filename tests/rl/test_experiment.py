@@ -10,6 +10,7 @@ from fastmaml.apps.rl.config import RLConfig, validate
 from fastmaml.apps.rl.trpo import TRPOStep
 from fastmaml.cli import main
 from fastmaml.config import load_config
+from fastmaml.core.step_size import Fixed
 from fastmaml.errors import ConfigError
 from fastmaml.train.checkpoint import load_checkpoint
 
@@ -28,7 +29,7 @@ def params_of(run_dir):
 
 @pytest.mark.parametrize("inner_steps, mode", [(1, "fixed"), (2, "fixed"), (1, "per_layer_step")])
 def test_crashed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch, inner_steps, mode):
-    cfg = tiny_cfg("train.iterations=4", f"maml.inner_steps={inner_steps}", f"maml.inner_lr_mode={mode}")
+    cfg = tiny_cfg("train.iterations=4", f"maml.inner_steps={inner_steps}", f"maml.step_size={mode}")
     E.train(cfg, tmp_path / "straight")
 
     real = TRPOStep.__call__
@@ -65,7 +66,11 @@ def test_crashed_run_resumes_to_the_same_parameters(tmp_path, monkeypatch, inner
     ("trpo.backtrack_ratio=1.0", "trpo.backtrack_ratio"),
     ("trpo.hvp_tasks=50", "trpo.hvp_tasks"),
     ("maml.inner_steps=-1", "maml.inner_steps"),
-    ("maml.inner_lr_mode=adam", "maml.inner_lr_mode"),
+    ("maml.step_size=adam", "maml.step_size"),
+    ("maml.step_size=fixed(later=-1)", "maml.step_size"),
+    ("maml.step_size=fixed(slower=0.5)", "maml.step_size"),
+    # configs written before maml.step_size: the old keys are read, and checked, as before
+    ("maml.inner_lr_mode=adam", "maml.step_size"),
     ("maml.inner_lr_mode=per_element maml.later_step_scale=0.5", "maml.later_step_scale"),
     ("policy.activation=gelu", "policy.activation"),
     ("eval.num_tasks=1", "eval.num_tasks"),
@@ -81,7 +86,8 @@ def test_bad_config_values_give_clear_errors(override, words):
 @pytest.mark.parametrize("overrides, scale", [
     (["eval.later_step_scale=1.0"], 1.0),
     (["eval.later_step_scale=0.5"], 0.5),
-    (["maml.later_step_scale=0.5"], 0.5),  # eval null: tested as meta-trained
+    (["maml.step_size=fixed(later=0.5)"], 0.5),  # eval null: tested as meta-trained
+    (["maml.later_step_scale=0.5"], 0.5),  # the same in a config written before maml.step_size
     (["maml.later_step_scale=0.5", "eval.later_step_scale=1.0"], 1.0),  # an explicit test protocol wins
 ])
 def test_test_time_steps_use_alpha_then_the_later_step_scale(monkeypatch, overrides, scale):
@@ -102,9 +108,9 @@ def test_test_time_steps_use_alpha_then_the_later_step_scale(monkeypatch, overri
 
 
 def test_learned_step_sizes_adapt_maml_at_test_time_and_the_baselines_keep_the_protocol(monkeypatch):
-    """With maml.inner_lr_mode, MAML's test-time steps use its learned rates (step s: the rate of step
+    """With a learned maml.step_size, MAML's test-time steps use its learned rates (step s: the rate of step
     min(s, S−1)); pretrained and random, which learned none, are fine-tuned with α then α·scale."""
-    cfg = tiny_cfg("eval.steps=3", "maml.inner_lr=0.2", "maml.inner_lr_mode=per_layer_step", "maml.inner_steps=2",
+    cfg = tiny_cfg("eval.steps=3", "maml.inner_lr=0.2", "maml.step_size=per_layer_step", "maml.inner_steps=2",
                    "eval.later_step_scale=0.5")
     learner = E.build_learner(cfg)
     with torch.no_grad():
@@ -114,7 +120,7 @@ def test_learned_step_sizes_adapt_maml_at_test_time_and_the_baselines_keep_the_p
     real = learner.inner_step
 
     def spy(params, x, y, step, first_order):
-        seen.append({n: float(learner._lr(n, step)) for n in learner.inner_names})
+        seen.append({n: float(learner.step_size(n, step)) for n in learner.inner_names})
         return real(params, x, y, step, first_order)
 
     monkeypatch.setattr(learner, "inner_step", spy)
@@ -135,7 +141,7 @@ def test_learned_step_sizes_adapt_maml_at_test_time_and_the_baselines_keep_the_p
     # the baselines take no inner step in training and learn no step sizes: their checkpoints hold none
     for kind in ("pretrained", "oracle"):
         baseline = E.build_learner(cfg, kind)
-        assert baseline.inner_lr_mode == "fixed" and not any(k.startswith("inner_lrs") for k in baseline.state_dict())
+        assert isinstance(baseline.inner_lr, Fixed) and not any(k.startswith("inner_lrs") for k in baseline.state_dict())
         assert E.rate_summary(baseline) == {}
     summary = E.rate_summary(learner)
     assert summary and all(v == [0.0625, 0.25] for v in summary.values())
@@ -194,9 +200,9 @@ def test_rl_presets_load_and_keep_the_paper_settings():
     assert lvc.train.validate_every > 0 and lvc.eval.validation_seed != lvc.eval.seed
     assert cfgs["rl_nav2d"].pg.inner_loss == "reinforce"
     lslr = cfgs["rl_nav2d_lvc_lslr"]  # the best found: two steps, every step judged, LVC, learned per-step sizes
-    assert (lslr.maml.inner_steps, lslr.trpo.all_steps, lslr.pg.inner_loss, lslr.maml.inner_lr_mode) == (
+    assert (lslr.maml.inner_steps, lslr.trpo.all_steps, lslr.pg.inner_loss, lslr.maml.step_size) == (
         2, True, "lvc", "per_layer_step")
-    assert lslr.train.validate_every > 0 and lslr.eval.later_step_scale == 0.5 and lslr.maml.later_step_scale == 1.0
+    assert lslr.train.validate_every > 0 and lslr.eval.later_step_scale == 0.5
 
 
 def test_nav2d_diagnosis_reproduces_the_evaluation_and_its_noise_floor(tmp_path):

@@ -29,7 +29,7 @@ def test_every_inner_step_samples_from_the_policy_it_starts_from():
             # The recorded sampling distribution of step s's rollouts is the policy after s steps.
             recorded = unpack(batch.support_y[t, step], 2)[3]
             torch.testing.assert_close(functional_call(model, params, (batch.support_x[t, step],)).detach(), recorded)
-            params = _hand_step(model, params, batch.support_x[t, step], batch.support_y[t, step], learner.fixed_lr)
+            params = _hand_step(model, params, batch.support_x[t, step], batch.support_y[t, step], learner.inner_lr.alpha)
         torch.testing.assert_close(functional_call(model, params, (batch.query_x[t],)).detach(), unpack(batch.query_y[t], 2)[3])
     torch.testing.assert_close(batch.pre_return, batch.step_returns[:, 0])
     torch.testing.assert_close(batch.post_return, batch.step_returns[:, 2])
@@ -47,7 +47,7 @@ def test_meta_gradient_runs_through_both_inner_steps():
     for t in range(batch.num_tasks):
         p = dict(params)
         for s in range(2):
-            p = _hand_step(learner.model, p, batch.support_x[t, s], batch.support_y[t, s], learner.fixed_lr)
+            p = _hand_step(learner.model, p, batch.support_x[t, s], batch.support_y[t, s], learner.inner_lr.alpha)
         total = total + surrogate_loss(functional_call(learner.model, p, (batch.query_x[t],)), batch.query_y[t])
     want = torch.autograd.grad(total / batch.num_tasks, list(params.values()))
     for g, w in zip(got, want):
@@ -73,8 +73,8 @@ def test_all_steps_objective_averages_every_step_on_its_own_rollouts():
 
     total_surr, total_kl = 0.0, 0.0
     for t in range(batch.num_tasks):
-        p1 = _hand_step(learner.model, dict(params), batch.support_x[t, 0], batch.support_y[t, 0], learner.fixed_lr)
-        p2 = _hand_step(learner.model, p1, batch.support_x[t, 1], batch.support_y[t, 1], learner.fixed_lr)
+        p1 = _hand_step(learner.model, dict(params), batch.support_x[t, 0], batch.support_y[t, 0], learner.inner_lr.alpha)
+        p2 = _hand_step(learner.model, p1, batch.support_x[t, 1], batch.support_y[t, 1], learner.inner_lr.alpha)
         out1 = functional_call(learner.model, p1, (batch.support_x[t, 1],))
         out2 = functional_call(learner.model, p2, (batch.query_x[t],))
         total_surr = total_surr + (surrogate_loss(out1, batch.support_y[t, 1]) + surrogate_loss(out2, batch.query_y[t])) / 2
@@ -113,7 +113,7 @@ def test_lvc_samples_the_same_rollouts_and_differentiates_its_own_chain():
     for t in range(batch.num_tasks):
         p = dict(params)
         for s in range(2):
-            p = _hand_step(lvc.model, p, batch.support_x[t, s], batch.support_y[t, s], lvc.fixed_lr, lvc_loss)
+            p = _hand_step(lvc.model, p, batch.support_x[t, s], batch.support_y[t, s], lvc.inner_lr.alpha, lvc_loss)
         total = total + surrogate_loss(functional_call(lvc.model, p, (batch.query_x[t],)), batch.query_y[t])
     want = torch.autograd.grad(total / batch.num_tasks, list(params.values()))
     for g, w in zip(grads["lvc"], want):

@@ -136,7 +136,7 @@ def _with_rates(step: TRPOStep, theta: torch.Tensor, like: dict) -> dict:
 def test_learned_step_sizes_are_in_the_gradient_and_the_exact_hvp(mode):
     """Meta-SGD / MAML++ step sizes are TRPO parameters: the surrogate's gradient and the KL's Hessian-vector
     products with respect to them match finite differences."""
-    learner = tiny_learner(inner_lr=0.3, inner_lr_mode=mode)
+    learner = tiny_learner(inner_lr=0.3, step_size=mode)
     batch = tiny_batch(learner, seed=7)
     step = TRPOStep(learner, TRPOConfig())
     rates = learned_step_sizes(step.learner)
@@ -182,7 +182,7 @@ def test_learned_step_sizes_are_in_the_gradient_and_the_exact_hvp(mode):
 
 
 def test_trpo_step_updates_learned_step_sizes_within_the_kl_limit():
-    learner = tiny_learner(hidden=(8,), inner_lr=0.3, inner_lr_mode="per_layer_step")
+    learner = tiny_learner(hidden=(8,), inner_lr=0.3, step_size="per_layer_step")
     batch = tiny_batch(learner, tasks=4, trajectories=6, seed=5)
     step = TRPOStep(learner, TRPOConfig(max_kl=0.01))
     rates_before = {k: v.detach().clone() for k, v in learner.inner_lrs.items()}

@@ -7,8 +7,8 @@ arithmetic. :class:`CompiledMetaStep` writes one meta-iteration as a pure functi
     grads, loss = grad(θ, α ↦ mean_i L(θ'_i(θ, α); query_i))      (torch.func.grad of a vmap)
     θ, m, v     = Adam(θ, m, v, grads)                              (same formulas as torch.optim.Adam)
 
-where ``θ'_i`` comes from the learner's own :meth:`MAML.inner_step` (so the algorithm lives in
-one place, :mod:`fastmaml.core.maml`), and hands it to ``torch.compile(fullgraph=True)``. The
+where ``L(θ'_i; query_i)`` is :func:`fastmaml.core.inner_loop.task_loss`, the per-task function
+:meth:`MAML.forward` runs too (so the algorithm lives in one place), and hands it to ``torch.compile(fullgraph=True)``. The
 Adam moments and step counters are the tensors of the ``torch.optim.Adam`` the caller owns,
 updated in place, so ``optimizer.state_dict()`` / ``load_state_dict()`` (checkpoints, resume)
 work exactly as with the eager loop. The update is skipped inside the graph when the meta-loss
@@ -59,17 +59,16 @@ addresses). On a CPU inductor needs a C++ compiler; without one the first call f
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from typing import Any, Callable
 
 import torch
 from torch.func import grad_and_value, vmap
-from torch.nn.utils.stateless import _reparametrize_module
 
-from fastmaml.core.maml import MAML, MetaOutput
 from fastmaml.core.batch import TaskBatch
+from fastmaml.core.inner_loop import meta_backward_in_chunks, task_loss
+from fastmaml.core.maml import MAML, MetaOutput
 
 
 #: torch.compile backend when none is given ("inductor"; tests trace with "aot_eager", which skips C++ compilation)
@@ -163,37 +162,18 @@ class CompiledMetaStep:
 
     # ------------------------------------------------------------------ the functional step
     def _meta_loss_fn(self, first_order: bool, multi_step: bool) -> Callable:
-        learner, names, lr_keys, steps = self.learner, self._names, self._lr_keys, self.learner.inner_steps
+        learner, names, lr_keys = self.learner, self._names, self._lr_keys
         n_params = len(names)
-        learned = learner.inner_lr_mode != "fixed"
-        takes_lrs = "lrs" in inspect.signature(learner.inner_step).parameters
 
-        def inner_step(params, lrs, xs, ys, step):
-            if not learned:
-                return learner.inner_step(params, xs, ys, step, first_order)
-            if takes_lrs:
-                return learner.inner_step(params, xs, ys, step, first_order, lrs=lrs)
-            # The learned rates as functional inputs: MAML reads learner.inner_lrs[key], so swap those
-            # tensors for the duration of the call (what torch.func.functional_call does for a module).
-            with _reparametrize_module(learner.inner_lrs, lrs):
-                return learner.inner_step(params, xs, ys, step, first_order)
-
-        def task_loss(params, lrs, weights, xs, ys, xq, yq):
-            loss = 0.0
-            for step in range(steps):
-                params = inner_step(params, lrs, xs, ys, step)
-                if multi_step:  # MAML++ multi-step loss: weighted query loss after every step
-                    pred = learner._call(params, xq, step + 1)
-                    loss = loss + weights[step] * learner.loss_fn(pred, yq)
-            if not multi_step:
-                pred = learner._call(params, xq, steps)
-                loss = learner.loss_fn(pred, yq)
-            return loss, pred
+        def one_task(params, lrs, weights, xs, ys, xq, yq):
+            # The learned rates are graph inputs like θ (`rates`); `weights` is MAML++'s multi-step loss.
+            return task_loss(learner, params, xs, ys, xq, yq, first_order=first_order,
+                             step_weights=weights if multi_step else None, rates=lrs)
 
         def meta_loss(tensors, weights, sx, sy, qx, qy, scale):
             params = dict(zip(names, tensors[:n_params]))
             lrs = dict(zip(lr_keys, tensors[n_params:]))
-            losses, preds = vmap(task_loss, in_dims=(None, None, None, 0, 0, 0, 0))(params, lrs, weights, sx, sy, qx, qy)
+            losses, preds = vmap(one_task, in_dims=(None, None, None, 0, 0, 0, 0))(params, lrs, weights, sx, sy, qx, qy)
             return losses.sum() * scale, (losses, preds)
 
         return grad_and_value(meta_loss, has_aux=True)
@@ -248,8 +228,7 @@ class CompiledMetaStep:
 
     def _schedule(self) -> tuple[bool, bool, torch.Tensor]:
         learner = self.learner
-        first_order = learner._training_first_order()
-        weights = learner._step_weights()
+        first_order, weights = learner.training_schedule()
         multi_step = weights is not None
         device, dtype = self._tensors[0].device, self._tensors[0].dtype
         w = torch.zeros(max(learner.inner_steps, 1), device=device, dtype=dtype) if weights is None else weights.to(
@@ -285,29 +264,29 @@ class CompiledMetaStep:
             return self.learner.meta_backward(batch)
         batch.validate()
         first_order, multi_step, w = self._schedule()
-        total = batch.num_tasks
-        size = self.learner.chunk_size or total
         fn = self._get("grad", first_order, multi_step)
-        losses, preds = [], []
+        chunks_done = 0
+
+        def backward_chunk(chunk: TaskBatch, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal chunks_done
+            grads, task_losses, pred = fn(self._tensors, w, chunk.support_x, chunk.support_y, chunk.query_x,
+                                          chunk.query_y, 1.0 / total)
+            for p, g in zip(self._tensors, grads):
+                if p.grad is None:
+                    p.grad = g.detach().clone() if chunks_done else g.detach()
+                else:
+                    p.grad.add_(g)
+            chunks_done += 1
+            return task_losses.detach(), pred.detach()
+
         try:
-            for start in range(0, total, size):
-                chunk = batch.tasks(start, start + size)
-                grads, task_losses, pred = fn(self._tensors, w, chunk.support_x, chunk.support_y, chunk.query_x,
-                                              chunk.query_y, 1.0 / total)
-                for p, g in zip(self._tensors, grads):
-                    if p.grad is None:
-                        p.grad = g.detach().clone() if start else g.detach()
-                    else:
-                        p.grad.add_(g)
-                losses.append(task_losses.detach())
-                preds.append(pred.detach())
+            task_losses, preds = meta_backward_in_chunks(batch, self.learner.chunk_size, backward_chunk)
         except Exception as e:  # noqa: BLE001 - any compile failure: eager from now on
-            if losses:  # a later chunk failed (a new shape): undo the chunks already accumulated
+            if chunks_done:  # a later chunk failed (a new shape): the earlier chunks' gradients are already in .grad
                 raise
             self._fail(e)
             return self.learner.meta_backward(batch)
-        task_losses = torch.cat(losses)
-        return MetaOutput(loss=task_losses.mean(), task_losses=task_losses, query_pred=torch.cat(preds))
+        return MetaOutput(loss=task_losses.mean(), task_losses=task_losses, query_pred=preds)
 
     def step(self, batch: TaskBatch, lr: float | None = None) -> MetaOutput:
         """One meta-iteration: meta-gradient and Adam update (``lr``: this iteration's outer rate;

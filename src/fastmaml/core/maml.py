@@ -1,6 +1,7 @@
 """MAML and its first-order variant, for any ``nn.Module`` and differentiable loss.
 
-The whole algorithm (Finn, Abbeel & Levine, ICML 2017) is in this file:
+The algorithm (Finn, Abbeel & Levine, ICML 2017); the inner loop itself, shared with the compiled,
+recomputing and TRPO paths, is :func:`fastmaml.core.inner_loop.task_loss`:
 
     inner loop   θ'ᵢ = θ − α ∇θ L(θ; support_i)        repeated S times
     outer loop   θ  ← θ − β ∇θ Σᵢ L(θ'ᵢ; query_i)       (done by any torch optimizer)
@@ -31,21 +32,23 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Literal, Mapping
+from typing import Callable, Iterable, Iterator, Literal, Mapping, Union
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.func import grad_and_value, vmap
 
 from fastmaml.core.batchnorm import PerStepBatchNorm, convert_batchnorm
+from fastmaml.core.inner_loop import (LossFn, Params, Rates, adapt, call_model, inner_step, meta_backward_in_chunks,
+                                     over_tasks, task_loss)
 from fastmaml.core.recompute import meta_backward_recompute
+from fastmaml.core.step_size import Fixed, StepSizeRule, from_config, from_legacy
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.core.batch import TaskBatch
 
-Params = dict[str, torch.Tensor]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-InnerLR = Literal["fixed", "per_layer_step", "per_element"]
+#: a step-size rule (core/step_size.py: Fixed, PerLayerStep, PerElement or your own), or a float: Fixed(α)
+InnerLR = Union[float, StepSizeRule]
 Vectorize = Literal["vmap", "loop"]
 BNStats = Literal["batch", "running"]
 
@@ -68,115 +71,138 @@ class AdaptationCurve:
     metrics: dict[str, torch.Tensor]  # name -> [T, S + 1]
 
 
+@dataclass(frozen=True)
+class MAMLPlusPlus:
+    """MAML++'s training schedules and per-step BatchNorm (Antoniou et al. 2019; its learned per-layer,
+    per-step step sizes are the step-size rule :class:`~fastmaml.core.step_size.PerLayerStep`).
+
+    Args:
+        multi_step_loss_iterations: the multi-step loss: for this many training iterations
+            the meta-loss is Σ_s w_s L(θ_s; query) over inner steps s = 1..S, the weights
+            starting equal and annealed linearly towards the last step (see
+            :func:`multi_step_weights`); afterwards the last step's loss only. 0: off.
+        first_order_iterations: derivative-order annealing: first order for this many
+            training iterations, then second order (unless MAML's ``first_order``). 0: off.
+        per_step_bn: BNWB + BNRS: each BatchNorm gets one row of weight, bias and
+            running statistics per number of inner steps taken (0..S; more test-time steps
+            reuse row S). Those weights are meta-learned but, as in MAML++, not adapted in the
+            inner loop unless named in ``inner_params``. Running statistics are recorded on
+            the first task of every meta-batch (of every chunk, with ``chunk_size``) (support set
+            at step s, query set at step S).
+        bn_eval_stats: with ``per_step_bn``, what BatchNorm normalizes with when adapting and
+            evaluating without a meta-gradient (:meth:`MAML.adaptation_curve`, :meth:`MAML.adapt`,
+            :meth:`MAML.predict`): ``"batch"`` (the MAML paper's protocol, transductive) or
+            ``"running"`` (the step's running statistics; each test example is classified
+            independently of the other queries).
+    """
+
+    multi_step_loss_iterations: int = 0
+    first_order_iterations: int = 0
+    per_step_bn: bool = False
+    bn_eval_stats: BNStats = "batch"
+
+    def __post_init__(self) -> None:
+        if self.multi_step_loss_iterations < 0 or self.first_order_iterations < 0:
+            raise ConfigError("multi_step_loss_iterations and first_order_iterations must be >= 0 (0: off)")
+        if self.bn_eval_stats not in ("batch", "running"):
+            raise ConfigError(f"unknown bn_eval_stats {self.bn_eval_stats!r}: use 'batch' or 'running'")
+        if self.bn_eval_stats == "running" and not self.per_step_bn:
+            raise ConfigError("bn_eval_stats='running' needs per_step_bn=True (only per-step BatchNorm keeps running statistics)")
+
+
+@dataclass(frozen=True)
+class Recompute:
+    """Memory-bounded second order in :meth:`MAML.meta_backward`: instead of keeping every inner step's
+    activations for the backward pass, run the inner loop without a graph (keeping only some steps'
+    parameters), then walk the steps backwards, rebuilding one step's graph at a time and
+    backpropagating through it (:mod:`fastmaml.core.recompute`). Peak activation memory is one inner
+    step's instead of ``inner_steps``'; the meta-gradient is the same; costs the graph-free inner loop
+    (and a partial second one for the parameters not kept). Used only when the step is second order;
+    :meth:`MAML.forward` is unchanged.
+
+    Args:
+        keep_every: keep the parameters after every k-th inner step and recompute the others when
+            the backward walk needs them (1: keep all, fastest). ``None``: the smallest k that keeps
+            fewest alive at once (1 up to 3 steps, 2 up to 10, about √(2S) beyond;
+            :func:`fastmaml.core.recompute.keep_every`).
+    """
+
+    keep_every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep_every is not None and self.keep_every < 1:
+            raise ConfigError(f"recompute keep_every must be a positive number of steps or None, got {self.keep_every}")
+
+
 class MAML(nn.Module):
     """Model-Agnostic Meta-Learning around ``model``.
 
     Args:
         model: any ``nn.Module``. BatchNorm layers are switched (in place) to
             batch-statistics normalization (:func:`convert_batchnorm`), as in the paper,
-            or to per-step BatchNorm with ``per_step_bn``.
+            or to per-step BatchNorm with ``MAMLPlusPlus(per_step_bn=True)``.
         loss_fn: ``loss_fn(prediction, target) -> scalar``, e.g. ``F.cross_entropy``.
-        inner_lr: the inner step size α (initial value when learned).
-        later_step_scale: with a fixed α, steps after the first take α·``later_step_scale``
-            (the original MAML-RL test script adapts with α, then α/2; 1.0: α at every step).
+        inner_lr: the inner step-size rule (:mod:`fastmaml.core.step_size`): a float α is
+            ``Fixed(α)``; ``Fixed(α, later=0.5)`` takes α/2 after the first step (the original MAML-RL
+            test script); ``PerLayerStep(α)`` (MAML++ LSLR: a learned α per parameter tensor and
+            step); ``PerElement(α)`` (Meta-SGD: a learned α per element); or any object with the
+            rule's ``init``/``rate`` methods. Learned step sizes live in :attr:`inner_lrs`.
         inner_steps: inner gradient steps during meta-training.
         first_order: FOMAML: ignore second derivatives in the meta-gradient.
-        inner_lr_mode: ``"fixed"``; ``"per_layer_step"`` (MAML++ LSLR: a learned α per
-            parameter tensor and step); ``"per_element"`` (Meta-SGD: a learned α per element).
         inner_params: names of the parameters adapted in the inner loop (default: all).
             The others are still meta-learned but stay fixed within a task.
-        multi_step_loss_iterations: MAML++ multi-step loss: for this many training iterations
-            the meta-loss is Σ_s w_s L(θ_s; query) over inner steps s = 1..S, the weights
-            starting equal and annealed linearly towards the last step (see
-            :func:`multi_step_weights`); afterwards the last step's loss only. 0: off.
-        first_order_iterations: MAML++ derivative-order annealing: first order for this many
-            training iterations, then second order (unless ``first_order``). 0: off.
-        per_step_bn: MAML++ BNWB + BNRS: each BatchNorm gets one row of weight, bias and
-            running statistics per number of inner steps taken (0..S; more test-time steps
-            reuse row S). Those weights are meta-learned but, as in MAML++, not adapted in the
-            inner loop unless named in ``inner_params``. Running statistics are recorded on
-            the first task of every meta-batch (of every chunk, with ``chunk_size``) (support set at step s, query set at step S).
-        bn_eval_stats: with ``per_step_bn``, what BatchNorm normalizes with when adapting and
-            evaluating without a meta-gradient (:meth:`adaptation_curve`, :meth:`adapt`,
-            :meth:`predict`): ``"batch"`` (the MAML paper's protocol, transductive) or
-            ``"running"`` (the step's running statistics; each test example is classified
-            independently of the other queries).
         vectorize: ``"vmap"`` processes all tasks in one vectorized call; ``"loop"``
             runs tasks one by one (same gradients; for models vmap cannot handle).
         chunk_size: tasks per pass (``None``: all at once). :meth:`meta_backward` runs
             forward and backward one chunk at a time, freeing each chunk's graph; in
             :meth:`forward` it is vmap's ``chunk_size`` (the whole graph is kept). Conv nets
             on a CPU run faster with chunks whose activations stay in cache.
-        recompute_inner_steps: memory-bounded second order in :meth:`meta_backward`: instead of
-            keeping every inner step's activations for the backward pass, run the inner loop
-            without a graph (keeping only some steps' parameters), then walk the steps
-            backwards, rebuilding one step's graph at a time and backpropagating through it
-            (:mod:`fastmaml.core.recompute`). Peak activation memory is one inner step's instead
-            of ``inner_steps``'; the meta-gradient is the same; costs the graph-free inner loop
-            (and a partial second one for the parameters not kept). Used only when the step is
-            second order; :meth:`forward` is unchanged.
-        recompute_keep_every: with ``recompute_inner_steps``, keep the parameters after every
-            k-th inner step and recompute the others when the backward walk needs them (1: keep
-            all, fastest). ``None``: the smallest k that keeps fewest alive at once (1 up to 3
-            steps, 2 up to 10, about √(2S) beyond; :func:`fastmaml.core.recompute.keep_every`).
+        mamlpp: MAML++'s multi-step loss, derivative-order annealing and per-step BatchNorm
+            (:class:`MAMLPlusPlus`); ``None``: none of them.
+        recompute: memory-bounded second order (:class:`Recompute`); ``None``: every inner step's
+            activations are kept for the backward pass.
     """
 
     def __init__(
         self,
         model: nn.Module,
         loss_fn: LossFn,
-        inner_lr: float = 0.01,
+        inner_lr: InnerLR = 0.01,
         inner_steps: int = 1,
         first_order: bool = False,
-        inner_lr_mode: InnerLR = "fixed",
         inner_params: Iterable[str] | None = None,
         vectorize: Vectorize = "vmap",
         chunk_size: int | None = None,
-        multi_step_loss_iterations: int = 0,
-        first_order_iterations: int = 0,
-        per_step_bn: bool = False,
-        bn_eval_stats: BNStats = "batch",
-        recompute_inner_steps: bool = False,
-        recompute_keep_every: int | None = None,
-        later_step_scale: float = 1.0,
+        mamlpp: MAMLPlusPlus | None = None,
+        recompute: Recompute | None = None,
     ) -> None:
         super().__init__()
-        if not later_step_scale > 0:
-            raise ConfigError(f"later_step_scale must be > 0 (1.0: α at every inner step), got {later_step_scale}")
-        if later_step_scale != 1.0 and inner_lr_mode != "fixed":
-            raise ConfigError(f"later_step_scale applies to a fixed α; inner_lr_mode={inner_lr_mode!r} learns its rates")
-        if multi_step_loss_iterations < 0 or first_order_iterations < 0:
-            raise ConfigError("multi_step_loss_iterations and first_order_iterations must be >= 0 (0: off)")
+        if isinstance(inner_lr, (int, float)) and not isinstance(inner_lr, bool):
+            inner_lr = Fixed(float(inner_lr))
+        if not isinstance(inner_lr, StepSizeRule):
+            raise ConfigError(f"inner_lr must be a number or a step-size rule (Fixed, PerLayerStep, PerElement, or an "
+                              f"object with init(params, steps) and rate(learned, name, step)), got {inner_lr!r}")
+        mamlpp = mamlpp or MAMLPlusPlus()
         if inner_steps < 0:
             raise ConfigError(f"inner_steps must be >= 0, got {inner_steps}")
-        if inner_lr_mode not in ("fixed", "per_layer_step", "per_element"):
-            raise ConfigError(
-                f"unknown inner_lr_mode {inner_lr_mode!r}: use 'fixed', 'per_layer_step' (MAML++) or 'per_element' (Meta-SGD)"
-            )
         if vectorize not in ("vmap", "loop"):
             raise ConfigError(f"unknown vectorize {vectorize!r}: use 'vmap' or 'loop'")
         if chunk_size is not None and chunk_size < 1:
             raise ConfigError(f"chunk_size must be a positive number of tasks or None, got {chunk_size}")
-        if recompute_keep_every is not None and recompute_keep_every < 1:
-            raise ConfigError(
-                f"recompute_keep_every must be a positive number of steps or None, got {recompute_keep_every}")
-        if bn_eval_stats not in ("batch", "running"):
-            raise ConfigError(f"unknown bn_eval_stats {bn_eval_stats!r}: use 'batch' or 'running'")
-        if bn_eval_stats == "running" and not per_step_bn:
-            raise ConfigError("bn_eval_stats='running' needs per_step_bn=True (only per-step BatchNorm keeps running statistics)")
-        self.model = convert_batchnorm(model, per_step=inner_steps + 1 if per_step_bn else None)
+        self.mamlpp, self.recompute = mamlpp, recompute
+        self.model = convert_batchnorm(model, per_step=inner_steps + 1 if mamlpp.per_step_bn else None)
         self.step_norms = [m for m in self.model.modules() if isinstance(m, PerStepBatchNorm)]
-        self.bn_eval_stats = bn_eval_stats
+        self.bn_eval_stats = mamlpp.bn_eval_stats
         self.loss_fn = loss_fn
         self.inner_steps = inner_steps
         self.first_order = first_order
-        self.inner_lr_mode = inner_lr_mode
+        self.inner_lr = inner_lr
         self.vectorize = vectorize
         self.chunk_size = chunk_size
-        self.multi_step_loss_iterations = multi_step_loss_iterations
-        self.first_order_iterations = first_order_iterations
-        self.recompute_inner_steps = bool(recompute_inner_steps)
-        self.recompute_keep_every = recompute_keep_every
+        self.multi_step_loss_iterations = mamlpp.multi_step_loss_iterations
+        self.first_order_iterations = mamlpp.first_order_iterations
+        self.recompute_inner_steps = recompute is not None
+        self.recompute_keep_every = None if recompute is None else recompute.keep_every
         self.iteration = 0  # the training iteration the schedules above follow (set_iteration)
 
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -192,28 +218,16 @@ class MAML(nn.Module):
             if unknown:
                 raise ConfigError(f"inner_params {unknown} are not trainable parameters of the model; choose from {names}")
 
-        # ParameterDict keys may not contain '.', so 'layer.weight' is stored as 'layer__weight'.
+        # The rule's learned step sizes, meta-learned with θ (empty for a fixed α). ParameterDict keys
+        # may not contain '.', so 'layer.weight' is stored as 'layer__weight'.
         self.inner_lrs = nn.ParameterDict()
-        self.fixed_lr = float(inner_lr)
-        self.later_step_scale = float(later_step_scale)
-        for name in self.inner_names:
-            p = trainable[name]
-            if inner_lr_mode == "per_layer_step":
-                self.inner_lrs[_key(name)] = nn.Parameter(torch.full((max(inner_steps, 1),), float(inner_lr), dtype=p.dtype, device=p.device))
-            elif inner_lr_mode == "per_element":
-                self.inner_lrs[_key(name)] = nn.Parameter(torch.full_like(p.detach(), float(inner_lr)))
+        for name, rate in inner_lr.init({n: trainable[n] for n in self.inner_names}, inner_steps).items():
+            self.inner_lrs[_key(name)] = nn.Parameter(rate)
 
     # ------------------------------------------------------------------ functional pieces
     def params(self) -> Params:
         """The model's trainable parameters as a dict (the meta-learned initialization θ)."""
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-
-    def _call(self, params: Params, x: torch.Tensor, step: int) -> torch.Tensor:
-        # `step`: inner steps `params` have taken (selects per-step BatchNorm rows).
-        for norm in self.step_norms:
-            norm.step = step
-        # Frozen parameters and buffers come from the module; trainable ones from `params`.
-        return functional_call(self.model, params, (x,), strict=False)
 
     @contextmanager
     def _norm_mode(self, record: bool = False, use_running_stats: bool = False) -> Iterator[None]:
@@ -229,7 +243,7 @@ class MAML(nn.Module):
         """Context for passes without a meta-gradient: BatchNorm as ``bn_eval_stats`` says."""
         return self._norm_mode(use_running_stats=self.bn_eval_stats == "running")
 
-    def _record_running_stats(self, batch: TaskBatch) -> None:
+    def record_running_stats(self, batch: TaskBatch) -> None:
         """Fold the first task's per-step batch statistics into the per-step running statistics.
 
         Eager and outside ``vmap``/``grad`` (in-place buffer updates are not allowed there). The
@@ -240,76 +254,45 @@ class MAML(nn.Module):
         with torch.no_grad():
             for step in range(self.inner_steps):
                 with self._norm_mode(record=True):
-                    self._call(params, xs, step)
+                    call_model(self, params, xs, step)
                 params = self.inner_step(params, xs, ys, step, first_order=True)
             with self._norm_mode(record=True):
-                self._call(params, xq, self.inner_steps)
+                call_model(self, params, xq, self.inner_steps)
 
-    def _lr(self, name: str, step: int) -> torch.Tensor | float:
-        if self.inner_lr_mode == "fixed":
-            return self.fixed_lr if step == 0 else self.fixed_lr * self.later_step_scale
-        lr = self.inner_lrs[_key(name)]
-        if self.inner_lr_mode == "per_layer_step":
-            # Steps beyond those meta-trained (e.g. more steps at test time) reuse the last learned rate.
-            return lr[min(step, lr.shape[0] - 1)]
-        return lr
+    def step_size(self, name: str, step: int, rates: Rates | None = None) -> torch.Tensor | float:
+        """α of parameter ``name`` at inner step ``step`` by the :attr:`inner_lr` rule; ``rates`` (by
+        :attr:`inner_lrs` key) replaces the learned step sizes (compiled graphs, TRPO's line search)."""
+        return self.inner_lr.rate(_ByParameterName(self.inner_lrs if rates is None else rates), name, step)
 
     def inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int, first_order: bool) -> Params:
         """θ after inner step number ``step`` (0-based) on one task's ``(x, y)``; vmap it over tasks.
 
         ``first_order``: the inner gradient is a constant for autograd (FOMAML, or no meta-gradient wanted).
+        (:func:`fastmaml.core.inner_loop.inner_step`.)
         """
-        inner = {n: params[n] for n in self.inner_names}
-
-        def support_loss(adapted: Params) -> torch.Tensor:
-            return self.loss_fn(self._call({**params, **adapted}, x, step), y)
-
-        if first_order:
-            # Outside autograd's view: the inner gradient is a constant, so ∂θ'/∂θ = I (FOMAML).
-            with torch.no_grad():
-                grads = grad(support_loss)(inner)
-        else:
-            grads = grad(support_loss)(inner)
-        new = dict(params)
-        for n, g in grads.items():
-            new[n] = params[n] - self._lr(n, step) * g
-        return new
+        return inner_step(self, params, x, y, step, first_order)
 
     def adapt_params(
         self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, first_order: bool | None = None
     ) -> Params:
         """θ' after ``steps`` inner steps on one task's support set (no task dimension)."""
         first_order = self.first_order if first_order is None else first_order
-        for step in range(steps):
-            params = self.inner_step(params, x, y, step, first_order)
-        return params
+        return adapt(self, params, x, y, steps, first_order)
 
     def set_iteration(self, iteration: int) -> None:
         """Where training stands, for the multi-step-loss and derivative-order schedules."""
         self.iteration = int(iteration)
 
-    def _training_first_order(self) -> bool:
-        return self.first_order or self.iteration < self.first_order_iterations
+    def training_schedule(self) -> tuple[bool, torch.Tensor | None]:
+        """(first order?, multi-step loss weights or None) of the current training iteration.
 
-    def _step_weights(self) -> torch.Tensor | None:
-        """Weights of the query losses after steps 1..S while the multi-step loss is on, else None."""
+        MAML++'s derivative-order annealing and multi-step loss follow :meth:`set_iteration`; every
+        meta-gradient path (eager, compiled, recomputing) asks here.
+        """
+        first_order = self.first_order or self.iteration < self.first_order_iterations
         if self.iteration >= self.multi_step_loss_iterations or self.inner_steps < 2:
-            return None
-        return multi_step_weights(self.inner_steps, self.iteration / self.multi_step_loss_iterations)
-
-    def _task_loss(self, params: Params, xs, ys, xq, yq) -> tuple[torch.Tensor, torch.Tensor]:
-        first_order = self._training_first_order()
-        weights = self._step_weights()
-        if weights is None:
-            adapted = self.adapt_params(params, xs, ys, self.inner_steps, first_order)
-            pred = self._call(adapted, xq, self.inner_steps)
-            return self.loss_fn(pred, yq), pred
-        loss = 0.0
-        for step in range(self.inner_steps):
-            params = self.inner_step(params, xs, ys, step, first_order)
-            pred = self._call(params, xq, step + 1)
-            loss = loss + weights[step] * self.loss_fn(pred, yq)
-        return loss, pred
+            return first_order, None
+        return first_order, multi_step_weights(self.inner_steps, self.iteration / self.multi_step_loss_iterations)
 
     def safe_inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int, backtracks: int) -> Params:
         """An inner step that never raises the support loss (test time only, no meta-gradient).
@@ -323,12 +306,12 @@ class MAML(nn.Module):
         inner = {n: params[n] for n in self.inner_names}
 
         def support_loss(adapted: Params, row: int) -> torch.Tensor:
-            return self.loss_fn(self._call({**params, **adapted}, x, row), y)
+            return self.loss_fn(call_model(self, {**params, **adapted}, x, row), y)
 
         grads, current = grad_and_value(lambda a: support_loss(a, step))(inner)
         chosen, new, scale = torch.zeros((), dtype=torch.bool, device=current.device), dict(inner), 1.0
         for _ in range(backtracks + 1):
-            candidate = {n: inner[n] - scale * self._lr(n, step) * grads[n] for n in inner}
+            candidate = {n: inner[n] - scale * self.step_size(n, step) * grads[n] for n in inner}
             take = (support_loss(candidate, step + 1) <= current) & ~chosen
             new = {n: torch.where(take, candidate[n], new[n]) for n in inner}
             chosen, scale = chosen | take, scale * 0.5
@@ -338,7 +321,7 @@ class MAML(nn.Module):
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         losses, preds = [], []
         for step in range(steps + 1):
-            pred = self._call(params, xq, step)
+            pred = call_model(self, params, xq, step)
             losses.append(self.loss_fn(pred, yq))
             preds.append(pred)
             if step < steps:
@@ -348,20 +331,22 @@ class MAML(nn.Module):
                     params = self.safe_inner_step(params, xs, ys, step, backtracks)
         return torch.stack(losses), torch.stack(preds)
 
-    def _over_tasks(self, fn: Callable, params: Params, batch: TaskBatch, *extra) -> tuple[torch.Tensor, torch.Tensor]:
+    def _over_tasks(self, fn: Callable, params: Params, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
         args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-        if self.vectorize == "vmap":
-            return vmap(lambda *a: fn(params, *a, *extra), chunk_size=self.chunk_size)(*args)
-        outs = [fn(params, *(a[i] for a in args), *extra) for i in range(batch.num_tasks)]
-        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+        return over_tasks(fn, self.vectorize, params, False, args, self.chunk_size)
 
     # ------------------------------------------------------------------ public API
     def forward(self, batch: TaskBatch) -> MetaOutput:
         """Meta-loss of a task batch: adapt to each support set, evaluate on its query set."""
         batch.validate()
-        task_losses, preds = self._over_tasks(self._task_loss, self.params(), batch)
+        first_order, step_weights = self.training_schedule()
+
+        def one_task(params: Params, xs, ys, xq, yq) -> tuple[torch.Tensor, torch.Tensor]:
+            return task_loss(self, params, xs, ys, xq, yq, first_order=first_order, step_weights=step_weights)
+
+        task_losses, preds = self._over_tasks(one_task, self.params(), batch)
         if self.step_norms and self.training:
-            self._record_running_stats(batch)
+            self.record_running_stats(batch)
         loss = task_losses.mean()
         return MetaOutput(loss=loss, task_losses=task_losses.detach(), query_pred=preds.detach())
 
@@ -377,19 +362,17 @@ class MAML(nn.Module):
         activations: they are recomputed step by step in the backward pass.
         """
         batch.validate()
-        if self.recompute_inner_steps and self.inner_steps > 0 and not self._training_first_order():
+        if self.recompute_inner_steps and self.inner_steps > 0 and not self.training_schedule()[0]:
             losses, preds = meta_backward_recompute(self, batch)
             return MetaOutput(loss=losses.mean(), task_losses=losses, query_pred=preds)
-        total = batch.num_tasks
-        size = self.chunk_size or total
-        task_losses, preds = [], []
-        for start in range(0, total, size):
-            out = self(batch.tasks(start, start + size))
+
+        def backward_chunk(chunk: TaskBatch, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self(chunk)
             (out.loss * (out.task_losses.shape[0] / total)).backward()  # chunk's share of the mean
-            task_losses.append(out.task_losses)
-            preds.append(out.query_pred)
-        losses = torch.cat(task_losses)
-        return MetaOutput(loss=losses.mean(), task_losses=losses, query_pred=torch.cat(preds))
+            return out.task_losses, out.query_pred
+
+        losses, preds = meta_backward_in_chunks(batch, self.chunk_size, backward_chunk)
+        return MetaOutput(loss=losses.mean(), task_losses=losses, query_pred=preds)
 
     def adaptation_curve(
         self,
@@ -412,7 +395,8 @@ class MAML(nn.Module):
         with torch.no_grad(), self._eval_norms():
             if safe_backtracks is not None and safe_backtracks < 0:
                 raise ConfigError(f"safe_backtracks must be >= 0 (or None for plain steps), got {safe_backtracks}")
-            losses, preds = self._over_tasks(self._task_curve, params, batch, steps, safe_backtracks)
+            losses, preds = self._over_tasks(
+                lambda p, xs, ys, xq, yq: self._task_curve(p, xs, ys, xq, yq, steps, safe_backtracks), params, batch)
             values = {}
             for name, fn in (metrics or {}).items():
                 y = batch.query_y.unsqueeze(1).expand(-1, steps + 1, *batch.query_y.shape[1:])
@@ -438,17 +422,34 @@ class MAML(nn.Module):
         How baselines are fine-tuned: a pretrained or random network through the very same inner loop.
         """
         return MAML(self.model, self.loss_fn, inner_lr=lr, inner_steps=1, vectorize=self.vectorize,
-                    chunk_size=self.chunk_size, per_step_bn=bool(self.step_norms), bn_eval_stats=self.bn_eval_stats)
+                    chunk_size=self.chunk_size,
+                    mamlpp=MAMLPlusPlus(per_step_bn=bool(self.step_norms), bn_eval_stats=self.bn_eval_stats))
 
     def predict(self, params: Params, x: torch.Tensor, step: int | None = None) -> torch.Tensor:
         """The model's output on ``x`` with the given parameters, adapted by ``step`` inner steps
         (default: ``inner_steps``; it only matters with per-step BatchNorm)."""
         with torch.no_grad(), self._eval_norms():
-            return self._call(params, x, self.inner_steps if step is None else step)
+            return call_model(self, params, x, self.inner_steps if step is None else step)
 
 
 def _key(name: str) -> str:
     return name.replace(".", "__")
+
+
+class _ByParameterName(Mapping):
+    """The learned step sizes stored by :attr:`MAML.inner_lrs` key, looked up by parameter name (as rules see them)."""
+
+    def __init__(self, by_key: Mapping[str, torch.Tensor]) -> None:
+        self.by_key = by_key
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.by_key[_key(name)]
+
+    def __iter__(self) -> Iterator[str]:
+        return (key.replace("__", ".") for key in self.by_key)
+
+    def __len__(self) -> int:
+        return len(self.by_key)
 
 
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -478,7 +479,9 @@ class MAMLConfig:
     inner_steps: int = 1
     eval_inner_steps: int = 10
     first_order: bool = False
-    inner_lr_mode: str = "fixed"
+    # The inner step-size rule with α = inner_lr (core/step_size.py): fixed, fixed(later=0.5) (α, then α/2),
+    # per_layer_step (MAML++ LSLR), per_element (Meta-SGD).
+    step_size: str = "fixed"
     vectorize: str = "vmap"
     chunk_size: int | None = None
     # Parameters adapted in the inner loop (None: all). ANIL (Raghu et al. 2020): the head only.
@@ -489,25 +492,37 @@ class MAMLConfig:
     bn_eval_stats: str = "batch"  # with per_step_bn: normalize adaptation/evaluation with "batch" or "running" stats
     recompute_inner_steps: bool = False  # second order with one inner step's activations in memory (recomputed)
     recompute_keep_every: int | None = None  # with recompute: keep every k-th step's parameters (None: automatic)
-    later_step_scale: float = 1.0  # fixed α: steps after the first take α·this (MAML-RL's test script: 0.5)
+
+    # Keys of configs written before maml.step_size (presets, committed runs' config.json); read by
+    # fastmaml.config and mapped to step_size by upgrade_config.
+    LEGACY_KEYS = ("inner_lr_mode", "later_step_scale")
+
+    @classmethod
+    def upgrade_config(cls, data: dict) -> dict:
+        """``data`` with the legacy keys ``inner_lr_mode`` / ``later_step_scale`` turned into ``step_size``."""
+        if not any(k in data for k in cls.LEGACY_KEYS):
+            return data
+        data = dict(data)
+        mode, later = data.pop("inner_lr_mode", None), data.pop("later_step_scale", None)
+        if mode is not None or later not in (None, 1.0):  # else the old keys said nothing beyond step_size's default
+            data["step_size"] = from_legacy(mode or data.get("step_size"), later)
+        return data
+
+    def step_size_rule(self) -> StepSizeRule:
+        return from_config(self.step_size, self.inner_lr)
 
     def build(self, model: nn.Module, loss_fn: LossFn, inner_params: Iterable[str] | None = None) -> MAML:
         inner_params = self.inner_params if inner_params is None else inner_params
         return MAML(
             model,
             loss_fn,
-            inner_lr=self.inner_lr,
+            inner_lr=self.step_size_rule(),
             inner_steps=self.inner_steps,
             first_order=self.first_order,
-            inner_lr_mode=self.inner_lr_mode,  # type: ignore[arg-type]
             inner_params=inner_params,
             vectorize=self.vectorize,  # type: ignore[arg-type]
             chunk_size=self.chunk_size,
-            multi_step_loss_iterations=self.multi_step_loss_iterations,
-            first_order_iterations=self.first_order_iterations,
-            per_step_bn=self.per_step_bn,
-            bn_eval_stats=self.bn_eval_stats,  # type: ignore[arg-type]
-            recompute_inner_steps=self.recompute_inner_steps,
-            recompute_keep_every=self.recompute_keep_every,
-            later_step_scale=self.later_step_scale,
+            mamlpp=MAMLPlusPlus(self.multi_step_loss_iterations, self.first_order_iterations, self.per_step_bn,
+                                self.bn_eval_stats),  # type: ignore[arg-type]
+            recompute=Recompute(self.recompute_keep_every) if self.recompute_inner_steps else None,
         )

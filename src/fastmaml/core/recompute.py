@@ -29,17 +29,29 @@ recomputed segments, about S + S·(1 - 1/k) first-order steps on top of the stor
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Protocol
 
 import torch
-from torch.func import vmap
 
 from fastmaml.core.batch import TaskBatch
+from fastmaml.core.inner_loop import (InnerLoopLearner, Params, inner_step, meta_backward_in_chunks, over_tasks,
+                                     query_loss)
 
-# A fastmaml.core.maml.MAML; not imported, since maml.py imports this module.
-MAML = Any
 
-Params = dict[str, torch.Tensor]
+class RecomputeLearner(InnerLoopLearner, Protocol):
+    """What the recomputing backward reads from its learner beyond the inner loop's needs
+    (:class:`fastmaml.core.maml.MAML` is one; a protocol, so this module need not import maml.py, which imports it)."""
+
+    vectorize: str
+    chunk_size: int | None
+    recompute_keep_every: int | None
+    training: bool
+
+    def params(self) -> Params: ...
+
+    def training_schedule(self) -> tuple[bool, torch.Tensor | None]: ...
+
+    def record_running_stats(self, batch: TaskBatch) -> None: ...
 
 
 def _live_peak(steps: int, every: int) -> int:
@@ -63,20 +75,7 @@ def keep_every(steps: int) -> int:
     return min(range(1, max(steps, 1) + 1), key=lambda k: (_live_peak(steps, k), k))
 
 
-def _over_tasks(maml: MAML, fn: Callable, theta: Params, batched: bool, args: tuple) -> tuple:
-    """``fn(theta_i, xs_i, ys_i, xq_i, yq_i)`` for every task, outputs stacked along dim 0.
-
-    ``batched``: ``theta`` has a task dimension (else every task starts from the same tensors).
-    """
-    if maml.vectorize == "vmap":
-        return vmap(fn, in_dims=(0 if batched else None, 0, 0, 0, 0))(theta, *args)
-    outs = [fn({n: t[i] for n, t in theta.items()} if batched else theta, *(a[i] for a in args))
-            for i in range(args[0].shape[0])]
-    return tuple({n: torch.stack([o[j][n] for o in outs]) for n in outs[0][j]} if isinstance(outs[0][j], dict)
-                 else torch.stack([o[j] for o in outs]) for j in range(len(outs[0])))
-
-
-def meta_backward_recompute(maml: MAML, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def meta_backward_recompute(maml: RecomputeLearner, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """:meth:`MAML.meta_backward` (second order) with each inner step recomputed in the backward pass.
 
     Accumulates the meta-gradient of the batch's mean query loss into ``.grad`` of the model's
@@ -86,34 +85,33 @@ def meta_backward_recompute(maml: MAML, batch: TaskBatch) -> tuple[torch.Tensor,
     """
     steps, names = maml.inner_steps, list(maml.inner_names)
     every = maml.recompute_keep_every or keep_every(steps)
-    weights = maml._step_weights()
-    total = batch.num_tasks
-    size = maml.chunk_size or total
+    _, weights = maml.training_schedule()  # second order here (MAML.meta_backward checks)
     params = maml.params()  # the meta-parameters themselves: backward passes accumulate into their .grad
     theta0 = {n: params[n] for n in names}
 
     def step_fn(step: int):
         def fn(theta, xs, ys, xq, yq):
-            new = maml.inner_step({**params, **theta}, xs, ys, step, first_order=False)
+            new = inner_step(maml, {**params, **theta}, xs, ys, step, first_order=False)
             return ({n: new[n] for n in names},)
         return fn
 
     def query_fn(step: int):
         def fn(theta, xs, ys, xq, yq):
-            pred = maml._call({**params, **theta}, xq, step)
-            return maml.loss_fn(pred, yq), pred
+            return query_loss(maml, {**params, **theta}, xq, yq, step)
         return fn
 
     def values(theta: Params, batched: bool, step: int, args: tuple) -> Params:
         with torch.no_grad():  # the values of the second-order step, without its graph
-            return _over_tasks(maml, step_fn(step), theta, batched, args)[0]
+            return each_task(step_fn(step), theta, batched, args)[0]
 
     def leaf(theta: Params) -> Params:
         return {n: t.detach().requires_grad_() for n, t in theta.items()}
 
-    task_losses, preds = [], []
-    for start in range(0, total, size):
-        chunk = batch.tasks(start, start + size)
+    def each_task(fn, theta: Params, batched: bool, args: tuple) -> tuple:
+        # Tasks vectorized inside each step exactly as in the stored pass (MAML.forward), whole chunk at once.
+        return over_tasks(fn, maml.vectorize, theta, batched, args)
+
+    def backward_chunk(chunk: TaskBatch, total: int) -> tuple[torch.Tensor, torch.Tensor]:
         args = (chunk.support_x, chunk.support_y, chunk.query_x, chunk.query_y)
 
         # 1. Forward without a graph, keeping θ_s for s divisible by `every` (θ₀: the parameters).
@@ -127,7 +125,7 @@ def meta_backward_recompute(maml: MAML, batch: TaskBatch) -> tuple[torch.Tensor,
         # 2. The query loss at θ_S, its chunk's share of the batch mean (times w_S with the multi-step loss).
         top = leaf(theta)
         del theta
-        losses, pred = _over_tasks(maml, query_fn(steps), top, True, args)
+        losses, pred = each_task(query_fn(steps), top, True, args)
         w = 1.0 if weights is None else weights[steps - 1]
         (losses.sum() * w / total).backward()
         chunk_losses, cotangent = w * losses.detach(), {n: top[n].grad for n in names}
@@ -143,13 +141,13 @@ def meta_backward_recompute(maml: MAML, batch: TaskBatch) -> tuple[torch.Tensor,
                     kept[step + 1] = theta
                 del theta
             below = kept[s - 1] if s == 1 else leaf(kept[s - 1])
-            (new,) = _over_tasks(maml, step_fn(s - 1), below, s > 1, args)
+            (new,) = each_task(step_fn(s - 1), below, s > 1, args)
             torch.autograd.backward([new[n] for n in names], [cotangent[n] for n in names])
             del new, cotangent
             kept.pop(s, None)
             if s > 1:
                 if weights is not None:  # MAML++ multi-step loss: the query loss after step s - 1
-                    losses, _ = _over_tasks(maml, query_fn(s - 1), below, True, args)
+                    losses, _ = each_task(query_fn(s - 1), below, True, args)
                     w = weights[s - 2]
                     (losses.sum() * w / total).backward()
                     chunk_losses = chunk_losses + w * losses.detach()
@@ -158,9 +156,7 @@ def meta_backward_recompute(maml: MAML, batch: TaskBatch) -> tuple[torch.Tensor,
             del below
 
         if maml.step_norms and maml.training:
-            maml._record_running_stats(chunk)
-        task_losses.append(chunk_losses)
-        preds.append(pred.detach())
+            maml.record_running_stats(chunk)
+        return chunk_losses, pred.detach()
 
-    losses = torch.cat(task_losses)
-    return losses, torch.cat(preds)
+    return meta_backward_in_chunks(batch, maml.chunk_size, backward_chunk)

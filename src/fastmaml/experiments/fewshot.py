@@ -22,6 +22,7 @@ from torch import nn
 
 from fastmaml.config import to_dict
 from fastmaml.core.maml import MAML, MAMLConfig, accuracy
+from fastmaml.core.step_size import PerElement, PerLayerStep
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.eval.environment import environment
 from fastmaml.eval.plots import plot_curves, save_figure
@@ -237,12 +238,13 @@ def evaluate(cfg: FewShotConfig, run_dir: Path, pools: dict | None = None, comma
 
 def method_name(m: MAMLConfig) -> str:
     """The name a paper would give these settings: MAML, FOMAML, MAML++, Meta-SGD or ANIL."""
-    if m.per_step_bn or m.multi_step_loss_iterations or m.first_order_iterations or m.inner_lr_mode == "per_layer_step":
+    rule = m.step_size_rule()
+    if m.per_step_bn or m.multi_step_loss_iterations or m.first_order_iterations or isinstance(rule, PerLayerStep):
         name = "MAML++"
         if m.per_step_bn and m.bn_eval_stats == "running":
             name += ", running BN statistics at test"
         return name
-    if m.inner_lr_mode == "per_element":
+    if isinstance(rule, PerElement):
         return "Meta-SGD"
     if m.inner_params is not None:
         return "ANIL" if all(p.startswith("head.") for p in m.inner_params) else "MAML, inner loop on " + ", ".join(m.inner_params)

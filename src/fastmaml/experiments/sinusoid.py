@@ -79,7 +79,7 @@ def build_learner(cfg: SinusoidConfig, kind: str = "maml", seed: int | None = No
     """``kind``: ``maml``, ``pretrained`` (0 inner steps) or ``oracle`` (0 steps, 3 inputs)."""
     torch.manual_seed(cfg.train.seed if seed is None else seed)
     model = make_mlp(cfg.hidden, in_features=3 if kind == "oracle" else 1)
-    maml_cfg = cfg.maml if kind == "maml" else dataclasses.replace(cfg.maml, inner_steps=0, inner_lr_mode="fixed")
+    maml_cfg = cfg.maml if kind == "maml" else dataclasses.replace(cfg.maml, inner_steps=0, step_size="fixed")
     return maml_cfg.build(model, F.mse_loss)
 
 

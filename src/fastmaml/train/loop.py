@@ -12,10 +12,11 @@ Determinism: the meta-batch of iteration ``i`` is drawn from a generator seeded 
 and resumed from its last checkpoint ends with the same parameters as an
 uninterrupted run.
 
-Algorithms whose outer update is not "Adam on a meta-gradient" (e.g. TRPO for meta-RL,
-``fastmaml.apps.rl``) pass ``meta_step``: it replaces the gradient/Adam update of one
-iteration and returns the loss (plus any other scalars to log); everything else —
-determinism, checkpoints, resume, NaN handling, logging, time limit — stays this loop's.
+Every outer update is a :class:`MetaStep` (``step(batch, iteration) -> {"loss": ..., ...}``):
+eager Adam on the meta-gradient (:class:`GradientStep`, the default), the compiled meta-iteration
+(:class:`FusedCompiledStep`, ``train.compile``), or one passed as ``meta_step`` (TRPO for meta-RL,
+``fastmaml.apps.rl``); everything else — determinism, checkpoints, resume, NaN handling, logging,
+time limit — stays this loop's.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 from tqdm import tqdm
 
-from fastmaml.core.maml import MAML
+from fastmaml.core.maml import MAML, MetaOutput
 from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.train import distributed as D
@@ -40,8 +41,72 @@ from fastmaml.train.memory import keep_freed_memory
 
 BatchSampler = Callable[[torch.Generator], TaskBatch]
 Validator = Callable[[MAML], dict[str, float]]
-# meta_step(batch, iteration) -> {"loss": ..., other scalars to log}; it updates the learner itself.
-MetaStep = Callable[[TaskBatch, int], Mapping[str, float]]
+
+
+class MetaStep(Protocol):
+    """One meta-iteration's update of the learner, whatever the algorithm: eager Adam on the
+    meta-gradient (:class:`GradientStep`), the compiled meta-iteration (:class:`FusedCompiledStep`),
+    TRPO for meta-RL (:class:`fastmaml.apps.rl.trpo.TRPOStep`).
+
+    ``step(batch, iteration)`` updates the learner's parameters (deterministically) and returns
+    ``{"loss": value, ...}``; the other entries are averaged over each logging window and logged beside
+    the loss. It must apply nothing when the loss is not finite: the loop then stops with
+    :class:`NonFiniteLossError`, keeping the last good checkpoint.
+    """
+
+    def __call__(self, batch: TaskBatch, iteration: int) -> Mapping[str, float]: ...
+
+
+@dataclass
+class GradientStep:
+    """The meta-gradient (``backward``: ``MAML.meta_backward``, or the compiled gradient), then, if the loss
+    is finite, all-reduce over processes, clipping and the optimizer's step."""
+
+    learner: MAML
+    optimizer: torch.optim.Optimizer
+    backward: Callable[[TaskBatch], MetaOutput]
+    grad_clip: float | None
+    ctx: D.DistContext
+    device: torch.device
+
+    def __call__(self, batch: TaskBatch, iteration: int) -> Mapping[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        # Chunk by chunk (learner.chunk_size); nothing is applied before the NaN check below.
+        loss = D.all_reduce_scalar(float(self.backward(batch).loss), self.ctx, self.device)
+        if math.isfinite(loss):
+            D.average_gradients(self.learner.parameters(), self.ctx)
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_value_(self.learner.parameters(), self.grad_clip)
+            self.optimizer.step()
+        return {"loss": loss}
+
+
+@dataclass
+class FusedCompiledStep:
+    """Gradient, clipping and Adam in one compiled call (core/compiled.py); it applies nothing if the loss is not finite."""
+
+    compiled: Any  # a fastmaml.core.compiled.CompiledMetaStep
+    cfg: TrainConfig
+
+    def __call__(self, batch: TaskBatch, iteration: int) -> Mapping[str, float]:
+        return {"loss": float(self.compiled.step(batch, lr=meta_lr_at(self.cfg, iteration)).loss)}
+
+
+def default_meta_step(learner: MAML, optimizer: torch.optim.Optimizer, cfg: TrainConfig, ctx: D.DistContext,
+                      device: torch.device) -> MetaStep:
+    """Adam on the meta-gradient: eager, or with ``train.compile`` the compiled meta-iteration (which falls
+    back to eager, with a warning, where it cannot run)."""
+    backward = learner.meta_backward
+    if cfg.compile:
+        from fastmaml.core.compiled import CompiledMetaStep
+
+        # Under torchrun the gradient is all-reduced before the update: the compiled gradient, eager Adam.
+        compiled = CompiledMetaStep(learner, optimizer, fuse_optimizer=not ctx.enabled, mode=cfg.compile_mode,
+                                    grad_clip=cfg.grad_clip)
+        if compiled.fused:
+            return FusedCompiledStep(compiled, cfg)
+        backward = compiled.backward
+    return GradientStep(learner, optimizer, backward, cfg.grad_clip, ctx, device)
 
 
 @dataclass
@@ -98,165 +163,185 @@ def meta_train(
     dist_ctx: D.DistContext | None = None,
     meta_step: MetaStep | None = None,
 ) -> dict[str, Any]:
-    """Meta-train ``learner`` with Adam for ``cfg.iterations`` meta-iterations.
+    """Meta-train ``learner`` for ``cfg.iterations`` meta-iterations (Adam on the meta-gradient by default).
 
     ``sample_batch(generator)`` returns one meta-batch of ``cfg.meta_batch_size`` tasks.
     ``validate(learner)`` returns metrics; the checkpoint with the best
     ``select_metric`` is kept as ``best.safetensors``. Returns a summary dict.
 
-    ``meta_step(batch, iteration)``, if given, replaces the Adam update on ``learner.meta_backward``:
-    it must update the learner's parameters itself (deterministically, and never with a
-    non-finite step) and return ``{"loss": value, ...}``; the other entries are averaged over
-    each logging window and logged beside the loss. The Adam optimizer is then unused (its
-    empty state is still checkpointed, so resuming works the same). One process only.
+    ``meta_step`` (a :class:`MetaStep`, e.g. TRPO) replaces the Adam update; the Adam optimizer is
+    then unused (its empty state is still checkpointed, so resuming works the same). One process only.
     """
     if cfg.iterations < 0 or cfg.checkpoint_every < 1 or cfg.log_every < 1:
         raise ConfigError("iterations must be >= 0 and checkpoint_every, log_every >= 1")
     if select_mode not in ("min", "max"):
         raise ConfigError(f"select_mode must be 'min' or 'max', got {select_mode!r}")
-    # Under torchrun (WORLD_SIZE > 1 in the environment) this joins the process group.
-    ctx = dist_ctx or D.init_from_env(cfg.device)
-    if meta_step is not None and ctx.enabled:
-        raise ConfigError("a custom meta_step (e.g. TRPO) runs in one process; launch without torchrun")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.keep_freed_memory:
-        keep_freed_memory()
-    layout = RunDir(run_dir)
-    run_dir = layout.path
-    last_path, best_path, log_path = layout.last, layout.best, layout.metrics
+    ctx = _processes(cfg, dist_ctx, custom_step=meta_step is not None)
     device = torch.device(cfg.device)
     learner.to(device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr)
-    # ---- train.compile: the compiled meta-step (begin) ----
-    compiled = None
-    if cfg.compile and meta_step is None:
-        from fastmaml.core.compiled import CompiledMetaStep
+    step = meta_step or default_meta_step(learner, optimizer, cfg, ctx, device)
+    run = _Run(RunDir(run_dir), learner, optimizer, cfg, ctx, validate, select_metric, select_mode, run_config)
+    run.start(resume)
 
-        # Under torchrun the gradient is all-reduced before the update: the compiled gradient, eager Adam.
-        compiled = CompiledMetaStep(learner, optimizer, fuse_optimizer=not ctx.enabled, mode=cfg.compile_mode,
-                                    grad_clip=cfg.grad_clip)
-    # ---- train.compile (end) ----
-
-    start, best, time_offset = 0, None, 0.0  # time_offset: training seconds before a resume
-    best_iteration = 0  # where the best validation score was reached (train.patience counts from it)
-    if resume and last_path.exists():
-        ckpt = load_checkpoint(last_path, map_location=device)
-        load_state_into(learner, ckpt["model"], last_path)
-        if ckpt["optimizer"] is None:
-            raise CheckpointError(f"{last_path} holds no optimizer state, so training cannot resume from it")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start = int(ckpt["meta"]["iteration"])
-        best = ckpt["meta"].get("best")
-        best_iteration = int(ckpt["meta"].get("best_iteration", start))
-        if ctx.is_main:
-            time_offset = _truncate_log(log_path, start)
-    elif ctx.is_main:
-        if last_path.exists():
-            raise ConfigError(
-                f"{run_dir} already holds a run (checkpoint {last_path}); pass --resume to continue it "
-                "or choose another run folder"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        log_path.unlink(missing_ok=True)
-    if ctx.is_main:
-        atomic_write_text(layout.config, json.dumps(run_config or {}, indent=2) + "\n")
-
-    def checkpoint(path: Path, iteration: int) -> None:
-        if ctx.is_main:
-            meta = {"iteration": iteration, "best": best, "best_iteration": best_iteration, "config": run_config or {},
-                    "seed": cfg.seed}
-            save_checkpoint(path, learner.state_dict(), optimizer, meta)
-
-    def run_validation(iteration: int) -> None:
-        nonlocal best, best_iteration
-        scores = validate(learner)
-        log.write(json.dumps({"iteration": iteration, "time": time.perf_counter() - t0,
-                              **{f"val_{k}": v for k, v in scores.items()}}) + "\n")
-        log.flush()
-        score = scores[select_metric]
-        if best is None or (score < best if select_mode == "min" else score > best):
-            best, best_iteration = score, iteration
-            checkpoint(best_path, iteration)
-
-    bar = tqdm(
-        total=cfg.iterations, initial=start, disable=not (cfg.progress and ctx.is_main), desc="meta-train",
-        dynamic_ncols=True, mininterval=1.0,
-    )
-    t0, window_loss, window_n = time.perf_counter() - time_offset, 0.0, 0
-    window_extra: dict[str, float] = {}  # meta_step's other scalars, summed over the logging window
-    last_good, done = start, start
-
-    def out_of_patience() -> bool:
-        return bool(cfg.patience and validate is not None and cfg.validate_every and best is not None
-                    and done - best_iteration >= cfg.patience)
-
-    with open(log_path, "a") if ctx.is_main else _NullFile() as log:
-        for it in range(start, cfg.iterations):
-            if out_of_patience():  # a resumed run that had already stopped for patience
+    bar = tqdm(total=cfg.iterations, initial=run.start_iteration, disable=not (cfg.progress and ctx.is_main),
+               desc="meta-train", dynamic_ncols=True, mininterval=1.0)
+    window = _LogWindow()
+    with open(run.layout.metrics, "a") if ctx.is_main else _NullFile() as run.log:
+        for it in range(run.start_iteration, cfg.iterations):
+            if run.out_of_patience():  # a resumed run that had already stopped for patience
                 break
             batch = D.shard(sample_batch(iteration_generator(cfg.seed, it)), ctx).to(device)
             learner.set_iteration(it)  # MAML++ schedules (multi-step loss, derivative order) follow it
             for group in optimizer.param_groups:
                 group["lr"] = meta_lr_at(cfg, it)
-            extra: dict[str, float] = {}
-            applied = False  # train.compile: the fused step has updated the parameters already
-            if compiled is not None and compiled.fused:
-                # Gradient, clipping and Adam in one compiled call; it applies nothing if the loss is not finite.
-                out = compiled.step(batch, lr=meta_lr_at(cfg, it))
-                loss_value, applied = float(out.loss), True
-            elif meta_step is None:
-                optimizer.zero_grad(set_to_none=True)
-                # Chunk by chunk (learner.chunk_size); nothing is applied before the NaN check below.
-                out = (compiled.backward if compiled is not None else learner.meta_backward)(batch)
-                loss_value = D.all_reduce_scalar(float(out.loss), ctx, device)
-            else:
-                extra = {k: float(v) for k, v in meta_step(batch, it).items()}
-                loss_value = extra.pop("loss")
+            scalars = {k: float(v) for k, v in step(batch, it).items()}
+            loss_value = scalars.pop("loss")
             if not math.isfinite(loss_value):
                 bar.close()
-                kept = f"the last good checkpoint ({last_path}, iteration {last_good}) is kept" if last_good else (
-                    "no checkpoint had been written yet")
-                raise NonFiniteLossError(
-                    f"meta-loss is {loss_value} at iteration {it + 1}; training stopped and {kept}. "
-                    "Lower train.meta_lr or maml.inner_lr, set train.grad_clip, or check the data for NaN/inf."
-                )
-            if meta_step is None and not applied:
-                D.average_gradients(learner.parameters(), ctx)
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_value_(learner.parameters(), cfg.grad_clip)
-                optimizer.step()
-
-            window_loss += loss_value
-            window_n += 1
-            for k, v in extra.items():
-                window_extra[k] = window_extra.get(k, 0.0) + v
-            done = it + 1
+                raise run.non_finite(loss_value, it)
+            window.add(loss_value, scalars)
+            run.done = done = it + 1
             if done % cfg.log_every == 0 or done == cfg.iterations:
-                means = {k: v / window_n for k, v in window_extra.items()}
-                rec = {"iteration": done, "loss": window_loss / window_n, **means, "time": time.perf_counter() - t0}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", **{k: f"{v:.3g}" for k, v in means.items()})
-                window_loss, window_n, window_extra = 0.0, 0, {}
+                loss, means = run.write_log(window.flush(done, run.seconds()))
+                bar.set_postfix(loss=f"{loss:.4f}", **{k: f"{v:.3g}" for k, v in means.items()})
             bar.update(1)
-            if validate is not None and cfg.validate_every and (done % cfg.validate_every == 0 or done == cfg.iterations):
-                run_validation(done)
-            # No improvement for train.patience iterations: stop as if out of time (checkpoint, then break).
-            out_of_time = (cfg.max_minutes is not None and (time.perf_counter() - t0) / 60 >= cfg.max_minutes
-                           ) or out_of_patience()
-            if ctx.enabled and cfg.max_minutes is not None:  # every rank must stop at the same iteration
-                out_of_time = D.all_reduce_scalar(float(out_of_time), ctx, device) > 0
-            if done % cfg.checkpoint_every == 0 or done == cfg.iterations or out_of_time:
-                checkpoint(last_path, done)
-                last_good = done
-            if out_of_time:
-                if validate is not None and cfg.validate_every and done % cfg.validate_every:
-                    run_validation(done)  # a final validation so the best checkpoint reflects the end
+            if run.validating and (done % cfg.validate_every == 0 or done == cfg.iterations):
+                run.validate(done)
+            if run.end_of_iteration(done):
                 break
     bar.close()
-    return {"iterations": done, "resumed_from": start, "best": best, "best_iteration": best_iteration,
-            "stopped_for_patience": out_of_patience(), "seconds": time.perf_counter() - t0}
+    return {"iterations": run.done, "resumed_from": run.start_iteration, "best": run.best,
+            "best_iteration": run.best_iteration, "stopped_for_patience": run.out_of_patience(),
+            "seconds": run.seconds()}
+
+
+def _processes(cfg: TrainConfig, dist_ctx: D.DistContext | None, custom_step: bool) -> D.DistContext:
+    """The process group (under torchrun, WORLD_SIZE > 1 in the environment, this joins it), threads, allocator."""
+    ctx = dist_ctx or D.init_from_env(cfg.device)
+    if custom_step and ctx.enabled:
+        raise ConfigError("a custom meta_step (e.g. TRPO) runs in one process; launch without torchrun")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
+    return ctx
+
+
+class _LogWindow:
+    """The loss and a meta-step's other scalars, averaged over one logging window."""
+
+    def __init__(self) -> None:
+        self.loss, self.n, self.extra = 0.0, 0, {}
+
+    def add(self, loss: float, extra: Mapping[str, float]) -> None:
+        self.loss, self.n = self.loss + loss, self.n + 1
+        for k, v in extra.items():
+            self.extra[k] = self.extra.get(k, 0.0) + v
+
+    def flush(self, iteration: int, seconds: float) -> tuple[dict[str, float], dict[str, float]]:
+        """(the log record, the means of the extra scalars), and a fresh window."""
+        means = {k: v / self.n for k, v in self.extra.items()}
+        rec = {"iteration": iteration, "loss": self.loss / self.n, **means, "time": seconds}
+        self.loss, self.n, self.extra = 0.0, 0, {}
+        return rec, means
+
+
+class _Run:
+    """A run folder during training: resume, checkpoints, validation and the best score, stopping rules."""
+
+    def __init__(self, layout: RunDir, learner: MAML, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                 ctx: D.DistContext, validator: Validator | None, select_metric: str, select_mode: str,
+                 run_config: dict[str, Any] | None) -> None:
+        self.layout, self.learner, self.optimizer, self.cfg, self.ctx = layout, learner, optimizer, cfg, ctx
+        self.validator, self.select_metric, self.select_mode = validator, select_metric, select_mode
+        self.run_config = run_config or {}
+        self.validating = bool(validator is not None and cfg.validate_every)
+        self.start_iteration, self.best, self.best_iteration = 0, None, 0  # best_iteration: train.patience counts from it
+        self.last_good = self.done = 0
+        self.t0 = time.perf_counter()
+        self.device = torch.device(cfg.device)
+        self.log: Any = None  # the metrics file while training
+
+    def start(self, resume: bool) -> None:
+        """Resume from the last checkpoint, or start a fresh run folder; write config.json."""
+        last, time_offset = self.layout.last, 0.0  # time_offset: training seconds before a resume
+        if resume and last.exists():
+            ckpt = load_checkpoint(last, map_location=self.device)
+            load_state_into(self.learner, ckpt["model"], last)
+            if ckpt["optimizer"] is None:
+                raise CheckpointError(f"{last} holds no optimizer state, so training cannot resume from it")
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.start_iteration = int(ckpt["meta"]["iteration"])
+            self.best = ckpt["meta"].get("best")
+            self.best_iteration = int(ckpt["meta"].get("best_iteration", self.start_iteration))
+            if self.ctx.is_main:
+                time_offset = _truncate_log(self.layout.metrics, self.start_iteration)
+        elif self.ctx.is_main:
+            if last.exists():
+                raise ConfigError(
+                    f"{self.layout.path} already holds a run (checkpoint {last}); pass --resume to continue it "
+                    "or choose another run folder"
+                )
+            self.layout.path.mkdir(parents=True, exist_ok=True)
+            self.layout.metrics.unlink(missing_ok=True)
+        if self.ctx.is_main:
+            atomic_write_text(self.layout.config, json.dumps(self.run_config, indent=2) + "\n")
+        self.last_good = self.done = self.start_iteration
+        self.t0 = time.perf_counter() - time_offset
+
+    def write_log(self, flushed: tuple[dict[str, float], dict[str, float]]) -> tuple[float, dict[str, float]]:
+        """Write a logging window's record to metrics.jsonl; returns (its loss, the extra scalars' means)."""
+        rec, means = flushed
+        self.log.write(json.dumps(rec) + "\n")
+        self.log.flush()
+        return rec["loss"], means
+
+    def non_finite(self, loss: float, iteration: int) -> NonFiniteLossError:
+        kept = (f"the last good checkpoint ({self.layout.last}, iteration {self.last_good}) is kept"
+                if self.last_good else "no checkpoint had been written yet")
+        return NonFiniteLossError(
+            f"meta-loss is {loss} at iteration {iteration + 1}; training stopped and {kept}. "
+            "Lower train.meta_lr or maml.inner_lr, set train.grad_clip, or check the data for NaN/inf."
+        )
+
+    def seconds(self) -> float:
+        """Training time so far, resumes included."""
+        return time.perf_counter() - self.t0
+
+    def checkpoint(self, path: Path, iteration: int) -> None:
+        if self.ctx.is_main:
+            meta = {"iteration": iteration, "best": self.best, "best_iteration": self.best_iteration,
+                    "config": self.run_config, "seed": self.cfg.seed}
+            save_checkpoint(path, self.learner.state_dict(), self.optimizer, meta)
+
+    def validate(self, iteration: int) -> None:
+        scores = self.validator(self.learner)
+        self.log.write(json.dumps({"iteration": iteration, "time": self.seconds(),
+                                   **{f"val_{k}": v for k, v in scores.items()}}) + "\n")
+        self.log.flush()
+        score = scores[self.select_metric]
+        if self.best is None or (score < self.best if self.select_mode == "min" else score > self.best):
+            self.best, self.best_iteration = score, iteration
+            self.checkpoint(self.layout.best, iteration)
+
+    def out_of_patience(self) -> bool:
+        """No improvement for train.patience iterations (0: never)."""
+        return bool(self.cfg.patience and self.validating and self.best is not None
+                    and self.done - self.best_iteration >= self.cfg.patience)
+
+    def end_of_iteration(self, done: int) -> bool:
+        """Checkpoint when due; True when training stops here (out of time or patience: checkpoint first)."""
+        cfg = self.cfg
+        out_of_time = (cfg.max_minutes is not None and self.seconds() / 60 >= cfg.max_minutes) or self.out_of_patience()
+        if self.ctx.enabled and cfg.max_minutes is not None:  # every rank must stop at the same iteration
+            out_of_time = D.all_reduce_scalar(float(out_of_time), self.ctx, self.device) > 0
+        if done % cfg.checkpoint_every == 0 or done == cfg.iterations or out_of_time:
+            self.checkpoint(self.layout.last, done)
+            self.last_good = done
+        if out_of_time and self.validating and done % cfg.validate_every:
+            self.validate(done)  # a final validation so the best checkpoint reflects the end
+        return out_of_time
 
 
 def _truncate_log(log_path: Path, iteration: int) -> float:

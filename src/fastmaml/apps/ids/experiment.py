@@ -73,7 +73,7 @@ def build_learner(cfg: IdsConfig, data: IdsData, method: str, seed: int) -> MAML
     model = build_model(cfg.model, len(data.feature_names), data.window)
     mc = dataclasses.replace(cfg.maml, vectorize=_vectorize(cfg))
     if method in ("scratch", "pretrained"):
-        mc = dataclasses.replace(mc, inner_steps=0, inner_lr_mode="fixed", first_order=False)
+        mc = dataclasses.replace(mc, inner_steps=0, step_size="fixed", first_order=False)
     elif method == "fomaml":
         mc = dataclasses.replace(mc, first_order=True)
     elif method == "maml":

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fastmaml.core.maml import MAMLConfig
+from fastmaml.core.step_size import Fixed
 from fastmaml.errors import ConfigError
 from fastmaml.train.loop import TrainConfig
 
@@ -78,8 +79,8 @@ class RLEvalConfig:
     # Step size of the 2nd and later test-time steps as a fraction of α. 1.0: α throughout. The original
     # test script (maml_examples/test_maml_point.py) takes its first step with α and the later ones with α/2
     # (rllab VPG: init_learning_rate, then the optimizer's 0.5 × α): 0.5 reproduces that protocol.
-    # null: as meta-trained (maml.later_step_scale, 1.0 unless set). A MAML policy with learned step sizes
-    # (maml.inner_lr_mode) adapts with them instead (beyond the trained steps, the last step's); the
+    # null: as meta-trained (maml.step_size fixed(later=...), 1.0 unless set). A MAML policy with learned step
+    # sizes (maml.step_size per_layer_step or per_element) adapts with them instead (beyond the trained steps, the last step's); the
     # baselines, which learned none, keep this protocol.
     later_step_scale: float | None = None
     # With train.validate_every = k > 0, every k meta-iterations each policy is scored on its own validation
@@ -91,7 +92,10 @@ class RLEvalConfig:
 
 def test_later_step_scale(cfg: "RLConfig") -> float:
     """The test-time fraction of α for steps after the first: eval's, else the one MAML was trained with."""
-    return cfg.maml.later_step_scale if cfg.eval.later_step_scale is None else cfg.eval.later_step_scale
+    if cfg.eval.later_step_scale is not None:
+        return cfg.eval.later_step_scale
+    rule = cfg.maml.step_size_rule()
+    return rule.later if isinstance(rule, Fixed) else 1.0
 
 
 @dataclass
@@ -141,10 +145,7 @@ def validate(cfg: RLConfig) -> RLConfig:
          f"trpo.hvp_tasks must be between 1 and train.meta_batch_size ({cfg.train.meta_batch_size}) or null"),
         (cfg.train.meta_batch_size >= 1, "train.meta_batch_size must be >= 1"),
         (cfg.maml.inner_steps >= 0, f"maml.inner_steps must be >= 0, got {cfg.maml.inner_steps}"),
-        (cfg.maml.inner_lr_mode in ("fixed", "per_layer_step", "per_element"),
-         f"maml.inner_lr_mode must be fixed, per_layer_step (MAML++) or per_element (Meta-SGD), got {cfg.maml.inner_lr_mode!r}"),
-        (cfg.maml.inner_lr_mode == "fixed" or cfg.maml.later_step_scale == 1.0,
-         "maml.later_step_scale scales a fixed α; with learned step sizes (maml.inner_lr_mode) leave it at 1.0"),
+        (cfg.maml.step_size_rule() is not None, "maml.step_size"),  # an unknown or malformed rule raises, naming the key
         (cfg.maml.inner_lr > 0, f"maml.inner_lr must be > 0, got {cfg.maml.inner_lr}"),
         (cfg.eval.num_tasks >= 2, "eval.num_tasks must be >= 2 (a confidence interval needs two tasks)"),
         (cfg.eval.steps >= 0, "eval.steps must be >= 0"),
@@ -154,8 +155,7 @@ def validate(cfg: RLConfig) -> RLConfig:
          f"eval.validation_seed must differ from eval.seed ({cfg.eval.seed}): validation must not see the test goals"),
         (cfg.eval.later_step_scale is None or cfg.eval.later_step_scale > 0,
          "eval.later_step_scale must be > 0 (1.0: α at every test step; 0.5: the original code's α/2 after the first) "
-         "or null (as maml.later_step_scale)"),
-        (cfg.maml.later_step_scale > 0, "maml.later_step_scale must be > 0 (1.0: α at every inner step)"),
+         "or null (as maml.step_size's later)"),
         (cfg.baseline_train.iterations >= 0, "baseline_train.iterations must be >= 0"),
     ]
     for ok, message in checks:

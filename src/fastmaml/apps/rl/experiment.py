@@ -35,6 +35,7 @@ from fastmaml.apps.rl.sampler import RLBatch, adapt_tasks, detached, process, sa
 from fastmaml.apps.rl.trpo import TRPOStep, learned_step_sizes
 from fastmaml.config import to_dict
 from fastmaml.core.maml import MAML, Params
+from fastmaml.core.step_size import PerLayerStep
 from fastmaml.errors import ConfigError
 from fastmaml.eval.environment import environment
 from fastmaml.eval.stats import summarize
@@ -63,7 +64,7 @@ def build_learner(cfg: RLConfig, kind: str = "maml") -> MAML:
     torch.manual_seed(cfg.train.seed)
     policy = GaussianMLPPolicy(dist.obs_dim, dist.act_dim, cfg.policy.hidden, cfg.policy.activation, cfg.policy.init_std)
     # The baselines take no inner step in training, so they learn no step sizes: a fixed α, whatever MAML's mode.
-    maml = cfg.maml if kind == "maml" else dataclasses.replace(cfg.maml, inner_steps=0, inner_lr_mode="fixed")
+    maml = cfg.maml if kind == "maml" else dataclasses.replace(cfg.maml, inner_steps=0, step_size="fixed")
     return maml.build(policy, INNER_LOSSES[cfg.pg.inner_loss])
 
 
@@ -125,7 +126,7 @@ def validation_scores(cfg: RLConfig, learner: MAML, kind: str) -> dict[str, floa
 
 
 def learned_rates(learner: MAML, kind: str) -> bool:
-    """Whether ``kind``'s policy adapts with step sizes it meta-learned (MAML with ``maml.inner_lr_mode``);
+    """Whether ``kind``'s policy adapts with step sizes it meta-learned (MAML with a learning ``maml.step_size``);
     the baselines learned none and are fine-tuned with the fixed protocol."""
     return kind == "maml" and bool(learned_step_sizes(learner))
 
@@ -137,7 +138,7 @@ def rate_summary(learner: MAML) -> dict[str, Any]:
     for key, rate in learned_step_sizes(learner).items():
         r = rate.detach().double()
         name = key.replace("__", ".")
-        out[name] = r.tolist() if learner.inner_lr_mode == "per_layer_step" else {
+        out[name] = r.tolist() if isinstance(learner.inner_lr, PerLayerStep) else {
             "mean": float(r.mean()), "min": float(r.min()), "max": float(r.max())}
     return out
 

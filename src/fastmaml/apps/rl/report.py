@@ -8,6 +8,8 @@ from typing import Any, Mapping
 
 import torch
 
+from fastmaml.core.maml import MAMLConfig
+from fastmaml.core.step_size import Fixed, StepSizeRule, describe, from_config
 from fastmaml.eval.plots import plot_curves, save_figure
 from fastmaml.eval.stats import fmt_summary, summarize
 
@@ -22,7 +24,8 @@ def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     results = report["results"]
     steps = len(next(iter(results.values()))["mean"])
-    train_scale = cfg["maml"].get("later_step_scale", 1.0)
+    train_rule = step_size_rule(cfg["maml"])
+    train_scale = train_rule.later if isinstance(train_rule, Fixed) else 1.0
     test_scale = cfg["eval"].get("later_step_scale", 1.0)
     test_scale = train_scale if test_scale is None else test_scale
 
@@ -80,7 +83,7 @@ def selection_lines(report: dict[str, Any]) -> list[str]:
 
 
 def learned_rate_lines(report: dict[str, Any]) -> list[str]:
-    """MAML's learned inner step sizes (``maml.inner_lr_mode``): per parameter tensor, per step, or their
+    """MAML's learned inner step sizes (``maml.step_size``): per parameter tensor, per step, or their
     mean and range where they are per element (Meta-SGD)."""
     rates = report.get("learned_inner_lrs")
     if not rates:
@@ -91,10 +94,17 @@ def learned_rate_lines(report: dict[str, Any]) -> list[str]:
             return f"mean {values['mean']:.3g} ({values['min']:.3g} to {values['max']:.3g})"
         return " / ".join(f"{v:.3g}" for v in values)
 
-    mode = report["config"]["maml"]["inner_lr_mode"]
+    mode = describe(step_size_rule(report["config"]["maml"]))
     what = "per inner step" if mode == "per_layer_step" else "per element"
     return [f"Learned step sizes ({mode}, {what}; started at α = {report['config']['maml']['inner_lr']}): "
             + "; ".join(f"{name} {cell(v)}" for name, v in rates.items()) + ".  "]
+
+
+def step_size_rule(maml: dict[str, Any]) -> StepSizeRule:
+    """The step-size rule of a run's ``maml`` config section (runs written before ``maml.step_size``
+    carry ``inner_lr_mode`` / ``later_step_scale`` instead, read the same way)."""
+    maml = MAMLConfig.upgrade_config(maml)
+    return from_config(maml.get("step_size", "fixed"), maml["inner_lr"])
 
 
 def step_headers(steps: int) -> str:

@@ -57,16 +57,6 @@ def adapt_tasks(learner: MAML, params: Params, x: torch.Tensor, y: torch.Tensor,
         return vmap(fn, in_dims=(0 if per_task else None, 0, 0))(params, x, y)
 
 
-def adapt_on_rollouts(learner: MAML, params: Params, xs: torch.Tensor, ys: torch.Tensor, first_order: bool) -> Params:
-    """One task's θ after ``learner.inner_steps`` steps, step ``s`` on its own rollouts ``xs[s], ys[s]``.
-
-    ``xs [S, N·H, obs]``: a task's support set as :func:`sample_meta_batch` packs it. Vmap it over tasks.
-    """
-    for step in range(learner.inner_steps):
-        params = learner.inner_step(params, xs[step], ys[step], step, first_order)
-    return params
-
-
 def process(traj: Trajectories, pg: PGConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return to_task_data(traj, pg.discount, pg.gae_lambda, pg.center_advantages, pg.baseline_reg)
 

@@ -10,9 +10,10 @@ Direction: conjugate gradient on H x = g, with H the Hessian of the mean KL w.r.
 shrunk by a backtracking line search until the surrogate improves *and* the KL — measured,
 not predicted — is within δ; otherwise the parameters stay unchanged.
 
-The inner step is the engine's (:meth:`MAML.adapt_params`), vmapped over tasks, so the
-meta-gradient and the HVPs are second order exactly as MAML's supervised meta-gradient.
-Learned inner step sizes (``maml.inner_lr_mode``: MAML++'s per layer and step, Meta-SGD's per
+The per-task objective is the engine's (:func:`fastmaml.core.inner_loop.task_loss`, with one set of
+rollouts per inner step), vmapped over tasks, so the meta-gradient and the HVPs are second order
+exactly as MAML's supervised meta-gradient.
+Learned inner step sizes (``maml.step_size``: MAML++'s per layer and step, Meta-SGD's per
 element) are meta-parameters like θ: they join θ in TRPO's parameter vector, its natural gradient
 and its KL limit, which bounds how far a change of α may move the adapted policies.
 """
@@ -26,11 +27,10 @@ from typing import Callable
 
 import torch
 from torch.func import vmap
-from torch.nn.utils.stateless import _reparametrize_module
 
 from fastmaml.apps.rl.config import TRPOConfig
 from fastmaml.apps.rl.losses import mean_kl, surrogate_loss
-from fastmaml.apps.rl.sampler import adapt_on_rollouts
+from fastmaml.core.inner_loop import Rates, task_loss
 from fastmaml.core.maml import MAML, Params
 from fastmaml.tasks.batch import TaskBatch
 
@@ -97,7 +97,7 @@ def unflat(vector: torch.Tensor, like: Params) -> Params:
 def learned_step_sizes(learner: MAML) -> dict[str, torch.Tensor]:
     """The learner's learned inner step sizes by their ``inner_lrs`` key, which TRPO updates with θ (none for a
     fixed α, or without inner steps, where they take no part in the objective or the adaptation)."""
-    if learner.inner_lr_mode == "fixed" or learner.inner_steps == 0:
+    if learner.inner_steps == 0:
         return {}
     return dict(learner.inner_lrs.items())
 
@@ -115,7 +115,8 @@ def kl_hvp(kl: torch.Tensor, params: list[torch.Tensor], damping: float = 0.0) -
 
 @dataclass
 class TRPOStep:
-    """TRPO on a MAML learner whose model is a Gaussian policy; call it with a meta-batch.
+    """TRPO on a MAML learner whose model is a Gaussian policy; call it with a meta-batch (a
+    :class:`fastmaml.train.loop.MetaStep`, which ``meta_train`` runs in place of Adam).
 
     ``timings`` accumulates seconds per phase (gradient, hvp/cg, line search) for benchmarks.
     """
@@ -124,34 +125,31 @@ class TRPOStep:
     cfg: TRPOConfig
     timings: dict[str, float] = field(default_factory=dict)
 
-    def objectives(self, params: Params, batch: TaskBatch, graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def objectives(self, params: Params, batch: TaskBatch, graph: bool, rates: Rates | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean surrogate, mean KL) over tasks, each after the engine's inner step(s) from ``params``.
 
         ``graph``: keep the second-order graph through the inner step (for gradients and HVPs).
         With ``cfg.all_steps`` both are means over the policies after steps 1..S, step s < S judged on
         the rollouts it sampled (``xs[s]``, the next step's support) and step S on the query set.
+        ``rates``: learned step sizes to use instead of the learner's (the line search's candidates).
         """
         learner = self.learner
         steps = learner.inner_steps
         first_order = learner.first_order or not graph
-        all_steps = self.cfg.all_steps and steps >= 2
+        # MAML++'s multi-step loss with equal weights: the mean over the policies after steps 1..S.
+        weights = [1.0 / steps] * steps if self.cfg.all_steps and steps >= 2 else None
+
+        def surrogate_and_kl(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return torch.stack([surrogate_loss(pred, y), mean_kl(pred, y)])
 
         def task(xs, ys, xq, yq):
-            if not all_steps:
-                adapted = adapt_on_rollouts(learner, params, xs, ys, first_order=first_order)
-                pred = learner._call(adapted, xq, steps)
-                return surrogate_loss(pred, yq), mean_kl(pred, yq)
-            adapted, surrs, kls = params, [], []
-            for step in range(steps):
-                adapted = learner.inner_step(adapted, xs[step], ys[step], step, first_order)
-                x, y = (xs[step + 1], ys[step + 1]) if step + 1 < steps else (xq, yq)
-                pred = learner._call(adapted, x, step + 1)
-                surrs.append(surrogate_loss(pred, y))
-                kls.append(mean_kl(pred, y))
-            return torch.stack(surrs).mean(), torch.stack(kls).mean()
+            both, _ = task_loss(learner, params, xs, ys, xq, yq, first_order=first_order, step_weights=weights,
+                                rollouts_per_step=True, loss_fn=surrogate_and_kl, rates=rates)
+            return both
 
-        surr, kl = vmap(task)(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-        return surr.mean(), kl.mean()
+        both = vmap(task)(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        return both[:, 0].mean(), both[:, 1].mean()
 
     def _tick(self, name: str, since: float) -> float:
         now = time.perf_counter()
@@ -186,10 +184,8 @@ class TRPOStep:
         def evaluate(candidate: torch.Tensor) -> tuple[float, float]:
             values = unflat(candidate, like)
             candidate_rates = {name: values[f"inner_lr:{name}"] for name in rates}
-            # The inner step reads its rates from the module: swap the candidate's in for the call, as
-            # core/compiled.py does (torch.func.functional_call's mechanism); θ is passed functionally.
-            with torch.no_grad(), _reparametrize_module(self.learner.inner_lrs, candidate_rates):
-                s, k = self.objectives({n: values[n] for n in params}, batch, graph=False)
+            with torch.no_grad():  # θ and the step sizes are both passed functionally
+                s, k = self.objectives({n: values[n] for n in params}, batch, graph=False, rates=candidate_rates)
             return float(s), float(k)
 
         new_theta, result = line_search(evaluate, theta, scale * direction, loss_before, cfg.max_kl,
