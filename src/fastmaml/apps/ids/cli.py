@@ -74,6 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--occurrences", type=int, default=20, help="injection intervals (default: %(default)s)")
     m.add_argument("--duration", type=float, default=2.0, help="seconds per interval (default: %(default)s)")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--targets", choices=["partnered", "all"], default="partnered",
+                   help="which signals are falsified: partnered (another ID carries a correlated signal) or all (also "
+                        "signals nothing else on the bus reflects; intervals alternate between the two) "
+                        "(default: %(default)s)")
     m.add_argument("--dbc", type=Path, default=None,
                    help="the car's DBC file: target its signals instead of the ones inferred from the capture "
                         "(needs pip install cantools)")
@@ -214,7 +218,7 @@ def _masquerade(args: argparse.Namespace) -> None:
     clean.label[:] = 0
     clean.label_names = ["benign"]
     captures, plans = M.generate(clean, [args.kind], args.occurrences, args.duration, args.seed,
-                                str(args.dbc or ""))
+                                str(args.dbc or ""), args.targets)
     name = M.attack_name(args.kind, args.variant)
     frames, injections = captures[name], plans[args.kind]
     labels = args.labels or args.out.with_name(args.out.stem + "_labels.csv")

@@ -95,6 +95,7 @@ class SourceConfig:
     masquerade_occurrences: int = 20  # injection intervals per attack type, spread over the drive
     masquerade_duration_s: float = 2.0  # length of each interval
     masquerade_seed: int = 0
+    masquerade_targets: str = "partnered"  # partnered (signals another ID reflects) or all (with and without a partner)
     eth_camera: bool = True  # eth_sim: include the ~2,000 packets/s camera stream (off: fast tiny runs)
 
 
@@ -102,7 +103,7 @@ class SourceConfig:
 # where the data live (data_root, cic_dir, daga_dir) never changes what is read from them.
 _LATER_DEFAULTS = {"split": "occurrences", "occurrence_gap_s": 0.05, "min_occurrences": 2, "skip_malformed": False,
                    "bad_id": "error", "masquerade_occurrences": 20, "masquerade_duration_s": 2.0,
-                   "masquerade_seed": 0, "eth_camera": True}
+                   "masquerade_seed": 0, "masquerade_targets": "partnered", "eth_camera": True}
 _LOCATION_KEYS = ("data_root", "cic_dir", "daga_dir")
 
 

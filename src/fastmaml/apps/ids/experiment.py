@@ -310,7 +310,8 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
                             ev_rows = evidence_values(
                                 runner, params, ep, e.steps, data.streams[a], data.streams.get(BENIGN),
                                 data.streams[FIT_STREAM], e.operational_episodes, e.alert_budget_per_hour,
-                                cfg.source.occurrence_gap_s, partners, e.evidence_benign, e.evidence_clip, seed)
+                                cfg.source.occurrence_gap_s, partners, e.evidence_benign, e.evidence_clip, seed,
+                                _occurrence_groups(data, a))
                             rows = [{**r, **v} for r, v in zip(rows, ev_rows)]
                         ops.setdefault(a, {}).setdefault(method, []).extend(rows)
     results: dict[str, Any] = {}
@@ -338,7 +339,7 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
             rows[r] = row
         if _with_evidence(cfg, data):
             for r, v in evidence_rule_values(st, clean, data.streams[FIT_STREAM], e.alert_budget_per_hour,
-                                             cfg.source.occurrence_gap_s, partners).items():
+                                             cfg.source.occurrence_gap_s, partners, _occurrence_groups(data, a)).items():
                 rows.setdefault(r, {}).update(v)
         ops_rules[a] = rows
     operational = {a: {"rules": ops_rules[a], "shots": e.figure_shot,
@@ -371,6 +372,21 @@ def _with_evidence(cfg: IdsConfig, data: IdsData) -> bool:
     e = cfg.eval
     return bool(e.evidence_benign and e.alert_budget_per_hour and FIT_STREAM in data.streams
                 and data.window is None)
+
+
+def _occurrence_groups(data: IdsData, attack: str) -> Callable[[Any], str | None] | None:
+    """Generated masquerades: an occurrence's group is whether its injection's target signal has a partner."""
+    plans = (data.stats.get("masquerade") or {}).get("injections", {}).get(attack.rsplit("_", 1)[0])
+    if not plans:
+        return None
+
+    def group(o: Any) -> str | None:
+        for inj in plans:
+            if inj["can_id"] == o.key and inj["t0"] - 0.5 <= o.start <= inj["t1"] + 0.5:
+                return "partnered" if inj.get("partnered", True) else "unpartnered"
+        return None
+
+    return group
 
 
 def _minutes(st: Stream) -> float:

@@ -21,14 +21,14 @@ calibration carries over from one stretch of driving to the next.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from fastmaml.apps.ids.alerts import ALERT_RULES, AlertRule, alert_metrics, k_of_n_alerts
 from fastmaml.apps.ids.episodes import Episodes
-from fastmaml.apps.ids.evidence import Evidence, calibrate, count_alerts, cusum_alerts, judge
+from fastmaml.apps.ids.evidence import Evidence, Occurrence, calibrate, count_alerts, cusum_alerts, judge
 from fastmaml.apps.ids.families import Stream
 from fastmaml.core.maml import MAML, Params
 from fastmaml.eval.stats import mean_ci
@@ -153,13 +153,15 @@ def _log_odds(runner: MAML, params: Params, x: torch.Tensor, batch: int = 65536)
 
 
 def evidence_judgement(scores: dict[str, np.ndarray], attack: Stream, clean: Stream | None, fit: Stream,
-                       budget: float, ev: Evidence, gap_s: float, partners: dict[int, set[int]]) -> dict[str, float]:
+                       budget: float, ev: Evidence, gap_s: float, partners: dict[int, set[int]],
+                       group_of: Callable[[Occurrence], str | None] | None = None) -> dict[str, float]:
     """One scorer's scores on the fit / attack / clean streams -> calibrated evidence alerts, judged.
 
     The threshold is set on ``fit`` (benign traffic before the cut) for ``budget`` false alerts per
     hour; the attack stream's occurrences (per attacked ID) caught, their median time to detect, and
     false alerts per hour on the attack stream's benign traffic and on the clean stream after the cut
-    (out of sample).
+    (out of sample). ``group_of`` names each occurrence's group (generated masquerades: whether the
+    falsified signal has a partner on another ID); each group's caught rate is reported apart.
     """
     def arrays(st: Stream) -> tuple[np.ndarray, np.ndarray]:
         return st.clock.double().numpy() * st.clock_unit_s, st.key.numpy().astype(np.int64)
@@ -173,6 +175,9 @@ def evidence_judgement(scores: dict[str, np.ndarray], attack: Stream, clean: Str
     out = {"threshold": cal.threshold, "fit_seconds": cal.clean_seconds, "extrapolated_per_hour": cal.extrapolated_per_hour,
            "attack/caught_rate": j.caught_rate, "attack/median_delay_s": j.median_delay_s,
            "attack/false_alerts_per_hour": j.false_alerts_per_hour}
+    for name in sorted({group_of(o) for o in j.occurrences} - {None}) if group_of is not None else ():
+        occ = [o for o in j.occurrences if group_of(o) == name]
+        out[f"attack/caught_rate/{name}"] = sum(o.alerted for o in occ) / len(occ)
     if clean is not None and "clean" in scores:
         cc, ck = arrays(clean)
         n = count_alerts(scores["clean"], cc, ck, thr)
@@ -183,7 +188,8 @@ def evidence_judgement(scores: dict[str, np.ndarray], attack: Stream, clean: Str
 
 def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, attack: Stream, clean: Stream | None,
                     fit: Stream, n_episodes: int, budget: float, gap_s: float, partners: dict[int, set[int]],
-                    benign_frames: int, clip: float, seed: int = 0) -> list[dict[str, float]]:
+                    benign_frames: int, clip: float, seed: int = 0,
+                    group_of: Callable[[Occurrence], str | None] | None = None) -> list[dict[str, float]]:
     """Per adapted detector (first ``n_episodes`` support sets): evidence judgement after two adaptations.
 
     ``evidence/``: the K attack shots beside ``benign_frames`` frames of the benign traffic before the
@@ -207,13 +213,14 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
             adapted = runner.adapt(x, y, steps=steps)
             scores = {name: _log_odds(runner, adapted, st.x) for name, st in streams.items()}
             row.update({prefix + k: v for k, v in evidence_judgement(scores, attack, clean, fit, budget, ev, gap_s,
-                                                                    partners).items()})
+                                                                    partners, group_of).items()})
         rows.append(row)
     return rows
 
 
 def evidence_rule_values(attack: Stream, clean: Stream | None, fit: Stream, budget: float, gap_s: float,
-                         partners: dict[int, set[int]]) -> dict[str, dict[str, float]]:
+                         partners: dict[int, set[int]], group_of: Callable[[Occurrence], str | None] | None = None
+                         ) -> dict[str, dict[str, float]]:
     """Each rule on the same path: +1 per flagged frame, -1 otherwise, summed per ID, threshold set on ``fit``."""
     out = {}
     for r in attack.rules:
@@ -223,5 +230,6 @@ def evidence_rule_values(attack: Stream, clean: Stream | None, fit: Stream, budg
         if clean is not None and r in clean.rules:
             scores["clean"] = np.where(clean.rules[r].numpy(), 1.0, -1.0)
         out[r] = {f"evidence/{k}": v for k, v in evidence_judgement(scores, attack, clean, fit, budget,
-                                                                     Evidence(clip=1.0), gap_s, partners).items()}
+                                                                     Evidence(clip=1.0), gap_s, partners,
+                                                                     group_of).items()}
     return out

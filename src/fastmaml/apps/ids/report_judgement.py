@@ -208,6 +208,19 @@ def evidence_section(folds: list[dict[str, Any]], rule_names: dict[str, str], al
             cells.append(cell(o["methods"]["maml"], "evidence-kk/", True))
         cells += [cell(o["rules"][r], "evidence/", False) for r in rule_keys]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    groups = sorted({k.rsplit("/", 1)[1] for _, o in ops for m in o["methods"].values() for k in m
+                     if k.startswith("evidence/attack/caught_rate/")})
+    if groups:
+        lines += ["", "Occurrences caught by the falsified signal's group (*partnered*: another ID carries a "
+                      "correlated signal; *unpartnered*: nothing else on the bus reflects it), same thresholds:", "",
+                  "| held-out attack | group | " + " | ".join(LABELS.get(m, m) for m in methods)
+                  + "".join(f" | {rule_names.get(r, r)}" for r in rule_keys) + " |",
+                  "|---|---|" + "---:|" * (len(methods) + len(rule_keys))]
+        for a, o in ops:
+            for g in groups:
+                key = f"evidence/attack/caught_rate/{g}"
+                lines.append(f"| {a} | {g} | " + " | ".join(_m(o["methods"][m], key, 2) for m in methods)
+                             + "".join(f" | {_v(o['rules'][r], key, 2)}" for r in rule_keys) + " |")
     return lines + [""]
 
 

@@ -62,17 +62,27 @@ class Injection:
     t1: float
     replay_from: float = 0.0  # replay: the earlier stretch starts here
     little_endian: bool = False  # a DBC Intel signal over several bytes (see signals.Signal)
+    partnered: bool = True  # the target has a cross-ID partner (a signal elsewhere on the bus that reflects it)
 
 
 def attack_name(kind: str, variant: str) -> str:
     return f"{kind}_{variant}"
 
 
-def target_signals(clean: FrameBatch, dbc: str = "") -> list[Signal]:
+TARGETS = ("partnered", "all")
+_MIN_ANY_TARGET_HZ = 5.0  # targets: "all" also takes slower IDs (>= 10 frames in a 2 s interval)
+
+
+def target_signals(clean: FrameBatch, dbc: str = "", targets: str = "partnered") -> list[Signal]:
     """The signals a masquerade targets (see the module doc); DataError when the capture has none.
 
     ``dbc``: the car's DBC file; its signals stand in for the inferred ones (``features.dbc``).
+    ``targets``: ``partnered`` (signals with a cross-ID partner, >= 20 Hz: the redundant quantities)
+    or ``all`` (every signal of >= 6 bits on an ID of >= 5 Hz, with or without a partner: real
+    masquerades also hit signals nothing else on the bus reflects).
     """
+    if targets not in TARGETS:
+        raise DataError(f"masquerade targets {targets!r} unknown; use one of {', '.join(TARGETS)}")
     if not clean.has_timestamps:
         raise DataError("masquerade generation needs timestamps (it keeps them exactly and works in seconds)")
     fields = None
@@ -83,6 +93,10 @@ def target_signals(clean: FrameBatch, dbc: str = "") -> list[Signal]:
     span = float(clean.timestamp[-1] - clean.timestamp[0]) or 1.0
     ids, counts = np.unique(clean.can_id.astype(np.int64), return_counts=True)
     rate = dict(zip(ids.tolist(), (counts / span).tolist()))
+    if targets == "all":
+        out = [s for s in sigs if s.length >= _MIN_TARGET_BITS and rate[s.can_id] >= _MIN_ANY_TARGET_HZ]
+        if out:
+            return out
     out = [s for s in sigs if s.partners and s.length >= _MIN_TARGET_BITS and rate[s.can_id] >= _MIN_TARGET_HZ]
     if not out:
         raise DataError("the clean capture has no signal a masquerade could target (none >= 6 bits, >= 20 Hz, "
@@ -114,12 +128,15 @@ def plan(clean: FrameBatch, kind: str, targets: list[Signal], occurrences: int, 
                         f"--occurrences 1) and source.masquerade_duration_s={longest:.2f} or less (--duration), or give "
                         "a longer clean capture")
     rng = np.random.default_rng([seed, KINDS.index(kind)])
+    # With targets of both groups, intervals alternate between them, so each group has half the occurrences.
+    groups = [g for g in ([t for t in targets if t.partners], [t for t in targets if not t.partners]) if g]
     out = []
     for i in range(occurrences):
         t0 = begin + i * slot + rng.uniform(0, slot - 1.25 * duration_s)
-        s = targets[int(rng.integers(len(targets)))]
+        pool = groups[i % len(groups)] if len(groups) > 1 else targets
+        s = pool[int(rng.integers(len(pool)))]
         inj = Injection(kind, s.can_id, s.start, s.length, float(t0), float(t0 + duration_s),
-                        little_endian=s.little_endian)
+                        little_endian=s.little_endian, partnered=bool(s.partners))
         if kind == "replay":
             inj.replay_from = _farthest_replay(clean, inj, t0 - rng.uniform(duration_s, t0 - t_first, _REPLAY_DRAWS))
         out.append(inj)
@@ -223,10 +240,10 @@ def _periods(clean: FrameBatch) -> np.ndarray:
 
 
 def generate(clean: FrameBatch, kinds: list[str] | tuple[str, ...] = KINDS, occurrences: int = 20,
-             duration_s: float = 2.0, seed: int = 0, dbc: str = ""
+             duration_s: float = 2.0, seed: int = 0, dbc: str = "", targets: str = "partnered"
              ) -> tuple[dict[str, FrameBatch], dict[str, list[dict]]]:
     """Every (kind, variant) attack capture of ``clean``: ``{name: frames}``, and the injections per kind."""
-    targets = target_signals(clean, dbc)
+    targets = target_signals(clean, dbc, targets)
     by_key = {(s.can_id, s.start, s.little_endian): s for s in targets}
     captures: dict[str, FrameBatch] = {}
     plans: dict[str, list[dict]] = {}
@@ -264,7 +281,7 @@ def prepare_masquerade(src: SourceConfig, feat: FeatureConfig, log: Callable[[st
                         f"{[attack_name(k, v) for k in KINDS for v in VARIANTS]}")
     log(f"generating {len(kinds)} masquerade kinds x {len(VARIANTS)} variants on {what}")
     captures, plans = generate(clean, kinds, src.masquerade_occurrences, src.masquerade_duration_s,
-                               src.masquerade_seed, feat.dbc)
+                               src.masquerade_seed, feat.dbc, src.masquerade_targets)
     if src.attacks:
         captures = {k: v for k, v in captures.items() if k in src.attacks}
     names = list(captures)
