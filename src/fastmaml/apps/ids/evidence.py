@@ -204,8 +204,8 @@ class Calibration:
                 f"{self.excursions} excursions); ")
         if self.extrapolated_per_hour == self.extrapolated_per_hour:
             lo, hi = self.extrapolated_ci95
-            line += (f"{'set by the' if self.method == 'tail' else 'above the clean maximum; the'} tail fit puts "
-                     f"the rate at {self.extrapolated_per_hour:.2g}/h (95% {lo:.2g}-{hi:.2g}/h); ")
+            line += (f"{'set by the tail fit of the excursion peaks' if self.method == 'tail' else 'above the clean maximum'}"
+                     f": {self.extrapolated_per_hour:.2g} false alerts/h extrapolated at it (95% {lo:.2g}-{hi:.2g}/h); ")
         else:
             line += f"too few excursions for a tail fit (< {MIN_TAIL_EXCURSIONS}); "
         line += (f"the clean traffic alone bounds the rate below {self.upper_bound_per_hour:.0f}/h (95%); "

@@ -194,7 +194,8 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
                 if w is None:
                     z = predict_logits(net, torch.from_numpy(np.ascontiguousarray(x)))
                     p = torch.softmax(z, -1)[:, 1].numpy()
-                    lo = (z[:, 1] - z[:, 0]).double().numpy()
+                    zd = z.double()  # the same log-odds as score_capture, so a calibrated threshold means the same
+                    lo = (zd[:, 1] - zd[:, 0]).numpy()
                     v = p > det.threshold
                     fh.write(_sample_rows(r.index, r.ts, r.key, p, lo, v, truth if with_label else None))
                     t, k, pos = r.ts, r.key, np.arange(n_rows, n_rows + len(r.x))

@@ -1,0 +1,121 @@
+"""`ids adapt --clean`, `ids detect --clean / --threshold` and `ids judge` on small simulated captures (issue 33):
+the evidence threshold is calibrated on clean traffic, written into the detector folder, and applied."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fastmaml.apps.ids.can.readers import read_capture
+from fastmaml.apps.ids.detect import adapt_detector, balanced_cross_entropy, load_detector, score_capture
+from fastmaml.apps.ids.evidence import count_alerts, cusum_alerts
+from fastmaml.cli import main
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evidence_cli")
+    assert main(["ids", "simulate", "--attack", "spoof_speed", "--duration", "12", "--seed", "5",
+                 "--out", str(d / "cap.log")]) == 0
+    assert main(["ids", "simulate", "--attack", "none", "--duration", "20", "--seed", "6",
+                 "--out", str(d / "clean.log")]) == 0
+    assert main(["ids", "train", "--preset", "sim_tiny", "--out", str(d / "trained"), "train.iterations=20",
+                 "source.sim_duration_s=15"]) == 0
+    # The same capture with CrySyS-style inline labels (candump line, is_malicious, is_shifted_in_time).
+    labels = [r.split(",")[1] for r in (d / "cap_labels.csv").read_text().splitlines()[1:]]
+    (d / "cap_inline.log").write_text("".join(f"{line.rstrip()} {'1' if lab != 'benign' else 'False'}\tFalse\n"
+                                              for line, lab in zip((d / "cap.log").read_text().splitlines(), labels)))
+    return d
+
+
+def test_balanced_cross_entropy_weighs_classes_equally():
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(10, 2)
+    y = torch.tensor([0, 1] * 5)
+    assert torch.allclose(balanced_cross_entropy(logits, y), F.cross_entropy(logits, y))
+    y2 = torch.tensor([0] * 9 + [1])  # one attack sample weighs as much as nine benign ones
+    per = F.cross_entropy(logits, y2, reduction="none")
+    assert torch.allclose(balanced_cross_entropy(logits, y2), (per[:9].mean() + per[9]) / 2)
+
+
+def test_adapt_with_clean_calibrates_and_detect_applies_the_threshold(workdir, capsys):
+    d = workdir
+    det = str(d / "trained" / "detector")
+    assert main(["ids", "adapt", "--detector", det, "--capture", str(d / "cap.log"), "--labels",
+                 str(d / "cap_labels.csv"), "--shots", "5", "--clean", str(d / "clean.log"), "--benign-frames", "500",
+                 "--alerts-per-hour", "10", "--out", str(d / "adapted")]) == 0
+    out = capsys.readouterr().out
+    assert "from 5 attack samples and 500 clean frames" in out and "calibrated: threshold" in out
+    meta = json.loads((d / "adapted" / "detector.json").read_text())
+    assert meta["meta"]["benign_support"] == 500 and meta["meta"]["benign_from"] == str(d / "clean.log")
+    ev = meta["evidence"]
+    assert ev["calibration"]["budget_per_hour"] == 10 and ev["threshold"] == ev["calibration"]["threshold"]
+    assert ev["calibration"]["clean_alerts"] == 0 and ev["threshold"] >= ev["clip"]
+    # The threshold raises no alert on the clean capture it was set on, as `ids detect` streams it in chunks.
+    adapted = load_detector(d / "adapted")
+    sc = score_capture(adapted, d / "clean.log")
+    assert count_alerts(sc.log_odds, sc.clock, sc.key, adapted.alarm()) == 0
+    assert main(["ids", "detect", "--detector", str(d / "adapted"), "--capture", str(d / "clean.log"),
+                 "--out", str(d / "v_clean.csv"), "--chunk-size", "997", "--json", str(d / "s.json")]) == 0
+    assert json.loads((d / "s.json").read_text())["evidence"]["alerts"] == 0
+    # On the attack capture: the CLI's alerts are the evidence module's on the whole capture, judged per ID.
+    capsys.readouterr()
+    assert main(["ids", "detect", "--detector", str(d / "adapted"), "--capture", str(d / "cap.log"), "--labels",
+                 str(d / "cap_labels.csv"), "--out", str(d / "v.csv"), "--chunk-size", "700",
+                 "--json", str(d / "a.json")]) == 0
+    out = capsys.readouterr().out
+    assert "evidence alerts (CUSUM of log-odds per CAN ID" in out and "attack occurrences caught" in out
+    summary = json.loads((d / "a.json").read_text())["evidence"]
+    sc = score_capture(adapted, d / "cap.log", d / "cap_labels.csv")
+    whole, _ = cusum_alerts(sc.log_odds, sc.clock, sc.key, adapted.alarm())
+    assert [a["frame"] for a in summary["alert_list"]] == whole.index.tolist()
+    j = summary["judgement"]
+    assert j["occurrences"] >= 1 and 0 <= j["caught"] <= j["occurrences"]
+    # --threshold overrides without touching the folder; a huge one silences every alert.
+    assert main(["ids", "detect", "--detector", str(d / "adapted"), "--capture", str(d / "cap.log"), "--out",
+                 str(d / "v2.csv"), "--threshold", "1e9", "--json", str(d / "b.json")]) == 0
+    assert json.loads((d / "b.json").read_text())["evidence"]["alerts"] == 0
+    assert json.loads((d / "adapted" / "detector.json").read_text())["evidence"]["threshold"] == ev["threshold"]
+
+
+def test_detect_clean_writes_the_threshold_and_uncalibrated_detectors_say_so(workdir, capsys):
+    d = workdir
+    assert main(["ids", "adapt", "--detector", str(d / "trained" / "detector"), "--capture", str(d / "cap.log"),
+                 "--labels", str(d / "cap_labels.csv"), "--shots", "5", "--out", str(d / "kk")]) == 0
+    assert json.loads((d / "kk" / "detector.json").read_text())["evidence"] == {}
+    capsys.readouterr()
+    assert main(["ids", "detect", "--detector", str(d / "kk"), "--capture", str(d / "cap.log"),
+                 "--out", str(d / "v3.csv")]) == 0
+    assert "the detector is not calibrated: pass --clean" in capsys.readouterr().out
+    assert main(["ids", "detect", "--detector", str(d / "kk"), "--capture", str(d / "cap.log"), "--clean",
+                 str(d / "clean.log"), "--alerts-per-hour", "5", "--out", str(d / "v4.csv")]) == 0
+    assert "calibrated (written to" in capsys.readouterr().out
+    ev = json.loads((d / "kk" / "detector.json").read_text())["evidence"]
+    assert ev["calibration"]["budget_per_hour"] == 5
+    # A "clean" capture that holds attack frames is refused.
+    assert main(["ids", "detect", "--detector", str(d / "kk"), "--capture", str(d / "cap.log"), "--clean",
+                 str(d / "cap_inline.log"), "--out", str(d / "v5.csv")]) == 2
+    assert "attack frames; calibrate on a clean capture" in capsys.readouterr().err
+
+
+def test_judge_rules_and_detectors_on_one_path(workdir, capsys):
+    d = workdir
+    if not (d / "adapted").is_dir():
+        pytest.skip("needs the adapted detector of the test above")
+    assert main(["ids", "judge", "--detector", f"maml-s0={d / 'adapted'}", "--clean", str(d / "clean.log"),
+                 "--capture", str(d / "cap_inline.log"), "--out", str(d / "judge")]) == 0
+    res = json.loads((d / "judge" / "judgement.json").read_text())["results"]
+    names = [r["name"] for r in res]
+    assert names[0] == "maml-s0" and "rule: timing" in names and "rule: id_allow_list" in names
+    for r in res:
+        assert r["clean_alerts"] == r["calibration"]["clean_alerts"] == 0
+        assert r["calibration"]["threshold"] >= 1.0
+        cap = r["captures"][0]
+        assert cap["occurrences"] >= 1 and cap["caught"] <= cap["occurrences"]
+    md = (d / "judge" / "judgement.md").read_text()
+    assert "## Summary (seeds pooled)" in md and "| maml | cap_inline.log | 1 |" in md
+    assert main(["ids", "judge", "--detector", "nonsense", "--clean", str(d / "clean.log"), "--capture",
+                 str(d / "cap_inline.log"), "--out", str(d / "j2")]) == 2
+    assert "is not NAME=FOLDER" in capsys.readouterr().err
