@@ -6,6 +6,7 @@
     fastmaml ids adapt --detector runs/ids/det/detector --capture new.log --labels new.csv --shots 5 --out adapted
     fastmaml ids detect --detector adapted --capture traffic.log --out verdicts.csv
     fastmaml ids masquerade --capture clean.log --kind offset --out offset.log   # + offset_labels.csv
+    fastmaml ids monitor --detector adapted --bus socketcan:can0 --alerts alerts.jsonl   # live bus, Ctrl-C stops
 
 Automotive Ethernet (pcap/pcapng captures, the simulated zonal network):
 
@@ -155,6 +156,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--no-rules", action="store_true", help="judge the detectors only")
     j.add_argument("--format", default="auto", help="capture format (default: auto-detect)")
     j.add_argument("--out", type=Path, required=True, help="folder for judgement.json and judgement.md")
+
+    mo = acts.add_parser("monitor", help="run a calibrated CAN detector on a live bus (python-can): evidence alerts "
+                                         "as JSON lines until Ctrl-C, --duration or --max-frames")
+    mo.add_argument("--detector", type=Path, required=True, help="frame-level CAN detector folder, calibrated "
+                                                                 "(ids detect/adapt --clean) unless --threshold")
+    mo.add_argument("--bus", required=True, metavar="INTERFACE:CHANNEL",
+                    help="python-can interface and channel, e.g. socketcan:can0, pcan:PCAN_USBBUS1, virtual:test")
+    mo.add_argument("--bitrate", type=int, default=None, help="bit rate to open the bus at (interfaces that set it)")
+    mo.add_argument("--alerts", type=Path, default=None, help="JSON lines file, one object per alert")
+    mo.add_argument("--threshold", type=float, default=None,
+                    help="evidence threshold to alert at (overrides the detector's calibrated one; not saved)")
+    mo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    mo.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    mo.add_argument("--batch-ms", type=float, default=50.0,
+                    help="frames are scored in batches of up to this many ms (default: %(default)s)")
+    mo.add_argument("--batch-frames", type=int, default=4096, help="or this many frames (default: %(default)s)")
     p.set_defaults(handler=run)
 
 
@@ -197,7 +214,7 @@ def _split(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> None:
     """Dispatch ``fastmaml ids <action>``."""
     {"simulate": _simulate, "masquerade": _masquerade, "compare": _compare, "train": _train, "adapt": _adapt,
-     "detect": _detect, "judge": _judge}[args.action](args)
+     "detect": _detect, "judge": _judge, "monitor": _monitor}[args.action](args)
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -373,3 +390,28 @@ def _detect(args: argparse.Namespace) -> None:
             line += (f"; attack occurrences alerted {m['occurrences_detected']}/{m['occurrences']}, "
                      f"median delay {m['median_delay_s']:.3f} s")
         print(line)
+
+
+def _monitor(args: argparse.Namespace) -> None:
+    from fastmaml.apps.ids.detect import FrameScorer, load_detector, monitor, open_bus
+    from fastmaml.apps.ids.evidence import Evidence
+
+    for name in ("duration", "max_frames", "batch_ms", "batch_frames"):
+        v = getattr(args, name)
+        if v is not None and not v > 0:
+            raise DataError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+    det = load_detector(args.detector)
+    ev = det.alarm()
+    if args.threshold is not None:
+        ev = (ev or Evidence()).with_threshold(args.threshold)
+    scorer = FrameScorer(det, ev)  # before the bus opens: a detector that cannot alert is refused first
+    bus = open_bus(args.bus, args.bitrate)
+    how = "--threshold" if args.threshold is not None else "calibrated"
+    print(f"monitoring {args.bus}: evidence threshold {scorer.ev.threshold:.2f} per CAN ID ({how}); Ctrl-C stops"
+          + (f"; alerts -> {args.alerts}" if args.alerts else ""))
+    try:
+        s = monitor(scorer, bus, alerts_path=args.alerts, duration_s=args.duration, max_frames=args.max_frames,
+                    batch_s=args.batch_ms / 1000, batch_frames=args.batch_frames)
+    finally:
+        bus.shutdown()
+    print(s.line())

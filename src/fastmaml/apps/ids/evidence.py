@@ -76,10 +76,11 @@ class Alerts:
     time: np.ndarray
     key: np.ndarray
     onset: np.ndarray  # time the CUSUM of that key last left 0 before the alert: the evidence's start
+    level: np.ndarray | None = None  # the sum that crossed the threshold (cusum_alerts fills it; monitor reports it)
 
     @staticmethod
     def empty() -> Alerts:
-        return Alerts(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), np.zeros(0))
+        return Alerts(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
 
 
 def _groups(keys: np.ndarray) -> list[np.ndarray]:
@@ -109,7 +110,7 @@ def cusum_alerts(score: np.ndarray, clock: np.ndarray, key: np.ndarray, ev: Evid
         raise DataError("evidence: a frame score is NaN (the detector's output); check the detector's weights")
     state = state or CusumState()
     x = np.clip(score, -ev.clip, ev.clip) - ev.drift
-    out: list[tuple[int, float, int, float]] = []
+    out: list[tuple[int, float, int, float, float]] = []
     for g in _groups(key):
         k = int(key[g[0]])
         xs, ts = x[g], clock[g]
@@ -133,7 +134,7 @@ def cusum_alerts(score: np.ndarray, clock: np.ndarray, key: np.ndarray, ev: Evid
                 start = float(ts[pos + before[-1] + 1])
             else:
                 start = onset if (s0 > 0 and onset == onset) else float(ts[pos])
-            out.append((int(g[pos + a]), float(ts[pos + a]), k, start))
+            out.append((int(g[pos + a]), float(ts[pos + a]), k, start, float(s[a])))
             quiet = float(ts[pos + a]) + ev.holdoff_s
             pos = int(np.searchsorted(ts, quiet, side="left"))
             s0, onset = 0.0, math.nan
@@ -141,8 +142,9 @@ def cusum_alerts(score: np.ndarray, clock: np.ndarray, key: np.ndarray, ev: Evid
     if not out:
         return Alerts.empty(), state
     out.sort()
-    idx, t, kk, on = (np.array(v) for v in zip(*out))
-    return Alerts(idx.astype(np.int64), t.astype(np.float64), kk.astype(np.int64), on.astype(np.float64)), state
+    idx, t, kk, on, lv = (np.array(v) for v in zip(*out))
+    return Alerts(idx.astype(np.int64), t.astype(np.float64), kk.astype(np.int64), on.astype(np.float64),
+                  lv.astype(np.float64)), state
 
 
 def _onset(ts: np.ndarray, s: np.ndarray, zero: np.ndarray, onset: float, s0: float) -> float:
