@@ -188,3 +188,17 @@ def test_compiled_meta_step_refuses_bf16_and_runs_eager():
     with pytest.warns(CompileFallbackWarning, match="precision bf16"):
         out = step.step(episodes(tasks=2, queries=1))
     assert torch.isfinite(out.loss)
+
+
+def test_precision_flag_sets_the_train_or_eval_key():
+    from fastmaml.cli import build_parser
+    from fastmaml.cliargs import config_overrides, parse_args
+
+    parser = build_parser()
+    args = parse_args(parser, ["fewshot", "train", "--run-dir", "r", "--precision", "bf16"])
+    assert "train.precision=bf16" in config_overrides(args)
+    args = parse_args(parser, ["fewshot", "evaluate", "--run-dir", "r", "--precision", "trained"])
+    assert "eval.precision=trained" in config_overrides(args)
+    args = parse_args(parser, ["sinusoid", "reproduce", "--precision", "auto"])
+    assert "train.precision=auto" in config_overrides(args)
+    assert not any("precision" in o for o in config_overrides(parse_args(parser, ["sinusoid", "train", "--run-dir", "r"])))
