@@ -8,6 +8,7 @@ imports). Three modes:
     python benchmarks/bench_conv_query.py segments  # full step vs query pass only (0 inner steps)
     python benchmarks/bench_conv_query.py layers    # one conv layer, fwd+bwd, four implementations
     python benchmarks/bench_conv_query.py profile --impl vmap   # torch.profiler table, support/query split
+    python benchmarks/bench_conv_query.py ceiling   # each layer's grouped conv fwd+bwd, fp32 vs bf16 (GFLOP/s)
 
 ``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine
 other jobs are loading, with ``--threads 1``, it measures the work done rather than the
@@ -196,6 +197,44 @@ def cmd_layers(args) -> None:
         print(f"| {c}->{o}, {h}x{h}, s{s} | " + " | ".join(f"{t * 1e3:.0f}" for t in times.values()) + " |")
 
 
+def cmd_ceiling(args) -> None:
+    """The conv ceiling of ``train.precision``: each layer's grouped (vmapped) convolution, forward + backward, in
+    fp32 and in bf16 (inputs and weights bf16, as core/precision.py runs them), ms and GFLOP/s, interleaved."""
+    from fastmaml.core.precision import bf16_pays
+    from fastmaml.eval.environment import environment
+
+    if args.workload == "mini":
+        shapes, tasks = [(3, 32, 84, 1), (32, 32, 42, 1), (32, 32, 21, 1), (32, 32, 10, 1)], 4
+    else:
+        shapes, tasks = [(1, 64, 28, 2), (64, 64, 14, 2), (64, 64, 7, 2), (64, 64, 4, 2)], 32
+    n = 5 * args.q_query
+    env, now = environment(), (time.process_time if args.clock == "cpu" else time.perf_counter)
+    print(f"# conv ceiling, {args.workload}: {tasks} tasks x {n} images, grouped conv fwd + bwd, ms ({args.clock}) / "
+          f"GFLOP/s, median of {args.rounds}; {env['processor']}, torch CPU capability {env['cpu_capability']}, "
+          f"bf16_pays: {bf16_pays('cpu')}\n")
+    print("| layer (C->O, HxW, stride) | fp32 ms | bf16 ms | fp32 GFLOP/s | bf16 GFLOP/s | bf16 / fp32 |\n|---|---:|---:|---:|---:|---:|")
+    for c, o, h, s in shapes:
+        out_hw = (h - 1) // s + 1
+        flops = 3 * 2 * tasks * n * o * c * 9 * out_hw * out_hw  # forward + the two backward convolutions
+        made = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(tasks, n, c, h, h, dtype=dtype, requires_grad=c > 3)
+            w = torch.randn(tasks, o, c, 3, 3, dtype=dtype, requires_grad=True)
+            b = torch.randn(tasks, o, dtype=dtype, requires_grad=True)
+            made[dtype] = ((x, w, b) if c > 3 else (w, b), x, w, b, torch.randn_like(_grouped(x, w, b, s)))
+        ts = {d: [] for d in made}
+        for inputs, x, w, b, g in made.values():  # warm-up (oneDNN primitive creation)
+            torch.autograd.grad(_grouped(x, w, b, s), inputs, g)
+        for _ in range(args.rounds):  # interleaved: fp32, bf16, fp32, ...
+            for d, (inputs, x, w, b, g) in made.items():
+                t0 = now()
+                torch.autograd.grad(_grouped(x, w, b, s), inputs, g)
+                ts[d].append(now() - t0)
+        f32, b16 = statistics.median(ts[torch.float32]), statistics.median(ts[torch.bfloat16])
+        print(f"| {c}->{o}, {h}x{h}, s{s} | {f32 * 1e3:.1f} | {b16 * 1e3:.1f} | {flops / f32 / 1e9:.1f} | "
+              f"{flops / b16 / 1e9:.1f} | {f32 / b16:.2f}x |")
+
+
 # ------------------------------------------------------------------ profile
 def cmd_profile(args) -> None:
     from torch.profiler import ProfilerActivity, profile
@@ -231,7 +270,7 @@ def cmd_profile(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["time", "segments", "layers", "profile"])
+    ap.add_argument("mode", choices=["time", "segments", "layers", "profile", "ceiling"])
     ap.add_argument("--workload", choices=["omniglot", "mini"], default="omniglot")
     ap.add_argument("--q-query", type=int, default=15)
     ap.add_argument("--steps", type=int, default=1)
@@ -248,7 +287,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not args.default_malloc:
         bm.keep_freed_memory()
-    {"time": cmd_time, "segments": cmd_segments, "layers": cmd_layers, "profile": cmd_profile}[args.mode](args)
+    {"time": cmd_time, "segments": cmd_segments, "layers": cmd_layers, "profile": cmd_profile,
+     "ceiling": cmd_ceiling}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastmaml.core import precision as P
 from fastmaml.core.compiled import CompiledMetaStep
 from fastmaml.core.maml import MAML
 from fastmaml.train.memory import keep_freed_memory
@@ -86,12 +87,66 @@ def omniglot_workload(seed: int, tasks: int = 32, n_way: int = 5, k_shot: int = 
     return model, F.cross_entropy, 0.4, batches
 
 
+def miniimagenet_workload(seed: int, tasks: int = 4, n_way: int = 5, k_shot: int = 1, k_query: int = 15):
+    """MiniImagenet 5-way 1-shot as in the paper: 84×84 RGB, 32 filters, max-pooling, meta-batch 4."""
+    from fastmaml.models.conv import ConvNet
+
+    def model():
+        return ConvNet(in_channels=3, n_way=n_way, hidden=32, image_size=84)
+
+    g = torch.Generator().manual_seed(seed)
+    ys = torch.arange(n_way).repeat(k_shot).expand(tasks, -1).contiguous()
+    yq = torch.arange(n_way).repeat(k_query).expand(tasks, -1).contiguous()
+    batches = [TaskBatch(torch.rand(tasks, n_way * k_shot, 3, 84, 84, generator=g), ys,
+                         torch.rand(tasks, n_way * k_query, 3, 84, 84, generator=g), yq) for _ in range(2)]
+    return model, F.cross_entropy, 0.01, batches
+
+
+def precision_rows(args) -> dict:
+    """``--precision-rows``: fp32 against bf16 (``train.precision``'s engine path, core/precision.py), interleaved
+    in one run, on Omniglot 5-way 1-shot (1 and 15 queries per class) and MiniImagenet 5-way 1-shot, second order."""
+    from fastmaml.eval.environment import environment
+
+    env = environment()
+    pays, why = P.bf16_pays(args.device)
+    where = env["cuda"] if args.device.startswith("cuda") else env["processor"]
+    print(f"# fp32 vs bf16 (train.precision), MAML second order, {args.steps} inner step(s), meta-iterations/s; "
+          f"{where}, torch CPU capability {env['cpu_capability']}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"bf16_pays: {pays} ({why})")
+    workloads = {
+        "Omniglot 5-way 1-shot, 1 query/class": lambda: omniglot_workload(0, tasks=args.tasks or 32, k_query=1),
+        "Omniglot 5-way 1-shot, 15 queries/class": lambda: omniglot_workload(0, tasks=args.tasks or 32, k_query=15),
+        "MiniImagenet 5-way 1-shot, 15 queries/class": lambda: miniimagenet_workload(0, tasks=args.tasks or 4),
+    }
+    impls, batches_of = {}, {}
+    for label, make in workloads.items():
+        make_model, loss_fn, inner_lr, batches = make()
+        if args.device != "cpu":
+            base = make_model
+            make_model = lambda base=base: base().to(args.device)  # noqa: E731
+            batches = [b.to(args.device) for b in batches]
+        for prec in ("fp32", "bf16"):
+            impls[f"{label} | {prec}"] = fastmaml_step(make_model, loss_fn, inner_lr, args.steps, False, "vmap",
+                                                       bf16=prec == "bf16")
+            batches_of[f"{label} | {prec}"] = batches
+    # one interleaved schedule over all six rows: each gets its own workload's batches
+    rates = time_interleaved({k: (lambda b, k=k, f=f: f(batches_of[k][b])) for k, f in impls.items()},
+                             [0, 1], args.rounds, args.min_seconds, args.device)
+    print("\n| workload | fp32 it/s | bf16 it/s | bf16 / fp32 |\n|---|---:|---:|---:|")
+    out = {"environment": env, "bf16_pays": [pays, why], "rows": {}}
+    for label in workloads:
+        f32, b16 = (statistics.median(rates[f"{label} | {p}"]) for p in ("fp32", "bf16"))
+        print(f"| {label} | {f32:.3g} | {b16:.3g} | {b16 / f32:.2f}× |")
+        out["rows"][label] = {"fp32": rates[f"{label} | fp32"], "bf16": rates[f"{label} | bf16"]}
+    return out
+
+
 # ------------------------------------------------------------------ implementations
 def fastmaml_step(make_model, loss_fn, inner_lr, steps, first_order, vectorize, chunk_size=None,
                   bf16: bool = False, channels_last: bool = False) -> Callable:
     torch.manual_seed(0)
     learner = MAML(make_model(), loss_fn, inner_lr, steps, first_order=first_order, vectorize=vectorize,
-                   chunk_size=chunk_size)
+                   chunk_size=chunk_size, precision=P.BF16 if bf16 else P.FP32)  # train.precision's engine path
     if channels_last:
         learner.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(learner.parameters(), 1e-3)
@@ -104,8 +159,7 @@ def fastmaml_step(make_model, loss_fn, inner_lr, steps, first_order, vectorize, 
             batch = TaskBatch(batch.support_x.view(batch.support_y.shape + batch.support_x.shape[1:]), batch.support_y,
                               batch.query_x.view(batch.query_y.shape + batch.query_x.shape[1:]), batch.query_y)
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            learner.meta_backward(batch)  # what the training loop runs: chunk by chunk when chunk_size is set
+        learner.meta_backward(batch)  # what the training loop runs: chunk by chunk when chunk_size is set
         opt.step()
 
     return step
@@ -464,6 +518,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda: models and batches live there (JAX rows: CPU only, "
                     "skipped on cuda); on cuda the table also gives each row's peak allocated memory")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--precision-rows", action="store_true",
+                    help="only fp32 vs bf16 (train.precision), interleaved: Omniglot 5w1s with 1 and 15 queries/class "
+                         "and MiniImagenet 5w1s, each row with the CPU model (or GPU) and its bf16 capability")
+    ap.add_argument("--tasks", type=int, default=None, help="--precision-rows: tasks per meta-batch (default: the paper's)")
     args = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if args.threads:
@@ -473,6 +531,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     malloc = "glibc default" if args.default_malloc else (
         "freed memory kept in the heap" if keep_freed_memory() else "default (no glibc)")
+    if args.precision_rows:
+        out = precision_rows(args)
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2) + "\n")
+        return
     if args.workload == "sinusoid":
         make_model, loss_fn, inner_lr, batches = sinusoid_workload(0)
     else:
@@ -522,7 +585,7 @@ def main() -> None:
                 impls[f"fastmaml vmap, chunks of {c}"] = fastmaml_step(make_model, loss_fn, inner_lr, args.steps, first_order,
                                                                   "vmap", chunk_size=c)
             if args.cpu_options:
-                impls["fastmaml vmap + bf16 autocast"] = fastmaml_step(make_model, loss_fn, inner_lr, args.steps,
+                impls["fastmaml vmap + bf16"] = fastmaml_step(make_model, loss_fn, inner_lr, args.steps,
                                                                        first_order, "vmap", bf16=True)
                 impls["fastmaml loop + channels-last"] = fastmaml_step(make_model, loss_fn, inner_lr, args.steps,
                                                                        first_order, "loop", channels_last=True)

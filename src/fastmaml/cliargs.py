@@ -17,8 +17,9 @@ from fastmaml.errors import ConfigError
 
 
 def add_common(p: argparse.ArgumentParser, default_preset: str | None, presets: Sequence[str] = (), *,
-               data_root: bool = False, device: bool = True) -> None:
-    """``--preset``, positional ``key=value`` overrides, and optionally ``--device`` and ``--data-root``.
+               data_root: bool = False, device: bool = True, precision: str | None = None) -> None:
+    """``--preset``, positional ``key=value`` overrides, and optionally ``--device``, ``--data-root`` and
+    ``--precision`` (``precision``: the config key it sets, ``train.precision`` or ``eval.precision``).
 
     ``presets``: the names the help lists, normally :func:`preset_names` of the experiment's folder.
     """
@@ -30,6 +31,13 @@ def add_common(p: argparse.ArgumentParser, default_preset: str | None, presets: 
         p.add_argument("--device", default=None, help="cpu or cuda (overrides train.device)")
     if data_root:
         p.add_argument("--data-root", default=None, help="folder holding the data set(s) (see README, Data)")
+    if precision:
+        choices = ["auto", "fp32", "bf16"] + (["trained"] if precision.startswith("eval.") else [])
+        p.add_argument("--precision", default=None, choices=choices,
+                       help=f"matmuls and convolutions in bf16 or fp32; auto: bf16 where it pays (CPU with AMX, "
+                            f"CUDA with bf16){'; trained: as the run trained' if 'trained' in choices else ''} "
+                            f"(overrides {precision})")
+        p.set_defaults(precision_key=precision)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -57,6 +65,8 @@ def config_overrides(args: argparse.Namespace, data_root_key: str | None = None)
         out.append(f"train.device={args.device}")
     if data_root_key and getattr(args, "data_root", None):
         out.append(f"{data_root_key}={args.data_root}")
+    if getattr(args, "precision", None):
+        out.append(f"{args.precision_key}={args.precision}")
     return out
 
 

@@ -26,6 +26,12 @@ import torch
 from torch import nn
 
 
+def _master(x: torch.Tensor) -> torch.Tensor:
+    """``x`` promoted to at least float32: under mixed precision (core/precision.py) the convolution before
+    a BatchNorm hands it bf16; statistics and normalization stay float32 (float32 and float64 pass unchanged)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Centered input and biased variance over every dim but channels (dim 1), as BatchNorm in training.
 
@@ -64,7 +70,7 @@ class BatchStatNorm(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
+        x, shape = _master(x), (1, -1) + (1,) * (x.dim() - 2)
         centered, var, _ = _batch_stats(x)
         inv_std = torch.rsqrt(var + self.eps)
         if self.weight is None:
@@ -112,7 +118,7 @@ class PerStepBatchNorm(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        row = min(self.step, self.steps - 1)
+        row, x = min(self.step, self.steps - 1), _master(x)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         if self.use_running_stats:
             centered = x - self.running_mean[row].view(shape)

@@ -32,7 +32,9 @@ The fused Adam needs ``torch.optim.Adam`` with one parameter group, ``weight_dec
 Falls back to eager (``learner.meta_backward`` + ``optimizer.step()``; a warning, once) for:
 ``vectorize="loop"``, per-step BatchNorm (``per_step_bn``: running statistics are recorded by
 in-place buffer updates), ``recompute_inner_steps`` (a memory-bounded schedule the compiled
-graph would undo), and any model or op ``torch.compile`` fails on (the error is in the warning).
+graph would undo), mixed precision (``train.precision`` resolving to bf16: autocast inside
+``torch.func.grad`` under ``torch.compile`` is not verified, and inductor's float32 second-order
+conv gradient is already off, see below), and any model or op ``torch.compile`` fails on (the error is in the warning).
 
 Where it pays (2 CPU cores, loaded machine, 1 thread, ratios within one interleaved run;
 ``benchmarks/bench_maml.py``): the sinusoid MLP 5.4× eager for MAML (946 vs 176 it/s), 6.0× for FOMAML,
@@ -87,6 +89,9 @@ def unsupported_reason(learner: MAML) -> str | None:
         return "per-step BatchNorm (per_step_bn records running statistics by in-place buffer updates)"
     if getattr(learner, "recompute_inner_steps", False):
         return "recompute_inner_steps (a memory-bounded eager schedule)"
+    if not learner.precision.compiles:
+        return (f"precision {learner.precision.name} (the compiled meta-iteration is float32 only; "
+                "mixed precision runs eager)")
     return None
 
 

@@ -23,6 +23,7 @@ from torch.func import functional_call, grad, vmap
 
 from fastmaml.core.batch import TaskBatch
 from fastmaml.core.batchnorm import PerStepBatchNorm
+from fastmaml.core.precision import Precision
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -38,6 +39,7 @@ class InnerLoopLearner(Protocol):
     inner_names: list[str]  # the parameters adapted in the inner loop
     inner_steps: int  # inner steps during meta-training
     step_norms: list[PerStepBatchNorm]  # the model's per-step BatchNorm layers (empty without)
+    precision: Precision  # where the model's matmuls and convolutions run (core/precision.py)
 
     def step_size(self, name: str, step: int, rates: Rates | None = None) -> torch.Tensor | float:
         """α of parameter ``name`` at inner step ``step``; ``rates`` replaces the learned rates."""
@@ -48,11 +50,16 @@ def call_model(learner: InnerLoopLearner, params: Params, x: torch.Tensor, step:
     """The model's output on ``x`` with parameters ``params`` that have taken ``step`` inner steps.
 
     ``step`` selects the per-step BatchNorm rows (MAML++); without per-step BatchNorm it changes nothing.
+    The one place the model runs: under the learner's precision (:mod:`fastmaml.core.precision`; bf16
+    matmuls and convolutions, float32 outputs), so every path (second and first order, vmap or loop,
+    recomputed steps, evaluation) takes it.
     """
     for norm in learner.step_norms:
         norm.step = step
     # Frozen parameters and buffers come from the module; trainable ones from `params`.
-    return functional_call(learner.model, params, (x,), strict=False)
+    with learner.precision.compute(x.device.type):
+        out = functional_call(learner.model, params, (x,), strict=False)
+    return learner.precision.output(out)
 
 
 def inner_step(learner: InnerLoopLearner, params: Params, x: torch.Tensor, y: torch.Tensor, step: int,

@@ -41,6 +41,7 @@ from torch.func import grad_and_value, vmap
 from fastmaml.core.batchnorm import PerStepBatchNorm, convert_batchnorm
 from fastmaml.core.inner_loop import (LossFn, Params, Rates, adapt, call_model, inner_step, meta_backward_in_chunks,
                                      over_tasks, task_loss)
+from fastmaml.core.precision import FP32, Precision
 from fastmaml.core.recompute import meta_backward_recompute
 from fastmaml.core.step_size import Fixed, StepSizeRule, from_config, from_legacy
 from fastmaml.errors import ConfigError, DataError
@@ -161,6 +162,9 @@ class MAML(nn.Module):
             (:class:`MAMLPlusPlus`); ``None``: none of them.
         recompute: memory-bounded second order (:class:`Recompute`); ``None``: every inner step's
             activations are kept for the backward pass.
+        precision: where the model's matmuls and convolutions run (:mod:`fastmaml.core.precision`):
+            :data:`~fastmaml.core.precision.FP32` (default) or ``BF16`` (autocast; master weights,
+            losses, inner steps and BatchNorm stay float32). The training loop sets it from ``train.precision``.
     """
 
     def __init__(
@@ -175,6 +179,7 @@ class MAML(nn.Module):
         chunk_size: int | None = None,
         mamlpp: MAMLPlusPlus | None = None,
         recompute: Recompute | None = None,
+        precision: Precision = FP32,
     ) -> None:
         super().__init__()
         if isinstance(inner_lr, (int, float)) and not isinstance(inner_lr, bool):
@@ -204,6 +209,7 @@ class MAML(nn.Module):
         self.recompute_inner_steps = recompute is not None
         self.recompute_keep_every = None if recompute is None else recompute.keep_every
         self.iteration = 0  # the training iteration the schedules above follow (set_iteration)
+        self.precision = precision
 
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         names = list(trainable)
@@ -422,7 +428,7 @@ class MAML(nn.Module):
         How baselines are fine-tuned: a pretrained or random network through the very same inner loop.
         """
         return MAML(self.model, self.loss_fn, inner_lr=lr, inner_steps=1, vectorize=self.vectorize,
-                    chunk_size=self.chunk_size,
+                    chunk_size=self.chunk_size, precision=self.precision,
                     mamlpp=MAMLPlusPlus(per_step_bn=bool(self.step_norms), bn_eval_stats=self.bn_eval_stats))
 
     def predict(self, params: Params, x: torch.Tensor, step: int | None = None) -> torch.Tensor:

@@ -17,6 +17,7 @@ def environment() -> dict[str, Any]:
         "processor": _cpu_name(),
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
     }
 
 

@@ -34,7 +34,7 @@ from fastmaml.models.resnet12 import ResNet12
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.tasks.episodes import EpisodeSampler, uint8_images_to_float
 from fastmaml.train.checkpoint import RunDir, load_run_into
-from fastmaml.train.loop import TrainConfig, meta_train
+from fastmaml.train.loop import TrainConfig, eval_precision, meta_train
 
 
 @dataclass
@@ -69,6 +69,8 @@ class FewShotEvalConfig:
     # Also test with steps that never raise the support loss (MAML.adaptation_curve(safe_backtracks=k):
     # α, α/2, ..., α/2^k, else no step), reported beside the paper's plain steps. None: plain steps only.
     safe_backtracks: int | None = None
+    # Test precision: trained (what the run trained in, from its config.json) | auto | fp32 | bf16 (core/precision.py)
+    precision: str = "trained"
 
 
 @dataclass
@@ -81,7 +83,8 @@ class FewShotConfig:
     maml: MAMLConfig = field(default_factory=lambda: MAMLConfig(inner_lr=0.4, inner_steps=1, eval_inner_steps=3))
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(iterations=60_000, meta_batch_size=32, meta_lr=1e-3,
-                                            checkpoint_every=500, log_every=100, validate_every=500)
+                                            checkpoint_every=500, log_every=100, validate_every=500,
+                                            precision="auto")
     )
     eval: FewShotEvalConfig = field(default_factory=FewShotEvalConfig)
 
@@ -203,6 +206,7 @@ def evaluate(cfg: FewShotConfig, run_dir: Path, pools: dict | None = None, comma
     pools = pools or load_pools(cfg)
     run_dir = Path(run_dir)
     learner = load_learner(cfg, run_dir, tuple(pools["test"].shape))
+    learner.precision, precision_why = eval_precision(cfg.eval.precision, run_dir, cfg.train.precision, cfg.train.device)
     episodes = fixed_episodes(cfg, pools["test"], cfg.eval.episodes, cfg.eval.seed, cfg.train.device)
     steps = max(cfg.maml.eval_inner_steps, 10)
     t0 = time.perf_counter()
@@ -228,12 +232,32 @@ def evaluate(cfg: FewShotConfig, run_dir: Path, pools: dict | None = None, comma
         "eval_seconds": time.perf_counter() - t0,
         "validation": [r for r in log if "val_accuracy" in r],
         "config": to_dict(cfg),
+        "precision": {"test": learner.precision.name, "why": precision_why,
+                      "trained": _trained_precision_name(run_dir)},
         "environment": environment(),
     }
     atomic_write_text(run_dir / "results.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(run_dir / "results.md", markdown(report))
     figure(report, run_dir / "accuracy.png")
     return report
+
+
+def _trained_precision_name(run_dir: Path) -> str | None:
+    try:
+        return json.loads(RunDir(run_dir).config.read_text())["train"].get("precision_resolved", "fp32")
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+
+
+def precision_note(report: dict[str, Any]) -> str:
+    """``; trained in bf16, tested in fp32`` for the hardware line of results.md (empty for reports without it)."""
+    prec = report.get("precision")
+    if not prec:
+        return ""
+    trained = prec.get("trained") or "?"
+    if trained == prec["test"]:
+        return f"; {trained} (train.precision {report['config']['train'].get('precision', 'fp32')})"
+    return f"; trained in {trained}, tested in {prec['test']}"
 
 
 def method_name(m: MAMLConfig) -> str:
@@ -274,7 +298,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}`  ",
         f"Seed {cfg['train']['seed']}; {report['iterations_trained']} meta-iterations in "
         f"{report['train_seconds'] / 60:.1f} min on {report['environment']['processor']} "
-        f"({report['environment']['threads']} threads{', ' + report['environment']['cuda'] if report['environment']['cuda'] else ''}); "
+        f"({report['environment']['threads']} threads{', ' + report['environment']['cuda'] if report['environment']['cuda'] else ''}"
+        f"{precision_note(report)}); "
         f"torch {report['environment']['torch']}.  ",
         f"Test: {cfg['eval']['episodes']} episodes of held-out classes, {cfg['eval']['q_query']} queries per class; "
         "accuracy ± 95% CI.",

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, help_ in (("train", "meta-train, keeping the best validation checkpoint, then test"),
                         ("evaluate", "test a trained run on 600 fixed episodes of held-out classes")):
         a = acts.add_parser(name, help=help_)
-        add_common(a, "omniglot_5w1s", preset_names(PRESETS, "fewshot"), data_root=True)
+        add_common(a, "omniglot_5w1s", preset_names(PRESETS, "fewshot"), data_root=True,
+                   precision="train.precision" if name == "train" else "eval.precision")
         a.add_argument("--run-dir", type=Path, required=True)
         if name == "train":
             a.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")

@@ -37,7 +37,7 @@ from fastmaml.tasks.sinusoid import SinusoidTasks, oracle_inputs, target
 from fastmaml.fileio import atomic_write_text
 from fastmaml.eval.tuning import tune_inner_lr
 from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_run_into
-from fastmaml.train.loop import TrainConfig, meta_train
+from fastmaml.train.loop import TrainConfig, meta_train, eval_precision
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -53,6 +53,8 @@ class SinusoidEvalConfig:
     finetune_lrs: list[float] = field(default_factory=lambda: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1])
     tuning_tasks: int = 200
     tuning_seed: int = 4242
+    # Test precision: trained (what each run trained in, from its config.json) | auto | fp32 | bf16 (core/precision.py)
+    precision: str = "trained"
     # Also report each adapted method with test-time steps that never raise the support loss
     # (MAML.adaptation_curve(safe_backtracks=k): α, α/2, ... α/2^k, else no step), beside the
     # paper's plain steps. None: the paper's protocol only.
@@ -109,7 +111,9 @@ def train(cfg: SinusoidConfig, run_dir: Path, kind: str = "maml", resume: bool =
 
 
 def load_learner(cfg: SinusoidConfig, run_dir: Path, kind: str = "maml") -> MAML:
-    return load_run_into(build_learner(cfg, kind), run_dir)
+    learner = load_run_into(build_learner(cfg, kind), run_dir)
+    learner.precision = eval_precision(cfg.eval.precision, run_dir, cfg.train.precision, cfg.train.device)[0]
+    return learner
 
 
 def eval_tasks(cfg: SinusoidConfig, k: int, num_tasks: int | None = None, seed: int | None = None):
@@ -274,6 +278,7 @@ def reproduce(cfg: SinusoidConfig, out_dir: Path, resume: bool = False, command:
         "finetune_lr_tuning_mse": tuning,
         "train_seconds": timings,
         "total_seconds": time.perf_counter() - t0,
+        "precision": {n: l.precision.name for n, l in learners.items()},
         "environment": environment(),
     }
     atomic_write_text(out_dir / "results.json", json.dumps(report, indent=2) + "\n")
@@ -296,7 +301,8 @@ def markdown(report: dict[str, Any]) -> str:
         "mean squared error ± 95% confidence interval over tasks.  ",
         f"Training time: {sum(report['train_seconds'].values()):.0f} s for {len(report['train_seconds'])} networks "
         f"(MAML {', '.join(f'{k}: {v:.0f} s' for k, v in report['train_seconds'].items() if k.startswith('maml'))}) "
-        f"on {report['environment']['processor']} ({report['environment']['threads']} threads), "
+        f"on {report['environment']['processor']} ({report['environment']['threads']} threads"
+        f"{', ' + '/'.join(sorted(set(report['precision'].values()))) if report.get('precision') else ''}), "
         f"torch {report['environment']['torch']}.",
         "",
     ]

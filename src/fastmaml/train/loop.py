@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any, Callable, Mapping, Protocol
 import torch
 from tqdm import tqdm
 
+from fastmaml.core import precision as P
 from fastmaml.core.maml import MAML, MetaOutput
 from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
 from fastmaml.tasks.batch import TaskBatch
@@ -132,6 +134,18 @@ class TrainConfig:
     # compile_mode: None, "max-autotune-no-cudagraphs", "reduce-overhead" (CUDA graphs).
     compile: bool = False
     compile_mode: str | None = None
+    # Where matmuls and convolutions run (core/precision.py): fp32, bf16 (autocast; master weights, Adam, losses,
+    # inner steps and BatchNorm stay float32), or auto: bf16 where it is measured to pay (a CPU with AMX, a CUDA GPU
+    # with bf16), fp32 elsewhere. config.json records what it resolved to as precision_resolved.
+    precision: str = "fp32"
+
+    # Keys the training loop writes into config.json as a record, not settings (dropped when a config is read back).
+    RECORD_KEYS = ("precision_resolved",)
+
+    @classmethod
+    def upgrade_config(cls, data: dict) -> dict:
+        """``data`` without the keys the loop recorded (``precision_resolved``), so a run's config.json reads back."""
+        return {k: v for k, v in data.items() if k not in cls.RECORD_KEYS}
 
 
 def meta_lr_at(cfg: TrainConfig, iteration: int) -> float:
@@ -142,6 +156,32 @@ def meta_lr_at(cfg: TrainConfig, iteration: int) -> float:
         frac = min(iteration / max(cfg.iterations, 1), 1.0)
         return cfg.min_meta_lr + 0.5 * (cfg.meta_lr - cfg.min_meta_lr) * (1.0 + math.cos(math.pi * frac))
     raise ConfigError(f"train.lr_schedule {cfg.lr_schedule!r} unknown; use constant or cosine")
+
+
+def with_resolved_precision(run_config: dict[str, Any] | None, resolved: str) -> dict[str, Any] | None:
+    """``run_config`` with ``train.precision_resolved`` (what ``train.precision`` resolved to) beside ``train.precision``."""
+    if not run_config or not isinstance(run_config.get("train"), dict):
+        return run_config
+    return {**run_config, "train": {**run_config["train"], "precision_resolved": resolved}}
+
+
+def trained_precision(run_dir: str | Path, requested: str, device: str | torch.device) -> tuple[P.Precision, str]:
+    """The precision a run was trained in: its config.json's ``train.precision_resolved``, else ``requested``
+    resolved here (runs written before precision existed trained in float32: ``requested`` is then fp32)."""
+    path = RunDir(run_dir).config
+    try:
+        resolved = json.loads(path.read_text())["train"]["precision_resolved"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return P.resolve(requested, device)
+    return P.by_name(resolved), f"{resolved}, as trained ({path})"
+
+
+def eval_precision(requested: str, run_dir: str | Path, train_requested: str,
+                   device: str | torch.device) -> tuple[P.Precision, str]:
+    """``eval.precision``: ``trained`` (the run's own, :func:`trained_precision`) or ``auto | fp32 | bf16``."""
+    if requested == "trained":
+        return trained_precision(run_dir, train_requested, device)
+    return P.resolve(requested, device)
 
 
 def iteration_generator(seed: int, iteration: int) -> torch.Generator:
@@ -179,6 +219,10 @@ def meta_train(
     ctx = _processes(cfg, dist_ctx, custom_step=meta_step is not None)
     device = torch.device(cfg.device)
     learner.to(device)
+    learner.precision, why = P.resolve(cfg.precision, device)
+    if ctx.is_main:
+        print(f"[fastmaml] precision: {learner.precision.name} ({why})", file=sys.stderr)
+    run_config = with_resolved_precision(run_config, learner.precision.name)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr)
     step = meta_step or default_meta_step(learner, optimizer, cfg, ctx, device)
     run = _Run(RunDir(run_dir), learner, optimizer, cfg, ctx, validate, select_metric, select_mode, run_config)
