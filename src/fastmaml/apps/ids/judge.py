@@ -16,28 +16,17 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from fastmaml.apps.ids.detect.detector import Detector, check_capture, predict_logits
-from fastmaml.apps.ids.detect.stream import KeyIndex
+from fastmaml.apps.ids.detect.detector import Detector
+from fastmaml.apps.ids.detect.stream import score_capture
 from fastmaml.apps.ids.evidence import Calibration, Evidence, calibrate, count_alerts, cusum_alerts, judge
 from fastmaml.apps.ids.traffic import ReadOptions
 from fastmaml.errors import DataError
 
-RULE_EVIDENCE = 1.0  # a rule's frame score: +1 flagged, -1 not (a k-of-n count, summed over time)
-
-
-@dataclass
-class Scored:
-    """Per-frame scores of every scorer on one capture, with time, stream key and truth."""
-
-    scores: dict[str, np.ndarray]
-    clock: np.ndarray
-    key: np.ndarray
-    truth: np.ndarray | None
+RULE_EVIDENCE = 1.0  # a rule frame's score is +-1 (score_capture): its clip, so a lone flagged frame never alerts
 
 
 @dataclass
@@ -70,33 +59,6 @@ class ScorerResult:
         return d
 
 
-def _score(det: Detector, capture: str | Path, rules: dict[str, Callable[[np.ndarray], np.ndarray]],
-           options: ReadOptions, labels: str | Path | None = None) -> Scored:
-    check_capture(det, capture)
-    net, cols = det.module(), det.columns()
-    keys = KeyIndex()
-    parts: dict[str, list[np.ndarray]] = {"t": [], "k": [], "y": [], "det": []}
-    rule_parts: dict[str, list[np.ndarray]] = {r: [] for r in rules}
-    labelled = True
-    with torch.inference_mode():
-        for r in det.kind().row_stream(det.state(), capture, labels, options).rows:
-            z = predict_logits(net, torch.from_numpy(np.ascontiguousarray(r.x[:, cols]))).double().numpy()
-            parts["det"].append(z[:, 1] - z[:, 0])
-            parts["t"].append(np.asarray(r.ts, np.float64))
-            parts["k"].append(keys(np.asarray(r.key)))
-            labelled = labelled and r.truth is not None
-            parts["y"].append(np.asarray(r.truth if r.truth is not None else np.zeros(len(r.x)), bool))
-            for name, flags in rules.items():
-                rule_parts[name].append(np.where(flags(r.x), RULE_EVIDENCE, -RULE_EVIDENCE))
-    if not parts["t"]:
-        raise DataError(f"{capture} holds no frames")
-    clock = np.concatenate(parts["t"])
-    if np.isnan(clock).any():
-        raise DataError(f"{capture} has no timestamps: judging alerts over time needs them")
-    scores = {"detector": np.concatenate(parts["det"]), **{r: np.concatenate(v) for r, v in rule_parts.items()}}
-    return Scored(scores, clock, np.concatenate(parts["k"]), np.concatenate(parts["y"]) if labelled else None)
-
-
 def _heldout_alerts(s: np.ndarray, clock: np.ndarray, key: np.ndarray, budget: float, ev: Evidence) -> int:
     """Alerts on each half of the clean capture at the threshold calibrated on the other half."""
     mid = int(np.searchsorted(clock, (clock[0] + clock[-1]) / 2))
@@ -123,13 +85,13 @@ def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: S
     out: list[ScorerResult] = []
     for i, (name, det) in enumerate(detectors.items()):
         use_rules = rule_fns if i == 0 else {}
-        sc = _score(det, clean, use_rules, options)
+        sc = score_capture(det, clean, options=options, rules=use_rules)
         if sc.truth is not None and sc.truth.any():
             raise DataError(f"{clean}: holds {int(sc.truth.sum())} attack frames; --clean must be clean driving")
-        attacks = [(str(c), _score(det, c, use_rules, options)) for c in captures]
+        attacks = [(str(c), score_capture(det, c, options=options, rules=use_rules)) for c in captures]
         partners = det.kind().partners(det.state())
         for scorer in ["detector"] + list(use_rules):
-            s = sc.scores[scorer]
+            s = sc.log_odds if scorer == "detector" else sc.rule_scores[scorer]
             if scorer != "detector":
                 ev = Evidence(math.inf, RULE_EVIDENCE, 0.0, evidence.holdoff_s)
                 cal = calibrate(s, sc.clock, sc.key, alerts_per_hour, ev)
@@ -147,7 +109,8 @@ def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: S
                 if a.truth is None:
                     raise DataError(f"{cname} carries no labels: judging needs labelled attack captures "
                                     "(inline label columns, or a capture format with labels)")
-                alerts, _ = cusum_alerts(a.scores[scorer], a.clock, a.key, thr)
+                alerts, _ = cusum_alerts(a.log_odds if scorer == "detector" else a.rule_scores[scorer], a.clock,
+                                         a.key, thr)
                 j = judge(alerts, a.truth, a.clock, a.key, gap_s, partners)
                 res.captures.append(CaptureResult(cname, j.caught, len(j.occurrences), j.median_delay_s,
                                                   j.false_alerts, j.false_alerts_per_hour,
