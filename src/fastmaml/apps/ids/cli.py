@@ -320,7 +320,7 @@ def _judge(args: argparse.Namespace) -> None:
                             options=ReadOptions(format=args.format), recalibrate=not args.saved_thresholds)
     args.out.mkdir(parents=True, exist_ok=True)
     table = (["## Summary (seeds pooled)", ""] + summary_table(results) + ["", "## Every scorer", ""]
-             + markdown_table(results, args.alerts_per_hour))
+             + markdown_table(results))
     atomic_write_text(args.out / "judgement.json", json.dumps({"command": command_line(), "clean": str(args.clean),
                                                                "alerts_per_hour": args.alerts_per_hour,
                                                                "results": [r.to_dict() for r in results]},

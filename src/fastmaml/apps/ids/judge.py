@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fastmaml.apps.ids.detect.detector import Detector
-from fastmaml.apps.ids.detect.stream import score_capture
+from fastmaml.apps.ids.detect.scores import score_capture
 from fastmaml.apps.ids.evidence import Calibration, Evidence, calibrate, count_alerts, cusum_alerts, judge
 from fastmaml.apps.ids.traffic import ReadOptions
 from fastmaml.errors import DataError
@@ -145,10 +145,10 @@ def summary_table(results: Sequence[ScorerResult]) -> list[str]:
     return lines
 
 
-def markdown_table(results: Sequence[ScorerResult], budget: float) -> list[str]:
+def markdown_table(results: Sequence[ScorerResult]) -> list[str]:
     """The judgement as one Markdown table: a row per scorer and attack capture."""
-    lines = [f"| scorer | capture | occurrences caught | median time to detect | false alerts (per hour) | "
-             f"clean: alerts / held-out alerts | threshold (tail-fit rate at it, 95%) |",
+    lines = ["| scorer | capture | occurrences caught | median time to detect | false alerts (per hour) | "
+             "clean: alerts / held-out alerts | threshold (tail-fit rate at it, 95%) |",
              "|---|---|---|---:|---:|---|---|"]
     for r in results:
         c = r.calibration

@@ -9,7 +9,8 @@ Each works for every traffic kind through the detector's :class:`~fastmaml.apps.
 from fastmaml.apps.ids.detect.adapt import AdaptInfo, adapt_detector, balanced_cross_entropy, calibrate_detector
 from fastmaml.apps.ids.detect.detector import Detector, check_capture, load_detector, predict_proba, save_detector
 from fastmaml.apps.ids.detect.monitor import FrameScorer, MonitorSummary, monitor, open_bus
-from fastmaml.apps.ids.detect.stream import DetectSummary, ScoredCapture, score_capture, stream_detect
+from fastmaml.apps.ids.detect.scores import ScoredCapture, score_capture
+from fastmaml.apps.ids.detect.stream import DetectSummary, stream_detect
 
 __all__ = ["AdaptInfo", "DetectSummary", "Detector", "FrameScorer", "MonitorSummary", "ScoredCapture", "adapt_detector",
            "balanced_cross_entropy", "calibrate_detector", "check_capture", "load_detector", "monitor", "open_bus",

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fastmaml.apps.ids.detect.detector import Detector, check_capture, predict_proba
-from fastmaml.apps.ids.detect.stream import score_capture
+from fastmaml.apps.ids.detect.scores import score_capture
 from fastmaml.apps.ids.evidence import Calibration, Evidence, calibrate
 from fastmaml.apps.ids.metrics import detection_metrics
 from fastmaml.apps.ids.samples import BENIGN

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from fastmaml.apps.ids.alerts import ALERT_RULES, AlertRule, alert_metrics
 from fastmaml.apps.ids.detect.detector import Detector, check_capture, predict_logits, predict_proba
+from fastmaml.apps.ids.detect.scores import KeyIndex
 from fastmaml.apps.ids.evidence import Alerts, CusumState, Evidence, cusum_alerts, judge
 from fastmaml.errors import DataError
 from fastmaml.apps.ids.metrics import detection_metrics
@@ -47,73 +48,33 @@ class DetectSummary:
     evidence: dict[str, Any] | None = None
 
 
-class KeyIndex:
-    """Stable small integers for a traffic's stream keys (CAN IDs, protocol names) across chunks."""
+class _WindowStream:
+    """Windows of ``w`` rows every ``stride`` over a capture read in chunks.
 
-    def __init__(self) -> None:
-        self.ids: dict[Any, int] = {}
-
-    def __call__(self, keys: np.ndarray) -> np.ndarray:
-        if keys.dtype.kind in "iu":
-            return keys.astype(np.int64)
-        return np.array([self.ids.setdefault(k, len(self.ids)) for k in keys.tolist()], np.int64)
-
-
-@dataclass
-class ScoredCapture:
-    """A capture scored frame by frame: log-odds, time, stream key (int), 0/1 truth (None: unlabelled), the
-    detector's feature columns when asked for, and each rule's flags (+1 flagged, -1 not) when rules were given."""
-
-    log_odds: np.ndarray
-    clock: np.ndarray
-    key: np.ndarray
-    truth: np.ndarray | None
-    x: np.ndarray | None = None
-    rule_scores: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def seconds(self) -> float:
-        return float(self.clock[-1] - self.clock[0]) if len(self.clock) > 1 else 0.0
-
-
-def score_capture(det: Detector, capture: str | Path, labels: str | Path | None = None,
-                  options: ReadOptions = ReadOptions(), keep_features: bool = False,
-                  rules: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None) -> ScoredCapture:
-    """Every frame of ``capture`` scored by ``det`` (frame detectors: evidence accumulates per frame and stream).
-
-    ``rules``: name -> flags of a chunk's rows (every feature column), e.g. ``Traffic.stream_rules``; each
-    rule's frames score +1 when flagged, -1 otherwise, so rules go down the detector's evidence path.
+    The unfinished window is carried into the next chunk, so streaming yields exactly the
+    windows of a one-pass run (CAN frames and Ethernet packets alike).
     """
-    if det.window is not None:
-        raise DataError("evidence over time (calibration, CUSUM alerts) needs a frame-level detector; this one "
-                        f"reads windows of {det.window} frames: retrain it with features.window=null")
-    check_capture(det, capture)
-    net, cols = det.module(), det.columns()
-    keys = KeyIndex()
-    rules = rules or {}
-    parts: dict[str, list[np.ndarray]] = {"s": [], "t": [], "k": [], "y": [], "x": []}
-    flags: dict[str, list[np.ndarray]] = {r: [] for r in rules}
-    labelled = True
-    with torch.inference_mode():
-        for r in det.kind().row_stream(det.state(), capture, labels, options).rows:
-            x = np.ascontiguousarray(r.x[:, cols])
-            z = predict_logits(net, torch.from_numpy(x)).double().numpy()
-            parts["s"].append(z[:, 1] - z[:, 0])
-            parts["t"].append(np.asarray(r.ts, np.float64))
-            parts["k"].append(keys(np.asarray(r.key)))
-            labelled = labelled and r.truth is not None
-            parts["y"].append(np.asarray(r.truth if r.truth is not None else np.zeros(len(x)), bool))
-            if keep_features:
-                parts["x"].append(x)
-            for name, fn in rules.items():
-                flags[name].append(np.where(fn(r.x), 1.0, -1.0))
-    if not parts["s"]:
-        raise DataError(f"{capture} holds no frames")
-    cat = {k: np.concatenate(v) if v else None for k, v in parts.items()}
-    if np.isnan(cat["t"]).any():
-        raise DataError(f"{capture} has no timestamps: evidence over time needs them")
-    return ScoredCapture(cat["s"], cat["t"], cat["k"], cat["y"] if labelled else None, cat["x"],
-                         {r: np.concatenate(v) for r, v in flags.items()})
+
+    def __init__(self, n_features: int, w: int, stride: int) -> None:
+        self.w, self.stride = w, stride
+        self.tail_x = np.zeros((0, n_features), np.float32)
+        self.tail_y = np.zeros(0, np.int64)
+        self.seen = 0  # rows pushed so far
+        self.skip = 0  # rows still to pass over before the next window starts (stride > w)
+
+    def push(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Add a chunk's rows and labels; return the first row index of each completed window, the
+        windows ``[n, w, F]`` (contiguous) and the labels of the rows they start from (tail included)."""
+        drop = min(self.skip, len(x))
+        self.skip -= drop
+        start = self.seen + drop - len(self.tail_x)
+        self.seen += len(x)
+        x, y = np.concatenate([self.tail_x, x[drop:]]), np.concatenate([self.tail_y, y[drop:]])
+        xs = make_windows(x, self.w, self.stride)
+        used = len(xs) * self.stride
+        self.skip += max(used - len(x), 0)
+        self.tail_x, self.tail_y = x[used:], y[used:]
+        return start + np.arange(len(xs)) * self.stride, np.ascontiguousarray(xs), y
 
 
 def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, labels: str | Path | None = None,
