@@ -93,6 +93,11 @@ def test_test_command_reports_a_damaged_file_and_exits_2(copy_of_zoo_entry):
     assert r.returncode == 2 and "truncated or damaged" in r.stderr and str(path) in r.stderr
 
 
+def test_test_command_refuses_a_preset_that_builds_another_model():
+    r = cli("test", "--weights", NAME, "--preset", "omniglot_20w1s")
+    assert r.returncode == 2 and "trained with preset 'omniglot_5w1s'); use --preset omniglot_5w1s" in r.stderr
+
+
 def test_retest_shipped_weights_on_real_omniglot(shared_data, tmp_path):
     """The shipped model on 20 of the paper's test episodes: far above chance (20%), near its 98.4%."""
     r = cli("test", "--weights", NAME, "--data-root", str(shared_data / "omniglot"), "eval.episodes=20",

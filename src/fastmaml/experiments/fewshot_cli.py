@@ -6,7 +6,9 @@ import argparse
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -110,7 +112,7 @@ def test(args: argparse.Namespace) -> None:
           f"episodes (seed {cfg.eval.seed}); shipped: {weights.shipped()}")
 
 
-def _learner_for(args: argparse.Namespace, pool_shape_of) -> tuple:
+def _learner_for(args: argparse.Namespace, pool_shape_of: Callable[[Any], tuple[int, ...]]) -> tuple[Any, Any]:
     """``(cfg, learner)`` from ``--run-dir`` (its best checkpoint) or ``--weights`` (a zoo entry).
 
     ``pool_shape_of(cfg)`` gives the pool shape the model is built for (channels from it).
@@ -141,7 +143,7 @@ def _pool_shape(cfg) -> tuple[int, ...]:
     return (cfg.n_way, 20, size, size) if cfg.data.dataset == "omniglot" else (cfg.n_way, 20, 3, size, size)
 
 
-def _image_options(cfg) -> dict:
+def _image_options(cfg) -> dict[str, Any]:
     """Read user images as the training data was: Omniglot grayscale, Lanczos-resized, ink bright on black."""
     omniglot = cfg.data.dataset == "omniglot"
     # Omniglot models saw bright ink on black; user scans (and Omniglot's own PNGs) are dark ink on white.
