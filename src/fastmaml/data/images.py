@@ -3,7 +3,8 @@
 Any common format Pillow reads (png, jpg/jpeg, bmp, gif (first frame), webp), any size;
 images are turned upright from their EXIF orientation, converted to grayscale (``channels=1``)
 or RGB (``channels=3``) and resized to ``size`` with bilinear filtering (aspect ratio is not
-kept, as in the miniImageNet packs).
+kept, as in the miniImageNet packs); ``resample="lanczos"`` resizes as the Omniglot loader does, so a
+model meta-trained on Omniglot sees user images prepared like its training data.
 """
 
 from __future__ import annotations
@@ -34,20 +35,27 @@ def read_image(
     channels: int = 3,
     *,
     invert: bool = False,
+    resample: str = "bilinear",
 ) -> np.ndarray:
-    """One image as uint8 ``[channels, H, W]``; ``invert`` maps ``x -> 255 - x`` (dark ink to bright)."""
+    """One image as uint8 ``[channels, H, W]``; ``invert`` maps ``x -> 255 - x`` (dark ink to bright).
+
+    ``resample``: ``"bilinear"`` or ``"lanczos"`` (the Omniglot loader's filter).
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     h, w = _size_hw(size)
+    filters = {"bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS}
+    if resample not in filters:
+        raise DataError(f"resample must be one of {sorted(filters)}, got {resample!r}")
     try:
         with Image.open(path) as im:
             im.seek(0)  # first frame of animated gif/webp
             im = ImageOps.exif_transpose(im)
             im = im.convert("L" if channels == 1 else "RGB")
             if im.size != (w, h):
-                im = im.resize((w, h), Image.BILINEAR)
+                im = im.resize((w, h), filters[resample])
             a = np.asarray(im, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"image {path} not found") from None
@@ -79,6 +87,7 @@ def load_images(
     *,
     dtype: torch.dtype = torch.float32,
     invert: bool = False,
+    resample: str = "bilinear",
 ) -> tuple[torch.Tensor, list[Path]]:
     """Unlabelled images (e.g. a query folder) as ``[N, channels, H, W]`` plus their paths.
 
@@ -99,7 +108,7 @@ def load_images(
     h, w = _size_hw(size)
     out = np.empty((len(files), channels, h, w), dtype=np.uint8)
     for i, f in enumerate(files):
-        out[i] = read_image(f, (h, w), channels, invert=invert)
+        out[i] = read_image(f, (h, w), channels, invert=invert, resample=resample)
     return _to_dtype(torch.from_numpy(out), dtype), files
 
 
@@ -136,6 +145,7 @@ def load_image_folder(
     dtype: torch.dtype = torch.float32,
     invert: bool = False,
     classes: Sequence[str] | None = None,
+    resample: str = "bilinear",
 ) -> LabeledImages:
     """Load ``root/<class>/<image>`` into a :class:`LabeledImages`.
 
@@ -169,5 +179,5 @@ def load_image_folder(
             )
         files += imgs
         labels += [ci] * len(imgs)
-    x, _ = load_images(files, size, channels, dtype=dtype, invert=invert)
+    x, _ = load_images(files, size, channels, dtype=dtype, invert=invert, resample=resample)
     return LabeledImages(x, torch.tensor(labels, dtype=torch.long), [d.name for d in class_dirs], files)

@@ -201,13 +201,18 @@ def load_learner(cfg: FewShotConfig, run_dir: Path, pool_shape: tuple[int, ...],
     return load_run_into(build_learner(cfg, pool_shape), run_dir, which).to(cfg.train.device)
 
 
+def test_episodes(cfg: FewShotConfig, pool: torch.Tensor) -> list[TaskBatch]:
+    """The test protocol's episodes: ``eval.episodes`` drawn from ``eval.seed`` (the same for every test of a row)."""
+    return fixed_episodes(cfg, pool, cfg.eval.episodes, cfg.eval.seed, cfg.train.device)
+
+
 def evaluate(cfg: FewShotConfig, run_dir: Path, pools: dict | None = None, command: str = "") -> dict[str, Any]:
     """Test accuracy on ``eval.episodes`` fixed episodes of the test classes; writes results files."""
     pools = pools or load_pools(cfg)
     run_dir = Path(run_dir)
     learner = load_learner(cfg, run_dir, tuple(pools["test"].shape))
     learner.precision, precision_why = eval_precision(cfg.eval.precision, run_dir, cfg.train.precision, cfg.train.device)
-    episodes = fixed_episodes(cfg, pools["test"], cfg.eval.episodes, cfg.eval.seed, cfg.train.device)
+    episodes = test_episodes(cfg, pools["test"])
     steps = max(cfg.maml.eval_inner_steps, 10)
     t0 = time.perf_counter()
     acc = accuracy_curve(learner, episodes, steps)
