@@ -151,6 +151,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="labelled attack capture (inline labels or a labelled format), repeatable")
     j.add_argument("--alerts-per-hour", type=float, default=10.0, help="false-alert budget (default: %(default)s/h)")
     j.add_argument("--clip", type=float, default=6.0, help="most evidence one frame adds (default: %(default)s)")
+    j.add_argument("--drift", type=float, default=0.0,
+                   help="subtracted from each frame's clipped log-odds (default: %(default)s)")
     j.add_argument("--saved-thresholds", action="store_true",
                    help="use the thresholds saved in the detectors (ids adapt --clean) instead of calibrating all here")
     j.add_argument("--no-rules", action="store_true", help="judge the detectors only")
@@ -187,6 +189,9 @@ def _evidence_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", type=float, default=None,
                    help="most evidence (log-odds) one frame may add to its CAN ID's sum (default: 6, or the "
                         "detector's)")
+    p.add_argument("--drift", type=float, default=None,
+                   help="subtracted from each frame's clipped log-odds before summing: only frames scored above it "
+                        "add evidence (default: 0, or the detector's)")
 
 
 def _reader_options(p: argparse.ArgumentParser) -> None:
@@ -279,10 +284,11 @@ def _evidence(args: argparse.Namespace, det: object) -> object:
     """The evidence setting the options ask for (None: the detector's own, or the defaults)."""
     from fastmaml.apps.ids.evidence import Evidence
 
-    if args.clip is None:
+    if args.clip is None and args.drift is None:
         return None
     base = det.alarm() or Evidence()  # type: ignore[attr-defined]
-    return Evidence(base.threshold, args.clip, base.drift, base.holdoff_s)
+    return Evidence(base.threshold, base.clip if args.clip is None else args.clip,
+                    base.drift if args.drift is None else args.drift, base.holdoff_s)
 
 
 def _evidence_line(e: dict, key_name: str) -> str:
@@ -316,7 +322,7 @@ def _judge(args: argparse.Namespace) -> None:
             raise DataError(f"--detector {item!r} is not NAME=FOLDER (e.g. --detector maml=runs/adapted)")
         dets[name] = load_detector(folder)
     results = judge_scorers(dets, args.clean, args.capture, alerts_per_hour=args.alerts_per_hour,
-                            rules=not args.no_rules, evidence=Evidence(clip=args.clip),
+                            rules=not args.no_rules, evidence=Evidence(clip=args.clip, drift=args.drift),
                             options=ReadOptions(format=args.format), recalibrate=not args.saved_thresholds)
     args.out.mkdir(parents=True, exist_ok=True)
     table = (["## Summary (seeds pooled)", ""] + summary_table(results) + ["", "## Every scorer", ""]

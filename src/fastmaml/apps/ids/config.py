@@ -209,6 +209,7 @@ class EvalConfig:
     # traffic (0: off), judged on the test-period streams beside the rules on the same path.
     evidence_benign: int = 1024
     evidence_clip: float = 6.0
+    evidence_drift: float = 0.0  # subtracted from each frame's clipped log-odds: only frames above it add evidence
 
 
 @dataclass

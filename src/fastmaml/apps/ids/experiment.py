@@ -311,7 +311,7 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
                                 runner, params, ep, e.steps, data.streams[a], data.streams.get(BENIGN),
                                 data.streams[FIT_STREAM], e.operational_episodes, e.alert_budget_per_hour,
                                 cfg.source.occurrence_gap_s, partners, e.evidence_benign, e.evidence_clip, seed,
-                                _occurrence_groups(data, a))
+                                e.evidence_drift, _occurrence_groups(data, a))
                             rows = [{**r, **v} for r, v in zip(rows, ev_rows)]
                         ops.setdefault(a, {}).setdefault(method, []).extend(rows)
     results: dict[str, Any] = {}

@@ -188,7 +188,7 @@ def evidence_judgement(scores: dict[str, np.ndarray], attack: Stream, clean: Str
 
 def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, attack: Stream, clean: Stream | None,
                     fit: Stream, n_episodes: int, budget: float, gap_s: float, partners: dict[int, set[int]],
-                    benign_frames: int, clip: float, seed: int = 0,
+                    benign_frames: int, clip: float, seed: int = 0, drift: float = 0.0,
                     group_of: Callable[[Occurrence], str | None] | None = None) -> list[dict[str, float]]:
     """Per adapted detector (first ``n_episodes`` support sets): evidence judgement after two adaptations.
 
@@ -199,7 +199,7 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
     rows = []
     b = ep.batch
     g = torch.Generator().manual_seed(seed)
-    ev = Evidence(clip=clip)
+    ev = Evidence(clip=clip, drift=drift)
     streams = {"attack": attack, "fit": fit, **({"clean": clean} if clean is not None else {})}
     for i in range(min(n_episodes, b.support_x.shape[0])):
         sx, sy = b.support_x[i], b.support_y[i]
