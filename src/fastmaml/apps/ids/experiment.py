@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from dataclasses import dataclass, field
 import hashlib
 import json
 import sys
@@ -230,6 +231,132 @@ def fitting_query(cfg: IdsConfig, data: IdsData, known: Sequence[str], holdout: 
     return None
 
 
+@dataclass
+class _FoldRecord:
+    """What a fold collects while its methods are trained and adapted (then summarized into the fold's JSON)."""
+
+    values: dict[str, dict[int, dict[str, list[dict[str, torch.Tensor]]]]]  # attack -> K -> method -> per-seed curves
+    fingerprints: dict[str, dict[str, dict[str, str]]]
+    train_seconds: dict[str, float] = field(default_factory=dict)
+    step_sizes: dict[str, dict[str, float]] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
+    ops: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)  # attack -> method -> stream rows
+
+
+def _fold_sizes(cfg: IdsConfig, data: IdsData, known: list[str], holdout: Sequence[str], name: str,
+                log: Callable[[str], None]) -> tuple[IdsConfig, list[int], dict[str, str]]:
+    """The Ks that fit (with the query set shrunk when none does) and the config they run under."""
+    e = cfg.eval
+    shots, skipped_shots = fitting_shots(cfg, data, known, holdout)
+    if not shots:
+        q = fitting_query(cfg, data, known, holdout)
+        if q is None:
+            raise DataError(f"no K of eval.shots {e.shots} fits: {skipped_shots[str(min(e.shots))]}")
+        log(f"fold {name}: no K of eval.shots {e.shots} fits with eval.query={e.query} "
+            f"({skipped_shots[str(min(e.shots))]}); query shrunk to {q} per class")
+        # Everything below (episodes, step-size tuning, the cache key) uses the shrunk query.
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(e, query=q))
+        shots, skipped_shots = fitting_shots(cfg, data, known, holdout)
+    for k, why in skipped_shots.items():
+        log(f"fold {name}: K = {k} left out: {why}")
+    return cfg, shots, skipped_shots
+
+
+def _train_and_adapt(cfg: IdsConfig, data: IdsData, known: list[str], holdout: Sequence[str], name: str,
+                     shots: list[int], episodes: dict[str, dict[int, Episodes]], out_dir: Path, resume: bool,
+                     log: Callable[[str], None]) -> _FoldRecord:
+    """Train each (seed, method), adapt it on every test episode, and stream the first few adapted detectors."""
+    e = cfg.eval
+    alert_rules = [parse_alert_rule(r) for r in e.alert_rules]
+    partners = (TRAFFIC[data.traffic].partners(TRAFFIC[data.traffic].load_state(data.feature_state, "feature state"))
+                if data.feature_state is not None else {})
+    rec = _FoldRecord({a: {} for a in holdout}, {a: {str(k): {} for k in shots} for a in holdout})
+    for seed in cfg.seeds:
+        for method in cfg.methods:
+            run_dir = Path(out_dir) / "runs" / name / f"{method}-s{seed}"
+            if method != "scratch":
+                log(f"fold {name}: training {method} (seed {seed}) on {known}")
+            learner, secs = train_method(cfg, data, known, method, seed, run_dir, resume=resume)
+            rec.train_seconds[f"{method}-s{seed}"] = secs
+            params = _params(learner)
+            for k in shots:
+                if method in ("scratch", "pretrained"):
+                    lr, scores = tune_step_size(cfg, data, learner, known, k)
+                    rec.step_sizes.setdefault(f"{method}-s{seed}", {})[str(k)] = lr
+                    rec.tuning.setdefault(f"{method}-s{seed}", {})[str(k)] = scores
+                    runner = learner.with_inner_lr(lr)
+                else:
+                    runner = learner
+                for a in holdout:
+                    ep = episodes[a][k]
+                    rec.fingerprints[a][str(k)][method] = fingerprint(ep.batch)
+                    rec.values[a].setdefault(k, {}).setdefault(method, []).append(
+                        curve_values(runner, params, ep, e.steps))
+                    if k == e.figure_shot and e.operational_episodes and a in data.streams:
+                        rows = operational_values(
+                            runner, params, ep, e.steps, data.streams[a], data.streams.get(BENIGN),
+                            e.operational_episodes, cfg.source.occurrence_gap_s, data.streams.get(FIT_STREAM),
+                            e.calibrate_fpr, e.alert_budget_per_hour, alert_rules)
+                        if _with_evidence(cfg, data):
+                            ev_rows = evidence_values(
+                                runner, params, ep, e.steps, data.streams[a], data.streams.get(BENIGN),
+                                data.streams[FIT_STREAM], e.operational_episodes, e.alert_budget_per_hour,
+                                cfg.source.occurrence_gap_s, partners, e.evidence_benign, e.evidence_clip, seed,
+                                e.evidence_drift, _occurrence_groups(data, a))
+                            rows = [{**r, **v} for r, v in zip(rows, ev_rows)]
+                        rec.ops.setdefault(a, {}).setdefault(method, []).extend(rows)
+    return rec
+
+
+def _episode_results(cfg: IdsConfig, holdout: Sequence[str], shots: list[int],
+                     episodes: dict[str, dict[int, Episodes]], rec: _FoldRecord) -> dict[str, Any]:
+    """Per held-out attack and K: each method's metrics (seeds pooled) and each rule's, on the same episodes."""
+    results: dict[str, Any] = {}
+    for a in holdout:
+        results[a] = {}
+        for k in shots:
+            ep = episodes[a][k]
+            entry: dict[str, Any] = {"methods": {}, "rules": {}, "episodes": cfg.eval.episodes,
+                                     "fingerprint": ep.fingerprint, "method_fingerprints": rec.fingerprints[a][str(k)]}
+            for method, runs in rec.values[a][k].items():
+                # Seeds pooled: the CI is over (seed, episode) pairs.
+                entry["methods"][method] = {m: summarize(torch.cat([r[m] for r in runs])) for m in runs[0]}
+            for r, vals in rule_values(ep).items():
+                entry["rules"][r] = {m: summarize(v) for m, v in vals.items()}
+            results[a][str(k)] = entry
+    return results
+
+
+def _stream_results(cfg: IdsConfig, data: IdsData, rec: _FoldRecord) -> dict[str, Any]:
+    """Per held-out attack with a test-period stream: the streamed detectors (summarized) and the rules on it."""
+    e = cfg.eval
+    alert_rules = [parse_alert_rule(r) for r in e.alert_rules]
+    gap = cfg.source.occurrence_gap_s
+    partners = (TRAFFIC[data.traffic].partners(TRAFFIC[data.traffic].load_state(data.feature_state, "feature state"))
+                if data.feature_state is not None else {})
+    operational = {}
+    for a, by_method in rec.ops.items():
+        st, clean = data.streams[a], data.streams.get(BENIGN)
+        rules = {}
+        for r, v in st.rules.items():
+            row = {f"attack/{m}": x for m, x in stream_values(v.numpy(), st, gap, alert_rules).items()}
+            if clean is not None and r in clean.rules:
+                row.update({f"clean/{m}": x for m, x in stream_values(clean.rules[r].numpy(), clean, gap,
+                                                                      alert_rules).items()})
+            rules[r] = row
+        if _with_evidence(cfg, data):
+            for r, v in evidence_rule_values(st, clean, data.streams[FIT_STREAM], e.alert_budget_per_hour, gap,
+                                             partners, _occurrence_groups(data, a)).items():
+                rules.setdefault(r, {}).update(v)
+        operational[a] = {
+            "rules": rules, "shots": e.figure_shot,
+            "minutes": {k: _minutes(s) for k, s in (("attack", st), ("clean", clean)) if s is not None},
+            "steps": e.steps, "detectors_per_method": len(next(iter(by_method.values()))),
+            "stream": st.source, "clean_stream": getattr(clean, "source", None),
+            "methods": {meth: summarize_rows(rows) for meth, rows in by_method.items()}}
+    return operational
+
+
 def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Path, resume: bool = True,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train every method without ``holdout``, evaluate on the held-out attacks; cached in ``out_dir/evals``.
@@ -244,25 +371,11 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
     known = [a for a in data.attacks if a not in holdout]
     if not known:
         raise DataError(f"holding out {holdout} leaves no attack to meta-train on; hold out fewer attacks")
-    e = cfg.eval
-    alert_rules = [parse_alert_rule(r) for r in e.alert_rules]
     name = fold_name(holdout)
-    shots, skipped_shots = fitting_shots(cfg, data, known, holdout)
-    configured_query = e.query
-    if not shots:
-        q = fitting_query(cfg, data, known, holdout)
-        if q is None:
-            raise DataError(f"no K of eval.shots {e.shots} fits: {skipped_shots[str(min(e.shots))]}")
-        log(f"fold {name}: no K of eval.shots {e.shots} fits with eval.query={e.query} "
-            f"({skipped_shots[str(min(e.shots))]}); query shrunk to {q} per class")
-        # Everything below (episodes, step-size tuning, the cache key) uses the shrunk query.
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(e, query=q))
-        e = cfg.eval
-        shots, skipped_shots = fitting_shots(cfg, data, known, holdout)
-    for k, why in skipped_shots.items():
-        log(f"fold {name}: K = {k} left out: {why}")
-    dkey = data_key(cfg)
-    key = _eval_key(cfg, known, holdout, dkey)
+    configured_query = cfg.eval.query
+    cfg, shots, skipped_shots = _fold_sizes(cfg, data, known, holdout, name, log)
+    e = cfg.eval
+    key = _eval_key(cfg, known, holdout, data_key(cfg))
     cache = Path(out_dir) / "evals" / f"{name}.json"
     if resume and cache.is_file():
         cached = json.loads(cache.read_text())
@@ -270,88 +383,14 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
             log(f"fold {name}: finished earlier, reusing {cache}")
             return cached
     t_fold = time.perf_counter()
-    partners = (TRAFFIC[data.traffic].partners(TRAFFIC[data.traffic].load_state(data.feature_state, "feature state"))
-                if data.feature_state is not None else {})
-    values: dict[str, dict[int, dict[str, list[dict[str, torch.Tensor]]]]] = {a: {} for a in holdout}
     episodes = {a: {k: fixed_episodes(data, a, "test", k, e.query, e.episodes, e.seed) for k in shots}
                 for a in holdout}
-    fingerprints: dict[str, dict[str, dict[str, str]]] = {a: {str(k): {} for k in shots} for a in holdout}
-    train_seconds: dict[str, float] = {}
-    step_sizes: dict[str, dict[str, float]] = {}
-    tuning: dict[str, Any] = {}
-    ops: dict[str, dict[str, list[dict[str, float]]]] = {}
-    ops_rules: dict[str, dict[str, dict[str, float]]] = {}
-    for seed in cfg.seeds:
-        for method in cfg.methods:
-            run_dir = Path(out_dir) / "runs" / name / f"{method}-s{seed}"
-            if method != "scratch":
-                log(f"fold {name}: training {method} (seed {seed}) on {known}")
-            learner, secs = train_method(cfg, data, known, method, seed, run_dir, resume=resume)
-            train_seconds[f"{method}-s{seed}"] = secs
-            params = _params(learner)
-            for k in shots:
-                if method in ("scratch", "pretrained"):
-                    lr, scores = tune_step_size(cfg, data, learner, known, k)
-                    step_sizes.setdefault(f"{method}-s{seed}", {})[str(k)] = lr
-                    tuning.setdefault(f"{method}-s{seed}", {})[str(k)] = scores
-                    runner = learner.with_inner_lr(lr)
-                else:
-                    runner = learner
-                for a in holdout:
-                    ep = episodes[a][k]
-                    fingerprints[a][str(k)][method] = fingerprint(ep.batch)
-                    values[a].setdefault(k, {}).setdefault(method, []).append(curve_values(runner, params, ep, e.steps))
-                    if k == e.figure_shot and e.operational_episodes and a in data.streams:
-                        rows = operational_values(
-                            runner, params, ep, e.steps, data.streams[a], data.streams.get(BENIGN),
-                            e.operational_episodes, cfg.source.occurrence_gap_s, data.streams.get(FIT_STREAM),
-                            e.calibrate_fpr, e.alert_budget_per_hour, alert_rules)
-                        if _with_evidence(cfg, data):
-                            ev_rows = evidence_values(
-                                runner, params, ep, e.steps, data.streams[a], data.streams.get(BENIGN),
-                                data.streams[FIT_STREAM], e.operational_episodes, e.alert_budget_per_hour,
-                                cfg.source.occurrence_gap_s, partners, e.evidence_benign, e.evidence_clip, seed,
-                                e.evidence_drift, _occurrence_groups(data, a))
-                            rows = [{**r, **v} for r, v in zip(rows, ev_rows)]
-                        ops.setdefault(a, {}).setdefault(method, []).extend(rows)
-    results: dict[str, Any] = {}
-    for a in holdout:
-        results[a] = {}
-        for k in shots:
-            ep = episodes[a][k]
-            entry: dict[str, Any] = {"methods": {}, "rules": {}, "episodes": e.episodes, "fingerprint": ep.fingerprint,
-                                     "method_fingerprints": fingerprints[a][str(k)]}
-            for method, runs in values[a][k].items():
-                # Seeds pooled: the CI is over (seed, episode) pairs.
-                entry["methods"][method] = {m: summarize(torch.cat([r[m] for r in runs])) for m in runs[0]}
-            for r, vals in rule_values(ep).items():
-                entry["rules"][r] = {m: summarize(v) for m, v in vals.items()}
-            results[a][str(k)] = entry
-    for a in ops:
-        st, clean = data.streams[a], data.streams.get(BENIGN)
-        rows = {}
-        for r, v in st.rules.items():
-            gap = cfg.source.occurrence_gap_s
-            row = {f"attack/{m}": x for m, x in stream_values(v.numpy(), st, gap, alert_rules).items()}
-            if clean is not None and r in clean.rules:
-                row.update({f"clean/{m}": x for m, x in stream_values(clean.rules[r].numpy(), clean, gap,
-                                                                      alert_rules).items()})
-            rows[r] = row
-        if _with_evidence(cfg, data):
-            for r, v in evidence_rule_values(st, clean, data.streams[FIT_STREAM], e.alert_budget_per_hour,
-                                             cfg.source.occurrence_gap_s, partners, _occurrence_groups(data, a)).items():
-                rows.setdefault(r, {}).update(v)
-        ops_rules[a] = rows
-    operational = {a: {"rules": ops_rules[a], "shots": e.figure_shot,
-                       "minutes": {k: _minutes(s) for k, s in (("attack", data.streams[a]), ("clean", data.streams.get(BENIGN)))
-                                   if s is not None}, "steps": e.steps, "detectors_per_method": len(next(iter(m.values()))),
-                       "stream": data.streams[a].source, "clean_stream": getattr(data.streams.get(BENIGN), "source", None),
-                       "methods": {meth: summarize_rows(rows) for meth, rows in m.items()}}
-                   for a, m in ops.items()}
-    out = {"fold": name, "operational": operational, "holdout": list(holdout), "known": known, "key": key, "results": results,
+    rec = _train_and_adapt(cfg, data, known, holdout, name, shots, episodes, out_dir, resume, log)
+    out = {"fold": name, "operational": _stream_results(cfg, data, rec), "holdout": list(holdout), "known": known,
+           "key": key, "results": _episode_results(cfg, holdout, shots, episodes, rec),
            "skipped_shots": skipped_shots, "query": e.query,
            **({"query_shrunk_from": configured_query} if e.query != configured_query else {}),
-           "step_sizes": step_sizes, "step_size_tuning": tuning, "train_seconds": train_seconds,
+           "step_sizes": rec.step_sizes, "step_size_tuning": rec.tuning, "train_seconds": rec.train_seconds,
            "seconds": time.perf_counter() - t_fold}
     atomic_write_text(cache, json.dumps(out, indent=1) + "\n")
     return out
