@@ -200,6 +200,9 @@ def _reader_options(p: argparse.ArgumentParser) -> None:
                         "--column bytes=B1,B2,B3,B4,B5,B6,B7,B8 --column label=Klasse --column benign_values=normal; "
                         "keys: time, time_unit, id, id_base, id_bits, payload, bytes, byte_base, dlc, label, "
                         "benign_values, attack, delimiter")
+    p.add_argument("--label-column", type=int, default=1,
+                   help="candump lines followed by label columns (CrySyS: is_malicious, is_shifted_in_time): which "
+                        "column after ID#DATA holds the label (default: %(default)s, the first)")
     p.add_argument("--bad-id", choices=["error", "skip", "keep"], default="error",
                    help="frames whose ID is out of range for its format (e.g. 11-bit 0xFFF): stop with an error "
                         "(default), skip them (side labels stay aligned) or keep them")
@@ -342,7 +345,8 @@ def _adapt(args: argparse.Namespace) -> None:
     det = load_detector(args.detector)
     new, info = adapt_detector(det, args.capture, args.shots, labels=args.labels, attack=args.attack, steps=args.steps,
                                format=args.format, seed=args.seed, columns=args.column, bad_id=args.bad_id,
-                               clean=args.clean, clean_format=args.clean_format, benign_frames=args.benign_frames,
+                               label_column=args.label_column, clean=args.clean, clean_format=args.clean_format,
+                               benign_frames=args.benign_frames,
                                alerts_per_hour=args.alerts_per_hour, evidence=_evidence(args, det))
     save_detector(new, args.out)
     support = (f"{info.shots} attack samples and {info.benign_support} clean frames" if args.clean
@@ -371,7 +375,8 @@ def _detect(args: argparse.Namespace) -> None:
         ev = (_evidence(args, det) or ev or Evidence()).with_threshold(args.threshold)
     s = stream_detect(det, args.capture, args.out, labels=args.labels, format=args.format, chunk_size=args.chunk_size,
                       progress=not args.no_progress, skip_malformed=args.skip_malformed, columns=args.column,
-                      bad_id=args.bad_id, frames_per_second=args.frames_per_second, evidence=ev)
+                      bad_id=args.bad_id, frames_per_second=args.frames_per_second, evidence=ev,
+                      label_column=args.label_column)
     print(f"{s.frames} {s.unit}, {s.samples} verdicts ({s.flagged} flagged) -> {s.out}; "
           f"{s.seconds:.2f} s, {s.frames_per_second:,.0f} {s.unit}/s")
     if s.reader_note:

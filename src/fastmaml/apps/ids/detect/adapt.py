@@ -46,7 +46,8 @@ def balanced_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | Path | None = None,
                    attack: str | None = None, steps: int | None = None, format: str = "auto", seed: int = 0,
                    max_samples: int = 200_000, columns: Sequence[str] | dict[str, Any] | None = None,
-                   bad_id: str = "error", clean: str | Path | None = None, clean_format: str = "auto",
+                   bad_id: str = "error", label_column: int = 1, clean: str | Path | None = None,
+                   clean_format: str = "auto",
                    benign_frames: int = 4096, alerts_per_hour: float | None = 10.0,
                    evidence: Evidence | None = None) -> tuple[Detector, AdaptInfo]:
     """Adapt ``det`` to a new attack from K labelled attack samples of a capture.
@@ -67,7 +68,8 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
     check_capture(det, capture)
     s = det.kind().labelled_samples(det.state(), capture, labels, window=det.window, stride=det.stride,
                                     label_rule=det.label_rule, max_per_class=max_samples, seed=seed,
-                                    options=ReadOptions(format=format, columns=columns, bad_id=bad_id))
+                                    options=ReadOptions(format=format, columns=columns, bad_id=bad_id,
+                                                        label_column=label_column))
     attacks = [c for c in s.class_names if c != BENIGN]
     if attack is not None and attack not in attacks:
         raise DataError(f"attack {attack!r} not in {capture}; its labels are {attacks or 'benign only'}")

@@ -82,7 +82,7 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
                   skip_malformed: bool = False, alert_rules: Sequence[AlertRule] = ALERT_RULES,
                   columns: Sequence[str] | dict[str, Any] | None = None, bad_id: str = "error",
                   frames_per_second: float | None = None, evidence: Evidence | None = None,
-                  gap_s: float = 0.05) -> DetectSummary:
+                  gap_s: float = 0.05, label_column: int = 1) -> DetectSummary:
     """Stream ``capture`` (a capture of the detector's traffic kind) through ``det``; verdicts to ``out_csv``.
 
     Sample-level detectors write one row per frame/packet:
@@ -106,7 +106,7 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
     check_capture(det, capture)
     traffic = det.kind()
     options = ReadOptions(format=format, chunk_size=chunk_size, skip_malformed=skip_malformed, columns=columns,
-                          bad_id=bad_id)
+                          bad_id=bad_id, label_column=label_column)
     stream = traffic.row_stream(det.state(), capture, labels, options)
     unit = traffic.unit
     net = det.module()
