@@ -210,6 +210,9 @@ class EvalConfig:
     evidence_benign: int = 1024
     evidence_clip: float = 6.0
     evidence_drift: float = 0.0  # subtracted from each frame's clipped log-odds: only frames above it add evidence
+    # Share of those benign frames drawn from the attack shots' own IDs (0: uniformly from the clean traffic), so the
+    # adapted detector cannot call an ID an attack for being that ID.
+    evidence_same_id: float = 0.0
 
 
 @dataclass

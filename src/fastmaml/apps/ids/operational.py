@@ -189,7 +189,8 @@ def evidence_judgement(scores: dict[str, np.ndarray], attack: Stream, clean: Str
 def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, attack: Stream, clean: Stream | None,
                     fit: Stream, n_episodes: int, budget: float, gap_s: float, partners: dict[int, set[int]],
                     benign_frames: int, clip: float, seed: int = 0, drift: float = 0.0,
-                    group_of: Callable[[Occurrence], str | None] | None = None) -> list[dict[str, float]]:
+                    group_of: Callable[[Occurrence], str | None] | None = None, same_id: float = 0.0,
+                    keys_of: Callable[[np.ndarray], np.ndarray] | None = None) -> list[dict[str, float]]:
     """Per adapted detector (first ``n_episodes`` support sets): evidence judgement after two adaptations.
 
     ``evidence/``: the K attack shots beside ``benign_frames`` frames of the benign traffic before the
@@ -206,6 +207,13 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
         att = sx[sy == 1]
         reps = max(1, benign_frames // max(len(att), 1))
         benign = fit.x[torch.randperm(len(fit.x), generator=g)[:reps * len(att)]]
+        if same_id > 0 and keys_of is not None and len(att):
+            # Part of the benign side from the attacked IDs' own clean frames: the falsehood, not the ID, must differ.
+            own = torch.from_numpy(np.flatnonzero(np.isin(fit.key.numpy(), keys_of(att.numpy()))))
+            n_own = min(int(same_id * len(benign)), len(own))
+            if n_own:
+                pick = own[torch.randperm(len(own), generator=g)[:n_own]]
+                benign = torch.cat([benign[: len(benign) - n_own], fit.x[pick]])
         xs = torch.cat([benign, att.repeat(reps, *([1] * (att.dim() - 1)))])
         ys = torch.cat([torch.zeros(len(benign), dtype=torch.long), torch.ones(reps * len(att), dtype=torch.long)])
         row: dict[str, float] = {}

@@ -120,6 +120,11 @@ class Traffic(ABC):
         column of :meth:`feature_names`) to bool flags: what ``ids judge`` streams beside the detectors."""
         return {}
 
+    def sample_keys(self, feature_names: Sequence[str]) -> Callable[[np.ndarray], np.ndarray] | None:
+        """A function from feature rows (those columns) to their stream keys, where the features carry them
+        (CAN: the ID); None where they do not. Used to draw clean frames of the attacked streams."""
+        return None
+
     def partners(self, state: Any) -> dict[int, set[int]]:
         """Stream key -> keys whose traffic it is checked against (CAN: an ID's signals' cross-ID partners).
 

@@ -9,7 +9,7 @@ source) are imported on use, so a run loads only its own source's code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -89,6 +89,17 @@ class CanTraffic(Traffic):
             return flags
 
         return {name: apply(rule) for name, rule in fitted.items()}
+
+    def sample_keys(self, feature_names: Sequence[str]) -> Callable[[np.ndarray], np.ndarray] | None:
+        if "id_scaled" not in feature_names or "is_extended" not in feature_names:
+            return None
+        i, e = feature_names.index("id_scaled"), feature_names.index("is_extended")
+
+        def keys(x: np.ndarray) -> np.ndarray:  # the scaled ID back (exact for 11-bit IDs, as the rules read it)
+            x = np.asarray(x, np.float64)
+            return np.round(x[:, i] * np.where(x[:, e] > 0.5, 0x1FFFFFFF, 0x7FF)).astype(np.int64)
+
+        return keys
 
     def partners(self, state: FeatureState) -> dict[int, set[int]]:
         out: dict[int, set[int]] = {}
