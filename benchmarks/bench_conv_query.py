@@ -37,20 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_maml as bm  # noqa: E402
 
 from fastmaml.models.conv import ConvNet  # noqa: E402
-from fastmaml.tasks.batch import TaskBatch  # noqa: E402
 
 
 def mini_workload(seed: int, tasks: int = 4, n_way: int = 5, k_shot: int = 1, k_query: int = 15, **model_kw):
-    def model():
-        return ConvNet(in_channels=3, n_way=n_way, hidden=32, image_size=84, strided=False, global_pool=False,
-                       **model_kw)
-
-    g = torch.Generator().manual_seed(seed)
-    ys = torch.arange(n_way).repeat(k_shot).expand(tasks, -1).contiguous()
-    yq = torch.arange(n_way).repeat(k_query).expand(tasks, -1).contiguous()
-    batches = [TaskBatch(torch.rand(tasks, n_way * k_shot, 3, 84, 84, generator=g), ys,
-                         torch.rand(tasks, n_way * k_query, 3, 84, 84, generator=g), yq) for _ in range(2)]
-    return model, F.cross_entropy, 0.01, batches
+    """bench_maml's MiniImagenet 5-way 1-shot workload (84×84 RGB, 32 filters, max-pooling)."""
+    return bm.miniimagenet_workload(seed, tasks, n_way, k_shot, k_query, **model_kw)
 
 
 def omniglot_workload(seed: int, k_query: int, **model_kw):

@@ -87,12 +87,13 @@ def omniglot_workload(seed: int, tasks: int = 32, n_way: int = 5, k_shot: int = 
     return model, F.cross_entropy, 0.4, batches
 
 
-def miniimagenet_workload(seed: int, tasks: int = 4, n_way: int = 5, k_shot: int = 1, k_query: int = 15):
-    """MiniImagenet 5-way 1-shot as in the paper: 84×84 RGB, 32 filters, max-pooling, meta-batch 4."""
+def miniimagenet_workload(seed: int, tasks: int = 4, n_way: int = 5, k_shot: int = 1, k_query: int = 15, **model_kw):
+    """MiniImagenet 5-way 1-shot as in the paper: 84×84 RGB, 32 filters, max-pooling, meta-batch 4 (``model_kw``:
+    other ConvNet options)."""
     from fastmaml.models.conv import ConvNet
 
     def model():
-        return ConvNet(in_channels=3, n_way=n_way, hidden=32, image_size=84)
+        return ConvNet(in_channels=3, n_way=n_way, hidden=32, image_size=84, **model_kw)
 
     g = torch.Generator().manual_seed(seed)
     ys = torch.arange(n_way).repeat(k_shot).expand(tasks, -1).contiguous()
