@@ -84,7 +84,7 @@ def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: S
     rule_fns = first.kind().stream_rules(first.state(), clean, options) if rules else {}
     out: list[ScorerResult] = []
     for i, (name, det) in enumerate(detectors.items()):
-        use_rules = rule_fns if i == 0 else {}
+        use_rules = rule_fns if i == 0 else {}  # judged once, on the first detector's features (fitted on clean)
         sc = score_capture(det, clean, options=options, rules=use_rules)
         if sc.truth is not None and sc.truth.any():
             raise DataError(f"{clean}: holds {int(sc.truth.sum())} attack frames; --clean must be clean driving")
