@@ -18,20 +18,21 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import threading
 import time
+from pathlib import Path
 
 import can
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_ids_detect  # noqa: E402 - the same untrained sim-preset detector
 from fastmaml.apps.ids.can import sim as can_sim
-from fastmaml.apps.ids.can.features import FeatureState, frame_feature_names
+from fastmaml.apps.ids.can.features import FeatureState
 from fastmaml.apps.ids.detect import Detector, FrameScorer, monitor
 from fastmaml.apps.ids.detect.monitor import messages_to_batch
 from fastmaml.apps.ids.evidence import Evidence
-from fastmaml.apps.ids.models import build_model
-from fastmaml.apps.ids.registry import load_ids_config
-from fastmaml.config import to_dict
 
 
 def cpu_model() -> str:
@@ -43,15 +44,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
-
-
-def preset_detector(state: FeatureState) -> Detector:
-    cfg = load_ids_config("sim")
-    names = frame_feature_names(state)
-    torch.manual_seed(0)
-    net = build_model(cfg.model, len(names), None)
-    return Detector(to_dict(cfg.model), {k: v.detach() for k, v in net.state_dict().items()}, state.to_dict(), names,
-                    None, None, "any", ["benign", "attack"], cfg.maml.inner_lr, cfg.eval.steps)
 
 
 def batch_fn(det: Detector, ev: Evidence, msgs: list[can.Message], b: int) -> float:
@@ -92,7 +84,7 @@ def main() -> None:
     cpu = sorted(os.sched_getaffinity(0))[0]
     os.sched_setaffinity(0, {cpu})  # one core for every thread: the monitor, the sender, python-can
     state = FeatureState.fit(can_sim.simulate("none", 60.0, 1))
-    det, ev = preset_detector(state), Evidence(args.threshold)
+    det, ev = bench_ids_detect.preset_detector(state, None), Evidence(args.threshold)
     frames = can_sim.simulate("dos", args.seconds, 2)
     msgs = [can.Message(timestamp=f.timestamp, arbitration_id=f.can_id, is_extended_id=f.is_extended, dlc=f.dlc,
                         data=f.data) for f in frames]

@@ -243,6 +243,14 @@ class _FoldRecord:
     ops: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)  # attack -> method -> stream rows
 
 
+def _partners(data: IdsData) -> dict[int, set[int]]:
+    """Stream key -> keys its signals are checked against (an alert there saw an attack on the key)."""
+    if data.feature_state is None:
+        return {}
+    traffic = TRAFFIC[data.traffic]
+    return traffic.partners(traffic.load_state(data.feature_state, "feature state"))
+
+
 def _fold_sizes(cfg: IdsConfig, data: IdsData, known: list[str], holdout: Sequence[str], name: str,
                 log: Callable[[str], None]) -> tuple[IdsConfig, list[int], dict[str, str]]:
     """The Ks that fit (with the query set shrunk when none does) and the config they run under."""
@@ -268,8 +276,7 @@ def _train_and_adapt(cfg: IdsConfig, data: IdsData, known: list[str], holdout: S
     """Train each (seed, method), adapt it on every test episode, and stream the first few adapted detectors."""
     e = cfg.eval
     alert_rules = [parse_alert_rule(r) for r in e.alert_rules]
-    partners = (TRAFFIC[data.traffic].partners(TRAFFIC[data.traffic].load_state(data.feature_state, "feature state"))
-                if data.feature_state is not None else {})
+    partners = _partners(data)
     rec = _FoldRecord({a: {} for a in holdout}, {a: {str(k): {} for k in shots} for a in holdout})
     for seed in cfg.seeds:
         for method in cfg.methods:
@@ -333,8 +340,7 @@ def _stream_results(cfg: IdsConfig, data: IdsData, rec: _FoldRecord) -> dict[str
     e = cfg.eval
     alert_rules = [parse_alert_rule(r) for r in e.alert_rules]
     gap = cfg.source.occurrence_gap_s
-    partners = (TRAFFIC[data.traffic].partners(TRAFFIC[data.traffic].load_state(data.feature_state, "feature state"))
-                if data.feature_state is not None else {})
+    partners = _partners(data)
     operational = {}
     for a, by_method in rec.ops.items():
         st, clean = data.streams[a], data.streams.get(BENIGN)

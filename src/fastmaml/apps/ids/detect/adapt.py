@@ -9,8 +9,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from fastmaml.apps.ids.detect.detector import Detector, check_capture, predict_proba
-from fastmaml.apps.ids.detect.scores import score_capture
+from fastmaml.apps.ids.detect.detector import Detector, check_capture, log_odds, predict_logits, predict_proba
+from fastmaml.apps.ids.detect.scores import ScoredCapture, score_capture
 from fastmaml.apps.ids.evidence import Calibration, Evidence, calibrate
 from fastmaml.apps.ids.metrics import detection_metrics
 from fastmaml.apps.ids.samples import BENIGN
@@ -113,7 +113,8 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
                   evidence={})  # a threshold set for the old weights does not hold for the new ones
     calibration = None
     if clean is not None and alerts_per_hour is not None:
-        new, calibration = calibrate_detector(new, clean, alerts_per_hour, evidence=evidence, clean_format=clean_format)
+        new, calibration = calibrate_detector(new, clean, alerts_per_hour, evidence=evidence, clean_format=clean_format,
+                                              scored=clean_scores)
     rest = torch.ones(len(y), dtype=torch.bool)
     rest[support] = False
     metrics = None
@@ -124,13 +125,21 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
 
 
 def calibrate_detector(det: Detector, clean: str | Path, alerts_per_hour: float, *, evidence: Evidence | None = None,
-                       clean_format: str = "auto") -> tuple[Detector, Calibration]:
-    """``det`` with its evidence threshold set on the clean capture for ``alerts_per_hour`` false alerts an hour."""
+                       clean_format: str = "auto", scored: ScoredCapture | None = None) -> tuple[Detector, Calibration]:
+    """``det`` with its evidence threshold set on the clean capture for ``alerts_per_hour`` false alerts an hour.
+
+    ``scored``: that capture already read with its features kept (adaptation read it for its benign frames);
+    its frames are then scored by ``det`` without reading and featurizing the file again.
+    """
     ev = evidence or det.alarm() or Evidence()
-    sc = score_capture(det, clean, options=ReadOptions(format=clean_format))
+    if scored is not None and scored.x is not None:
+        sc, scores = scored, log_odds(predict_logits(det.module(), torch.from_numpy(scored.x)))
+    else:
+        sc = score_capture(det, clean, options=ReadOptions(format=clean_format))
+        scores = sc.log_odds
     if sc.truth is not None and sc.truth.any():
         raise DataError(f"{clean}: holds {int(sc.truth.sum())} attack frames; calibrate on a clean capture")
-    cal = calibrate(sc.log_odds, sc.clock, sc.key, alerts_per_hour, ev)
+    cal = calibrate(scores, sc.clock, sc.key, alerts_per_hour, ev)
     setting = {"threshold": cal.threshold, "clip": ev.clip, "drift": ev.drift, "holdoff_s": ev.holdoff_s,
                "calibration": cal.to_dict(), "clean_capture": str(clean)}
     return replace(det, evidence=setting), cal

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -159,7 +160,8 @@ def predict_proba(net: nn.Module, x: torch.Tensor, batch_size: int = 16384) -> t
     return torch.softmax(predict_logits(net, x, batch_size), -1)[:, 1]
 
 
-def predict_log_odds(net: nn.Module, x: torch.Tensor, batch_size: int = 16384) -> torch.Tensor:
-    """``logit[attack] - logit[benign]`` per sample: the score evidence accumulates (a probability saturates at 1)."""
-    z = predict_logits(net, x, batch_size)
-    return z[:, 1] - z[:, 0]
+def log_odds(logits: torch.Tensor) -> np.ndarray:
+    """``logit[attack] - logit[benign]`` per sample, in float64: the score evidence sums (a probability saturates at
+    1). One definition, so a threshold calibrated in one place means the same in detect, judge and monitor."""
+    z = logits.double()
+    return (z[:, 1] - z[:, 0]).numpy()

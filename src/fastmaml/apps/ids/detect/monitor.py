@@ -27,7 +27,7 @@ from fastmaml.apps.ids.can.capture import rows_to_batch
 from fastmaml.apps.ids.can.features import FrameFeaturizer
 from fastmaml.apps.ids.can.frames import FrameBatch
 from fastmaml.apps.ids.can.traffic import CanTraffic
-from fastmaml.apps.ids.detect.detector import Detector, predict_logits
+from fastmaml.apps.ids.detect.detector import Detector, log_odds, predict_logits
 from fastmaml.apps.ids.evidence import CusumState, Evidence, cusum_alerts
 from fastmaml.errors import DataError
 
@@ -87,8 +87,7 @@ class FrameScorer:
         x = np.ascontiguousarray(self.featurizer.transform(b)[:, self.cols])
         with torch.inference_mode():
             z = predict_logits(self.net, torch.from_numpy(x))
-        log_odds = (z[:, 1] - z[:, 0]).double().numpy()  # the score ids detect sums, computed the same way
-        a, self.cusum = cusum_alerts(log_odds, b.timestamp, b.can_id.astype(np.int64), self.ev, self.cusum)
+        a, self.cusum = cusum_alerts(log_odds(z), b.timestamp, b.can_id.astype(np.int64), self.ev, self.cusum)
         out = [{"time": float(t), "can_id": int(k), "can_id_hex": f"0x{int(k):x}", "evidence": round(float(lv), 4),
                 "threshold": self.ev.threshold, "onset": float(on), "frame": int(i) + self.frames,
                 "frames": int(i) + self.frames + 1}

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from fastmaml.apps.ids.detect.detector import Detector, check_capture, predict_logits
+from fastmaml.apps.ids.detect.detector import Detector, check_capture, log_odds, predict_logits
 from fastmaml.apps.ids.traffic import ReadOptions
 from fastmaml.errors import DataError
 
@@ -65,8 +65,7 @@ def score_capture(det: Detector, capture: str | Path, labels: str | Path | None 
     with torch.inference_mode():
         for r in det.kind().row_stream(det.state(), capture, labels, options).rows:
             x = np.ascontiguousarray(r.x[:, cols])
-            z = predict_logits(net, torch.from_numpy(x)).double().numpy()
-            parts["s"].append(z[:, 1] - z[:, 0])
+            parts["s"].append(log_odds(predict_logits(net, torch.from_numpy(x))))
             parts["t"].append(np.asarray(r.ts, np.float64))
             parts["k"].append(keys(np.asarray(r.key)))
             labelled = labelled and r.truth is not None

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from fastmaml.apps.ids.alerts import ALERT_RULES, AlertRule, alert_metrics
-from fastmaml.apps.ids.detect.detector import Detector, check_capture, predict_logits, predict_proba
+from fastmaml.apps.ids.detect.detector import Detector, check_capture, log_odds, predict_logits, predict_proba
 from fastmaml.apps.ids.detect.scores import KeyIndex
 from fastmaml.apps.ids.evidence import Alerts, CusumState, Evidence, cusum_alerts, judge
 from fastmaml.errors import DataError
@@ -138,8 +138,7 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
                 if w is None:
                     z = predict_logits(net, torch.from_numpy(np.ascontiguousarray(x)))
                     p = torch.softmax(z, -1)[:, 1].numpy()
-                    zd = z.double()  # the same log-odds as score_capture, so a calibrated threshold means the same
-                    lo = (zd[:, 1] - zd[:, 0]).numpy()
+                    lo = log_odds(z)
                     v = p > det.threshold
                     fh.write(_sample_rows(r.index, r.ts, r.key, p, lo, v, truth if with_label else None))
                     t, k, pos = r.ts, r.key, np.arange(n_rows, n_rows + len(r.x))
