@@ -8,7 +8,7 @@ from fastmaml.apps.ids import experiment as E
 from fastmaml.apps.ids.families import IdsData, TaskFamily, families_from_sample_sets
 from fastmaml.apps.ids.episodes import fixed_episodes, make_train_sampler
 from fastmaml.apps.ids.metrics import rates
-from fastmaml.apps.ids.can.features import FRAME_FEATURES
+from fastmaml.apps.ids.can.features import FRAME_FEATURES, IDENTITY_FEATURES
 from fastmaml.apps.ids.samples import SampleSet
 from fastmaml.errors import ConfigError, DataError
 
@@ -185,6 +185,22 @@ def test_feature_drop(tmp_path):
     with pytest.raises(ConfigError, match=r"features.drop \['nope'\] are not feature names"):
         E.prepare_data(E.load_ids_config("sim_tiny", ["features.drop=[nope]", "source.attacks=[dos]",
                                                       "source.sim_duration_s=15"]))
+
+
+def test_identity_false_leaves_out_the_id_and_payload_columns(tmp_path):
+    over = ["source.attacks=[dos]", "source.sim_duration_s=15"]
+    data = E.prepare_data(E.load_ids_config("sim_tiny", over + ["features.identity=false", "features.drop=[b0]"]))
+    assert [n for n in FRAME_FEATURES if n not in IDENTITY_FEATURES] == data.feature_names
+    assert data.families["dos"].test.features.shape[-1] == len(FRAME_FEATURES) - len(IDENTITY_FEATURES)
+    # identity=true (the default) keeps the cache key it had before the option existed.
+    assert E.data_key(E.load_ids_config("sim_tiny", over)) == E.data_key(
+        E.load_ids_config("sim_tiny", over + ["features.identity=true"]))
+    assert E.data_key(E.load_ids_config("sim_tiny", over)) != E.data_key(
+        E.load_ids_config("sim_tiny", over + ["features.identity=false"]))
+    with pytest.raises(ConfigError, match="defines no identity columns"):
+        E.prepare_data(E.load_ids_config("eth_tiny", ["features.identity=false"]))
+    with pytest.raises(ConfigError, match="evidence_same_id"):
+        E.load_ids_config("sim_tiny", over + ["features.identity=false", "eval.evidence_same_id=0.5"]).validate()
 
 
 def test_cross_source_meta_trains_on_one_source_and_tests_on_the_other(tmp_path, training_spy):

@@ -113,6 +113,8 @@ def feature_key(feat: FeatureConfig) -> dict[str, Any]:
     A DBC enters with a hash of its contents: an edited file gives other signals.
     """
     d = to_dict(feat)
+    if d.get("identity", True):
+        d.pop("identity", None)
     if not d.get("signals"):
         d.pop("signals", None)
     if not d.get("dbc"):
@@ -172,6 +174,9 @@ class FeatureConfig:
     max_benign: int = 20000  # per task family and split
     max_attack: int = 5000
     drop: list[str] = field(default_factory=list)  # feature columns to leave out (ablations, e.g. id_known)
+    # false: leave out the columns naming the stream and its raw content (CAN: ID and payload bytes, see
+    # can/features.IDENTITY_FEATURES), so that an adapted detector judges behaviour, not which ID it saw attacked
+    identity: bool = True
     signals: bool = False  # CAN: add the signal-level columns (can/signals.py: payload signals in cross-ID context)
     dbc: str = ""  # CAN, with signals: the car's DBC file; its signals replace the inferred ones (can/dbc.py)
     seed: int = 0
@@ -252,6 +257,9 @@ class IdsConfig:
             raise ConfigError("eval.shots and train_shots must be positive numbers of samples per class")
         if self.eval.query < 1 or self.train_query < 1 or self.eval.episodes < 2:
             raise ConfigError("eval.query and train_query must be >= 1 and eval.episodes >= 2 (for a CI)")
+        if self.eval.evidence_same_id > 0 and not self.features.identity:
+            raise ConfigError("eval.evidence_same_id draws clean frames of the attacked IDs, which the samples no longer "
+                              "name with features.identity=false; set one of them back")
         if self.eval.steps < 0 or any(s < 0 or s > self.eval.steps for s in self.eval.report_steps):
             raise ConfigError(f"eval.report_steps {self.eval.report_steps} must lie in 0..eval.steps={self.eval.steps}")
         if not self.eval.finetune_lrs or min(self.eval.finetune_lrs) <= 0:

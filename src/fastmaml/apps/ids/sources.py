@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from fastmaml.apps.ids.config import IdsConfig, feature_key
+from fastmaml.apps.ids.config import FeatureConfig, IdsConfig, feature_key
 from fastmaml.apps.ids.families import IdsData, drop_features, load_data, save_data
 from fastmaml.apps.ids.registry import check_sources, source_key, source_kind
+from fastmaml.apps.ids.traffic import Traffic
 from fastmaml.errors import ConfigError
 
 
@@ -47,10 +48,21 @@ def prepare_data(cfg: IdsConfig, cache_dir: Path | None = None, log: Callable[[s
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
     data = source.prepare(cfg.source, cfg.features, log, Path(cache_dir) if cache_dir is not None else None)
     data.traffic = traffic.name  # the registry says which traffic a source carries, not the source itself
-    drop_features(data, cfg.features.drop)
+    drop_features(data, _dropped(cfg.features, traffic))
     if path is not None:
         save_data(data, path)
     return data
+
+
+def _dropped(feat: FeatureConfig, traffic: Traffic) -> list[str]:
+    """``features.drop`` plus, with ``features.identity: false``, the traffic's identity columns."""
+    if feat.identity:
+        return list(feat.drop)
+    ident = traffic.identity_columns()
+    if not ident:
+        raise ConfigError(f"features.identity=false: {traffic.name} traffic defines no identity columns; "
+                          f"list the columns to leave out in features.drop instead")
+    return list(feat.drop) + [c for c in ident if c not in feat.drop]
 
 
 def _cross_source(cfg: IdsConfig, cache_dir: Path | None, log: Callable[[str], None]) -> IdsData:

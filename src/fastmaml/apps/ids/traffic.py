@@ -120,6 +120,11 @@ class Traffic(ABC):
         column of :meth:`feature_names`) to bool flags: what ``ids judge`` streams beside the detectors."""
         return {}
 
+    def identity_columns(self) -> list[str]:
+        """The feature columns that say *which* stream a sample belongs to and its raw content (CAN: the ID and
+        the payload bytes), left out with ``features.identity: false``; empty where the kind defines none."""
+        return []
+
     def sample_keys(self, feature_names: Sequence[str]) -> Callable[[np.ndarray], np.ndarray] | None:
         """A function from feature rows (those columns) to their stream keys, where the features carry them
         (CAN: the ID); None where they do not. Used to draw clean frames of the attacked streams."""

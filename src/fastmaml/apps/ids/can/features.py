@@ -84,6 +84,12 @@ FRAME_FEATURES: list[str] = [
     "id_scaled", "is_extended", "dlc", *[f"b{i}" for i in range(8)], "dt_log_ratio", "hamming", "bytes_changed",
     "id_known", "delta_ratio", "xid_residual", "silence", "silent_ids", "dt2_log_ratio", "delta2_ratio",
 ]
+# The columns naming the frame's ID and its raw payload (``features.identity: false`` leaves them out). A detector
+# adapted on K attack frames, all from one or two IDs, can separate them from clean traffic by *which ID they are*
+# (or their exact bytes) and then flags every clean frame of that ID while missing the same attack on another ID; the
+# other columns describe a frame only relative to its ID's clean behaviour (timing, change, partner residuals,
+# signal values against their range), which carries over from ID to ID.
+IDENTITY_FEATURES: list[str] = ["id_scaled", "is_extended", "dlc", *[f"b{i}" for i in range(8)]]
 _POP = np.array([bin(i).count("1") for i in range(256)], np.float32)
 _MAX_DT_SAMPLES = 20000  # per ID, enough for a stable median
 _MAX_REL_FRAMES = 40000  # benign frames the cross-ID regression is fitted on (memory: frames x signals)

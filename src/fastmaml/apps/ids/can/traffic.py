@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from fastmaml.apps.ids.can.dbc import SegmentationScore
-from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer, build_sample_set, frame_feature_names
+from fastmaml.apps.ids.can.features import (IDENTITY_FEATURES, FeatureState, FrameFeaturizer, build_sample_set,
+                                            frame_feature_names)
 from fastmaml.apps.ids.can.readers import open_capture
 from fastmaml.apps.ids.samples import SampleSet
 from fastmaml.apps.ids.traffic import ReadOptions, Rows, RowStream, Source, Traffic, count_table
@@ -89,6 +90,9 @@ class CanTraffic(Traffic):
             return flags
 
         return {name: apply(rule) for name, rule in fitted.items()}
+
+    def identity_columns(self) -> list[str]:
+        return list(IDENTITY_FEATURES)
 
     def sample_keys(self, feature_names: Sequence[str]) -> Callable[[np.ndarray], np.ndarray] | None:
         if "id_scaled" not in feature_names or "is_extended" not in feature_names:
