@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmaml.core import precision as P
+from fastmaml.core.batch import TaskBatching
 from fastmaml.core.compiled import CompiledMetaStep
 from fastmaml.core.maml import MAML
 from fastmaml.train.memory import keep_freed_memory
@@ -146,8 +147,8 @@ def precision_rows(args) -> dict:
 def fastmaml_step(make_model, loss_fn, inner_lr, steps, first_order, vectorize, chunk_size=None,
                   bf16: bool = False, channels_last: bool = False) -> Callable:
     torch.manual_seed(0)
-    learner = MAML(make_model(), loss_fn, inner_lr, steps, first_order=first_order, vectorize=vectorize,
-                   chunk_size=chunk_size, precision=P.BF16 if bf16 else P.FP32)  # train.precision's engine path
+    learner = MAML(make_model(), loss_fn, inner_lr, steps, first_order=first_order,
+                   batching=TaskBatching(vectorize, chunk_size), precision=P.BF16 if bf16 else P.FP32)  # train.precision's engine path
     if channels_last:
         learner.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(learner.parameters(), 1e-3)
@@ -401,7 +402,8 @@ def _parallel_worker(rank: int, world: int, init_file: str, impl: str, workload:
     make_model, loss_fn, inner_lr, batches = omniglot_workload(0, **workload)
     torch.manual_seed(0)
     if impl == "fastmaml":
-        model = MAML(make_model(), loss_fn, inner_lr, steps, first_order=first_order, chunk_size=chunk_size)
+        model = MAML(make_model(), loss_fn, inner_lr, steps, first_order=first_order,
+                     batching=TaskBatching(chunk_size=chunk_size))
         run = model.meta_backward
     else:
         l2l_maml, _ = load_learn2learn_maml()

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fastmaml.core.batch import TaskBatching  # noqa: E402
 from fastmaml.core.maml import MAML, Recompute  # noqa: E402
 from fastmaml.tasks.batch import TaskBatch  # noqa: E402
 from fastmaml.train.memory import peak_tensor_bytes  # noqa: E402
@@ -118,7 +119,8 @@ def run_one(spec: dict) -> dict:
             learner.zero_grad(set_to_none=True)
             learn2learn_meta_backward(learner, b, F.cross_entropy, steps)
     else:
-        learner = MAML(make_model().to(device), F.cross_entropy, inner_lr, steps, chunk_size=spec["chunk_size"],
+        learner = MAML(make_model().to(device), F.cross_entropy, inner_lr, steps,
+                       batching=TaskBatching(chunk_size=spec["chunk_size"]),
                        recompute=Recompute() if spec["impl"] == "recompute" else None)
 
         def iteration(b: TaskBatch = batch):
@@ -175,7 +177,7 @@ def time_interleaved(spec: dict) -> dict:
     for name, kw in variants.items():
         torch.manual_seed(0)
         learners[name] = MAML(make_model().to(spec["device"]), F.cross_entropy, inner_lr, spec["steps"],
-                              chunk_size=spec["chunk_size"], **kw)
+                              batching=TaskBatching(chunk_size=spec["chunk_size"]), **kw)
     times: dict[str, list[float]] = {name: [] for name in learners}
     for _ in range(spec["rounds"] + 1):  # the first round warms up
         for name, learner in learners.items():

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmaml.core.compiled import CompiledMetaStep, CompileFallbackWarning, unsupported_reason
+from fastmaml.core.batch import TaskBatching
 from fastmaml.core.maml import MAML, MAMLPlusPlus
 from fastmaml.core.step_size import from_config as step_rule
 from fastmaml.models.conv import ConvNet
@@ -106,7 +107,8 @@ def test_conv_net_meta_gradient_equals_eager():
 
 
 def test_chunked_compiled_gradient_equals_eager():
-    ref, new = learner_pair(mlp, loss_fn=F.mse_loss, inner_lr=0.1, inner_steps=1, chunk_size=3)
+    ref, new = learner_pair(mlp, loss_fn=F.mse_loss, inner_lr=0.1, inner_steps=1,
+                            batching=TaskBatching(chunk_size=3))
     batch = regression_batch(t=6)
     ref.meta_backward(batch)
     CompiledMetaStep(new, backend="aot_eager", fuse_optimizer=False).backward(batch)
@@ -191,12 +193,12 @@ def test_no_recompile_across_batches_and_rates_and_nan_applies_nothing():
 
 
 def test_unsupported_learner_falls_back_with_one_warning():
-    ref, new = learner_pair(mlp, loss_fn=F.mse_loss, inner_lr=0.1, vectorize="loop")
+    ref, new = learner_pair(mlp, loss_fn=F.mse_loss, inner_lr=0.1, batching=TaskBatching("loop"))
     opt = torch.optim.Adam(new.parameters(), lr=1e-2)
     step = CompiledMetaStep(new, opt, backend="aot_eager")
-    assert not step.compiled and "vectorize" in step.fallback_reason
+    assert not step.compiled and "batching mode 'loop'" in step.fallback_reason
     batches = [regression_batch(seed=s) for s in range(2)]
-    with pytest.warns(CompileFallbackWarning, match="vectorize"):
+    with pytest.warns(CompileFallbackWarning, match="batching mode"):
         step.step(batches[0])
     with warnings.catch_warnings():
         warnings.simplefilter("error", CompileFallbackWarning)  # once only

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmaml.core.batchnorm import BatchStatNorm
+from fastmaml.core.batch import TaskBatching
 from fastmaml.core.maml import MAML, MAMLConfig, accuracy
 from fastmaml.core.step_size import Fixed, from_config as step_rule
 from fastmaml.errors import ConfigError, DataError
@@ -40,7 +41,7 @@ def test_second_order_matches_hand_derived_linear_regression(steps, scale, vecto
     alpha, batch = 0.1, linear_tasks()
     model = nn.Linear(4, 1, bias=False).double()
     learner = MAML(model, F.mse_loss, inner_lr=Fixed(alpha, later=scale), inner_steps=steps,
-                   vectorize=vectorize)
+                   batching=TaskBatching(vectorize))
     got = meta_grads(learner, batch)["model.weight"].view(-1)
 
     w0 = model.weight.detach().view(-1, 1)
@@ -103,7 +104,7 @@ def test_meta_gradient_matches_finite_differences(vectorize):
     batch, _, _ = SinusoidTasks().sample(4, g, k_support=5, k_query=7)
     batch = TaskBatch(*(t.double() for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)))
     model = mlp()
-    learner = MAML(model, F.mse_loss, inner_lr=0.02, inner_steps=2, vectorize=vectorize)
+    learner = MAML(model, F.mse_loss, inner_lr=0.02, inner_steps=2, batching=TaskBatching(vectorize))
     grads = meta_grads(learner, batch)
     params = {k: v.detach() for k, v in model.named_parameters()}
     gen = torch.Generator().manual_seed(5)
@@ -126,7 +127,7 @@ def test_vmap_equals_loop_float32_sinusoid(first_order):
     for vec in ("vmap", "loop"):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
-        grads.append(meta_grads(MAML(model, F.mse_loss, 0.01, 1, first_order=first_order, vectorize=vec), batch))
+        grads.append(meta_grads(MAML(model, F.mse_loss, 0.01, 1, first_order=first_order, batching=TaskBatching(vec)), batch))
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=0, atol=1e-5)
     assert max(v.abs().max() for v in grads[0].values()) > 1e-2  # the comparison is not between zeros
@@ -154,7 +155,7 @@ def test_batchnorm_vmap_equals_loop_and_finite_differences():
     batch = image_tasks()
     grads = {}
     for vec in ("vmap", "loop"):
-        learner = MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.3, inner_steps=1, vectorize=vec)
+        learner = MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.3, inner_steps=1, batching=TaskBatching(vec))
         assert not any(isinstance(m, nn.BatchNorm2d) for m in learner.modules())
         assert sum(isinstance(m, BatchStatNorm) for m in learner.modules()) == 2
         grads[vec] = meta_grads(learner, batch)
@@ -308,13 +309,28 @@ def test_bad_inputs_give_clear_errors():
         MAML(nn.Linear(1, 1), F.mse_loss, inner_lr="adaptive")
     with pytest.raises(ConfigError, match="maml.step_size"):
         MAMLConfig(step_size="adaptive").build(nn.Linear(1, 1), F.mse_loss)
-    with pytest.raises(ConfigError, match="vectorize"):
-        MAML(nn.Linear(1, 1), F.mse_loss, vectorize="threads")
+    with pytest.raises(ConfigError, match="batching mode 'threads'.*'vmap'.*'loop'"):
+        MAML(nn.Linear(1, 1), F.mse_loss, batching=TaskBatching("threads"))
+    with pytest.raises(ConfigError, match="maml.vectorize"):
+        MAMLConfig(vectorize="threads").build(nn.Linear(1, 1), F.mse_loss)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="chunk_size must be a positive number of tasks"):
+            TaskBatching(chunk_size=bad)
+    with pytest.raises(ConfigError, match="batching must be a TaskBatching"):
+        MAML(nn.Linear(1, 1), F.mse_loss, batching="loop")
+
+
+def test_config_keys_vectorize_and_chunk_size_build_the_task_batching():
+    """Configs keep maml.vectorize / maml.chunk_size; MAMLConfig.build turns them into MAML's TaskBatching."""
+    assert MAMLConfig().build(nn.Linear(1, 1), F.mse_loss).batching == TaskBatching("vmap", None)
+    learner = MAMLConfig(vectorize="loop", chunk_size=3).build(nn.Linear(1, 1), F.mse_loss)
+    assert learner.batching == TaskBatching("loop", chunk_size=3)
+    assert learner.with_inner_lr(0.5).batching == learner.batching
 
 
 def test_chunked_vmap_matches_full():
     batch = image_tasks(dtype=torch.float64, t=5)
-    a = meta_grads(MAML(conv_bn_net(), F.cross_entropy, 0.3, chunk_size=2), batch)
+    a = meta_grads(MAML(conv_bn_net(), F.cross_entropy, 0.3, batching=TaskBatching(chunk_size=2)), batch)
     b = meta_grads(MAML(conv_bn_net(), F.cross_entropy, 0.3), batch)
     for k in a:
         torch.testing.assert_close(a[k], b[k])
@@ -326,11 +342,11 @@ def test_meta_backward_in_chunks_equals_one_backward(chunk_size, vectorize):
     """Chunk-by-chunk backward accumulates the same meta-gradient as one pass over all 5 tasks
     (chunk sizes that do and do not divide the batch), second order, with BatchNorm and learned rates."""
     batch = image_tasks(dtype=torch.float64, t=5)
-    ref = MAML(conv_bn_net(), F.cross_entropy, step_rule("per_layer_step", 0.3), inner_steps=2, vectorize=vectorize)
+    ref = MAML(conv_bn_net(), F.cross_entropy, step_rule("per_layer_step", 0.3), inner_steps=2, batching=TaskBatching(vectorize))
     expected = meta_grads(ref, batch)
     expected_out = ref(batch)
     learner = MAML(conv_bn_net(), F.cross_entropy, step_rule("per_layer_step", 0.3), inner_steps=2,
-                   vectorize=vectorize, chunk_size=chunk_size)
+                   batching=TaskBatching(vectorize, chunk_size))
     learner.zero_grad()
     out = learner.meta_backward(batch)
     assert not out.loss.requires_grad
@@ -346,7 +362,7 @@ def test_meta_backward_in_chunks_equals_one_backward(chunk_size, vectorize):
 def test_meta_backward_accumulates_like_backward():
     """Like loss.backward(), a second call adds to .grad (gradient accumulation over batches)."""
     batch = linear_tasks()
-    learner = MAML(mlp(d_in=4), F.mse_loss, 0.1, chunk_size=2)
+    learner = MAML(mlp(d_in=4), F.mse_loss, 0.1, batching=TaskBatching(chunk_size=2))
     learner.zero_grad()
     learner.meta_backward(batch)
     once = {n: p.grad.clone() for n, p in learner.named_parameters()}
@@ -362,12 +378,12 @@ def test_safe_adaptation_never_raises_the_support_loss_and_equals_plain_steps_wh
     b = linear_tasks(t=4)
     batch = TaskBatch(b.support_x, b.support_y, b.support_x, b.support_y)
     model = nn.Linear(4, 1, bias=False).double()
-    too_big = MAML(model, F.mse_loss, inner_lr=3.0, vectorize=vectorize)
+    too_big = MAML(model, F.mse_loss, inner_lr=3.0, batching=TaskBatching(vectorize))
     plain = too_big.adaptation_curve(batch, steps=6).losses
     safe = too_big.adaptation_curve(batch, steps=6, safe_backtracks=8).losses
     assert (plain[:, -1] > 100 * plain[:, 0]).all()  # the paper's plain steps blow up here
     assert (safe[:, 1:] <= safe[:, :-1]).all() and (safe[:, -1] < safe[:, 0]).all()  # never up, and it learns
-    small = MAML(model, F.mse_loss, inner_lr=0.01, vectorize=vectorize)
+    small = MAML(model, F.mse_loss, inner_lr=0.01, batching=TaskBatching(vectorize))
     torch.testing.assert_close(small.adaptation_curve(batch, steps=4, safe_backtracks=3).losses,
                                small.adaptation_curve(batch, steps=4).losses, rtol=0, atol=0)
     with pytest.raises(ConfigError, match="safe_backtracks"):

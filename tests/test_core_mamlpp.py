@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastmaml.core.batch import TaskBatching
 from fastmaml.core.maml import MAML, MAMLConfig, MAMLPlusPlus, multi_step_weights
 from fastmaml.errors import ConfigError
 from fastmaml.tasks.batch import TaskBatch
@@ -52,7 +53,7 @@ def _hand_meta_grad(model, batch, alpha, steps, weights, first_order=False):
 def test_multi_step_loss_gradient_matches_a_hand_computation(vectorize):
     torch.manual_seed(0)
     model = nn.Linear(2, 1).double()
-    learner = MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=3, vectorize=vectorize,
+    learner = MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=3, batching=TaskBatching(vectorize),
                    mamlpp=MAMLPlusPlus(multi_step_loss_iterations=100))
     batch = _batch()
     learner.set_iteration(40)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastmaml.core.batch import TaskBatching
 from fastmaml.core.maml import MAML, MAMLConfig, MAMLPlusPlus, Recompute
 from fastmaml.core.recompute import _live_peak, keep_every
 from fastmaml.core.step_size import from_config as step_rule
@@ -83,12 +84,12 @@ def assert_same(make_model, loss_fn, batch, iteration=0, **kw):
 @pytest.mark.parametrize("steps", [1, 3, 5])
 @pytest.mark.parametrize("vectorize", ["vmap", "loop"])
 def test_mlp_regression_equals_stored(steps, vectorize):
-    assert_same(mlp, F.mse_loss, regression_tasks(), inner_lr=0.1, inner_steps=steps, vectorize=vectorize)
+    assert_same(mlp, F.mse_loss, regression_tasks(), inner_lr=0.1, inner_steps=steps, batching=TaskBatching(vectorize))
 
 
 @pytest.mark.parametrize("vectorize", ["vmap", "loop"])
 def test_conv_batchnorm_equals_stored(vectorize):
-    assert_same(conv_bn, F.cross_entropy, image_tasks(), inner_lr=0.3, inner_steps=3, vectorize=vectorize)
+    assert_same(conv_bn, F.cross_entropy, image_tasks(), inner_lr=0.3, inner_steps=3, batching=TaskBatching(vectorize))
 
 
 @pytest.mark.parametrize("mode", ["per_layer_step", "per_element"])
@@ -114,7 +115,7 @@ def test_per_step_batchnorm_equals_stored(vectorize):
     """Per-step BN rows (meta-learned, not adapted) get their gradient both directly (query) and
     through the steps; running statistics are recorded per chunk exactly as without recompute."""
     assert_same(conv_bn, F.cross_entropy, image_tasks(), iteration=2, inner_lr=step_rule("per_layer_step", 0.3), inner_steps=3, per_step_bn=True,
-                multi_step_loss_iterations=5, vectorize=vectorize, chunk_size=2)
+                multi_step_loss_iterations=5, batching=TaskBatching(vectorize, chunk_size=2))
 
 
 @pytest.mark.parametrize("every", [1, 2, 3, 5])
@@ -141,7 +142,8 @@ def test_default_spacing_keeps_fewest_parameters_alive():
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 3])
 def test_chunks_smaller_than_the_batch_equal_stored(chunk_size):
-    assert_same(conv_bn, F.cross_entropy, image_tasks(t=5), inner_lr=0.3, inner_steps=2, chunk_size=chunk_size)
+    assert_same(conv_bn, F.cross_entropy, image_tasks(t=5), inner_lr=0.3, inner_steps=2,
+                batching=TaskBatching(chunk_size=chunk_size))
 
 
 def test_first_order_is_unaffected():

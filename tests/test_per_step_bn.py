@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmaml.core.batchnorm import PerStepBatchNorm
+from fastmaml.core.batch import TaskBatching
 from fastmaml.core.maml import MAML, MAMLConfig, MAMLPlusPlus
 from fastmaml.errors import ConfigError
 from fastmaml.tasks.batch import TaskBatch
@@ -56,7 +57,7 @@ def test_per_step_rows_replace_batchnorm_and_are_not_adapted_by_default():
 def test_meta_gradient_uses_row_s_after_s_inner_steps(vectorize):
     """Second-order meta-gradient against a hand-written network that uses row s at step s and row S
     for the query: support at θ₀ with row 0, at θ₁ with row 1, query at θ₂ with row 2."""
-    maml = learner(vectorize=vectorize)
+    maml = learner(batching=TaskBatching(vectorize))
     batch = tasks()
     maml.zero_grad()
     maml(batch).loss.backward()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from fastmaml.config import from_dict, load_config
 from fastmaml.core import precision as P
-from fastmaml.core.batch import TaskBatch
+from fastmaml.core.batch import TaskBatch, TaskBatching
 from fastmaml.core.maml import MAML, MAMLPlusPlus, Recompute
 from fastmaml.models.conv import ConvNet
 from fastmaml.train.loop import TrainConfig, meta_train, trained_precision
@@ -56,7 +56,7 @@ def cosines(a: dict, b: dict) -> dict[str, float]:
 @pytest.mark.parametrize("vectorize", ["vmap", "loop"])
 def test_bf16_meta_gradient_matches_fp32(first_order, vectorize):
     batch = episodes()
-    m = learner(first_order=first_order, vectorize=vectorize)
+    m = learner(first_order=first_order, batching=TaskBatching(vectorize))
     g32 = meta_grads(m, batch)
     m.precision = P.BF16
     g16 = meta_grads(m, batch)

@@ -8,8 +8,8 @@
 from fastmaml.core.batchnorm import BatchStatNorm, convert_batchnorm
 from fastmaml.core.maml import MAML, AdaptationCurve, MAMLConfig, MAMLPlusPlus, MetaOutput, Recompute, accuracy
 from fastmaml.core.step_size import Fixed, PerElement, PerLayerStep
-from fastmaml.core.batch import TaskBatch
+from fastmaml.core.batch import TaskBatch, TaskBatching
 
 __version__ = "0.1.0"
-__all__ = ["MAML", "MAMLConfig", "MetaOutput", "AdaptationCurve", "TaskBatch", "accuracy", "BatchStatNorm",
-           "convert_batchnorm", "Fixed", "PerLayerStep", "PerElement", "MAMLPlusPlus", "Recompute"]
+__all__ = ["MAML", "MAMLConfig", "MetaOutput", "AdaptationCurve", "TaskBatch", "TaskBatching", "accuracy",
+           "BatchStatNorm", "convert_batchnorm", "Fixed", "PerLayerStep", "PerElement", "MAMLPlusPlus", "Recompute"]

@@ -1,4 +1,5 @@
-"""A batch of few-shot tasks (episodes), each with a support and a query set.
+"""A batch of few-shot tasks (episodes), each with a support and a query set, and how the engine
+goes through one (:class:`TaskBatching`).
 
 The engine's input type, so it lives in core: the algorithm must not import the task samplers
 above it (``fastmaml.tasks.batch`` re-exports it for existing imports).
@@ -6,11 +7,42 @@ above it (``fastmaml.tasks.batch`` re-exports it for existing imports).
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from fastmaml.errors import DataError
+from fastmaml.errors import ConfigError, DataError
+
+BatchingMode = Literal["vmap", "loop"]
+
+
+@dataclass(frozen=True)
+class TaskBatching:
+    """How :class:`~fastmaml.core.maml.MAML` goes through the tasks of a batch.
+
+    Args:
+        mode: ``"vmap"`` processes all tasks in one vectorized call (``torch.func.vmap``); ``"loop"``
+            runs them one by one (same gradients; for models vmap cannot handle). Config key ``maml.vectorize``.
+        chunk_size: tasks per pass (``None``: all at once). :meth:`MAML.meta_backward` runs forward
+            and backward one chunk at a time, freeing each chunk's graph; in :meth:`MAML.forward` it is
+            vmap's ``chunk_size`` (the whole graph is kept). Conv nets on a CPU run faster with chunks
+            whose activations stay in cache. Config key ``maml.chunk_size``.
+    """
+
+    mode: BatchingMode = "vmap"
+    chunk_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("vmap", "loop"):
+            raise ConfigError(f"unknown task batching mode {self.mode!r} (config key maml.vectorize): use 'vmap' "
+                              "(all tasks in one vectorized call) or 'loop' (one task at a time, for models vmap "
+                              "cannot handle)")
+        size = self.chunk_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1):
+            raise ConfigError(f"task batching chunk_size must be a positive number of tasks or None (all at once), "
+                              f"got {size!r} (config key maml.chunk_size)")
 
 
 @dataclass

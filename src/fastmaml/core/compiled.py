@@ -20,17 +20,17 @@ Two variants (``fuse_optimizer``):
 * ``False``: the compiled graph returns the meta-gradient, written to ``.grad``; the caller
   runs its optimizer as usual (any optimizer, gradient clipping, all-reduce in between).
 
-Supported (compiled): ``vectorize="vmap"``; 1..S inner steps; second and first order (and
-MAML++'s derivative-order annealing: one graph per order); fixed inner learning rate and learned
-ones (``per_layer_step``, ``per_element``: the rates are graph inputs too); ``inner_params``
-(ANIL); MAML++'s multi-step loss (its weights are a graph input, so the annealing does not
-recompile); models without per-step BatchNorm (``BatchStatNorm``/plain layers).
+Supported (compiled): ``TaskBatching("vmap")`` (config ``maml.vectorize: vmap``); 1..S inner steps;
+second and first order (and MAML++'s derivative-order annealing: one graph per order); fixed inner
+learning rate and learned ones (``per_layer_step``, ``per_element``: the rates are graph inputs too);
+``inner_params`` (ANIL); MAML++'s multi-step loss (its weights are a graph input, so the annealing
+does not recompile); models without per-step BatchNorm (``BatchStatNorm``/plain layers).
 The fused Adam needs ``torch.optim.Adam`` with one parameter group, ``weight_decay=0``,
 ``amsgrad=False``, ``maximize=False``; otherwise the gradient-only variant is used.
-``chunk_size`` smaller than the batch: the gradient-only variant, one compiled call per chunk.
+A ``TaskBatching`` chunk size smaller than the batch: the gradient-only variant, one compiled call per chunk.
 
 Falls back to eager (``learner.meta_backward`` + ``optimizer.step()``; a warning, once) for:
-``vectorize="loop"``, per-step BatchNorm (``per_step_bn``: running statistics are recorded by
+``TaskBatching("loop")``, per-step BatchNorm (``per_step_bn``: running statistics are recorded by
 in-place buffer updates), ``recompute_inner_steps`` (a memory-bounded schedule the compiled
 graph would undo), mixed precision (``train.precision`` resolving to bf16: autocast inside
 ``torch.func.grad`` under ``torch.compile`` is not verified, and inductor's float32 second-order
@@ -83,8 +83,9 @@ class CompileFallbackWarning(UserWarning):
 
 def unsupported_reason(learner: MAML) -> str | None:
     """Why ``learner`` cannot use the compiled step (``None``: it can)."""
-    if learner.vectorize != "vmap":
-        return f"vectorize={learner.vectorize!r} (the compiled step vectorizes tasks with vmap)"
+    if learner.batching.mode != "vmap":
+        return (f"task batching mode {learner.batching.mode!r} (maml.vectorize; the compiled step vectorizes "
+                "tasks with vmap)")
     if learner.step_norms:
         return "per-step BatchNorm (per_step_bn records running statistics by in-place buffer updates)"
     if getattr(learner, "recompute_inner_steps", False):
@@ -285,7 +286,7 @@ class CompiledMetaStep:
             return task_losses.detach(), pred.detach()
 
         try:
-            task_losses, preds = meta_backward_in_chunks(batch, self.learner.chunk_size, backward_chunk)
+            task_losses, preds = meta_backward_in_chunks(batch, self.learner.batching.chunk_size, backward_chunk)
         except Exception as e:  # noqa: BLE001 - any compile failure: eager from now on
             if chunks_done:  # a later chunk failed (a new shape): the earlier chunks' gradients are already in .grad
                 raise

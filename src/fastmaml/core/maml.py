@@ -12,7 +12,7 @@ meta-gradient is ordinary autograd through those inner steps (second order), or
 through ``θ' = θ − α·stop_grad(g)`` (first order, FOMAML, where ∂θ'/∂θ = I so
 the meta-gradient is the query gradient at θ'). The task batch is processed by
 ``torch.func.vmap`` over the task dimension, or by a Python loop over tasks for
-models vmap cannot handle; both run the same per-task function.
+models vmap cannot handle; both run the same per-task function (:class:`TaskBatching`).
 
 Relatives built on the same inner loop:
 * learned inner learning rates, one per parameter tensor and step (MAML++ "LSLR",
@@ -45,12 +45,11 @@ from fastmaml.core.precision import FP32, Precision
 from fastmaml.core.recompute import meta_backward_recompute
 from fastmaml.core.step_size import Fixed, StepSizeRule, from_config, from_legacy
 from fastmaml.errors import ConfigError, DataError
-from fastmaml.core.batch import TaskBatch
+from fastmaml.core.batch import TaskBatch, TaskBatching
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: a step-size rule (core/step_size.py: Fixed, PerLayerStep, PerElement or your own), or a float: Fixed(α)
 InnerLR = Union[float, StepSizeRule]
-Vectorize = Literal["vmap", "loop"]
 BNStats = Literal["batch", "running"]
 
 
@@ -88,8 +87,8 @@ class MAMLPlusPlus:
             running statistics per number of inner steps taken (0..S; more test-time steps
             reuse row S). Those weights are meta-learned but, as in MAML++, not adapted in the
             inner loop unless named in ``inner_params``. Running statistics are recorded on
-            the first task of every meta-batch (of every chunk, with ``chunk_size``) (support set
-            at step s, query set at step S).
+            the first task of every meta-batch (of every chunk, with a :class:`TaskBatching` chunk size)
+            (support set at step s, query set at step S).
         bn_eval_stats: with ``per_step_bn``, what BatchNorm normalizes with when adapting and
             evaluating without a meta-gradient (:meth:`MAML.adaptation_curve`, :meth:`MAML.adapt`,
             :meth:`MAML.predict`): ``"batch"`` (the MAML paper's protocol, transductive) or
@@ -152,12 +151,10 @@ class MAML(nn.Module):
         first_order: FOMAML: ignore second derivatives in the meta-gradient.
         inner_params: names of the parameters adapted in the inner loop (default: all).
             The others are still meta-learned but stay fixed within a task.
-        vectorize: ``"vmap"`` processes all tasks in one vectorized call; ``"loop"``
-            runs tasks one by one (same gradients; for models vmap cannot handle).
-        chunk_size: tasks per pass (``None``: all at once). :meth:`meta_backward` runs
-            forward and backward one chunk at a time, freeing each chunk's graph; in
-            :meth:`forward` it is vmap's ``chunk_size`` (the whole graph is kept). Conv nets
-            on a CPU run faster with chunks whose activations stay in cache.
+        batching: how tasks go through the engine (:class:`~fastmaml.core.batch.TaskBatching`):
+            ``TaskBatching("vmap")`` (default: all tasks in one vectorized call) or ``TaskBatching("loop")``
+            (one by one, for models vmap cannot handle), and ``chunk_size`` tasks per pass
+            (``None``: all at once; :meth:`meta_backward` frees each chunk's graph before the next).
         mamlpp: MAML++'s multi-step loss, derivative-order annealing and per-step BatchNorm
             (:class:`MAMLPlusPlus`); ``None``: none of them.
         recompute: memory-bounded second order (:class:`Recompute`); ``None``: every inner step's
@@ -175,8 +172,7 @@ class MAML(nn.Module):
         inner_steps: int = 1,
         first_order: bool = False,
         inner_params: Iterable[str] | None = None,
-        vectorize: Vectorize = "vmap",
-        chunk_size: int | None = None,
+        batching: TaskBatching | None = None,
         mamlpp: MAMLPlusPlus | None = None,
         recompute: Recompute | None = None,
         precision: Precision = FP32,
@@ -190,10 +186,10 @@ class MAML(nn.Module):
         mamlpp = mamlpp or MAMLPlusPlus()
         if inner_steps < 0:
             raise ConfigError(f"inner_steps must be >= 0, got {inner_steps}")
-        if vectorize not in ("vmap", "loop"):
-            raise ConfigError(f"unknown vectorize {vectorize!r}: use 'vmap' or 'loop'")
-        if chunk_size is not None and chunk_size < 1:
-            raise ConfigError(f"chunk_size must be a positive number of tasks or None, got {chunk_size}")
+        batching = TaskBatching() if batching is None else batching
+        if not isinstance(batching, TaskBatching):
+            raise ConfigError(f"batching must be a TaskBatching, e.g. TaskBatching('loop') or "
+                              f"TaskBatching('vmap', chunk_size=4), got {batching!r}")
         self.mamlpp, self.recompute = mamlpp, recompute
         self.model = convert_batchnorm(model, per_step=inner_steps + 1 if mamlpp.per_step_bn else None)
         self.step_norms = [m for m in self.model.modules() if isinstance(m, PerStepBatchNorm)]
@@ -202,8 +198,7 @@ class MAML(nn.Module):
         self.inner_steps = inner_steps
         self.first_order = first_order
         self.inner_lr = inner_lr
-        self.vectorize = vectorize
-        self.chunk_size = chunk_size
+        self.batching = batching
         self.multi_step_loss_iterations = mamlpp.multi_step_loss_iterations
         self.first_order_iterations = mamlpp.first_order_iterations
         self.recompute_inner_steps = recompute is not None
@@ -339,7 +334,7 @@ class MAML(nn.Module):
 
     def _over_tasks(self, fn: Callable, params: Params, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
         args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-        return over_tasks(fn, self.vectorize, params, False, args, self.chunk_size)
+        return over_tasks(fn, self.batching.mode, params, False, args, self.batching.chunk_size)
 
     # ------------------------------------------------------------------ public API
     def forward(self, batch: TaskBatch) -> MetaOutput:
@@ -357,7 +352,7 @@ class MAML(nn.Module):
         return MetaOutput(loss=loss, task_losses=task_losses.detach(), query_pred=preds.detach())
 
     def meta_backward(self, batch: TaskBatch) -> MetaOutput:
-        """``self(batch).loss.backward()``, done ``chunk_size`` tasks at a time.
+        """``self(batch).loss.backward()``, done :attr:`TaskBatching.chunk_size` tasks at a time.
 
         The meta-gradient of the mean query loss accumulates into the parameters' ``.grad``
         exactly as from one backward pass, but each chunk's graph (every activation of its
@@ -377,7 +372,7 @@ class MAML(nn.Module):
             (out.loss * (out.task_losses.shape[0] / total)).backward()  # chunk's share of the mean
             return out.task_losses, out.query_pred
 
-        losses, preds = meta_backward_in_chunks(batch, self.chunk_size, backward_chunk)
+        losses, preds = meta_backward_in_chunks(batch, self.batching.chunk_size, backward_chunk)
         return MetaOutput(loss=losses.mean(), task_losses=losses, query_pred=preds)
 
     def adaptation_curve(
@@ -427,9 +422,8 @@ class MAML(nn.Module):
 
         How baselines are fine-tuned: a pretrained or random network through the very same inner loop.
         """
-        return MAML(self.model, self.loss_fn, inner_lr=lr, inner_steps=1, vectorize=self.vectorize,
-                    chunk_size=self.chunk_size, precision=self.precision,
-                    mamlpp=MAMLPlusPlus(per_step_bn=bool(self.step_norms), bn_eval_stats=self.bn_eval_stats))
+        return MAML(self.model, self.loss_fn, inner_lr=lr, inner_steps=1, batching=self.batching,
+                    precision=self.precision, mamlpp=MAMLPlusPlus(per_step_bn=bool(self.step_norms), bn_eval_stats=self.bn_eval_stats))
 
     def predict(self, params: Params, x: torch.Tensor, step: int | None = None) -> torch.Tensor:
         """The model's output on ``x`` with the given parameters, adapted by ``step`` inner steps
@@ -488,8 +482,8 @@ class MAMLConfig:
     # The inner step-size rule with α = inner_lr (core/step_size.py): fixed, fixed(later=0.5) (α, then α/2),
     # per_layer_step (MAML++ LSLR), per_element (Meta-SGD).
     step_size: str = "fixed"
-    vectorize: str = "vmap"
-    chunk_size: int | None = None
+    vectorize: str = "vmap"  # how tasks are batched (TaskBatching.mode): "vmap" or "loop"
+    chunk_size: int | None = None  # tasks per pass (TaskBatching.chunk_size); None: all at once
     # Parameters adapted in the inner loop (None: all). ANIL (Raghu et al. 2020): the head only.
     inner_params: list[str] | None = None
     multi_step_loss_iterations: int = 0  # MAML++ multi-step loss, annealed over this many iterations (0: off)
@@ -526,8 +520,7 @@ class MAMLConfig:
             inner_steps=self.inner_steps,
             first_order=self.first_order,
             inner_params=inner_params,
-            vectorize=self.vectorize,  # type: ignore[arg-type]
-            chunk_size=self.chunk_size,
+            batching=TaskBatching(self.vectorize, self.chunk_size),  # type: ignore[arg-type]
             mamlpp=MAMLPlusPlus(self.multi_step_loss_iterations, self.first_order_iterations, self.per_step_bn,
                                 self.bn_eval_stats),  # type: ignore[arg-type]
             recompute=Recompute(self.recompute_keep_every) if self.recompute_inner_steps else None,

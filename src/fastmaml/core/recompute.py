@@ -33,7 +33,7 @@ from typing import Protocol
 
 import torch
 
-from fastmaml.core.batch import TaskBatch
+from fastmaml.core.batch import TaskBatch, TaskBatching
 from fastmaml.core.inner_loop import (InnerLoopLearner, Params, inner_step, meta_backward_in_chunks, over_tasks,
                                      query_loss)
 
@@ -42,8 +42,7 @@ class RecomputeLearner(InnerLoopLearner, Protocol):
     """What the recomputing backward reads from its learner beyond the inner loop's needs
     (:class:`fastmaml.core.maml.MAML` is one; a protocol, so this module need not import maml.py, which imports it)."""
 
-    vectorize: str
-    chunk_size: int | None
+    batching: TaskBatching
     recompute_keep_every: int | None
     training: bool
 
@@ -88,28 +87,7 @@ def meta_backward_recompute(maml: RecomputeLearner, batch: TaskBatch) -> tuple[t
     _, weights = maml.training_schedule()  # second order here (MAML.meta_backward checks)
     params = maml.params()  # the meta-parameters themselves: backward passes accumulate into their .grad
     theta0 = {n: params[n] for n in names}
-
-    def step_fn(step: int):
-        def fn(theta, xs, ys, xq, yq):
-            new = inner_step(maml, {**params, **theta}, xs, ys, step, first_order=False)
-            return ({n: new[n] for n in names},)
-        return fn
-
-    def query_fn(step: int):
-        def fn(theta, xs, ys, xq, yq):
-            return query_loss(maml, {**params, **theta}, xq, yq, step)
-        return fn
-
-    def values(theta: Params, batched: bool, step: int, args: tuple) -> Params:
-        with torch.no_grad():  # the values of the second-order step, without its graph
-            return each_task(step_fn(step), theta, batched, args)[0]
-
-    def leaf(theta: Params) -> Params:
-        return {n: t.detach().requires_grad_() for n, t in theta.items()}
-
-    def each_task(fn, theta: Params, batched: bool, args: tuple) -> tuple:
-        # Tasks vectorized inside each step exactly as in the stored pass (MAML.forward), whole chunk at once.
-        return over_tasks(fn, maml.vectorize, theta, batched, args)
+    tasks = _TaskSteps(maml, params, names)
 
     def backward_chunk(chunk: TaskBatch, total: int) -> tuple[torch.Tensor, torch.Tensor]:
         args = (chunk.support_x, chunk.support_y, chunk.query_x, chunk.query_y)
@@ -118,14 +96,14 @@ def meta_backward_recompute(maml: RecomputeLearner, batch: TaskBatch) -> tuple[t
         kept: dict[int, Params] = {0: theta0}
         theta = theta0
         for step in range(steps):
-            theta = values(theta, step > 0, step, args)
+            theta = tasks.values(theta, step > 0, step, args)
             if step + 1 < steps and (step + 1) % every == 0:
                 kept[step + 1] = theta
 
         # 2. The query loss at θ_S, its chunk's share of the batch mean (times w_S with the multi-step loss).
-        top = leaf(theta)
+        top = _leaf(theta)
         del theta
-        losses, pred = each_task(query_fn(steps), top, True, args)
+        losses, pred = tasks.query(top, steps, args)
         w = 1.0 if weights is None else weights[steps - 1]
         (losses.sum() * w / total).backward()
         chunk_losses, cotangent = w * losses.detach(), {n: top[n].grad for n in names}
@@ -137,17 +115,17 @@ def meta_backward_recompute(maml: RecomputeLearner, batch: TaskBatch) -> tuple[t
                 base = (s - 1) // every * every
                 theta = kept[base]
                 for step in range(base, s - 1):
-                    theta = values(theta, step > 0, step, args)
+                    theta = tasks.values(theta, step > 0, step, args)
                     kept[step + 1] = theta
                 del theta
-            below = kept[s - 1] if s == 1 else leaf(kept[s - 1])
-            (new,) = each_task(step_fn(s - 1), below, s > 1, args)
+            below = kept[s - 1] if s == 1 else _leaf(kept[s - 1])
+            new = tasks.step(below, s > 1, s - 1, args)
             torch.autograd.backward([new[n] for n in names], [cotangent[n] for n in names])
             del new, cotangent
             kept.pop(s, None)
             if s > 1:
                 if weights is not None:  # MAML++ multi-step loss: the query loss after step s - 1
-                    losses, _ = each_task(query_fn(s - 1), below, True, args)
+                    losses, _ = tasks.query(below, s - 1, args)
                     w = weights[s - 2]
                     (losses.sum() * w / total).backward()
                     chunk_losses = chunk_losses + w * losses.detach()
@@ -159,4 +137,42 @@ def meta_backward_recompute(maml: RecomputeLearner, batch: TaskBatch) -> tuple[t
             maml.record_running_stats(chunk)
         return chunk_losses, pred.detach()
 
-    return meta_backward_in_chunks(batch, maml.chunk_size, backward_chunk)
+    return meta_backward_in_chunks(batch, maml.batching.chunk_size, backward_chunk)
+
+
+class _TaskSteps:
+    """The per-task pieces of the recomputing backward, run over a chunk's tasks: inner step s (second
+    order) and the query loss after s steps, as functions of the adapted parameters θ_s alone (the
+    others are ``params``, the module's own), with the tasks vectorized inside each step exactly as
+    in the stored pass (:meth:`MAML.forward`: ``vmap`` or a loop), the whole chunk at once.
+    ``batched``: θ_s has a task dimension (every step but the first, which starts from θ₀)."""
+
+    def __init__(self, maml: RecomputeLearner, params: Params, names: list[str]) -> None:
+        self.maml, self.params, self.names = maml, params, names
+
+    def step(self, theta: Params, batched: bool, step: int, args: tuple) -> Params:
+        """θ_{s+1} of every task from θ_s = ``theta`` (s = ``step``), with the step's graph."""
+        maml, params, names = self.maml, self.params, self.names
+
+        def fn(theta, xs, ys, xq, yq):
+            new = inner_step(maml, {**params, **theta}, xs, ys, step, first_order=False)
+            return ({n: new[n] for n in names},)
+        return over_tasks(fn, maml.batching.mode, theta, batched, args)[0]
+
+    def values(self, theta: Params, batched: bool, step: int, args: tuple) -> Params:
+        """:meth:`step`'s values without its graph."""
+        with torch.no_grad():
+            return self.step(theta, batched, step, args)
+
+    def query(self, theta: Params, step: int, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every task's (query loss, query prediction) at its θ after ``step`` inner steps (``theta``, batched)."""
+        maml, params = self.maml, self.params
+
+        def fn(theta, xs, ys, xq, yq):
+            return query_loss(maml, {**params, **theta}, xq, yq, step)
+        return over_tasks(fn, maml.batching.mode, theta, True, args)
+
+
+def _leaf(theta: Params) -> Params:
+    """``theta``'s values as fresh leaves that collect their gradient in ``.grad``."""
+    return {n: t.detach().requires_grad_() for n, t in theta.items()}

@@ -73,7 +73,7 @@ class GradientStep:
 
     def __call__(self, batch: TaskBatch, iteration: int) -> Mapping[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
-        # Chunk by chunk (learner.chunk_size); nothing is applied before the NaN check below.
+        # Chunk by chunk (learner.batching.chunk_size); nothing is applied before the NaN check below.
         loss = D.all_reduce_scalar(float(self.backward(batch).loss), self.ctx, self.device)
         if math.isfinite(loss):
             D.average_gradients(self.learner.parameters(), self.ctx)
