@@ -119,3 +119,52 @@ def test_judge_counts_occurrences_per_key_with_its_own_gap_and_only_alerts_that_
     only_partner = E.Alerts(np.array([2]), np.array([4.3]), np.array([2]), np.array([4.2]))
     j = E.judge(only_partner, truth, clock, key, partners={1: {2}})
     assert j.false_alerts == 0 and j.caught == 0
+
+
+def test_union_of_a_detector_and_a_rule_catches_what_either_catches_at_a_shared_budget():
+    import torch
+
+    from fastmaml.apps.ids.families import Stream
+    from fastmaml.apps.ids.operational import evidence_judgement, rule_scores
+
+    # Two keys at 100 Hz for 60 s; key 1 attacked 20-22 s, key 2 attacked 40-42 s. The "detector" sees only the
+    # attack on key 1, the "rule" only the one on key 2; clean fit traffic (before the cut) and clean traffic after.
+    def stream(attacked: bool, seed: int) -> tuple[Stream, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        t = np.arange(0, 60, 0.01)
+        clock, key = np.r_[t, t + 0.005], np.r_[np.ones(len(t), np.int64), np.full(len(t), 2)]
+        order = np.argsort(clock, kind="stable")
+        clock, key = clock[order], key[order]
+        a1 = attacked & (key == 1) & (clock >= 20) & (clock < 22)
+        a2 = attacked & (key == 2) & (clock >= 40) & (clock < 42)
+        det = np.where(a1, 3.0, rng.normal(-3.0, 1.0, len(clock)))
+        rule = a2 | (rng.random(len(clock)) < 0.002)
+        st = Stream(torch.zeros(len(clock), 1), torch.from_numpy(a1 | a2), torch.from_numpy(clock),
+                    torch.from_numpy(key), rules={"plausibility": torch.from_numpy(rule)})
+        return st, det, rule
+
+    attack, det_a, _ = stream(True, 0)
+    fit, det_f, _ = stream(False, 1)
+    clean, det_c, _ = stream(False, 2)
+    det = {"attack": det_a, "fit": det_f, "clean": det_c}
+    rule = rule_scores(attack, clean, fit, "plausibility")
+    assert set(rule) == {"attack", "fit", "clean"} and set(np.unique(rule["attack"])) == {-1.0, 1.0}
+    ev = E.Evidence(clip=6.0)
+    alone = evidence_judgement(det, attack, clean, fit, 10.0, ev, 0.05, {})
+    by_rule = evidence_judgement(rule, attack, clean, fit, 10.0, E.Evidence(clip=1.0), 0.05, {})
+    both = evidence_judgement([(det, ev), (rule, E.Evidence(clip=1.0))], attack, clean, fit, 10.0, None, 0.05, {})
+    assert alone["attack/caught_rate"] == 0.5 and by_rule["attack/caught_rate"] == 0.5
+    assert both["attack/caught_rate"] == 1.0
+    # One channel given as a list is the scorer alone: the budget split is 1/len(channels).
+    assert evidence_judgement([(det, ev)], attack, clean, fit, 10.0, None, 0.05, {}) == alone
+    assert evidence_judgement(rule_scores(attack, clean, fit, "nope") or det, attack, clean, fit, 10.0, ev, 0.05,
+                              {}) == alone
+
+
+def test_merge_alerts_keeps_frame_order():
+    a = E.Alerts(np.array([5, 9]), np.array([0.5, 0.9]), np.array([1, 1]), np.array([0.4, 0.8]), np.array([7.0, 8.0]))
+    b = E.Alerts(np.array([7]), np.array([0.7]), np.array([2]), np.array([0.6]))
+    m = E.merge_alerts(a, E.Alerts.empty(), b)
+    assert m.index.tolist() == [5, 7, 9] and m.key.tolist() == [1, 2, 1]
+    assert m.level[0] == 7.0 and np.isnan(m.level[1])
+    assert len(E.merge_alerts().index) == 0

@@ -218,6 +218,9 @@ class EvalConfig:
     # Share of those benign frames drawn from the attack shots' own IDs (0: uniformly from the clean traffic), so the
     # adapted detector cannot call an ID an attack for being that ID.
     evidence_same_id: float = 0.0
+    # The adapted detector and this rule baseline run side by side as one IDS (each calibrated for half the budget),
+    # judged beside each alone; "" for none. Where the streams lack the rule (no signal features) it is left out.
+    evidence_union: str = "plausibility"
 
 
 @dataclass

@@ -83,6 +83,17 @@ class Alerts:
         return Alerts(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
 
 
+def merge_alerts(*parts: Alerts) -> Alerts:
+    """The alerts of several alert channels on one stream, in frame order (a vehicle's IDS raises each)."""
+    parts = tuple(p for p in parts if len(p.index))
+    if not parts:
+        return Alerts.empty()
+    cat = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ("index", "time", "key", "onset")}
+    level = np.concatenate([p.level if p.level is not None else np.full(len(p.index), np.nan) for p in parts])
+    order = np.argsort(cat["index"], kind="stable")
+    return Alerts(*(cat[f][order] for f in ("index", "time", "key", "onset")), level[order])
+
+
 def _groups(keys: np.ndarray) -> list[np.ndarray]:
     order = np.argsort(keys, kind="stable")  # each key's frames in capture order
     return [g for g in np.split(order, np.flatnonzero(np.diff(keys[order])) + 1) if len(g)]

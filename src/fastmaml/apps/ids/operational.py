@@ -28,7 +28,8 @@ import torch
 
 from fastmaml.apps.ids.alerts import ALERT_RULES, AlertRule, alert_metrics, k_of_n_alerts
 from fastmaml.apps.ids.episodes import Episodes
-from fastmaml.apps.ids.evidence import Evidence, Occurrence, calibrate, count_alerts, cusum_alerts, judge
+from fastmaml.apps.ids.evidence import (Evidence, Occurrence, calibrate, count_alerts, cusum_alerts, judge,
+                                        merge_alerts)
 from fastmaml.apps.ids.families import Stream
 from fastmaml.core.maml import MAML, Params
 from fastmaml.eval.stats import mean_ci
@@ -152,9 +153,10 @@ def _log_odds(runner: MAML, params: Params, x: torch.Tensor, batch: int = 65536)
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
-def evidence_judgement(scores: dict[str, np.ndarray], attack: Stream, clean: Stream | None, fit: Stream,
-                       budget: float, ev: Evidence, gap_s: float, partners: dict[int, set[int]],
-                       group_of: Callable[[Occurrence], str | None] | None = None) -> dict[str, float]:
+def evidence_judgement(scores: dict[str, np.ndarray] | list[tuple[dict[str, np.ndarray], Evidence]], attack: Stream,
+                       clean: Stream | None, fit: Stream, budget: float, ev: Evidence | None, gap_s: float,
+                       partners: dict[int, set[int]], group_of: Callable[[Occurrence], str | None] | None = None
+                       ) -> dict[str, float]:
     """One scorer's scores on the fit / attack / clean streams -> calibrated evidence alerts, judged.
 
     The threshold is set on ``fit`` (benign traffic before the cut) for ``budget`` false alerts per
@@ -162,27 +164,44 @@ def evidence_judgement(scores: dict[str, np.ndarray], attack: Stream, clean: Str
     false alerts per hour on the attack stream's benign traffic and on the clean stream after the cut
     (out of sample). ``group_of`` names each occurrence's group (generated masquerades: whether the
     falsified signal has a partner on another ID); each group's caught rate is reported apart.
+    ``scores`` may instead list several alert channels (scores, their Evidence): each gets an equal
+    share of the budget and their alerts are judged together, as one IDS raising all of them.
     """
     def arrays(st: Stream) -> tuple[np.ndarray, np.ndarray]:
         return st.clock.double().numpy() * st.clock_unit_s, st.key.numpy().astype(np.int64)
 
+    channels = scores if isinstance(scores, list) else [(scores, ev)]
     fc, fk = arrays(fit)
-    cal = calibrate(scores["fit"], fc, fk, budget, ev, bootstrap=50)
-    thr = ev.with_threshold(cal.threshold)
     ac, ak = arrays(attack)
-    alerts, _ = cusum_alerts(scores["attack"], ac, ak, thr)
-    j = judge(alerts, attack.attack.numpy().astype(bool), ac, ak, gap_s, partners)
-    out = {"threshold": cal.threshold, "fit_seconds": cal.clean_seconds, "extrapolated_per_hour": cal.extrapolated_per_hour,
+    thresholds, cals, alerts = [], [], []
+    for sc, e in channels:
+        cal = calibrate(sc["fit"], fc, fk, budget / len(channels), e, bootstrap=50)
+        thresholds.append(e.with_threshold(cal.threshold))
+        cals.append(cal)
+        alerts.append(cusum_alerts(sc["attack"], ac, ak, thresholds[-1])[0])
+    j = judge(merge_alerts(*alerts), attack.attack.numpy().astype(bool), ac, ak, gap_s, partners)
+    out = {"threshold": cals[0].threshold, "fit_seconds": cals[0].clean_seconds,
+           "extrapolated_per_hour": sum(c.extrapolated_per_hour for c in cals),
            "attack/caught_rate": j.caught_rate, "attack/median_delay_s": j.median_delay_s,
            "attack/false_alerts_per_hour": j.false_alerts_per_hour}
     for name in sorted({group_of(o) for o in j.occurrences} - {None}) if group_of is not None else ():
         occ = [o for o in j.occurrences if group_of(o) == name]
         out[f"attack/caught_rate/{name}"] = sum(o.alerted for o in occ) / len(occ)
-    if clean is not None and "clean" in scores:
+    if clean is not None and all("clean" in sc for sc, _ in channels):
         cc, ck = arrays(clean)
-        n = count_alerts(scores["clean"], cc, ck, thr)
+        n = sum(count_alerts(sc["clean"], cc, ck, thr) for (sc, _), thr in zip(channels, thresholds))
         secs = float(cc[-1] - cc[0]) if len(cc) > 1 else 0.0
         out["clean/false_alerts_per_hour"] = n / (secs / 3600.0) if secs > 0 else float("nan")
+    return out
+
+
+def rule_scores(attack: Stream, clean: Stream | None, fit: Stream, rule: str) -> dict[str, np.ndarray] | None:
+    """A rule's +1 flagged / -1 not per frame of each stream (None where the fit stream lacks the rule)."""
+    if rule not in fit.rules or rule not in attack.rules:
+        return None
+    out = {"attack": np.where(attack.rules[rule].numpy(), 1.0, -1.0), "fit": np.where(fit.rules[rule].numpy(), 1.0, -1.0)}
+    if clean is not None and rule in clean.rules:
+        out["clean"] = np.where(clean.rules[rule].numpy(), 1.0, -1.0)
     return out
 
 
@@ -190,18 +209,22 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
                     fit: Stream, n_episodes: int, budget: float, gap_s: float, partners: dict[int, set[int]],
                     benign_frames: int, clip: float, seed: int = 0, drift: float = 0.0,
                     group_of: Callable[[Occurrence], str | None] | None = None, same_id: float = 0.0,
-                    keys_of: Callable[[np.ndarray], np.ndarray] | None = None) -> list[dict[str, float]]:
+                    keys_of: Callable[[np.ndarray], np.ndarray] | None = None, union_rule: str = ""
+                    ) -> list[dict[str, float]]:
     """Per adapted detector (first ``n_episodes`` support sets): evidence judgement after two adaptations.
 
     ``evidence/``: the K attack shots beside ``benign_frames`` frames of the benign traffic before the
     cut (a vehicle has clean driving in abundance), the attack shots repeated to weigh as much as the
     benign frames (the balanced loss of meta-training); ``evidence-kk/``: the episode's K/K support set.
+    ``evidence+RULE/`` (with ``union_rule`` where the streams carry that rule): the first detector and the rule
+    raising alerts side by side, each calibrated for half the budget, judged as one IDS.
     """
     rows = []
     b = ep.batch
     g = torch.Generator().manual_seed(seed)
     ev = Evidence(clip=clip, drift=drift)
     streams = {"attack": attack, "fit": fit, **({"clean": clean} if clean is not None else {})}
+    union = rule_scores(attack, clean, fit, union_rule) if union_rule else None
     for i in range(min(n_episodes, b.support_x.shape[0])):
         sx, sy = b.support_x[i], b.support_y[i]
         att = sx[sy == 1]
@@ -222,6 +245,11 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
             scores = {name: _log_odds(runner, adapted, st.x) for name, st in streams.items()}
             row.update({prefix + k: v for k, v in evidence_judgement(scores, attack, clean, fit, budget, ev, gap_s,
                                                                     partners, group_of).items()})
+            if prefix == "evidence/" and union_rule is not None and union is not None:
+                # The detector and the rule as one IDS, each at half the budget.
+                row.update({f"evidence+{union_rule}/{k}": v for k, v in evidence_judgement(
+                    [(scores, ev), (union, Evidence(clip=1.0))], attack, clean, fit, budget, None, gap_s, partners,
+                    group_of).items()})
         rows.append(row)
     return rows
 
@@ -232,11 +260,9 @@ def evidence_rule_values(attack: Stream, clean: Stream | None, fit: Stream, budg
     """Each rule on the same path: +1 per flagged frame, -1 otherwise, summed per ID, threshold set on ``fit``."""
     out = {}
     for r in attack.rules:
-        if r not in fit.rules:
+        scores = rule_scores(attack, clean, fit, r)
+        if scores is None:
             continue
-        scores = {"attack": np.where(attack.rules[r].numpy(), 1.0, -1.0), "fit": np.where(fit.rules[r].numpy(), 1.0, -1.0)}
-        if clean is not None and r in clean.rules:
-            scores["clean"] = np.where(clean.rules[r].numpy(), 1.0, -1.0)
         out[r] = {f"evidence/{k}": v for k, v in evidence_judgement(scores, attack, clean, fit, budget,
                                                                      Evidence(clip=1.0), gap_s, partners,
                                                                      group_of).items()}

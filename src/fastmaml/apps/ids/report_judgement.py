@@ -183,6 +183,9 @@ def evidence_section(folds: list[dict[str, Any]], rule_names: dict[str, str], al
     rates = [m["evidence/extrapolated_per_hour"]["mean"] for _, o in ops for m in o["methods"].values()
              if "evidence/extrapolated_per_hour" in m and m["evidence/extrapolated_per_hour"]["n"]]
     rates = [r for r in rates if r == r]
+    # The detector and a rule as one IDS (eval.evidence_union), where the folds judged it.
+    unions = sorted({k.split("/", 1)[0] for m in ops[0][1]["methods"].values() for k in m
+                     if k.startswith("evidence+") and k.endswith("/attack/caught_rate")}) if "maml" in methods else []
     lines = [f"## Occurrences caught at ≤ {alert_budget:g} false alerts per hour (evidence per CAN ID)", "",
              "Each adapted detector's frame log-odds (a rule: +1 per flagged frame, −1 otherwise) are summed per CAN ID "
              "(a CUSUM, clipped per frame, reset after an alert); the alert threshold is set on the "
@@ -200,8 +203,9 @@ def evidence_section(folds: list[dict[str, Any]], rule_names: dict[str, str], al
                 f"{fit_s:.0f} s, not a measurement." if rates else ""), "",
              "| held-out attack | " + " | ".join(LABELS.get(m, m) for m in methods)
              + (" | MAML, K/K support" if "maml" in methods else "")
+             + "".join(f" | MAML + {rule_names.get(u[9:], u[9:])} (½ budget each)" for u in unions)
              + "".join(f" | {rule_names.get(r, r)}" for r in rule_keys) + " |",
-             "|---|" + "---:|" * (len(methods) + ("maml" in methods) + len(rule_keys))]
+             "|---|" + "---:|" * (len(methods) + ("maml" in methods) + len(unions) + len(rule_keys))]
 
     def cell(v: dict[str, Any], pre: str, per_run: bool) -> str:
         get = (lambda k: _m(v, pre + k, 2)) if per_run else (lambda k: _v(v, pre + k, 2))
@@ -212,6 +216,7 @@ def evidence_section(folds: list[dict[str, Any]], rule_names: dict[str, str], al
         cells = [cell(o["methods"][m], "evidence/", True) for m in methods]
         if "maml" in methods:
             cells.append(cell(o["methods"]["maml"], "evidence-kk/", True))
+        cells += [cell(o["methods"]["maml"], u + "/", True) for u in unions]
         cells += [cell(o["rules"][r], "evidence/", False) for r in rule_keys]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     groups = sorted({k.rsplit("/", 1)[1] for _, o in ops for m in o["methods"].values() for k in m
@@ -220,12 +225,14 @@ def evidence_section(folds: list[dict[str, Any]], rule_names: dict[str, str], al
         lines += ["", "Occurrences caught by the falsified signal's group (*partnered*: another ID carries a "
                       "correlated signal; *unpartnered*: nothing else on the bus reflects it), same thresholds:", "",
                   "| held-out attack | group | " + " | ".join(LABELS.get(m, m) for m in methods)
+                  + "".join(f" | MAML + {rule_names.get(u[9:], u[9:])}" for u in unions)
                   + "".join(f" | {rule_names.get(r, r)}" for r in rule_keys) + " |",
-                  "|---|---|" + "---:|" * (len(methods) + len(rule_keys))]
+                  "|---|---|" + "---:|" * (len(methods) + len(unions) + len(rule_keys))]
         for a, o in ops:
             for g in groups:
                 key = f"evidence/attack/caught_rate/{g}"
                 lines.append(f"| {a} | {g} | " + " | ".join(_m(o["methods"][m], key, 2) for m in methods)
+                             + "".join(f" | {_m(o['methods']['maml'], u + key[8:], 2)}" for u in unions)
                              + "".join(f" | {_v(o['rules'][r], key, 2)}" for r in rule_keys) + " |")
     return lines + [""]
 
