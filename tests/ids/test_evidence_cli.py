@@ -116,6 +116,17 @@ def test_judge_rules_and_detectors_on_one_path(workdir, capsys):
         assert cap["occurrences"] >= 1 and cap["caught"] <= cap["occurrences"]
     md = (d / "judge" / "judgement.md").read_text()
     assert "## Summary (seeds pooled)" in md and "| maml | cap_inline.log | 1 |" in md
+    # No signal features here, so no plausibility rule and no default union; --union names another rule.
+    assert not any(r["kind"] == "union" for r in res)
+    assert main(["ids", "judge", "--detector", f"maml-s0={d / 'adapted'}", "--clean", str(d / "clean.log"),
+                 "--capture", str(d / "cap_inline.log"), "--union", "timing", "--out", str(d / "judge_u")]) == 0
+    res_u = json.loads((d / "judge_u" / "judgement.json").read_text())["results"]
+    (union,) = [r for r in res_u if r["kind"] == "union"]
+    assert union["name"] == "maml-s0 + timing" and union["clean_alerts"] == 0
+    # Each channel at half the budget: the detector's threshold is at least the one set for the whole budget.
+    assert union["calibration"]["threshold"] >= res_u[0]["calibration"]["threshold"]
+    assert union["calibration"]["budget_per_hour"] == 5
+    assert "| maml + timing | cap_inline.log | 1 |" in (d / "judge_u" / "judgement.md").read_text()
     assert main(["ids", "judge", "--detector", "nonsense", "--clean", str(d / "clean.log"), "--capture",
                  str(d / "cap_inline.log"), "--out", str(d / "j2")]) == 2
     assert "is not NAME=FOLDER" in capsys.readouterr().err

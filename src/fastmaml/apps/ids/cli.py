@@ -156,6 +156,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--saved-thresholds", action="store_true",
                    help="use the thresholds saved in the detectors (ids adapt --clean) instead of calibrating all here")
     j.add_argument("--no-rules", action="store_true", help="judge the detectors only")
+    j.add_argument("--union", default="plausibility", metavar="RULE",
+                   help="also judge each detector with this rule as one IDS, each at half the budget "
+                        "(default: plausibility, where the detector has signal features; '' for none)")
     j.add_argument("--format", default="auto", help="capture format (default: auto-detect)")
     j.add_argument("--out", type=Path, required=True, help="folder for judgement.json and judgement.md")
 
@@ -326,7 +329,8 @@ def _judge(args: argparse.Namespace) -> None:
         dets[name] = load_detector(folder)
     results = judge_scorers(dets, args.clean, args.capture, alerts_per_hour=args.alerts_per_hour,
                             rules=not args.no_rules, evidence=Evidence(clip=args.clip, drift=args.drift),
-                            options=ReadOptions(format=args.format), recalibrate=not args.saved_thresholds)
+                            options=ReadOptions(format=args.format), recalibrate=not args.saved_thresholds,
+                            union=args.union if not args.no_rules else "")
     args.out.mkdir(parents=True, exist_ok=True)
     table = (["## Summary (seeds pooled)", ""] + summary_table(results) + ["", "## Every scorer", ""]
              + markdown_table(results))

@@ -21,8 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from fastmaml.apps.ids.detect.detector import Detector
-from fastmaml.apps.ids.detect.scores import score_capture
-from fastmaml.apps.ids.evidence import Calibration, Evidence, calibrate, count_alerts, cusum_alerts, judge
+from fastmaml.apps.ids.detect.scores import ScoredCapture, score_capture
+from fastmaml.apps.ids.evidence import (Calibration, Evidence, calibrate, count_alerts, cusum_alerts, judge,
+                                        merge_alerts)
 from fastmaml.apps.ids.traffic import ReadOptions
 from fastmaml.errors import DataError
 
@@ -47,7 +48,7 @@ class ScorerResult:
     """One scorer: its calibration on the clean capture and its result on every attack capture."""
 
     name: str
-    kind: str  # "detector" or "rule"
+    kind: str  # "detector", "rule" or "union" (a detector and a rule as one IDS)
     calibration: Calibration
     clean_alerts: int  # on the whole clean capture, at the threshold set on it
     heldout_clean_alerts: int  # on each half of the clean capture at the threshold set on the other, summed
@@ -69,26 +70,51 @@ def _heldout_alerts(s: np.ndarray, clock: np.ndarray, key: np.ndarray, budget: f
     return total
 
 
+def _union_result(name: str, channels: list[tuple[np.ndarray, list[np.ndarray], Evidence]], sc: ScoredCapture,
+                  attacks: list[tuple[str, ScoredCapture]], budget: float, gap_s: float,
+                  partners: dict[int, set[int]]) -> ScorerResult:
+    """Several alert channels as one IDS: each (clean scores, per-capture scores, evidence) calibrated on the clean
+    capture for an equal share of the budget, their alerts judged together."""
+    share = budget / len(channels)
+    cals = [calibrate(s, sc.clock, sc.key, share, ev) for s, _, ev in channels]
+    thrs = [ev.with_threshold(c.threshold) for (_, _, ev), c in zip(channels, cals)]
+    res = ScorerResult(name, "union", cals[0], sum(count_alerts(s, sc.clock, sc.key, t)
+                                                   for (s, _, _), t in zip(channels, thrs)),
+                       sum(_heldout_alerts(s, sc.clock, sc.key, share, ev) for s, _, ev in channels))
+    for i, (cname, a) in enumerate(attacks):
+        alerts = merge_alerts(*(cusum_alerts(per[i], a.clock, a.key, t)[0] for (_, per, _), t in zip(channels, thrs)))
+        j = judge(alerts, a.truth, a.clock, a.key, gap_s, partners)
+        res.captures.append(CaptureResult(cname, j.caught, len(j.occurrences), j.median_delay_s, j.false_alerts,
+                                          j.false_alerts_per_hour, [asdict(o) for o in j.occurrences]))
+    return res
+
+
 def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: Sequence[str | Path], *,
                   alerts_per_hour: float = 10.0, rules: bool = True, evidence: Evidence = Evidence(),
                   gap_s: float = 0.05, options: ReadOptions = ReadOptions(),
-                  recalibrate: bool = True) -> list[ScorerResult]:
+                  recalibrate: bool = True, union: str = "plausibility") -> list[ScorerResult]:
     """Judge every detector (already adapted) and, with ``rules``, the traffic's rule baselines, on one path.
 
     ``recalibrate``: set every detector's threshold here on ``clean`` (the same budget and evidence
     setting for all); otherwise use the threshold saved in the detector (``ids adapt --clean``).
+    ``union``: a rule judged beside each detector as one IDS ("NAME + RULE", each at half the budget, the
+    detector recalibrated for it); "" or a rule the traffic lacks: none.
     """
     if not detectors:
         raise DataError("ids judge needs at least one --detector NAME=FOLDER")
     first = next(iter(detectors.values()))
     rule_fns = first.kind().stream_rules(first.state(), clean, options) if rules else {}
     out: list[ScorerResult] = []
+    union_rule: tuple[np.ndarray, list[np.ndarray], Evidence] | None = None
     for i, (name, det) in enumerate(detectors.items()):
         use_rules = rule_fns if i == 0 else {}  # judged once, on the first detector's features (fitted on clean)
         sc = score_capture(det, clean, options=options, rules=use_rules)
         if sc.truth is not None and sc.truth.any():
             raise DataError(f"{clean}: holds {int(sc.truth.sum())} attack frames; --clean must be clean driving")
         attacks = [(str(c), score_capture(det, c, options=options, rules=use_rules)) for c in captures]
+        if i == 0 and union in sc.rule_scores:  # the rule's frame scores do not depend on the detector
+            rule_ev = Evidence(math.inf, RULE_EVIDENCE, 0.0, evidence.holdoff_s)
+            union_rule = (sc.rule_scores[union], [a.rule_scores[union] for _, a in attacks], rule_ev)
         partners = det.kind().partners(det.state())
         for scorer in ["detector"] + list(use_rules):
             s = sc.log_odds if scorer == "detector" else sc.rule_scores[scorer]
@@ -116,13 +142,16 @@ def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: S
                                                   j.false_alerts, j.false_alerts_per_hour,
                                                   [asdict(o) for o in j.occurrences]))
             out.append(res)
+        if union_rule is not None:
+            out.append(_union_result(f"{name} + {union}", [(sc.log_odds, [a.log_odds for _, a in attacks], evidence),
+                                                            union_rule], sc, attacks, alerts_per_hour, gap_s, partners))
     return out
 
 
 def _group(name: str) -> str:
-    """``maml-s2`` -> ``maml``: seeds of one method are summed in the summary."""
-    m = re.match(r"^(.*)-s\d+$", name)
-    return m.group(1) if m else name
+    """``maml-s2`` -> ``maml``, ``maml-s2 + plausibility`` -> ``maml + plausibility``: seeds are summed."""
+    m = re.match(r"^(.*)-s\d+( \+ .*)?$", name)
+    return m.group(1) + (m.group(2) or "") if m else name
 
 
 def summary_table(results: Sequence[ScorerResult]) -> list[str]:
