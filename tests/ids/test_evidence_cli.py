@@ -3,11 +3,9 @@ the evidence threshold is calibrated on clean traffic, written into the detector
 
 import json
 
-import numpy as np
 import pytest
 
-from fastmaml.apps.ids.can.readers import read_capture
-from fastmaml.apps.ids.detect import adapt_detector, balanced_cross_entropy, load_detector, score_capture
+from fastmaml.apps.ids.detect import balanced_cross_entropy, load_detector, score_capture
 from fastmaml.apps.ids.evidence import count_alerts, cusum_alerts
 from fastmaml.cli import main
 
