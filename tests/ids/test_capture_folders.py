@@ -164,8 +164,8 @@ def test_small_type_is_skipped_and_a_rerun_reuses_finished_folds(folder, tmp_pat
     # A rerun trains nothing: the finished folds come from out/evals.
     calls.clear()
     again = E.compare(cfg, out)
-    assert calls == [] and [f["fold"] for f in again["folds"]] == ["dos", "fuzzy", "tiny"]
-    assert again["skipped_folds"] == res["skipped_folds"]
+    assert calls == [] and [f.fold for f in again.folds] == ["dos", "fuzzy", "tiny"]
+    assert [s.to_dict() for s in again.skipped_folds] == res["skipped_folds"]
     # A K the small type cannot fill even with one query sample per class: every fold is skipped, the error says why.
     big = _cfg(folder, ["dos_1", "dos_2", "dos_3", "fuzzy", "tiny"], "eval.shots=[9, 12]")
     with pytest.raises(DataError, match=r"every fold was skipped: fold tiny: no K of eval.shots \[9, 12\] fits: "

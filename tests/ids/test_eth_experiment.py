@@ -79,24 +79,24 @@ def test_tiny_eth_compare_end_to_end(tmp_path, training_spy, cfg, data):
     held_rows = _rows(fam.train.features[fam.train.labels == 1]) | _rows(fam.test.features[fam.test.labels == 1])
     assert held_rows and not (_rows(torch.cat(seen_rows)) & held_rows)
 
-    fold = report["folds"][0]
-    assert fold["holdout"] == [HELD] and HELD not in fold["known"]
-    per_k = fold["results"][HELD]
+    fold = report.folds[0]
+    assert fold.holdout == [HELD] and HELD not in fold.known
+    per_k = fold.results[HELD]
     steps = cfg.eval.steps
-    assert set(per_k) == {str(k) for k in cfg.eval.shots}
+    assert set(per_k) == set(cfg.eval.shots)
     for entry in per_k.values():
-        assert set(entry["method_fingerprints"]) == set(cfg.methods)
-        assert set(entry["method_fingerprints"].values()) == {entry["fingerprint"]}
-        for r in entry["methods"].values():
+        assert set(entry.method_fingerprints) == set(cfg.methods)
+        assert set(entry.method_fingerprints.values()) == {entry.fingerprint}
+        for r in entry.methods.values():
             for metric in ("f1", "recall", "fpr"):
-                assert len(r[metric]["mean"]) == steps + 1 and len(r[metric]["ci95"]) == steps + 1
-                assert all(math.isfinite(c) and c >= 0 for c in r[metric]["ci95"])
-        assert any(c > 0 for m in entry["methods"].values() for c in m["f1"]["ci95"])
-        assert set(entry["rules"]) == set(RULE_NAMES)
+                assert len(r[metric].mean) == steps + 1 and len(r[metric].ci95) == steps + 1
+                assert all(math.isfinite(c) and c >= 0 for c in r[metric].ci95)
+        assert any(c > 0 for m in entry.methods.values() for c in m["f1"].ci95)
+        assert set(entry.rules) == set(RULE_NAMES)
         # The flood comes from a known node on a known stream: the MAC rule cannot see it, the rate rule can.
-        assert entry["rules"]["unknown_mac"]["recall"]["mean"][0] == 0.0
-        assert entry["rules"]["rate"]["recall"]["mean"][0] > 0.9
-    assert per_k["5"]["methods"]["maml"]["f1"]["mean"][steps] > 0.8
+        assert entry.rules["unknown_mac"]["recall"].mean[0] == 0.0
+        assert entry.rules["rate"]["recall"].mean[0] > 0.9
+    assert per_k[5].methods["maml"]["f1"].mean[steps] > 0.8
 
     md = (tmp_path / "report.md").read_text()
     assert "All results in this report come from simulated traffic" in md

@@ -7,6 +7,7 @@ import torch
 from fastmaml.apps.ids import experiment as E
 from fastmaml.apps.ids.families import IdsData, TaskFamily, families_from_sample_sets
 from fastmaml.apps.ids.episodes import fixed_episodes, make_train_sampler
+from fastmaml.apps.ids.keys import data_key
 from fastmaml.apps.ids.metrics import rates
 from fastmaml.apps.ids.can.features import FRAME_FEATURES, IDENTITY_FEATURES
 from fastmaml.apps.ids.samples import SampleSet
@@ -36,24 +37,24 @@ def test_tiny_compare_end_to_end(tmp_path, training_spy, tiny_cfg):
     assert float(torch.cat(seen_rows)[:, 0].max()) <= 0.75
 
     steps = tiny_cfg.eval.steps
-    per_k = report["folds"][0]["results"]["attack0"]
-    assert set(per_k) == {str(k) for k in tiny_cfg.eval.shots}
+    per_k = report.folds[0].results["attack0"]
+    assert set(per_k) == set(tiny_cfg.eval.shots)
     for k, entry in per_k.items():
         # Every method was scored on the very same episodes.
-        assert set(entry["method_fingerprints"]) == set(tiny_cfg.methods)
-        assert set(entry["method_fingerprints"].values()) == {entry["fingerprint"]}
-        for m, r in entry["methods"].items():
+        assert set(entry.method_fingerprints) == set(tiny_cfg.methods)
+        assert set(entry.method_fingerprints.values()) == {entry.fingerprint}
+        for m, r in entry.methods.items():
             for metric in ("f1", "recall", "fpr", "accuracy", "loss"):
-                assert len(r[metric]["mean"]) == steps + 1 and len(r[metric]["ci95"]) == steps + 1
-                assert all(math.isfinite(c) and c >= 0 for c in r[metric]["ci95"])
-        assert any(c > 0 for c in entry["methods"]["maml"]["f1"]["ci95"])
+                assert len(r[metric].mean) == steps + 1 and len(r[metric].ci95) == steps + 1
+                assert all(math.isfinite(c) and c >= 0 for c in r[metric].ci95)
+        assert any(c > 0 for c in entry.methods["maml"]["f1"].ci95)
 
-    k5 = per_k["5"]["methods"]
+    k5 = per_k[5].methods
     # Adaptation helps: one step lowers MAML's query loss; after all steps MAML separates the
     # held-out attack far better than the untrained network does.
-    assert k5["maml"]["loss"]["mean"][1] < k5["maml"]["loss"]["mean"][0]
-    assert k5["maml"]["f1"]["mean"][steps] > 0.6
-    assert k5["maml"]["f1"]["mean"][steps] > k5["scratch"]["f1"]["mean"][0] + 0.3
+    assert k5["maml"]["loss"].mean[1] < k5["maml"]["loss"].mean[0]
+    assert k5["maml"]["f1"].mean[steps] > 0.6
+    assert k5["maml"]["f1"].mean[steps] > k5["scratch"]["f1"].mean[0] + 0.3
 
     md = (tmp_path / "report.md").read_text()
     assert "±" in md and "Where MAML does and does not beat" in md and "attack0" in md
@@ -62,7 +63,9 @@ def test_tiny_compare_end_to_end(tmp_path, training_spy, tiny_cfg):
     seen_names.clear()
     again = E.compare(tiny_cfg, tmp_path, folds=[["attack0"]], command="test")
     assert not seen_names
-    assert again["folds"][0]["results"] == report["folds"][0]["results"]
+    assert again.folds[0].results == report.folds[0].results
+    # ... read back from evals/attack0.json as it was written
+    assert again.folds[0].to_dict() == report.folds[0].to_dict()
 
 
 def test_episode_labels_and_rule_alignment(tiny_data):
@@ -193,9 +196,9 @@ def test_identity_false_leaves_out_the_id_and_payload_columns(tmp_path):
     assert [n for n in FRAME_FEATURES if n not in IDENTITY_FEATURES] == data.feature_names
     assert data.families["dos"].test.features.shape[-1] == len(FRAME_FEATURES) - len(IDENTITY_FEATURES)
     # identity=true (the default) keeps the cache key it had before the option existed.
-    assert E.data_key(E.load_ids_config("sim_tiny", over)) == E.data_key(
+    assert data_key(E.load_ids_config("sim_tiny", over)) == data_key(
         E.load_ids_config("sim_tiny", over + ["features.identity=true"]))
-    assert E.data_key(E.load_ids_config("sim_tiny", over)) != E.data_key(
+    assert data_key(E.load_ids_config("sim_tiny", over)) != data_key(
         E.load_ids_config("sim_tiny", over + ["features.identity=false"]))
     with pytest.raises(ConfigError, match="defines no identity columns"):
         E.prepare_data(E.load_ids_config("eth_tiny", ["features.identity=false"]))
@@ -207,13 +210,13 @@ def test_cross_source_meta_trains_on_one_source_and_tests_on_the_other(tmp_path,
     cfg = E.load_ids_config("tiny", ["train_source={kind: synthetic, synthetic_attacks: 2, sim_train_seed: 7}",
                                      "source.synthetic_attacks=4", "methods=[scratch, maml]", "eval.shots=[5]"])
     report = E.compare(cfg, tmp_path)
-    (fold,) = report["folds"]
-    assert fold["holdout"] == ["attack0", "attack1", "attack2", "attack3"]
-    assert fold["known"] == ["synthetic:attack0", "synthetic:attack1"]
+    (fold,) = report.folds
+    assert fold.holdout == ["attack0", "attack1", "attack2", "attack3"]
+    assert fold.known == ["synthetic:attack0", "synthetic:attack1"]
     # Meta-training saw only the training source's families, never a test-source attack.
     assert set(training_spy.names) == {"synthetic:attack0", "synthetic:attack1"}
     test_rows = torch.cat([E.prepare_data(dataclasses.replace(cfg, train_source=None)).families[a].test.features
-                           for a in fold["holdout"]])
+                           for a in fold.holdout])
     seen = torch.cat(training_spy.rows)
     assert not (seen[:, None, :] == test_rows[None, :, :]).all(-1).any()
     with pytest.raises(ConfigError, match="same traffic"):

@@ -162,14 +162,14 @@ def test_compare_judges_the_detector_alone_and_with_the_plausibility_rule_at_the
         "train.meta_batch_size=4", "eval.shots=[5]", "eval.episodes=4", "eval.query=5", "eval.tuning_episodes=4",
         "eval.operational_episodes=2", "eval.evidence_benign=256", "eval.report_steps=[0, 10]"])
     report = E.compare(cfg, tmp_path / "out")
-    ops = [o for f in report["folds"] for o in f["operational"].values()]
+    ops = [o for f in report.folds for o in f.operational.values()]
     assert ops
     for o in ops:
-        maml = o["methods"]["maml"]
+        maml = o.methods["maml"]
         for pre in ("evidence/", "evidence+plausibility/"):
             v = maml[pre + "attack/caught_rate"]
-            assert v["n"] == 2 and 0.0 <= v["mean"] <= 1.0
-        assert "evidence/attack/caught_rate" in o["rules"]["plausibility"]
+            assert v.n == 2 and 0.0 <= v.mean <= 1.0
+        assert "evidence/attack/caught_rate" in o.rules["plausibility"]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| MAML + partner plausibility (½ budget each) |" in md
     samples = next(line for line in md.splitlines() if line.startswith("* **Samples.**"))

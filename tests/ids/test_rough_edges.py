@@ -209,9 +209,9 @@ def test_small_fold_shrinks_the_query_set_and_says_so(tmp_path):
                                      "methods=[scratch, maml]", "train.iterations=2", "train.checkpoint_every=2",
                                      "eval.episodes=2", "eval.tuning_episodes=2", "eval.operational_episodes=0"])
     report = E.compare(cfg, tmp_path, folds=[["attack0"]])
-    fold = report["folds"][0]
-    assert fold["query"] == 7 and fold["query_shrunk_from"] == 10 and "5" in fold["results"]["attack0"]
-    assert not report["skipped_folds"]
+    fold = report.folds[0]
+    assert fold.query == 7 and fold.query_shrunk_from == 10 and 5 in fold.results["attack0"]
+    assert not report.skipped_folds
     assert "query set shrunk to Q = 7 per class" in (tmp_path / "report.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text())["folds"][0]["query"] == 7
 

@@ -86,15 +86,15 @@ def test_compare_judges_adapted_detectors_on_whole_streams(tmp_path):
                                          "methods=[scratch, maml]", "eval.operational_episodes=2",
                                          "eval.calibrate_fpr=0.01"] + caps)
     report = E.compare(cfg, tmp_path / "out")
-    ops = report["folds"][0]["operational"]["dos"]
-    assert ops["detectors_per_method"] == 2 and set(ops["methods"]) == {"scratch", "maml"}
-    maml = ops["methods"]["maml"]
+    ops = report.folds[0].operational["dos"]
+    assert ops.detectors_per_method == 2 and set(ops.methods) == {"scratch", "maml"}
+    maml = ops.methods["maml"]
     for key in ("attack/frame_recall", "attack/frame_fpr", "calibrated/attack/frame_fpr",
                 "attack/1-of-1/occurrence_detection_rate", "attack/2-of-4/false_alerts_per_hour"):
-        assert maml[key]["n"] >= 1 and maml[key]["mean"] >= 0
-    assert 0 <= maml["attack/frame_fpr"]["mean"] <= 1 and 0 <= maml["attack/frame_recall"]["mean"] <= 1
+        assert maml[key].n >= 1 and maml[key].mean >= 0
+    assert 0 <= maml["attack/frame_fpr"].mean <= 1 and 0 <= maml["attack/frame_recall"].mean <= 1
     # The timing rule on a DoS stream: the flood's frames arrive far too early for their ID.
-    assert ops["rules"]["timing"]["attack/frame_recall"] > 0.9
+    assert ops.rules["timing"]["attack/frame_recall"] > 0.9
     text = (tmp_path / "out" / "report.md").read_text()
     assert "## Judged as a vehicle would" in text and "MAML, calibrated" in text and "## Train/test split" in text
     assert "## Against chance" in text

@@ -155,7 +155,7 @@ def test_a_toy_traffic_kind_runs_compare_train_adapt_detect(monkeypatch, tmp_pat
     monkeypatch.setitem(TRAFFIC, TOY.name, TOY)  # the one registry line
     cfg = E.load_ids_config("tiny", TINY)
     report = E.compare(cfg, tmp_path / "compare")
-    assert report["traffic"] == "toy" and [f["fold"] for f in report["folds"]] == ["spike", "drift"]
+    assert report.traffic == "toy" and [f.fold for f in report.folds] == ["spike", "drift"]
     md = (tmp_path / "compare" / "report.md").read_text()
     assert "reading-level features (3 features per reading" in md and "range rule" in md
     detector = E.meta_train_detector(cfg, ["spike"], tmp_path / "train")

@@ -274,7 +274,7 @@ def _compare(args: argparse.Namespace) -> None:
         else:
             folds = [_split(h) for h in args.holdout]
     report = E.compare(cfg, args.out, folds=folds, resume=not args.no_resume, command=command_line(), data=data)
-    print(f"report: {args.out / 'report.md'}  results: {args.out / 'results.json'}  ({report['total_seconds']:.0f} s)")
+    print(f"report: {args.out / 'report.md'}  results: {args.out / 'results.json'}  ({report.total_seconds:.0f} s)")
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -6,15 +6,14 @@ Traffic-agnostic: which source kinds exist, and what each reads, is the registry
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable
 
 from fastmaml import cliargs
 from fastmaml.apps.ids.splits import FILE_SPLITS
-from fastmaml.config import load_config, to_dict
+from fastmaml.config import load_config
 from fastmaml.core.maml import MAMLConfig
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.train.loop import TrainConfig
@@ -97,52 +96,6 @@ class SourceConfig:
     masquerade_seed: int = 0
     masquerade_targets: str = "partnered"  # partnered (signals another ID reflects) or all (with and without a partner)
     eth_camera: bool = True  # eth_sim: include the ~2,000 packets/s camera stream (off: fast tiny runs)
-
-
-# Keys added later, left out of cache keys while at their defaults (so earlier runs stay valid);
-# where the data live (data_root, cic_dir, daga_dir) never changes what is read from them.
-_LATER_DEFAULTS = {"split": "occurrences", "occurrence_gap_s": 0.05, "min_occurrences": 2, "skip_malformed": False,
-                   "bad_id": "error", "masquerade_occurrences": 20, "masquerade_duration_s": 2.0,
-                   "masquerade_seed": 0, "masquerade_targets": "partnered", "eth_camera": True}
-_LOCATION_KEYS = ("data_root", "cic_dir", "daga_dir")
-
-
-def feature_key(feat: FeatureConfig) -> dict[str, Any]:
-    """The features config as it enters cache keys (``signals`` / ``dbc`` only when on, so earlier runs stay valid).
-
-    A DBC enters with a hash of its contents: an edited file gives other signals.
-    """
-    d = to_dict(feat)
-    if d.get("identity", True):
-        d.pop("identity", None)
-    if not d.get("signals"):
-        d.pop("signals", None)
-    if not d.get("dbc"):
-        d.pop("dbc", None)
-    elif Path(feat.dbc).expanduser().is_file():
-        d["dbc_sha256"] = hashlib.sha256(Path(feat.dbc).expanduser().read_bytes()).hexdigest()
-    return d
-
-
-def source_key(src: SourceConfig, unread: Sequence[str] = ()) -> dict[str, Any]:
-    """The source config as it enters cache keys: what shapes the data, not where it lies.
-
-    ``unread``: keys the source's kind never reads (another traffic kind's), left out too, so
-    adding them did not invalidate earlier runs of this kind.
-    """
-    d = to_dict(src)
-    for k in unread:
-        d.pop(k, None)
-    for k, default in _LATER_DEFAULTS.items():
-        if d.get(k) == default:
-            d.pop(k, None)
-    for k in _LOCATION_KEYS:
-        d.pop(k, None)
-    for c in d.get("captures", []):
-        for k, default in (("attack", ""), ("columns", {}), ("label_column", 1)):
-            if c.get(k) == default:
-                c.pop(k, None)
-    return d
 
 
 def data_folder(src: SourceConfig, explicit: str, relative: str, what: str) -> Path:

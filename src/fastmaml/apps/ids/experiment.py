@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-import hashlib
 import json
 import sys
 import time
@@ -40,16 +39,19 @@ import torch
 import torch.nn.functional as F
 
 from fastmaml.apps.ids.alerts import parse_alert_rule
-from fastmaml.apps.ids.config import IdsConfig, METHODS, feature_key, preset_path  # noqa: F401
+from fastmaml.apps.ids.config import IdsConfig, METHODS, preset_path  # noqa: F401
 from fastmaml.apps.ids.episodes import Episodes, check_sizes, fingerprint, fixed_episodes, make_train_sampler
 from fastmaml.apps.ids.families import FIT_STREAM, IdsData, Stream
-from fastmaml.apps.ids.metrics import CURVE_METRICS, rates
+from fastmaml.apps.ids.keys import data_key, eval_key, run_identity
+from fastmaml.apps.ids.metrics import curve_metrics, rates
 from fastmaml.apps.ids.models import build_model
 from fastmaml.apps.ids.operational import (evidence_rule_values, evidence_values, operational_values, stream_values,
                                            summarize_rows)
-from fastmaml.apps.ids.registry import TRAFFIC, load_ids_config, source_key  # noqa: F401 - load_ids_config: re-exported
+from fastmaml.apps.ids.registry import TRAFFIC, load_ids_config  # noqa: F401 - load_ids_config: re-exported
+from fastmaml.apps.ids.results import (CompareResult, CurveSummary, EpisodeResult, FoldResult, MetricSummary,
+                                       SkippedFold, StreamResult)
 from fastmaml.apps.ids.samples import BENIGN
-from fastmaml.apps.ids.sources import data_key, prepare_data
+from fastmaml.apps.ids.sources import prepare_data
 from fastmaml.config import to_dict
 from fastmaml.core.maml import MAML, AdaptationCurve, Params
 from fastmaml.errors import ConfigError, DataError
@@ -85,14 +87,6 @@ def build_learner(cfg: IdsConfig, data: IdsData, method: str, seed: int) -> MAML
 
 
 # ======================================================================= training
-def _identity(cfg: IdsConfig, method: str, known: Sequence[str], seed: int, dkey: str) -> dict[str, Any]:
-    """What a training run depends on (iterations excluded: raising them continues a run)."""
-    t = to_dict(cfg.train)
-    return {"method": method, "known": sorted(known), "seed": seed, "data": dkey, "model": to_dict(cfg.model),
-            "maml": to_dict(cfg.maml), "train_shots": cfg.train_shots, "train_query": cfg.train_query,
-            "train": {k: t[k] for k in ("meta_batch_size", "meta_lr", "grad_clip")}}
-
-
 def train_method(cfg: IdsConfig, data: IdsData, known: Sequence[str], method: str, seed: int, run_dir: Path,
                  resume: bool = True) -> tuple[MAML, float]:
     """Meta-train (``maml``, ``fomaml``) or pretrain (``pretrained``) on the known attacks; returns (learner, seconds).
@@ -104,7 +98,7 @@ def train_method(cfg: IdsConfig, data: IdsData, known: Sequence[str], method: st
         return learner, 0.0
     known = data.check_attacks(known, "known attack")
     check_sizes(data, known, "train", cfg.train_shots, cfg.train_query, "train_shots", _train_kind(cfg))
-    ident = _identity(cfg, method, known, seed, data_key(cfg))
+    ident = run_identity(cfg, method, known, seed, data_key(cfg))
     last = RunDir(run_dir).last
     if last.is_file():
         meta = load_checkpoint(last)["meta"]
@@ -145,7 +139,7 @@ def tune_step_size(cfg: IdsConfig, data: IdsData, base: MAML, known: Sequence[st
     batches = [fixed_episodes(data, a, "train", k, e.query, n_each, e.tuning_seed).batch for a in known]
     batch = TaskBatch(*(torch.cat([getattr(b, a) for b in batches]) for a in
                         ("support_x", "support_y", "query_x", "query_y")))
-    return tune_inner_lr(base, batch, e.finetune_lrs, e.steps, _f1_then_loss, {"f1": CURVE_METRICS["f1"]},
+    return tune_inner_lr(base, batch, e.finetune_lrs, e.steps, _f1_then_loss, {"f1": curve_metrics()["f1"]},
                          _params(base))
 
 
@@ -159,7 +153,7 @@ def _f1_then_loss(curve: AdaptationCurve) -> tuple[tuple[float, float], dict[str
 
 def curve_values(runner: MAML, params: Params, ep: Episodes, steps: int) -> dict[str, torch.Tensor]:
     """Per-episode metrics ``[T, steps+1]`` (and query loss) of one method on fixed episodes."""
-    curve = runner.adaptation_curve(ep.batch, steps=steps, metrics=CURVE_METRICS, params=params)
+    curve = runner.adaptation_curve(ep.batch, steps=steps, metrics=curve_metrics(), params=params)
     return {**{m: v.float() for m, v in curve.metrics.items()}, "loss": curve.losses.float()}
 
 
@@ -173,19 +167,6 @@ def fold_name(holdout: Sequence[str]) -> str:
     return "+".join(holdout)
 
 
-def _eval_key(cfg: IdsConfig, known: Sequence[str], holdout: Sequence[str], dkey: str) -> str:
-    c = to_dict(cfg)
-    c["source"] = source_key(cfg.source)
-    c["features"] = feature_key(cfg.features)
-    if cfg.train_source is not None:
-        c["train_source"] = source_key(cfg.train_source)
-    # What cannot change a result (IDS training has no validation, so train.patience does nothing here).
-    for k in ("progress", "threads", "device", "checkpoint_every", "log_every", "patience"):
-        c["train"].pop(k, None)
-    blob = json.dumps({"cfg": c, "known": sorted(known), "holdout": list(holdout), "data": dkey}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def _size_problem(data: IdsData, names: Sequence[str], split: str, k: int, q: int, key: str, kind: str) -> str | None:
     """check_sizes' message, or None when the parts are large enough."""
     try:
@@ -196,8 +177,8 @@ def _size_problem(data: IdsData, names: Sequence[str], split: str, k: int, q: in
 
 
 def fitting_shots(cfg: IdsConfig, data: IdsData, known: Sequence[str], holdout: Sequence[str]
-                  ) -> tuple[list[int], dict[str, str]]:
-    """The Ks of ``eval.shots`` a fold can evaluate, and for the others (str K) why not.
+                  ) -> tuple[list[int], dict[int, str]]:
+    """The Ks of ``eval.shots`` a fold can evaluate, and for the others why not.
 
     A K fits when every held-out attack's test part holds K + Q samples per class and, where a
     method's fine-tuning step size is tuned on known-attack episodes, every known attack's
@@ -206,7 +187,7 @@ def fitting_shots(cfg: IdsConfig, data: IdsData, known: Sequence[str], holdout: 
     e = cfg.eval
     tuned = any(m in ("scratch", "pretrained") for m in cfg.methods)
     fit: list[int] = []
-    why: dict[str, str] = {}
+    why: dict[int, str] = {}
     for k in e.shots:
         problem = _size_problem(data, holdout, "test", k, e.query, "eval.shots", cfg.source.kind)
         if problem is None and tuned:
@@ -215,7 +196,7 @@ def fitting_shots(cfg: IdsConfig, data: IdsData, known: Sequence[str], holdout: 
         if problem is None:
             fit.append(k)
         else:
-            why[str(k)] = problem
+            why[k] = problem
     return fit, why
 
 
@@ -233,12 +214,12 @@ def fitting_query(cfg: IdsConfig, data: IdsData, known: Sequence[str], holdout: 
 
 @dataclass
 class _FoldRecord:
-    """What a fold collects while its methods are trained and adapted (then summarized into the fold's JSON)."""
+    """What a fold collects while its methods are trained and adapted (then summarized into its FoldResult)."""
 
     values: dict[str, dict[int, dict[str, list[dict[str, torch.Tensor]]]]]  # attack -> K -> method -> per-seed curves
-    fingerprints: dict[str, dict[str, dict[str, str]]]
+    fingerprints: dict[str, dict[int, dict[str, str]]]  # attack -> K -> method -> episodes' fingerprint
     train_seconds: dict[str, float] = field(default_factory=dict)
-    step_sizes: dict[str, dict[str, float]] = field(default_factory=dict)
+    step_sizes: dict[str, dict[int, float]] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
     ops: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)  # attack -> method -> stream rows
 
@@ -252,16 +233,16 @@ def _partners(data: IdsData) -> dict[int, set[int]]:
 
 
 def _fold_sizes(cfg: IdsConfig, data: IdsData, known: list[str], holdout: Sequence[str], name: str,
-                log: Callable[[str], None]) -> tuple[IdsConfig, list[int], dict[str, str]]:
+                log: Callable[[str], None]) -> tuple[IdsConfig, list[int], dict[int, str]]:
     """The Ks that fit (with the query set shrunk when none does) and the config they run under."""
     e = cfg.eval
     shots, skipped_shots = fitting_shots(cfg, data, known, holdout)
     if not shots:
         q = fitting_query(cfg, data, known, holdout)
         if q is None:
-            raise DataError(f"no K of eval.shots {e.shots} fits: {skipped_shots[str(min(e.shots))]}")
+            raise DataError(f"no K of eval.shots {e.shots} fits: {skipped_shots[min(e.shots)]}")
         log(f"fold {name}: no K of eval.shots {e.shots} fits with eval.query={e.query} "
-            f"({skipped_shots[str(min(e.shots))]}); query shrunk to {q} per class")
+            f"({skipped_shots[min(e.shots)]}); query shrunk to {q} per class")
         # Everything below (episodes, step-size tuning, the cache key) uses the shrunk query.
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(e, query=q))
         shots, skipped_shots = fitting_shots(cfg, data, known, holdout)
@@ -277,7 +258,7 @@ def _train_and_adapt(cfg: IdsConfig, data: IdsData, known: list[str], holdout: S
     e = cfg.eval
     alert_rules = [parse_alert_rule(r) for r in e.alert_rules]
     partners = _partners(data)
-    rec = _FoldRecord({a: {} for a in holdout}, {a: {str(k): {} for k in shots} for a in holdout})
+    rec = _FoldRecord({a: {} for a in holdout}, {a: {k: {} for k in shots} for a in holdout})
     for seed in cfg.seeds:
         for method in cfg.methods:
             run_dir = Path(out_dir) / "runs" / name / f"{method}-s{seed}"
@@ -289,14 +270,14 @@ def _train_and_adapt(cfg: IdsConfig, data: IdsData, known: list[str], holdout: S
             for k in shots:
                 if method in ("scratch", "pretrained"):
                     lr, scores = tune_step_size(cfg, data, learner, known, k)
-                    rec.step_sizes.setdefault(f"{method}-s{seed}", {})[str(k)] = lr
+                    rec.step_sizes.setdefault(f"{method}-s{seed}", {})[k] = lr
                     rec.tuning.setdefault(f"{method}-s{seed}", {})[str(k)] = scores
                     runner = learner.with_inner_lr(lr)
                 else:
                     runner = learner
                 for a in holdout:
                     ep = episodes[a][k]
-                    rec.fingerprints[a][str(k)][method] = fingerprint(ep.batch)
+                    rec.fingerprints[a][k][method] = fingerprint(ep.batch)
                     rec.values[a].setdefault(k, {}).setdefault(method, []).append(
                         curve_values(runner, params, ep, e.steps))
                     if k == e.figure_shot and e.operational_episodes and a in data.streams:
@@ -316,26 +297,28 @@ def _train_and_adapt(cfg: IdsConfig, data: IdsData, known: list[str], holdout: S
     return rec
 
 
+def _curve(values: torch.Tensor) -> CurveSummary:
+    return CurveSummary.from_dict(summarize(values))
+
+
 def _episode_results(cfg: IdsConfig, holdout: Sequence[str], shots: list[int],
-                     episodes: dict[str, dict[int, Episodes]], rec: _FoldRecord) -> dict[str, Any]:
+                     episodes: dict[str, dict[int, Episodes]], rec: _FoldRecord) -> dict[str, dict[int, EpisodeResult]]:
     """Per held-out attack and K: each method's metrics (seeds pooled) and each rule's, on the same episodes."""
-    results: dict[str, Any] = {}
+    results: dict[str, dict[int, EpisodeResult]] = {}
     for a in holdout:
         results[a] = {}
         for k in shots:
             ep = episodes[a][k]
-            entry: dict[str, Any] = {"methods": {}, "rules": {}, "episodes": cfg.eval.episodes,
-                                     "fingerprint": ep.fingerprint, "method_fingerprints": rec.fingerprints[a][str(k)]}
-            for method, runs in rec.values[a][k].items():
-                # Seeds pooled: the CI is over (seed, episode) pairs.
-                entry["methods"][method] = {m: summarize(torch.cat([r[m] for r in runs])) for m in runs[0]}
-            for r, vals in rule_values(ep).items():
-                entry["rules"][r] = {m: summarize(v) for m, v in vals.items()}
-            results[a][str(k)] = entry
+            # Seeds pooled: the CI is over (seed, episode) pairs.
+            methods = {method: {m: _curve(torch.cat([r[m] for r in runs])) for m in runs[0]}
+                       for method, runs in rec.values[a][k].items()}
+            rules = {r: {m: _curve(v) for m, v in vals.items()} for r, vals in rule_values(ep).items()}
+            results[a][k] = EpisodeResult(a, k, methods, rules, cfg.eval.episodes, ep.fingerprint,
+                                          rec.fingerprints[a][k])
     return results
 
 
-def _stream_results(cfg: IdsConfig, data: IdsData, rec: _FoldRecord) -> dict[str, Any]:
+def _stream_results(cfg: IdsConfig, data: IdsData, rec: _FoldRecord) -> dict[str, StreamResult]:
     """Per held-out attack with a test-period stream: the streamed detectors (summarized) and the rules on it."""
     e = cfg.eval
     alert_rules = [parse_alert_rule(r) for r in e.alert_rules]
@@ -355,17 +338,18 @@ def _stream_results(cfg: IdsConfig, data: IdsData, rec: _FoldRecord) -> dict[str
             for r, v in evidence_rule_values(st, clean, data.streams[FIT_STREAM], e.alert_budget_per_hour, gap,
                                              partners, _occurrence_groups(data, a)).items():
                 rules.setdefault(r, {}).update(v)
-        operational[a] = {
-            "rules": rules, "shots": e.figure_shot,
-            "minutes": {k: _minutes(s) for k, s in (("attack", st), ("clean", clean)) if s is not None},
-            "steps": e.steps, "detectors_per_method": len(next(iter(by_method.values()))),
-            "stream": st.source, "clean_stream": getattr(clean, "source", None),
-            "methods": {meth: summarize_rows(rows) for meth, rows in by_method.items()}}
+        operational[a] = StreamResult(
+            attack=a, rules=rules, shots=e.figure_shot, attack_minutes=_minutes(st),
+            clean_minutes=_minutes(clean) if clean is not None else None, steps=e.steps,
+            detectors_per_method=len(next(iter(by_method.values()))), stream=st.source,
+            clean_stream=getattr(clean, "source", None),
+            methods={meth: {m: MetricSummary.from_dict(v) for m, v in summarize_rows(rows).items()}
+                     for meth, rows in by_method.items()})
     return operational
 
 
 def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Path, resume: bool = True,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+             log: Callable[[str], None] | None = None) -> FoldResult:
     """Train every method without ``holdout``, evaluate on the held-out attacks; cached in ``out_dir/evals``.
 
     Ks of ``eval.shots`` the data cannot fill are left out and listed under ``skipped_shots``.
@@ -382,32 +366,32 @@ def run_fold(cfg: IdsConfig, data: IdsData, holdout: Sequence[str], out_dir: Pat
     configured_query = cfg.eval.query
     cfg, shots, skipped_shots = _fold_sizes(cfg, data, known, holdout, name, log)
     e = cfg.eval
-    key = _eval_key(cfg, known, holdout, data_key(cfg))
+    key = eval_key(cfg, known, holdout, data_key(cfg))
     cache = Path(out_dir) / "evals" / f"{name}.json"
     if resume and cache.is_file():
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
             log(f"fold {name}: finished earlier, reusing {cache}")
-            return cached
+            return FoldResult.from_dict(cached)
     t_fold = time.perf_counter()
     episodes = {a: {k: fixed_episodes(data, a, "test", k, e.query, e.episodes, e.seed) for k in shots}
                 for a in holdout}
     rec = _train_and_adapt(cfg, data, known, holdout, name, shots, episodes, out_dir, resume, log)
-    out = {"fold": name, "operational": _stream_results(cfg, data, rec), "holdout": list(holdout), "known": known,
-           "key": key, "results": _episode_results(cfg, holdout, shots, episodes, rec),
-           "skipped_shots": skipped_shots, "query": e.query,
-           **({"query_shrunk_from": configured_query} if e.query != configured_query else {}),
-           "step_sizes": rec.step_sizes, "step_size_tuning": rec.tuning, "train_seconds": rec.train_seconds,
-           "seconds": time.perf_counter() - t_fold}
-    atomic_write_text(cache, json.dumps(out, indent=1) + "\n")
+    operational = _stream_results(cfg, data, rec)
+    out = FoldResult(fold=name, holdout=list(holdout), known=known, key=key,
+                     results=_episode_results(cfg, holdout, shots, episodes, rec), step_sizes=rec.step_sizes,
+                     step_size_tuning=rec.tuning, train_seconds=rec.train_seconds,
+                     seconds=time.perf_counter() - t_fold, operational=operational, skipped_shots=skipped_shots,
+                     query=e.query, query_shrunk_from=configured_query if e.query != configured_query else None)
+    atomic_write_text(cache, json.dumps(out.to_dict(), indent=1) + "\n")
     return out
 
 
-def _with_query_notes(stats: dict[str, Any], folds: list[dict[str, Any]]) -> dict[str, Any]:
+def _with_query_notes(stats: dict[str, Any], folds: list[FoldResult]) -> dict[str, Any]:
     """``stats`` plus a note (the report prints ``notes`` at its top) per fold scored on a shrunk query set."""
-    notes = [f"**Fold {f['fold']}: query set shrunk to Q = {f['query']} per class** (eval.query = "
-             f"{f['query_shrunk_from']}): its data held too few samples for K + Q at any K of eval.shots."
-             for f in folds if "query_shrunk_from" in f]
+    notes = [f"**Fold {f.fold}: query set shrunk to Q = {f.query} per class** (eval.query = "
+             f"{f.query_shrunk_from}): its data held too few samples for K + Q at any K of eval.shots."
+             for f in folds if f.query_shrunk_from is not None]
     if not notes:
         return stats
     return {**stats, "notes": list(stats.get("notes", [])) + notes}
@@ -453,7 +437,7 @@ def leave_one_out(data: IdsData) -> list[list[str]]:
 
 
 def compare(cfg: IdsConfig, out_dir: Path, folds: list[list[str]] | None = None, resume: bool = True,
-            command: str = "", data: IdsData | None = None) -> dict[str, Any]:
+            command: str = "", data: IdsData | None = None) -> CompareResult:
     """Run every fold (skipping finished ones), then write results.json, report.md and figures to ``out_dir``.
 
     A fold the data cannot serve (an attack the source could not cut, a test part too small for
@@ -485,8 +469,8 @@ def compare(cfg: IdsConfig, out_dir: Path, folds: list[list[str]] | None = None,
             raise DataError(f"attack(s) {sorted(dup)} held out in more than one fold; give each attack to one fold")
         seen |= set(f)
     prep_seconds = time.perf_counter() - t0
-    fold_results: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []  # {"fold", "holdout", "reason"} per fold the data cannot serve
+    fold_results: list[FoldResult] = []
+    skipped: list[SkippedFold] = []  # the folds the data cannot serve
     for f in folds:
         why = "; ".join(f"attack {a!r} could not be split: {uncut[a]}" for a in f if a in uncut)
         if not why:
@@ -496,25 +480,15 @@ def compare(cfg: IdsConfig, out_dir: Path, folds: list[list[str]] | None = None,
             except DataError as err:  # this fold's data cannot serve it; the others may
                 why = str(err)
         _log(f"fold {fold_name(f)}: skipped: {why}")
-        skipped.append({"fold": fold_name(f), "holdout": list(f), "reason": why})
+        skipped.append(SkippedFold(fold_name(f), list(f), why))
     if not fold_results:
-        raise DataError("every fold was skipped: " + "; ".join(f"fold {s['fold']}: {s['reason']}" for s in skipped))
-    report = {
-        "experiment": "ids-fewshot",
-        "command": command,
-        "config": to_dict(cfg),
-        "source": data.source,
-        "traffic": data.traffic,
-        "feature_names": data.feature_names,
-        "window": data.window,
-        "data_stats": _with_query_notes(data.stats, fold_results),
-        "folds": fold_results,
-        "skipped_folds": skipped,
-        "prep_seconds": prep_seconds,
-        "total_seconds": time.perf_counter() - t0,
-        "fold_seconds_sum": sum(f["seconds"] for f in fold_results),
-        "environment": environment(),
-    }
+        raise DataError("every fold was skipped: " + "; ".join(f"fold {s.fold}: {s.reason}" for s in skipped))
+    report = CompareResult(
+        experiment="ids-fewshot", command=command, config=to_dict(cfg), source=data.source, traffic=data.traffic,
+        feature_names=data.feature_names, window=data.window,
+        data_stats=_with_query_notes(data.stats, fold_results), folds=fold_results, skipped_folds=skipped,
+        prep_seconds=prep_seconds, total_seconds=time.perf_counter() - t0,
+        fold_seconds_sum=sum(f.seconds for f in fold_results), environment=environment())
     R.write_report(report, out_dir)
     return report
 

@@ -11,12 +11,12 @@ stack (dpkt).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from fastmaml.apps.ids.can.traffic import CAN
-from fastmaml.apps.ids.config import IdsConfig, SourceConfig, read_ids_config
-from fastmaml.apps.ids.config import source_key as _source_key
+from fastmaml.apps.ids.config import IdsConfig, read_ids_config
 from fastmaml.apps.ids.ethernet.traffic import ETHERNET
+from fastmaml.apps.ids.results import CompareResult
 from fastmaml.apps.ids.splits import FILE_SPLITS
 from fastmaml.apps.ids.traffic import Source, Traffic
 from fastmaml.errors import ConfigError, DataError
@@ -45,18 +45,12 @@ def detector_traffic(name: str) -> Traffic:
     return TRAFFIC[name]
 
 
-def report_traffic(report: dict[str, Any]) -> Traffic:
+def report_traffic(report: CompareResult) -> Traffic:
     """The traffic kind of a comparison's results (results.json before traffic kinds: CAN)."""
-    name = report.get("traffic", CAN.name)
+    name = report.traffic if report.traffic is not None else CAN.name
     if name not in TRAFFIC:
         raise DataError(f"results of traffic {name!r}, which this version does not know ({', '.join(TRAFFIC)})")
     return TRAFFIC[name]
-
-
-def source_key(src: SourceConfig) -> dict[str, Any]:
-    """The source config as it enters cache keys, without the keys only other traffic kinds' sources read."""
-    own, _ = source_kind(src.kind)
-    return _source_key(src, unread=[k for t in TRAFFIC.values() if t is not own for k in t.source_keys])
 
 
 def check_sources(cfg: IdsConfig) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastmaml.apps.ids.results import CurveSummary, Curves, FoldResult, StreamMetrics, StreamResult
 from fastmaml.eval.stats import fmt
 
 LABELS = {"scratch": "from scratch", "pretrained": "pretrained + fine-tune", "maml": "MAML", "fomaml": "FOMAML"}
@@ -22,17 +23,17 @@ LABELS = {"scratch": "from scratch", "pretrained": "pretrained + fine-tune", "ma
 NEAR_CHANCE = 0.2
 
 
-def _ci(d: dict[str, list[float]], step: int) -> tuple[float, float]:
-    return d["mean"][step], d["ci95"][step]
+def _ci(d: CurveSummary, step: int) -> tuple[float, float]:
+    return d.mean[step], d.ci95[step]
 
 
-def detects(r: dict[str, Any], step: int) -> bool:
+def detects(r: Curves, step: int) -> bool:
     """Detection rate above FPR with non-overlapping 95% CIs."""
     (mr, cr), (mf, cf) = _ci(r["recall"], step), _ci(r["fpr"], step)
     return mr - cr > mf + cf
 
 
-def near_chance(r: dict[str, Any], step: int) -> bool:
+def near_chance(r: Curves, step: int) -> bool:
     """Informedness (detection rate − FPR) whose upper 95% bound is below NEAR_CHANCE."""
     if "informedness" not in r:
         (mr, _), (mf, _) = _ci(r["recall"], step), _ci(r["fpr"], step)
@@ -41,7 +42,7 @@ def near_chance(r: dict[str, Any], step: int) -> bool:
     return m + c < NEAR_CHANCE
 
 
-def chance_section(items: list, methods: list[str], k: str, step: int) -> list[str]:
+def chance_section(items: list, methods: list[str], k: int, step: int) -> list[str]:
     """Detection rate vs FPR per held-out attack and method; which methods detect anything at all."""
     lines = [f"## Against chance: detection rate vs false-positive rate at K = {k} after {step} steps", "",
              "Cells: detection rate / FPR, then informedness (detection rate − FPR) ± 95% CI. **bold**: the detection "
@@ -55,10 +56,10 @@ def chance_section(items: list, methods: list[str], k: str, step: int) -> list[s
         cells = []
         row_chance = True
         for m in methods:
-            r = per_k[k]["methods"][m]
+            r = per_k[k].methods[m]
             inf = (fmt(*_ci(r["informedness"], step)) if "informedness" in r
-                   else f"{r['recall']['mean'][step] - r['fpr']['mean'][step]:.3f}")
-            cell = f"{r['recall']['mean'][step]:.3f} / {r['fpr']['mean'][step]:.3f}, {inf}"
+                   else f"{r['recall'].mean[step] - r['fpr'].mean[step]:.3f}")
+            cell = f"{r['recall'].mean[step]:.3f} / {r['fpr'].mean[step]:.3f}, {inf}"
             if detects(r, step):
                 cell = f"**{cell}**"
             if near_chance(r, step):
@@ -76,10 +77,10 @@ def chance_section(items: list, methods: list[str], k: str, step: int) -> list[s
     return lines
 
 
-def maml_detection_verdict(items: list, k: str, step: int) -> list[str]:
+def maml_detection_verdict(items: list, k: int, step: int) -> list[str]:
     """Attack by attack: does MAML's detection rate beat its FPR with non-overlapping CIs?"""
-    yes = [a for a, per_k in items if "maml" in per_k[k]["methods"] and detects(per_k[k]["methods"]["maml"], step)]
-    strong = [a for a in yes if (lambda r: r["recall"]["mean"][step] >= 0.9)(dict(items)[a][k]["methods"]["maml"])]
+    yes = [a for a, per_k in items if "maml" in per_k[k].methods and detects(per_k[k].methods["maml"], step)]
+    strong = [a for a in yes if dict(items)[a][k].methods["maml"]["recall"].mean[step] >= 0.9]
     no = [a for a, _ in items if a not in yes]
     out = [f"* MAML at K = {k} after {step} steps: detection rate above FPR (non-overlapping CIs) on {len(yes)} of "
            f"{len(items)} held-out attacks" + (f"; not on: {', '.join(no)}" if no else "") + "; detection rate ≥ 0.9 on "
@@ -151,19 +152,24 @@ def split_section(stats: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _m(d: dict[str, Any], key: str, digits: int = 3) -> str:
+def _m(d: StreamMetrics, key: str, digits: int = 3) -> str:
     v = d.get(key)
-    if not v or v["n"] == 0 or v["mean"] != v["mean"]:
+    if v is None or v.n == 0 or v.mean != v.mean:
         return "–"
-    return fmt(v["mean"], v["ci95"], digits) if v["n"] > 1 and v["ci95"] == v["ci95"] else f"{v['mean']:.{digits}f}"
+    return fmt(v.mean, v.ci95, digits) if v.n > 1 and v.ci95 == v.ci95 else f"{v.mean:.{digits}f}"
 
 
-def _v(d: dict[str, Any], key: str, digits: int = 3) -> str:
+def _v(d: dict[str, float | None], key: str, digits: int = 3) -> str:
     v = d.get(key)
     return "–" if v is None or v != v else f"{v:.{digits}f}"
 
 
-def evidence_section(folds: list[dict[str, Any]], rule_names: dict[str, str], alert_budget: float | None) -> list[str]:
+def _streams(folds: list[FoldResult]) -> list[StreamResult]:
+    """Every held-out attack's stream result, in fold order."""
+    return [o for f in folds for o in (f.operational or {}).values()]
+
+
+def evidence_section(folds: list[FoldResult], rule_names: dict[str, str], alert_budget: float | None) -> list[str]:
     """The headline: attack occurrences caught at the false-alert budget, evidence accumulated per CAN ID.
 
     Every method and rule on one path (evidence.py): frame scores (log-odds; rules +1/-1) summed per ID
@@ -171,20 +177,19 @@ def evidence_section(folds: list[dict[str, Any]], rule_names: dict[str, str], al
     caught (per attacked ID), median time to detect, and the false alerts per hour that threshold raises
     on the clean traffic after the cut (out of sample).
     """
-    ops = [(a, o) for f in folds for a, o in (f.get("operational") or {}).items()]
-    ops = [(a, o) for a, o in ops if any("evidence/attack/caught_rate" in m for m in o["methods"].values())]
+    ops = [o for o in _streams(folds) if any("evidence/attack/caught_rate" in m for m in o.methods.values())]
     if alert_budget is None or not ops:
         return []
-    methods = list(ops[0][1]["methods"])
-    rule_keys = [r for r in (ops[0][1].get("rules") or {}) if "evidence/attack/caught_rate" in ops[0][1]["rules"][r]]
-    fit_s = next((m["evidence/fit_seconds"]["mean"] for _, o in ops for m in o["methods"].values()
+    methods = list(ops[0].methods)
+    rule_keys = [r for r in ops[0].rules if "evidence/attack/caught_rate" in ops[0].rules[r]]
+    fit_s = next((m["evidence/fit_seconds"].mean for o in ops for m in o.methods.values()
                   if "evidence/fit_seconds" in m), float("nan"))
-    clean_min = next((o.get("minutes", {}).get("clean") for _, o in ops if o.get("minutes", {}).get("clean")), None)
-    rates = [m["evidence/extrapolated_per_hour"]["mean"] for _, o in ops for m in o["methods"].values()
-             if "evidence/extrapolated_per_hour" in m and m["evidence/extrapolated_per_hour"]["n"]]
+    clean_min = next((o.clean_minutes for o in ops if o.clean_minutes), None)
+    rates = [m["evidence/extrapolated_per_hour"].mean for o in ops for m in o.methods.values()
+             if "evidence/extrapolated_per_hour" in m and m["evidence/extrapolated_per_hour"].n]
     rates = [r for r in rates if r == r]
     # The detector and a rule as one IDS (eval.evidence_union), where the folds judged it.
-    unions = sorted({k.split("/", 1)[0] for m in ops[0][1]["methods"].values() for k in m
+    unions = sorted({k.split("/", 1)[0] for m in ops[0].methods.values() for k in m
                      if k.startswith("evidence+") and k.endswith("/attack/caught_rate")}) if "maml" in methods else []
     lines = [f"## Occurrences caught at ≤ {alert_budget:g} false alerts per hour (evidence per CAN ID)", "",
              "Each adapted detector's frame log-odds (a rule: +1 per flagged frame, −1 otherwise) are summed per CAN ID "
@@ -212,14 +217,14 @@ def evidence_section(folds: list[dict[str, Any]], rule_names: dict[str, str], al
         return (f"{get('attack/caught_rate')}, {get('attack/median_delay_s')} s, "
                 f"{(_m(v, pre + 'clean/false_alerts_per_hour', 0) if per_run else _v(v, pre + 'clean/false_alerts_per_hour', 0))}/h")
 
-    for a, o in ops:
-        cells = [cell(o["methods"][m], "evidence/", True) for m in methods]
+    for o in ops:
+        cells = [cell(o.methods[m], "evidence/", True) for m in methods]
         if "maml" in methods:
-            cells.append(cell(o["methods"]["maml"], "evidence-kk/", True))
-        cells += [cell(o["methods"]["maml"], u + "/", True) for u in unions]
-        cells += [cell(o["rules"][r], "evidence/", False) for r in rule_keys]
-        lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    groups = sorted({k.rsplit("/", 1)[1] for _, o in ops for m in o["methods"].values() for k in m
+            cells.append(cell(o.methods["maml"], "evidence-kk/", True))
+        cells += [cell(o.methods["maml"], u + "/", True) for u in unions]
+        cells += [cell(o.rules[r], "evidence/", False) for r in rule_keys]
+        lines.append(f"| {o.attack} | " + " | ".join(cells) + " |")
+    groups = sorted({k.rsplit("/", 1)[1] for o in ops for m in o.methods.values() for k in m
                      if k.startswith("evidence/attack/caught_rate/")})
     if groups:
         lines += ["", "Occurrences caught by the falsified signal's group (*partnered*: another ID carries a "
@@ -228,16 +233,16 @@ def evidence_section(folds: list[dict[str, Any]], rule_names: dict[str, str], al
                   + "".join(f" | MAML + {rule_names.get(u[9:], u[9:])}" for u in unions)
                   + "".join(f" | {rule_names.get(r, r)}" for r in rule_keys) + " |",
                   "|---|---|" + "---:|" * (len(methods) + len(unions) + len(rule_keys))]
-        for a, o in ops:
+        for o in ops:
             for g in groups:
                 key = f"evidence/attack/caught_rate/{g}"
-                lines.append(f"| {a} | {g} | " + " | ".join(_m(o["methods"][m], key, 2) for m in methods)
-                             + "".join(f" | {_m(o['methods']['maml'], u + key[8:], 2)}" for u in unions)
-                             + "".join(f" | {_v(o['rules'][r], key, 2)}" for r in rule_keys) + " |")
+                lines.append(f"| {o.attack} | {g} | " + " | ".join(_m(o.methods[m], key, 2) for m in methods)
+                             + "".join(f" | {_m(o.methods['maml'], u + key[8:], 2)}" for u in unions)
+                             + "".join(f" | {_v(o.rules[r], key, 2)}" for r in rule_keys) + " |")
     return lines + [""]
 
 
-def budget_summary_section(folds: list[dict[str, Any]], rule_names: dict[str, str],
+def budget_summary_section(folds: list[FoldResult], rule_names: dict[str, str],
                            alert_budget: float | None) -> list[str]:
     """One line per held-out attack: occurrences caught at the false-alert budget, by method and by rule.
 
@@ -247,14 +252,14 @@ def budget_summary_section(folds: list[dict[str, Any]], rule_names: dict[str, st
     stream after the cut; and at the operating point (budget read off that clean stream). Rules have
     no threshold: their occurrences detected and false alerts per hour as they are.
     """
-    ops = [(a, o) for f in folds for a, o in (f.get("operational") or {}).items()]
-    rules_seen = sorted({k.split("/")[0][len("budget-"):] for _, o in ops for m in o["methods"].values() for k in m
+    ops = _streams(folds)
+    rules_seen = sorted({k.split("/")[0][len("budget-"):] for o in ops for m in o.methods.values() for k in m
                          if k.startswith("budget-") and k.count("/") == 3})
     if alert_budget is None or not ops or not rules_seen:
         return []
     rule = max(rules_seen, key=lambda r: int(r.split("-of-")[1]))
-    methods = list(ops[0][1]["methods"])
-    rule_keys = list(ops[0][1].get("rules") or {})
+    methods = list(ops[0].methods)
+    rule_keys = list(ops[0].rules)
     lines = [f"## At a vehicle's alert budget: ≤ {alert_budget:g} false alerts per hour, alert rule {rule}", "",
              f"Per method, *deployable*: the threshold at which `{rule}` raises at most {alert_budget:g} false alerts "
              "per hour on the benign traffic before the cut; cells: occurrences detected, median delay (s), then the "
@@ -267,20 +272,20 @@ def budget_summary_section(folds: list[dict[str, Any]], rule_names: dict[str, st
              + " | " + " | ".join(rule_names.get(r, r) for r in rule_keys) + " |",
              "|---|" + "---:|" * (2 * len(methods) + len(rule_keys))]
     pre, op = f"budget-{rule}/", f"oppoint-{rule}/"
-    for a, o in ops:
+    for o in ops:
         cells = []
         for m in methods:
-            v = o["methods"][m]
+            v = o.methods[m]
             cells.append(f"{_m(v, f'{pre}attack/{rule}/occurrence_detection_rate', 2)}, "
                          f"{_m(v, f'{pre}attack/{rule}/median_delay_s', 2)} s, "
                          f"{_m(v, f'{pre}clean/{rule}/false_alerts_per_hour', 0)}/h")
             cells.append(_m(v, f"{op}attack/{rule}/occurrence_detection_rate", 2))
         for r in rule_keys:
-            v = o["rules"][r]
+            v = o.rules[r]
             cells.append(f"{_v(v, f'attack/{rule}/occurrence_detection_rate', 2)} / "
                          f"{_v(v, f'clean/{rule}/false_alerts_per_hour', 0)}/h")
-        lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    mins = next((o.get("minutes", {}).get("clean") for _, o in ops if o.get("minutes", {}).get("clean")), None)
+        lines.append(f"| {o.attack} | " + " | ".join(cells) + " |")
+    mins = next((o.clean_minutes for o in ops if o.clean_minutes), None)
     if mins:
         lines += ["", f"The clean traffic after the cut lasts {mins:.1f} minutes: one false alert there is "
                       f"{60 / mins:.0f} per hour, so a measured 0 means fewer than about {3 * 60 / mins:.0f} per hour "
@@ -288,12 +293,12 @@ def budget_summary_section(folds: list[dict[str, Any]], rule_names: dict[str, st
     return lines + [""]
 
 
-def operational_section(folds: list[dict[str, Any]], rule_names: dict[str, str], calibrate_fpr: float,
+def operational_section(folds: list[FoldResult], rule_names: dict[str, str], calibrate_fpr: float,
                         alert_budget: float | None = None) -> list[str]:
-    ops = [(a, o) for f in folds for a, o in (f.get("operational") or {}).items()]
+    ops = _streams(folds)
     if not ops:
         return []
-    alert_rules = sorted({k.split("/")[-2] for _, o in ops for m in o["methods"].values() for k in m
+    alert_rules = sorted({k.split("/")[-2] for o in ops for m in o.methods.values() for k in m
                           if k.startswith("attack/") and k.count("/") == 2})
     lines = ["## Judged as a vehicle would: whole test-period streams", "",
              "Each method is adapted on the K-shot support set of the first test episodes (per training seed) and then "
@@ -314,12 +319,12 @@ def operational_section(folds: list[dict[str, Any]], rule_names: dict[str, str],
              "frame. False alerts per hour count alerts with no attack frame nearby, per hour of benign driving (on the "
              "clean stream where there is one, else on the attack capture's benign periods); a vehicle needs well "
              "under one an hour.", ""]
-    for a, o in ops:
-        clean = bool(o.get("clean_stream"))
+    for o in ops:
+        clean = bool(o.clean_stream)
         where = "clean" if clean else "attack"
-        mins = o.get("minutes", {}).get(where)
-        lines += [f"### {a}: K = {o['shots']}, {o['steps']} steps, {o['detectors_per_method']} adapted detectors per "
-                  f"method; stream: {o['stream']}" + (f"; clean: {o['clean_stream']}" if clean else ""), ""]
+        mins = o.clean_minutes if clean else o.attack_minutes
+        lines += [f"### {o.attack}: K = {o.shots}, {o.steps} steps, {o.detectors_per_method} adapted detectors per "
+                  f"method; stream: {o.stream}" + (f"; clean: {o.clean_stream}" if clean else ""), ""]
         if mins:
             lines += [f"False alerts are counted over {mins:.1f} minutes of {'clean' if clean else 'attack-capture'} "
                       f"traffic: one false alert there is {60 / mins:.0f} per hour, so 0 means fewer than about "
@@ -329,7 +334,7 @@ def operational_section(folds: list[dict[str, Any]], rule_names: dict[str, str],
             head += [f"{r}: occurrences detected", f"{r}: median delay s", f"{r}: false alerts/h"]
         lines += ["| detector | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
         rows = []
-        for m, v in o["methods"].items():
+        for m, v in o.methods.items():
             rows.append((f"{LABELS.get(m, m)}, p > 0.5", v, "", _m))
             if any(k.startswith("calibrated/") for k in v):
                 rows.append((f"{LABELS.get(m, m)}, calibrated", v, "calibrated/", _m))
@@ -338,7 +343,7 @@ def operational_section(folds: list[dict[str, Any]], rule_names: dict[str, str],
             rows += [(f"{LABELS.get(m, m)}, operating point {r}", v, f"oppoint-{r}/", _m)
                      for r in alert_rules if any(k.startswith(f"oppoint-{r}/") for k in v)]
         rows += [(f"{rule_names.get(r, r)} (rule)", v, "", lambda d, k, digits=3: _v(d, k, digits))
-                 for r, v in (o.get("rules") or {}).items()]
+                 for r, v in o.rules.items()]
         for label, v, pre, f in rows:
             cells = [f(v, f"{pre}attack/frame_recall"), f(v, f"{pre}attack/frame_fpr", 5)]
             for r in alert_rules:

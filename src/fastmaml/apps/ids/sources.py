@@ -9,25 +9,16 @@ are cached by a hash of what shapes them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import sys
 from pathlib import Path
 from typing import Callable
 
-from fastmaml.apps.ids.config import FeatureConfig, IdsConfig, feature_key
+from fastmaml.apps.ids.config import FeatureConfig, IdsConfig
 from fastmaml.apps.ids.families import IdsData, drop_features, load_data, save_data
-from fastmaml.apps.ids.registry import check_sources, source_key, source_kind
+from fastmaml.apps.ids.keys import data_key
+from fastmaml.apps.ids.registry import check_sources, source_kind
 from fastmaml.apps.ids.traffic import Traffic
 from fastmaml.errors import ConfigError
-
-
-def data_key(cfg: IdsConfig) -> str:
-    """Hash of everything that shapes the prepared data (source(s) + features)."""
-    d = {"source": source_key(cfg.source), "features": feature_key(cfg.features), "v": 1}
-    if cfg.train_source is not None:
-        d["train_source"] = source_key(cfg.train_source)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def prepare_data(cfg: IdsConfig, cache_dir: Path | None = None, log: Callable[[str], None] | None = None) -> IdsData:

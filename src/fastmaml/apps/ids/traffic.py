@@ -21,6 +21,7 @@ import numpy as np
 
 from fastmaml.apps.ids.config import FeatureConfig, SourceConfig
 from fastmaml.apps.ids.families import IdsData
+from fastmaml.apps.ids.results import CompareResult
 from fastmaml.apps.ids.samples import SampleSet
 from fastmaml.errors import DataError
 
@@ -150,14 +151,14 @@ class Traffic(ABC):
         """Write a simulated capture with ``attack`` ('none': benign only) and its label file; a summary line."""
         raise DataError(f"there is no simulator of {self.description}")
 
-    def data_section(self, report: dict[str, Any]) -> list[str]:
+    def data_section(self, report: CompareResult) -> list[str]:
         """The report's "Data" section (Markdown lines): sample counts per attack."""
         return ["## Data", ""] + count_table(report, {})
 
 
-def count_table(report: dict[str, Any], columns: Mapping[str, Callable[[str], str]]) -> list[str]:
+def count_table(report: CompareResult, columns: Mapping[str, Callable[[str], str]]) -> list[str]:
     """Markdown table of each attack's train/test benign/attack sample counts, then ``columns`` (header -> cell)."""
-    counts = (report.get("data_stats") or {}).get("counts", {})
+    counts = (report.data_stats or {}).get("counts", {})
     if not counts:
         return []
     heads = ["attack", "train benign", "train attack", "test benign", "test attack", *columns]

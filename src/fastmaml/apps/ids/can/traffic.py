@@ -18,6 +18,7 @@ from fastmaml.apps.ids.can.dbc import SegmentationScore
 from fastmaml.apps.ids.can.features import (IDENTITY_FEATURES, FeatureState, FrameFeaturizer, build_sample_set,
                                             frame_feature_names)
 from fastmaml.apps.ids.can.readers import open_capture
+from fastmaml.apps.ids.results import CompareResult
 from fastmaml.apps.ids.samples import SampleSet
 from fastmaml.apps.ids.traffic import ReadOptions, Rows, RowStream, Source, Traffic, count_table
 from fastmaml.errors import DataError
@@ -140,9 +141,9 @@ class CanTraffic(Traffic):
         sim.write_candump(frames, out, labels)
         return f"wrote {len(frames)} frames ({int(frames.is_attack().sum())} attack) to {out}, labels to {labels}"
 
-    def data_section(self, report: dict[str, Any]) -> list[str]:
+    def data_section(self, report: CompareResult) -> list[str]:
         """Counts, and how many attack samples an ID allow-list would see (all of them: a warning)."""
-        unseen = (report.get("data_stats") or {}).get("unseen_id_fraction", {})
+        unseen = (report.data_stats or {}).get("unseen_id_fraction", {})
 
         def unseen_cell(a: str) -> str:
             u = unseen.get(a, {})
@@ -152,7 +153,7 @@ class CanTraffic(Traffic):
                                                        unseen_cell})
         fr = [u.get("attack") for u in unseen.values() if u]
         if fr and all(x is not None and x >= 0.999 for x in fr):
-            id_feats = [f for f in ("id_known", "id_scaled") if f in report["feature_names"]]
+            id_feats = [f for f in ("id_known", "id_scaled") if f in report.feature_names]
             lines += [
                 "**Every attack sample in this data carries a CAN ID that never occurs in benign traffic.** An ID "
                 "allow-list learned from benign traffic is therefore already a (near) perfect detector here"
@@ -162,7 +163,7 @@ class CanTraffic(Traffic):
                 + ("In CICIoV2024 this holds for all five attack types (DoS and the four spoofing attacks). Its attack "
                    "files also hold only attack frames (no benign frames around them), so timing and payload features "
                    "see each attack capture on its own; read the CICIoV2024 numbers as a sanity check."
-                   if "CICIoV2024" in report["source"] else ""),
+                   if "CICIoV2024" in report.source else ""),
                 "",
             ]
         elif fr:
@@ -170,7 +171,7 @@ class CanTraffic(Traffic):
             lines += [f"Attacks reuse legitimate IDs (at most {100 * max(x for x in fr if x is not None):.1f}% and at "
                       f"least {100 * lo:.1f}% of an attack's samples carry an unseen ID), so an ID allow-list cannot "
                       "catch them.", ""]
-        dbc = (report.get("data_stats") or {}).get("dbc")
+        dbc = (report.data_stats or {}).get("dbc")
         if dbc:  # features.dbc: where the signals came from, and how the inferred ones compare
             score, skipped = dbc.get("inferred_vs_dbc"), dbc.get("skipped", [])
             lines += [f"Signals from the DBC `{dbc['path']}`: {len(dbc.get('signals', []))} used (physical in the "

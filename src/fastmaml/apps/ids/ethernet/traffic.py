@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from fastmaml.apps.ids.ethernet.magic import is_pcap
+from fastmaml.apps.ids.results import CompareResult
 from fastmaml.apps.ids.samples import SampleSet
 from fastmaml.apps.ids.traffic import ReadOptions, Rows, RowStream, Source, Traffic, count_table
 from fastmaml.errors import ConfigError, DataError
@@ -102,9 +103,9 @@ class EthernetTraffic(Traffic):
         cap.write(out, labels, pcapng=out.suffix == ".pcapng")
         return f"wrote {len(cap)} packets ({int(cap.labels.sum())} attack) to {out}, labels to {labels}"
 
-    def data_section(self, report: dict[str, Any]) -> list[str]:
+    def data_section(self, report: CompareResult) -> list[str]:
         """Counts, and how many attack packets a MAC / stream allow-list would see."""
-        novelty = (report.get("data_stats") or {}).get("novelty", {})
+        novelty = (report.data_stats or {}).get("novelty", {})
 
         def share(key: str):
             def cell(a: str) -> str:

@@ -1,0 +1,105 @@
+"""Every cache key of the IDS comparison, in one place.
+
+* :func:`data_key`: the prepared data (``data/data-<key>.safetensors``): source(s) + features;
+* :func:`run_identity`: a training run (stored in its checkpoints; another identity in the same
+  folder is refused, raising ``train.iterations`` continues the run);
+* :func:`eval_key`: a fold's evaluation (``evals/<fold>.json`` is reused while its key matches).
+
+Config keys added after results were cached enter a key only when set off their default, so
+earlier caches stay valid: when adding a config key, add it to :data:`_LATER_DEFAULTS` (source),
+:func:`feature_key` (features) or :data:`_NO_EFFECT` (what cannot change a result).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from fastmaml.apps.ids.config import FeatureConfig, IdsConfig, SourceConfig
+from fastmaml.apps.ids.registry import TRAFFIC, source_kind
+from fastmaml.config import to_dict
+
+# Keys added later, left out of cache keys while at their defaults (so earlier runs stay valid);
+# where the data live (data_root, cic_dir, daga_dir) never changes what is read from them.
+_LATER_DEFAULTS = {"split": "occurrences", "occurrence_gap_s": 0.05, "min_occurrences": 2, "skip_malformed": False,
+                   "bad_id": "error", "masquerade_occurrences": 20, "masquerade_duration_s": 2.0,
+                   "masquerade_seed": 0, "masquerade_targets": "partnered", "eth_camera": True}
+_LOCATION_KEYS = ("data_root", "cic_dir", "daga_dir")
+# What cannot change an evaluation (IDS training has no validation, so train.patience does nothing here).
+_NO_EFFECT = ("progress", "threads", "device", "checkpoint_every", "log_every", "patience")
+
+
+def _hash(d: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def feature_key(feat: FeatureConfig) -> dict[str, Any]:
+    """The features config as it enters cache keys (``signals`` / ``dbc`` only when on, so earlier runs stay valid).
+
+    A DBC enters with a hash of its contents: an edited file gives other signals.
+    """
+    d = to_dict(feat)
+    if d.get("identity", True):
+        d.pop("identity", None)
+    if not d.get("signals"):
+        d.pop("signals", None)
+    if not d.get("dbc"):
+        d.pop("dbc", None)
+    elif Path(feat.dbc).expanduser().is_file():
+        d["dbc_sha256"] = hashlib.sha256(Path(feat.dbc).expanduser().read_bytes()).hexdigest()
+    return d
+
+
+def source_key(src: SourceConfig) -> dict[str, Any]:
+    """The source config as it enters cache keys: what shapes the data, not where it lies.
+
+    Keys only other traffic kinds' sources read are left out too, so adding them did not
+    invalidate earlier runs of this kind.
+    """
+    own, _ = source_kind(src.kind)
+    d = to_dict(src)
+    for k in [k for t in TRAFFIC.values() if t is not own for k in t.source_keys]:
+        d.pop(k, None)
+    for k, default in _LATER_DEFAULTS.items():
+        if d.get(k) == default:
+            d.pop(k, None)
+    for k in _LOCATION_KEYS:
+        d.pop(k, None)
+    for c in d.get("captures", []):
+        for k, default in (("attack", ""), ("columns", {}), ("label_column", 1)):
+            if c.get(k) == default:
+                c.pop(k, None)
+    return d
+
+
+def data_key(cfg: IdsConfig) -> str:
+    """Hash of everything that shapes the prepared data (source(s) + features)."""
+    d = {"source": source_key(cfg.source), "features": feature_key(cfg.features), "v": 1}
+    if cfg.train_source is not None:
+        d["train_source"] = source_key(cfg.train_source)
+    return _hash(d)
+
+
+def run_identity(cfg: IdsConfig, method: str, known: Sequence[str], seed: int, dkey: str) -> dict[str, Any]:
+    """What a training run depends on (iterations excluded: raising them continues a run).
+
+    ``dkey``: :func:`data_key`. Stored in the run's checkpoints, compared as it is (not hashed).
+    """
+    t = to_dict(cfg.train)
+    return {"method": method, "known": sorted(known), "seed": seed, "data": dkey, "model": to_dict(cfg.model),
+            "maml": to_dict(cfg.maml), "train_shots": cfg.train_shots, "train_query": cfg.train_query,
+            "train": {k: t[k] for k in ("meta_batch_size", "meta_lr", "grad_clip")}}
+
+
+def eval_key(cfg: IdsConfig, known: Sequence[str], holdout: Sequence[str], dkey: str) -> str:
+    """Hash of everything a fold's evaluation depends on; ``dkey``: :func:`data_key`."""
+    c = to_dict(cfg)
+    c["source"] = source_key(cfg.source)
+    c["features"] = feature_key(cfg.features)
+    if cfg.train_source is not None:
+        c["train_source"] = source_key(cfg.train_source)
+    for k in _NO_EFFECT:
+        c["train"].pop(k, None)
+    return _hash({"cfg": c, "known": sorted(known), "holdout": list(holdout), "data": dkey})
