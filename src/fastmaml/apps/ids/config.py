@@ -20,7 +20,6 @@ from fastmaml.train.loop import TrainConfig
 
 PRESETS = Path(__file__).parent / "presets"
 METHODS = ("scratch", "pretrained", "maml", "fomaml")
-METRIC_NAMES = ("f1", "recall", "fpr", "accuracy")
 SPLITS = ("occurrences", "time") + FILE_SPLITS
 DATA_ROOT_ENV = "FASTMAML_DATA_ROOT"
 
