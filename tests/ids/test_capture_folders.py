@@ -190,8 +190,8 @@ def test_hints_name_the_knobs_of_the_source_kind():
         check_sizes(data, ["x"], "test", 5, 10, "eval.shots", "captures")
     msg = str(err.value)
     assert "lower eval.shots or eval.query" in msg and "longer captures" in msg and "features.max_attack" in msg
-    assert "sim_duration_s" not in msg
-    with pytest.raises(DataError, match=r"source.sim_duration_s"):
+    assert "sim.duration_s" not in msg
+    with pytest.raises(DataError, match=r"source\.sim\.duration_s"):
         check_sizes(data, ["x"], "test", 5, 10, "eval.shots", "sim")
     with pytest.raises(DataError, match=r"lower train_shots or train_query, or give the source more data$"):
         check_sizes(data, ["x"], "train", 5, 10, "train_shots")

@@ -12,7 +12,7 @@ def det(tmp_path_factory):
     assert main(["ids", "simulate", "--attack", "spoof_speed", "--duration", "8", "--seed", "3",
                  "--out", str(d / "cap.log")]) == 0
     assert main(["ids", "train", "--preset", "sim_tiny", "--out", str(d / "t"), "train.iterations=5",
-                 "source.sim_duration_s=12"]) == 0
+                 "source.sim.duration_s=12"]) == 0
     return d
 
 

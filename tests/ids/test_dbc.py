@@ -145,7 +145,7 @@ def test_inferred_segmentation_scored_against_the_dbc(car):
     assert score_segmentation([shifted(3)], [wheel]).spurious == 1
 
 
-TINY = ["source.masquerade_occurrences=6", "source.masquerade_targets=partnered", "source.masquerade_duration_s=1.5", "train.iterations=2",
+TINY = ["source.masquerade={occurrences: 6, targets: partnered, duration_s: 1.5}", "train.iterations=2",
         "train.meta_batch_size=2", "train.checkpoint_every=2", "train.log_every=2", "train_shots=2", "train_query=5",
         "seeds=[0]", "methods=[maml]", "model.hidden=[8]", "eval.shots=[2]", "eval.query=8", "eval.episodes=2",
         "eval.steps=1", "eval.report_steps=[0, 1]", "eval.tuning_episodes=2", "eval.finetune_lrs=[0.1]",

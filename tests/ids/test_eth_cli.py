@@ -31,7 +31,7 @@ def workdir(tmp_path_factory):
     assert main(["ids", "simulate", "--network", "eth", "--attack", FLOOD, "--duration", "2", "--seed", "5",
                  "--out", str(d / "cap.pcap")]) == 0
     assert main(["ids", "train", "--preset", "eth_tiny", "--out", str(d / "trained"), "train.iterations=10",
-                 "source.sim_duration_s=3", "source.attacks=[can_dos, mac_flooding, someip_request_flood]"]) == 0
+                 "source.sim.duration_s=3", "source.attacks=[can_dos, mac_flooding, someip_request_flood]"]) == 0
     return d
 
 

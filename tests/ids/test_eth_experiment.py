@@ -122,7 +122,7 @@ def test_eth_captures_source(tmp_path):
 
 def test_window_samples_flag_a_window_when_any_packet_is(cfg, tmp_path):
     wcfg = E.load_ids_config("eth_tiny", ["features.window=4", "source.attacks=[mac_flooding, can_dos]",
-                                          "source.sim_duration_s=3"])
+                                          "source.sim.duration_s=3"])
     data = E.prepare_data(wcfg, log=lambda m: None)
     fam = data.families["mac_flooding"]
     assert fam.test.features.shape[1:] == (4, len(PACKET_FEATURES))

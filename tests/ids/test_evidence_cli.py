@@ -18,7 +18,7 @@ def workdir(tmp_path_factory):
     assert main(["ids", "simulate", "--attack", "none", "--duration", "20", "--seed", "6",
                  "--out", str(d / "clean.log")]) == 0
     assert main(["ids", "train", "--preset", "sim_tiny", "--out", str(d / "trained"), "train.iterations=20",
-                 "source.sim_duration_s=15"]) == 0
+                 "source.sim.duration_s=15"]) == 0
     # The same capture with CrySyS-style inline labels (candump line, is_malicious, is_shifted_in_time).
     labels = [r.split(",")[1] for r in (d / "cap_labels.csv").read_text().splitlines()[1:]]
     (d / "cap_inline.log").write_text("".join(f"{line.rstrip()} {'1' if lab != 'benign' else 'False'}\tFalse\n"

@@ -29,7 +29,7 @@ def workdir(tmp_path_factory):
     assert main(["ids", "simulate", "--attack", "spoof_speed", "--duration", "12", "--seed", "5",
                  "--out", str(d / "cap.log")]) == 0
     assert main(["ids", "train", "--preset", "sim_tiny", "--out", str(d / "trained"), "train.iterations=20",
-                 "source.sim_duration_s=15"]) == 0
+                 "source.sim.duration_s=15"]) == 0
     return d
 
 

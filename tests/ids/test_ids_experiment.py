@@ -147,7 +147,7 @@ def test_bad_input_errors(tmp_path, tiny_cfg, tiny_data):
     with pytest.raises(ConfigError, match="methods"):
         E.load_ids_config("tiny", ["methods=[maml, reptile]"])
     with pytest.raises(DataError, match="CICIoV2024 folder .*none not found; pass --data-root"):
-        E.prepare_data(E.load_ids_config("cic", [f"source.cic_dir={tmp_path / 'none'}"]))
+        E.prepare_data(E.load_ids_config("cic", [f"source.cic.dir={tmp_path / 'none'}"]))
 
 
 def test_data_location_comes_from_flag_or_environment(tmp_path, monkeypatch):
@@ -181,17 +181,17 @@ def test_sim_source_reuses_ids_and_caches(tmp_path):
 
 def test_feature_drop(tmp_path):
     cfg = E.load_ids_config("sim_tiny", ["features.drop=[id_known, id_scaled]", "source.attacks=[dos]",
-                                         "source.sim_duration_s=15"])
+                                         "source.sim.duration_s=15"])
     data = E.prepare_data(cfg)
     assert "id_known" not in data.feature_names and len(data.feature_names) == len(FRAME_FEATURES) - 2
     assert data.families["dos"].train.features.shape[-1] == len(FRAME_FEATURES) - 2
     with pytest.raises(ConfigError, match=r"features.drop \['nope'\] are not feature names"):
         E.prepare_data(E.load_ids_config("sim_tiny", ["features.drop=[nope]", "source.attacks=[dos]",
-                                                      "source.sim_duration_s=15"]))
+                                                      "source.sim.duration_s=15"]))
 
 
 def test_identity_false_leaves_out_the_id_and_payload_columns(tmp_path):
-    over = ["source.attacks=[dos]", "source.sim_duration_s=15"]
+    over = ["source.attacks=[dos]", "source.sim.duration_s=15"]
     data = E.prepare_data(E.load_ids_config("sim_tiny", over + ["features.identity=false", "features.drop=[b0]"]))
     assert [n for n in FRAME_FEATURES if n not in IDENTITY_FEATURES] == data.feature_names
     assert data.families["dos"].test.features.shape[-1] == len(FRAME_FEATURES) - len(IDENTITY_FEATURES)
@@ -207,8 +207,8 @@ def test_identity_false_leaves_out_the_id_and_payload_columns(tmp_path):
 
 
 def test_cross_source_meta_trains_on_one_source_and_tests_on_the_other(tmp_path, training_spy):
-    cfg = E.load_ids_config("tiny", ["train_source={kind: synthetic, synthetic_attacks: 2, sim_train_seed: 7}",
-                                     "source.synthetic_attacks=4", "methods=[scratch, maml]", "eval.shots=[5]"])
+    cfg = E.load_ids_config("tiny", ["train_source={kind: synthetic, synthetic: {attacks: 2}, sim: {train_seed: 7}}",
+                                     "source.synthetic.attacks=4", "methods=[scratch, maml]", "eval.shots=[5]"])
     report = E.compare(cfg, tmp_path)
     (fold,) = report.folds
     assert fold.holdout == ["attack0", "attack1", "attack2", "attack3"]

@@ -93,7 +93,7 @@ def test_twins_share_times_and_targets_and_kinds_differ(generated):
 
 
 def test_generator_errors_name_the_fix(clean):
-    with pytest.raises(DataError, match="masquerade_occurrences"):
+    with pytest.raises(DataError, match=r"source\.masquerade\.occurrences"):
         M.plan(clean, "offset", M.target_signals(clean), 40, 1.5, 0)
     with pytest.raises(DataError, match="kind 'nope' unknown"):
         M.plan(clean, "nope", M.target_signals(clean), 4, 1.5, 0)
@@ -103,7 +103,7 @@ def test_generator_errors_name_the_fix(clean):
 
 
 def test_masquerade_source_holds_each_kind_out_with_both_variants(tmp_path, clean):
-    from fastmaml.apps.ids.config import CaptureSpec, FeatureConfig, SourceConfig
+    from fastmaml.apps.ids.config import CaptureSpec, FeatureConfig, MasqueradeSettings, SourceConfig
     from fastmaml.apps.ids.experiment import default_folds
 
     path = tmp_path / "clean.log"
@@ -113,7 +113,7 @@ def test_masquerade_source_holds_each_kind_out_with_both_variants(tmp_path, clea
                      f"{clean.data[k, :clean.length[k]].tobytes().hex().upper()}\n")
     src = SourceConfig(kind="masquerade", captures=[CaptureSpec(path=str(path), format="candump")],
                        attacks=["offset_masquerade", "offset_fabrication", "maximum_masquerade",
-                                "maximum_fabrication"], masquerade_occurrences=6, masquerade_duration_s=1.5,
+                                "maximum_fabrication"], masquerade=MasqueradeSettings(occurrences=6, duration_s=1.5),
                        test_fraction=0.35)
     data = M.prepare_masquerade(src, FeatureConfig(signals=True, max_benign=2000), lambda m: None)
     assert sorted(map(sorted, default_folds(data))) == [["maximum_fabrication", "maximum_masquerade"],
@@ -157,7 +157,7 @@ def test_compare_judges_the_detector_alone_and_with_the_plausibility_rule_at_the
                      f"{clean.data[k, :clean.length[k]].tobytes().hex().upper()}\n")
     cfg = E.load_ids_config("masquerade", [
         f"source.captures=[{path}]", "source.attacks=[offset_masquerade, offset_fabrication, constant_masquerade, "
-        "constant_fabrication]", "source.masquerade_occurrences=6", "source.masquerade_duration_s=1.5",
+        "constant_fabrication]", "source.masquerade={occurrences: 6, duration_s: 1.5}",
         "features.max_benign=2000", "features.identity=false", "methods=[maml]", "seeds=[0]", "train.iterations=20",
         "train.meta_batch_size=4", "eval.shots=[5]", "eval.episodes=4", "eval.query=5", "eval.tuning_episodes=4",
         "eval.operational_episodes=2", "eval.evidence_benign=256", "eval.report_steps=[0, 10]"])

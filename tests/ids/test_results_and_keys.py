@@ -1,5 +1,6 @@
 """Typed fold results read back exactly what was written (earlier results included); cache keys stay put."""
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -7,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from fastmaml.apps.ids import keys
+from fastmaml.apps.ids.config import IdsConfig, SourceConfig
 from fastmaml.apps.ids.registry import load_ids_config
+from fastmaml.config import from_dict, to_dict
+from fastmaml.errors import ConfigError
 from fastmaml.apps.ids.report import markdown
 from fastmaml.apps.ids.results import CompareResult, CurveSummary, FoldResult, MetricSummary
 
@@ -52,14 +56,123 @@ CASES = {
 }
 
 
+def _keys(cfg: IdsConfig) -> tuple[str, str, str]:
+    dkey = keys.data_key(cfg)
+    ident = keys.run_identity(cfg, "maml", ["b", "a"], 1, dkey)
+    return (dkey, keys.eval_key(cfg, ["b", "a"], ["c"], dkey),
+            hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16])
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_cache_keys_keep_their_values(name):
     over, data, evaluation, identity = CASES[name]
-    cfg = load_ids_config(None, over)
-    dkey = keys.data_key(cfg)
-    ident = keys.run_identity(cfg, "maml", ["b", "a"], 1, dkey)
-    assert (dkey, keys.eval_key(cfg, ["b", "a"], ["c"], dkey),
-            hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]) == (data, evaluation, identity)
+    assert _keys(load_ids_config(None, over)) == (data, evaluation, identity)
+
+
+# Each source kind's settings moved into a block of its own (source.masquerade: {occurrences: 6}); the flat names
+# still work, and both forms give the keys computed from the flat form on the commit before the blocks (ae54a0a).
+SETTINGS_CASES = {
+    "masquerade": (["source.kind=masquerade", "source.captures=[clean.log]", "source.masquerade_occurrences=6",
+                    "source.masquerade_duration_s=1.5", "source.masquerade_seed=3", "source.masquerade_targets=all",
+                    "features.signals=true"],
+                   ["source.kind=masquerade", "source.captures=[clean.log]",
+                    "source.masquerade={occurrences: 6, duration_s: 1.5, seed: 3, targets: all}", "features.signals=true"],
+                   ("092c70f6741fef96", "01bc702b7bff5a04", "447ff1c04b430c31")),
+    "sim": (["source.sim_duration_s=15", "source.sim_fit_seed=5", "source.sim_train_seed=6", "source.sim_test_seed=7",
+             "source.attacks=[dos]"],
+            ["source.sim.duration_s=15", "source.sim.fit_seed=5", "source.sim.train_seed=6", "source.sim.test_seed=7",
+             "source.attacks=[dos]"],
+            ("9830f20655ebce19", "f2215c7537419fff", "da70a23356a8e869")),
+    "synthetic": (["source.kind=synthetic", "source.synthetic_attacks=2", "source.synthetic_samples=50",
+                   "source.cic_dir=/x", "source.daga_dir=/y"],
+                  ["source.kind=synthetic", "source.synthetic={attacks: 2, samples: 50}", "source.cic.dir=/x",
+                   "source.daga.dir=/y"],
+                  ("907dff5dcea736d3", "c93d860814ee5419", "7f65727ca4fabd9a")),
+    "eth": (["source.kind=eth_sim", "source.sim_duration_s=4", "source.eth_camera=false",
+             "train_source={kind: eth_sim, sim_duration_s: 8.0, sim_test_seed: 9}"],
+            ["source.kind=eth_sim", "source.sim.duration_s=4", "source.eth_sim.camera=false",
+             "train_source={kind: eth_sim, sim: {duration_s: 8.0, test_seed: 9}}"],
+            ("0266248ce0b14924", "251cc1bb7acbfb2f", "fdc3a41810e5b915")),
+}
+
+
+@pytest.mark.parametrize("name", list(SETTINGS_CASES))
+def test_source_settings_blocks_keep_the_keys_of_their_flat_names(name):
+    flat, block, expected = SETTINGS_CASES[name]
+    a, b = load_ids_config(None, flat), load_ids_config(None, block)
+    assert a == b and _keys(a) == _keys(b) == expected
+
+
+def _other_value(v):
+    """A value of the type of ``v`` other than ``v``."""
+    return (not v) if isinstance(v, bool) else v + 3 if isinstance(v, int) else v + 0.5 if isinstance(v, float) \
+        else v + "x"
+
+
+def test_every_block_setting_has_one_flat_name_and_both_set_it():
+    blocks = {f.name: getattr(SourceConfig(), f.name) for f in dataclasses.fields(SourceConfig)
+              if dataclasses.is_dataclass(getattr(SourceConfig(), f.name))}
+    paths = sorted(f"{b}.{f.name}" for b, d in blocks.items() for f in dataclasses.fields(d))
+    assert sorted(SourceConfig.RENAMED_KEYS.values()) == paths  # the one table: every block setting, once
+    assert not set(SourceConfig.RENAMED_KEYS) & {f.name for f in dataclasses.fields(SourceConfig)}
+    for old, new in SourceConfig.RENAMED_KEYS.items():
+        block, key = new.split(".")
+        v = _other_value(getattr(blocks[block], key))
+        by_old = load_ids_config(None, [f"source.{old}={json.dumps(v)}"])
+        assert getattr(getattr(by_old.source, block), key) == v
+        assert by_old == load_ids_config(None, [f"source.{new}={json.dumps(v)}"])
+        assert keys.flat_source(by_old.source)[old] == v  # and the cache keys hash it under its flat name
+
+
+def test_flat_and_block_forms_mix_and_the_later_layer_wins(tmp_path):
+    (tmp_path / "flat.yaml").write_text("source:\n  kind: masquerade\n  masquerade_occurrences: 7\n"
+                                        "  masquerade_targets: all\n  sim_duration_s: 11\n")
+    (tmp_path / "block.yaml").write_text("extends: flat.yaml\nsource:\n  masquerade:\n    seed: 4\n"
+                                         "    occurrences: 8\n")
+    m = load_ids_config(tmp_path / "flat.yaml", []).source
+    assert (m.masquerade.occurrences, m.masquerade.targets, m.sim.duration_s) == (7, "all", 11.0)
+    m = load_ids_config(tmp_path / "block.yaml", []).source.masquerade
+    assert (m.occurrences, m.seed, m.targets) == (8, 4, "all")
+    assert load_ids_config(tmp_path / "flat.yaml", ["source.masquerade.occurrences=3"]).source.masquerade.occurrences == 3
+    assert load_ids_config(tmp_path / "block.yaml", ["source.masquerade_seed=9"]).source.masquerade.seed == 9
+    assert load_ids_config("masquerade", ["source.masquerade_targets=partnered"]).source.masquerade.targets == "partnered"
+    # A whole train_source in the flat form, then its keys in either form.
+    t = load_ids_config("sim", ["train_source={kind: sim, sim_duration_s: 10.0}", "train_source.sim.fit_seed=5",
+                                "train_source.sim_test_seed=8"]).train_source.sim
+    assert (t.duration_s, t.fit_seed, t.train_seed, t.test_seed) == (10.0, 5, 1, 8)
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=[str(p.parent.relative_to(RESULTS)) for p in COMMITTED])
+def test_committed_configs_load_and_hash_their_flat_keys_as_written(path):
+    """A results.json config (flat source keys) loads; every source key it wrote enters the cache keys as written."""
+    config = json.loads(path.read_text())["config"]
+    cfg = from_dict(IdsConfig, config)
+    for key in ("source", "train_source"):
+        if config.get(key) is not None:
+            flat = keys.flat_source(getattr(cfg, key))
+            assert {k: flat[k] for k in config[key] if k != "captures"} == \
+                {k: v for k, v in config[key].items() if k != "captures"}
+    again = from_dict(IdsConfig, to_dict(cfg))  # written now: the blocks
+    assert again == cfg and keys.data_key(again) == keys.data_key(cfg)
+
+
+def test_unknown_key_in_a_block_names_the_block_and_its_keys(tmp_path):
+    valid = r"valid keys in section 'source\.masquerade': \['duration_s', 'occurrences', 'seed', 'targets'\]"
+    with pytest.raises(ConfigError, match=r"unknown config key 'source\.masquerade\.occurence'.*" + valid):
+        load_ids_config("masquerade", ["source.masquerade.occurence=3"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'source\.masquerade\.occurence'.*" + valid):
+        load_ids_config("masquerade", ["source.masquerade={occurence: 3}"])
+    (tmp_path / "p.yaml").write_text("source:\n  masquerade:\n    occurence: 3\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml: unknown config key 'source\.masquerade\.occurence'.*" + valid):
+        load_ids_config(tmp_path / "p.yaml", [])
+    with pytest.raises(ConfigError, match=r"'train_source\.sim\.seed'.*valid keys in section 'train_source\.sim': "
+                                          r"\['duration_s', 'fit_seed', 'test_seed', 'train_seed'\]"):
+        load_ids_config("sim", ["train_source={kind: sim, sim: {seed: 1}}"])
+    with pytest.raises(ConfigError, match=r"\['occurence'\] in section 'source\.masquerade'; valid keys: "
+                                          r"\['duration_s', 'occurrences', 'seed', 'targets'\]"):
+        from_dict(SourceConfig, {"masquerade": {"occurence": 3}}, "source")
+    with pytest.raises(ConfigError, match=r"source\.sim_duration_s and source\.sim\.duration_s both given"):
+        from_dict(SourceConfig, {"sim_duration_s": 3.0, "sim": {"duration_s": 4.0}}, "source")
 
 
 def test_keys_ignore_what_cannot_change_a_result():

@@ -109,7 +109,7 @@ def clean_log(tmp_path_factory) -> Path:
     return d / "clean.log"
 
 
-TINY_MASQUERADE = ["source.masquerade_occurrences=6", "source.masquerade_duration_s=1", "train.iterations=2",
+TINY_MASQUERADE = ["source.masquerade.occurrences=6", "source.masquerade.duration_s=1", "train.iterations=2",
                    "train.checkpoint_every=2", "features.max_benign=500", "features.max_attack=200"]
 
 
@@ -205,7 +205,7 @@ def test_small_fold_shrinks_the_query_set_and_says_so(tmp_path):
 
     from fastmaml.apps.ids import experiment as E
 
-    cfg = E.load_ids_config("tiny", ["source.synthetic_samples=12", "eval.shots=[5]", "eval.query=10",
+    cfg = E.load_ids_config("tiny", ["source.synthetic.samples=12", "eval.shots=[5]", "eval.query=10",
                                      "methods=[scratch, maml]", "train.iterations=2", "train.checkpoint_every=2",
                                      "eval.episodes=2", "eval.tuning_episodes=2", "eval.operational_episodes=0"])
     report = E.compare(cfg, tmp_path, folds=[["attack0"]])
@@ -243,7 +243,7 @@ def test_too_short_capture_names_the_key_the_option_and_the_number_that_fits(cle
     out = tmp_path / "max.log"
     assert main(["ids", "masquerade", "--capture", str(clean_log), "--kind", "maximum", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    fits = int(err.split("masquerade_occurrences=")[1].split()[0])
+    fits = int(err.split("source.masquerade.occurrences=")[1].split()[0])
     assert "20 intervals of 2.0 s do not fit" in err and f"--occurrences {fits})" in err and 1 <= fits < 20
     # The number given fits, one more does not.
     assert main(["ids", "masquerade", "--capture", str(clean_log), "--kind", "maximum", "--occurrences", str(fits),
@@ -251,8 +251,8 @@ def test_too_short_capture_names_the_key_the_option_and_the_number_that_fits(cle
     assert main(["ids", "masquerade", "--capture", str(clean_log), "--kind", "maximum", "--occurrences",
                  str(fits + 1), "--out", str(out)]) == 2
     clean = open_capture(clean_log).read_all()
-    with pytest.raises(DataError, match=r"not even one fits: set source.masquerade_occurrences=1 \(fastmaml ids "
-                                        r"masquerade: --occurrences 1\) and source.masquerade_duration_s="):
+    with pytest.raises(DataError, match=r"not even one fits: set source\.masquerade\.occurrences=1 \(fastmaml ids "
+                                        r"masquerade: --occurrences 1\) and source\.masquerade\.duration_s="):
         M.plan(clean, "maximum", M.target_signals(clean), 3, 60.0, 0)
 
 

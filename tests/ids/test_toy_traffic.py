@@ -71,13 +71,13 @@ def read(path: str | Path, labels: str | Path | None) -> tuple[np.ndarray, np.nd
 
 def prepare(src: Any, feat: Any, log: Any, workdir: Any) -> IdsData:
     """Source ``toy_sim``: features fitted on a benign run; each attack a train run and a test run (two seeds)."""
-    _, sensor, value, _ = readings("none", src.synthetic_samples, src.sim_fit_seed)
+    _, sensor, value, _ = readings("none", src.synthetic.samples, src.sim.fit_seed)
     state = ToyState.fit(sensor, value)
     families = {}
     for a in src.attacks or list(SHIFT):
         parts = []
-        for seed in (src.sim_train_seed, src.sim_test_seed):
-            _, sensor, value, y = readings(a, src.synthetic_samples, seed)
+        for seed in (src.sim.train_seed, src.sim.test_seed):
+            _, sensor, value, y = readings(a, src.synthetic.samples, seed)
             s = SampleSet(torch.from_numpy(state.features(sensor, value)), torch.from_numpy(y), [BENIGN, a],
                           FEATURES, f"toy {a}")
             s = cap(s, feat.max_benign, feat.max_attack, feat.seed)
@@ -147,7 +147,7 @@ class ToyTraffic(Traffic):
 
 TOY = ToyTraffic()
 
-TINY = ["source.kind=toy_sim", "source.synthetic_samples=300", "train.iterations=30", "eval.episodes=5",
+TINY = ["source.kind=toy_sim", "source.synthetic.samples=300", "train.iterations=30", "eval.episodes=5",
         "eval.tuning_episodes=4", "methods=[scratch, maml]"]
 
 

@@ -57,7 +57,7 @@ import sys
 sys.modules["dpkt"] = None  # `import dpkt` now raises ImportError
 from fastmaml.cli import main
 out = sys.argv[1]
-fast = ["train.iterations=4", "eval.episodes=2", "eval.tuning_episodes=2", "source.sim_duration_s=10"]
+fast = ["train.iterations=4", "eval.episodes=2", "eval.tuning_episodes=2", "source.sim.duration_s=10"]
 assert main(["ids", "compare", "--preset", "sim_tiny", "--out", out + "/cmp", *fast]) == 0
 assert main(["ids", "simulate", "--attack", "dos", "--duration", "5", "--out", out + "/c.log"]) == 0
 assert main(["ids", "train", "--preset", "sim_tiny", "--attacks", "fuzzing", "--out", out + "/t", *fast]) == 0

@@ -38,19 +38,87 @@ class CaptureSpec:
     label_column: int = 1  # candump lines with inline label columns (CrySyS): which one after ID#DATA is the label
 
 
+# ====================================================================== per-source settings
+# Each source kind's own settings are one small dataclass, held in SourceConfig as one block
+# (``source.masquerade: {occurrences: 6}``, ``source.masquerade.occurrences=6``). They are defined
+# here, not beside the modules that read them, because this module sits below the traffic kinds
+# in the layers (pyproject.toml, import-linter contract "IDS application layers"); each says
+# which module reads it. Each key's flat name from before the blocks (``masquerade_occurrences``)
+# still works everywhere: :data:`SourceConfig.RENAMED_KEYS` maps it.
+
+
+@dataclass
+class CicSettings:
+    """``source.cic``: CICIoV2024 (``kind: cic``), read by ``can/source.py: prepare_cic``."""
+
+    dir: str = ""  # the decimal folder; default: <data_root>/ids/ciciov2024/decimal
+
+
+@dataclass
+class DagaSettings:
+    """``source.daga``: the DAGA captures (``kind: daga``), read by ``can/source.py: prepare_daga``, and by
+    ``can/masquerade.py`` for DAGA's clean trace when ``kind: masquerade`` has no ``source.captures``."""
+
+    dir: str = ""  # default: <data_root>/ids/daga
+
+
+@dataclass
+class SimSettings:
+    """``source.sim``: a simulated drive, read by both simulators: the CAN simulator (``kind: sim``,
+    ``can/source.py: prepare_sim``) and the zonal Ethernet network (``kind: eth_sim``, ``ethernet/source.py``).
+    The synthetic source (``synthetic.py``) draws its blobs with ``train_seed``."""
+
+    duration_s: float = 60.0  # each simulated capture
+    fit_seed: int = 0  # the benign-only capture features and rules are fitted on
+    train_seed: int = 1  # the drive of the training parts
+    test_seed: int = 2  # the drive of the test parts
+
+
+@dataclass
+class SyntheticSettings:
+    """``source.synthetic``: separable Gaussian blobs for tests (``kind: synthetic``), read by ``synthetic.py``."""
+
+    attacks: int = 4
+    samples: int = 400  # per class and split
+
+
+@dataclass
+class MasqueradeSettings:
+    """``source.masquerade``: attacks generated on a clean capture (``source.captures[0]``, else DAGA's clean
+    trace) for ``kind: masquerade``, read by ``can/masquerade.py: prepare_masquerade``."""
+
+    occurrences: int = 20  # injection intervals per attack type, spread over the drive
+    duration_s: float = 2.0  # length of each interval
+    seed: int = 0
+    targets: str = "partnered"  # partnered (signals another ID reflects) or all (with and without a partner)
+
+
+@dataclass
+class EthSimSettings:
+    """``source.eth_sim``: the simulated zonal automotive-Ethernet network (``kind: eth_sim``), read by
+    ``ethernet/source.py``; its drive length and seeds are ``source.sim``'s."""
+
+    camera: bool = True  # include the ~2,000 packets/s camera stream (off: fast tiny runs)
+
+
 @dataclass
 class SourceConfig:
     """Where the traffic comes from.
 
     ``kind``: ``cic`` (CICIoV2024 decimal folder), ``sim`` (the CAN simulator), ``captures``
     (labelled capture files of any supported format, e.g. a user's CSV export), ``daga`` (the
-    DAGA Volvo V40 captures), ``eth_sim`` (the simulated zonal automotive-Ethernet network),
-    ``eth_captures`` (labelled pcap/pcapng files + label CSVs) or ``synthetic`` (separable
-    Gaussian blobs, for tests).
+    DAGA Volvo V40 captures), ``masquerade`` (masquerade attacks generated on a clean capture),
+    ``eth_sim`` (the simulated zonal automotive-Ethernet network), ``eth_captures`` (labelled
+    pcap/pcapng files + label CSVs) or ``synthetic`` (separable Gaussian blobs, for tests).
+
+    The keys at the top are shared by the sources; each source kind's own settings are a block
+    of their own (``sim``, ``masquerade``, ``cic``, ``daga``, ``eth_sim``, ``synthetic``: see the
+    ``*Settings`` classes above), e.g. ``source.sim.duration_s=15``. The flat names from before
+    the blocks (``source.sim_duration_s=15``) still work: :data:`RENAMED_KEYS`.
 
     Real data sets are found under ``data_root`` (``--data-root``, else the environment
     variable ``FASTMAML_DATA_ROOT``) in the shared layout (``ids/ciciov2024/decimal``,
-    ``ids/daga``), or at ``cic_dir`` / ``daga_dir`` when those are set.
+    ``ids/daga``), or at ``cic.dir`` / ``daga.dir`` when those are set.
 
     ``split`` says how a capture becomes train and test parts without leakage:
     ``occurrences`` (default) cuts each capture in time between two attack occurrences (runs of
@@ -71,11 +139,28 @@ class SourceConfig:
     the training parts only.
     """
 
+    # Each source setting's flat name from before the blocks -> where it lives now (presets, overrides,
+    # train_source mappings and the configs in earlier results.json files use either). The cache keys hash
+    # the flat form (keys.py), so they did not change with the blocks.
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "cic_dir": "cic.dir",
+        "daga_dir": "daga.dir",
+        "sim_duration_s": "sim.duration_s",
+        "sim_fit_seed": "sim.fit_seed",
+        "sim_train_seed": "sim.train_seed",
+        "sim_test_seed": "sim.test_seed",
+        "synthetic_attacks": "synthetic.attacks",
+        "synthetic_samples": "synthetic.samples",
+        "masquerade_occurrences": "masquerade.occurrences",
+        "masquerade_duration_s": "masquerade.duration_s",
+        "masquerade_seed": "masquerade.seed",
+        "masquerade_targets": "masquerade.targets",
+        "eth_camera": "eth_sim.camera",
+    }
+
     kind: str = "sim"
     attacks: list[str] = field(default_factory=list)  # restrict to these attack types ([] = all the source has)
     data_root: str = ""
-    cic_dir: str = ""  # default: <data_root>/ids/ciciov2024/decimal
-    daga_dir: str = ""  # default: <data_root>/ids/daga
     captures: list[CaptureSpec] = field(default_factory=list)
     split: str = "occurrences"  # occurrences, time, by_capture, within_interval, auto (the captures preset's default)
     test_fraction: float = 0.3
@@ -83,18 +168,13 @@ class SourceConfig:
     min_occurrences: int = 2  # per side; fewer on either side of a cut stops the run
     skip_malformed: bool = False  # capture readers: skip and count malformed lines instead of stopping
     bad_id: str = "error"  # a frame whose ID is out of range for its format (e.g. 11-bit 0xFFF): error, skip or keep
-    sim_duration_s: float = 60.0
-    sim_fit_seed: int = 0  # the benign-only capture features and rules are fitted on
-    sim_train_seed: int = 1
-    sim_test_seed: int = 2
-    synthetic_attacks: int = 4
-    synthetic_samples: int = 400  # per class and split
-    # masquerade: attacks generated on a clean capture (source.captures[0], else DAGA's clean trace)
-    masquerade_occurrences: int = 20  # injection intervals per attack type, spread over the drive
-    masquerade_duration_s: float = 2.0  # length of each interval
-    masquerade_seed: int = 0
-    masquerade_targets: str = "partnered"  # partnered (signals another ID reflects) or all (with and without a partner)
-    eth_camera: bool = True  # eth_sim: include the ~2,000 packets/s camera stream (off: fast tiny runs)
+    # Each source kind's own settings (the classes above).
+    sim: SimSettings = field(default_factory=SimSettings)
+    masquerade: MasqueradeSettings = field(default_factory=MasqueradeSettings)
+    cic: CicSettings = field(default_factory=CicSettings)
+    daga: DagaSettings = field(default_factory=DagaSettings)
+    eth_sim: EthSimSettings = field(default_factory=EthSimSettings)
+    synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)
 
 
 def data_folder(src: SourceConfig, explicit: str, relative: str, what: str) -> Path:

@@ -24,15 +24,15 @@ def _class_tensors(s: SampleSet) -> list[torch.Tensor]:
     return [s.features[s.labels == 0], s.features[s.labels == 1]]
 
 
-_SIM_KINDS = ("sim", "eth_sim")  # sources whose amount of data is source.sim_duration_s
+_SIM_KINDS = ("sim", "eth_sim")  # sources whose amount of data is source.sim.duration_s
 
 
 def _more_data(kind: str, cls: str) -> str:
     """How to give a source more samples of class ``cls``: the knob depends on the source kind."""
     if kind in _SIM_KINDS:
-        return "give the source more data (source.sim_duration_s)"
+        return "give the source more data (source.sim.duration_s)"
     if kind == "synthetic":
-        return "give the source more data (source.synthetic_samples)"
+        return "give the source more data (source.synthetic.samples)"
     if not kind:
         return "give the source more data"
     cap = "features.max_benign" if cls == "benign" else "features.max_attack"

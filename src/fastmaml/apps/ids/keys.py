@@ -7,11 +7,18 @@
 
 Config keys added after results were cached enter a key only when set off their default, so
 earlier caches stay valid: when adding a config key, add it to :data:`_LATER_DEFAULTS` (source),
-:func:`feature_key` (features) or :data:`_NO_EFFECT` (what cannot change a result).
+:func:`feature_key` (features) or :data:`_NO_EFFECT` (what cannot change a result). A setting
+added to a source's settings block (``source.masquerade``, ...), or a new block, needs nothing:
+it enters the key as ``<block>.<key>`` only when off its default.
+
+The source enters the keys in its flat form from before the settings blocks
+(``masquerade_occurrences``, not ``masquerade: {occurrences}``; :func:`flat_source`), so the
+blocks changed no key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -22,7 +29,8 @@ from fastmaml.apps.ids.registry import TRAFFIC, source_kind
 from fastmaml.config import to_dict
 
 # Keys added later, left out of cache keys while at their defaults (so earlier runs stay valid);
-# where the data live (data_root, cic_dir, daga_dir) never changes what is read from them.
+# where the data live (data_root, cic_dir, daga_dir) never changes what is read from them. Flat names, as the
+# source enters the keys (flat_source).
 _LATER_DEFAULTS = {"split": "occurrences", "occurrence_gap_s": 0.05, "min_occurrences": 2, "skip_malformed": False,
                    "bad_id": "error", "masquerade_occurrences": 20, "masquerade_duration_s": 2.0,
                    "masquerade_seed": 0, "masquerade_targets": "partnered", "eth_camera": True}
@@ -52,15 +60,40 @@ def feature_key(feat: FeatureConfig) -> dict[str, Any]:
     return d
 
 
+def _blocks(src: SourceConfig) -> list[str]:
+    """The names of the source's settings blocks (``sim``, ``masquerade``, ...): its dataclass-valued fields."""
+    return [f.name for f in dataclasses.fields(src) if dataclasses.is_dataclass(getattr(src, f.name))]
+
+
+def flat_source(src: SourceConfig) -> dict[str, Any]:
+    """The source config in its flat form from before the settings blocks, as the cache keys hash it.
+
+    Each block setting under its old flat name (:data:`SourceConfig.RENAMED_KEYS` backwards:
+    ``masquerade.occurrences`` -> ``masquerade_occurrences``); a block setting without one (added
+    since) as ``<block>.<key>``, and only when off its default.
+    """
+    d = to_dict(src)
+    blocks = {b: d.pop(b) for b in _blocks(src)}
+    for old, new in SourceConfig.RENAMED_KEYS.items():
+        block, key = new.split(".")
+        d[old] = blocks[block].pop(key)
+    for b, rest in blocks.items():
+        defaults = to_dict(type(getattr(src, b))())
+        d.update({f"{b}.{k}": v for k, v in rest.items() if v != defaults[k]})
+    return d
+
+
 def source_key(src: SourceConfig) -> dict[str, Any]:
     """The source config as it enters cache keys: what shapes the data, not where it lies.
 
-    Keys only other traffic kinds' sources read are left out too, so adding them did not
-    invalidate earlier runs of this kind.
+    Settings only other traffic kinds' sources read (their ``source_blocks``) are left out too,
+    so adding them did not invalidate earlier runs of this kind.
     """
     own, _ = source_kind(src.kind)
-    d = to_dict(src)
-    for k in [k for t in TRAFFIC.values() if t is not own for k in t.source_keys]:
+    d = flat_source(src)
+    others = {b for t in TRAFFIC.values() if t is not own for b in t.source_blocks}
+    theirs = [old for old, new in SourceConfig.RENAMED_KEYS.items() if new.split(".")[0] in others]
+    for k in theirs + [k for k in d if "." in k and k.split(".")[0] in others]:
         d.pop(k, None)
     for k, default in _LATER_DEFAULTS.items():
         if d.get(k) == default:

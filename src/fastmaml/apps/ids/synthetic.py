@@ -14,16 +14,17 @@ def prepare_synthetic(src: SourceConfig, feat: FeatureConfig, log: object = None
 
     Every task is separable by one feature, and pairs of attacks share a feature with
     opposite signs, so a good initialization must learn which way to go from the support set.
+    Sizes: ``source.synthetic``; the blobs are drawn with ``source.sim.train_seed``.
     """
     n_feat = 8
-    g = torch.Generator().manual_seed(src.sim_train_seed)
+    g = torch.Generator().manual_seed(src.sim.train_seed)
     names = [f"f{i}" for i in range(n_feat)]
     families = {}
-    for i in range(src.synthetic_attacks):
+    for i in range(src.synthetic.attacks):
         name = f"attack{i}"
         parts = []
         for _ in ("train", "test"):
-            n = src.synthetic_samples
+            n = src.synthetic.samples
             x = 0.25 + torch.rand(2 * n, n_feat, generator=g) * 0.5
             y = torch.cat([torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)])
             x[n:, (i // 2) % n_feat] += 0.5 if i % 2 == 0 else -0.5

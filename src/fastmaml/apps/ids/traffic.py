@@ -88,8 +88,9 @@ class Traffic(ABC):
     rules: ClassVar[Mapping[str, str]]  # rule baselines: name -> label in reports
     reference_rule: ClassVar[str]  # the rule drawn as the dotted reference line of the F1-vs-K figure
     sources: ClassVar[Mapping[str, Source]]  # the source kinds carrying this traffic
-    # SourceConfig keys only this kind's sources read: left out of the other kinds' cache keys.
-    source_keys: ClassVar[tuple[str, ...]] = ()
+    # The SourceConfig settings blocks (source.<block>) only this kind's sources read: left out of the other
+    # kinds' cache keys.
+    source_blocks: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def feature_names(self, state: Any) -> list[str]:

@@ -120,12 +120,12 @@ def plan(clean: FrameBatch, kind: str, targets: list[Signal], occurrences: int, 
         what = f"{occurrences} intervals of {duration_s} s do not fit in the {t_last - t_first:.0f} s capture with gaps " \
                "between them"
         if fits >= 1:
-            raise DataError(f"{what}; {fits} fit: set source.masquerade_occurrences={fits} (fastmaml ids masquerade: "
-                            f"--occurrences {fits}), or lower source.masquerade_duration_s (--duration), or give a "
+            raise DataError(f"{what}; {fits} fit: set source.masquerade.occurrences={fits} (fastmaml ids masquerade: "
+                            f"--occurrences {fits}), or lower source.masquerade.duration_s (--duration), or give a "
                             "longer clean capture")
         longest = (t_last - begin) / 1.5
-        raise DataError(f"{what}; not even one fits: set source.masquerade_occurrences=1 (fastmaml ids masquerade: "
-                        f"--occurrences 1) and source.masquerade_duration_s={longest:.2f} or less (--duration), or give "
+        raise DataError(f"{what}; not even one fits: set source.masquerade.occurrences=1 (fastmaml ids masquerade: "
+                        f"--occurrences 1) and source.masquerade.duration_s={longest:.2f} or less (--duration), or give "
                         "a longer clean capture")
     rng = np.random.default_rng([seed, KINDS.index(kind)])
     # With targets of both groups, intervals alternate between them, so each group has half the occurrences.
@@ -269,7 +269,7 @@ def prepare_masquerade(src: SourceConfig, feat: FeatureConfig, log: Callable[[st
         spec = src.captures[0]
         what = spec.path
     else:
-        spec = CaptureSpec(path=str(data_folder(src, src.daga_dir, "ids/daga", "DAGA") / can_source.DAGA_CLEAN),
+        spec = CaptureSpec(path=str(data_folder(src, src.daga.dir, "ids/daga", "DAGA") / can_source.DAGA_CLEAN),
                            format="daga", attack="none")
         what = f"DAGA clean trace ({spec.path})"
     clean = can_source.read_labelled(spec, src, log, clean=True)
@@ -280,8 +280,8 @@ def prepare_masquerade(src: SourceConfig, feat: FeatureConfig, log: Callable[[st
         raise DataError(f"unknown masquerade attack(s) {bad}; valid: "
                         f"{[attack_name(k, v) for k in KINDS for v in VARIANTS]}")
     log(f"generating {len(kinds)} masquerade kinds x {len(VARIANTS)} variants on {what}")
-    captures, plans = generate(clean, kinds, src.masquerade_occurrences, src.masquerade_duration_s,
-                               src.masquerade_seed, feat.dbc, src.masquerade_targets)
+    m = src.masquerade
+    captures, plans = generate(clean, kinds, m.occurrences, m.duration_s, m.seed, feat.dbc, m.targets)
     if src.attacks:
         captures = {k: v for k, v in captures.items() if k in src.attacks}
     names = list(captures)
@@ -294,8 +294,8 @@ def prepare_masquerade(src: SourceConfig, feat: FeatureConfig, log: Callable[[st
     data = can_source.prepare_cut_captures(frames, names, cuts, [fit], src, feat, log,
                                            f"masquerades generated on {what}", benign_test=after)
     data.default_holdout = [[n for n in names if n.rsplit("_", 1)[0] == k] for k in kinds]
-    data.stats["masquerade"] = {"occurrences": src.masquerade_occurrences, "duration_s": src.masquerade_duration_s,
-                                "seed": src.masquerade_seed, "injections": plans}
+    data.stats["masquerade"] = {"occurrences": m.occurrences, "duration_s": m.duration_s, "seed": m.seed,
+                                "injections": plans}
     return data
 
 

@@ -64,7 +64,7 @@ def _split_frames(b: FrameBatch, test_fraction: float) -> dict[str, FrameBatch]:
 
 def prepare_cic(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], None], workdir: Path | None = None) -> IdsData:
     """CICIoV2024 decimal CSVs: benign capture + one capture per attack (attack frames only)."""
-    folder = data_folder(src, src.cic_dir, "ids/ciciov2024/decimal", "CICIoV2024")
+    folder = data_folder(src, src.cic.dir, "ids/ciciov2024/decimal", "CICIoV2024")
     benign_files = sorted(folder.glob("decimal_benign.csv*"))
     attack_files = sorted(f for f in folder.glob("decimal_*.csv") if "benign" not in f.name)
     if not benign_files or not attack_files:
@@ -96,7 +96,7 @@ def prepare_cic(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], Non
 
 def prepare_sim(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], None], workdir: Path | None = None) -> IdsData:
     """The CAN simulator: train and test captures are two drives (seeds); features fitted on a third."""
-    fit = can_sim.simulate("none", src.sim_duration_s, src.sim_fit_seed)
+    fit = can_sim.simulate("none", src.sim.duration_s, src.sim.fit_seed)
     state = FeatureState.fit(fit, signals=feat.signals, dbc=feat.dbc)
     rules = _fit_rules(fit, state)
     attacks = src.attacks or list(can_sim.ATTACKS)
@@ -105,9 +105,9 @@ def prepare_sim(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], Non
         raise DataError(f"unknown simulator attack(s) {bad}; valid attacks: {list(can_sim.ATTACKS)}")
     families = {}
     for a in attacks:
-        log(f"simulating {a} ({src.sim_duration_s:.0f} s train + test captures)")
-        parts = {"train": can_sim.simulate(a, src.sim_duration_s, src.sim_train_seed),
-                 "test": can_sim.simulate(a, src.sim_duration_s, src.sim_test_seed)}
+        log(f"simulating {a} ({src.sim.duration_s:.0f} s train + test captures)")
+        parts = {"train": can_sim.simulate(a, src.sim.duration_s, src.sim.train_seed),
+                 "test": can_sim.simulate(a, src.sim.duration_s, src.sim.test_seed)}
         families[a] = _family_from_frames(a, parts, state, feat, rules)
     return _finish(families, state, feat, "CAN simulator", [])
 
@@ -389,7 +389,7 @@ def prepare_daga(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], No
     One cut time serves all files (same timeline); features and rules are fitted on the clean
     trace before the cut only, so nothing of the test period leaks into them.
     """
-    folder = data_folder(src, src.daga_dir, "ids/daga", "DAGA")
+    folder = data_folder(src, src.daga.dir, "ids/daga", "DAGA")
     wanted = src.attacks or list(DAGA_ATTACKS)
     bad = [a for a in wanted if a not in DAGA_ATTACKS]
     if bad:

@@ -5,9 +5,9 @@ so the Ethernet source runs through the same SampleSet -> episodes -> methods ->
 as CAN (via :func:`~fastmaml.apps.ids.families.families_from_sample_sets`):
 
 * ``source.kind: eth_sim``: the simulated zonal network (:mod:`.zonal_sim`). The feature
-  state and the rules are fitted on a benign-only capture (``sim_fit_seed``); every attack
-  type is simulated once for the train part (``sim_train_seed``) and once, another drive,
-  for the test part (``sim_test_seed``). Every capture is written as a real pcap and read
+  state and the rules are fitted on a benign-only capture (``source.sim.fit_seed``); every attack
+  type is simulated once for the train part (``sim.train_seed``) and once, another drive,
+  for the test part (``sim.test_seed``). Every capture is written as a real pcap and read
   back by :class:`~.pcap_reader.PcapReader`, so the experiment sees exactly what
   ``fastmaml ids detect`` sees. Default held-out set: the flooding variants
   :data:`~.zonal_sim.NEW_ATTACKS`, together in one fold.
@@ -240,21 +240,21 @@ def _prepare_sim(src: Any, feat: Any, log: Callable[[str], None], workdir: Path 
     bad = [a for a in attacks if a not in zonal_sim.ATTACKS]
     if bad:
         raise DataError(f"unknown zonal-network attack(s) {bad}; valid attacks: {list(zonal_sim.ATTACKS)}")
-    if not src.eth_camera and "avtp_replay" in attacks:
-        raise ConfigError("avtp_replay replays camera frames; set source.eth_camera=true or drop avtp_replay "
+    if not src.eth_sim.camera and "avtp_replay" in attacks:
+        raise ConfigError("avtp_replay replays camera frames; set source.eth_sim.camera=true or drop avtp_replay "
                           "from source.attacks")
-    D = float(src.sim_duration_s)
+    D = float(src.sim.duration_s)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         d = Path(tmp)
 
         def capture(attack: str, seed: int) -> tuple[Path, Path]:
             # Through a real pcap file: the experiment reads what `fastmaml ids detect` would read.
             pcap, lab = d / f"{attack}-{seed}.pcap", d / f"{attack}-{seed}.csv"
-            zonal_sim.simulate(attack, D, seed, camera=src.eth_camera).write(pcap, lab)
+            zonal_sim.simulate(attack, D, seed, camera=src.eth_sim.camera).write(pcap, lab)
             return pcap, lab
 
         log(f"simulating a benign zonal-network capture ({D:.0f} s) to fit features and rules")
-        fit_pcap, fit_lab = capture("none", src.sim_fit_seed)
+        fit_pcap, fit_lab = capture("none", src.sim.fit_seed)
         state = EthFeatureState.fit(benign_chunks(fit_pcap, fit_lab))
         fit_pcap.unlink()
         families = {}
@@ -262,13 +262,13 @@ def _prepare_sim(src: Any, feat: Any, log: Callable[[str], None], workdir: Path 
         for a in attacks:
             log(f"simulating {a} ({D:.0f} s train + test captures)")
             sets = {}
-            for split, seed in (("train", src.sim_train_seed), ("test", src.sim_test_seed)):
+            for split, seed in (("train", src.sim.train_seed), ("test", src.sim.test_seed)):
                 pcap, lab = capture(a, seed)
                 cf = featurize_capture(pcap, state, lab)
                 pcap.unlink()  # ~3 MB per simulated second: keep at most one on disk
                 if a not in cf.class_names:
                     raise DataError(f"simulated {a} capture ({D:.0f} s) holds no attack packet; raise "
-                                    "source.sim_duration_s")
+                                    "source.sim.duration_s")
                 if split == "test":
                     novelty[a] = _novelty(cf, cf.class_names.index(a))
                 sets[split] = to_samples(cf, feat.window, feat.stride, feat.label_rule, feat.max_benign,

@@ -45,7 +45,7 @@ class EthernetTraffic(Traffic):
     reference_rule = "any"  # no single rule catches most attacks; their OR is the fair reference
     sources = {"eth_sim": Source(lambda *a: _eth("source").prepare_eth(*a)),
                "eth_captures": Source(lambda *a: _eth("source").prepare_eth(*a))}
-    source_keys = ("eth_camera",)
+    source_blocks = ("eth_sim",)
 
     def feature_names(self, state: Any) -> list[str]:
         return list(_eth("features").PACKET_FEATURES)
