@@ -168,3 +168,39 @@ def test_merge_alerts_keeps_frame_order():
     assert m.index.tolist() == [5, 7, 9] and m.key.tolist() == [1, 2, 1]
     assert m.level[0] == 7.0 and np.isnan(m.level[1])
     assert len(E.merge_alerts().index) == 0
+
+
+def test_reference_drift_is_a_clean_quantile_and_lets_a_short_attack_through_the_budget():
+    # A detector adapted on a few frames often scores clean traffic near 0: summed as it is, clean driving piles up
+    # evidence like a random walk and the budget's threshold climbs out of reach of a short attack.
+    rng = np.random.default_rng(0)
+    n_keys, hz, secs = 3, 100, 600
+    t = np.arange(0, secs, 1 / hz)
+    clock = np.repeat(t, n_keys) + np.tile(np.arange(n_keys) / (hz * n_keys), len(t))
+    key = np.tile(np.arange(n_keys), len(t))
+    clean = rng.normal(0.0, 1.0, len(clock))
+    ev0, evq = E.Evidence(clip=6.0), E.Evidence(clip=6.0, reference=0.999)
+    fitted = evq.fitted(clean)
+    assert fitted.drift == pytest.approx(np.quantile(clean, 0.999)) and 2.8 < fitted.drift < 3.4
+    assert ev0.fitted(clean) is ev0 and E.Evidence(drift=5.0, reference=0.5).fitted(clean).drift == 5.0
+    cal0 = E.calibrate(clean, clock, key, 10.0, ev0, bootstrap=0)
+    calq = E.calibrate(clean, clock, key, 10.0, evq, bootstrap=0)
+    assert cal0.drift == 0.0 and calq.drift == pytest.approx(fitted.drift) and calq.threshold < cal0.threshold / 10
+    alarm = evq.calibrated(calq)
+    assert alarm.threshold == calq.threshold and alarm.drift == calq.drift
+    # Fresh clean traffic stays within the budget (10 min: a couple of alerts at most) ...
+    fresh = rng.normal(0.0, 1.0, len(clock))
+    assert E.count_alerts(fresh, clock, key, alarm) <= 2
+    # ... and 0.3 s of frames scored at the clip on one key are caught with the reference, not without.
+    attack = fresh.copy()
+    hit = (key == 1) & (clock >= 300) & (clock < 300.3)
+    attack[hit] = 6.0
+    for ev, cal, caught in ((ev0, cal0, 0), (evq, calq, 1)):
+        alerts, _ = E.cusum_alerts(attack, clock, key, ev.calibrated(cal))
+        assert E.judge(alerts, hit, clock, key).caught == caught
+    with pytest.raises(DataError, match="quantile"):
+        E.Evidence(reference=1.0)
+    # Old calibrations (no drift recorded) load with drift 0.
+    d = cal0.to_dict()
+    d.pop("drift")
+    assert E.Calibration.from_dict(d).drift == 0.0

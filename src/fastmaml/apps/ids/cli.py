@@ -27,6 +27,7 @@ from pathlib import Path
 from fastmaml.apps.ids.can.masquerade import KINDS as MASQUERADE_KINDS
 from fastmaml.apps.ids.can.masquerade import VARIANTS as MASQUERADE_VARIANTS
 from fastmaml.apps.ids.config import PRESETS
+from fastmaml.apps.ids.evidence import DETECTOR_REFERENCE
 from fastmaml.apps.ids.registry import TRAFFIC
 from fastmaml.cliargs import add_common, command_line, config_overrides, preset_names
 from fastmaml.errors import DataError
@@ -153,6 +154,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--clip", type=float, default=6.0, help="most evidence one frame adds (default: %(default)s)")
     j.add_argument("--drift", type=float, default=0.0,
                    help="subtracted from each frame's clipped log-odds (default: %(default)s)")
+    j.add_argument("--reference", type=float, default=DETECTOR_REFERENCE, metavar="Q",
+                   help="raise each detector's drift to this quantile of its clipped log-odds on --clean "
+                        "(0: off; default: %(default)s)")
     j.add_argument("--saved-thresholds", action="store_true",
                    help="use the thresholds saved in the detectors (ids adapt --clean) instead of calibrating all here")
     j.add_argument("--no-rules", action="store_true", help="judge the detectors only")
@@ -195,6 +199,9 @@ def _evidence_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift", type=float, default=None,
                    help="subtracted from each frame's clipped log-odds before summing: only frames scored above it "
                         "add evidence (default: 0, or the detector's)")
+    p.add_argument("--reference", type=float, default=None, metavar="Q",
+                   help="raise the drift to this quantile of the clean capture's clipped log-odds (the CUSUM's "
+                        f"reference value; 0: off; default: {DETECTOR_REFERENCE}, or the detector's)")
 
 
 def _reader_options(p: argparse.ArgumentParser) -> None:
@@ -290,11 +297,12 @@ def _evidence(args: argparse.Namespace, det: object) -> object:
     """The evidence setting the options ask for (None: the detector's own, or the defaults)."""
     from fastmaml.apps.ids.evidence import Evidence
 
-    if args.clip is None and args.drift is None:
+    if args.clip is None and args.drift is None and args.reference is None:
         return None
-    base = det.alarm() or Evidence()  # type: ignore[attr-defined]
+    base = det.alarm() or Evidence(reference=DETECTOR_REFERENCE)  # type: ignore[attr-defined]
     return Evidence(base.threshold, base.clip if args.clip is None else args.clip,
-                    base.drift if args.drift is None else args.drift, base.holdoff_s)
+                    base.drift if args.drift is None else args.drift, base.holdoff_s,
+                    base.reference if args.reference is None else args.reference)
 
 
 def _evidence_line(e: dict, key_name: str) -> str:
@@ -328,7 +336,7 @@ def _judge(args: argparse.Namespace) -> None:
             raise DataError(f"--detector {item!r} is not NAME=FOLDER (e.g. --detector maml=runs/adapted)")
         dets[name] = load_detector(folder)
     results = judge_scorers(dets, args.clean, args.capture, alerts_per_hour=args.alerts_per_hour,
-                            rules=not args.no_rules, evidence=Evidence(clip=args.clip, drift=args.drift),
+                            rules=not args.no_rules, evidence=Evidence(clip=args.clip, drift=args.drift, reference=args.reference),
                             options=ReadOptions(format=args.format), recalibrate=not args.saved_thresholds,
                             union=args.union if not args.no_rules else "")
     args.out.mkdir(parents=True, exist_ok=True)

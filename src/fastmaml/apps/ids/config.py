@@ -247,6 +247,9 @@ class EvalConfig:
     evidence_benign: int = 1024
     evidence_clip: float = 6.0
     evidence_drift: float = 0.0  # subtracted from each frame's clipped log-odds: only frames above it add evidence
+    # ... raised to this quantile of each detector's clipped log-odds on the traffic before the cut (the CUSUM's
+    # reference value, evidence.Evidence.reference; 0: evidence_drift alone)
+    evidence_reference: float = 0.999
     # Share of those benign frames drawn from the attack shots' own IDs (0: uniformly from the clean traffic), so the
     # adapted detector cannot call an ID an attack for being that ID.
     evidence_same_id: float = 0.0
@@ -292,6 +295,9 @@ class IdsConfig:
             raise ConfigError("eval.shots and train_shots must be positive numbers of samples per class")
         if self.eval.query < 1 or self.train_query < 1 or self.eval.episodes < 2:
             raise ConfigError("eval.query and train_query must be >= 1 and eval.episodes >= 2 (for a CI)")
+        if not 0.0 <= self.eval.evidence_reference < 1.0:
+            raise ConfigError(f"eval.evidence_reference {self.eval.evidence_reference} must be a quantile in [0, 1) "
+                              "(0: off)")
         if self.eval.evidence_same_id > 0 and not self.features.identity:
             raise ConfigError("eval.evidence_same_id draws clean frames of the attacked IDs, which the samples no longer "
                               "name with features.identity=false; set one of them back")

@@ -32,25 +32,51 @@ import numpy as np
 from fastmaml.errors import DataError
 
 
+# The reference quantile detectors use unless told otherwise (eval.evidence_reference, --reference): rules, whose
+# frame scores are +-1, keep 0.
+DETECTOR_REFERENCE = 0.999
+
+
 @dataclass(frozen=True)
 class Evidence:
-    """How frame scores become alerts: clip each score, subtract ``drift``, sum per stream; alert above ``threshold``."""
+    """How frame scores become alerts: clip each score, subtract ``drift``, sum per stream; alert above ``threshold``.
+
+    ``reference`` (0 < q < 1): calibration raises ``drift`` to the q-quantile of the clipped scores of the clean
+    traffic (never below ``drift``), the CUSUM's reference value: a detector adapted on a few attack frames often
+    scores clean frames near 0 rather than far below it, and summing those near-zero scores would let clean
+    driving pile up as much evidence as an attack. With the reference only frames scored above what clean
+    traffic almost never shows add evidence. 0: ``drift`` as given.
+    """
 
     threshold: float = math.inf
     clip: float = 6.0
     drift: float = 0.0
     holdoff_s: float = 1.0
+    reference: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.clip > 0:
             raise DataError(f"evidence clip must be > 0, got {self.clip}")
         if self.holdoff_s < 0:
             raise DataError(f"evidence hold-off must be >= 0 s, got {self.holdoff_s}")
+        if not 0.0 <= self.reference < 1.0:
+            raise DataError(f"evidence reference must be a quantile in [0, 1) (0: off), got {self.reference}")
         if math.isnan(self.threshold):
             raise DataError("evidence threshold is NaN; calibrate it on clean traffic (--clean) or pass --threshold")
 
     def with_threshold(self, threshold: float) -> Evidence:
-        return Evidence(threshold, self.clip, self.drift, self.holdoff_s)
+        return Evidence(threshold, self.clip, self.drift, self.holdoff_s, self.reference)
+
+    def fitted(self, clean_score: np.ndarray) -> Evidence:
+        """The drift this setting uses on traffic like ``clean_score`` (``reference``: its clipped quantile)."""
+        if not self.reference or not len(clean_score):
+            return self
+        q = float(np.quantile(np.clip(np.asarray(clean_score, np.float64), -self.clip, self.clip), self.reference))
+        return Evidence(self.threshold, self.clip, max(self.drift, q), self.holdoff_s, self.reference)
+
+    def calibrated(self, cal: Calibration) -> Evidence:
+        """The alarm a calibration set: its threshold and the drift it was set with."""
+        return Evidence(cal.threshold, self.clip, cal.drift, self.holdoff_s, self.reference)
 
 
 def log_odds(logits: np.ndarray) -> np.ndarray:
@@ -198,6 +224,7 @@ class Calibration:
     verify_hours: float = math.nan  # clean driving without an alert that would verify the budget (95%)
     tail_shape: float = math.nan
     tail_scale: float = math.nan
+    drift: float = 0.0  # the evidence drift the threshold was set with (Evidence.reference fits it on the clean traffic)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -294,8 +321,10 @@ def calibrate(score: np.ndarray, clock: np.ndarray, key: np.ndarray, budget_per_
     excursion peaks extrapolates the rate beyond what the clean traffic can show, and the
     threshold is the higher of the two. With fewer, the threshold sits just above the highest
     clean peak, and the calibration says that is all the data supports. Never below ``clip``: no
-    single frame raises an alert on its own.
+    single frame raises an alert on its own. With ``ev.reference`` the drift is first fitted on ``score``
+    (:meth:`Evidence.fitted`); ``Calibration.drift`` records it and :meth:`Evidence.calibrated` applies both.
     """
+    ev = ev.fitted(score)
     if budget_per_hour <= 0:
         raise DataError(f"false-alert budget must be > 0 alerts per hour, got {budget_per_hour}")
     clock = np.asarray(clock, np.float64)
@@ -319,7 +348,8 @@ def calibrate(score: np.ndarray, clock: np.ndarray, key: np.ndarray, budget_per_
     h = float(cand[lo])
     if count_alerts(score, clock, key, ev.with_threshold(h)) > allowed:  # unreachable: the top peak alerts on nothing
         h = float(cand[-1])
-    cal = Calibration(budget_per_hour, h, seconds, 0, len(peaks), "empirical", verify_hours=3.0 / budget_per_hour)
+    cal = Calibration(budget_per_hour, h, seconds, 0, len(peaks), "empirical", verify_hours=3.0 / budget_per_hour,
+                      drift=ev.drift)
     if len(peaks) >= MIN_TAIL_EXCURSIONS:
         m = min(max(len(peaks) // 2, MIN_TAIL_EXCURSIONS - 1), 100)
         h_tail = _tail_threshold(peaks, hours, budget_per_hour, m)

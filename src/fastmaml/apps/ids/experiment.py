@@ -291,7 +291,8 @@ def _train_and_adapt(cfg: IdsConfig, data: IdsData, known: list[str], holdout: S
                                 data.streams[FIT_STREAM], e.operational_episodes, e.alert_budget_per_hour,
                                 cfg.source.occurrence_gap_s, partners, e.evidence_benign, e.evidence_clip, seed,
                                 e.evidence_drift, _occurrence_groups(data, a), e.evidence_same_id,
-                                TRAFFIC[data.traffic].sample_keys(data.feature_names), e.evidence_union)
+                                TRAFFIC[data.traffic].sample_keys(data.feature_names), e.evidence_union,
+                                e.evidence_reference)
                             rows = [{**r, **v} for r, v in zip(rows, ev_rows)]
                         rec.ops.setdefault(a, {}).setdefault(method, []).extend(rows)
     return rec

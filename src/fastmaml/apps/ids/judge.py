@@ -66,7 +66,7 @@ def _heldout_alerts(s: np.ndarray, clock: np.ndarray, key: np.ndarray, budget: f
     total = 0
     for fit, test in ((slice(0, mid), slice(mid, None)), (slice(mid, None), slice(0, mid))):
         cal = calibrate(s[fit], clock[fit], key[fit], budget, ev, bootstrap=0)
-        total += count_alerts(s[test], clock[test], key[test], ev.with_threshold(cal.threshold))
+        total += count_alerts(s[test], clock[test], key[test], ev.calibrated(cal))
     return total
 
 
@@ -77,7 +77,7 @@ def _union_result(name: str, channels: list[tuple[np.ndarray, list[np.ndarray], 
     capture for an equal share of the budget, their alerts judged together."""
     share = budget / len(channels)
     cals = [calibrate(s, sc.clock, sc.key, share, ev) for s, _, ev in channels]
-    thrs = [ev.with_threshold(c.threshold) for (_, _, ev), c in zip(channels, cals)]
+    thrs = [ev.calibrated(c) for (_, _, ev), c in zip(channels, cals)]
     res = ScorerResult(name, "union", cals[0], sum(count_alerts(s, sc.clock, sc.key, t)
                                                    for (s, _, _), t in zip(channels, thrs)),
                        sum(_heldout_alerts(s, sc.clock, sc.key, share, ev) for s, _, ev in channels))
@@ -126,7 +126,7 @@ def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: S
             else:
                 ev = evidence
                 cal = calibrate(s, sc.clock, sc.key, alerts_per_hour, ev)
-            thr = ev.with_threshold(cal.threshold)
+            thr = ev.calibrated(cal)
             res = ScorerResult(name if scorer == "detector" else f"rule: {scorer}",
                                "detector" if scorer == "detector" else "rule", cal,
                                count_alerts(s, sc.clock, sc.key, thr),

@@ -176,7 +176,7 @@ def evidence_judgement(scores: dict[str, np.ndarray] | list[tuple[dict[str, np.n
     thresholds, cals, alerts = [], [], []
     for sc, e in channels:
         cal = calibrate(sc["fit"], fc, fk, budget / len(channels), e, bootstrap=50)
-        thresholds.append(e.with_threshold(cal.threshold))
+        thresholds.append(e.calibrated(cal))
         cals.append(cal)
         alerts.append(cusum_alerts(sc["attack"], ac, ak, thresholds[-1])[0])
     j = judge(merge_alerts(*alerts), attack.attack.numpy().astype(bool), ac, ak, gap_s, partners)
@@ -209,8 +209,8 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
                     fit: Stream, n_episodes: int, budget: float, gap_s: float, partners: dict[int, set[int]],
                     benign_frames: int, clip: float, seed: int = 0, drift: float = 0.0,
                     group_of: Callable[[Occurrence], str | None] | None = None, same_id: float = 0.0,
-                    keys_of: Callable[[np.ndarray], np.ndarray] | None = None, union_rule: str = ""
-                    ) -> list[dict[str, float]]:
+                    keys_of: Callable[[np.ndarray], np.ndarray] | None = None, union_rule: str = "",
+                    reference: float = 0.0) -> list[dict[str, float]]:
     """Per adapted detector (first ``n_episodes`` support sets): evidence judgement after two adaptations.
 
     ``evidence/``: the K attack shots beside ``benign_frames`` frames of the benign traffic before the
@@ -222,7 +222,7 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
     rows = []
     b = ep.batch
     g = torch.Generator().manual_seed(seed)
-    ev = Evidence(clip=clip, drift=drift)
+    ev = Evidence(clip=clip, drift=drift, reference=reference)
     streams = {"attack": attack, "fit": fit, **({"clean": clean} if clean is not None else {})}
     union = rule_scores(attack, clean, fit, union_rule) if union_rule else None
     for i in range(min(n_episodes, b.support_x.shape[0])):

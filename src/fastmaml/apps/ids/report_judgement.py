@@ -169,7 +169,8 @@ def _streams(folds: list[FoldResult]) -> list[StreamResult]:
     return [o for f in folds for o in (f.operational or {}).values()]
 
 
-def evidence_section(folds: list[FoldResult], rule_names: dict[str, str], alert_budget: float | None) -> list[str]:
+def evidence_section(folds: list[FoldResult], rule_names: dict[str, str], alert_budget: float | None,
+                     reference: float = 0.0) -> list[str]:
     """The headline: attack occurrences caught at the false-alert budget, evidence accumulated per CAN ID.
 
     Every method and rule on one path (evidence.py): frame scores (log-odds; rules +1/-1) summed per ID
@@ -193,7 +194,10 @@ def evidence_section(folds: list[FoldResult], rule_names: dict[str, str], alert_
                      if k.startswith("evidence+") and k.endswith("/attack/caught_rate")}) if "maml" in methods else []
     lines = [f"## Occurrences caught at ≤ {alert_budget:g} false alerts per hour (evidence per CAN ID)", "",
              "Each adapted detector's frame log-odds (a rule: +1 per flagged frame, −1 otherwise) are summed per CAN ID "
-             "(a CUSUM, clipped per frame, reset after an alert); the alert threshold is set on the "
+             "(a CUSUM, clipped per frame, reset after an alert"
+             + (f"; a detector's frames add only what they score above its reference value, the {100 * reference:g}% "
+                "quantile of its clipped log-odds on the clean traffic before the cut" if reference else "")
+             + "); the alert threshold is set on the "
              f"{fit_s:.0f} s of benign traffic before the cut for ≤ {alert_budget:g} false alerts per hour (a "
              "generalized Pareto fit of the excursion peaks extrapolates where that traffic is too short to show the "
              "rate; verifying it would take "

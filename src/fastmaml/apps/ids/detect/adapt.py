@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from fastmaml.apps.ids.detect.detector import Detector, check_capture, log_odds, predict_logits, predict_proba
 from fastmaml.apps.ids.detect.scores import ScoredCapture, score_capture
-from fastmaml.apps.ids.evidence import Calibration, Evidence, calibrate
+from fastmaml.apps.ids.evidence import DETECTOR_REFERENCE, Calibration, Evidence, calibrate
 from fastmaml.apps.ids.metrics import detection_metrics
 from fastmaml.apps.ids.samples import BENIGN
 from fastmaml.apps.ids.traffic import ReadOptions
@@ -131,7 +131,7 @@ def calibrate_detector(det: Detector, clean: str | Path, alerts_per_hour: float,
     ``scored``: that capture already read with its features kept (adaptation read it for its benign frames);
     its frames are then scored by ``det`` without reading and featurizing the file again.
     """
-    ev = evidence or det.alarm() or Evidence()
+    ev = evidence or det.alarm() or Evidence(reference=DETECTOR_REFERENCE)
     if scored is not None and scored.x is not None:
         sc, scores = scored, log_odds(predict_logits(det.module(), torch.from_numpy(scored.x)))
     else:
@@ -140,6 +140,7 @@ def calibrate_detector(det: Detector, clean: str | Path, alerts_per_hour: float,
     if sc.truth is not None and sc.truth.any():
         raise DataError(f"{clean}: holds {int(sc.truth.sum())} attack frames; calibrate on a clean capture")
     cal = calibrate(scores, sc.clock, sc.key, alerts_per_hour, ev)
-    setting = {"threshold": cal.threshold, "clip": ev.clip, "drift": ev.drift, "holdoff_s": ev.holdoff_s,
+    setting = {"threshold": cal.threshold, "clip": ev.clip, "drift": cal.drift, "holdoff_s": ev.holdoff_s,
+               "reference": ev.reference,
                "calibration": cal.to_dict(), "clean_capture": str(clean)}
     return replace(det, evidence=setting), cal
