@@ -43,17 +43,17 @@ def test_summaries_keep_divergence_counts_and_nan():
 
 # The keys as the code before keys.py computed them (experiment._eval_key / _identity, sources.data_key):
 # a change here makes every cached data file, training run and fold evaluation of that config stale. The
-# evaluation keys were changed on purpose since: eval.evidence_union (a judgement added to every fold) and
-# eval.evidence_reference (the CUSUM's reference value, which changes the evidence results).
+# evaluation keys were changed on purpose once since: eval.evidence_union added a judgement to every fold
+# (eval.evidence_reference enters only when on).
 CASES = {
-    "sim": ([], "1ed9380b0b470867", "44c2382f46d601a9", "b80513f746947754"),
+    "sim": ([], "1ed9380b0b470867", "53b1638bca2567a2", "b80513f746947754"),
     "captures": (["source.kind=captures", "source.captures=[{path: a.log, labels: a.csv}, {path: b.log, attack: dos}]",
                   "source.split=auto", "features.signals=true"],
-                 "e4c899f3822488a4", "b5b081911aa0f478", "a2ab820a8161e039"),
+                 "e4c899f3822488a4", "47494e3fb3e33b5b", "a2ab820a8161e039"),
     "cross": (["source.kind=sim", "train_source={kind: sim, sim_duration_s: 10.0}", "features.identity=false"],
-              "61ca01e5ffb2f89b", "68aa547cd7482680", "4303301044c21646"),
+              "61ca01e5ffb2f89b", "b2f07069f6bac1b4", "4303301044c21646"),
     "eth": (["source.kind=eth_sim", "source.eth_camera=false", "model.hidden=[16]"],
-            "db08b696924da10e", "acbee597e9d05615", "8d783cdf91e863d1"),
+            "db08b696924da10e", "1736cd330eec0eb3", "8d783cdf91e863d1"),
 }
 
 
@@ -78,22 +78,22 @@ SETTINGS_CASES = {
                     "features.signals=true"],
                    ["source.kind=masquerade", "source.captures=[clean.log]",
                     "source.masquerade={occurrences: 6, duration_s: 1.5, seed: 3, targets: all}", "features.signals=true"],
-                   ("092c70f6741fef96", "8755e74d35983c1a", "447ff1c04b430c31")),
+                   ("092c70f6741fef96", "01bc702b7bff5a04", "447ff1c04b430c31")),
     "sim": (["source.sim_duration_s=15", "source.sim_fit_seed=5", "source.sim_train_seed=6", "source.sim_test_seed=7",
              "source.attacks=[dos]"],
             ["source.sim.duration_s=15", "source.sim.fit_seed=5", "source.sim.train_seed=6", "source.sim.test_seed=7",
              "source.attacks=[dos]"],
-            ("9830f20655ebce19", "197bb443302bee44", "da70a23356a8e869")),
+            ("9830f20655ebce19", "f2215c7537419fff", "da70a23356a8e869")),
     "synthetic": (["source.kind=synthetic", "source.synthetic_attacks=2", "source.synthetic_samples=50",
                    "source.cic_dir=/x", "source.daga_dir=/y"],
                   ["source.kind=synthetic", "source.synthetic={attacks: 2, samples: 50}", "source.cic.dir=/x",
                    "source.daga.dir=/y"],
-                  ("907dff5dcea736d3", "4e1bde5857f770b4", "7f65727ca4fabd9a")),
+                  ("907dff5dcea736d3", "c93d860814ee5419", "7f65727ca4fabd9a")),
     "eth": (["source.kind=eth_sim", "source.sim_duration_s=4", "source.eth_camera=false",
              "train_source={kind: eth_sim, sim_duration_s: 8.0, sim_test_seed: 9}"],
             ["source.kind=eth_sim", "source.sim.duration_s=4", "source.eth_sim.camera=false",
              "train_source={kind: eth_sim, sim: {duration_s: 8.0, test_seed: 9}}"],
-            ("0266248ce0b14924", "46e00c443f2e9da7", "fdc3a41810e5b915")),
+            ("0266248ce0b14924", "251cc1bb7acbfb2f", "fdc3a41810e5b915")),
 }
 
 
@@ -189,3 +189,14 @@ def test_keys_ignore_what_cannot_change_a_result():
     more = load_ids_config(None, ["train.iterations=9"])
     assert keys.run_identity(more, "maml", ["a"], 0, "d") == keys.run_identity(base, "maml", ["a"], 0, "d")
     assert keys.eval_key(more, ["a"], ["b"], "d") != keys.eval_key(base, ["a"], ["b"], "d")
+
+
+def test_evidence_reference_enters_the_evaluation_key_only_when_on():
+    base = load_ids_config(None, [])
+    dkey = keys.data_key(base)
+    off = load_ids_config(None, ["eval.evidence_reference=0"])
+    on = load_ids_config(None, ["eval.evidence_reference=0.999"])
+    assert keys.eval_key(base, ["a"], ["b"], dkey) == keys.eval_key(off, ["a"], ["b"], dkey)
+    assert keys.eval_key(base, ["a"], ["b"], dkey) != keys.eval_key(on, ["a"], ["b"], dkey)
+    with pytest.raises(ConfigError, match="evidence_reference"):
+        load_ids_config(None, ["eval.evidence_reference=1.5"]).validate()

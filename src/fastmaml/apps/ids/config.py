@@ -248,8 +248,9 @@ class EvalConfig:
     evidence_clip: float = 6.0
     evidence_drift: float = 0.0  # subtracted from each frame's clipped log-odds: only frames above it add evidence
     # ... raised to this quantile of each detector's clipped log-odds on the traffic before the cut (the CUSUM's
-    # reference value, evidence.Evidence.reference; 0: evidence_drift alone)
-    evidence_reference: float = 0.999
+    # reference value, evidence.Evidence.reference, e.g. 0.999; 0: evidence_drift alone; evidence.DETECTOR_REFERENCE
+    # says why it is off by default)
+    evidence_reference: float = 0.0
     # Share of those benign frames drawn from the attack shots' own IDs (0: uniformly from the clean traffic), so the
     # adapted detector cannot call an ID an attack for being that ID.
     evidence_same_id: float = 0.0

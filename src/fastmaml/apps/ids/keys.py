@@ -135,4 +135,6 @@ def eval_key(cfg: IdsConfig, known: Sequence[str], holdout: Sequence[str], dkey:
         c["train_source"] = source_key(cfg.train_source)
     for k in _NO_EFFECT:
         c["train"].pop(k, None)
+    if not c["eval"].get("evidence_reference"):  # off (the default): the key evaluations had before it existed
+        c["eval"].pop("evidence_reference", None)
     return _hash({"cfg": c, "known": sorted(known), "holdout": list(holdout), "data": dkey})
