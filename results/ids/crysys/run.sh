@@ -14,7 +14,7 @@ for seed in 0 1 2; do
   for m in maml fomaml pretrained scratch; do
     out="$RUNS/$m-s$seed"
     [ -f "$out/detector/detector.json" ] || $FM ids train --preset masquerade --method "$m" --out "$out" \
-        "source.captures=[$CLEAN]" source.masquerade_occurrences=6 "seeds=[$seed]"
+        "source.captures=[$CLEAN]" source.masquerade_occurrences=6 "seeds=[$seed]" features.identity=true
     # K = 5 attack frames of the CONST file; the benign side from the clean trace (4,096 frames).
     $FM ids adapt --detector "$out/detector" --capture "$CONST" --shots 5 --seed "$seed" --clean "$CLEAN" \
         --out "$out/adapted"
