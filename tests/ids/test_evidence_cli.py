@@ -128,3 +128,18 @@ def test_judge_rules_and_detectors_on_one_path(workdir, capsys):
     assert main(["ids", "judge", "--detector", "nonsense", "--clean", str(d / "clean.log"), "--capture",
                  str(d / "cap_inline.log"), "--out", str(d / "j2")]) == 2
     assert "is not NAME=FOLDER" in capsys.readouterr().err
+
+
+def test_a_union_rule_nobody_knows_is_a_clear_error(workdir, capsys):
+    from fastmaml.apps.ids.registry import load_ids_config
+    from fastmaml.errors import ConfigError
+
+    d = workdir
+    if not (d / "adapted").is_dir():
+        pytest.skip("needs the adapted detector of the tests above")
+    assert main(["ids", "judge", "--detector", f"m={d / 'adapted'}", "--clean", str(d / "clean.log"), "--capture",
+                 str(d / "cap_inline.log"), "--union", "plausibilty", "--out", str(d / "j3")]) == 2
+    assert "--union 'plausibilty' is not a rule of CAN traffic" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="evidence_union 'plausibilty' is not a rule baseline"):
+        load_ids_config("sim_tiny", ["eval.evidence_union=plausibilty"])
+    assert load_ids_config("eth_tiny", []).eval.evidence_union == "plausibility"  # CAN's default: left out on Ethernet

@@ -103,6 +103,9 @@ def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: S
     if not detectors:
         raise DataError("ids judge needs at least one --detector NAME=FOLDER")
     first = next(iter(detectors.values()))
+    if union and union not in first.kind().rules:
+        raise DataError(f"--union {union!r} is not a rule of {first.kind().description}; choose one of "
+                        f"{sorted(first.kind().rules)} (or '' for none)")
     rule_fns = first.kind().stream_rules(first.state(), clean, options) if rules else {}
     out: list[ScorerResult] = []
     union_rule: tuple[np.ndarray, list[np.ndarray], Evidence] | None = None

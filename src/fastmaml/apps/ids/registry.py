@@ -68,6 +68,13 @@ def check_sources(cfg: IdsConfig) -> None:
             raise ConfigError(f"{key}.split={src.split} splits a folder of capture files "
                               f"({' or '.join(f'source.kind={k}' for k in folders)}); "
                               f"{key}.kind={src.kind} takes {key}.split=occurrences or time")
+    # The default union rule (plausibility) is CAN's; a traffic without it leaves the union out. A name no traffic
+    # knows is a typo.
+    known_rules = {r for t in TRAFFIC.values() for r in t.rules}
+    union = cfg.eval.evidence_union
+    if union and union not in known_rules:
+        raise ConfigError(f"eval.evidence_union {union!r} is not a rule baseline; choose one of {sorted(known_rules)} "
+                          f"or '' for none")
 
 
 def load_ids_config(preset: str | Path | None, overrides: Iterable[str] = ()) -> IdsConfig:
