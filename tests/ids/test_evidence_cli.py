@@ -143,3 +143,25 @@ def test_a_union_rule_nobody_knows_is_a_clear_error(workdir, capsys):
     with pytest.raises(ConfigError, match="evidence_union 'plausibilty' is not a rule baseline"):
         load_ids_config("sim_tiny", ["eval.evidence_union=plausibilty"])
     assert load_ids_config("eth_tiny", []).eval.evidence_union == "plausibility"  # CAN's default: left out on Ethernet
+
+
+def test_adapt_with_a_union_rule_stores_it_and_detect_raises_both(workdir, capsys):
+    d = workdir
+    det = str(d / "trained" / "detector")
+    assert main(["ids", "adapt", "--detector", det, "--capture", str(d / "cap.log"), "--labels",
+                 str(d / "cap_labels.csv"), "--shots", "5", "--clean", str(d / "clean.log"), "--benign-frames", "500",
+                 "--union", "timing", "--out", str(d / "adapted_u")]) == 0
+    out = capsys.readouterr().out
+    assert "beside it, rule timing (each at half the budget): threshold" in out
+    ev = json.loads((d / "adapted_u" / "detector.json").read_text())["evidence"]
+    assert ev["calibration"]["budget_per_hour"] == 5 and ev["union"]["calibration"]["budget_per_hour"] == 5
+    assert main(["ids", "detect", "--detector", str(d / "adapted_u"), "--capture", str(d / "cap.log"), "--labels",
+                 str(d / "cap_labels.csv"), "--out", str(d / "vu.csv"), "--json", str(d / "vu.json"),
+                 "--no-progress"]) == 0
+    summary = json.loads((d / "vu.json").read_text())["evidence"]
+    assert summary["union"]["rule"] == "timing"
+    assert summary["alerts"] == summary["union"]["detector_alerts"] + summary["union"]["rule_alerts"]
+    # Recalibrating without --union drops the stored rule.
+    assert main(["ids", "detect", "--detector", str(d / "adapted_u"), "--capture", str(d / "cap.log"), "--clean",
+                 str(d / "clean.log"), "--out", str(d / "vu2.csv"), "--no-progress"]) == 0
+    assert "union" not in json.loads((d / "adapted_u" / "detector.json").read_text())["evidence"]

@@ -194,3 +194,49 @@ def test_only_frame_level_can_detectors_are_monitored(setup):
         FrameScorer(Detector(**{**det.__dict__, "traffic": "eth"}))
     with pytest.raises(DataError, match="windows of 4 frames"):
         FrameScorer(Detector(**{**det.__dict__, "window": 4}))
+
+
+def test_a_detector_with_a_union_rule_raises_both_channels_in_detect_and_monitor(setup, tmp_path):
+    """`--union RULE`: the rule's alerts beside the detector's, each channel at half the budget, in detect and monitor."""
+    from dataclasses import replace
+
+    from fastmaml.apps.ids.detect import load_detector, score_capture
+    from fastmaml.apps.ids.detect.union import rule_function
+    from fastmaml.apps.ids.evidence import cusum_alerts
+
+    d, _, frames = setup
+    det, cal = calibrate_detector(tiny_detector(), d / "clean.log", 60.0, union="timing")
+    u = det.evidence["union"]
+    assert cal.budget_per_hour == 30.0 and u["calibration"]["budget_per_hour"] == 30.0 and u["rule"] == "timing"
+    s = stream_detect(det, d / "cap.log", tmp_path / "u.csv", progress=False)
+    by = {c: [(a["frame"], a["key"]) for a in s.evidence["alert_list"] if a["channel"] == c] for c in ("detector", "timing")}
+    assert s.evidence["union"] == {"rule": "timing", "detector_alerts": len(by["detector"]),
+                                   "rule_alerts": len(by["timing"])}
+    assert by["timing"], "the timing rule sees the fuzzing"
+    # The detector channel is the detector alone at its (half-budget) threshold ...
+    alone = stream_detect(replace(det, evidence={k: v for k, v in det.evidence.items() if k != "union"}), d / "cap.log",
+                          tmp_path / "a.csv", progress=False)
+    assert [(a["frame"], a["key"]) for a in alone.evidence["alert_list"]] == by["detector"]
+    # ... and the rule channel the rule's +-1 scores through their own CUSUM.
+    sc = score_capture(det, d / "cap.log", rules={"timing": rule_function(det, "timing", d / "clean.log")})
+    ev = Evidence(u["threshold"], u["clip"], u["drift"], u["holdoff_s"])
+    a, _ = cusum_alerts(sc.rule_scores["timing"], sc.clock, sc.key, ev)
+    assert a.index.tolist() == [f for f, _ in by["timing"]]
+    frames_order = [a["frame"] for a in s.evidence["alert_list"]]
+    assert frames_order == sorted(frames_order)
+    # monitor: the same alerts, channel for channel
+    save_detector(det, tmp_path / "udet")
+    with can.Bus(interface="virtual", channel="m34_union") as bus:
+        th = replay(frames, "m34_union", speed=10.0)
+        monitor(FrameScorer(load_detector(tmp_path / "udet")), bus, alerts_path=tmp_path / "u.jsonl",
+                max_frames=len(frames), batch_s=0.02, echo=lambda _: None)
+        th.join()
+    got = [json.loads(x) for x in (tmp_path / "u.jsonl").read_text().splitlines()]
+    assert [(g["frame"], g["channel"]) for g in got] == [(a["frame"], a["channel"]) for a in s.evidence["alert_list"]]
+    # The rule is fitted on the clean capture again when the detector is used: gone, it says so.
+    moved = replace(det, evidence={**det.evidence, "union": {**u, "clean_capture": str(tmp_path / "gone.log")}})
+    with pytest.raises(DataError, match="is not there"):
+        stream_detect(moved, d / "cap.log", tmp_path / "m.csv", progress=False)
+    with pytest.raises(DataError, match="not a rule of CAN traffic"):
+        calibrate_detector(tiny_detector(), d / "clean.log", 60.0, union="nope")
+    assert np.isfinite(u["threshold"])

@@ -199,6 +199,10 @@ def _evidence_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift", type=float, default=None,
                    help="subtracted from each frame's clipped log-odds before summing: only frames scored above it "
                         "add evidence (default: 0, or the detector's)")
+    p.add_argument("--union", default="", metavar="RULE",
+                   help="with --clean: also raise the alerts of this rule baseline (e.g. plausibility, which needs "
+                        "signal features) beside the detector's, each calibrated for half the budget; ids detect and "
+                        "ids monitor then run both (the rule is fitted on the same clean capture again, so keep it)")
     p.add_argument("--reference", type=float, default=None, metavar="Q",
                    help="raise the drift to this quantile of the clean capture's clipped log-odds (the CUSUM's "
                         f"reference value; 0: off; default: {DETECTOR_REFERENCE}, or the detector's)")
@@ -305,6 +309,15 @@ def _evidence(args: argparse.Namespace, det: object) -> object:
                     base.reference if args.reference is None else args.reference)
 
 
+def _print_union(det: object) -> None:
+    from fastmaml.apps.ids.evidence import Calibration
+
+    u = det.evidence.get("union")  # type: ignore[attr-defined]
+    if u:
+        print(f"beside it, rule {u['rule']} (each at half the budget): "
+              + Calibration.from_dict(u["calibration"]).summary())
+
+
 def _evidence_line(e: dict, key_name: str) -> str:
     """One line: evidence alerts and, against labels, occurrences caught, delay and false alerts per hour."""
     line = (f"evidence alerts (CUSUM of log-odds per {key_name}, threshold {e['threshold']:.2f}): {e['alerts']} in "
@@ -359,13 +372,15 @@ def _adapt(args: argparse.Namespace) -> None:
                                format=args.format, seed=args.seed, columns=args.column, bad_id=args.bad_id,
                                label_column=args.label_column, clean=args.clean, clean_format=args.clean_format,
                                benign_frames=args.benign_frames,
-                               alerts_per_hour=args.alerts_per_hour, evidence=_evidence(args, det))
+                               alerts_per_hour=args.alerts_per_hour, evidence=_evidence(args, det),
+                               union=args.union)
     save_detector(new, args.out)
     support = (f"{info.shots} attack samples and {info.benign_support} clean frames" if args.clean
                else f"{info.shots} samples per class")
     print(f"adapted to {info.attack!r} from {support} (available: {info.available}); detector: {args.out}")
     if info.calibration is not None:
         print("calibrated: " + info.calibration.summary())
+        _print_union(new)
     if info.holdout_metrics:
         m = info.holdout_metrics
         print("on the capture's other samples: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
@@ -379,9 +394,10 @@ def _detect(args: argparse.Namespace) -> None:
     det = load_detector(args.detector)
     if args.clean is not None:
         det, cal = calibrate_detector(det, args.clean, args.alerts_per_hour, evidence=_evidence(args, det),
-                                      clean_format=args.clean_format)
+                                      clean_format=args.clean_format, union=args.union)
         save_detector(det, args.detector)
         print(f"calibrated (written to {args.detector}): " + cal.summary())
+        _print_union(det)
     ev = det.alarm()
     if args.threshold is not None:
         ev = (_evidence(args, det) or ev or Evidence()).with_threshold(args.threshold)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from fastmaml.apps.ids.detect.detector import Detector, check_capture, log_odds, predict_logits, predict_proba
 from fastmaml.apps.ids.detect.scores import ScoredCapture, score_capture
+from fastmaml.apps.ids.detect.union import calibrate_rule, rule_function, union_setting
 from fastmaml.apps.ids.evidence import DETECTOR_REFERENCE, Calibration, Evidence, calibrate
 from fastmaml.apps.ids.metrics import detection_metrics
 from fastmaml.apps.ids.samples import BENIGN
@@ -49,7 +50,7 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
                    bad_id: str = "error", label_column: int = 1, clean: str | Path | None = None,
                    clean_format: str = "auto",
                    benign_frames: int = 4096, alerts_per_hour: float | None = 10.0,
-                   evidence: Evidence | None = None) -> tuple[Detector, AdaptInfo]:
+                   evidence: Evidence | None = None, union: str = "") -> tuple[Detector, AdaptInfo]:
     """Adapt ``det`` to a new attack from K labelled attack samples of a capture.
 
     Without ``clean`` the support set is K benign + K attack samples of the capture. With
@@ -57,7 +58,8 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
     benign side is up to ``benign_frames`` frames drawn from it, the loss weighs both classes
     equally (:func:`balanced_cross_entropy`), and with ``alerts_per_hour`` the evidence threshold
     for that false-alert budget is calibrated on the whole clean capture and saved in the detector
-    (:mod:`fastmaml.apps.ids.evidence`; ``evidence`` sets clip, drift and hold-off).
+    (:mod:`fastmaml.apps.ids.evidence`; ``evidence`` sets clip, drift and hold-off; ``union`` a rule raising
+    alerts beside the detector, each at half the budget: :func:`calibrate_detector`).
     ``attack`` picks one attack class of the capture (default: every non-benign label is the
     attack). The other samples of the capture (up to ``max_samples`` per class) score the
     adapted detector. ``columns`` (format ``csv``): the column map of a labelled CSV export
@@ -114,6 +116,7 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
     calibration = None
     if clean is not None and alerts_per_hour is not None:
         new, calibration = calibrate_detector(new, clean, alerts_per_hour, evidence=evidence, clean_format=clean_format,
+                                              union=union,
                                               scored=clean_scores)
     rest = torch.ones(len(y), dtype=torch.bool)
     rest[support] = False
@@ -125,13 +128,24 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
 
 
 def calibrate_detector(det: Detector, clean: str | Path, alerts_per_hour: float, *, evidence: Evidence | None = None,
-                       clean_format: str = "auto", scored: ScoredCapture | None = None) -> tuple[Detector, Calibration]:
+                       clean_format: str = "auto", scored: ScoredCapture | None = None,
+                       union: str = "") -> tuple[Detector, Calibration]:
     """``det`` with its evidence threshold set on the clean capture for ``alerts_per_hour`` false alerts an hour.
 
     ``scored``: that capture already read with its features kept (adaptation read it for its benign frames);
-    its frames are then scored by ``det`` without reading and featurizing the file again.
+    its frames are then scored by ``det`` without reading and featurizing the file again. ``union``: a rule
+    baseline run beside the detector as one IDS (:mod:`.union`): each channel calibrated for half the budget,
+    the rule's setting stored under ``evidence.union``; without it a stored union is dropped.
     """
     ev = evidence or det.alarm() or Evidence(reference=DETECTOR_REFERENCE)
+    union_block = None
+    if union:
+        fn = rule_function(det, union, clean, ReadOptions(format=clean_format))
+        scored = score_capture(det, clean, options=ReadOptions(format=clean_format), keep_features=True,
+                               rules={union: fn})
+        alerts_per_hour = alerts_per_hour / 2
+        rule_cal = calibrate_rule(scored.rule_scores[union], scored.clock, scored.key, alerts_per_hour, ev.holdoff_s)
+        union_block = union_setting(union, clean, rule_cal, ev.holdoff_s)
     if scored is not None and scored.x is not None:
         sc, scores = scored, log_odds(predict_logits(det.module(), torch.from_numpy(scored.x)))
     else:
@@ -142,5 +156,6 @@ def calibrate_detector(det: Detector, clean: str | Path, alerts_per_hour: float,
     cal = calibrate(scores, sc.clock, sc.key, alerts_per_hour, ev)
     setting = {"threshold": cal.threshold, "clip": ev.clip, "drift": cal.drift, "holdoff_s": ev.holdoff_s,
                "reference": ev.reference,
-               "calibration": cal.to_dict(), "clean_capture": str(clean)}
+               "calibration": cal.to_dict(), "clean_capture": str(clean),
+               **({"union": union_block} if union_block else {})}
     return replace(det, evidence=setting), cal

@@ -28,6 +28,7 @@ from fastmaml.apps.ids.can.features import FrameFeaturizer
 from fastmaml.apps.ids.can.frames import FrameBatch
 from fastmaml.apps.ids.can.traffic import CanTraffic
 from fastmaml.apps.ids.detect.detector import Detector, log_odds, predict_logits
+from fastmaml.apps.ids.detect.union import rule_channel
 from fastmaml.apps.ids.evidence import CusumState, Evidence, cusum_alerts
 from fastmaml.errors import DataError
 
@@ -78,20 +79,28 @@ class FrameScorer:
         self.net, self.cols = det.module(), det.columns()
         self.featurizer = FrameFeaturizer(det.state())
         self.cusum = CusumState()
+        self.channel = rule_channel(det)  # a rule raising alerts beside the detector (union.py), if calibrated so
         self.frames = 0
 
     def __call__(self, b: FrameBatch) -> list[dict[str, Any]]:
         """Score the next chunk; its alerts as JSON-able dicts (``frame``: index in the stream, as ``ids detect``)."""
         if not len(b):
             return []
-        x = np.ascontiguousarray(self.featurizer.transform(b)[:, self.cols])
+        rows = self.featurizer.transform(b)
+        x = np.ascontiguousarray(rows[:, self.cols])
         with torch.inference_mode():
             z = predict_logits(self.net, torch.from_numpy(x))
-        a, self.cusum = cusum_alerts(log_odds(z), b.timestamp, b.can_id.astype(np.int64), self.ev, self.cusum)
+        keys = b.can_id.astype(np.int64)
+        channels = [("detector", self.ev, cusum_alerts(log_odds(z), b.timestamp, keys, self.ev, self.cusum))]
+        self.cusum = channels[0][2][1]
+        if self.channel is not None:
+            channels.append((self.channel.rule, self.channel.ev, (self.channel(rows, b.timestamp, keys), None)))
         out = [{"time": float(t), "can_id": int(k), "can_id_hex": f"0x{int(k):x}", "evidence": round(float(lv), 4),
-                "threshold": self.ev.threshold, "onset": float(on), "frame": int(i) + self.frames,
-                "frames": int(i) + self.frames + 1}
+                "threshold": ev.threshold, "onset": float(on), "frame": int(i) + self.frames,
+                "frames": int(i) + self.frames + 1, **({"channel": name} if self.channel is not None else {})}
+               for name, ev, (a, _) in channels
                for i, t, k, on, lv in zip(a.index, a.time, a.key, a.onset, a.level)]
+        out.sort(key=lambda d: d["frame"])
         self.frames += len(b)
         return out
 

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from fastmaml.apps.ids.alerts import ALERT_RULES, AlertRule, alert_metrics
 from fastmaml.apps.ids.detect.detector import Detector, check_capture, log_odds, predict_logits, predict_proba
 from fastmaml.apps.ids.detect.scores import KeyIndex
-from fastmaml.apps.ids.evidence import Alerts, CusumState, Evidence, cusum_alerts, judge
+from fastmaml.apps.ids.detect.union import rule_channel
+from fastmaml.apps.ids.evidence import Alerts, CusumState, Evidence, cusum_alerts, judge, merge_alerts
 from fastmaml.errors import DataError
 from fastmaml.apps.ids.metrics import detection_metrics
 from fastmaml.apps.ids.samples import make_windows, window_labels
@@ -122,7 +123,8 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
     ev = evidence if evidence is not None else det.alarm()
     if ev is not None and w is not None:
         raise DataError("evidence over time needs a frame-level detector; this one reads windows")
-    cusum_state, key_index, ev_alerts = CusumState(), KeyIndex(), []
+    cusum_state, key_index, ev_alerts, rule_alerts = CusumState(), KeyIndex(), [], []
+    channel = rule_channel(det) if ev is not None else None  # a rule raising alerts beside the detector (union.py)
     labelled: bool | None = None  # every chunk so far carried labels (the first one decides the CSV columns)
     t0 = time.perf_counter()
     bar = tqdm(unit=f" {unit}s", unit_scale=True, disable=not progress, desc="detect", mininterval=0.5)
@@ -143,9 +145,12 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
                     fh.write(_sample_rows(r.index, r.ts, r.key, p, lo, v, truth if with_label else None))
                     t, k, pos = r.ts, r.key, np.arange(n_rows, n_rows + len(r.x))
                     if ev is not None:
-                        a, cusum_state = cusum_alerts(lo, np.asarray(r.ts, np.float64), key_index(np.asarray(r.key)),
-                                                      ev, cusum_state)
+                        keys = key_index(np.asarray(r.key))
+                        a, cusum_state = cusum_alerts(lo, np.asarray(r.ts, np.float64), keys, ev, cusum_state)
                         ev_alerts.append(Alerts(a.index + n_rows, a.time, a.key, a.onset))
+                        if channel is not None:
+                            a = channel(r.x, np.asarray(r.ts, np.float64), keys)
+                            rule_alerts.append(Alerts(a.index + n_rows, a.time, a.key, a.onset))
                 else:
                     first, xs, yt = windows.push(x, truth)
                     p = predict_proba(net, torch.from_numpy(xs)).numpy() if len(xs) else np.zeros(0)
@@ -181,22 +186,35 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
     ev_summary = None
     if ev is not None and len(v):
         ev_summary = _evidence_summary(ev, ev_alerts, y if labelled else None, kept, key_index, gap_s,
-                                       traffic.partners(det.state()))
+                                       traffic.partners(det.state()), rule_alerts,
+                                       channel.rule if channel is not None else "")
     return DetectSummary(n_rows, n_samples, n_flagged, secs, n_rows / max(secs, 1e-9), str(out_csv), metrics,
                          unit=f"{unit}s", reader_note=stream.note(), alerts=alerts, key_name=traffic.key_name,
                          evidence=ev_summary)
 
 
-def _evidence_summary(ev: Evidence, parts: list[Alerts], y: np.ndarray | None, kept: dict[str, list[np.ndarray]],
-                      key_index: KeyIndex, gap_s: float, partners: dict[int, set[int]]) -> dict[str, Any]:
-    """The evidence alerts of a whole capture, judged against its labels when it has them."""
-    a = Alerts(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("index", "time", "key", "onset"))) \
+def _joined(parts: list[Alerts]) -> Alerts:
+    return Alerts(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("index", "time", "key", "onset"))) \
         if parts else Alerts.empty()
+
+
+def _evidence_summary(ev: Evidence, parts: list[Alerts], y: np.ndarray | None, kept: dict[str, list[np.ndarray]],
+                      key_index: KeyIndex, gap_s: float, partners: dict[int, set[int]],
+                      rule_parts: list[Alerts] | None = None, rule: str = "") -> dict[str, Any]:
+    """The evidence alerts of a whole capture (the detector's and, with a union rule, the rule's, in frame order),
+    judged against its labels when it has them."""
+    det_a, rule_a = _joined(parts), _joined(rule_parts or [])
+    a = merge_alerts(det_a, rule_a)
+    source = np.r_[np.zeros(len(det_a.index), np.int64), np.ones(len(rule_a.index), np.int64)]
+    source = source[np.argsort(np.r_[det_a.index, rule_a.index], kind="stable")]
     names = {v: k for k, v in key_index.ids.items()}
     out: dict[str, Any] = {"threshold": ev.threshold, "clip": ev.clip, "drift": ev.drift, "holdoff_s": ev.holdoff_s,
                            "alerts": int(len(a.index)),
-                           "alert_list": [{"frame": int(i), "time": float(t), "key": names.get(int(k), int(k))}
-                                          for i, t, k in zip(a.index, a.time, a.key)]}
+                           "alert_list": [{"frame": int(i), "time": float(t), "key": names.get(int(k), int(k)),
+                                           **({"channel": rule if c else "detector"} if rule else {})}
+                                          for i, t, k, c in zip(a.index, a.time, a.key, source)]}
+    if rule:
+        out["union"] = {"rule": rule, "detector_alerts": int(len(det_a.index)), "rule_alerts": int(len(rule_a.index))}
     t = np.concatenate(kept["t"])
     out["seconds"] = float(t[-1] - t[0]) if len(t) > 1 else 0.0
     if y is not None:
