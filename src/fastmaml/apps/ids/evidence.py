@@ -82,10 +82,12 @@ class Evidence:
         return Evidence(cal.threshold, self.clip, cal.drift, self.holdoff_s, self.reference)
 
 
-def log_odds(logits: np.ndarray) -> np.ndarray:
-    """``logit[attack] - logit[benign]`` of a two-class network output ``[N, 2]``."""
-    logits = np.asarray(logits, np.float64)
-    return logits[:, 1] - logits[:, 0]
+RULE_CLIP = 1.0  # a rule frame scores +-1: its clip, so a lone flagged frame never alerts
+
+
+def rule_alarm(holdoff_s: float = 1.0) -> Evidence:
+    """The evidence setting of a rule baseline's +-1 frame scores (no drift, no reference: before calibration)."""
+    return Evidence(math.inf, RULE_CLIP, 0.0, holdoff_s)
 
 
 @dataclass

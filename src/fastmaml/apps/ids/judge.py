@@ -12,7 +12,6 @@ the other half.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,11 +22,10 @@ import numpy as np
 from fastmaml.apps.ids.detect.detector import Detector
 from fastmaml.apps.ids.detect.scores import ScoredCapture, score_capture
 from fastmaml.apps.ids.evidence import (Calibration, Evidence, calibrate, count_alerts, cusum_alerts, judge,
-                                        merge_alerts)
+                                        merge_alerts, rule_alarm)
 from fastmaml.apps.ids.traffic import ReadOptions
 from fastmaml.errors import DataError
 
-RULE_EVIDENCE = 1.0  # a rule frame's score is +-1 (score_capture): its clip, so a lone flagged frame never alerts
 
 
 @dataclass
@@ -116,13 +114,13 @@ def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: S
             raise DataError(f"{clean}: holds {int(sc.truth.sum())} attack frames; --clean must be clean driving")
         attacks = [(str(c), score_capture(det, c, options=options, rules=use_rules)) for c in captures]
         if i == 0 and union in sc.rule_scores:  # the rule's frame scores do not depend on the detector
-            rule_ev = Evidence(math.inf, RULE_EVIDENCE, 0.0, evidence.holdoff_s)
+            rule_ev = rule_alarm(evidence.holdoff_s)
             union_rule = (sc.rule_scores[union], [a.rule_scores[union] for _, a in attacks], rule_ev)
         partners = det.kind().partners(det.state())
         for scorer in ["detector"] + list(use_rules):
             s = sc.log_odds if scorer == "detector" else sc.rule_scores[scorer]
             if scorer != "detector":
-                ev = Evidence(math.inf, RULE_EVIDENCE, 0.0, evidence.holdoff_s)
+                ev = rule_alarm(evidence.holdoff_s)
                 cal = calibrate(s, sc.clock, sc.key, alerts_per_hour, ev)
             elif not recalibrate and det.alarm() is not None and det.calibration() is not None:
                 ev, cal = det.alarm(), det.calibration()

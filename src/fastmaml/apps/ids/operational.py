@@ -29,7 +29,7 @@ import torch
 from fastmaml.apps.ids.alerts import ALERT_RULES, AlertRule, alert_metrics, k_of_n_alerts
 from fastmaml.apps.ids.episodes import Episodes
 from fastmaml.apps.ids.evidence import (Evidence, Occurrence, calibrate, count_alerts, cusum_alerts, judge,
-                                        merge_alerts)
+                                        merge_alerts, rule_alarm)
 from fastmaml.apps.ids.families import Stream
 from fastmaml.core.maml import MAML, Params
 from fastmaml.eval.stats import mean_ci
@@ -245,10 +245,10 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
             scores = {name: _log_odds(runner, adapted, st.x) for name, st in streams.items()}
             row.update({prefix + k: v for k, v in evidence_judgement(scores, attack, clean, fit, budget, ev, gap_s,
                                                                     partners, group_of).items()})
-            if prefix == "evidence/" and union_rule is not None and union is not None:
+            if prefix == "evidence/" and union is not None:
                 # The detector and the rule as one IDS, each at half the budget.
                 row.update({f"evidence+{union_rule}/{k}": v for k, v in evidence_judgement(
-                    [(scores, ev), (union, Evidence(clip=1.0))], attack, clean, fit, budget, None, gap_s, partners,
+                    [(scores, ev), (union, rule_alarm())], attack, clean, fit, budget, None, gap_s, partners,
                     group_of).items()})
         rows.append(row)
     return rows
@@ -264,6 +264,6 @@ def evidence_rule_values(attack: Stream, clean: Stream | None, fit: Stream, budg
         if scores is None:
             continue
         out[r] = {f"evidence/{k}": v for k, v in evidence_judgement(scores, attack, clean, fit, budget,
-                                                                     Evidence(clip=1.0), gap_s, partners,
+                                                                     rule_alarm(), gap_s, partners,
                                                                      group_of).items()}
     return out

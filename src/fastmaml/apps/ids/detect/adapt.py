@@ -95,7 +95,10 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
     if clean is not None:
         if benign_frames < 1:
             raise DataError(f"--benign-frames must be >= 1 clean frame, got {benign_frames}")
-        clean_scores = score_capture(det, clean, options=ReadOptions(format=clean_format), keep_features=True)
+        # With a union rule its flags come along, so calibration need not read the clean capture again.
+        rules = {union: rule_function(det, union, clean, ReadOptions(format=clean_format))} if union else None
+        clean_scores = score_capture(det, clean, options=ReadOptions(format=clean_format), keep_features=True,
+                                     rules=rules)
         if clean_scores.truth is not None and clean_scores.truth.any():
             raise DataError(f"{clean}: holds {int(clean_scores.truth.sum())} attack frames; give a clean capture")
         cx = torch.from_numpy(clean_scores.x)
@@ -140,9 +143,10 @@ def calibrate_detector(det: Detector, clean: str | Path, alerts_per_hour: float,
     ev = evidence or det.alarm() or Evidence(reference=DETECTOR_REFERENCE)
     union_block = None
     if union:
-        fn = rule_function(det, union, clean, ReadOptions(format=clean_format))
-        scored = score_capture(det, clean, options=ReadOptions(format=clean_format), keep_features=True,
-                               rules={union: fn})
+        if scored is None or scored.x is None or union not in scored.rule_scores:
+            fn = rule_function(det, union, clean, ReadOptions(format=clean_format))
+            scored = score_capture(det, clean, options=ReadOptions(format=clean_format), keep_features=True,
+                                   rules={union: fn})
         alerts_per_hour = alerts_per_hour / 2
         rule_cal = calibrate_rule(scored.rule_scores[union], scored.clock, scored.key, alerts_per_hour, ev.holdoff_s)
         union_block = union_setting(union, clean, rule_cal, ev.holdoff_s)

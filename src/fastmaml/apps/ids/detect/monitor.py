@@ -91,14 +91,14 @@ class FrameScorer:
         with torch.inference_mode():
             z = predict_logits(self.net, torch.from_numpy(x))
         keys = b.can_id.astype(np.int64)
-        channels = [("detector", self.ev, cusum_alerts(log_odds(z), b.timestamp, keys, self.ev, self.cusum))]
-        self.cusum = channels[0][2][1]
+        alerts, self.cusum = cusum_alerts(log_odds(z), b.timestamp, keys, self.ev, self.cusum)
+        channels = [("detector", self.ev, alerts)]
         if self.channel is not None:
-            channels.append((self.channel.rule, self.channel.ev, (self.channel(rows, b.timestamp, keys), None)))
+            channels.append((self.channel.rule, self.channel.ev, self.channel(rows, b.timestamp, keys)))
         out = [{"time": float(t), "can_id": int(k), "can_id_hex": f"0x{int(k):x}", "evidence": round(float(lv), 4),
                 "threshold": ev.threshold, "onset": float(on), "frame": int(i) + self.frames,
                 "frames": int(i) + self.frames + 1, **({"channel": name} if self.channel is not None else {})}
-               for name, ev, (a, _) in channels
+               for name, ev, a in channels
                for i, t, k, on, lv in zip(a.index, a.time, a.key, a.onset, a.level)]
         out.sort(key=lambda d: d["frame"])
         self.frames += len(b)

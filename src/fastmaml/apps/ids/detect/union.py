@@ -10,18 +10,16 @@ seconds), so the clean capture has to stay where it was.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from fastmaml.apps.ids.detect.detector import Detector
-from fastmaml.apps.ids.evidence import Alerts, Calibration, CusumState, Evidence, calibrate, cusum_alerts
+from fastmaml.apps.ids.evidence import (RULE_CLIP, Alerts, Calibration, CusumState, Evidence, calibrate, cusum_alerts,
+                                        rule_alarm)
 from fastmaml.apps.ids.traffic import ReadOptions
 from fastmaml.errors import DataError
-
-RULE_CLIP = 1.0  # a rule frame scores +-1: its clip, so a lone flagged frame never alerts
 
 
 def rule_function(det: Detector, rule: str, clean: str | Path,
@@ -49,7 +47,7 @@ def union_setting(rule: str, clean: str | Path, cal: Calibration, holdoff_s: flo
 def calibrate_rule(scores: np.ndarray, clock: np.ndarray, key: np.ndarray, budget: float,
                    holdoff_s: float) -> Calibration:
     """The rule channel's threshold for ``budget`` false alerts per hour on the clean capture's +-1 scores."""
-    return calibrate(scores, clock, key, budget, Evidence(math.inf, RULE_CLIP, 0.0, holdoff_s))
+    return calibrate(scores, clock, key, budget, rule_alarm(holdoff_s))
 
 
 class RuleChannel:
