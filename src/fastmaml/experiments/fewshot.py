@@ -84,7 +84,7 @@ class FewShotConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(iterations=60_000, meta_batch_size=32, meta_lr=1e-3,
                                             checkpoint_every=500, log_every=100, validate_every=500,
-                                            precision="auto")
+                                            precision="auto", tune_batching=True)
     )
     eval: FewShotEvalConfig = field(default_factory=FewShotEvalConfig)
 

@@ -138,13 +138,19 @@ class TrainConfig:
     # inner steps and BatchNorm stay float32), or auto: bf16 where it is measured to pay (a CPU with AMX, a CUDA GPU
     # with bf16), fp32 elsewhere. config.json records what it resolved to as precision_resolved.
     precision: str = "fp32"
+    # Time the task batchings (vmap over all tasks, in chunks, a loop: train/batching.py) on the first meta-batch,
+    # with this precision on this hardware, and train with the fastest; config.json records the choice as
+    # batching_resolved, and a resumed run reuses it. Off: maml.vectorize / maml.chunk_size as configured. Only
+    # for the default eager Adam step in one process (the compiled step vectorizes; TRPO and torchrun keep theirs).
+    tune_batching: bool = False
 
     # Keys the training loop writes into config.json as a record, not settings (dropped when a config is read back).
-    RECORD_KEYS = ("precision_resolved",)
+    RECORD_KEYS = ("precision_resolved", "batching_resolved")
 
     @classmethod
     def upgrade_config(cls, data: dict) -> dict:
-        """``data`` without the keys the loop recorded (``precision_resolved``), so a run's config.json reads back."""
+        """``data`` without the keys the loop recorded (``precision_resolved``, ``batching_resolved``), so a run's
+        config.json reads back."""
         return {k: v for k, v in data.items() if k not in cls.RECORD_KEYS}
 
 
@@ -223,6 +229,9 @@ def meta_train(
     if ctx.is_main:
         print(f"[fastmaml] precision: {learner.precision.name} ({why})", file=sys.stderr)
     run_config = with_resolved_precision(run_config, learner.precision.name)
+    if cfg.tune_batching and meta_step is None and not cfg.compile and not ctx.enabled:
+        run_config = _tune_batching(learner, sample_batch(iteration_generator(cfg.seed, 0)).to(device), run_dir,
+                                    resume, run_config)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr)
     step = meta_step or default_meta_step(learner, optimizer, cfg, ctx, device)
     run = _Run(RunDir(run_dir), learner, optimizer, cfg, ctx, validate, select_metric, select_mode, run_config)
@@ -258,6 +267,29 @@ def meta_train(
     return {"iterations": run.done, "resumed_from": run.start_iteration, "best": run.best,
             "best_iteration": run.best_iteration, "stopped_for_patience": run.out_of_patience(),
             "seconds": run.seconds()}
+
+
+def _tune_batching(learner: MAML, batch: TaskBatch, run_dir: str | Path, resume: bool,
+                   run_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``train.tune_batching``: set the learner's batching (timed, or a resumed run's recorded choice) and return
+    ``run_config`` with the choice recorded. A resumed run that recorded none keeps the configured batching."""
+    from fastmaml.train import batching as B
+
+    config = RunDir(run_dir).config
+    if resume and config.exists():
+        try:
+            recorded = json.loads(config.read_text()).get("train", {}).get("batching_resolved")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise ConfigError(f"{config}: not readable as a run config ({e}); restore it or start a new run") from e
+        choice = (B.choose_batching(learner, batch, recorded, str(config)) if recorded is not None
+                  else B.BatchingChoice(learner.batching, "configured: the run started without tuning", {}))
+    else:
+        choice = B.choose_batching(learner, batch)
+    learner.batching = choice.batching
+    print(f"[fastmaml] task batching: {choice.describe()}", file=sys.stderr)
+    if run_config is None or "train" not in run_config:
+        return run_config
+    return {**run_config, "train": {**run_config["train"], "batching_resolved": choice.to_record()}}
 
 
 def _processes(cfg: TrainConfig, dist_ctx: D.DistContext | None, custom_step: bool) -> D.DistContext:
