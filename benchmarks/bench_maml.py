@@ -56,6 +56,9 @@ from fastmaml.core import precision as P
 from fastmaml.core.batch import TaskBatching
 from fastmaml.core.compiled import CompiledMetaStep
 from fastmaml.core.maml import MAML
+from fastmaml.train.batching import candidates as batching_candidates
+from fastmaml.train.batching import describe as describe_batching
+from fastmaml.train.batching import time_batchings
 from fastmaml.train.memory import keep_freed_memory
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.tasks.sinusoid import SinusoidTasks
@@ -120,7 +123,7 @@ def precision_rows(args) -> dict:
         "Omniglot 5-way 1-shot, 15 queries/class": lambda: omniglot_workload(0, tasks=args.tasks or 32, k_query=15),
         "MiniImagenet 5-way 1-shot, 15 queries/class": lambda: miniimagenet_workload(0, tasks=args.tasks or 4),
     }
-    impls, batches_of = {}, {}
+    impls, batches_of, tuned_of = {}, {}, {}
     for label, make in workloads.items():
         make_model, loss_fn, inner_lr, batches = make()
         if args.device != "cpu":
@@ -131,16 +134,34 @@ def precision_rows(args) -> dict:
             impls[f"{label} | {prec}"] = fastmaml_step(make_model, loss_fn, inner_lr, args.steps, False, "vmap",
                                                        bf16=prec == "bf16")
             batches_of[f"{label} | {prec}"] = batches
-    # one interleaved schedule over all six rows: each gets its own workload's batches
+        # bf16 with the batching train.tune_batching would pick here (vmap, chunks or the loop: train/batching.py)
+        tuned = _tuned_bf16_batching(make_model, loss_fn, inner_lr, args.steps, batches[0])
+        tuned_of[label] = tuned
+        impls[f"{label} | bf16 tuned"] = fastmaml_step(make_model, loss_fn, inner_lr, args.steps, False, tuned.mode,
+                                                       tuned.chunk_size, bf16=True)
+        batches_of[f"{label} | bf16 tuned"] = batches
+    # one interleaved schedule over all rows: each gets its own workload's batches
     rates = time_interleaved({k: (lambda b, k=k, f=f: f(batches_of[k][b])) for k, f in impls.items()},
                              [0, 1], args.rounds, args.min_seconds, args.device)
-    print("\n| workload | fp32 it/s | bf16 it/s | bf16 / fp32 |\n|---|---:|---:|---:|")
+    print("\n| workload | fp32 vmap it/s | bf16 vmap it/s | bf16 / fp32 | bf16, tuned batching | it/s | tuned bf16 / fp32 vmap |"
+          "\n|---|---:|---:|---:|---|---:|---:|")
     out = {"environment": env, "bf16_pays": [pays, why], "rows": {}}
     for label in workloads:
-        f32, b16 = (statistics.median(rates[f"{label} | {p}"]) for p in ("fp32", "bf16"))
-        print(f"| {label} | {f32:.3g} | {b16:.3g} | {b16 / f32:.2f}× |")
-        out["rows"][label] = {"fp32": rates[f"{label} | fp32"], "bf16": rates[f"{label} | bf16"]}
+        f32, b16, b16t = (statistics.median(rates[f"{label} | {p}"]) for p in ("fp32", "bf16", "bf16 tuned"))
+        print(f"| {label} | {f32:.3g} | {b16:.3g} | {b16 / f32:.2f}× | {describe_batching(tuned_of[label])} | "
+              f"{b16t:.3g} | {b16t / f32:.2f}× |")
+        out["rows"][label] = {"fp32": rates[f"{label} | fp32"], "bf16": rates[f"{label} | bf16"],
+                              "bf16_tuned": rates[f"{label} | bf16 tuned"],
+                              "bf16_tuned_batching": describe_batching(tuned_of[label])}
     return out
+
+
+def _tuned_bf16_batching(make_model, loss_fn, inner_lr, steps, batch: TaskBatch) -> TaskBatching:
+    """The batching ``train.tune_batching`` picks for a bf16 run of this workload (timed on ``batch``)."""
+    torch.manual_seed(0)
+    learner = MAML(make_model(), loss_fn, inner_lr, steps, precision=P.BF16)
+    times = time_batchings(learner, batch, batching_candidates(batch.num_tasks, learner.batching))
+    return min(times, key=times.__getitem__)
 
 
 # ------------------------------------------------------------------ implementations
