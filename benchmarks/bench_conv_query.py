@@ -9,6 +9,7 @@ imports). Three modes:
     python benchmarks/bench_conv_query.py layers    # one conv layer, fwd+bwd, four implementations
     python benchmarks/bench_conv_query.py profile --impl vmap   # torch.profiler table, support/query split
     python benchmarks/bench_conv_query.py ceiling   # each layer's grouped conv fwd+bwd, fp32 vs bf16 (GFLOP/s)
+    python benchmarks/bench_conv_query.py fraction  # fastmaml's and learn2learn's rates as fractions of that ceiling
 
 ``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine
 other jobs are loading, with ``--threads 1``, it measures the work done rather than the
@@ -188,16 +189,64 @@ def cmd_layers(args) -> None:
         print(f"| {c}->{o}, {h}x{h}, s{s} | " + " | ".join(f"{t * 1e3:.0f}" for t in times.values()) + " |")
 
 
+def _layer_shapes(workload: str) -> tuple[list[tuple[int, int, int, int]], int]:
+    """(C_in, C_out, H, stride) of each conv layer, and the tasks per meta-batch."""
+    if workload == "mini":
+        return [(3, 32, 84, 1), (32, 32, 42, 1), (32, 32, 21, 1), (32, 32, 10, 1)], 4
+    return [(1, 64, 28, 2), (64, 64, 14, 2), (64, 64, 7, 2), (64, 64, 4, 2)], 32
+
+
+def _dense_loop(x, w, b, stride):
+    """One dense convolution per task (learn2learn's form)."""
+    return torch.stack([F.conv2d(x[t], w[t], b[t], stride=stride, padding=1) for t in range(x.shape[0])])
+
+
+def _layer_seconds(c: int, o: int, h: int, s: int, tasks: int, n: int, rounds: int, now,
+                   conv=None) -> tuple[float, dict]:
+    """(the layer's forward + backward GFLOP, {dtype: median seconds}) of the grouped (vmapped) convolution, or of
+    ``conv`` (e.g. :func:`_dense_loop`)."""
+    conv = conv or _grouped
+    out_hw = (h - 1) // s + 1
+    flops = 3 * 2 * tasks * n * o * c * 9 * out_hw * out_hw  # forward + the two backward convolutions
+    made = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(tasks, n, c, h, h, dtype=dtype, requires_grad=c > 3)
+        w = torch.randn(tasks, o, c, 3, 3, dtype=dtype, requires_grad=True)
+        b = torch.randn(tasks, o, dtype=dtype, requires_grad=True)
+        made[dtype] = ((x, w, b) if c > 3 else (w, b), x, w, b, torch.randn_like(conv(x, w, b, s)))
+    ts = {d: [] for d in made}
+    for inputs, x, w, b, g in made.values():  # warm-up (oneDNN primitive creation)
+        torch.autograd.grad(conv(x, w, b, s), inputs, g)
+    for _ in range(rounds):  # interleaved: fp32, bf16, fp32, ...
+        for d, (inputs, x, w, b, g) in made.items():
+            t0 = now()
+            torch.autograd.grad(conv(x, w, b, s), inputs, g)
+            ts[d].append(now() - t0)
+    return flops / 1e9, {d: statistics.median(v) for d, v in ts.items()}
+
+
+def ceiling_rates(args) -> dict[torch.dtype, float]:
+    """GFLOP/s of the workload's conv layers, forward + backward at the query batch, each layer as the faster of
+    the grouped (vmapped) convolution and a loop of dense ones, fp32 and bf16: the convolution ceiling."""
+    shapes, tasks = _layer_shapes(args.workload)
+    now = time.process_time if args.clock == "cpu" else time.perf_counter
+    flops, secs = 0.0, {torch.float32: 0.0, torch.bfloat16: 0.0}
+    for c, o, h, s in shapes:
+        f, grouped = _layer_seconds(c, o, h, s, tasks, 5 * args.q_query, args.rounds, now)
+        dense = _layer_seconds(c, o, h, s, tasks, 5 * args.q_query, args.rounds, now, _dense_loop)[1]
+        flops += f
+        for d in secs:
+            secs[d] += min(grouped[d], dense[d])
+    return {d: flops / t for d, t in secs.items()}
+
+
 def cmd_ceiling(args) -> None:
     """The conv ceiling of ``train.precision``: each layer's grouped (vmapped) convolution, forward + backward, in
     fp32 and in bf16 (inputs and weights bf16, as core/precision.py runs them), ms and GFLOP/s, interleaved."""
     from fastmaml.core.precision import bf16_pays
     from fastmaml.eval.environment import environment
 
-    if args.workload == "mini":
-        shapes, tasks = [(3, 32, 84, 1), (32, 32, 42, 1), (32, 32, 21, 1), (32, 32, 10, 1)], 4
-    else:
-        shapes, tasks = [(1, 64, 28, 2), (64, 64, 14, 2), (64, 64, 7, 2), (64, 64, 4, 2)], 32
+    shapes, tasks = _layer_shapes(args.workload)
     n = 5 * args.q_query
     env, now = environment(), (time.process_time if args.clock == "cpu" else time.perf_counter)
     print(f"# conv ceiling, {args.workload}: {tasks} tasks x {n} images, grouped conv fwd + bwd, ms ({args.clock}) / "
@@ -205,25 +254,57 @@ def cmd_ceiling(args) -> None:
           f"bf16_pays: {bf16_pays('cpu')}\n")
     print("| layer (C->O, HxW, stride) | fp32 ms | bf16 ms | fp32 GFLOP/s | bf16 GFLOP/s | bf16 / fp32 |\n|---|---:|---:|---:|---:|---:|")
     for c, o, h, s in shapes:
-        out_hw = (h - 1) // s + 1
-        flops = 3 * 2 * tasks * n * o * c * 9 * out_hw * out_hw  # forward + the two backward convolutions
-        made = {}
-        for dtype in (torch.float32, torch.bfloat16):
-            x = torch.randn(tasks, n, c, h, h, dtype=dtype, requires_grad=c > 3)
-            w = torch.randn(tasks, o, c, 3, 3, dtype=dtype, requires_grad=True)
-            b = torch.randn(tasks, o, dtype=dtype, requires_grad=True)
-            made[dtype] = ((x, w, b) if c > 3 else (w, b), x, w, b, torch.randn_like(_grouped(x, w, b, s)))
-        ts = {d: [] for d in made}
-        for inputs, x, w, b, g in made.values():  # warm-up (oneDNN primitive creation)
-            torch.autograd.grad(_grouped(x, w, b, s), inputs, g)
-        for _ in range(args.rounds):  # interleaved: fp32, bf16, fp32, ...
-            for d, (inputs, x, w, b, g) in made.items():
-                t0 = now()
-                torch.autograd.grad(_grouped(x, w, b, s), inputs, g)
-                ts[d].append(now() - t0)
-        f32, b16 = statistics.median(ts[torch.float32]), statistics.median(ts[torch.bfloat16])
-        print(f"| {c}->{o}, {h}x{h}, s{s} | {f32 * 1e3:.1f} | {b16 * 1e3:.1f} | {flops / f32 / 1e9:.1f} | "
-              f"{flops / b16 / 1e9:.1f} | {f32 / b16:.2f}x |")
+        gflop, t = _layer_seconds(c, o, h, s, tasks, n, args.rounds, now)
+        f32, b16 = t[torch.float32], t[torch.bfloat16]
+        print(f"| {c}->{o}, {h}x{h}, s{s} | {f32 * 1e3:.1f} | {b16 * 1e3:.1f} | {gflop / f32:.1f} | "
+              f"{gflop / b16:.1f} | {f32 / b16:.2f}x |")
+
+
+def conv_gflop_per_iteration(args) -> float:
+    """Convolution GFLOP of one meta-iteration (support forward, backward and double backward; query forward and
+    backward), counted by torch's FlopCounterMode on the per-task loop: the same work as vmap's grouped
+    convolutions, whose backward the counter overcounts by the number of groups."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    make_model, loss_fn, lr, batches = workload(args)
+    step = bm.fastmaml_step(make_model, loss_fn, lr, args.steps, args.first_order, "loop")
+    with FlopCounterMode(display=False) as counter:
+        step(batches[0])
+    counts = counter.get_flop_counts()["Global"]
+    return sum(float(v) for k, v in counts.items() if "convolution" in str(k)) / 1e9
+
+
+def cmd_fraction(args) -> None:
+    """Each implementation's rate as a fraction of the conv ceiling: (conv GFLOP per meta-iteration / the ceiling's
+    GFLOP/s) is the most meta-iterations per second convolutions alone allow; the rest of the gap is everything
+    else (element-wise ops, BatchNorm, dispatch)."""
+    from fastmaml.eval.environment import environment
+
+    bf16 = args.precision == "bf16"
+    gflop = conv_gflop_per_iteration(args)
+    rate = ceiling_rates(args)[torch.bfloat16 if bf16 else torch.float32]
+    ceiling = rate / gflop
+    make_model, loss_fn, lr, batches = workload(args)
+    impls = {"fastmaml vmap": bm.fastmaml_step(make_model, loss_fn, lr, args.steps, args.first_order, "vmap",
+                                               bf16=bf16)}
+    if args.chunk_size:
+        impls[f"fastmaml vmap, chunks of {args.chunk_size}"] = bm.fastmaml_step(
+            make_model, loss_fn, lr, args.steps, args.first_order, "vmap", chunk_size=args.chunk_size, bf16=bf16)
+    l2l, how = bm.load_learn2learn_maml()
+    if l2l is not None and not bf16:
+        impls["learn2learn"] = bm.learn2learn_step(l2l, make_model, loss_fn, lr, args.steps, args.first_order)
+    secs = timed_rounds(impls, batches, args.rounds, args.clock)
+    env = environment()
+    unit = "it per CPU-s" if args.clock == "cpu" else "it/s"
+    print(f"# {args.workload}, {args.q_query} queries/class, {args.precision}, {args.steps} step(s), "
+          f"{'FOMAML' if args.first_order else 'MAML 2nd order'}, {torch.get_num_threads()} thread(s), clock "
+          f"{args.clock}; {env['processor']}, torch {torch.__version__}; learn2learn: {how}")
+    print(f"# conv work {gflop:.1f} GFLOP per meta-iteration; ceiling {rate:.1f} GFLOP/s ({args.precision} conv "
+          f"fwd + bwd of these layers, grouped or dense, the faster) -> at most {ceiling:.3g} {unit}\n")
+    print(f"| implementation | {unit} (median) | fraction of the conv ceiling |\n|---|---:|---:|")
+    for name, s in secs.items():
+        r = 1 / statistics.median(s)
+        print(f"| {name} | {r:.3g} | {r / ceiling:.0%} |")
 
 
 # ------------------------------------------------------------------ profile
@@ -261,7 +342,7 @@ def cmd_profile(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["time", "segments", "layers", "profile", "ceiling"])
+    ap.add_argument("mode", choices=["time", "segments", "layers", "profile", "ceiling", "fraction"])
     ap.add_argument("--workload", choices=["omniglot", "mini"], default="omniglot")
     ap.add_argument("--q-query", type=int, default=15)
     ap.add_argument("--steps", type=int, default=1)
@@ -273,13 +354,14 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fraction: the precision of the steps and the ceiling")
     ap.add_argument("--default-malloc", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if not args.default_malloc:
         bm.keep_freed_memory()
     {"time": cmd_time, "segments": cmd_segments, "layers": cmd_layers, "profile": cmd_profile,
-     "ceiling": cmd_ceiling}[args.mode](args)
+     "ceiling": cmd_ceiling, "fraction": cmd_fraction}[args.mode](args)
 
 
 if __name__ == "__main__":
