@@ -290,6 +290,7 @@ def cmd_fraction(args) -> None:
     if args.chunk_size:
         impls[f"fastmaml vmap, chunks of {args.chunk_size}"] = bm.fastmaml_step(
             make_model, loss_fn, lr, args.steps, args.first_order, "vmap", chunk_size=args.chunk_size, bf16=bf16)
+    impls["fastmaml loop"] = bm.fastmaml_step(make_model, loss_fn, lr, args.steps, args.first_order, "loop", bf16=bf16)
     l2l, how = bm.load_learn2learn_maml()
     if l2l is not None and not bf16:
         impls["learn2learn"] = bm.learn2learn_step(l2l, make_model, loss_fn, lr, args.steps, args.first_order)
