@@ -122,3 +122,21 @@ def test_fewshot_runs_tune_by_default_and_the_record_reads_back():
     assert FS.FewShotConfig().train.tune_batching and not TrainConfig().tune_batching
     back = from_dict(TrainConfig, {"tune_batching": True, "batching_resolved": {"mode": "loop", "chunk_size": None}})
     assert back.tune_batching
+
+
+def test_a_batching_that_fails_is_skipped_but_the_configured_ones_error_is_raised(monkeypatch):
+    batch = episodes()
+    m = learner()
+    real = B._seconds_per_call
+
+    def fails_in_loop(learner, batch, repeats):
+        if learner.batching.mode == "loop":
+            raise RuntimeError("vmap: an op this test pretends cannot run one task at a time")
+        return real(learner, batch, repeats)
+
+    monkeypatch.setattr(B, "_seconds_per_call", fails_in_loop)
+    choice = B.choose_batching(m, batch, repeats=1)
+    assert choice.batching.mode == "vmap" and choice.seconds["loop"] == float("inf")
+    assert "loop failed" in choice.describe() and choice.to_record()["seconds"]["loop"] is None
+    with pytest.raises(RuntimeError, match="pretends"):
+        B.time_batchings(learner(TaskBatching("loop")), batch, [TaskBatching("loop")], repeats=1)

@@ -15,6 +15,7 @@ The trials leave no trace: parameters, buffers (BatchNorm running statistics) an
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -40,13 +41,14 @@ class BatchingChoice:
     def to_record(self) -> dict[str, Any]:
         """The ``train.batching_resolved`` entry of config.json."""
         return {"mode": self.batching.mode, "chunk_size": self.batching.chunk_size, "how": self.how,
-                "seconds": {k: round(v, 4) for k, v in self.seconds.items()}}
+                "seconds": {k: round(v, 4) if math.isfinite(v) else None for k, v in self.seconds.items()}}
 
     def describe(self) -> str:
         what = describe(self.batching)
         if self.how != "timed":
             return f"{what} ({self.how})"
-        times = ", ".join(f"{k} {v:.3g} s" for k, v in sorted(self.seconds.items(), key=lambda kv: kv[1]))
+        times = ", ".join(f"{k} {v:.3g} s" if math.isfinite(v) else f"{k} failed"
+                          for k, v in sorted(self.seconds.items(), key=lambda kv: kv[1]))
         return f"{what} (the fastest on the first meta-batch: {times})"
 
 
@@ -84,7 +86,9 @@ def _seconds_per_call(learner: MAML, batch: TaskBatch, repeats: int) -> float:
 
 def time_batchings(learner: MAML, batch: TaskBatch, options: list[TaskBatching], repeats: int = 2
                    ) -> dict[TaskBatching, float]:
-    """Seconds per meta-gradient of ``batch`` under each batching (the best of ``repeats`` after a warm-up).
+    """Seconds per meta-gradient of ``batch`` under each batching (the best of ``repeats`` after a warm-up);
+    ``inf`` for one that fails (an op vmap cannot batch, out of memory), unless it is the learner's own batching,
+    whose error training would meet anyway.
 
     The learner comes back as it was: its batching, parameters, buffers and gradients (None).
     """
@@ -96,7 +100,14 @@ def time_batchings(learner: MAML, batch: TaskBatch, options: list[TaskBatching],
     try:
         for b in options:
             learner.batching = b
-            out[b] = _seconds_per_call(learner, batch, repeats)
+            try:
+                out[b] = _seconds_per_call(learner, batch, repeats)
+            except (RuntimeError, NotImplementedError):  # an op vmap cannot batch, out of memory: not a choice
+                if b == kept:
+                    raise
+                out[b] = math.inf
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             learner.load_state_dict(state)
     finally:
         learner.batching = kept
