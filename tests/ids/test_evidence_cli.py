@@ -165,3 +165,26 @@ def test_adapt_with_a_union_rule_stores_it_and_detect_raises_both(workdir, capsy
     assert main(["ids", "detect", "--detector", str(d / "adapted_u"), "--capture", str(d / "cap.log"), "--clean",
                  str(d / "clean.log"), "--out", str(d / "vu2.csv"), "--no-progress"]) == 0
     assert "union" not in json.loads((d / "adapted_u" / "detector.json").read_text())["evidence"]
+
+
+def test_same_id_draws_benign_frames_of_the_shots_ids(workdir, capsys):
+    import numpy as np
+    import torch
+
+    from fastmaml.apps.ids.detect.adapt import _same_id_frames
+
+    keys = np.array([1, 2, 3, 2, 2, 5, 1])
+    got = _same_id_frames(keys, np.array([2, 5]), 3, torch.Generator().manual_seed(0))
+    assert len(got) == 3 and set(keys[got.numpy()]) <= {2, 5}
+    assert len(_same_id_frames(keys, np.array([5]), 3, torch.Generator())) == 1  # as many as there are
+    d = workdir
+    det = str(d / "trained" / "detector")
+    assert main(["ids", "adapt", "--detector", det, "--capture", str(d / "cap.log"), "--labels",
+                 str(d / "cap_labels.csv"), "--shots", "5", "--clean", str(d / "clean.log"), "--benign-frames", "400",
+                 "--same-id", "0.5", "--out", str(d / "adapted_same")]) == 0
+    meta = json.loads((d / "adapted_same" / "detector.json").read_text())["meta"]
+    assert meta["benign_support"] == 400 and 0 < meta["benign_same_id"] <= 200
+    capsys.readouterr()
+    assert main(["ids", "adapt", "--detector", det, "--capture", str(d / "cap.log"), "--labels",
+                 str(d / "cap_labels.csv"), "--same-id", "0.5", "--out", str(d / "x")]) != 0
+    assert "needs --clean" in capsys.readouterr().err

@@ -121,6 +121,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --clean: benign frames drawn from the clean capture for the support set beside the K "
                         "attack frames (default: %(default)s); without --clean the support set is K benign + K attack "
                         "samples of --capture")
+    a.add_argument("--same-id", type=float, default=0.0, metavar="SHARE",
+                   help="with --clean: this share of the benign frames drawn from the attack shots' own CAN IDs (0: "
+                        "uniformly), so the detector learns what is false about those IDs' frames, not that they are "
+                        "those IDs (default: %(default)s)")
     _evidence_options(a)
 
     d = acts.add_parser("detect", help="stream a capture through a detector, one verdict per frame/window to CSV")
@@ -371,7 +375,7 @@ def _adapt(args: argparse.Namespace) -> None:
     new, info = adapt_detector(det, args.capture, args.shots, labels=args.labels, attack=args.attack, steps=args.steps,
                                format=args.format, seed=args.seed, columns=args.column, bad_id=args.bad_id,
                                label_column=args.label_column, clean=args.clean, clean_format=args.clean_format,
-                               benign_frames=args.benign_frames,
+                               benign_frames=args.benign_frames, same_id=args.same_id,
                                alerts_per_hour=args.alerts_per_hour, evidence=_evidence(args, det),
                                union=args.union)
     save_detector(new, args.out)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,14 +50,15 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
                    max_samples: int = 200_000, columns: Sequence[str] | dict[str, Any] | None = None,
                    bad_id: str = "error", label_column: int = 1, clean: str | Path | None = None,
                    clean_format: str = "auto",
-                   benign_frames: int = 4096, alerts_per_hour: float | None = 10.0,
+                   benign_frames: int = 4096, same_id: float = 0.0, alerts_per_hour: float | None = 10.0,
                    evidence: Evidence | None = None, union: str = "") -> tuple[Detector, AdaptInfo]:
     """Adapt ``det`` to a new attack from K labelled attack samples of a capture.
 
     Without ``clean`` the support set is K benign + K attack samples of the capture. With
     ``clean`` (a capture of the vehicle's clean driving, which a vehicle has in abundance) the
     benign side is up to ``benign_frames`` frames drawn from it, the loss weighs both classes
-    equally (:func:`balanced_cross_entropy`), and with ``alerts_per_hour`` the evidence threshold
+    equally (:func:`balanced_cross_entropy`), a share ``same_id`` of it from the attack shots' own stream keys
+    (CAN IDs; :func:`_same_id_frames`), and with ``alerts_per_hour`` the evidence threshold
     for that false-alert budget is calibrated on the whole clean capture and saved in the detector
     (:mod:`fastmaml.apps.ids.evidence`; ``evidence`` sets clip, drift and hold-off; ``union`` a rule raising
     alerts beside the detector, each at half the budget: :func:`calibrate_detector`).
@@ -67,6 +69,9 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
     """
     if k < 1:
         raise DataError(f"--shots must be >= 1 labelled sample per class, got {k}")
+    if not 0.0 <= same_id <= 1.0 or (same_id > 0 and clean is None):
+        raise DataError(f"--same-id {same_id} must be a share in [0, 1] of the benign frames drawn from --clean "
+                        "(it needs --clean)")
     check_capture(det, capture)
     s = det.kind().labelled_samples(det.state(), capture, labels, window=det.window, stride=det.stride,
                                     label_rule=det.label_rule, max_per_class=max_samples, seed=seed,
@@ -91,7 +96,7 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
     picks = [p[torch.randperm(p.numel(), generator=g)[:k]] for p in picks]
     support = torch.cat(picks)
     sx, sy = x[support], y[support]
-    clean_scores = None
+    clean_scores, n_same_id = None, 0
     if clean is not None:
         if benign_frames < 1:
             raise DataError(f"--benign-frames must be >= 1 clean frame, got {benign_frames}")
@@ -103,6 +108,10 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
             raise DataError(f"{clean}: holds {int(clean_scores.truth.sum())} attack frames; give a clean capture")
         cx = torch.from_numpy(clean_scores.x)
         benign = cx[torch.randperm(len(cx), generator=g)[:benign_frames]]
+        if same_id > 0:
+            shot_keys = _shot_keys(det, s, keep, picks[1])
+            own = _same_id_frames(clean_scores.key, shot_keys, int(same_id * len(benign)), g)
+            benign, n_same_id = torch.cat([benign[: len(benign) - len(own)], cx[own]]), len(own)
         sx = torch.cat([benign, x[picks[1]]])
         sy = torch.cat([torch.zeros(len(benign), dtype=torch.long), torch.ones(len(picks[1]), dtype=torch.long)])
     net = det.module()
@@ -114,7 +123,8 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
     new = replace(det, params={n: p.detach().clone() for n, p in params.items()}, class_names=[BENIGN, name],
                   meta={**det.meta, "adapted_to": name, "shots": k, "adapt_steps_used": steps,
                         "adapt_capture": str(capture), "benign_support": int((sy == 0).sum()),
-                        "benign_from": str(clean) if clean is not None else "capture"},
+                        "benign_from": str(clean) if clean is not None else "capture",
+                        **({"benign_same_id": n_same_id} if same_id > 0 else {})},
                   evidence={})  # a threshold set for the old weights does not hold for the new ones
     calibration = None
     if clean is not None and alerts_per_hour is not None:
@@ -128,6 +138,26 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
         p = predict_proba(new.module(), x[rest])
         metrics = detection_metrics((p > new.threshold).numpy(), (y[rest] == 1).numpy())
     return new, AdaptInfo(k, name, available, metrics, int((sy == 0).sum()), calibration)
+
+
+def _shot_keys(det: Detector, s: Any, keep: torch.Tensor, picked: torch.Tensor) -> np.ndarray:
+    """The stream keys (CAN IDs) of the picked attack shots, read back from their feature rows."""
+    keys_of = det.kind().sample_keys(s.feature_names)
+    if keys_of is None or s.features.dim() != 2:
+        raise DataError("--same-id needs frame samples whose features name the ID (id_scaled, is_extended); this "
+                        "detector's samples do not")
+    return keys_of(s.features[keep][picked].numpy())
+
+
+def _same_id_frames(clean_keys: np.ndarray, shot_keys: np.ndarray, n: int, g: torch.Generator) -> torch.Tensor:
+    """Up to ``n`` clean frame indices whose key is one of the shots' (as many as there are, if fewer).
+
+    Why: adapted on K attack frames of one or two IDs beside clean frames drawn uniformly (few of them of those IDs),
+    a detector can call a frame an attack for being of that ID; clean frames of the same IDs make it learn what is
+    false about them instead.
+    """
+    own = torch.from_numpy(np.flatnonzero(np.isin(clean_keys, shot_keys)))
+    return own[torch.randperm(len(own), generator=g)[:min(n, len(own))]]
 
 
 def calibrate_detector(det: Detector, clean: str | Path, alerts_per_hour: float, *, evidence: Evidence | None = None,
