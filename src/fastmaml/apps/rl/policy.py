@@ -14,7 +14,21 @@ from typing import Sequence
 import torch
 from torch import nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class MaskReLU(nn.Module):
+    """ReLU as ``x · [x > 0]``: nn.ReLU's values and derivatives (of every order, for finite x), computed differently.
+
+    Why: TRPO differentiates the policy's gradient through the inner step again for every CG product,
+    and there nn.ReLU's derivative (``threshold_backward``, on vmap's strided gradients) was the largest
+    element-wise cost; a multiplication by the saved 0/1 mask made a nav2d TRPO step ~10% faster.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (x > 0).to(x.dtype)
+
+
+ACTIVATIONS = {"relu": MaskReLU, "tanh": nn.Tanh}
 
 
 class GaussianMLPPolicy(nn.Module):
