@@ -15,20 +15,12 @@ from fastmaml.errors import ConfigError
 from fastmaml.models.conv import ConvNet
 from fastmaml.train import batching as B
 from fastmaml.train.loop import TrainConfig, meta_train
-
-
-def episodes(tasks=4, n_way=3, queries=2, size=28, seed=0) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    protos = torch.randn(tasks, n_way, 1, 1, size, size, generator=g)
-    xs = (protos + 0.3 * torch.randn(tasks, n_way, 1, 1, size, size, generator=g)).flatten(1, 2)
-    xq = (protos + 0.3 * torch.randn(tasks, n_way, queries, 1, size, size, generator=g)).flatten(1, 2)
-    y = torch.arange(n_way)
-    return TaskBatch(xs, y.repeat(tasks, 1), xq, y.repeat_interleave(queries).repeat(tasks, 1))
+from test_precision import episodes  # tests/ is on sys.path (pytest's rootdir-relative import): the same toy episodes
 
 
 def learner(batching: TaskBatching | None = None) -> MAML:
     torch.manual_seed(3)
-    return MAML(ConvNet(1, 3, 8, 28, strided=True), F.cross_entropy, inner_lr=0.4, batching=batching)
+    return MAML(ConvNet(1, 5, 8, 28, strided=True), F.cross_entropy, inner_lr=0.4, batching=batching)
 
 
 def grads(m: MAML, batch: TaskBatch) -> dict[str, torch.Tensor]:
@@ -45,7 +37,7 @@ def test_candidates_cover_vmap_chunks_and_the_loop():
 
 
 def test_every_candidate_gives_the_same_meta_gradient():
-    batch = episodes()
+    batch = episodes(tasks=4, queries=2)
     ref = grads(learner(), batch)
     for b in B.candidates(batch.num_tasks, TaskBatching()):
         g = grads(learner(b), batch)
@@ -54,7 +46,7 @@ def test_every_candidate_gives_the_same_meta_gradient():
 
 
 def test_trials_leave_parameters_buffers_grads_and_batching_as_they_were():
-    batch = episodes()
+    batch = episodes(tasks=4, queries=2)
     m = learner(TaskBatching("vmap", 2))
     before = {k: v.clone() for k, v in m.state_dict().items()}
     times = B.time_batchings(m, batch, B.candidates(batch.num_tasks, m.batching), repeats=1)
@@ -72,7 +64,7 @@ def fake_times(fastest: TaskBatching):
 
 
 def test_training_uses_the_fastest_records_it_and_a_resume_reuses_it(tmp_path, monkeypatch, capsys):
-    batch = episodes()
+    batch = episodes(tasks=4, queries=2)
     monkeypatch.setattr(B, "time_batchings", fake_times(TaskBatching("loop")))
     cfg = TrainConfig(iterations=2, meta_batch_size=4, log_every=1, checkpoint_every=1, progress=False,
                       tune_batching=True)
@@ -92,7 +84,7 @@ def test_training_uses_the_fastest_records_it_and_a_resume_reuses_it(tmp_path, m
 
 
 def test_a_run_started_without_tuning_resumes_with_its_configured_batching(tmp_path, monkeypatch):
-    batch = episodes()
+    batch = episodes(tasks=4, queries=2)
     cfg = TrainConfig(iterations=1, meta_batch_size=4, log_every=1, checkpoint_every=1, progress=False)
     meta_train(learner(TaskBatching("vmap", 2)), lambda g: batch, cfg, tmp_path / "run", run_config={"train": {}})
     monkeypatch.setattr(B, "time_batchings", fake_times(TaskBatching("loop")))
@@ -105,7 +97,7 @@ def test_a_run_started_without_tuning_resumes_with_its_configured_batching(tmp_p
 
 
 def test_a_malformed_record_is_a_clear_error(tmp_path):
-    batch = episodes()
+    batch = episodes(tasks=4, queries=2)
     cfg = TrainConfig(iterations=1, meta_batch_size=4, log_every=1, checkpoint_every=1, progress=False)
     meta_train(learner(), lambda g: batch, cfg, tmp_path / "run", run_config={"train": {}})
     path = tmp_path / "run" / "config.json"
@@ -125,7 +117,7 @@ def test_fewshot_runs_tune_by_default_and_the_record_reads_back():
 
 
 def test_a_batching_that_fails_is_skipped_but_the_configured_ones_error_is_raised(monkeypatch):
-    batch = episodes()
+    batch = episodes(tasks=4, queries=2)
     m = learner()
     real = B._seconds_per_call
 
