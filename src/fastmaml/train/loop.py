@@ -94,8 +94,9 @@ class FusedCompiledStep:
         return {"loss": float(self.compiled.step(batch, lr=meta_lr_at(self.cfg, iteration)).loss)}
 
     @property
-    def compile_seconds(self) -> float:
-        return self.compiled.compile_seconds
+    def compile_seconds(self) -> float | None:
+        """The compiled step's first calls (compilation included); None once it has fallen back to eager."""
+        return self.compiled.compile_seconds if self.compiled.compiled else None
 
 
 def default_meta_step(learner: MAML, optimizer: torch.optim.Optimizer, cfg: TrainConfig, ctx: D.DistContext,
