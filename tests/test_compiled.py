@@ -320,3 +320,82 @@ def test_training_loop_compile_flag_trains_and_resumes(tmp_path, monkeypatch):
         torch.testing.assert_close(comp["model"][k], eager["model"][k], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(split["model"][k], comp["model"][k], rtol=1e-6, atol=1e-7)
     assert comp["optimizer"]["state"].keys() == eager["optimizer"]["state"].keys()
+
+
+def sinusoid_run(tmp_path, name, kind="maml", k=5, overrides=()):
+    """A few sinusoid meta-iterations (quick preset's model) with the experiment's defaults plus ``overrides``;
+    returns the final parameters and the logged losses."""
+    import json
+
+    from fastmaml.config import load_config
+    from fastmaml.experiments import sinusoid as S
+    from fastmaml.train.checkpoint import load_checkpoint
+
+    cfg = load_config(S.SinusoidConfig, S.PRESETS / "sinusoid_quick.yaml",
+                      [f"k_shot={k}", "train.iterations=4", "train.meta_batch_size=5", "train.progress=false",
+                       "train.threads=1", "train.checkpoint_every=4", "train.log_every=1", *overrides])
+    run = tmp_path / name
+    S.train(cfg, run, kind)
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return load_checkpoint(run / "checkpoints" / "last.safetensors")["model"], losses
+
+
+def test_sinusoid_default_compiled_step_equals_eager(tmp_path, monkeypatch, capsys):
+    """The sinusoid experiment's default (train.compile=auto, one graph for every K): the same parameters and
+    losses as eager for MAML at two K (the second reuses the first's graph) and the pretrained baseline."""
+    import fastmaml.core.compiled as C
+
+    monkeypatch.setattr(C, "DEFAULT_BACKEND", "aot_eager")  # Dynamo + AOTAutograd as inductor sees them, no C++
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        for kind, k in (("maml", 5), ("maml", 10), ("pretrained", 5)):
+            eager, eager_losses = sinusoid_run(tmp_path, f"eager_{kind}{k}", kind, k, ["train.compile=false"])
+            comp, comp_losses = sinusoid_run(tmp_path, f"compiled_{kind}{k}", kind, k)
+            for name in eager:
+                torch.testing.assert_close(comp[name], eager[name], rtol=1e-5, atol=1e-6)
+            assert comp_losses == pytest.approx(eager_losses, rel=1e-5, abs=1e-6)
+    err = capsys.readouterr().err
+    assert err.count("compiled meta-iteration (step, any K, aot_eager)") == 3 and "not used" not in err
+
+
+def test_sinusoid_compile_failure_falls_back_to_eager_with_one_log_line(tmp_path, monkeypatch, capsys):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no working compiler\nsecond line of a long error")
+
+    eager, eager_losses = sinusoid_run(tmp_path, "eager", overrides=["train.compile=false"])
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)  # auto: a log line, not a warning
+        fell_back, losses = sinusoid_run(tmp_path, "fallback")
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "compiled meta-iteration" in line]
+    assert lines == ["[fastmaml] train.compile=auto: compiled meta-iteration not used (torch.compile failed: "
+                     "RuntimeError: no working compiler); training eager"]
+    assert "Traceback" not in err and "second line" not in err
+    for name in eager:
+        torch.testing.assert_close(fell_back[name], eager[name])
+    assert losses == eager_losses
+
+
+def test_sinusoid_without_cxx_compiler_trains_eager_with_one_log_line(tmp_path, monkeypatch, capsys):
+    import fastmaml.core.compiled as C
+
+    monkeypatch.setattr(C.shutil, "which", lambda name: None)
+    sinusoid_run(tmp_path, "no_cxx")
+    err = capsys.readouterr().err
+    assert err.count("compiled meta-iteration not used (no C++ compiler found") == 1
+
+
+@pytest.mark.slow
+@needs_cxx
+def test_inductor_sinusoid_one_graph_for_every_k_equals_eager(tmp_path):
+    """The real thing for the sinusoid default: inductor's C++ kernels with a symbolic K, reused at a second K."""
+    for k in (5, 20):
+        eager, eager_losses = sinusoid_run(tmp_path, f"eager{k}", k=k, overrides=["train.compile=false"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CompileFallbackWarning)
+            comp, comp_losses = sinusoid_run(tmp_path, f"compiled{k}", k=k, overrides=["train.compile=true"])
+        for name in eager:
+            torch.testing.assert_close(comp[name], eager[name], rtol=1e-4, atol=1e-5)
+        assert comp_losses == pytest.approx(eager_losses, rel=1e-4, abs=1e-6)

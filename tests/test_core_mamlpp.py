@@ -110,7 +110,7 @@ def test_mamlpp_schedules_resume_bit_identical(tmp_path):
     from fastmaml.train.loop import meta_train
 
     cfg = load_config(S.SinusoidConfig, None, [
-        "train.progress=false", "train.threads=1", "train.iterations=30", "train.checkpoint_every=10",
+        "train.progress=false", "train.threads=1", "train.compile=false", "train.iterations=30", "train.checkpoint_every=10",
         "train.log_every=10", "train.lr_schedule=cosine", "train.min_meta_lr=0.0001", "maml.inner_steps=2",
         "maml.multi_step_loss_iterations=20", "maml.first_order_iterations=10"])
     S.train(cfg, tmp_path / "straight")

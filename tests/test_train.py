@@ -22,8 +22,10 @@ from fastmaml.train.loop import meta_train
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The loop's semantics, tested eager (train.compile=false): the sinusoid experiment's compiled default would add
+# an inductor compile to each test; tests/test_compiled.py tests it.
 def small_cfg(**train):
-    cfg = load_config(S.SinusoidConfig, None, ["train.progress=false", "train.threads=1"])
+    cfg = load_config(S.SinusoidConfig, None, ["train.progress=false", "train.threads=1", "train.compile=false"])
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return cfg
@@ -50,7 +52,7 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     """A real crash: the CLI process is SIGKILLed mid-run, then resumed."""
     args = ["sinusoid", "train", "--preset", "paper", "train.iterations=1500", "train.checkpoint_every=100",
-            "train.log_every=100", "train.threads=1", "train.progress=false"]
+            "train.log_every=100", "train.threads=1", "train.progress=false", "train.compile=false"]
     cmd = [sys.executable, "-m", "fastmaml.cli"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     subprocess.run(cmd + args + ["--run-dir", str(tmp_path / "straight")], check=True, env=env, capture_output=True)
@@ -152,7 +154,7 @@ def test_cli_reports_errors_without_traceback(tmp_path):
 def test_torchrun_two_processes_match_one(tmp_path):
     """The meta-batch split over 2 gloo processes gives the one-process result (to float rounding)."""
     args = ["sinusoid", "train", "--preset", "paper", "train.iterations=30", "train.checkpoint_every=30",
-            "train.threads=1", "train.progress=false", "train.meta_batch_size=24"]
+            "train.threads=1", "train.progress=false", "train.meta_batch_size=24", "train.compile=false"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "fastmaml.cli", *args, "--run-dir", str(tmp_path / "one")],
                    check=True, env=env, capture_output=True)

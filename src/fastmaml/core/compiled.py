@@ -29,7 +29,8 @@ The fused Adam needs ``torch.optim.Adam`` with one parameter group, ``weight_dec
 ``amsgrad=False``, ``maximize=False``; otherwise the gradient-only variant is used.
 A ``TaskBatching`` chunk size smaller than the batch: the gradient-only variant, one compiled call per chunk.
 
-Falls back to eager (``learner.meta_backward`` + ``optimizer.step()``; a warning, once) for:
+Falls back to eager (``learner.meta_backward`` + ``optimizer.step()``; a warning, once, or with
+``on_fallback`` one call of it: ``train.compile=auto`` logs one line) for:
 ``TaskBatching("loop")``, per-step BatchNorm (``per_step_bn``: running statistics are recorded by
 in-place buffer updates), ``recompute_inner_steps`` (a memory-bounded schedule the compiled
 graph would undo), mixed precision (``train.precision`` resolving to bf16: autocast inside
@@ -53,7 +54,13 @@ same decompositions, no inductor codegen) float32 is exact, with inductor's patt
 So for second-order conv nets keep eager (``train.compile=false``, the default).
 
 Shapes are static (``dynamic=False``): one compile per configuration and task-batch shape; a
-different batch shape (e.g. a smaller last shard) compiles once more, never every call.
+different batch shape (e.g. a smaller last shard) compiles once more, never every call. With
+``dynamic_shots=True`` the points-per-task dimension (dim 1 of the support and query tensors) is
+symbolic instead: one graph serves every K, so the sinusoid experiment's three MAML networks (K = 5,
+10, 20) compile once, and inductor's on-disk FX graph cache (``TORCHINDUCTOR_CACHE_DIR``, by default
+under the system temp folder) serves later processes with any K too. Why it matters: on 2 CPU cores
+nearly all of a ~25-35 s compile is gcc building inductor's ~14 C++ kernels (Dynamo tracing ~5 s, no
+graph breaks, no recompiles within a network); a new shape means building them all again.
 ``mode``: ``None`` (inductor default), ``"max-autotune-no-cudagraphs"``, or on CUDA
 ``"reduce-overhead"`` (CUDA graphs; parameters and optimizer state are marked as static
 addresses). On a CPU inductor needs a C++ compiler; without one the first call falls back.
@@ -62,6 +69,9 @@ addresses). On a CPU inductor needs a C++ compiler; without one the first call f
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import time
 import warnings
 from typing import Any, Callable
 
@@ -79,6 +89,18 @@ DEFAULT_BACKEND = "inductor"
 
 class CompileFallbackWarning(UserWarning):
     """The compiled meta-step is not used for this learner (the reason is in the message); eager runs instead."""
+
+
+def compiler_unavailable(device: str | torch.device = "cpu", backend: str | None = None) -> str | None:
+    """Why ``torch.compile`` cannot be tried here at all (``None``: it can): an old torch, or on a CPU no C++
+    compiler for inductor. Checked up front so that ``train.compile=auto`` falls back without a failed attempt."""
+    if not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile (needs torch >= 2.0)"
+    if (backend or DEFAULT_BACKEND) == "inductor" and torch.device(device).type == "cpu":
+        candidates = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+        if not any(c and shutil.which(c) for c in candidates):
+            return "no C++ compiler found (inductor builds C++ kernels on a CPU; install g++ or set CXX)"
+    return None
 
 
 def unsupported_reason(learner: MAML) -> str | None:
@@ -122,6 +144,10 @@ class CompiledMetaStep:
         grad_clip: clamp each meta-gradient element to ``[-c, c]`` before the update (fused variant).
         backend: ``torch.compile`` backend (default :data:`DEFAULT_BACKEND`; ``"aot_eager"`` for debugging).
         compile: ``False`` runs the same functional step without ``torch.compile`` (for tests).
+        dynamic_shots: one graph for every number of points per task (see module docstring).
+        log: receives one line per compiled graph: its first call's wall time (compilation included).
+        on_fallback: receives the reason, once, when the step falls back to eager (default: a
+            :class:`CompileFallbackWarning`).
 
     Call :meth:`step` (gradient + update; the optimizer is not needed by the caller) or
     :meth:`backward` (gradient into ``.grad`` only, like ``MAML.meta_backward``).
@@ -137,9 +163,15 @@ class CompiledMetaStep:
         grad_clip: float | None = None,
         backend: str | None = None,
         compile: bool = True,
+        dynamic_shots: bool = False,
+        log: Callable[[str], None] | None = None,
+        on_fallback: Callable[[str], None] | None = None,
     ) -> None:
         self.learner, self.optimizer = learner, optimizer
         self.mode, self.backend, self.compile = mode, backend or DEFAULT_BACKEND, compile
+        self.dynamic_shots, self.log, self.on_fallback = dynamic_shots, log, on_fallback
+        self.compile_seconds = 0.0  # first calls of each graph (compilation included), summed
+        self._timed: set[tuple] = set()
         self.grad_clip = float(grad_clip) if grad_clip else None
         self.fallback_reason = unsupported_reason(learner)
         self.fuse_reason = _adam_fusable(optimizer) if fuse_optimizer else "fuse_optimizer=False"
@@ -161,10 +193,14 @@ class CompiledMetaStep:
         return self.compiled and self.fuse_reason is None
 
     def _warn(self, reason: str) -> None:
-        if not self._warned:
+        if self._warned:
+            return
+        self._warned = True
+        if self.on_fallback is not None:
+            self.on_fallback(reason)
+        else:
             warnings.warn(f"fastmaml: compiled meta-step not used ({reason}); running eager MAML.meta_backward",
                           CompileFallbackWarning, stacklevel=3)
-            self._warned = True
 
     # ------------------------------------------------------------------ the functional step
     def _meta_loss_fn(self, first_order: bool, multi_step: bool) -> Callable:
@@ -228,9 +264,32 @@ class CompiledMetaStep:
         if key not in self._fns:
             fn = (self._step_fn if kind == "step" else self._grad_fn)(first_order, multi_step)
             if self.compile:
-                fn = torch.compile(fn, fullgraph=True, dynamic=False, mode=self.mode, backend=self.backend)
+                # dynamic=None (not True): only the dimension _mark_shots marks is symbolic, the rest stays static.
+                fn = torch.compile(fn, fullgraph=True, dynamic=None if self.dynamic_shots else False,
+                                   mode=self.mode, backend=self.backend)
             self._fns[key] = fn
         return self._fns[key]
+
+    def _mark_shots(self, batch: TaskBatch) -> None:
+        if self.dynamic_shots and self.compile:
+            for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y):
+                if t.dim() > 1:
+                    torch._dynamo.maybe_mark_dynamic(t, 1)  # "maybe": no error where a graph needs it static
+
+    def _call(self, key: tuple, fn: Callable, *args: Any) -> Any:
+        """``fn(*args)``; the first call of each graph is timed and logged (that is when it compiles)."""
+        if key in self._timed:
+            return fn(*args)
+        t0 = time.perf_counter()
+        out = fn(*args)
+        seconds = time.perf_counter() - t0
+        self._timed.add(key)
+        self.compile_seconds += seconds
+        if self.log is not None and self.compile:
+            shots = ", any K" if self.dynamic_shots else ""
+            self.log(f"compiled meta-iteration ({key[0]}{shots}, {self.backend}): first call {seconds:.1f} s "
+                     "(compiling, or reusing a graph compiled before)")
+        return out
 
     def _schedule(self) -> tuple[bool, bool, torch.Tensor]:
         learner = self.learner
@@ -270,13 +329,15 @@ class CompiledMetaStep:
             return self.learner.meta_backward(batch)
         batch.validate()
         first_order, multi_step, w = self._schedule()
-        fn = self._get("grad", first_order, multi_step)
+        key = ("grad", first_order, multi_step)
         chunks_done = 0
 
         def backward_chunk(chunk: TaskBatch, total: int) -> tuple[torch.Tensor, torch.Tensor]:
             nonlocal chunks_done
-            grads, task_losses, pred = fn(self._tensors, w, chunk.support_x, chunk.support_y, chunk.query_x,
-                                          chunk.query_y, 1.0 / total)
+            self._mark_shots(chunk)
+            fn = self._get(*key)  # in the try below: torch.compile itself may raise (e.g. an unsupported Python)
+            grads, task_losses, pred = self._call(key, fn, self._tensors, w, chunk.support_x, chunk.support_y,
+                                                  chunk.query_x, chunk.query_y, 1.0 / total)
             for p, g in zip(self._tensors, grads):
                 if p.grad is None:
                     p.grad = g.detach().clone() if chunks_done else g.detach()
@@ -315,10 +376,12 @@ class CompiledMetaStep:
         first_order, multi_step, w = self._schedule()
         ms, vs, ts = self._adam_state()
         lr_t = torch.tensor(float(opt.param_groups[0]["lr"]), dtype=torch.float64, device=ts[0].device)
-        fn = self._get("step", first_order, multi_step)
+        key = ("step", first_order, multi_step)
+        self._mark_shots(batch)
         try:
-            loss, losses, preds = fn(self._tensors, ms, vs, ts, lr_t, w, batch.support_x, batch.support_y,
-                                     batch.query_x, batch.query_y, 1.0 / batch.num_tasks)
+            fn = self._get(*key)  # inside the try: torch.compile itself may raise (e.g. an unsupported Python)
+            loss, losses, preds = self._call(key, fn, self._tensors, ms, vs, ts, lr_t, w, batch.support_x,
+                                             batch.support_y, batch.query_x, batch.query_y, 1.0 / batch.num_tasks)
         except Exception as e:  # noqa: BLE001
             self._fail(e)
             return self.step(batch)

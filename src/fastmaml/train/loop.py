@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Literal, Mapping, Protocol
 
 import torch
 from tqdm import tqdm
@@ -93,22 +93,55 @@ class FusedCompiledStep:
     def __call__(self, batch: TaskBatch, iteration: int) -> Mapping[str, float]:
         return {"loss": float(self.compiled.step(batch, lr=meta_lr_at(self.cfg, iteration)).loss)}
 
+    @property
+    def compile_seconds(self) -> float | None:
+        """The compiled step's first calls (compilation included); None once it has fallen back to eager."""
+        return self.compiled.compile_seconds if self.compiled.compiled else None
+
 
 def default_meta_step(learner: MAML, optimizer: torch.optim.Optimizer, cfg: TrainConfig, ctx: D.DistContext,
                       device: torch.device) -> MetaStep:
     """Adam on the meta-gradient: eager, or with ``train.compile`` the compiled meta-iteration (which falls
-    back to eager, with a warning, where it cannot run)."""
-    backward = learner.meta_backward
-    if cfg.compile:
-        from fastmaml.core.compiled import CompiledMetaStep
-
-        # Under torchrun the gradient is all-reduced before the update: the compiled gradient, eager Adam.
-        compiled = CompiledMetaStep(learner, optimizer, fuse_optimizer=not ctx.enabled, mode=cfg.compile_mode,
-                                    grad_clip=cfg.grad_clip)
-        if compiled.fused:
-            return FusedCompiledStep(compiled, cfg)
-        backward = compiled.backward
+    back to eager where it cannot run: ``true`` with a warning, ``auto`` with one log line)."""
+    compiled = compiled_meta_step(learner, optimizer, cfg, ctx)
+    if compiled is not None and compiled.fused:
+        return FusedCompiledStep(compiled, cfg)
+    backward = compiled.backward if compiled is not None else learner.meta_backward
     return GradientStep(learner, optimizer, backward, cfg.grad_clip, ctx, device)
+
+
+def compiled_meta_step(learner: MAML, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                       ctx: D.DistContext) -> Any:
+    """The :class:`~fastmaml.core.compiled.CompiledMetaStep` ``train.compile`` asks for, or None (eager).
+
+    ``auto`` checks up front that torch.compile can run here (torch version, a C++ compiler on a CPU), and
+    reports a fallback — then or at the first call, e.g. a torch.compile error — as one log line, not a warning."""
+    if cfg.compile not in (True, "auto"):
+        if cfg.compile is not False:
+            raise ConfigError(f"train.compile must be true, false or auto, got {cfg.compile!r}")
+        return None
+
+    def log(msg: str) -> None:
+        if ctx.is_main:
+            print(f"[fastmaml] {msg}", file=sys.stderr)
+
+    def fallback(reason: str) -> None:
+        log(f"train.compile=auto: compiled meta-iteration not used ({reason}); training eager")
+
+    try:
+        from fastmaml.core import compiled as C
+    except ImportError as e:  # a torch without torch.func
+        if cfg.compile is True:
+            raise
+        fallback(f"{type(e).__name__}: {e}")
+        return None
+    if cfg.compile == "auto" and (reason := C.compiler_unavailable(cfg.device)):
+        fallback(reason)
+        return None
+    # Under torchrun the gradient is all-reduced before the update: the compiled gradient, eager Adam.
+    return C.CompiledMetaStep(learner, optimizer, fuse_optimizer=not ctx.enabled, mode=cfg.compile_mode,
+                              grad_clip=cfg.grad_clip, dynamic_shots=cfg.compile_dynamic_shots, log=log,
+                              on_fallback=fallback if cfg.compile == "auto" else None)
 
 
 @dataclass
@@ -129,11 +162,15 @@ class TrainConfig:
     keep_freed_memory: bool = True  # glibc: keep big tensors' memory in the heap (faster; see train/memory.py)
     lr_schedule: str = "constant"  # constant, or cosine (MAML++: meta_lr annealed to min_meta_lr over the iterations)
     min_meta_lr: float = 0.0
-    # torch.compile the whole meta-iteration (gradient + Adam: core/compiled.py); falls back to eager, with a
-    # warning, where it cannot. Pays on small models (sinusoid MLP ~5x), not on conv nets (see core/compiled.py).
+    # torch.compile the whole meta-iteration (gradient + Adam: core/compiled.py); falls back to eager where it
+    # cannot: true with a warning, auto with one log line (auto also checks for a C++ compiler first). Pays on
+    # small models (sinusoid MLP ~5x), not on conv nets (see core/compiled.py): the sinusoid experiment uses auto.
     # compile_mode: None, "max-autotune-no-cudagraphs", "reduce-overhead" (CUDA graphs).
-    compile: bool = False
+    # compile_dynamic_shots: one compiled graph for every number of points per task (K), so networks that differ
+    # only in K share one compilation (the sinusoid experiment's 3 MAML networks: one compile instead of three).
+    compile: bool | Literal["auto"] = False
     compile_mode: str | None = None
+    compile_dynamic_shots: bool = False
     # Where matmuls and convolutions run (core/precision.py): fp32, bf16 (autocast; master weights, Adam, losses,
     # inner steps and BatchNorm stay float32), or auto: bf16 where it is measured to pay (a CPU with AMX, a CUDA GPU
     # with bf16), fp32 elsewhere. config.json records what it resolved to as precision_resolved.
@@ -266,7 +303,7 @@ def meta_train(
     bar.close()
     return {"iterations": run.done, "resumed_from": run.start_iteration, "best": run.best,
             "best_iteration": run.best_iteration, "stopped_for_patience": run.out_of_patience(),
-            "seconds": run.seconds()}
+            "seconds": run.seconds(), "compile_seconds": getattr(step, "compile_seconds", None)}
 
 
 def _tune_batching(learner: MAML, batch: TaskBatch, run_dir: str | Path, resume: bool,
