@@ -7,7 +7,8 @@
 
 Config keys added after results were cached enter a key only when set off their default, so
 earlier caches stay valid: when adding a config key, add it to :data:`_LATER_DEFAULTS` (source),
-:func:`feature_key` (features) or :data:`_NO_EFFECT` (what cannot change a result). A setting
+:data:`_LATER_TRAIN_DEFAULTS` (the training loop), :func:`feature_key` (features) or :data:`_NO_EFFECT` (what
+cannot change a result). A setting
 added to a source's settings block (``source.masquerade``, ...), or a new block, needs nothing:
 it enters the key as ``<block>.<key>`` only when off its default.
 
@@ -37,6 +38,8 @@ _LATER_DEFAULTS = {"split": "occurrences", "occurrence_gap_s": 0.05, "min_occurr
 _LOCATION_KEYS = ("data_root", "cic_dir", "daga_dir")
 # What cannot change an evaluation (IDS training has no validation, so train.patience does nothing here).
 _NO_EFFECT = ("progress", "threads", "device", "checkpoint_every", "log_every", "patience")
+# Training-loop keys added later, left out of evaluation keys while at their defaults.
+_LATER_TRAIN_DEFAULTS = {"tune_batching": False, "compile_dynamic_shots": False}
 
 
 def _hash(d: dict[str, Any]) -> str:
@@ -135,6 +138,9 @@ def eval_key(cfg: IdsConfig, known: Sequence[str], holdout: Sequence[str], dkey:
         c["train_source"] = source_key(cfg.train_source)
     for k in _NO_EFFECT:
         c["train"].pop(k, None)
+    for k, default in _LATER_TRAIN_DEFAULTS.items():
+        if c["train"].get(k) == default:
+            c["train"].pop(k, None)
     if not c["eval"].get("evidence_reference"):  # off (the default): the key evaluations had before it existed
         c["eval"].pop("evidence_reference", None)
     return _hash({"cfg": c, "known": sorted(known), "holdout": list(holdout), "data": dkey})
