@@ -123,7 +123,8 @@ def choose_batching(learner: MAML, batch: TaskBatch, recorded: Any = None, sourc
     """The batching to train with: ``recorded`` (a resumed run's earlier choice) if given, else the fastest
     of :func:`candidates` on ``batch``."""
     if recorded is not None:
-        return BatchingChoice(from_record(recorded, source), "recorded", dict(recorded.get("seconds", {})))
+        seconds = {k: math.inf if v is None else float(v) for k, v in dict(recorded.get("seconds") or {}).items()}
+        return BatchingChoice(from_record(recorded, source), "recorded", seconds)
     times = time_batchings(learner, batch, candidates(batch.num_tasks, learner.batching), repeats)
     best = min(times, key=times.__getitem__)
     return BatchingChoice(best, "timed", {describe(b): s for b, s in times.items()})
