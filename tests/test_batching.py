@@ -130,7 +130,7 @@ def test_a_batching_that_fails_is_skipped_but_the_configured_ones_error_is_raise
     choice = B.choose_batching(m, batch, repeats=1)
     assert choice.batching.mode == "vmap" and choice.seconds["loop"] == float("inf")
     assert "loop failed" in choice.describe() and choice.to_record()["seconds"]["loop"] is None
-    again = B.choose_batching(m, batch, recorded=choice.to_record())  # a resume reads the record back
+    again = B.recorded_choice(choice.to_record())  # a resume reads the record back
     assert again.batching == choice.batching and again.to_record()["seconds"]["loop"] is None
     with pytest.raises(RuntimeError, match="pretends"):
         B.time_batchings(learner(TaskBatching("loop")), batch, [TaskBatching("loop")], repeats=1)

@@ -118,17 +118,18 @@ def time_batchings(learner: MAML, batch: TaskBatch, options: list[TaskBatching],
     return out
 
 
-def choose_batching(learner: MAML, batch: TaskBatch, recorded: Any = None, source: str = "config.json",
-                    repeats: int = 2) -> BatchingChoice:
-    """The batching to train with: ``recorded`` (a resumed run's earlier choice) if given, else the fastest
-    of :func:`candidates` on ``batch``."""
-    if recorded is not None:
-        seconds = {k: math.inf if v is None else float(v) for k, v in dict(recorded.get("seconds") or {}).items()}
-        return BatchingChoice(from_record(recorded, source), "recorded", seconds)
+def recorded_choice(record: Any, source: str = "config.json") -> BatchingChoice:
+    """A resumed run's earlier choice, from its config.json's ``train.batching_resolved``."""
+    seconds = {k: math.inf if v is None else float(v) for k, v in dict(record.get("seconds") or {}).items()}
+    return BatchingChoice(from_record(record, source), "recorded", seconds)
+
+
+def choose_batching(learner: MAML, batch: TaskBatch, repeats: int = 2) -> BatchingChoice:
+    """The fastest of :func:`candidates` on ``batch``."""
     times = time_batchings(learner, batch, candidates(batch.num_tasks, learner.batching), repeats)
     best = min(times, key=times.__getitem__)
     return BatchingChoice(best, "timed", {describe(b): s for b, s in times.items()})
 
 
 __all__ = ["BatchingChoice", "CHUNK_SIZES", "candidates", "choose_batching", "describe", "from_record",
-           "time_batchings"]
+           "recorded_choice", "time_batchings"]

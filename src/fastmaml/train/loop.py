@@ -36,6 +36,7 @@ from fastmaml.core import precision as P
 from fastmaml.core.maml import MAML, MetaOutput
 from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
 from fastmaml.tasks.batch import TaskBatch
+from fastmaml.train import batching as B
 from fastmaml.train import distributed as D
 from fastmaml.fileio import atomic_write_text
 from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_state_into, save_checkpoint
@@ -201,11 +202,12 @@ def meta_lr_at(cfg: TrainConfig, iteration: int) -> float:
     raise ConfigError(f"train.lr_schedule {cfg.lr_schedule!r} unknown; use constant or cosine")
 
 
-def with_resolved_precision(run_config: dict[str, Any] | None, resolved: str) -> dict[str, Any] | None:
-    """``run_config`` with ``train.precision_resolved`` (what ``train.precision`` resolved to) beside ``train.precision``."""
+def with_record(run_config: dict[str, Any] | None, key: str, value: Any) -> dict[str, Any] | None:
+    """``run_config`` with ``train.<key>`` recorded (what the loop resolved, e.g. ``precision_resolved`` beside
+    ``train.precision``; :attr:`TrainConfig.RECORD_KEYS`)."""
     if not run_config or not isinstance(run_config.get("train"), dict):
         return run_config
-    return {**run_config, "train": {**run_config["train"], "precision_resolved": resolved}}
+    return {**run_config, "train": {**run_config["train"], key: value}}
 
 
 def trained_precision(run_dir: str | Path, requested: str, device: str | torch.device) -> tuple[P.Precision, str]:
@@ -265,10 +267,11 @@ def meta_train(
     learner.precision, why = P.resolve(cfg.precision, device)
     if ctx.is_main:
         print(f"[fastmaml] precision: {learner.precision.name} ({why})", file=sys.stderr)
-    run_config = with_resolved_precision(run_config, learner.precision.name)
+    run_config = with_record(run_config, "precision_resolved", learner.precision.name)
     if cfg.tune_batching and meta_step is None and not cfg.compile and not ctx.enabled:
-        run_config = _tune_batching(learner, sample_batch(iteration_generator(cfg.seed, 0)).to(device), run_dir,
-                                    resume, run_config)
+        first_batch = lambda: sample_batch(iteration_generator(cfg.seed, 0)).to(device)  # noqa: E731
+        run_config = with_record(run_config, "batching_resolved",
+                                 _tune_batching(learner, first_batch, run_dir, resume).to_record())
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr)
     step = meta_step or default_meta_step(learner, optimizer, cfg, ctx, device)
     run = _Run(RunDir(run_dir), learner, optimizer, cfg, ctx, validate, select_metric, select_mode, run_config)
@@ -306,27 +309,23 @@ def meta_train(
             "seconds": run.seconds(), "compile_seconds": getattr(step, "compile_seconds", None)}
 
 
-def _tune_batching(learner: MAML, batch: TaskBatch, run_dir: str | Path, resume: bool,
-                   run_config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``train.tune_batching``: set the learner's batching (timed, or a resumed run's recorded choice) and return
-    ``run_config`` with the choice recorded. A resumed run that recorded none keeps the configured batching."""
-    from fastmaml.train import batching as B
-
+def _tune_batching(learner: MAML, first_batch: Callable[[], TaskBatch], run_dir: str | Path,
+                   resume: bool) -> B.BatchingChoice:
+    """``train.tune_batching``: set the learner's batching, timed on ``first_batch()`` or, for a resumed run, the
+    choice its config.json recorded (a resumed run that recorded none keeps the configured batching)."""
     config = RunDir(run_dir).config
     if resume and config.exists():
         try:
             recorded = json.loads(config.read_text()).get("train", {}).get("batching_resolved")
         except (json.JSONDecodeError, AttributeError) as e:
             raise ConfigError(f"{config}: not readable as a run config ({e}); restore it or start a new run") from e
-        choice = (B.choose_batching(learner, batch, recorded, str(config)) if recorded is not None
+        choice = (B.recorded_choice(recorded, str(config)) if recorded is not None
                   else B.BatchingChoice(learner.batching, "configured: the run started without tuning", {}))
     else:
-        choice = B.choose_batching(learner, batch)
+        choice = B.choose_batching(learner, first_batch())
     learner.batching = choice.batching
     print(f"[fastmaml] task batching: {choice.describe()}", file=sys.stderr)
-    if run_config is None or "train" not in run_config:
-        return run_config
-    return {**run_config, "train": {**run_config["train"], "batching_resolved": choice.to_record()}}
+    return choice
 
 
 def _processes(cfg: TrainConfig, dist_ctx: D.DistContext | None, custom_step: bool) -> D.DistContext:
