@@ -26,6 +26,12 @@ def workdir(tmp_path_factory):
     return d
 
 
+def adapt(d, out: str, *args: str) -> int:
+    """``ids adapt`` of the trained sim detector to the spoofing capture (its side labels), into ``d / out``."""
+    return main(["ids", "adapt", "--detector", str(d / "trained" / "detector"), "--capture", str(d / "cap.log"),
+                 "--labels", str(d / "cap_labels.csv"), *args, "--out", str(d / out)])
+
+
 def test_balanced_cross_entropy_weighs_classes_equally():
     import torch
     import torch.nn.functional as F
@@ -40,10 +46,8 @@ def test_balanced_cross_entropy_weighs_classes_equally():
 
 def test_adapt_with_clean_calibrates_and_detect_applies_the_threshold(workdir, capsys):
     d = workdir
-    det = str(d / "trained" / "detector")
-    assert main(["ids", "adapt", "--detector", det, "--capture", str(d / "cap.log"), "--labels",
-                 str(d / "cap_labels.csv"), "--shots", "5", "--clean", str(d / "clean.log"), "--benign-frames", "500",
-                 "--alerts-per-hour", "10", "--out", str(d / "adapted")]) == 0
+    assert adapt(d, "adapted", "--shots", "5", "--clean", str(d / "clean.log"), "--benign-frames", "500",
+                 "--alerts-per-hour", "10") == 0
     out = capsys.readouterr().out
     assert "from 5 attack samples and 500 clean frames" in out and "calibrated: threshold" in out
     meta = json.loads((d / "adapted" / "detector.json").read_text())
@@ -80,8 +84,7 @@ def test_adapt_with_clean_calibrates_and_detect_applies_the_threshold(workdir, c
 
 def test_detect_clean_writes_the_threshold_and_uncalibrated_detectors_say_so(workdir, capsys):
     d = workdir
-    assert main(["ids", "adapt", "--detector", str(d / "trained" / "detector"), "--capture", str(d / "cap.log"),
-                 "--labels", str(d / "cap_labels.csv"), "--shots", "5", "--out", str(d / "kk")]) == 0
+    assert adapt(d, "kk", "--shots", "5") == 0
     assert json.loads((d / "kk" / "detector.json").read_text())["evidence"] == {}
     capsys.readouterr()
     assert main(["ids", "detect", "--detector", str(d / "kk"), "--capture", str(d / "cap.log"),
@@ -147,10 +150,8 @@ def test_a_union_rule_nobody_knows_is_a_clear_error(workdir, capsys):
 
 def test_adapt_with_a_union_rule_stores_it_and_detect_raises_both(workdir, capsys):
     d = workdir
-    det = str(d / "trained" / "detector")
-    assert main(["ids", "adapt", "--detector", det, "--capture", str(d / "cap.log"), "--labels",
-                 str(d / "cap_labels.csv"), "--shots", "5", "--clean", str(d / "clean.log"), "--benign-frames", "500",
-                 "--union", "timing", "--out", str(d / "adapted_u")]) == 0
+    assert adapt(d, "adapted_u", "--shots", "5", "--clean", str(d / "clean.log"), "--benign-frames", "500",
+                 "--union", "timing") == 0
     out = capsys.readouterr().out
     assert "beside it, rule timing (each at half the budget): threshold" in out
     ev = json.loads((d / "adapted_u" / "detector.json").read_text())["evidence"]
@@ -178,13 +179,10 @@ def test_same_id_draws_benign_frames_of_the_shots_ids(workdir, capsys):
     assert len(got) == 3 and set(keys[got.numpy()]) <= {2, 5}
     assert len(_same_id_frames(keys, np.array([5]), 3, torch.Generator())) == 1  # as many as there are
     d = workdir
-    det = str(d / "trained" / "detector")
-    assert main(["ids", "adapt", "--detector", det, "--capture", str(d / "cap.log"), "--labels",
-                 str(d / "cap_labels.csv"), "--shots", "5", "--clean", str(d / "clean.log"), "--benign-frames", "400",
-                 "--same-id", "0.5", "--out", str(d / "adapted_same")]) == 0
+    assert adapt(d, "adapted_same", "--shots", "5", "--clean", str(d / "clean.log"), "--benign-frames", "400",
+                 "--same-id", "0.5") == 0
     meta = json.loads((d / "adapted_same" / "detector.json").read_text())["meta"]
     assert meta["benign_support"] == 400 and 0 < meta["benign_same_id"] <= 200
     capsys.readouterr()
-    assert main(["ids", "adapt", "--detector", det, "--capture", str(d / "cap.log"), "--labels",
-                 str(d / "cap_labels.csv"), "--same-id", "0.5", "--out", str(d / "x")]) != 0
+    assert adapt(d, "x", "--same-id", "0.5") != 0
     assert "needs --clean" in capsys.readouterr().err
