@@ -172,12 +172,12 @@ def test_same_id_draws_benign_frames_of_the_shots_ids(workdir, capsys):
     import numpy as np
     import torch
 
-    from fastmaml.apps.ids.detect.adapt import _same_id_frames
+    from fastmaml.apps.ids.samples import same_key_rows
 
     keys = np.array([1, 2, 3, 2, 2, 5, 1])
-    got = _same_id_frames(keys, np.array([2, 5]), 3, torch.Generator().manual_seed(0))
+    got = same_key_rows(keys, np.array([2, 5]), 3, torch.Generator().manual_seed(0))
     assert len(got) == 3 and set(keys[got.numpy()]) <= {2, 5}
-    assert len(_same_id_frames(keys, np.array([5]), 3, torch.Generator())) == 1  # as many as there are
+    assert len(same_key_rows(keys, np.array([5]), 3, torch.Generator())) == 1  # as many as there are
     d = workdir
     assert adapt(d, "adapted_same", "--shots", "5", "--clean", str(d / "clean.log"), "--benign-frames", "400",
                  "--same-id", "0.5") == 0

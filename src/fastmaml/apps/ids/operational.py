@@ -31,6 +31,7 @@ from fastmaml.apps.ids.episodes import Episodes
 from fastmaml.apps.ids.evidence import (Evidence, Occurrence, calibrate, count_alerts, cusum_alerts, judge,
                                         merge_alerts, rule_alarm)
 from fastmaml.apps.ids.families import Stream
+from fastmaml.apps.ids.samples import same_key_rows
 from fastmaml.core.maml import MAML, Params
 from fastmaml.eval.stats import mean_ci
 
@@ -232,11 +233,9 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
         benign = fit.x[torch.randperm(len(fit.x), generator=g)[:reps * len(att)]]
         if same_id > 0 and keys_of is not None and len(att):
             # Part of the benign side from the attacked IDs' own clean frames: the falsehood, not the ID, must differ.
-            own = torch.from_numpy(np.flatnonzero(np.isin(fit.key.numpy(), keys_of(att.numpy()))))
-            n_own = min(int(same_id * len(benign)), len(own))
-            if n_own:
-                pick = own[torch.randperm(len(own), generator=g)[:n_own]]
-                benign = torch.cat([benign[: len(benign) - n_own], fit.x[pick]])
+            pick = same_key_rows(fit.key.numpy(), keys_of(att.numpy()), int(same_id * len(benign)), g)
+            if len(pick):
+                benign = torch.cat([benign[: len(benign) - len(pick)], fit.x[pick]])
         xs = torch.cat([benign, att.repeat(reps, *([1] * (att.dim() - 1)))])
         ys = torch.cat([torch.zeros(len(benign), dtype=torch.long), torch.ones(reps * len(att), dtype=torch.long)])
         row: dict[str, float] = {}

@@ -189,3 +189,16 @@ def make_windows(feats: np.ndarray, window: int, stride: int) -> np.ndarray:
         return np.zeros((0, window, feats.shape[1]), np.float32)
     idx = np.arange(n)[:, None] * stride + np.arange(window)[None, :]
     return feats[idx]
+
+
+def same_key_rows(keys: np.ndarray, shot_keys: np.ndarray, n: int, g: torch.Generator) -> torch.Tensor:
+    """Up to ``n`` random row indices whose stream key (CAN ID) is one of ``shot_keys`` (as many as there are, if
+    fewer; none drawn, and no random number used, when that is 0).
+
+    Why: adapted on K attack frames of one or two IDs beside benign frames drawn uniformly (few of them of those
+    IDs), a detector can call a frame an attack for being of that ID; benign frames of the same IDs make it learn
+    what is false about them instead (``ids adapt --same-id``, ``eval.evidence_same_id``).
+    """
+    own = torch.from_numpy(np.flatnonzero(np.isin(keys, shot_keys)))
+    n = min(n, len(own))
+    return own[torch.randperm(len(own), generator=g)[:n]] if n else own[:0]

@@ -15,7 +15,7 @@ from fastmaml.apps.ids.detect.scores import ScoredCapture, score_capture
 from fastmaml.apps.ids.detect.union import calibrate_rule, rule_function, union_setting
 from fastmaml.apps.ids.evidence import DETECTOR_REFERENCE, Calibration, Evidence, calibrate
 from fastmaml.apps.ids.metrics import detection_metrics
-from fastmaml.apps.ids.samples import BENIGN
+from fastmaml.apps.ids.samples import BENIGN, same_key_rows
 from fastmaml.apps.ids.traffic import ReadOptions
 from fastmaml.core.maml import MAML
 from fastmaml.errors import DataError
@@ -58,7 +58,7 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
     ``clean`` (a capture of the vehicle's clean driving, which a vehicle has in abundance) the
     benign side is up to ``benign_frames`` frames drawn from it, the loss weighs both classes
     equally (:func:`balanced_cross_entropy`), a share ``same_id`` of it from the attack shots' own stream keys
-    (CAN IDs; :func:`_same_id_frames`), and with ``alerts_per_hour`` the evidence threshold
+    (CAN IDs; :func:`~fastmaml.apps.ids.samples.same_key_rows`), and with ``alerts_per_hour`` the evidence threshold
     for that false-alert budget is calibrated on the whole clean capture and saved in the detector
     (:mod:`fastmaml.apps.ids.evidence`; ``evidence`` sets clip, drift and hold-off; ``union`` a rule raising
     alerts beside the detector, each at half the budget: :func:`calibrate_detector`).
@@ -110,7 +110,7 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
         benign = cx[torch.randperm(len(cx), generator=g)[:benign_frames]]
         if same_id > 0:
             shot_keys = _shot_keys(det, s, keep, picks[1])
-            own = _same_id_frames(clean_scores.key, shot_keys, int(same_id * len(benign)), g)
+            own = same_key_rows(clean_scores.key, shot_keys, int(same_id * len(benign)), g)
             benign, n_same_id = torch.cat([benign[: len(benign) - len(own)], cx[own]]), len(own)
         sx = torch.cat([benign, x[picks[1]]])
         sy = torch.cat([torch.zeros(len(benign), dtype=torch.long), torch.ones(len(picks[1]), dtype=torch.long)])
@@ -147,17 +147,6 @@ def _shot_keys(det: Detector, s: Any, keep: torch.Tensor, picked: torch.Tensor) 
         raise DataError("--same-id needs frame samples whose features name the ID (id_scaled, is_extended); this "
                         "detector's samples do not")
     return keys_of(s.features[keep][picked].numpy())
-
-
-def _same_id_frames(clean_keys: np.ndarray, shot_keys: np.ndarray, n: int, g: torch.Generator) -> torch.Tensor:
-    """Up to ``n`` clean frame indices whose key is one of the shots' (as many as there are, if fewer).
-
-    Why: adapted on K attack frames of one or two IDs beside clean frames drawn uniformly (few of them of those IDs),
-    a detector can call a frame an attack for being of that ID; clean frames of the same IDs make it learn what is
-    false about them instead.
-    """
-    own = torch.from_numpy(np.flatnonzero(np.isin(clean_keys, shot_keys)))
-    return own[torch.randperm(len(own), generator=g)[:min(n, len(own))]]
 
 
 def calibrate_detector(det: Detector, clean: str | Path, alerts_per_hour: float, *, evidence: Evidence | None = None,
