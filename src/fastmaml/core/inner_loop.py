@@ -6,7 +6,8 @@ taken one at a time, its two pieces :func:`inner_step` and :func:`query_loss`):
 * :meth:`MAML.forward <fastmaml.core.maml.MAML.forward>` (eager, vmapped or looped over tasks);
 * the compiled meta-iteration (:mod:`fastmaml.core.compiled`);
 * the recomputing second-order path (:mod:`fastmaml.core.recompute`), step by step;
-* meta-RL's TRPO (:mod:`fastmaml.apps.rl.trpo`), whose support set is one set of rollouts per step.
+* meta-RL's TRPO (:mod:`fastmaml.apps.rl.trpo`), whose support set is one set of rollouts per step: it walks
+  :func:`adapted_steps` (the walk :func:`task_loss` sums over) for the policy outputs its Hessian products need.
 
 The functions take one task (no task dimension) and are vmapped over tasks by the caller
 (:func:`over_tasks`). They read the learner only through :class:`InnerLoopLearner`, so this module
@@ -15,7 +16,7 @@ imports nothing from :mod:`fastmaml.core.maml` (which imports it).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -140,16 +141,31 @@ def task_loss(
                         rollouts_per_step=rollouts_per_step, rates=rates)
         return query_loss(learner, adapted, query_x, query_y, steps, loss_fn)
 
+    loss = 0.0
+    for step, adapted, x, y in adapted_steps(learner, params, support_x, support_y, query_x, query_y, steps,
+                                             first_order, rollouts_per_step=rollouts_per_step, rates=rates):
+        step_loss, pred = query_loss(learner, adapted, x, y, step, loss_fn)
+        loss = loss + step_weights[step - 1] * step_loss
+    return loss, pred
+
+
+def adapted_steps(learner: InnerLoopLearner, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+                  query_x: torch.Tensor, query_y: torch.Tensor, steps: int, first_order: bool, *,
+                  rollouts_per_step: bool = False, rates: Rates | None = None
+                  ) -> Iterator[tuple[int, Params, torch.Tensor, torch.Tensor]]:
+    """After each inner step s = 1..``steps``: (s, the parameters after it, the inputs and targets it is judged on).
+
+    Those are the query set, or with ``rollouts_per_step`` (meta-RL), for s < ``steps``, the rollouts the policy
+    after s steps sampled (``support_x[s]``, the next step's support set). MAML++'s multi-step loss
+    (:func:`task_loss`) and TRPO's surrogate and KL over every step (``fastmaml.apps.rl.trpo``) walk it.
+    """
     def support(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         return (support_x[step], support_y[step]) if rollouts_per_step else (support_x, support_y)
 
-    loss = 0.0
     for step in range(steps):
         params = inner_step(learner, params, *support(step), step, first_order, rates)
         x, y = support(step + 1) if rollouts_per_step and step + 1 < steps else (query_x, query_y)
-        step_loss, pred = query_loss(learner, params, x, y, step + 1, loss_fn)
-        loss = loss + step_weights[step] * step_loss
-    return loss, pred
+        yield step + 1, params, x, y
 
 
 def meta_backward_in_chunks(batch: TaskBatch, chunk_size: int | None,

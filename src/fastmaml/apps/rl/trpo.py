@@ -33,7 +33,7 @@ from torch.func import vmap
 
 from fastmaml.apps.rl.config import TRPOConfig
 from fastmaml.apps.rl.losses import mean_kl, surrogate_loss
-from fastmaml.core.inner_loop import Rates, call_model, inner_step
+from fastmaml.core.inner_loop import Rates, adapted_steps, call_model
 from fastmaml.core.maml import MAML, Params
 from fastmaml.tasks.batch import TaskBatch
 
@@ -194,17 +194,16 @@ class TRPOStep:
         steps = learner.inner_steps
         first_order = learner.first_order or not graph
 
-        def task(xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            p, preds = params, []
-            for step in range(steps):
-                p = inner_step(learner, p, xs[step], ys[step], step, first_order, rates)
-                if step + 1 in judged:
-                    preds.append(call_model(learner, p, xs[step + 1] if step + 1 < steps else xq, step + 1))
-            return tuple(preds) if steps else (call_model(learner, p, xq, 0),)
+        def task(xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            if not steps:
+                return call_model(learner, params, xq, 0), yq
+            walk = adapted_steps(learner, params, xs, ys, xq, yq, steps, first_order, rollouts_per_step=True,
+                                rates=rates)
+            pairs = [(call_model(learner, p, x, s), y) for s, p, x, y in walk if s in judged]
+            return tuple(t for pair in pairs for t in pair)
 
-        preds = list(vmap(task)(batch.support_x, batch.support_y, batch.query_x))
-        targets = [batch.support_y[:, s] if s < steps else batch.query_y for s in judged]
-        return preds, targets
+        both = vmap(task)(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        return list(both[0::2]), list(both[1::2])
 
     def weighted(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], outputs: Outputs,
                  targets: Outputs) -> torch.Tensor:
