@@ -193,17 +193,12 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
                          evidence=ev_summary)
 
 
-def _joined(parts: list[Alerts]) -> Alerts:
-    return Alerts(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("index", "time", "key", "onset"))) \
-        if parts else Alerts.empty()
-
-
 def _evidence_summary(ev: Evidence, parts: list[Alerts], y: np.ndarray | None, kept: dict[str, list[np.ndarray]],
                       key_index: KeyIndex, gap_s: float, partners: dict[int, set[int]],
                       rule_parts: list[Alerts] | None = None, rule: str = "") -> dict[str, Any]:
     """The evidence alerts of a whole capture (the detector's and, with a union rule, the rule's, in frame order),
     judged against its labels when it has them."""
-    det_a, rule_a = _joined(parts), _joined(rule_parts or [])
+    det_a, rule_a = merge_alerts(*parts), merge_alerts(*(rule_parts or []))  # the chunks' alerts, in frame order
     a = merge_alerts(det_a, rule_a)
     source = np.r_[np.zeros(len(det_a.index), np.int64), np.ones(len(rule_a.index), np.int64)]
     source = source[np.argsort(np.r_[det_a.index, rule_a.index], kind="stable")]
