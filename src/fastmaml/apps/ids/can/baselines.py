@@ -107,36 +107,43 @@ class TimingRule:
 
 
 class _SignalFeatureRule:
-    """A threshold on one signal-feature column (no fitting: the FeatureState's signals carry the clean statistics)."""
+    """Thresholds on signal-feature columns, a frame flagged when any is exceeded (no fitting: the FeatureState's
+    signals carry the clean statistics). ``columns``: ``(column, threshold)`` pairs."""
 
-    column = ""
-    threshold = 0.0
+    columns: tuple[tuple[str, float], ...] = ()
 
     def fit(self, frames: object = None) -> _SignalFeatureRule:
         return self
 
     def predict_samples(self, s: SampleSet) -> torch.Tensor:
-        """Bool [N]: the column above the threshold (samples without signal features: never)."""
-        if self.column not in s.feature_names:
-            return torch.zeros(s.features.shape[0], dtype=torch.bool)
-        return _any_in_window(_col(s, self.column) > self.threshold)
+        """Bool [N]: a column above its threshold (samples without those columns: never)."""
+        flags = torch.zeros(s.features.shape[:-1], dtype=torch.bool)
+        for column, threshold in self.columns:
+            if column in s.feature_names:
+                flags |= _col(s, column) > threshold
+        return _any_in_window(flags)
 
 
 class SignalRangeRule(_SignalFeatureRule):
     """A signal of the frame outside its benign range (``sig_range`` > 0)."""
 
-    column = "sig_range"
+    columns = (("sig_range", 0.0),)
+
+
+# sig_state above this: a state value less than 1 in 1,000 likely next to its context in clean driving (states.py)
+STATE_RULE_THRESHOLD = 0.6
 
 
 class PlausibilityRule(_SignalFeatureRule):
-    """A signal more than ``factor`` x its benign 99.9% residual away from its partners' prediction."""
-
-    column = "sig_residual"
+    """The frame disagrees with its context in clean driving: a signal more than ``factor`` x its benign 99.9%
+    residual away from its partners' prediction, or a flag or state whose value is less than 1 in 1,000 likely next
+    to its context (``sig_state``, where the state has it)."""
 
     def __init__(self, factor: float = 2.0) -> None:
         if factor <= 0:
             raise DataError(f"PlausibilityRule factor must be > 0, got {factor}")
-        self.threshold = float(np.log2(1.0 + factor) / 4.0)  # the sig_residual scale
+        self.columns = (("sig_residual", float(np.log2(1.0 + factor) / 4.0)),  # the sig_residual scale
+                        ("sig_state", STATE_RULE_THRESHOLD))
 
 
 class PayloadRangeRule:

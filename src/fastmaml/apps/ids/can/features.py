@@ -74,9 +74,11 @@ import numpy as np
 import torch
 
 from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
-from fastmaml.apps.ids.can.relations import MIN_ID_FRAMES, fit_relations, last_index, signal
+from fastmaml.apps.ids.can.relations import MIN_ID_FRAMES, fit_relations, last_index, refit_scales, signal
 from fastmaml.apps.ids.can.signals import (SIGNAL_FEATURES, Signal, SignalFeaturizer, find_signals, fit_signals,
-                                           signals_from_dicts, signals_to_dicts)
+                                           fit_statistics, payload_words, signals_from_dicts, signals_to_dicts)
+from fastmaml.apps.ids.can.states import (STATE_FEATURES, STATE_MIN_CLEAN_S, StateFeaturizer, StateField, count_tables, find_states,
+                                          fit_contexts, states_from_dicts, states_to_dicts)
 from fastmaml.apps.ids.samples import SampleSet, make_windows, window_labels
 from fastmaml.errors import DataError
 
@@ -91,10 +93,51 @@ FRAME_FEATURES: list[str] = [
 # signal values against their range), which carries over from ID to ID.
 IDENTITY_FEATURES: list[str] = ["id_scaled", "is_extended", "dlc", *[f"b{i}" for i in range(8)]]
 _POP = np.array([bin(i).count("1") for i in range(256)], np.float32)
-_MAX_DT_SAMPLES = 20000  # per ID, enough for a stable median
+_MAX_DT_SAMPLES = 20000  # per ID, spread over the whole drive (_Spread): enough for a stable median and 99.9% tail
 _MAX_REL_FRAMES = 40000  # benign frames the cross-ID regression is fitted on (memory: frames x signals)
+# Benign frames the clean statistics (signal ranges, tails, still runs, residual scales) are measured on: all of them
+# up to about 3 hours of a busy bus (12 bytes a frame), so that the columns judging a value against clean driving
+# know the whole drive, not its first minutes.
+_MAX_STAT_FRAMES = 20_000_000
 _PERIODIC_SPREAD = 4.0  # an ID is periodic when its 99.9% benign inter-arrival is within this x its median
 _MAX_SIGNAL_FRAMES = 400_000  # benign frames signals are extracted from (about 4 minutes of a busy bus)
+
+class _Spread:
+    """A sample of a stream of rows spread over all of it, not its beginning: row i is kept while
+    ``u(i) < 1 / stride``, where u is a fixed hash of i in [0, 1); the stride doubles (the held rows above the new
+    bound dropped) whenever more than ``cap`` rows are held. A hash rather than every stride-th row: a rolling counter
+    wraps every 16 frames, and a power-of-two stride would always or never see its wrap. Chunking does not matter."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.stride, self.seen = cap, 1, 0
+        self.parts: list[np.ndarray] = []
+        self.keys: list[np.ndarray] = []
+
+    @staticmethod
+    def _u(index: np.ndarray) -> np.ndarray:
+        h = (index.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing
+        h ^= h >> np.uint64(29)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+    def add(self, rows: np.ndarray) -> None:
+        u = self._u(np.arange(self.seen, self.seen + len(rows)))
+        self.seen += len(rows)
+        keep = u < 1.0 / self.stride
+        self.parts.append(rows[keep])
+        self.keys.append(u[keep])
+        while len(self) > self.cap:
+            self.stride *= 2
+            rows_all, u_all = np.concatenate(self.parts), np.concatenate(self.keys)
+            keep = u_all < 1.0 / self.stride
+            self.parts, self.keys = [rows_all[keep]], [u_all[keep]]
+
+    def rows(self) -> np.ndarray:
+        return np.concatenate(self.parts)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
 
 @dataclass
 class FeatureState:
@@ -116,6 +159,10 @@ class FeatureState:
     # Fitted with a DBC (features.dbc): its path, the signals it gave, those left out, and the
     # inferred segmentation scored against it (dbc.SegmentationScore); empty without a DBC.
     dbc: dict = field(default_factory=dict)
+    # Flags and states with their clean context tables (states.py; the sig_state column); None: fitted on less than
+    # STATE_MIN_CLEAN_S of clean driving (too short to have seen the combinations a car shows), without signals, or
+    # saved before them (no column).
+    states: list[StateField] | None = None
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -128,6 +175,7 @@ class FeatureState:
             "relations": self.relations,
             **({"signals": signals_to_dicts(self.signals)} if self.signals else {}),
             **({"dbc": self.dbc} if self.dbc else {}),
+            **({"states": states_to_dicts(self.states)} if self.states is not None else {}),
         }
 
     @staticmethod
@@ -136,6 +184,7 @@ class FeatureState:
         if d.get("format") != "fastmaml.ids.FeatureState" or d.get("clock") not in ("time", "index"):
             raise DataError(f"{source}: not a fastmaml FeatureState (format/clock missing); refit with FeatureState.fit")
         try:
+            sigs = signals_from_dicts(d.get("signals", []), source)
             return FeatureState(
                 d["clock"], {int(k): float(v) for k, v in d["periods"].items()}, float(d["default_period"]),
                 [int(x) for x in d["known_ids"]],
@@ -143,8 +192,9 @@ class FeatureState:
                 {int(k): [float(x) for x in v] for k, v in d.get("delta_scale", {}).items()},
                 [[int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]), float(r[6])]
                  for r in d.get("relations", [])],
-                signals_from_dicts(d.get("signals", []), source),
+                sigs,
                 dict(d.get("dbc", {})),
+                states_from_dicts(d["states"], len(sigs), source) if "states" in d else None,
             )
         except (KeyError, ValueError, TypeError) as e:
             raise DataError(f"{source}: corrupt FeatureState ({e}); refit with FeatureState.fit") from e
@@ -176,11 +226,9 @@ class FeatureState:
         if isinstance(batches, FrameBatch):
             batches = [batches]
         signals = signals or bool(dbc)
-        dts: dict[int, list[np.ndarray]] = {}
-        counts: dict[int, int] = {}
+        dts: dict[int, _Spread] = {}
         last: dict[int, float] = {}
-        deltas: dict[int, list[np.ndarray]] = {}
-        dcounts: dict[int, int] = {}
+        deltas: dict[int, _Spread] = {}
         last_data: dict[int, np.ndarray] = {}
         rel_ids: list[np.ndarray] = []
         rel_data: list[np.ndarray] = []
@@ -189,6 +237,10 @@ class FeatureState:
         sig_data: list[np.ndarray] = []
         sig_clk: list[np.ndarray] = []
         sig_n = 0
+        stat_ids: list[np.ndarray] = []
+        stat_data: list[np.ndarray] = []
+        stat_n = 0
+        clean_s = 0.0  # clean driving seen, seconds (index clock: 1,600 frames a second)
         offset = 0
         for b in batches:
             if not len(b):
@@ -201,12 +253,19 @@ class FeatureState:
             offset += len(b)
             keep = ~b.is_attack()
             ids, clk = b.can_id[keep].astype(np.int64), clk[keep]
+            if len(clk) > 1:
+                clean_s += float(clk[-1] - clk[0]) / (1.0 if clock == "time" else 1600.0)
             data = b.data[keep, :8]
             if rel_n < _MAX_REL_FRAMES:
                 take = min(len(ids), _MAX_REL_FRAMES - rel_n)
                 rel_ids.append(ids[:take])
                 rel_data.append(data[:take])
                 rel_n += take
+            if stat_n < _MAX_STAT_FRAMES:
+                take = min(len(ids), _MAX_STAT_FRAMES - stat_n)
+                stat_ids.append(ids[:take].astype(np.int32))
+                stat_data.append(np.ascontiguousarray(data[:take]))
+                stat_n += take
             if signals and sig_n < _MAX_SIGNAL_FRAMES:
                 take = min(len(ids), _MAX_SIGNAL_FRAMES - sig_n)
                 sig_ids.append(ids[:take])
@@ -219,32 +278,31 @@ class FeatureState:
                 prev = last.get(cid)
                 seq = c if prev is None else np.concatenate([[prev], c])
                 last[cid] = float(c[-1])
-                if counts.get(cid, 0) < _MAX_DT_SAMPLES and len(seq) > 1:
-                    d = np.diff(seq)
-                    dts.setdefault(cid, []).append(d)
-                    counts[cid] = counts.get(cid, 0) + len(d)
+                if len(seq) > 1:
+                    dts.setdefault(cid, _Spread(_MAX_DT_SAMPLES)).add(np.diff(seq))
                 pd = data[m].astype(np.int16)
                 prev_d = last_data.get(cid)
                 seq_d = pd if prev_d is None else np.concatenate([prev_d[None], pd])
                 last_data[cid] = pd[-1]
-                if dcounts.get(cid, 0) < _MAX_DT_SAMPLES and len(seq_d) > 1:
-                    dd = np.abs(np.diff(seq_d, axis=0))
-                    deltas.setdefault(cid, []).append(dd)
-                    dcounts[cid] = dcounts.get(cid, 0) + len(dd)
+                if len(seq_d) > 1:
+                    deltas.setdefault(cid, _Spread(_MAX_DT_SAMPLES)).add(np.abs(np.diff(seq_d, axis=0)))
         if not last:
             raise DataError("FeatureState.fit: no benign frames given; fit on benign training traffic")
-        periods = {cid: float(max(np.median(np.concatenate(v)), 1e-9)) for cid, v in dts.items()}
+        periods = {cid: float(max(np.median(v.rows()), 1e-9)) for cid, v in dts.items()}
         default = float(np.median(list(periods.values()))) if periods else 1.0
         # Only periodic IDs seen often enough get a silence tolerance: a rare or event-driven ID
         # (inter-arrival spread far beyond its median) has no period to miss.
         tolerances = {}
         for cid, v in dts.items():
-            tol = float(max(np.quantile(np.concatenate(v), 0.999), 1e-9))
-            if counts[cid] >= MIN_ID_FRAMES and tol <= _PERIODIC_SPREAD * periods[cid]:
+            tol = float(max(np.quantile(v.rows(), 0.999), 1e-9))
+            if len(v) >= MIN_ID_FRAMES and tol <= _PERIODIC_SPREAD * periods[cid]:
                 tolerances[cid] = tol
-        delta_scale = {cid: np.quantile(np.concatenate(v), 0.999, axis=0).astype(float).tolist()
-                       for cid, v in deltas.items() if dcounts[cid] >= MIN_ID_FRAMES}
+        delta_scale = {cid: np.quantile(v.rows(), 0.999, axis=0).astype(float).tolist()
+                       for cid, v in deltas.items() if len(v) >= MIN_ID_FRAMES}
+        all_ids = np.concatenate(stat_ids) if stat_ids else np.zeros(0, np.int32)
+        all_data = np.concatenate(stat_data) if stat_data else np.zeros((0, 8), np.uint8)
         relations = fit_relations(np.concatenate(rel_ids), np.concatenate(rel_data)) if rel_ids else []
+        refit_scales(relations, all_ids, all_data)
         fields, dbc_info = None, {}
         if signals and dbc:
             from fastmaml.apps.ids.can.dbc import read_dbc  # cantools only when a DBC is given
@@ -252,10 +310,17 @@ class FeatureState:
             dbc_info = {"path": str(dbc), "fields": len(fields), "skipped": skipped}
         sigs = fit_signals(np.concatenate(sig_ids), np.concatenate(sig_data), np.concatenate(sig_clk),
                            fields) if sig_ids else []
+        all_words = payload_words(all_data)
+        fit_statistics(sigs, all_ids, all_words)
+        states = None
+        if signals and sig_ids and clean_s >= STATE_MIN_CLEAN_S:
+            states = find_states(np.concatenate(sig_ids), np.concatenate(sig_data), sigs)
+            fit_contexts(states, sigs, np.concatenate(sig_ids), np.concatenate(sig_data))
+            count_tables(states, sigs, all_ids, all_words)
         if fields is not None:
             dbc_info.update(signals=[s.name for s in sigs], **_score_against(sigs, sig_ids, sig_data))
         return FeatureState("index" if clock == "auto" else clock, periods, default, sorted(last),
-                            tolerances, delta_scale, relations, sigs, dbc_info)
+                            tolerances, delta_scale, relations, sigs, dbc_info, states)
 
 
 def _score_against(dbc_sigs: list[Signal], sig_ids: list[np.ndarray], sig_data: list[np.ndarray]) -> dict:
@@ -269,8 +334,10 @@ def _score_against(dbc_sigs: list[Signal], sig_ids: list[np.ndarray], sig_data: 
 
 
 def frame_feature_names(state: FeatureState) -> list[str]:
-    """The columns ``FrameFeaturizer(state)`` computes: FRAME_FEATURES, then SIGNAL_FEATURES when it has signals."""
-    return list(FRAME_FEATURES) + (list(SIGNAL_FEATURES) if state.signals else [])
+    """The columns ``FrameFeaturizer(state)`` computes: FRAME_FEATURES, then SIGNAL_FEATURES when it has signals,
+    then STATE_FEATURES when it has state tables (states fitted since they exist)."""
+    return (list(FRAME_FEATURES) + (list(SIGNAL_FEATURES) if state.signals else [])
+            + (list(STATE_FEATURES) if state.states is not None else []))
 
 
 class FrameFeaturizer:
@@ -280,6 +347,7 @@ class FrameFeaturizer:
         self.state = state
         self.feature_names = frame_feature_names(state)
         self._signals = SignalFeaturizer(state.signals) if state.signals else None
+        self._states = StateFeaturizer(state.states, state.signals) if state.states is not None else None
         ids = np.array(sorted(state.periods), np.int64)
         self._pid = ids
         self._pval = np.array([state.periods[i] for i in ids.tolist()], np.float64)
@@ -301,6 +369,8 @@ class FrameFeaturizer:
         self._start: float | None = None  # first clock of the capture: "last seen" before an ID's first frame
         if self._signals is not None:
             self._signals.reset()
+        if self._states is not None:
+            self._states.reset()
 
     def transform(self, b: FrameBatch) -> np.ndarray:
         """float32 [len(b), len(self.feature_names)] features of the next chunk of the capture."""
@@ -413,7 +483,9 @@ class FrameFeaturizer:
         rel2 = (delta2 / (scale + 1.0)).max(1)
         out[:, 20] = np.where(has_prev2, np.minimum(np.log2(1.0 + rel2) / 4.0, 1.0), 0.0)
         if self._signals is not None:
-            out[:, len(FRAME_FEATURES):] = self._signals.transform(ids, data)
+            out[:, len(FRAME_FEATURES):len(FRAME_FEATURES) + len(SIGNAL_FEATURES)] = self._signals.transform(ids, data)
+        if self._states is not None:
+            out[:, out.shape[1] - len(STATE_FEATURES):] = self._states.transform(ids, data)
         return out
 
     def _bus_context(self, ids: np.ndarray, data: np.ndarray, clk: np.ndarray, out: np.ndarray) -> None:

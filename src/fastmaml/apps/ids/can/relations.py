@@ -41,6 +41,28 @@ def last_index(ids: np.ndarray, cid: int) -> np.ndarray:
     return np.maximum.accumulate(pos)
 
 
+def refit_scales(relations: list[list[float]], ids: np.ndarray, data: np.ndarray, max_rows: int = 200_000) -> None:
+    """Each relation's residual scale (row[6]) measured again over all benign frames ``ids`` / ``data``, in place.
+
+    The relations are found on the first seconds of traffic; their 99.9% residual is measured over the whole drive, so
+    that a residual clean driving reaches later (higher speeds, other gears) is not taken for an attack.
+    """
+    ids = np.asarray(ids, np.int64)
+    last: dict[int, np.ndarray] = {}
+    for r in relations:
+        tx, ts, sy, ss, a, b = int(r[0]), int(r[1]), int(r[2]), int(r[3]), r[4], r[5]
+        rows = np.flatnonzero(ids == tx)
+        rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), max_rows)).astype(np.int64)] if len(rows) else rows
+        if sy not in last:
+            last[sy] = last_index(ids, sy)
+        src = last[sy][rows]
+        ok = src >= 0
+        if ok.sum() < MIN_ID_FRAMES:
+            continue
+        res = np.abs(signal(data[rows[ok]], ts) - (a * signal(data[src[ok]], ss) + b))
+        r[6] = max(float(np.quantile(res, 0.999)), 1.0)
+
+
 def fit_relations(ids: np.ndarray, data: np.ndarray) -> list[list[float]]:
     """Linear cross-ID relations target = a * source + b found in benign frames (see module doc).
 

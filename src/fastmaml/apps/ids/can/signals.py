@@ -78,6 +78,10 @@ _MAX_PARTNERS = 3
 _MAX_FIT_ROWS = 4000  # frames of a target ID its regressions are fitted on (evenly spaced)
 _RESID_WINDOW = 8
 _TAILS = (0.001, 0.0001)  # sig_edge levels below the extreme
+_TREND_SHARE = 0.995  # Signal.trend: this share of the clean changes go one way
+_TREND_MIN_CHANGES = 20
+_TREND_END_SHARE = 0.05  # ... and at most this share of them sit at the end of its range
+_MAX_RESID_ROWS = 200_000  # frames of a signal its residual scale is measured on over the whole drive
 
 
 @dataclass
@@ -98,6 +102,13 @@ class Signal:
     resid_scale: float = 1.0  # clean 99.9% |residual|
     little_endian: bool = False  # a DBC Intel signal over several bytes: bits counted in the byte-reversed word
     label: str = ""  # the DBC's Message.Signal name; "" for an inferred signal
+    # +1 / -1: the value only ever rose / fell in clean driving (an odometer, a fuel level): its range is open on
+    # that side, since the next drive always goes past the last one's end; 0: no trend.
+    trend: int = 0
+    # Share of the clean frames at the range's ends: a value that sits at its maximum much of the time (a warm
+    # engine's coolant temperature) is not in a tail there, and sig_edge does not score it.
+    lo_share: float = 0.0
+    hi_share: float = 0.0
 
     @property
     def name(self) -> str:
@@ -172,13 +183,40 @@ def _physical(v: np.ndarray) -> bool:
     return bool(np.quantile(np.abs(np.diff(v)), 0.99) <= _SMOOTH * (hi - lo))
 
 
+def _trend(v: np.ndarray) -> int:
+    """+1 / -1 when the clean values only rose / fell (>= 99.5% of at least 20 changes one way, <= 5% of the
+    frames at the end of the range; ``Signal.trend``), else 0."""
+    d = np.diff(v)
+    d = d[d != 0]
+    if len(d) < _TREND_MIN_CHANGES or float(v.max()) <= float(v.min()):
+        return 0
+    up = float((d > 0).mean())
+    # A quantity that rose and then sat at its top (a warm engine's temperature) has no trend: its maximum means
+    # something. Only one still on its way at the end of the clean drive does (few frames at the end of its range).
+    if up >= _TREND_SHARE and np.mean(v == v.max()) <= _TREND_END_SHARE:
+        return 1
+    if up <= 1.0 - _TREND_SHARE and np.mean(v == v.min()) <= _TREND_END_SHARE:
+        return -1
+    return 0
+
+
 def _signal(cid: int, start: int, length: int, v: np.ndarray, little_endian: bool = False, label: str = "") -> Signal:
     """A Signal with its clean statistics from values ``v`` (the ID's frames in capture order)."""
+    s = Signal(int(cid), start, length, 0.0, 0.0, [], [], 1.0, 1.0, little_endian=little_endian, label=label)
+    _set_statistics(s, v)
+    return s
+
+
+def _set_statistics(s: Signal, v: np.ndarray) -> None:
+    """``s``'s clean range, tails, 99.9% change, longest still run and trend from its values ``v`` (capture order)."""
     step = np.abs(np.diff(v))
-    return Signal(int(cid), start, length, float(v.min()), float(v.max()),
-                  [float(np.quantile(v, q)) for q in _TAILS], [float(np.quantile(v, 1 - q)) for q in _TAILS],
-                  float(max(np.quantile(step, 0.999), 1.0)), float(max(_longest_run(v), 1)),
-                  little_endian=little_endian, label=label)
+    s.lo, s.hi = float(v.min()), float(v.max())
+    s.low_tails = [float(np.quantile(v, q)) for q in _TAILS]
+    s.high_tails = [float(np.quantile(v, 1 - q)) for q in _TAILS]
+    s.step = float(max(np.quantile(step, 0.999), 1.0)) if len(step) else 1.0
+    s.max_run = float(max(_longest_run(v), 1))
+    s.trend = _trend(v)
+    s.lo_share, s.hi_share = float(np.mean(v == s.lo)), float(np.mean(v == s.hi))
 
 
 def find_signals(ids: np.ndarray, data: np.ndarray, fields: list | None = None) -> list[Signal]:
@@ -225,6 +263,39 @@ def fit_signals(ids: np.ndarray, data: np.ndarray, clock: np.ndarray | None = No
     clk = np.arange(len(ids)) / 1000.0 if clock is None else np.asarray(clock, np.float64)
     _fit_partners(sigs, ids, payload_words(data), clk)
     return sigs
+
+
+def fit_statistics(sigs: list[Signal], ids: np.ndarray, words: np.ndarray) -> None:
+    """Each signal's clean statistics (range, tails, change, still run, trend, residual against its partners) measured
+    again over *all* clean frames ``ids`` / ``words`` (capture order), in place.
+
+    Why: the signals and their partners are found on the first few minutes of clean driving (that fixes what the
+    payload holds), but a few minutes do not show how far the values go: fitted there, the range of a speed, a
+    temperature or a fuel level is exceeded by the rest of the drive, and those clean frames look like attacks.
+    """
+    ids = np.asarray(ids, np.int64)
+    last: dict[int, np.ndarray] = {}
+    for cid in sorted({s.can_id for s in sigs}):
+        rows = np.flatnonzero(ids == cid)
+        if len(rows) < 2:
+            continue
+        w = words[rows]
+        for s in (s for s in sigs if s.can_id == cid):
+            v = signal_values(w, s)
+            _set_statistics(s, v)
+            if not s.partners:
+                continue
+            take = np.linspace(0, len(rows) - 1, min(len(rows), _MAX_RESID_ROWS)).astype(np.int64)
+            pred = np.full(len(take), s.coef[-1])
+            have = np.ones(len(take), bool)
+            for (pid, k), c in zip(s.partners, s.coef[:-1]):
+                if pid not in last:
+                    last[pid] = last_index(ids, pid)
+                src = last[pid][rows[take]]
+                have &= src >= 0
+                pred += c * signal_values(words[np.maximum(src, 0)], sigs[k])
+            if have.sum() >= MIN_SIGNAL_FRAMES:
+                s.resid_scale = float(max(np.quantile(np.abs(v[take] - pred)[have], 0.999), 1.0))
 
 
 def _r2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -311,6 +382,16 @@ def _log_scale(r: np.ndarray) -> np.ndarray:
     return np.minimum(np.log2(1.0 + r) / 4.0, 1.0)
 
 
+def _tail_depth(v: np.ndarray, levels: list[float], end: float, end_share: float) -> np.ndarray:
+    """How many of the upper tail levels (``_TAILS`` quantiles, then the clean maximum ``end``) ``v`` lies beyond:
+    strictly beyond a level, or on it where it is the maximum and no more than that tail's share of clean frames sit
+    there (a value pinned at a maximum clean driving rarely reached scores 1; one it often sits at does not)."""
+    depth = np.zeros(len(v))
+    for q, h in zip((*_TAILS, 0.0), (*levels, end)):
+        depth += (v > h) | ((v == h) & (h == end) & (end_share <= max(q, _TAILS[-1])))
+    return depth
+
+
 class SignalFeaturizer:
     """Streaming ``SIGNAL_FEATURES`` of consecutive chunks of one capture."""
 
@@ -356,9 +437,13 @@ class SignalFeaturizer:
                 s = self.sigs[j]
                 v = signal_values(w, s)
                 width = s.hi - s.lo + 1.0
-                outside = np.maximum(np.maximum(s.lo - v, v - s.hi), 0.0) / width
-                edge = sum(((v >= h) | (v <= lo_)).astype(np.float64) for lo_, h in zip(s.low_tails, s.high_tails))
-                edge += (v >= s.hi) | (v <= s.lo)
+                # A trend's range is open on its side: an odometer past its last clean value is no attack.
+                hi = np.inf if s.trend > 0 else s.hi
+                lo = -np.inf if s.trend < 0 else s.lo
+                outside = np.maximum(np.maximum(lo - v, v - hi), 0.0) / width
+                edge = _tail_depth(-v, [-x for x in s.low_tails], -lo, s.lo_share) if s.trend >= 0 else 0.0
+                if s.trend <= 0:
+                    edge = np.maximum(edge, _tail_depth(v, s.high_tails, hi, s.hi_share))
                 jump = np.where(has_prev, np.abs(v - signal_values(prev_w, s)) / s.step, 0.0)
                 stuck = self._stuck(j, v) / s.max_run
                 res, res8 = self._residual(j, s, rows, v, words, last, carried_words)
@@ -419,6 +504,7 @@ class SignalFeaturizer:
         return r, total / count
 
 
-__all__ = ["SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "find_signals", "fit_signals", "field_values",
+__all__ = ["SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "find_signals", "fit_signals", "fit_statistics",
+           "field_values",
            "payload_words", "segment_fields", "signal_values", "signals_from_dicts", "signals_to_dicts", "write_field",
            "words_to_bytes"]

@@ -345,7 +345,7 @@ def prepare_captures(src: SourceConfig, feat: FeatureConfig, log: Callable[[str]
 # The signal columns judging a value against the clean range, tails and longest still run: a
 # short clean drive has not shown them (on DAGA's 103 s before the cut, 35-80% of several IDs'
 # frames after it lay outside the range seen before), so they would flag clean driving.
-SIGNAL_SPAN_COLUMNS = ("sig_range", "sig_edge", "sig_stuck")
+SIGNAL_SPAN_COLUMNS = ("sig_range", "sig_edge", "sig_stuck", "sig_state")
 SIGNAL_SPAN_MIN_CLEAN_S = 1800.0  # clean driving (seconds, before the cut) those columns need
 
 

@@ -1,0 +1,269 @@
+"""Flags and states of CAN payloads judged in their context: the ``sig_state`` column.
+
+A masquerade that flips a flag (a reverse light on while the car drives forwards, a door open at
+speed) changes no physical signal: the flag is too coarse for the signal columns (at least 8
+levels, smooth), and a flag's value on its own is one the car shows every day. What gives it
+away is the *combination*: the light's value next to the gear, the brake flag next to the brake
+pressure. So every state field (2-16 values, changing in at most 5% of its ID's frames: flags,
+gears, modes, not counters or checksums) gets the one context variable that predicts it best in
+clean driving, another state field or a physical signal cut into 8 quantile bins, on its own ID
+(the same frame) or on another ID (its latest frame), and the table of how often each value came
+with each context value.
+
+    sig_state   how unlikely the frame's state values are given their contexts in clean
+                driving: -log10 of the smoothed conditional frequency, / 5, clipped to [0, 1]
+                (a combination clean driving never showed in 10^5 frames of that context
+                scores 1; the worst state field of the frame's ID counts)
+
+A context is kept only where it explains at least half of the state's entropy on the first half
+of the fit frames *and* predicts the second half (at most 0.5% of its frames below 1% likely);
+a state without one is judged on its own frequency (a value clean driving never or hardly ever
+showed). The fields and contexts are found on the first frames of clean driving, the tables are
+counted over all of it (:func:`count_tables`). Like ``sig_range``, this needs a long clean drive to
+have seen the combinations a car legitimately shows: ``FeatureState.fit`` fits states only on at
+least :data:`STATE_MIN_CLEAN_S` of clean driving (else the column does not exist, and the
+plausibility rule judges partners' residuals alone).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from fastmaml.apps.ids.can.relations import last_index
+from fastmaml.apps.ids.can.signals import (MIN_SIGNAL_FRAMES, Signal, field_values, payload_words, segment_fields,
+                                           words_to_bytes)
+from fastmaml.errors import DataError
+
+STATE_FEATURES: list[str] = ["sig_state"]
+STATE_MIN_CLEAN_S = 1800.0  # clean driving FeatureState.fit needs before it fits states at all
+_MAX_LEVELS = 16
+_MAX_CHANGE = 0.05  # a state changes in at most this share of its ID's frames (a counter changes in all)
+_SIGNAL_BINS = 8
+_MIN_GAIN = 0.5  # the context must explain this share of the state's entropy
+_HOLDOUT_SURPRISE = 0.01  # ... and on the second half at most _HOLDOUT_SHARE of frames may be this unlikely
+_HOLDOUT_SHARE = 0.005
+_MAX_SELECT_ROWS = 20000  # frames of the state's ID a context is chosen on (evenly spaced)
+_ALPHA = 0.5  # additive smoothing of the tables
+_SCALE = 5.0  # -log10 p at which the column saturates
+
+
+@dataclass
+class StateField:
+    """A state field (bits ``[start, start + length)`` of an ID, big-endian) and its clean context table."""
+
+    can_id: int
+    start: int
+    length: int
+    levels: list[float]  # the values clean driving showed, sorted
+    context: list[int] = field(default_factory=list)  # [] none; [0, can_id, state index] / [1, can_id, signal index]
+    edges: list[float] = field(default_factory=list)  # bin edges of a signal context
+    table: list[list[float]] = field(default_factory=list)  # counts [state level (+ unseen), context code (+ unseen)]
+
+    @property
+    def name(self) -> str:
+        return f"0x{self.can_id:X}[{self.start}:{self.start + self.length}]"
+
+
+def _codes(v: np.ndarray, levels: list[float]) -> np.ndarray:
+    """Index of each value in ``levels``; ``len(levels)`` for a value clean driving never showed."""
+    lv = np.asarray(levels, np.float64)
+    pos = np.minimum(np.searchsorted(lv, v), len(lv) - 1)
+    return np.where(lv[pos] == v, pos, len(lv))
+
+
+def _context_codes(st: StateField, values: np.ndarray, states: list[StateField]) -> np.ndarray:
+    if st.context[0] == 0:
+        return _codes(values, states[st.context[2]].levels)
+    return np.searchsorted(np.asarray(st.edges), values, side="right")
+
+
+def _n_context(st: StateField, states: list[StateField]) -> int:
+    if not st.context:
+        return 1
+    return len(states[st.context[2]].levels) + 1 if st.context[0] == 0 else len(st.edges) + 1
+
+
+def find_states(ids: np.ndarray, data: np.ndarray, sigs: list[Signal]) -> list[StateField]:
+    """The state fields of clean frames ``ids`` / ``data`` (capture order), without contexts; bits of a physical
+    signal ``sigs`` are never a state."""
+    ids = np.asarray(ids, np.int64)
+    words = payload_words(data)
+    uniq, cnt = np.unique(ids, return_counts=True)
+    taken = {}
+    for s in sigs:
+        taken.setdefault(s.can_id, []).append((s.start, s.start + s.length))
+    states = []
+    for cid in uniq[cnt >= MIN_SIGNAL_FRAMES].tolist():
+        w = words[ids == cid]
+        bits = np.unpackbits(words_to_bytes(w), axis=1)
+        flip = (bits[1:] != bits[:-1]).mean(0)
+        for start, length in segment_fields(flip):
+            if any(a < start + length and start < b for a, b in taken.get(cid, [])):
+                continue
+            v = field_values(w, start, length)
+            levels = np.unique(v)
+            if 2 <= len(levels) <= _MAX_LEVELS and np.mean(v[1:] != v[:-1]) <= _MAX_CHANGE:
+                states.append(StateField(int(cid), start, length, [float(x) for x in levels]))
+    return states
+
+
+def _entropy(table: np.ndarray) -> float:
+    """H(state | context) in bits from a count table [state, context]."""
+    n = table.sum()
+    col = table.sum(0, keepdims=True)
+    p = table / max(n, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.nansum(np.where(table > 0, p * np.log2(table / np.maximum(col, 1)), 0.0))
+    return float(h)
+
+
+def _count(s_code: np.ndarray, c_code: np.ndarray, n_s: int, n_c: int) -> np.ndarray:
+    return np.bincount(s_code * n_c + c_code, minlength=n_s * n_c).reshape(n_s, n_c).astype(np.float64)
+
+
+def _prob(table: np.ndarray, s_code: np.ndarray, c_code: np.ndarray) -> np.ndarray:
+    """Smoothed P(state | context) of each frame from a count table."""
+    col = table.sum(0)
+    return (table[s_code, c_code] + _ALPHA) / (col[c_code] + _ALPHA * table.shape[0])
+
+
+def fit_contexts(states: list[StateField], sigs: list[Signal], ids: np.ndarray, data: np.ndarray) -> None:
+    """Each state's best context (see the module doc), chosen on clean frames ``ids`` / ``data``, in place."""
+    ids = np.asarray(ids, np.int64)
+    words = payload_words(data)
+    present = set(np.unique(ids).tolist())
+    last = {cid: last_index(ids, cid) for cid in {s.can_id for s in sigs} | {s.can_id for s in states} if cid in present}
+    for st in states:
+        rows = np.flatnonzero(ids == st.can_id)
+        rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), _MAX_SELECT_ROWS)).astype(np.int64)]
+        s_code = _codes(field_values(words[rows], st.start, st.length), st.levels)
+        n_s = len(st.levels) + 1
+        h_marginal = _entropy(_count(s_code, np.zeros_like(s_code), n_s, 1))
+        best: tuple[float, list[int], list[float], np.ndarray] | None = None
+        candidates = [(0, k, c) for k, c in enumerate(states) if c is not st] + [(1, k, s) for k, s in enumerate(sigs)]
+        half = len(rows) // 2
+        for kind, k, c in candidates:
+            src = rows if c.can_id == st.can_id else last[c.can_id][rows]
+            ok = src >= 0
+            if ok.sum() < MIN_SIGNAL_FRAMES:
+                continue
+            v = field_values(words[np.maximum(src, 0)], c.start, c.length, getattr(c, "little_endian", False))
+            if kind == 0:
+                c_code, edges, n_c = _codes(v, c.levels), [], len(c.levels) + 1
+            else:
+                edges = sorted(set(np.quantile(v[ok], np.arange(1, _SIGNAL_BINS) / _SIGNAL_BINS).tolist()))
+                c_code, n_c = np.searchsorted(np.asarray(edges), v, side="right"), len(edges) + 1
+            table = _count(s_code[ok], c_code[ok], n_s, n_c)
+            h = _entropy(table)
+            if h > (1 - _MIN_GAIN) * h_marginal or (best is not None and h >= best[0]):
+                continue
+            first = ok.copy()
+            first[half:] = False
+            second = ok & ~first
+            t1 = _count(s_code[first], c_code[first], n_s, n_c)
+            if np.mean(_prob(t1, s_code[second], c_code[second]) < _HOLDOUT_SURPRISE) > _HOLDOUT_SHARE:
+                continue
+            best = (h, [kind, int(c.can_id), k], [float(e) for e in edges], table)
+        if best is not None:
+            st.context, st.edges = best[1], best[2]
+
+
+def count_tables(states: list[StateField], sigs: list[Signal], ids: np.ndarray, words: np.ndarray) -> None:
+    """Each state's table counted over all clean frames ``ids`` / ``words`` (the whole drive), in place."""
+    ids = np.asarray(ids, np.int64)
+    last: dict[int, np.ndarray] = {}
+    for st in states:
+        rows = np.flatnonzero(ids == st.can_id)
+        s_code = _codes(field_values(words[rows], st.start, st.length), st.levels)
+        if st.context:
+            c = states[st.context[2]] if st.context[0] == 0 else sigs[st.context[2]]
+            if c.can_id == st.can_id:
+                src = rows
+            else:
+                if c.can_id not in last:
+                    last[c.can_id] = last_index(ids, c.can_id)
+                src = last[c.can_id][rows]
+            ok = src >= 0
+            v = field_values(words[np.maximum(src, 0)], c.start, c.length, getattr(c, "little_endian", False))
+            c_code = _context_codes(st, v, states)
+            s_code, c_code = s_code[ok], c_code[ok]
+        else:
+            c_code = np.zeros_like(s_code)
+        st.table = _count(s_code, c_code, len(st.levels) + 1, _n_context(st, states)).tolist()
+
+
+def states_to_dicts(states: list[StateField]) -> list[dict]:
+    return [asdict(s) for s in states]
+
+
+def states_from_dicts(rows: list[dict], n_signals: int, source: str = "<dict>") -> list[StateField]:
+    """Inverse of ``states_to_dicts``; DataError naming ``source`` on a corrupt table."""
+    try:
+        states = [StateField(**r) for r in rows]
+    except TypeError as e:
+        raise DataError(f"{source}: corrupt state table ({e}); refit the FeatureState") from e
+    for s in states:
+        bad = not (0 <= s.start and 1 <= s.length and s.start + s.length <= 64) or not s.levels
+        if s.context:
+            bad = bad or len(s.context) != 3 or not 0 <= s.context[2] < (len(states) if s.context[0] == 0 else n_signals)
+        if bad or np.shape(s.table) != (len(s.levels) + 1, _n_context(s, states)):
+            raise DataError(f"{source}: state field {s.name} is out of range; refit the FeatureState")
+    return states
+
+
+class StateFeaturizer:
+    """Streaming ``STATE_FEATURES`` of consecutive chunks of one capture."""
+
+    def __init__(self, states: list[StateField], sigs: list[Signal]) -> None:
+        self.states, self.sigs = states, sigs
+        self._tables = [np.asarray(s.table, np.float64) for s in states]
+        self._ids = sorted({s.can_id for s in states})
+        self._context_ids = sorted({s.context[1] for s in states if s.context})
+        self.reset()
+
+    def reset(self) -> None:
+        self._last_word: dict[int, int] = {}  # latest payload word of every context ID
+
+    def _context(self, st: StateField) -> StateField | Signal:
+        return self.states[st.context[2]] if st.context[0] == 0 else self.sigs[st.context[2]]
+
+    def transform(self, ids: np.ndarray, data: np.ndarray) -> np.ndarray:
+        """float32 [n, 1] for the next chunk (frames in capture order)."""
+        ids = np.asarray(ids, np.int64)
+        out = np.zeros((len(ids), len(STATE_FEATURES)), np.float32)
+        if not len(ids) or not self.states:
+            return out
+        words = payload_words(data)
+        last = {cid: last_index(ids, cid) for cid in self._context_ids}
+        for st, table in zip(self.states, self._tables):
+            rows = np.flatnonzero(ids == st.can_id)
+            if not len(rows):
+                continue
+            s_code = _codes(field_values(words[rows], st.start, st.length), st.levels)
+            if st.context:
+                c = self._context(st)
+                if c.can_id == st.can_id:
+                    cw, ok = words[rows], np.ones(len(rows), bool)
+                else:
+                    src = last[c.can_id][rows]
+                    carried = self._last_word.get(c.can_id)
+                    cw = np.where(src >= 0, words[np.maximum(src, 0)], np.uint64(carried or 0))
+                    ok = (src >= 0) | (carried is not None)
+                v = field_values(cw, c.start, c.length, getattr(c, "little_endian", False))
+                c_code = _context_codes(st, v, self.states)
+            else:
+                c_code, ok = np.zeros(len(rows), np.int64), np.ones(len(rows), bool)
+            p = _prob(table, s_code, c_code)
+            score = np.where(ok, np.minimum(-np.log10(p) / _SCALE, 1.0), 0.0)
+            out[rows, 0] = np.maximum(out[rows, 0], score)
+        for cid in self._context_ids:
+            pos = np.flatnonzero(ids == cid)
+            if len(pos):
+                self._last_word[cid] = int(words[pos[-1]])
+        return out
+
+
+__all__ = ["STATE_FEATURES", "STATE_MIN_CLEAN_S", "StateField", "StateFeaturizer", "count_tables", "find_states", "fit_contexts",
+           "states_from_dicts", "states_to_dicts"]

@@ -1,0 +1,104 @@
+"""Clean statistics measured over the whole clean drive, not its first minutes (issue 33: long real captures).
+
+Signals and partners are found on the first frames; their ranges, tails, still runs and residual scales, the
+byte-change scales and inter-arrival tolerances must cover everything the clean drive shows, or the rest of a long
+drive looks like an attack to the columns that judge a value against clean driving.
+"""
+
+import numpy as np
+import pytest
+
+import fastmaml.apps.ids.can.features as features
+from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer, _Spread
+from fastmaml.apps.ids.can.frames import FrameBatch
+from fastmaml.apps.ids.can.signals import write_field, words_to_bytes
+
+
+def _batch(ids: np.ndarray, words: np.ndarray, ts: np.ndarray) -> FrameBatch:
+    n = len(ids)
+    return FrameBatch(ts, ids.astype(np.uint32), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool),
+                      np.full(n, 8, np.uint8), np.full(n, 8, np.uint8), words_to_bytes(words), np.zeros(n, np.int16),
+                      ["benign"])
+
+
+def _drive(n: int, seed: int = 0) -> FrameBatch:
+    """0x100 at 100 Hz: a speed in bits [4:16] whose amplitude grows over the drive (town, then motorway), a 4-bit
+    counter in [16:20]; 0x200: an odometer in bits [8:32] that only rises, and a temperature in [32:40] that warms
+    up and then sits at its maximum; 0x300: 2 * speed + 100 in [16:32]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) * 0.01
+    amp = np.where(np.arange(n) < n // 4, 1000.0, 1500.0)
+    speed = np.round(1600 + amp * np.sin(t / 3.0) + rng.normal(0, 2, n)).clip(0, 4095)
+    w1 = write_field(np.zeros(n, np.uint64), 4, 12, speed)
+    w1 = write_field(w1, 16, 4, np.arange(n) % 16)
+    odo = 1000 + np.cumsum(rng.random(n) < 0.3)
+    temp = np.minimum(40 + np.arange(n) / (n / 10) * 50, 90).round()
+    w2 = write_field(write_field(np.zeros(n, np.uint64), 8, 24, odo), 32, 8, temp)
+    w3 = write_field(np.zeros(n, np.uint64), 16, 16, 2 * speed + 100)
+    ids = np.tile(np.array([0x100, 0x200, 0x300]), n)
+    words = np.stack([w1, w2, w3], 1).reshape(-1)
+    ts = np.stack([t, t + 0.003, t + 0.006], 1).reshape(-1)
+    return _batch(ids, words, ts)
+
+
+def test_spread_sample_covers_the_whole_stream_whatever_the_chunking():
+    rows = np.arange(100_000)
+    one, many = _Spread(1000), _Spread(1000)
+    one.add(rows)
+    for part in np.array_split(rows, 37):
+        many.add(part)
+    assert len(one) <= 1000 and len(one) > 250
+    assert (one.rows() == many.rows()).all()
+    # spread over the stream: each fifth of it holds about a fifth of the sample
+    counts = np.histogram(one.rows(), bins=5, range=(0, 100_000))[0]
+    assert counts.min() > 0.12 * len(one)
+    # a rolling counter's wrap (every 16th row) is seen about as often as it occurs
+    assert 0.03 < np.mean(one.rows() % 16 == 15) < 0.1
+
+
+def test_signal_statistics_and_scales_come_from_the_whole_drive(monkeypatch):
+    # Signals are found on the first 6,000 frames (the town part); everything else must still be learned.
+    monkeypatch.setattr(features, "_MAX_SIGNAL_FRAMES", 6000)
+    monkeypatch.setattr(features, "_MAX_REL_FRAMES", 6000)
+    drive = _drive(12_000)
+    fit, later = drive.select(slice(0, 27_000)), drive.select(slice(27_000, len(drive)))
+    state = FeatureState.fit(fit, signals=True)
+    speed = next(s for s in state.signals if s.can_id == 0x100)
+    assert speed.hi >= 3000 and speed.lo <= 200  # the motorway part, after the first 6,000 frames
+    x = FrameFeaturizer(state).transform(later)
+    names = FrameFeaturizer(state).feature_names
+    for col in ("sig_range", "sig_edge", "xid_residual", "sig_residual"):
+        assert np.mean(x[:, names.index(col)] > 0.25) < 0.005, col
+    # the counter's wrap is in the byte-change scale although the sample is thinned
+    assert state.delta_scale[0x100][2] >= 15
+
+
+def test_a_trend_is_open_on_its_side_and_a_value_sitting_at_its_maximum_is_no_tail():
+    drive = _drive(12_000)
+    fit, later = drive.select(slice(0, 27_000)), drive.select(slice(27_000, len(drive)))
+    state = FeatureState.fit(fit, signals=True)
+    odo, temp = sorted((s for s in state.signals if s.can_id == 0x200), key=lambda s: s.start)
+    assert odo.start + odo.length == 32 and temp.start + temp.length == 40
+    assert odo.trend == 1 and temp.trend == 0 and temp.hi_share > 0.5  # warmed up, then at its top: no trend
+    fz = FrameFeaturizer(state)
+    names = fz.feature_names
+    x = fz.transform(later)
+    rows = later.can_id == 0x200
+    # the odometer goes past its last clean value and the warm engine sits at its maximum: neither is flagged
+    assert (x[rows, names.index("sig_range")] == 0).all()
+    assert (x[rows, names.index("sig_edge")] == 0).all()
+    # an odometer running backwards is
+    back = later.select(np.flatnonzero(rows)[:50])
+    words = np.frombuffer(back.data.tobytes(), ">u8").astype(np.uint64)
+    back.data[:] = words_to_bytes(write_field(words, 8, 24, np.full(50, 900.0)))
+    fz.reset()
+    assert (fz.transform(back)[:, names.index("sig_range")] > 0).all()
+
+
+def test_edge_scores_a_maximum_by_how_rarely_clean_driving_sits_there():
+    from fastmaml.apps.ids.can.signals import _tail_depth
+    # half of the clean frames at the maximum: its tail quantiles are the maximum too, and sitting there is no tail
+    assert _tail_depth(np.array([100.0]), [100.0, 100.0], 100.0, 0.5)[0] == 0
+    # a maximum clean driving reached once: pinned there is as deep in the tail as it gets
+    assert _tail_depth(np.array([100.0]), [95.0, 99.0], 100.0, 1e-6)[0] == 3
+    assert _tail_depth(np.array([97.0]), [95.0, 99.0], 100.0, 1e-6)[0] == 1
