@@ -174,3 +174,21 @@ def test_compare_judges_the_detector_alone_and_with_the_plausibility_rule_at_the
     assert "| MAML + partner plausibility (½ budget each) |" in md
     samples = next(line for line in md.splitlines() if line.startswith("* **Samples.**"))
     assert "sig_residual" in samples and not any(f"{c}," in samples or f"{c}:" in samples for c in IDENTITY_FEATURES)
+
+
+def test_flip_sets_each_state_to_another_value_the_car_shows_and_only_on_request(clean):
+    assert "flip" not in M.KINDS  # not in the default folds
+    captures, plans = M.generate(clean, kinds=["flip"], occurrences=6, duration_s=1.5, seed=3)
+    m = captures["flip_masquerade"]
+    words, clean_words = payload_words(m.data), payload_words(clean.data)
+    inside = np.zeros(len(m), bool)
+    for p in plans["flip"]:
+        cid, start, length = p["can_id"], p["start"], p["length"]
+        rows = (m.can_id == cid) & (m.timestamp >= p["t0"]) & (m.timestamp < p["t1"])
+        inside |= rows
+        new, old = field_values(words[rows], start, length), field_values(clean_words[rows], start, length)
+        seen = set(field_values(clean_words[clean.can_id == cid], start, length).tolist())
+        assert (new != old).all() and set(new.tolist()) <= seen  # changed, to values the clean drive shows
+    assert (m.is_attack() == inside).all()
+    with pytest.raises(DataError, match="unknown"):
+        M.plan(clean, "toggle", [], 1, 1.0, 0)

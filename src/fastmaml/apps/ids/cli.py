@@ -24,7 +24,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fastmaml.apps.ids.can.masquerade import KINDS as MASQUERADE_KINDS
+from fastmaml.apps.ids.can.masquerade import ALL_KINDS as MASQUERADE_KINDS
 from fastmaml.apps.ids.can.masquerade import VARIANTS as MASQUERADE_VARIANTS
 from fastmaml.apps.ids.config import PRESETS
 from fastmaml.apps.ids.evidence import DETECTOR_REFERENCE

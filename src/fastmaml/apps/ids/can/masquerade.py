@@ -21,6 +21,14 @@ signal's clean range [lo, hi] (R = hi - lo):
   (of 20 random earlier stretches, the one farthest from the genuine values: a replay that hides
   what is happening), so range and dynamics are those of real driving.
 
+and, on request (``STATE_KINDS``: ``--kind flip``, ``source.attacks=[flip_masquerade, ...]``; not in
+the default folds), on a *state field* instead of a physical signal (a flag, a gear, a mode:
+:mod:`~fastmaml.apps.ids.can.states`):
+
+* ``flip``: each frame's state set to the value clean driving shows most often among the others
+  (for a flag, the other value): a reverse light on while the car drives forwards. Every value is
+  one the car shows every day; only its combination with the rest of the bus is false.
+
 Targets are the capture's physical signals (:func:`~fastmaml.apps.ids.can.signals.fit_signals`
 on the whole clean capture: the attacker knows the vehicle) that have cross-ID partners, are at
 least 6 bits wide and sent at >= 20 Hz: the redundant quantities a masquerade would falsify.
@@ -39,11 +47,14 @@ import numpy as np
 from fastmaml.apps.ids.can import source as can_source
 from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
 from fastmaml.apps.ids.can.signals import Signal, field_values, fit_signals, payload_words, words_to_bytes, write_field
+from fastmaml.apps.ids.can.states import StateField, count_tables, find_states, fit_contexts
 from fastmaml.apps.ids.config import CaptureSpec, FeatureConfig, SourceConfig, data_folder
 from fastmaml.apps.ids.families import IdsData
 from fastmaml.errors import DataError
 
 KINDS = ("maximum", "constant", "offset", "drift", "replay")
+STATE_KINDS = ("flip",)  # kinds on a state field: asked for by name, not in the default folds
+ALL_KINDS = KINDS + STATE_KINDS
 VARIANTS = ("masquerade", "fabrication")
 _MIN_TARGET_BITS = 6
 _MIN_TARGET_HZ = 20.0
@@ -107,8 +118,8 @@ def target_signals(clean: FrameBatch, dbc: str = "", targets: str = "partnered")
 def plan(clean: FrameBatch, kind: str, targets: list[Signal], occurrences: int, duration_s: float,
          seed: int) -> list[Injection]:
     """``occurrences`` intervals of ``duration_s``, one per equal slot of the capture after its first 10%."""
-    if kind not in KINDS:
-        raise DataError(f"masquerade kind {kind!r} unknown; use one of {', '.join(KINDS)}")
+    if kind not in ALL_KINDS:
+        raise DataError(f"masquerade kind {kind!r} unknown; use one of {', '.join(ALL_KINDS)}")
     if occurrences < 1 or duration_s <= 0:
         raise DataError("masquerade needs occurrences >= 1 and duration_s > 0")
     t_first, t_last = float(clean.timestamp[0]), float(clean.timestamp[-1])
@@ -127,19 +138,41 @@ def plan(clean: FrameBatch, kind: str, targets: list[Signal], occurrences: int, 
         raise DataError(f"{what}; not even one fits: set source.masquerade.occurrences=1 (fastmaml ids masquerade: "
                         f"--occurrences 1) and source.masquerade.duration_s={longest:.2f} or less (--duration), or give "
                         "a longer clean capture")
-    rng = np.random.default_rng([seed, KINDS.index(kind)])
+    rng = np.random.default_rng([seed, ALL_KINDS.index(kind)])
     # With targets of both groups, intervals alternate between them, so each group has half the occurrences.
-    groups = [g for g in ([t for t in targets if t.partners], [t for t in targets if not t.partners]) if g]
+    groups = [g for g in ([t for t in targets if _partnered(t)], [t for t in targets if not _partnered(t)]) if g]
     out = []
     for i in range(occurrences):
         t0 = begin + i * slot + rng.uniform(0, slot - 1.25 * duration_s)
         pool = groups[i % len(groups)] if len(groups) > 1 else targets
         s = pool[int(rng.integers(len(pool)))]
         inj = Injection(kind, s.can_id, s.start, s.length, float(t0), float(t0 + duration_s),
-                        little_endian=s.little_endian, partnered=bool(s.partners))
+                        little_endian=getattr(s, "little_endian", False), partnered=_partnered(s))
         if kind == "replay":
             inj.replay_from = _farthest_replay(clean, inj, t0 - rng.uniform(duration_s, t0 - t_first, _REPLAY_DRAWS))
         out.append(inj)
+    return out
+
+
+def _partnered(target: Signal | StateField) -> bool:
+    """A signal with cross-ID partners, or a state with a context that predicts it."""
+    return bool(target.partners) if isinstance(target, Signal) else bool(target.context)
+
+
+def target_states(clean: FrameBatch, sigs: list[Signal]) -> list[StateField]:
+    """The state fields a ``flip`` targets: every one the clean capture shows on an ID of >= 5 Hz, with its
+    context and table (the attacker knows the vehicle; ``false_values`` ranks the values by the table); DataError
+    when there is none."""
+    states = find_states(clean.can_id, clean.data, sigs)
+    fit_contexts(states, sigs, clean.can_id, clean.data)
+    count_tables(states, sigs, clean.can_id, payload_words(clean.data))
+    span = float(clean.timestamp[-1] - clean.timestamp[0]) or 1.0
+    ids, counts = np.unique(clean.can_id.astype(np.int64), return_counts=True)
+    rate = dict(zip(ids.tolist(), (counts / span).tolist()))
+    out = [s for s in states if rate[s.can_id] >= _MIN_ANY_TARGET_HZ]
+    if not out:
+        raise DataError("the clean capture has no flag or state field a flip could target (2-16 values, changing "
+                        "in at most 5% of its ID's frames, on an ID of >= 5 Hz); leave the flip kind out")
     return out
 
 
@@ -163,8 +196,12 @@ def _farthest_replay(clean: FrameBatch, inj: Injection, starts: np.ndarray) -> f
     return float(starts[int(np.argmax(gaps))])
 
 
-def false_values(clean: FrameBatch, inj: Injection, genuine: np.ndarray, sig: Signal) -> np.ndarray:
+def false_values(clean: FrameBatch, inj: Injection, genuine: np.ndarray, sig: Signal | StateField) -> np.ndarray:
     """The values the attacker sends instead of ``genuine`` (see the module doc)."""
+    if isinstance(sig, StateField):  # flip: per frame, the most frequent clean value other than the genuine one
+        counts = np.asarray(sig.table).sum(1)[: len(sig.levels)]
+        ranked = np.asarray(sig.levels)[np.argsort(-counts, kind="stable")]
+        return np.where(genuine == ranked[0], ranked[1], ranked[0])
     lo, hi = sig.lo, sig.hi
     r = hi - lo
     if inj.kind == "maximum":
@@ -183,7 +220,7 @@ def false_values(clean: FrameBatch, inj: Injection, genuine: np.ndarray, sig: Si
 
 
 def inject(clean: FrameBatch, injections: list[Injection], variant: str, name: str,
-           signals: dict[tuple[int, int, bool], Signal]) -> FrameBatch:
+           signals: dict[tuple[int, int, bool], Signal | StateField]) -> FrameBatch:
     """The clean capture with ``injections`` applied as ``variant``; frames of the attack labelled ``name``.
 
     ``masquerade`` returns as many frames as ``clean``, in the same order, with the same IDs,
@@ -243,12 +280,19 @@ def generate(clean: FrameBatch, kinds: list[str] | tuple[str, ...] = KINDS, occu
              duration_s: float = 2.0, seed: int = 0, dbc: str = "", targets: str = "partnered"
              ) -> tuple[dict[str, FrameBatch], dict[str, list[dict]]]:
     """Every (kind, variant) attack capture of ``clean``: ``{name: frames}``, and the injections per kind."""
-    targets = target_signals(clean, dbc, targets)
-    by_key = {(s.can_id, s.start, s.little_endian): s for s in targets}
+    signal_kinds = [k for k in kinds if k not in STATE_KINDS]
+    sig_targets = target_signals(clean, dbc, targets) if signal_kinds else []
+    state_targets: list[StateField] = []
+    if len(signal_kinds) < len(kinds):
+        state_targets = target_states(clean, fit_signals(clean.can_id, clean.data, clean.timestamp))
+    by_key: dict[tuple[int, int, bool], Signal | StateField] = {
+        **{(s.can_id, s.start, s.little_endian): s for s in sig_targets},
+        **{(s.can_id, s.start, False): s for s in state_targets}}
     captures: dict[str, FrameBatch] = {}
     plans: dict[str, list[dict]] = {}
     for kind in kinds:
-        injections = plan(clean, kind, targets, occurrences, duration_s, seed)
+        pool: list = state_targets if kind in STATE_KINDS else sig_targets
+        injections = plan(clean, kind, pool, occurrences, duration_s, seed)
         plans[kind] = [asdict(i) for i in injections]
         for variant in VARIANTS:
             name = attack_name(kind, variant)
@@ -274,11 +318,11 @@ def prepare_masquerade(src: SourceConfig, feat: FeatureConfig, log: Callable[[st
         what = f"DAGA clean trace ({spec.path})"
     clean = can_source.read_labelled(spec, src, log, clean=True)
     clean = clean.select(~clean.is_attack())
-    kinds = sorted({a.rsplit("_", 1)[0] for a in src.attacks}, key=KINDS.index) if src.attacks else list(KINDS)
-    bad = [a for a in src.attacks if a.rsplit("_", 1)[0] not in KINDS or a.rsplit("_", 1)[-1] not in VARIANTS]
+    kinds = sorted({a.rsplit("_", 1)[0] for a in src.attacks}, key=ALL_KINDS.index) if src.attacks else list(KINDS)
+    bad = [a for a in src.attacks if a.rsplit("_", 1)[0] not in ALL_KINDS or a.rsplit("_", 1)[-1] not in VARIANTS]
     if bad:
         raise DataError(f"unknown masquerade attack(s) {bad}; valid: "
-                        f"{[attack_name(k, v) for k in KINDS for v in VARIANTS]}")
+                        f"{[attack_name(k, v) for k in ALL_KINDS for v in VARIANTS]}")
     log(f"generating {len(kinds)} masquerade kinds x {len(VARIANTS)} variants on {what}")
     m = src.masquerade
     captures, plans = generate(clean, kinds, m.occurrences, m.duration_s, m.seed, feat.dbc, m.targets)

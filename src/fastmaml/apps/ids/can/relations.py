@@ -41,6 +41,14 @@ def last_index(ids: np.ndarray, cid: int) -> np.ndarray:
     return np.maximum.accumulate(pos)
 
 
+def latest_rows(positions: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """For each frame index in ``rows``, the latest of ``positions`` (one ID's frame indices, sorted) at or before
+    it; -1 where there is none. ``last_index`` for chosen rows, without an array the size of the capture per ID
+    (hours of driving hold tens of millions of frames)."""
+    k = np.searchsorted(positions, rows, side="right") - 1
+    return np.where(k >= 0, positions[np.maximum(k, 0)], -1)
+
+
 def refit_scales(relations: list[list[float]], ids: np.ndarray, data: np.ndarray, max_rows: int = 200_000) -> None:
     """Each relation's residual scale (row[6]) measured again over all benign frames ``ids`` / ``data``, in place.
 
@@ -48,14 +56,14 @@ def refit_scales(relations: list[list[float]], ids: np.ndarray, data: np.ndarray
     that a residual clean driving reaches later (higher speeds, other gears) is not taken for an attack.
     """
     ids = np.asarray(ids, np.int64)
-    last: dict[int, np.ndarray] = {}
+    positions: dict[int, np.ndarray] = {}
     for r in relations:
         tx, ts, sy, ss, a, b = int(r[0]), int(r[1]), int(r[2]), int(r[3]), r[4], r[5]
         rows = np.flatnonzero(ids == tx)
         rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), max_rows)).astype(np.int64)] if len(rows) else rows
-        if sy not in last:
-            last[sy] = last_index(ids, sy)
-        src = last[sy][rows]
+        if sy not in positions:
+            positions[sy] = np.flatnonzero(ids == sy)
+        src = latest_rows(positions[sy], rows)
         ok = src >= 0
         if ok.sum() < MIN_ID_FRAMES:
             continue

@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from fastmaml.apps.ids.can.relations import last_index
+from fastmaml.apps.ids.can.relations import last_index, latest_rows
 from fastmaml.errors import DataError
 
 SIGNAL_FEATURES: list[str] = ["sig_range", "sig_edge", "sig_jump", "sig_stuck", "sig_residual", "sig_residual_8",
@@ -274,7 +274,7 @@ def fit_statistics(sigs: list[Signal], ids: np.ndarray, words: np.ndarray) -> No
     temperature or a fuel level is exceeded by the rest of the drive, and those clean frames look like attacks.
     """
     ids = np.asarray(ids, np.int64)
-    last: dict[int, np.ndarray] = {}
+    positions: dict[int, np.ndarray] = {}
     for cid in sorted({s.can_id for s in sigs}):
         rows = np.flatnonzero(ids == cid)
         if len(rows) < 2:
@@ -289,9 +289,9 @@ def fit_statistics(sigs: list[Signal], ids: np.ndarray, words: np.ndarray) -> No
             pred = np.full(len(take), s.coef[-1])
             have = np.ones(len(take), bool)
             for (pid, k), c in zip(s.partners, s.coef[:-1]):
-                if pid not in last:
-                    last[pid] = last_index(ids, pid)
-                src = last[pid][rows[take]]
+                if pid not in positions:
+                    positions[pid] = np.flatnonzero(ids == pid)
+                src = latest_rows(positions[pid], rows[take])
                 have &= src >= 0
                 pred += c * signal_values(words[np.maximum(src, 0)], sigs[k])
             if have.sum() >= MIN_SIGNAL_FRAMES:

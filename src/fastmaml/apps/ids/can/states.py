@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from fastmaml.apps.ids.can.relations import last_index
+from fastmaml.apps.ids.can.relations import last_index, latest_rows
 from fastmaml.apps.ids.can.signals import (MIN_SIGNAL_FRAMES, Signal, field_values, payload_words, segment_fields,
                                            words_to_bytes)
 from fastmaml.errors import DataError
@@ -133,8 +133,7 @@ def fit_contexts(states: list[StateField], sigs: list[Signal], ids: np.ndarray, 
     """Each state's best context (see the module doc), chosen on clean frames ``ids`` / ``data``, in place."""
     ids = np.asarray(ids, np.int64)
     words = payload_words(data)
-    present = set(np.unique(ids).tolist())
-    last = {cid: last_index(ids, cid) for cid in {s.can_id for s in sigs} | {s.can_id for s in states} if cid in present}
+    positions = {cid: np.flatnonzero(ids == cid) for cid in {s.can_id for s in sigs} | {s.can_id for s in states}}
     for st in states:
         rows = np.flatnonzero(ids == st.can_id)
         rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), _MAX_SELECT_ROWS)).astype(np.int64)]
@@ -145,7 +144,7 @@ def fit_contexts(states: list[StateField], sigs: list[Signal], ids: np.ndarray, 
         candidates = [(0, k, c) for k, c in enumerate(states) if c is not st] + [(1, k, s) for k, s in enumerate(sigs)]
         half = len(rows) // 2
         for kind, k, c in candidates:
-            src = rows if c.can_id == st.can_id else last[c.can_id][rows]
+            src = rows if c.can_id == st.can_id else latest_rows(positions[c.can_id], rows)
             ok = src >= 0
             if ok.sum() < MIN_SIGNAL_FRAMES:
                 continue
@@ -173,7 +172,7 @@ def fit_contexts(states: list[StateField], sigs: list[Signal], ids: np.ndarray, 
 def count_tables(states: list[StateField], sigs: list[Signal], ids: np.ndarray, words: np.ndarray) -> None:
     """Each state's table counted over all clean frames ``ids`` / ``words`` (the whole drive), in place."""
     ids = np.asarray(ids, np.int64)
-    last: dict[int, np.ndarray] = {}
+    positions: dict[int, np.ndarray] = {}
     for st in states:
         rows = np.flatnonzero(ids == st.can_id)
         s_code = _codes(field_values(words[rows], st.start, st.length), st.levels)
@@ -182,9 +181,9 @@ def count_tables(states: list[StateField], sigs: list[Signal], ids: np.ndarray, 
             if c.can_id == st.can_id:
                 src = rows
             else:
-                if c.can_id not in last:
-                    last[c.can_id] = last_index(ids, c.can_id)
-                src = last[c.can_id][rows]
+                if c.can_id not in positions:
+                    positions[c.can_id] = np.flatnonzero(ids == c.can_id)
+                src = latest_rows(positions[c.can_id], rows)
             ok = src >= 0
             v = field_values(words[np.maximum(src, 0)], c.start, c.length, getattr(c, "little_endian", False))
             c_code = _context_codes(st, v, states)
