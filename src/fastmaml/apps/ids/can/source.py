@@ -338,7 +338,7 @@ def prepare_captures(src: SourceConfig, feat: FeatureConfig, log: Callable[[str]
     data = prepare_cut_captures(frames, labels, cuts, fit, src, feat, log, "captures " + ", ".join(labels),
                                 plan=plan)
     if feat.signals:
-        _drop_short_driving_columns(data, fit, src, feat, log)
+        drop_short_driving_columns(data, fit, src, feat, log)
     return data
 
 
@@ -349,7 +349,7 @@ SIGNAL_SPAN_COLUMNS = ("sig_range", "sig_edge", "sig_stuck", "sig_state")
 SIGNAL_SPAN_MIN_CLEAN_S = 1800.0  # clean driving (seconds, before the cut) those columns need
 
 
-def _drop_short_driving_columns(data: IdsData, fit: list[FrameBatch], src: SourceConfig, feat: FeatureConfig,
+def drop_short_driving_columns(data: IdsData, fit: list[FrameBatch], src: SourceConfig, feat: FeatureConfig,
                                 log: Callable[[str], None]) -> None:
     """Leave out :data:`SIGNAL_SPAN_COLUMNS` when the folder's clean training driving is shorter than they need."""
     seconds = 0.0
@@ -362,7 +362,7 @@ def _drop_short_driving_columns(data: IdsData, fit: list[FrameBatch], src: Sourc
     if seconds >= SIGNAL_SPAN_MIN_CLEAN_S or not drop:
         return
     drop_features(data, drop)
-    note = (f"Signal columns {', '.join(drop)} left out: the captures hold {seconds:.0f} s of clean driving before "
+    note = (f"Signal columns {', '.join(drop)} left out: the clean driving before the cut is {seconds:.0f} s, "
             f"the cut, and the clean range, tails and still runs they judge by need about "
             f"{SIGNAL_SPAN_MIN_CLEAN_S / 60:.0f} minutes (the signal-range rule still uses the range).")
     log(note)
