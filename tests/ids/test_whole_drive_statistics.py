@@ -73,7 +73,7 @@ def test_signal_statistics_and_scales_come_from_the_whole_drive(monkeypatch):
     assert state.delta_scale[0x100][2] >= 15
 
 
-def test_a_trend_is_open_on_its_side_and_a_value_sitting_at_its_maximum_is_no_tail():
+def test_a_trend_has_no_range_and_a_value_sitting_at_its_maximum_is_no_tail():
     drive = _drive(12_000)
     fit, later = drive.select(slice(0, 27_000)), drive.select(slice(27_000, len(drive)))
     state = FeatureState.fit(fit, signals=True)
@@ -87,12 +87,14 @@ def test_a_trend_is_open_on_its_side_and_a_value_sitting_at_its_maximum_is_no_ta
     # the odometer goes past its last clean value and the warm engine sits at its maximum: neither is flagged
     assert (x[rows, names.index("sig_range")] == 0).all()
     assert (x[rows, names.index("sig_edge")] == 0).all()
-    # an odometer running backwards is
+    # an odometer running backwards is no range question, but its jump shows
     back = later.select(np.flatnonzero(rows)[:50])
     words = np.frombuffer(back.data.tobytes(), ">u8").astype(np.uint64)
     back.data[:] = words_to_bytes(write_field(words, 8, 24, np.full(50, 900.0)))
     fz.reset()
-    assert (fz.transform(back)[:, names.index("sig_range")] > 0).all()
+    first = fz.transform(later.select(np.flatnonzero(rows)[:1]))  # the genuine frame before
+    assert first[0, names.index("sig_jump")] == 0
+    assert fz.transform(back)[0, names.index("sig_jump")] > 0.5
 
 
 def test_edge_scores_a_maximum_by_how_rarely_clean_driving_sits_there():

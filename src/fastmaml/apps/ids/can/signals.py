@@ -102,8 +102,8 @@ class Signal:
     resid_scale: float = 1.0  # clean 99.9% |residual|
     little_endian: bool = False  # a DBC Intel signal over several bytes: bits counted in the byte-reversed word
     label: str = ""  # the DBC's Message.Signal name; "" for an inferred signal
-    # +1 / -1: the value only ever rose / fell in clean driving (an odometer, a fuel level): its range is open on
-    # that side, since the next drive always goes past the last one's end; 0: no trend.
+    # +1 / -1: the value only ever rose / fell in clean driving (an odometer, a fuel level): it has no range to judge
+    # by, since the next drive always goes past the last one's end (and the low bits of a long one wrap); 0: no trend.
     trend: int = 0
     # Share of the clean frames at the range's ends: a value that sits at its maximum much of the time (a warm
     # engine's coolant temperature) is not in a tail there, and sig_edge does not score it.
@@ -437,13 +437,12 @@ class SignalFeaturizer:
                 s = self.sigs[j]
                 v = signal_values(w, s)
                 width = s.hi - s.lo + 1.0
-                # A trend's range is open on its side: an odometer past its last clean value is no attack.
-                hi = np.inf if s.trend > 0 else s.hi
-                lo = -np.inf if s.trend < 0 else s.lo
-                outside = np.maximum(np.maximum(lo - v, v - hi), 0.0) / width
-                edge = _tail_depth(-v, [-x for x in s.low_tails], -lo, s.lo_share) if s.trend >= 0 else 0.0
-                if s.trend <= 0:
-                    edge = np.maximum(edge, _tail_depth(v, s.high_tails, hi, s.hi_share))
+                if s.trend:  # a trend has no range: an odometer goes past its last clean value, its low bits wrap
+                    outside = edge = np.zeros(len(v))
+                else:
+                    outside = np.maximum(np.maximum(s.lo - v, v - s.hi), 0.0) / width
+                    edge = np.maximum(_tail_depth(-v, [-x for x in s.low_tails], -s.lo, s.lo_share),
+                                      _tail_depth(v, s.high_tails, s.hi, s.hi_share))
                 jump = np.where(has_prev, np.abs(v - signal_values(prev_w, s)) / s.step, 0.0)
                 stuck = self._stuck(j, v) / s.max_run
                 res, res8 = self._residual(j, s, rows, v, words, last, carried_words)
