@@ -19,9 +19,9 @@ from fastmaml.errors import DataError
 REVERSE = 7  # the gear's code for reverse
 
 
-def _drive(seconds: float, seed: int = 0) -> FrameBatch:
+def _drive(seconds: float, seed: int = 0, reverse_after: float = 0.0) -> FrameBatch:
     """0x100 at 20 Hz: a gear in bits [4:8] (1..5 forwards, 7 reverse, changing every few seconds) and a speed in
-    [8:20]; 0x200 at 10 Hz: the reverse light in bit 3 (on exactly in reverse) and a door flag in bit 6 (random,
+    [16:28]; 0x200 at 10 Hz: the reverse light in bit 3 (on exactly in reverse) and a door flag in bit 6 (random,
     rare); 0x300 at 10 Hz: a random byte (no state)."""
     rng = np.random.default_rng(seed)
     n = int(seconds * 20)
@@ -29,8 +29,9 @@ def _drive(seconds: float, seed: int = 0) -> FrameBatch:
     hold = rng.integers(40, 200, n // 40 + 1)
     gear_seq = rng.choice([1, 2, 3, 4, 5, REVERSE], len(hold), p=[0.2, 0.2, 0.2, 0.2, 0.1, 0.1])
     gear = np.repeat(gear_seq, hold)[:n]
+    gear[(t < reverse_after) & (gear == REVERSE)] = 1  # no reversing before then
     speed = np.clip(np.cumsum(rng.normal(0, 3, n)) % 3000 + 100, 0, 4095).round()
-    w1 = write_field(write_field(np.zeros(n, np.uint64), 4, 4, gear), 8, 12, speed)
+    w1 = write_field(write_field(np.zeros(n, np.uint64), 4, 4, gear), 16, 12, speed)
     t2 = t[::2] + 0.013
     light = (gear[::2] == REVERSE).astype(float)
     door = (np.repeat(rng.random(len(t2) // 100 + 1) < 0.1, 100)[:len(t2)]).astype(float)
@@ -113,3 +114,13 @@ def test_states_round_trip_and_need_a_long_clean_drive(fitted):
     assert "sig_state" not in FrameFeaturizer(FeatureState.from_dict(old)).feature_names
     short = FeatureState.fit(_drive(600), signals=True)  # 10 minutes have not shown what a car does
     assert short.states is None and "sig_state" not in FrameFeaturizer(short).feature_names
+
+
+def test_a_state_the_first_minutes_never_show_is_still_found(monkeypatch):
+    import fastmaml.apps.ids.can.features as features
+
+    monkeypatch.setattr(features, "_MAX_SIGNAL_FRAMES", 20_000)  # signals are found on the first 500 s
+    drive = _drive(2600, reverse_after=1000.0)  # the car first reverses after 1,000 s
+    state = FeatureState.fit(drive.select(slice(0, int(np.searchsorted(drive.timestamp, 2000.0)))), signals=True)
+    light = [s for s in state.states if s.can_id == 0x200 and s.start <= 3 < s.start + s.length]
+    assert light and light[0].levels == [0.0, 1.0] and light[0].context

@@ -314,8 +314,10 @@ class FeatureState:
         fit_statistics(sigs, all_ids, all_words)
         states = None
         if signals and sig_ids and clean_s >= STATE_MIN_CLEAN_S:
-            states = find_states(np.concatenate(sig_ids), np.concatenate(sig_data), sigs)
-            fit_contexts(states, sigs, np.concatenate(sig_ids), np.concatenate(sig_data))
+            # On the whole drive, not its first minutes: a reverse light flips only when the car reverses, which
+            # one capture of the drive may hold and the first minutes may not.
+            states = find_states(all_ids, all_data, sigs)
+            fit_contexts(states, sigs, all_ids, all_data)
             count_tables(states, sigs, all_ids, all_words)
         if fields is not None:
             dbc_info.update(signals=[s.name for s in sigs], **_score_against(sigs, sig_ids, sig_data))

@@ -18,8 +18,9 @@ with each context value.
 A context is kept only where it explains at least half of the state's entropy on the first half
 of the fit frames *and* predicts the second half (at most 0.5% of its frames below 1% likely);
 a state without one is judged on its own frequency (a value clean driving never or hardly ever
-showed). The fields and contexts are found on the first frames of clean driving, the tables are
-counted over all of it (:func:`count_tables`). Like ``sig_range``, this needs a long clean drive to
+showed). Fields, contexts and tables all come from the whole clean drive (a reverse light flips
+only when the car reverses, which the first minutes may not show); a context is chosen on up to
+20,000 of the state's frames spread over it. Like ``sig_range``, this needs a long clean drive to
 have seen the combinations a car legitimately shows: ``FeatureState.fit`` fits states only on at
 least :data:`STATE_MIN_CLEAN_S` of clean driving (else the column does not exist, and the
 plausibility rule judges partners' residuals alone).
