@@ -372,9 +372,9 @@ def drop_short_driving_columns(data: IdsData, fit: list[FrameBatch], src: Source
     if seconds >= SIGNAL_SPAN_MIN_CLEAN_S or not drop:
         return
     drop_features(data, drop)
-    note = (f"Signal columns {', '.join(drop)} left out: the clean driving before the cut is {seconds:.0f} s, "
-            f"the cut, and the clean range, tails and still runs they judge by need about "
-            f"{SIGNAL_SPAN_MIN_CLEAN_S / 60:.0f} minutes (the signal-range rule still uses the range).")
+    note = (f"Signal columns {', '.join(drop)} left out: the clean driving before the cut is {seconds:.0f} s, and "
+            f"the clean range, tails and still runs they judge by need about {SIGNAL_SPAN_MIN_CLEAN_S / 60:.0f} "
+            f"minutes (the signal-range rule still uses the range).")
     log(note)
     data.stats["notes"] = list(data.stats.get("notes", [])) + [note]
 
