@@ -6,12 +6,14 @@ training traffic only, featurizes every capture part on its own and returns :cla
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from fastmaml.apps.ids.can import road
 from fastmaml.apps.ids.can import sim as can_sim
 from fastmaml.apps.ids.can.baselines import (AllowListRule, PayloadRangeRule, PlausibilityRule, SignalRangeRule,
                                              TimingRule)
@@ -122,7 +124,8 @@ def read_labelled(spec: CaptureSpec, src: SourceConfig, log: Callable[[str], Non
     kw: dict[str, Any] = {"skip_malformed": src.skip_malformed}
     if src.bad_id != "error":
         kw["bad_id"] = src.bad_id
-    if spec.labels:
+    metadata = bool(spec.labels) and road.is_metadata(spec.labels)
+    if spec.labels and not metadata:
         kw["labels"] = spec.labels
     if spec.columns:
         kw["columns"] = spec.columns
@@ -133,6 +136,15 @@ def read_labelled(spec: CaptureSpec, src: SourceConfig, log: Callable[[str], Non
     frames = reader.read_all()
     if reader.stats.lines_skipped:
         log(f"{spec.path}: skipped {reader.stats.lines_skipped} line(s), e.g. {reader.stats.skip_reasons[:3]}")
+    if metadata:  # labelled by an injection metadata file (road.py)
+        entries = road.read_metadata(spec.labels)
+        stem = Path(spec.path).stem
+        if stem not in entries:
+            raise DataError(f"{spec.labels}: no entry for {stem!r} (the log {spec.path}); give the metadata file "
+                            "that came with the logs")
+        if entries[stem].unusable:
+            raise DataError(f"{spec.path}: cannot be labelled frame by frame ({entries[stem].unusable}); leave it out")
+        road.label(frames, entries[stem], spec.path)
     if not clean and not spec.labels and len(frames) and (frames.label < 0).all():
         log(f"{spec.path}: no label file and no labels in the capture: all {len(frames)} frames count as benign")
         clean = True
@@ -329,8 +341,15 @@ def prepare_captures(src: SourceConfig, feat: FeatureConfig, log: Callable[[str]
     """
     if not src.captures:
         raise ConfigError("source.kind=captures needs source.captures: a list of {path, labels, format, attack, columns}")
-    frames = [read_labelled(c, src, log) for c in src.captures]
-    labels = [c.path for c in src.captures]
+    specs = []
+    for c in src.captures:  # a folder with injection metadata: each of its logs the metadata labels
+        if c.labels and road.is_metadata(c.labels) and Path(c.path).is_dir():
+            paths = road.logs_in(c.path, road.read_metadata(c.labels), log)
+            specs += [dataclasses.replace(c, path=str(p)) for p in paths]
+        else:
+            specs.append(c)
+    frames = [read_labelled(c, src, log) for c in specs]
+    labels = [c.path for c in specs]
     plan = None
     if src.split in FILE_SPLITS:
         plan = plan_captures(frames, labels, src)
