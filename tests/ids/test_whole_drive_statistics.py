@@ -104,3 +104,28 @@ def test_edge_scores_a_maximum_by_how_rarely_clean_driving_sits_there():
     # a maximum clean driving reached once: pinned there is as deep in the tail as it gets
     assert _tail_depth(np.array([100.0]), [95.0, 99.0], 100.0, 1e-6)[0] == 3
     assert _tail_depth(np.array([97.0]), [95.0, 99.0], 100.0, 1e-6)[0] == 1
+
+
+def _ramps(n: int, seed: int) -> FrameBatch:
+    """0x100: a temperature warming up (rising with the clock) in [8:16] and a noisy speed in [16:32]; 0x200: a
+    second temperature, 2 x the first + 5, in [8:16], and 3 x speed in [16:32] (a real copy)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) * 0.01
+    temp = np.floor(20 + 2 * t)
+    speed = np.round(2000 + 1500 * np.sin(t / 2 + seed) + rng.normal(0, 3, n))
+    w1 = write_field(write_field(np.zeros(n, np.uint64), 8, 8, temp), 16, 16, speed)
+    w2 = write_field(write_field(np.zeros(n, np.uint64), 8, 8, 2 * temp + 5), 16, 16, np.minimum(3 * speed, 65535))
+    ids = np.tile(np.array([0x100, 0x200]), n)
+    return _batch(ids, np.stack([w1, w2], 1).reshape(-1), np.stack([t, t + 0.004], 1).reshape(-1) + 100.0 * seed)
+
+
+def test_quantities_that_only_rise_within_each_drive_are_trends_and_no_partners():
+    # three drives laid end to end: each one's temperatures start cold again, which is no fall of the signal
+    drives = [_ramps(3000, s) for s in (1, 3, 5)]
+    state = FeatureState.fit(drives, signals=True)
+    temps = [s for s in state.signals if s.start <= 8 and s.start + s.length >= 16 and s.length <= 12]
+    speeds = [s for s in state.signals if s.start >= 16]
+    assert temps and all(s.trend == 1 for s in temps)
+    # related through the clock, not the car: no partnership; the speed and its copy keep theirs
+    assert all(not s.partners for s in temps)
+    assert any(s.partners for s in speeds)

@@ -99,6 +99,7 @@ _MAX_REL_FRAMES = 40000  # benign frames the cross-ID regression is fitted on (m
 # up to about 3 hours of a busy bus (12 bytes a frame), so that the columns judging a value against clean driving
 # know the whole drive, not its first minutes.
 _MAX_STAT_FRAMES = 20_000_000
+_NEW_CAPTURE_GAP_S = 10.0  # clean frames this far apart (or with the clock going back) come from different captures
 _PERIODIC_SPREAD = 4.0  # an ID is periodic when its 99.9% benign inter-arrival is within this x its median
 _MAX_SIGNAL_FRAMES = 400_000  # benign frames signals are extracted from (about 4 minutes of a busy bus)
 
@@ -239,6 +240,8 @@ class FeatureState:
         sig_n = 0
         stat_ids: list[np.ndarray] = []
         stat_data: list[np.ndarray] = []
+        stat_capture: list[np.ndarray] = []  # which capture each frame comes from (a clock going back or jumping)
+        capture, last_clk = 0, None
         stat_n = 0
         clean_s = 0.0  # clean driving seen, seconds (index clock: 1,600 frames a second)
         offset = 0
@@ -261,8 +264,12 @@ class FeatureState:
                 rel_ids.append(ids[:take])
                 rel_data.append(data[:take])
                 rel_n += take
-            if stat_n < _MAX_STAT_FRAMES:
+            if stat_n < _MAX_STAT_FRAMES and len(ids):
                 take = min(len(ids), _MAX_STAT_FRAMES - stat_n)
+                prev = np.r_[clk[0] if last_clk is None else last_clk, clk[:take - 1]]
+                new = (clk[:take] < prev) | (clk[:take] - prev > _NEW_CAPTURE_GAP_S * (1.0 if clock == "time" else 1600.0))
+                stat_capture.append(capture + np.cumsum(new))
+                capture, last_clk = int(stat_capture[-1][-1]), float(clk[take - 1])
                 stat_ids.append(ids[:take].astype(np.int32))
                 stat_data.append(np.ascontiguousarray(data[:take]))
                 stat_n += take
@@ -311,7 +318,7 @@ class FeatureState:
         sigs = fit_signals(np.concatenate(sig_ids), np.concatenate(sig_data), np.concatenate(sig_clk),
                            fields) if sig_ids else []
         all_words = payload_words(all_data)
-        fit_statistics(sigs, all_ids, all_words)
+        fit_statistics(sigs, all_ids, all_words, np.concatenate(stat_capture) if stat_capture else None)
         states = None
         if signals and sig_ids and clean_s >= STATE_MIN_CLEAN_S:
             # On the whole drive, not its first minutes: a reverse light flips only when the car reverses, which

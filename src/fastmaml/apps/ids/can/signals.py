@@ -183,10 +183,10 @@ def _physical(v: np.ndarray) -> bool:
     return bool(np.quantile(np.abs(np.diff(v)), 0.99) <= _SMOOTH * (hi - lo))
 
 
-def _trend(v: np.ndarray) -> int:
+def _trend(v: np.ndarray, same: np.ndarray | None = None) -> int:
     """+1 / -1 when the clean values only rose / fell (>= 99.5% of at least 20 changes one way, <= 5% of the
     frames at the end of the range; ``Signal.trend``), else 0."""
-    d = np.diff(v)
+    d = np.diff(v) if same is None else np.diff(v)[same]
     d = d[d != 0]
     if len(d) < _TREND_MIN_CHANGES or float(v.max()) <= float(v.min()):
         return 0
@@ -207,15 +207,17 @@ def _signal(cid: int, start: int, length: int, v: np.ndarray, little_endian: boo
     return s
 
 
-def _set_statistics(s: Signal, v: np.ndarray) -> None:
-    """``s``'s clean range, tails, 99.9% change, longest still run and trend from its values ``v`` (capture order)."""
-    step = np.abs(np.diff(v))
+def _set_statistics(s: Signal, v: np.ndarray, same: np.ndarray | None = None) -> None:
+    """``s``'s clean range, tails, 99.9% change, longest still run and trend from its values ``v`` (capture order);
+    ``same`` [len(v) - 1]: whether consecutive values come from the same capture (changes across captures are not
+    the signal's own)."""
+    step = np.abs(np.diff(v)) if same is None else np.abs(np.diff(v))[same]
     s.lo, s.hi = float(v.min()), float(v.max())
     s.low_tails = [float(np.quantile(v, q)) for q in _TAILS]
     s.high_tails = [float(np.quantile(v, 1 - q)) for q in _TAILS]
     s.step = float(max(np.quantile(step, 0.999), 1.0)) if len(step) else 1.0
     s.max_run = float(max(_longest_run(v), 1))
-    s.trend = _trend(v)
+    s.trend = _trend(v, same)
     s.lo_share, s.hi_share = float(np.mean(v == s.lo)), float(np.mean(v == s.hi))
 
 
@@ -265,9 +267,10 @@ def fit_signals(ids: np.ndarray, data: np.ndarray, clock: np.ndarray | None = No
     return sigs
 
 
-def fit_statistics(sigs: list[Signal], ids: np.ndarray, words: np.ndarray) -> None:
+def fit_statistics(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, capture: np.ndarray | None = None) -> None:
     """Each signal's clean statistics (range, tails, change, still run, trend, residual against its partners) measured
-    again over *all* clean frames ``ids`` / ``words`` (capture order), in place.
+    again over *all* clean frames ``ids`` / ``words`` (capture order), in place; partnerships with a trend dropped.
+    ``capture``: int per frame, which capture (drive) it comes from, where several are laid end to end.
 
     Why: the signals and their partners are found on the first few minutes of clean driving (that fixes what the
     payload holds), but a few minutes do not show how far the values go: fitted there, the range of a speed, a
@@ -277,12 +280,23 @@ def fit_statistics(sigs: list[Signal], ids: np.ndarray, words: np.ndarray) -> No
     positions: dict[int, np.ndarray] = {}
     for cid in sorted({s.can_id for s in sigs}):
         rows = np.flatnonzero(ids == cid)
+        if len(rows) >= 2:
+            same = None if capture is None else capture[rows][1:] == capture[rows][:-1]
+            for s in (s for s in sigs if s.can_id == cid):
+                _set_statistics(s, signal_values(words[rows], s), same)
+    # Two quantities that only rose or fell over the drive (a warming temperature, a fuel level, a trip counter)
+    # are related through the clock, not through the car: the relation found on the first minutes breaks when one
+    # of them levels off. Neither side of a partnership may be a trend.
+    for s in sigs:
+        if s.partners and (s.trend or any(sigs[k].trend for _, k in s.partners)):
+            s.partners, s.coef, s.resid_scale = [], [], 1.0
+    for cid in sorted({s.can_id for s in sigs if s.partners}):
+        rows = np.flatnonzero(ids == cid)
         if len(rows) < 2:
             continue
         w = words[rows]
         for s in (s for s in sigs if s.can_id == cid):
             v = signal_values(w, s)
-            _set_statistics(s, v)
             if not s.partners:
                 continue
             take = np.linspace(0, len(rows) - 1, min(len(rows), _MAX_RESID_ROWS)).astype(np.int64)

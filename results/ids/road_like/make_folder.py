@@ -1,0 +1,69 @@
+"""A simulated folder in the ROAD data set's layout: long ambient drives and attack logs described by metadata.
+
+    python results/ids/road_like/make_folder.py OUT_DIR
+
+OUT_DIR/ambient: three 15-minute clean drives; OUT_DIR/attacks: per attack type three 2-minute logs with one
+10-second injection each, as masquerades (the genuine frames rewritten) and fabrications (frames added half a period
+after the genuine ones): ``speedometer`` (the vehicle-speed message's low byte set to 0xFF; the wheel speeds on
+another ID disagree) and ``gear`` (the gear message's first byte set to 5 while its second copy says otherwise: a
+state against its context, the reverse-light kind). Each folder has a capture_metadata.json as ROAD's: injection ID,
+payload pattern (X = any nibble), interval in seconds from the start of the log, modified (masquerade) or not.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from fastmaml.apps.ids.can import sim
+from fastmaml.apps.ids.can.frames import FrameBatch
+
+ATTACKS = {"max_speedometer": (0x0C8, 1, 0xFF, "XXFFXXXXXXXXXXXX"), "gear": (0x120, 0, 0x05, "05XXXXXXXXXXXXXX")}
+
+
+def write_log(path: Path, b: FrameBatch, start: float) -> None:
+    with open(path, "w") as fh:
+        for k in range(len(b)):
+            fh.write(f"({b.timestamp[k] + start:.6f}) can0 {int(b.can_id[k]):03X}#"
+                     f"{b.data[k, :b.length[k]].tobytes().hex().upper()}\n")
+
+
+def inject(b: FrameBatch, can_id: int, byte: int, value: int, t0: float, t1: float, masquerade: bool) -> FrameBatch:
+    rows = np.flatnonzero((b.can_id == can_id) & (b.timestamp >= t0) & (b.timestamp <= t1))
+    if masquerade:
+        out = b.select(np.arange(len(b)))
+        out.data[rows, byte] = value
+        return out
+    added = b.select(rows)
+    added.data[:, byte] = value
+    added.timestamp = added.timestamp + 0.5 * float(np.median(np.diff(b.timestamp[b.can_id == can_id])))
+    both = FrameBatch.concat([b, added])
+    return both.select(np.argsort(both.timestamp, kind="stable"))
+
+
+def main(out: Path) -> None:
+    (out / "ambient").mkdir(parents=True, exist_ok=True)
+    (out / "attacks").mkdir(parents=True, exist_ok=True)
+    meta = {}
+    for k in range(1, 4):
+        stem = f"ambient_drive_{k}"
+        write_log(out / "ambient" / f"{stem}.log", sim.simulate("none", 900.0, 20 + k), 1000.0 * k)
+        meta[stem] = {"elapsed_sec": 900.0, "on_dyno": False}
+    (out / "ambient" / "capture_metadata.json").write_text(json.dumps(meta, indent=1))
+    meta, rng, seed = {}, np.random.default_rng(0), 100
+    for name, (can_id, byte, value, pattern) in ATTACKS.items():
+        for k in range(1, 4):
+            for masquerade in (True, False):
+                seed += 1
+                t0 = float(rng.uniform(30.0, 90.0))
+                b = inject(sim.simulate("none", 120.0, seed), can_id, byte, value, t0, t0 + 10.0, masquerade)
+                stem = f"{name}_attack_{k}" + ("_masquerade" if masquerade else "")
+                write_log(out / "attacks" / f"{stem}.log", b, 50_000.0 + seed)
+                meta[stem] = {"injection_id": hex(can_id), "injection_data_str": pattern,
+                              "injection_interval": [t0, t0 + 10.0], "modified": masquerade, "elapsed_sec": 120.0}
+    (out / "attacks" / "capture_metadata.json").write_text(json.dumps(meta, indent=1))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
