@@ -124,3 +124,16 @@ def test_a_state_the_first_minutes_never_show_is_still_found(monkeypatch):
     state = FeatureState.fit(drive.select(slice(0, int(np.searchsorted(drive.timestamp, 2000.0)))), signals=True)
     light = [s for s in state.states if s.can_id == 0x200 and s.start <= 3 < s.start + s.length]
     assert light and light[0].levels == [0.0, 1.0] and light[0].context
+
+
+def test_a_slow_level_going_down_a_few_steps_is_no_state():
+    from fastmaml.apps.ids.can.states import find_states
+
+    n = 20_000  # a fuel level: 10 values, one step down every 2,000 frames, in each of two drives
+    level = np.concatenate([200 - np.arange(n) // 2000, 195 - np.arange(n) // 2000]).astype(float)
+    flag = (np.arange(2 * n) // 700 % 2).astype(float)  # a flag that toggles back and forth
+    words = write_field(write_field(np.zeros(2 * n, np.uint64), 0, 8, level), 12, 1, flag)
+    ids = np.full(2 * n, 0x3E0)
+    capture = np.repeat([0, 1], n)
+    states = find_states(ids, words_to_bytes(words), [], capture)
+    assert [(s.start, s.start + s.length) for s in states] == [(12, 13)]  # the flag, not the level

@@ -318,12 +318,13 @@ class FeatureState:
         sigs = fit_signals(np.concatenate(sig_ids), np.concatenate(sig_data), np.concatenate(sig_clk),
                            fields) if sig_ids else []
         all_words = payload_words(all_data)
-        fit_statistics(sigs, all_ids, all_words, np.concatenate(stat_capture) if stat_capture else None)
+        all_capture = np.concatenate(stat_capture) if stat_capture else None
+        fit_statistics(sigs, all_ids, all_words, all_capture)
         states = None
         if signals and sig_ids and clean_s >= STATE_MIN_CLEAN_S:
             # On the whole drive, not its first minutes: a reverse light flips only when the car reverses, which
             # one capture of the drive may hold and the first minutes may not.
-            states = find_states(all_ids, all_data, sigs)
+            states = find_states(all_ids, all_data, sigs, all_capture)
             fit_contexts(states, sigs, all_ids, all_data)
             count_tables(states, sigs, all_ids, all_words)
         if fields is not None:

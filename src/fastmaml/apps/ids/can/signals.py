@@ -79,7 +79,7 @@ _MAX_FIT_ROWS = 4000  # frames of a target ID its regressions are fitted on (eve
 _RESID_WINDOW = 8
 _TAILS = (0.001, 0.0001)  # sig_edge levels below the extreme
 _TREND_SHARE = 0.995  # Signal.trend: this share of the clean changes go one way
-_TREND_MIN_CHANGES = 20
+_TREND_MIN_CHANGES = 10
 _TREND_END_SHARE = 0.05  # ... and at most this share of them sit at the end of its range
 _MAX_RESID_ROWS = 200_000  # frames of a signal its residual scale is measured on over the whole drive
 
@@ -183,8 +183,8 @@ def _physical(v: np.ndarray) -> bool:
     return bool(np.quantile(np.abs(np.diff(v)), 0.99) <= _SMOOTH * (hi - lo))
 
 
-def _trend(v: np.ndarray, same: np.ndarray | None = None) -> int:
-    """+1 / -1 when the clean values only rose / fell (>= 99.5% of at least 20 changes one way, <= 5% of the
+def value_trend(v: np.ndarray, same: np.ndarray | None = None) -> int:
+    """+1 / -1 when the clean values only rose / fell (>= 99.5% of at least 10 changes one way, <= 5% of the
     frames at the end of the range; ``Signal.trend``), else 0."""
     d = np.diff(v) if same is None else np.diff(v)[same]
     d = d[d != 0]
@@ -217,7 +217,7 @@ def _set_statistics(s: Signal, v: np.ndarray, same: np.ndarray | None = None) ->
     s.high_tails = [float(np.quantile(v, 1 - q)) for q in _TAILS]
     s.step = float(max(np.quantile(step, 0.999), 1.0)) if len(step) else 1.0
     s.max_run = float(max(_longest_run(v), 1))
-    s.trend = _trend(v, same)
+    s.trend = value_trend(v, same)
     s.lo_share, s.hi_share = float(np.mean(v == s.lo)), float(np.mean(v == s.hi))
 
 
@@ -518,6 +518,7 @@ class SignalFeaturizer:
 
 
 __all__ = ["SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "find_signals", "fit_signals", "fit_statistics",
+           "value_trend",
            "field_values",
            "payload_words", "segment_fields", "signal_values", "signals_from_dicts", "signals_to_dicts", "write_field",
            "words_to_bytes"]

@@ -34,7 +34,7 @@ import numpy as np
 
 from fastmaml.apps.ids.can.relations import last_index, latest_rows
 from fastmaml.apps.ids.can.signals import (MIN_SIGNAL_FRAMES, Signal, field_values, payload_words, segment_fields,
-                                           words_to_bytes)
+                                           value_trend, words_to_bytes)
 from fastmaml.errors import DataError
 
 STATE_FEATURES: list[str] = ["sig_state"]
@@ -86,9 +86,12 @@ def _n_context(st: StateField, states: list[StateField]) -> int:
     return len(states[st.context[2]].levels) + 1 if st.context[0] == 0 else len(st.edges) + 1
 
 
-def find_states(ids: np.ndarray, data: np.ndarray, sigs: list[Signal]) -> list[StateField]:
+def find_states(ids: np.ndarray, data: np.ndarray, sigs: list[Signal], capture: np.ndarray | None = None
+                ) -> list[StateField]:
     """The state fields of clean frames ``ids`` / ``data`` (capture order), without contexts; bits of a physical
-    signal ``sigs`` are never a state."""
+    signal ``sigs`` are never a state, nor is a slow quantity that only rose or fell within each capture (a fuel
+    level a few steps down: the next drive goes on to values this one never showed). ``capture``: int per frame,
+    which capture it comes from."""
     ids = np.asarray(ids, np.int64)
     words = payload_words(data)
     uniq, cnt = np.unique(ids, return_counts=True)
@@ -97,7 +100,9 @@ def find_states(ids: np.ndarray, data: np.ndarray, sigs: list[Signal]) -> list[S
         taken.setdefault(s.can_id, []).append((s.start, s.start + s.length))
     states = []
     for cid in uniq[cnt >= MIN_SIGNAL_FRAMES].tolist():
-        w = words[ids == cid]
+        rows = np.flatnonzero(ids == cid)
+        same = None if capture is None else capture[rows][1:] == capture[rows][:-1]
+        w = words[rows]
         bits = np.unpackbits(words_to_bytes(w), axis=1)
         flip = (bits[1:] != bits[:-1]).mean(0)
         for start, length in segment_fields(flip):
@@ -105,7 +110,7 @@ def find_states(ids: np.ndarray, data: np.ndarray, sigs: list[Signal]) -> list[S
                 continue
             v = field_values(w, start, length)
             levels = np.unique(v)
-            if 2 <= len(levels) <= _MAX_LEVELS and np.mean(v[1:] != v[:-1]) <= _MAX_CHANGE:
+            if 2 <= len(levels) <= _MAX_LEVELS and np.mean(v[1:] != v[:-1]) <= _MAX_CHANGE and not value_trend(v, same):
                 states.append(StateField(int(cid), start, length, [float(x) for x in levels]))
     return states
 
