@@ -148,7 +148,7 @@ def test_union_of_a_detector_and_a_rule_catches_what_either_catches_at_a_shared_
     clean, det_c, _ = stream(False, 2)
     det = {"attack": det_a, "fit": det_f, "clean": det_c}
     rule = rule_scores(attack, clean, fit, "plausibility")
-    assert set(rule) == {"attack", "fit", "clean"} and set(np.unique(rule["attack"])) == {-1.0, 1.0}
+    assert set(rule) == {"attack", "fit", "clean"} and set(np.unique(rule["attack"])) == {-E.RULE_MISS, 1.0}
     ev = E.Evidence(clip=6.0)
     alone = evidence_judgement(det, attack, clean, fit, 10.0, ev, 0.05, {})
     by_rule = evidence_judgement(rule, attack, clean, fit, 10.0, E.Evidence(clip=1.0), 0.05, {})
@@ -204,3 +204,22 @@ def test_reference_drift_is_a_clean_quantile_and_lets_a_short_attack_through_the
     d = cal0.to_dict()
     d.pop("drift")
     assert E.Calibration.from_dict(d).drift == 0.0
+
+
+def test_a_rule_catches_a_fabrication_whose_forged_frames_alternate_with_genuine_ones():
+    # One key at 100 Hz: the rule flags every other frame for 2 s (forged frames between genuine ones) and, on clean
+    # driving, a scattered 0.2% of frames. At +1/-1 the sum of the key never grows; at +1/-1/4 it must alert.
+    rng = np.random.default_rng(0)
+    clock = np.arange(0, 600, 0.01)
+    key = np.ones(len(clock), np.int64)
+    clean_flags = rng.random(len(clock)) < 0.002
+    cal = E.calibrate(E.rule_frame_scores(clean_flags), clock, key, 10.0, E.rule_alarm())
+    flags = rng.random(len(clock)) < 0.002
+    attacked = (clock >= 300) & (clock < 302)
+    flags[attacked] = np.arange(attacked.sum()) % 2 == 0
+    alerts, _ = E.cusum_alerts(E.rule_frame_scores(flags), clock, key, E.rule_alarm().calibrated(cal))
+    assert ((alerts.time >= 300) & (alerts.time < 302)).any()
+    symmetric = np.where(flags, 1.0, -1.0)  # the old scores: the alternating frames cancel
+    cal_sym = E.calibrate(np.where(clean_flags, 1.0, -1.0), clock, key, 10.0, E.rule_alarm())
+    alerts_sym, _ = E.cusum_alerts(symmetric, clock, key, E.rule_alarm().calibrated(cal_sym))
+    assert not ((alerts_sym.time >= 300) & (alerts_sym.time < 302)).any()

@@ -10,8 +10,8 @@ and alerts when S_t exceeds a threshold h; S restarts at 0 after the alert and t
 quiet for ``holdoff`` seconds (one incident, one alert). The score is the detector's log-odds
 ``logit_attack - logit_benign`` (never a probability, which saturates at 1.0 and cannot be
 thresholded at a low rate), clipped so no single frame carries more than ``clip`` of evidence;
-for a rule it is +1 for a flagged frame and -1 otherwise, so rules and detectors are judged on
-the same path.
+for a rule it is +1 for a flagged frame and -1/4 otherwise (:func:`rule_frame_scores`), so rules
+and detectors are judged on the same path.
 
 :func:`calibrate` sets h on clean driving for a budget of false alerts per hour. A clean capture
 of 30 s cannot show a rate of 10 an hour: where it holds enough CUSUM excursions, the tail of
@@ -33,7 +33,7 @@ from fastmaml.errors import DataError
 
 
 # The reference quantile detectors use unless told otherwise (eval.evidence_reference, --reference; rules, whose
-# frame scores are +-1, always 0). Off: on DAGA-generated masquerades 0.999 lifted the partnered masquerades caught
+# frame scores are +1 or -1/4, always 0). Off: on DAGA-generated masquerades 0.999 lifted the partnered masquerades caught
 # (maximum 0.62 -> 0.82, offset 0.70 -> 0.95; K = 5, 2 seeds, identity-free detectors), but on the CrySyS sample it
 # cut MAML's DOUBLE occurrences from 5/6 to 2/6: one ID whose clean frames an adapted detector scores high sets a
 # global quantile that silences every ID.
@@ -82,11 +82,21 @@ class Evidence:
         return Evidence(cal.threshold, self.clip, cal.drift, self.holdoff_s, self.reference)
 
 
-RULE_CLIP = 1.0  # a rule frame scores +-1: its clip, so a lone flagged frame never alerts
+RULE_CLIP = 1.0  # a flagged frame scores +1, the clip: a lone flagged frame never alerts
+# What a frame the rule does not flag subtracts. Not -1: a fabrication's forged frames sit between the genuine frames
+# of their ID, so at most every other frame of the ID is flagged, and at +1/-1 the sum of the ID never grows (the
+# plausibility rule caught no fabrication at all). At -1/4 each flagged-unflagged pair adds 3/4; on clean driving,
+# where flags are rare and scattered, the sum still falls back to 0 between them (the threshold is calibrated there).
+RULE_MISS = 0.25
+
+
+def rule_frame_scores(flags: np.ndarray) -> np.ndarray:
+    """A rule's per-frame evidence: +1 where it flags the frame, -RULE_MISS where it does not."""
+    return np.where(np.asarray(flags, bool), RULE_CLIP, -RULE_MISS)
 
 
 def rule_alarm(holdoff_s: float = 1.0) -> Evidence:
-    """The evidence setting of a rule baseline's +-1 frame scores (no drift, no reference: before calibration)."""
+    """The evidence setting of a rule baseline's frame scores (no drift, no reference: before calibration)."""
     return Evidence(math.inf, RULE_CLIP, 0.0, holdoff_s)
 
 

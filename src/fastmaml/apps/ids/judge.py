@@ -1,7 +1,7 @@
 """One judgement for every detector and every rule, as a vehicle would run them (``fastmaml ids judge``).
 
 Each scorer, adapted detector or rule baseline, goes down the same path: a score per frame
-(a detector's log-odds; a rule's +1 flagged / -1 not), evidence summed per CAN ID
+(a detector's log-odds; a rule's +1 flagged / -1/4 not), evidence summed per CAN ID
 (:mod:`fastmaml.apps.ids.evidence`), an alert when the sum crosses a threshold set on the
 vehicle's clean capture for the false-alert budget. Judged per attack capture: the attack
 occurrences (per attacked ID) caught, the median time to detect, false alerts per hour of its

@@ -29,7 +29,7 @@ import torch
 from fastmaml.apps.ids.alerts import ALERT_RULES, AlertRule, alert_metrics, k_of_n_alerts
 from fastmaml.apps.ids.episodes import Episodes
 from fastmaml.apps.ids.evidence import (Evidence, Occurrence, calibrate, count_alerts, cusum_alerts, judge,
-                                        merge_alerts, rule_alarm)
+                                        merge_alerts, rule_alarm, rule_frame_scores)
 from fastmaml.apps.ids.families import Stream
 from fastmaml.apps.ids.samples import same_key_rows
 from fastmaml.core.maml import MAML, Params
@@ -197,12 +197,13 @@ def evidence_judgement(scores: dict[str, np.ndarray] | list[tuple[dict[str, np.n
 
 
 def rule_scores(attack: Stream, clean: Stream | None, fit: Stream, rule: str) -> dict[str, np.ndarray] | None:
-    """A rule's +1 flagged / -1 not per frame of each stream (None where the fit stream lacks the rule)."""
+    """A rule's frame scores (:func:`~fastmaml.apps.ids.evidence.rule_frame_scores`) per stream (None where the fit
+    stream lacks the rule)."""
     if rule not in fit.rules or rule not in attack.rules:
         return None
-    out = {"attack": np.where(attack.rules[rule].numpy(), 1.0, -1.0), "fit": np.where(fit.rules[rule].numpy(), 1.0, -1.0)}
+    out = {"attack": rule_frame_scores(attack.rules[rule].numpy()), "fit": rule_frame_scores(fit.rules[rule].numpy())}
     if clean is not None and rule in clean.rules:
-        out["clean"] = np.where(clean.rules[rule].numpy(), 1.0, -1.0)
+        out["clean"] = rule_frame_scores(clean.rules[rule].numpy())
     return out
 
 
@@ -256,7 +257,7 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
 def evidence_rule_values(attack: Stream, clean: Stream | None, fit: Stream, budget: float, gap_s: float,
                          partners: dict[int, set[int]], group_of: Callable[[Occurrence], str | None] | None = None
                          ) -> dict[str, dict[str, float]]:
-    """Each rule on the same path: +1 per flagged frame, -1 otherwise, summed per ID, threshold set on ``fit``."""
+    """Each rule on the same path: +1 per flagged frame, -1/4 otherwise, summed per ID, threshold set on ``fit``."""
     out = {}
     for r in attack.rules:
         scores = rule_scores(attack, clean, fit, r)

@@ -193,7 +193,7 @@ def evidence_section(folds: list[FoldResult], rule_names: dict[str, str], alert_
     unions = sorted({k.split("/", 1)[0] for m in ops[0].methods.values() for k in m
                      if k.startswith("evidence+") and k.endswith("/attack/caught_rate")}) if "maml" in methods else []
     lines = [f"## Occurrences caught at ≤ {alert_budget:g} false alerts per hour (evidence per CAN ID)", "",
-             "Each adapted detector's frame log-odds (a rule: +1 per flagged frame, −1 otherwise) are summed per CAN ID "
+             "Each adapted detector's frame log-odds (a rule: +1 per flagged frame, −1/4 otherwise) are summed per CAN ID "
              "(a CUSUM, clipped per frame, reset after an alert"
              + (f"; a detector's frames add only what they score above its reference value, the {100 * reference:g}% "
                 "quantile of its clipped log-odds on the clean traffic before the cut" if reference else "")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from fastmaml.apps.ids.detect.detector import Detector, check_capture, log_odds, predict_logits
+from fastmaml.apps.ids.evidence import rule_frame_scores
 from fastmaml.apps.ids.traffic import ReadOptions
 from fastmaml.errors import DataError
 
@@ -30,7 +31,7 @@ class KeyIndex:
 @dataclass
 class ScoredCapture:
     """A capture scored frame by frame: log-odds, time, stream key (int), 0/1 truth (None: unlabelled), the
-    detector's feature columns when asked for, and each rule's flags (+1 flagged, -1 not) when rules were given."""
+    detector's feature columns when asked for, and each rule's flags (+1 flagged, -1/4 not) when rules were given."""
 
     log_odds: np.ndarray
     clock: np.ndarray
@@ -50,7 +51,7 @@ def score_capture(det: Detector, capture: str | Path, labels: str | Path | None 
     """Every frame of ``capture`` scored by ``det`` (frame detectors: evidence accumulates per frame and stream).
 
     ``rules``: name -> flags of a chunk's rows (every feature column), e.g. ``Traffic.stream_rules``; each
-    rule's frames score +1 when flagged, -1 otherwise, so rules go down the detector's evidence path.
+    rule's frames score +1 when flagged, -1/4 otherwise, so rules go down the detector's evidence path.
     """
     if det.window is not None:
         raise DataError("evidence over time (calibration, CUSUM alerts) needs a frame-level detector; this one "
@@ -73,7 +74,7 @@ def score_capture(det: Detector, capture: str | Path, labels: str | Path | None 
             if keep_features:
                 parts["x"].append(x)
             for name, fn in rules.items():
-                flags[name].append(np.where(fn(r.x), 1.0, -1.0))
+                flags[name].append(rule_frame_scores(fn(r.x)))
     if not parts["s"]:
         raise DataError(f"{capture} holds no frames")
     cat = {k: np.concatenate(v) if v else None for k, v in parts.items()}

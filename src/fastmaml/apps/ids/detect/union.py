@@ -17,7 +17,7 @@ import numpy as np
 
 from fastmaml.apps.ids.detect.detector import Detector
 from fastmaml.apps.ids.evidence import (RULE_CLIP, Alerts, Calibration, CusumState, Evidence, calibrate, cusum_alerts,
-                                        rule_alarm)
+                                        rule_alarm, rule_frame_scores)
 from fastmaml.apps.ids.traffic import ReadOptions
 from fastmaml.errors import DataError
 
@@ -46,7 +46,7 @@ def union_setting(rule: str, clean: str | Path, cal: Calibration, holdoff_s: flo
 
 def calibrate_rule(scores: np.ndarray, clock: np.ndarray, key: np.ndarray, budget: float,
                    holdoff_s: float) -> Calibration:
-    """The rule channel's threshold for ``budget`` false alerts per hour on the clean capture's +-1 scores."""
+    """The rule channel's threshold for ``budget`` false alerts per hour on the clean capture's rule frame scores."""
     return calibrate(scores, clock, key, budget, rule_alarm(holdoff_s))
 
 
@@ -66,7 +66,7 @@ class RuleChannel:
         self.state = CusumState()
 
     def __call__(self, rows: np.ndarray, clock: np.ndarray, key: np.ndarray) -> Alerts:
-        score = np.where(self.fn(rows), 1.0, -1.0)
+        score = rule_frame_scores(self.fn(rows))
         alerts, self.state = cusum_alerts(score, clock, key, self.ev, self.state)
         return alerts
 
