@@ -268,7 +268,7 @@ class FeatureState:
                 take = min(len(ids), _MAX_STAT_FRAMES - stat_n)
                 prev = np.r_[clk[0] if last_clk is None else last_clk, clk[:take - 1]]
                 new = (clk[:take] < prev) | (clk[:take] - prev > _NEW_CAPTURE_GAP_S * (1.0 if clock == "time" else 1600.0))
-                stat_capture.append(capture + np.cumsum(new))
+                stat_capture.append((capture + np.cumsum(new)).astype(np.int32))
                 capture, last_clk = int(stat_capture[-1][-1]), float(clk[take - 1])
                 stat_ids.append(ids[:take].astype(np.int32))
                 stat_data.append(np.ascontiguousarray(data[:take]))
