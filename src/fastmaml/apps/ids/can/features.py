@@ -77,8 +77,8 @@ from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
 from fastmaml.apps.ids.can.relations import MIN_ID_FRAMES, fit_relations, last_index, refit_scales, signal
 from fastmaml.apps.ids.can.signals import (SIGNAL_FEATURES, Signal, SignalFeaturizer, find_signals, fit_signals,
                                            fit_statistics, payload_words, signals_from_dicts, signals_to_dicts)
-from fastmaml.apps.ids.can.states import (STATE_FEATURES, STATE_MIN_CLEAN_S, StateFeaturizer, StateField, count_tables, find_states,
-                                          fit_contexts, states_from_dicts, states_to_dicts)
+from fastmaml.apps.ids.can.states import (STATE_FEATURES, STATE_MIN_CLEAN_S, StateFeaturizer, StateField,
+                                          count_tables, find_states, fit_contexts, states_from_dicts, states_to_dicts)
 from fastmaml.apps.ids.samples import SampleSet, make_windows, window_labels
 from fastmaml.errors import DataError
 
@@ -96,12 +96,13 @@ _POP = np.array([bin(i).count("1") for i in range(256)], np.float32)
 _MAX_DT_SAMPLES = 20000  # per ID, spread over the whole drive (_Spread): enough for a stable median and 99.9% tail
 _MAX_REL_FRAMES = 40000  # benign frames the cross-ID regression is fitted on (memory: frames x signals)
 # Benign frames the clean statistics (signal ranges, tails, still runs, residual scales) are measured on: all of them
-# up to about 3 hours of a busy bus (12 bytes a frame), so that the columns judging a value against clean driving
+# up to about 3 hours of a busy bus (16 bytes a frame), so that the columns judging a value against clean driving
 # know the whole drive, not its first minutes.
 _MAX_STAT_FRAMES = 20_000_000
 _NEW_CAPTURE_GAP_S = 10.0  # clean frames this far apart (or with the clock going back) come from different captures
 _PERIODIC_SPREAD = 4.0  # an ID is periodic when its 99.9% benign inter-arrival is within this x its median
 _MAX_SIGNAL_FRAMES = 400_000  # benign frames signals are extracted from (about 4 minutes of a busy bus)
+
 
 class _Spread:
     """A sample of a stream of rows spread over all of it, not its beginning: row i is kept while
@@ -267,7 +268,8 @@ class FeatureState:
             if stat_n < _MAX_STAT_FRAMES and len(ids):
                 take = min(len(ids), _MAX_STAT_FRAMES - stat_n)
                 prev = np.r_[clk[0] if last_clk is None else last_clk, clk[:take - 1]]
-                new = (clk[:take] < prev) | (clk[:take] - prev > _NEW_CAPTURE_GAP_S * (1.0 if clock == "time" else 1600.0))
+                gap = _NEW_CAPTURE_GAP_S * (1.0 if clock == "time" else 1600.0)
+                new = (clk[:take] < prev) | (clk[:take] - prev > gap)
                 stat_capture.append((capture + np.cumsum(new)).astype(np.int32))
                 capture, last_clk = int(stat_capture[-1][-1]), float(clk[take - 1])
                 stat_ids.append(ids[:take].astype(np.int32))

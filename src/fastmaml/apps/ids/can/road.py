@@ -11,10 +11,10 @@ A frame is an attack frame when it carries ``injection_id``, lies inside ``injec
 (seconds from the start of the log, or on the log's own clock) and its payload matches
 ``injection_data_str`` (hex, one character per nibble, ``X`` any): the masquerade variant
 (``modified``) rewrote the genuine frames of that ID, the fabrication variant added frames of it.
-An entry without an injection is a clean drive, unless its stem names an attack. The attack is named after the stem without its
-number, with the variant: ``max_speedometer_attack_1_masquerade`` -> ``max_speedometer_masquerade``,
-``max_speedometer_attack_2`` -> ``max_speedometer_fabrication``, so a type's several logs form one
-attack. Entries whose injection cannot be told frame by frame (no single CAN ID, as in fuzzing,
+An entry without an injection is a clean drive, unless its stem names an attack. The attack is
+named after the stem without its number, with the variant (``max_speedometer_attack_1_masquerade``
+-> ``max_speedometer_masquerade``, ``max_speedometer_attack_2`` -> ``max_speedometer_fabrication``),
+so a type's several logs form one attack. Entries whose injection cannot be told frame by frame (no single CAN ID, as in fuzzing,
 or none given, as in the physical accelerator attacks) are left out and listed.
 
 Use: ``source.captures=[{path: road/attacks, labels: road/attacks/capture_metadata.json}]`` (a

@@ -212,7 +212,8 @@ def states_from_dicts(rows: list[dict], n_signals: int, source: str = "<dict>") 
     for s in states:
         bad = not (0 <= s.start and 1 <= s.length and s.start + s.length <= 64) or not s.levels
         if s.context:
-            bad = bad or len(s.context) != 3 or not 0 <= s.context[2] < (len(states) if s.context[0] == 0 else n_signals)
+            n_ref = len(states) if s.context[0] == 0 else n_signals
+            bad = bad or len(s.context) != 3 or not 0 <= s.context[2] < n_ref
         if bad or np.shape(s.table) != (len(s.levels) + 1, _n_context(s, states)):
             raise DataError(f"{source}: state field {s.name} is out of range; refit the FeatureState")
     return states
@@ -270,5 +271,5 @@ class StateFeaturizer:
         return out
 
 
-__all__ = ["STATE_FEATURES", "STATE_MIN_CLEAN_S", "StateField", "StateFeaturizer", "count_tables", "find_states", "fit_contexts",
-           "states_from_dicts", "states_to_dicts"]
+__all__ = ["STATE_FEATURES", "STATE_MIN_CLEAN_S", "StateField", "StateFeaturizer", "count_tables", "find_states",
+           "fit_contexts", "states_from_dicts", "states_to_dicts"]
