@@ -186,3 +186,23 @@ def test_same_id_draws_benign_frames_of_the_shots_ids(workdir, capsys):
     capsys.readouterr()
     assert adapt(d, "x", "--same-id", "0.5") != 0
     assert "needs --clean" in capsys.readouterr().err
+
+
+def test_judge_reads_side_labels_given_or_found_beside_the_capture(workdir, capsys):
+    d = workdir
+    if not (d / "adapted").is_dir():
+        pytest.skip("needs the adapted detector of the test above")
+    base = ["ids", "judge", "--detector", f"maml-s0={d / 'adapted'}", "--clean", str(d / "clean.log"), "--no-rules"]
+    assert main([*base, "--capture", str(d / "cap_inline.log"), "--out", str(d / "j_inline")]) == 0
+    inline = json.loads((d / "j_inline" / "judgement.json").read_text())["results"][0]["captures"][0]
+    # the same frames with their side label file, named or found as CAPTURE_labels.csv (what ids simulate wrote)
+    assert main([*base, "--capture", str(d / "cap.log"), "--labels", str(d / "cap_labels.csv"),
+                 "--out", str(d / "j_side")]) == 0
+    assert main([*base, "--capture", str(d / "cap.log"), "--out", str(d / "j_found")]) == 0
+    for out in ("j_side", "j_found"):
+        cap = json.loads((d / out / "judgement.json").read_text())["results"][0]["captures"][0]
+        assert (cap["occurrences"], cap["caught"]) == (inline["occurrences"], inline["caught"])
+    capsys.readouterr()
+    assert main([*base, "--capture", str(d / "cap.log"), "--capture", str(d / "cap_inline.log"),
+                 "--labels", str(d / "cap_labels.csv"), "--out", str(d / "j_bad")]) == 2
+    assert "one label file per capture" in capsys.readouterr().err

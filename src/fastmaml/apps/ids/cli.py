@@ -154,6 +154,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--clean", type=Path, required=True, help="clean capture of the same vehicle: thresholds are set on it")
     j.add_argument("--capture", type=Path, action="append", required=True,
                    help="labelled attack capture (inline labels or a labelled format), repeatable")
+    j.add_argument("--labels", type=Path, action="append", default=None,
+                   help="side label file of the --capture at the same position (repeat in the same order); default: "
+                        "CAPTURE's stem + _labels.csv beside it where that exists (what ids masquerade and ids "
+                        "simulate write)")
     j.add_argument("--alerts-per-hour", type=float, default=10.0, help="false-alert budget (default: %(default)s/h)")
     j.add_argument("--clip", type=float, default=6.0, help="most evidence one frame adds (default: %(default)s)")
     j.add_argument("--drift", type=float, default=0.0,
@@ -338,6 +342,12 @@ def _evidence_line(e: dict, key_name: str) -> str:
     return line
 
 
+def _side_labels(capture: Path) -> Path | None:
+    """``CAPTURE_labels.csv`` beside ``capture`` where it exists (the label file ids masquerade / simulate write)."""
+    side = capture.with_name(capture.stem + "_labels.csv")
+    return side if side.is_file() else None
+
+
 def _judge(args: argparse.Namespace) -> None:
     from fastmaml.apps.ids.detect import load_detector
     from fastmaml.apps.ids.evidence import Evidence
@@ -352,7 +362,11 @@ def _judge(args: argparse.Namespace) -> None:
         if not sep or not name or not folder:
             raise DataError(f"--detector {item!r} is not NAME=FOLDER (e.g. --detector maml=runs/adapted)")
         dets[name] = load_detector(folder)
-    results = judge_scorers(dets, args.clean, args.capture, alerts_per_hour=args.alerts_per_hour,
+    if args.labels and len(args.labels) != len(args.capture):
+        raise DataError(f"--labels given {len(args.labels)} time(s) for {len(args.capture)} --capture(s): give one "
+                        "label file per capture, in the same order, or none (each capture's _labels.csv is found)")
+    labels = args.labels or [_side_labels(c) for c in args.capture]
+    results = judge_scorers(dets, args.clean, args.capture, labels=labels, alerts_per_hour=args.alerts_per_hour,
                             rules=not args.no_rules, evidence=Evidence(clip=args.clip, drift=args.drift, reference=args.reference),
                             options=ReadOptions(format=args.format), recalibrate=not args.saved_thresholds,
                             union=args.union if not args.no_rules else "")

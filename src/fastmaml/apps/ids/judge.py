@@ -88,7 +88,7 @@ def _union_result(name: str, channels: list[tuple[np.ndarray, list[np.ndarray], 
 
 
 def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: Sequence[str | Path], *,
-                  alerts_per_hour: float = 10.0, rules: bool = True, evidence: Evidence = Evidence(),
+                  labels: Sequence[str | Path | None] | None = None, alerts_per_hour: float = 10.0, rules: bool = True, evidence: Evidence = Evidence(),
                   gap_s: float = 0.05, options: ReadOptions = ReadOptions(),
                   recalibrate: bool = True, union: str = "plausibility") -> list[ScorerResult]:
     """Judge every detector (already adapted) and, with ``rules``, the traffic's rule baselines, on one path.
@@ -96,7 +96,8 @@ def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: S
     ``recalibrate``: set every detector's threshold here on ``clean`` (the same budget and evidence
     setting for all); otherwise use the threshold saved in the detector (``ids adapt --clean``).
     ``union``: a rule judged beside each detector as one IDS ("NAME + RULE", each at half the budget, the
-    detector recalibrated for it); "" or a rule the traffic lacks: none.
+    detector recalibrated for it); "" or a rule the traffic lacks: none. ``labels``: a side label file per capture
+    (None where the capture carries its labels).
     """
     if not detectors:
         raise DataError("ids judge needs at least one --detector NAME=FOLDER")
@@ -112,7 +113,8 @@ def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: S
         sc = score_capture(det, clean, options=options, rules=use_rules)
         if sc.truth is not None and sc.truth.any():
             raise DataError(f"{clean}: holds {int(sc.truth.sum())} attack frames; --clean must be clean driving")
-        attacks = [(str(c), score_capture(det, c, options=options, rules=use_rules)) for c in captures]
+        attacks = [(str(c), score_capture(det, c, lab, options=options, rules=use_rules))
+                   for c, lab in zip(captures, labels or [None] * len(captures))]
         if i == 0 and union in sc.rule_scores:  # the rule's frame scores do not depend on the detector
             rule_ev = rule_alarm(evidence.holdoff_s)
             union_rule = (sc.rule_scores[union], [a.rule_scores[union] for _, a in attacks], rule_ev)
@@ -135,7 +137,7 @@ def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: S
             for cname, a in attacks:
                 if a.truth is None:
                     raise DataError(f"{cname} carries no labels: judging needs labelled attack captures "
-                                    "(inline label columns, or a capture format with labels)")
+                                    "(inline label columns, a capture format with labels, or --labels FILE)")
                 alerts, _ = cusum_alerts(a.log_odds if scorer == "detector" else a.rule_scores[scorer], a.clock,
                                          a.key, thr)
                 j = judge(alerts, a.truth, a.clock, a.key, gap_s, partners)
