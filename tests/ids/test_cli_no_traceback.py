@@ -13,6 +13,7 @@ def det(tmp_path_factory):
                  "--out", str(d / "cap.log")]) == 0
     assert main(["ids", "train", "--preset", "sim_tiny", "--out", str(d / "t"), "train.iterations=5",
                  "source.sim.duration_s=12"]) == 0
+    (d / "bare.log").write_bytes((d / "cap.log").read_bytes())  # no bare_labels.csv beside it: no labels at all
     return d
 
 
@@ -20,7 +21,7 @@ CASES = [
     (["ids", "detect", "--detector", "{d}/t/detector", "--capture", "{d}/nope.log", "--out", "{d}/v.csv"], "not found"),
     (["ids", "detect", "--detector", "{d}/missing", "--capture", "{d}/cap.log", "--out", "{d}/v.csv"],
      "is not a detector folder"),
-    (["ids", "adapt", "--detector", "{d}/t/detector", "--capture", "{d}/cap.log", "--out", "{d}/a"], "label"),
+    (["ids", "adapt", "--detector", "{d}/t/detector", "--capture", "{d}/bare.log", "--out", "{d}/a"], "label"),
     (["ids", "adapt", "--detector", "{d}/t/detector", "--capture", "{d}/cap.log", "--labels", "{d}/cap_labels.csv",
       "--clean", "{d}/nope.log", "--out", "{d}/a"], "not found"),
     (["ids", "adapt", "--detector", "{d}/t/detector", "--capture", "{d}/cap.log", "--labels", "{d}/cap_labels.csv",

@@ -108,8 +108,9 @@ def test_bad_eth_inputs_give_clear_errors(workdir, tmp_path, capsys):
     (tmp_path / "can.pcap").write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 227))
     assert "link type 227 (SocketCAN) is not Ethernet" in err(
         ["ids", "detect", "--detector", det, "--capture", str(tmp_path / "can.pcap"), "--out", str(tmp_path / "v.csv")])
+    (tmp_path / "bare.pcap").write_bytes((d / "cap.pcap").read_bytes())  # no bare_labels.csv beside it
     assert "adapting needs labelled packets; give --labels" in err(
-        ["ids", "adapt", "--detector", det, "--capture", str(d / "cap.pcap"), "--out", str(tmp_path / "a")])
+        ["ids", "adapt", "--detector", det, "--capture", str(tmp_path / "bare.pcap"), "--out", str(tmp_path / "a")])
     assert "--shots 100000 needs 100000 per class" in err(
         ["ids", "adapt", "--detector", det, "--capture", str(d / "cap.pcap"), "--labels", str(d / "cap_labels.csv"),
          "--shots", "100000", "--out", str(tmp_path / "a")])

@@ -206,3 +206,13 @@ def test_judge_reads_side_labels_given_or_found_beside_the_capture(workdir, caps
     assert main([*base, "--capture", str(d / "cap.log"), "--capture", str(d / "cap_inline.log"),
                  "--labels", str(d / "cap_labels.csv"), "--out", str(d / "j_bad")]) == 2
     assert "one label file per capture" in capsys.readouterr().err
+
+
+def test_adapt_finds_the_side_labels_beside_the_capture(workdir, capsys):
+    d = workdir
+    capsys.readouterr()
+    assert main(["ids", "adapt", "--detector", str(d / "trained" / "detector"), "--capture", str(d / "cap.log"),
+                 "--shots", "5", "--out", str(d / "found")]) == 0  # cap_labels.csv, as ids simulate wrote it
+    side = json.loads((d / "found" / "detector.json").read_text())["meta"]
+    assert adapt(d, "named", "--shots", "5") == 0
+    assert side["adapted_to"] == json.loads((d / "named" / "detector.json").read_text())["meta"]["adapted_to"]

@@ -109,7 +109,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--detector", type=Path, required=True, help="detector folder (from train or adapt)")
     a.add_argument("--capture", type=Path, required=True, help="labelled capture (any supported format, or pcap)")
     a.add_argument("--labels", type=Path, default=None,
-                   help="side label file for candump/python-can captures; for pcaps an index/timestamp,attack CSV")
+                   help="side label file for candump/python-can captures; for pcaps an index/timestamp,attack CSV "
+                        "(default: CAPTURE's stem + _labels.csv beside it where that exists)")
     a.add_argument("--format", default="auto", help="capture format (default: auto-detect)")
     a.add_argument("--attack", default=None, help="attack label to adapt to (default: every non-benign label)")
     a.add_argument("--shots", type=int, default=5, help="labelled samples per class, K (default: %(default)s)")
@@ -130,7 +131,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = acts.add_parser("detect", help="stream a capture through a detector, one verdict per frame/window to CSV")
     d.add_argument("--detector", type=Path, required=True)
     d.add_argument("--capture", type=Path, required=True)
-    d.add_argument("--labels", type=Path, default=None, help="side label file: adds ground truth and metrics")
+    d.add_argument("--labels", type=Path, default=None, help="side label file: adds ground truth and metrics "
+                                                                "(default: CAPTURE_labels.csv beside it, if any)")
     d.add_argument("--format", default="auto")
     d.add_argument("--out", type=Path, required=True, help="CSV of verdicts")
     d.add_argument("--chunk-size", type=int, default=65536)
@@ -386,7 +388,8 @@ def _adapt(args: argparse.Namespace) -> None:
     from fastmaml.apps.ids.detect import adapt_detector, load_detector, save_detector
 
     det = load_detector(args.detector)
-    new, info = adapt_detector(det, args.capture, args.shots, labels=args.labels, attack=args.attack, steps=args.steps,
+    new, info = adapt_detector(det, args.capture, args.shots, labels=args.labels or _side_labels(args.capture),
+                               attack=args.attack, steps=args.steps,
                                format=args.format, seed=args.seed, columns=args.column, bad_id=args.bad_id,
                                label_column=args.label_column, clean=args.clean, clean_format=args.clean_format,
                                benign_frames=args.benign_frames, same_id=args.same_id,
@@ -419,7 +422,8 @@ def _detect(args: argparse.Namespace) -> None:
     ev = det.alarm()
     if args.threshold is not None:
         ev = (_evidence(args, det) or ev or Evidence()).with_threshold(args.threshold)
-    s = stream_detect(det, args.capture, args.out, labels=args.labels, format=args.format, chunk_size=args.chunk_size,
+    s = stream_detect(det, args.capture, args.out, labels=args.labels or _side_labels(args.capture), format=args.format,
+                      chunk_size=args.chunk_size,
                       progress=not args.no_progress, skip_malformed=args.skip_malformed, columns=args.column,
                       bad_id=args.bad_id, frames_per_second=args.frames_per_second, evidence=ev,
                       label_column=args.label_column)
