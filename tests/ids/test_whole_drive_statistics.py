@@ -129,3 +129,12 @@ def test_quantities_that_only_rise_within_each_drive_are_trends_and_no_partners(
     # related through the clock, not the car: no partnership; the speed and its copy keep theirs
     assert all(not s.partners for s in temps)
     assert any(s.partners for s in speeds)
+
+
+def test_latest_rows_is_last_index_at_chosen_rows():
+    from fastmaml.apps.ids.can.relations import last_index, latest_rows
+
+    ids = np.random.default_rng(0).integers(0, 4, 500)
+    rows = np.arange(0, 500, 7)
+    for cid in range(5):  # ID 4 never occurs
+        assert (latest_rows(np.flatnonzero(ids == cid), rows) == last_index(ids, cid)[rows]).all()

@@ -45,6 +45,8 @@ def latest_rows(positions: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """For each frame index in ``rows``, the latest of ``positions`` (one ID's frame indices, sorted) at or before
     it; -1 where there is none. ``last_index`` for chosen rows, without an array the size of the capture per ID
     (hours of driving hold tens of millions of frames)."""
+    if not len(positions):
+        return np.full(len(rows), -1, np.int64)
     k = np.searchsorted(positions, rows, side="right") - 1
     return np.where(k >= 0, positions[np.maximum(k, 0)], -1)
 
