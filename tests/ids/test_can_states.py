@@ -127,6 +127,7 @@ def test_a_state_the_first_minutes_never_show_is_still_found(monkeypatch):
 
 
 def test_a_slow_level_going_down_a_few_steps_is_no_state():
+    from fastmaml.apps.ids.can.relations import frames_by_id
     from fastmaml.apps.ids.can.states import find_states
 
     n = 20_000  # a fuel level: 10 values, one step down every 2,000 frames, in each of two drives
@@ -135,5 +136,5 @@ def test_a_slow_level_going_down_a_few_steps_is_no_state():
     words = write_field(write_field(np.zeros(2 * n, np.uint64), 0, 8, level), 12, 1, flag)
     ids = np.full(2 * n, 0x3E0)
     capture = np.repeat([0, 1], n)
-    states = find_states(ids, words_to_bytes(words), [], capture)
+    states = find_states(frames_by_id(ids), words, [], capture)
     assert [(s.start, s.start + s.length) for s in states] == [(12, 13)]  # the flag, not the level

@@ -6,7 +6,6 @@ drive looks like an attack to the columns that judge a value against clean drivi
 """
 
 import numpy as np
-import pytest
 
 import fastmaml.apps.ids.can.features as features
 from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer, _Spread

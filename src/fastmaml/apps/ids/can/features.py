@@ -74,11 +74,12 @@ import numpy as np
 import torch
 
 from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
-from fastmaml.apps.ids.can.relations import MIN_ID_FRAMES, fit_relations, last_index, refit_scales, signal
+from fastmaml.apps.ids.can.relations import (MIN_ID_FRAMES, fit_relations, frames_by_id, last_index, refit_scales,
+                                             signal)
 from fastmaml.apps.ids.can.signals import (SIGNAL_FEATURES, Signal, SignalFeaturizer, find_signals, fit_signals,
                                            fit_statistics, payload_words, signals_from_dicts, signals_to_dicts)
-from fastmaml.apps.ids.can.states import (STATE_FEATURES, STATE_MIN_CLEAN_S, StateFeaturizer, StateField,
-                                          count_tables, find_states, fit_contexts, states_from_dicts, states_to_dicts)
+from fastmaml.apps.ids.can.states import (STATE_FEATURES, STATE_MIN_CLEAN_S, StateFeaturizer, StateField, fit_states,
+                                          states_from_dicts, states_to_dicts)
 from fastmaml.apps.ids.samples import SampleSet, make_windows, window_labels
 from fastmaml.errors import DataError
 
@@ -311,7 +312,8 @@ class FeatureState:
         all_ids = np.concatenate(stat_ids) if stat_ids else np.zeros(0, np.int32)
         all_data = np.concatenate(stat_data) if stat_data else np.zeros((0, 8), np.uint8)
         relations = fit_relations(np.concatenate(rel_ids), np.concatenate(rel_data)) if rel_ids else []
-        refit_scales(relations, all_ids, all_data)
+        by_id = frames_by_id(all_ids)  # every whole-drive pass below looks frames up per ID through it
+        refit_scales(relations, by_id, all_data)
         fields, dbc_info = None, {}
         if signals and dbc:
             from fastmaml.apps.ids.can.dbc import read_dbc  # cantools only when a DBC is given
@@ -321,14 +323,12 @@ class FeatureState:
                            fields) if sig_ids else []
         all_words = payload_words(all_data)
         all_capture = np.concatenate(stat_capture) if stat_capture else None
-        fit_statistics(sigs, all_ids, all_words, all_capture)
+        fit_statistics(sigs, by_id, all_words, all_capture)
         states = None
         if signals and sig_ids and clean_s >= STATE_MIN_CLEAN_S:
             # On the whole drive, not its first minutes: a reverse light flips only when the car reverses, which
             # one capture of the drive may hold and the first minutes may not.
-            states = find_states(all_ids, all_data, sigs, all_capture)
-            fit_contexts(states, sigs, all_ids, all_data)
-            count_tables(states, sigs, all_ids, all_words)
+            states = fit_states(by_id, all_words, sigs, all_capture)
         if fields is not None:
             dbc_info.update(signals=[s.name for s in sigs], **_score_against(sigs, sig_ids, sig_data))
         return FeatureState("index" if clock == "auto" else clock, periods, default, sorted(last),

@@ -47,7 +47,8 @@ import numpy as np
 from fastmaml.apps.ids.can import source as can_source
 from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
 from fastmaml.apps.ids.can.signals import Signal, field_values, fit_signals, payload_words, words_to_bytes, write_field
-from fastmaml.apps.ids.can.states import StateField, count_tables, find_states, fit_contexts
+from fastmaml.apps.ids.can.relations import frames_by_id
+from fastmaml.apps.ids.can.states import StateField, fit_states
 from fastmaml.apps.ids.config import CaptureSpec, FeatureConfig, SourceConfig, data_folder
 from fastmaml.apps.ids.families import IdsData
 from fastmaml.errors import DataError
@@ -163,9 +164,7 @@ def target_states(clean: FrameBatch, sigs: list[Signal]) -> list[StateField]:
     """The state fields a ``flip`` targets: every one the clean capture shows on an ID of >= 5 Hz, with its
     context and table (the attacker knows the vehicle; ``false_values`` ranks the values by the table); DataError
     when there is none."""
-    states = find_states(clean.can_id, clean.data, sigs)
-    fit_contexts(states, sigs, clean.can_id, clean.data)
-    count_tables(states, sigs, clean.can_id, payload_words(clean.data))
+    states = fit_states(frames_by_id(clean.can_id), payload_words(clean.data), sigs)
     span = float(clean.timestamp[-1] - clean.timestamp[0]) or 1.0
     ids, counts = np.unique(clean.can_id.astype(np.int64), return_counts=True)
     rate = dict(zip(ids.tolist(), (counts / span).tolist()))

@@ -51,21 +51,29 @@ def latest_rows(positions: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.where(k >= 0, positions[np.maximum(k, 0)], -1)
 
 
-def refit_scales(relations: list[list[float]], ids: np.ndarray, data: np.ndarray, max_rows: int = 200_000) -> None:
-    """Each relation's residual scale (row[6]) measured again over all benign frames ``ids`` / ``data``, in place.
+def frames_by_id(ids: np.ndarray) -> dict[int, np.ndarray]:
+    """Each CAN ID's frame indices, increasing: one sort of the capture, shared by the passes over a whole drive
+    (rather than one scan of tens of millions of frames per ID and pass)."""
+    ids = np.asarray(ids, np.int64)
+    order = np.argsort(ids, kind="stable")
+    uniq, starts = np.unique(ids[order], return_index=True)
+    return dict(zip(uniq.tolist(), np.split(order, starts[1:])))
+
+
+def refit_scales(relations: list[list[float]], by_id: dict[int, np.ndarray], data: np.ndarray,
+                 max_rows: int = 200_000) -> None:
+    """Each relation's residual scale (row[6]) measured again over all benign frames ``data`` (``by_id``: their
+    indices per ID, :func:`frames_by_id`), in place.
 
     The relations are found on the first seconds of traffic; their 99.9% residual is measured over the whole drive, so
     that a residual clean driving reaches later (higher speeds, other gears) is not taken for an attack.
     """
-    ids = np.asarray(ids, np.int64)
-    positions: dict[int, np.ndarray] = {}
+    none = np.zeros(0, np.int64)
     for r in relations:
         tx, ts, sy, ss, a, b = int(r[0]), int(r[1]), int(r[2]), int(r[3]), r[4], r[5]
-        rows = np.flatnonzero(ids == tx)
+        rows = by_id.get(tx, none)
         rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), max_rows)).astype(np.int64)] if len(rows) else rows
-        if sy not in positions:
-            positions[sy] = np.flatnonzero(ids == sy)
-        src = latest_rows(positions[sy], rows)
+        src = latest_rows(by_id.get(sy, none), rows)
         ok = src >= 0
         if ok.sum() < MIN_ID_FRAMES:
             continue

@@ -267,49 +267,42 @@ def fit_signals(ids: np.ndarray, data: np.ndarray, clock: np.ndarray | None = No
     return sigs
 
 
-def fit_statistics(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, capture: np.ndarray | None = None) -> None:
+def fit_statistics(sigs: list[Signal], by_id: dict[int, np.ndarray], words: np.ndarray,
+                   capture: np.ndarray | None = None) -> None:
     """Each signal's clean statistics (range, tails, change, still run, trend, residual against its partners) measured
-    again over *all* clean frames ``ids`` / ``words`` (capture order), in place; partnerships with a trend dropped.
+    again over *all* clean frames ``words`` (capture order; ``by_id``: their indices per ID,
+    :func:`~fastmaml.apps.ids.can.relations.frames_by_id`), in place; partnerships with a trend dropped.
     ``capture``: int per frame, which capture (drive) it comes from, where several are laid end to end.
 
     Why: the signals and their partners are found on the first few minutes of clean driving (that fixes what the
     payload holds), but a few minutes do not show how far the values go: fitted there, the range of a speed, a
     temperature or a fuel level is exceeded by the rest of the drive, and those clean frames look like attacks.
     """
-    ids = np.asarray(ids, np.int64)
-    positions: dict[int, np.ndarray] = {}
-    for cid in sorted({s.can_id for s in sigs}):
-        rows = np.flatnonzero(ids == cid)
+    none = np.zeros(0, np.int64)
+    for s in sigs:
+        rows = by_id.get(s.can_id, none)
         if len(rows) >= 2:
             same = None if capture is None else capture[rows][1:] == capture[rows][:-1]
-            for s in (s for s in sigs if s.can_id == cid):
-                _set_statistics(s, signal_values(words[rows], s), same)
+            _set_statistics(s, signal_values(words[rows], s), same)
     # Two quantities that only rose or fell over the drive (a warming temperature, a fuel level, a trip counter)
     # are related through the clock, not through the car: the relation found on the first minutes breaks when one
     # of them levels off. Neither side of a partnership may be a trend.
     for s in sigs:
         if s.partners and (s.trend or any(sigs[k].trend for _, k in s.partners)):
             s.partners, s.coef, s.resid_scale = [], [], 1.0
-    for cid in sorted({s.can_id for s in sigs if s.partners}):
-        rows = np.flatnonzero(ids == cid)
-        if len(rows) < 2:
+    for s in sigs:
+        rows = by_id.get(s.can_id, none)
+        if not s.partners or len(rows) < 2:
             continue
-        w = words[rows]
-        for s in (s for s in sigs if s.can_id == cid):
-            v = signal_values(w, s)
-            if not s.partners:
-                continue
-            take = np.linspace(0, len(rows) - 1, min(len(rows), _MAX_RESID_ROWS)).astype(np.int64)
-            pred = np.full(len(take), s.coef[-1])
-            have = np.ones(len(take), bool)
-            for (pid, k), c in zip(s.partners, s.coef[:-1]):
-                if pid not in positions:
-                    positions[pid] = np.flatnonzero(ids == pid)
-                src = latest_rows(positions[pid], rows[take])
-                have &= src >= 0
-                pred += c * signal_values(words[np.maximum(src, 0)], sigs[k])
-            if have.sum() >= MIN_SIGNAL_FRAMES:
-                s.resid_scale = float(max(np.quantile(np.abs(v[take] - pred)[have], 0.999), 1.0))
+        take = rows[np.linspace(0, len(rows) - 1, min(len(rows), _MAX_RESID_ROWS)).astype(np.int64)]
+        pred = np.full(len(take), s.coef[-1])
+        have = np.ones(len(take), bool)
+        for (pid, k), c in zip(s.partners, s.coef[:-1]):
+            src = latest_rows(by_id.get(pid, none), take)
+            have &= src >= 0
+            pred += c * signal_values(words[np.maximum(src, 0)], sigs[k])
+        if have.sum() >= MIN_SIGNAL_FRAMES:
+            s.resid_scale = float(max(np.quantile(np.abs(signal_values(words[take], s) - pred)[have], 0.999), 1.0))
 
 
 def _r2(a: np.ndarray, b: np.ndarray) -> np.ndarray:

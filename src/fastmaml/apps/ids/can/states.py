@@ -86,21 +86,30 @@ def _n_context(st: StateField, states: list[StateField]) -> int:
     return len(states[st.context[2]].levels) + 1 if st.context[0] == 0 else len(st.edges) + 1
 
 
-def find_states(ids: np.ndarray, data: np.ndarray, sigs: list[Signal], capture: np.ndarray | None = None
-                ) -> list[StateField]:
-    """The state fields of clean frames ``ids`` / ``data`` (capture order), without contexts; bits of a physical
-    signal ``sigs`` are never a state, nor is a slow quantity that only rose or fell within each capture (a fuel
-    level a few steps down: the next drive goes on to values this one never showed). ``capture``: int per frame,
-    which capture it comes from."""
-    ids = np.asarray(ids, np.int64)
-    words = payload_words(data)
-    uniq, cnt = np.unique(ids, return_counts=True)
-    taken = {}
+def fit_states(by_id: dict[int, np.ndarray], words: np.ndarray, sigs: list[Signal],
+               capture: np.ndarray | None = None) -> list[StateField]:
+    """The state fields of clean frames ``words`` (capture order; ``by_id``: their indices per ID,
+    :func:`~fastmaml.apps.ids.can.relations.frames_by_id`), each with its context and table (see the module doc).
+    ``sigs``: the physical signals (never states, and context candidates); ``capture``: int per frame, which capture
+    it comes from."""
+    states = find_states(by_id, words, sigs, capture)
+    fit_contexts(states, sigs, by_id, words)
+    count_tables(states, sigs, by_id, words)
+    return states
+
+
+def find_states(by_id: dict[int, np.ndarray], words: np.ndarray, sigs: list[Signal],
+                capture: np.ndarray | None = None) -> list[StateField]:
+    """The state fields, without contexts; bits of a physical signal ``sigs`` are never a state, nor is a slow
+    quantity that only rose or fell within each capture (a fuel level a few steps down: the next drive goes on to
+    values this one never showed). Arguments as :func:`fit_states`."""
+    taken: dict[int, list[tuple[int, int]]] = {}
     for s in sigs:
         taken.setdefault(s.can_id, []).append((s.start, s.start + s.length))
     states = []
-    for cid in uniq[cnt >= MIN_SIGNAL_FRAMES].tolist():
-        rows = np.flatnonzero(ids == cid)
+    for cid, rows in sorted(by_id.items()):
+        if len(rows) < MIN_SIGNAL_FRAMES:
+            continue
         same = None if capture is None else capture[rows][1:] == capture[rows][:-1]
         w = words[rows]
         bits = np.unpackbits(words_to_bytes(w), axis=1)
@@ -135,22 +144,20 @@ def _prob(table: np.ndarray, s_code: np.ndarray, c_code: np.ndarray) -> np.ndarr
     return (table[s_code, c_code] + _ALPHA) / (col[c_code] + _ALPHA * table.shape[0])
 
 
-def fit_contexts(states: list[StateField], sigs: list[Signal], ids: np.ndarray, data: np.ndarray) -> None:
-    """Each state's best context (see the module doc), chosen on clean frames ``ids`` / ``data``, in place."""
-    ids = np.asarray(ids, np.int64)
-    words = payload_words(data)
-    positions = {cid: np.flatnonzero(ids == cid) for cid in {s.can_id for s in sigs} | {s.can_id for s in states}}
+def fit_contexts(states: list[StateField], sigs: list[Signal], by_id: dict[int, np.ndarray], words: np.ndarray
+                 ) -> None:
+    """Each state's best context (see the module doc), chosen on the clean frames, in place."""
     for st in states:
-        rows = np.flatnonzero(ids == st.can_id)
+        rows = by_id[st.can_id]
         rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), _MAX_SELECT_ROWS)).astype(np.int64)]
         s_code = _codes(field_values(words[rows], st.start, st.length), st.levels)
         n_s = len(st.levels) + 1
         h_marginal = _entropy(_count(s_code, np.zeros_like(s_code), n_s, 1))
-        best: tuple[float, list[int], list[float], np.ndarray] | None = None
+        best: tuple[float, list[int], list[float]] | None = None
         candidates = [(0, k, c) for k, c in enumerate(states) if c is not st] + [(1, k, s) for k, s in enumerate(sigs)]
         half = len(rows) // 2
         for kind, k, c in candidates:
-            src = rows if c.can_id == st.can_id else latest_rows(positions[c.can_id], rows)
+            src = rows if c.can_id == st.can_id else latest_rows(by_id[c.can_id], rows)
             ok = src >= 0
             if ok.sum() < MIN_SIGNAL_FRAMES:
                 continue
@@ -170,26 +177,20 @@ def fit_contexts(states: list[StateField], sigs: list[Signal], ids: np.ndarray, 
             t1 = _count(s_code[first], c_code[first], n_s, n_c)
             if np.mean(_prob(t1, s_code[second], c_code[second]) < _HOLDOUT_SURPRISE) > _HOLDOUT_SHARE:
                 continue
-            best = (h, [kind, int(c.can_id), k], [float(e) for e in edges], table)
+            best = (h, [kind, int(c.can_id), k], [float(e) for e in edges])
         if best is not None:
             st.context, st.edges = best[1], best[2]
 
 
-def count_tables(states: list[StateField], sigs: list[Signal], ids: np.ndarray, words: np.ndarray) -> None:
-    """Each state's table counted over all clean frames ``ids`` / ``words`` (the whole drive), in place."""
-    ids = np.asarray(ids, np.int64)
-    positions: dict[int, np.ndarray] = {}
+def count_tables(states: list[StateField], sigs: list[Signal], by_id: dict[int, np.ndarray], words: np.ndarray
+                 ) -> None:
+    """Each state's table counted over all clean frames (the whole drive), in place."""
     for st in states:
-        rows = np.flatnonzero(ids == st.can_id)
+        rows = by_id[st.can_id]
         s_code = _codes(field_values(words[rows], st.start, st.length), st.levels)
         if st.context:
             c = states[st.context[2]] if st.context[0] == 0 else sigs[st.context[2]]
-            if c.can_id == st.can_id:
-                src = rows
-            else:
-                if c.can_id not in positions:
-                    positions[c.can_id] = np.flatnonzero(ids == c.can_id)
-                src = latest_rows(positions[c.can_id], rows)
+            src = rows if c.can_id == st.can_id else latest_rows(by_id[c.can_id], rows)
             ok = src >= 0
             v = field_values(words[np.maximum(src, 0)], c.start, c.length, getattr(c, "little_endian", False))
             c_code = _context_codes(st, v, states)
@@ -272,4 +273,4 @@ class StateFeaturizer:
 
 
 __all__ = ["STATE_FEATURES", "STATE_MIN_CLEAN_S", "StateField", "StateFeaturizer", "count_tables", "find_states",
-           "fit_contexts", "states_from_dicts", "states_to_dicts"]
+           "fit_contexts", "fit_states", "states_from_dicts", "states_to_dicts"]
