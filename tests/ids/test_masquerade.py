@@ -172,7 +172,7 @@ def test_compare_judges_the_detector_alone_and_with_the_plausibility_rule_at_the
             assert v.n == 2 and 0.0 <= v.mean <= 1.0
         assert "evidence/attack/caught_rate" in o.rules["plausibility"]
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "| MAML + partner plausibility (½ budget each) |" in md
+    assert "| MAML + plausibility (½ budget each) |" in md
     samples = next(line for line in md.splitlines() if line.startswith("* **Samples.**"))
     assert "sig_residual" in samples and not any(f"{c}," in samples or f"{c}:" in samples for c in IDENTITY_FEATURES)
 

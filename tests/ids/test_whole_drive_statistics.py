@@ -137,3 +137,34 @@ def test_latest_rows_is_last_index_at_chosen_rows():
     rows = np.arange(0, 500, 7)
     for cid in range(5):  # ID 4 never occurs
         assert (latest_rows(np.flatnonzero(ids == cid), rows) == last_index(ids, cid)[rows]).all()
+
+
+def test_a_still_run_cut_by_the_end_of_a_drive_is_no_bound_on_stillness():
+    from fastmaml.apps.ids.can.signals import _longest_run
+
+    rising_then_still = np.array([1, 1, 2, 2, 2, 3] + [4] * 8)
+    assert _longest_run(rising_then_still) == 0  # still to the end, longer than twice any run that ended: no bound
+    assert _longest_run(rising_then_still[:10]) == 4  # a short still end is taken as it is
+    same = np.ones(13, bool)
+    same[4] = False  # two drives: [1 x 5] then [2 x 8, 3]; runs do not cross from one to the next
+    assert _longest_run(np.array([1] * 5 + [2] * 8 + [3]), same) == 8
+
+
+def test_a_warm_engine_sitting_still_after_the_cut_is_not_stuck_but_a_held_speed_is():
+    """The simulated coolant warms for 300 s and then sits still to the drive's end: after a cut at 700 s it stays
+    still longer than anything before the cut, which is clean driving, not a stuck value. A speed held for two
+    minutes is not."""
+    from fastmaml.apps.ids.can import sim
+
+    drive = sim.simulate("none", 1200.0, 5)
+    cut = int(np.searchsorted(drive.timestamp, 700.0))
+    state = FeatureState.fit(drive.select(slice(0, cut)), signals=True)
+    later = drive.select(slice(cut, len(drive)))
+    fz = FrameFeaturizer(state)
+    stuck = fz.transform(later)[:, fz.feature_names.index("sig_stuck")]
+    assert stuck[later.can_id == sim.ID_TEMP].max() <= 0.25
+    held = later.select(np.arange(len(later)))
+    rows = np.flatnonzero((held.can_id == sim.ID_SPEED) & (held.timestamp < held.timestamp[0] + 120.0))
+    held.data[rows, :6] = held.data[rows[0], :6]  # the speed bytes frozen (counter and checksum left alone)
+    stuck = FrameFeaturizer(state).transform(held)[:, fz.feature_names.index("sig_stuck")]
+    assert stuck[rows[-100:]].min() > 0.5

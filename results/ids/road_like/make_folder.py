@@ -4,10 +4,12 @@
 
 OUT_DIR/ambient: three 15-minute clean drives; OUT_DIR/attacks: per attack type three 2-minute logs with one
 10-second injection each, as masquerades (the genuine frames rewritten) and fabrications (frames added half a period
-after the genuine ones): ``speedometer`` (the vehicle-speed message's low byte set to 0xFF; the wheel speeds on
-another ID disagree) and ``gear`` (the gear message's first byte set to 5 while its second copy says otherwise: a
-state against its context, the reverse-light kind). Each folder has a capture_metadata.json as ROAD's: injection ID,
-payload pattern (X = any nibble), interval in seconds from the start of the log, modified (masquerade) or not.
+after the genuine ones): ``max_speedometer`` (the vehicle-speed message's low byte set to 0xFF; the wheel speeds on
+another ID disagree), ``gear`` (the gear message's first byte set to 5 while its second copy says otherwise: a state
+against its context, the reverse-light kind) and ``max_coolant`` (the coolant temperature set to full scale, 0xFF: a
+signal nothing else on the bus reflects, ROAD's max_engine_coolant_temp kind). Each folder has a
+capture_metadata.json as ROAD's: injection ID, payload pattern (X = any nibble), interval in seconds from the start
+of the log, modified (masquerade) or not.
 """
 
 import json
@@ -19,7 +21,8 @@ import numpy as np
 from fastmaml.apps.ids.can import sim
 from fastmaml.apps.ids.can.frames import FrameBatch
 
-ATTACKS = {"max_speedometer": (0x0C8, 1, 0xFF, "XXFFXXXXXXXXXXXX"), "gear": (0x120, 0, 0x05, "05XXXXXXXXXXXXXX")}
+ATTACKS = {"max_speedometer": (0x0C8, 1, 0xFF, "XXFFXXXXXXXXXXXX"), "gear": (0x120, 0, 0x05, "05XXXXXXXXXXXXXX"),
+           "max_coolant": (0x2C0, 0, 0xFF, "FFXXXXXXXXXXXXXX")}
 
 
 def write_log(path: Path, b: FrameBatch, start: float) -> None:

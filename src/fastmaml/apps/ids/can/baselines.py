@@ -134,16 +134,36 @@ class SignalRangeRule(_SignalFeatureRule):
 STATE_RULE_THRESHOLD = 0.6
 
 
-class PlausibilityRule(_SignalFeatureRule):
-    """The frame disagrees with its context in clean driving: a signal more than ``factor`` x its benign 99.9%
-    residual away from its partners' prediction, or a flag or state whose value is less than 1 in 1,000 likely next
-    to its context (``sig_state``, where the state has it)."""
+# A signal this far outside its clean range (a fraction of the clean span) is implausible on its own, with no partner
+# to say so (a coolant temperature at full scale): judged only where the clean drive was long enough to show the
+# range (LONG_DRIVE_S), since a short one has not seen the motorway or the warm engine.
+GROSS_RANGE_MARGIN = 0.5
+LONG_DRIVE_S = 1800.0
 
-    def __init__(self, factor: float = 2.0) -> None:
+
+class PlausibilityRule(_SignalFeatureRule):
+    """The frame disagrees with clean driving: a signal more than ``factor`` x its benign 99.9% residual away from
+    its partners' prediction, a flag or state whose value is less than 1 in 1,000 likely next to its context
+    (``sig_state``, where the state has it), and, with ``range_margin``, a signal more than that fraction of its
+    clean span outside its clean range (``sig_range``)."""
+
+    def __init__(self, factor: float = 2.0, range_margin: float | None = None) -> None:
         if factor <= 0:
             raise DataError(f"PlausibilityRule factor must be > 0, got {factor}")
-        self.columns = (("sig_residual", float(np.log2(1.0 + factor) / 4.0)),  # the sig_residual scale
-                        ("sig_state", STATE_RULE_THRESHOLD))
+        if range_margin is not None and range_margin <= 0:
+            raise DataError(f"PlausibilityRule range_margin must be > 0 or None, got {range_margin}")
+        self.range_margin = range_margin
+        columns = [("sig_residual", float(np.log2(1.0 + factor) / 4.0)),  # the sig_residual scale
+                   ("sig_state", STATE_RULE_THRESHOLD)]
+        if range_margin is not None:
+            columns.append(("sig_range", float(min(np.log2(1.0 + 16.0 * range_margin) / 4.0, 0.999))))  # its scale
+        self.columns = tuple(columns)
+
+    @staticmethod
+    def for_state(state: FeatureState, factor: float = 2.0) -> PlausibilityRule:
+        """The rule for a fitted FeatureState: the gross range check only after a long clean drive."""
+        long_drive = state.clean_seconds >= LONG_DRIVE_S
+        return PlausibilityRule(factor, GROSS_RANGE_MARGIN if long_drive else None)
 
 
 class PayloadRangeRule:

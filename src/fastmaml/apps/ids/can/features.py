@@ -166,6 +166,9 @@ class FeatureState:
     # STATE_MIN_CLEAN_S of clean driving (too short to have seen the combinations a car shows), without signals, or
     # saved before them (no column).
     states: list[StateField] | None = None
+    # Seconds of clean driving the state was fitted on (0: saved before it was recorded). Rules that judge a value
+    # by the clean range alone need a long drive (PlausibilityRule's gross range check: LONG_DRIVE_S).
+    clean_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -179,6 +182,7 @@ class FeatureState:
             **({"signals": signals_to_dicts(self.signals)} if self.signals else {}),
             **({"dbc": self.dbc} if self.dbc else {}),
             **({"states": states_to_dicts(self.states)} if self.states is not None else {}),
+            "clean_seconds": self.clean_seconds,
         }
 
     @staticmethod
@@ -198,6 +202,7 @@ class FeatureState:
                 sigs,
                 dict(d.get("dbc", {})),
                 states_from_dicts(d["states"], len(sigs), source) if "states" in d else None,
+                float(d.get("clean_seconds", 0.0)),
             )
         except (KeyError, ValueError, TypeError) as e:
             raise DataError(f"{source}: corrupt FeatureState ({e}); refit with FeatureState.fit") from e
@@ -332,7 +337,7 @@ class FeatureState:
         if fields is not None:
             dbc_info.update(signals=[s.name for s in sigs], **_score_against(sigs, sig_ids, sig_data))
         return FeatureState("index" if clock == "auto" else clock, periods, default, sorted(last),
-                            tolerances, delta_scale, relations, sigs, dbc_info, states)
+                            tolerances, delta_scale, relations, sigs, dbc_info, states, clean_s)
 
 
 def _score_against(dbc_sigs: list[Signal], sig_ids: list[np.ndarray], sig_data: list[np.ndarray]) -> dict:

@@ -96,7 +96,7 @@ class Signal:
     low_tails: list[float]  # clean quantiles _TAILS (lower tail)
     high_tails: list[float]  # clean quantiles 1 - _TAILS (upper tail)
     step: float  # clean 99.9% |change| between consecutive frames
-    max_run: float  # longest clean run of an unchanged value, in frames
+    max_run: float  # longest clean run of an unchanged value, in frames; 0: no bound (it sat still to a drive's end)
     partners: list[list[int]] = field(default_factory=list)  # [[can_id, signal index], ...]
     coef: list[float] = field(default_factory=list)  # prediction = coef[:-1] . partner values + coef[-1]
     resid_scale: float = 1.0  # clean 99.9% |residual|
@@ -169,10 +169,28 @@ def segment_fields(flip: np.ndarray) -> list[tuple[int, int]]:
     return fields
 
 
-def _longest_run(v: np.ndarray) -> int:
-    change = np.flatnonzero(np.diff(v) != 0)
-    edges = np.concatenate([[-1], change, [len(v) - 1]])
-    return int(np.diff(edges).max()) if len(v) else 0
+def _longest_run(v: np.ndarray, same: np.ndarray | None = None) -> int:
+    """The longest run of an unchanged value in ``v`` (frames), or 0 for no bound.
+
+    Runs end at capture boundaries (``same`` [len(v) - 1]: consecutive values from the same capture). A run still
+    going when its capture ends was cut short, not ended: a signal that reaches a steady state (a warm engine's
+    coolant temperature, a speed on cruise control) sits still until the drive stops. Where such a run is more than
+    twice the longest run that ended, stillness is normal for the signal and there is no bound to judge by.
+    """
+    if not len(v):
+        return 0
+    cut = np.diff(v) != 0
+    ends_capture = np.zeros(len(v), bool)
+    ends_capture[-1] = True
+    if same is not None:
+        cut |= ~same
+        ends_capture[:-1] |= ~same
+    ends = np.concatenate([np.flatnonzero(cut), [len(v) - 1]])  # the last frame of each run
+    lengths = np.diff(np.concatenate([[-1], ends]))
+    censored = ends_capture[ends]  # still going when its capture ended
+    ended = int(lengths[~censored].max()) if (~censored).any() else 0
+    open_run = int(lengths[censored].max()) if censored.any() else 0
+    return 0 if open_run > 2 * max(ended, 1) else max(ended, open_run)
 
 
 def _physical(v: np.ndarray) -> bool:
@@ -216,7 +234,7 @@ def _set_statistics(s: Signal, v: np.ndarray, same: np.ndarray | None = None) ->
     s.low_tails = [float(np.quantile(v, q)) for q in _TAILS]
     s.high_tails = [float(np.quantile(v, 1 - q)) for q in _TAILS]
     s.step = float(max(np.quantile(step, 0.999), 1.0)) if len(step) else 1.0
-    s.max_run = float(max(_longest_run(v), 1))
+    s.max_run = float(_longest_run(v, same))
     s.trend = value_trend(v, same)
     s.lo_share, s.hi_share = float(np.mean(v == s.lo)), float(np.mean(v == s.hi))
 
@@ -451,7 +469,7 @@ class SignalFeaturizer:
                     edge = np.maximum(_tail_depth(-v, [-x for x in s.low_tails], -s.lo, s.lo_share),
                                       _tail_depth(v, s.high_tails, s.hi, s.hi_share))
                 jump = np.where(has_prev, np.abs(v - signal_values(prev_w, s)) / s.step, 0.0)
-                stuck = self._stuck(j, v) / s.max_run
+                stuck = self._stuck(j, v) / s.max_run if s.max_run > 0 else np.zeros(len(v))
                 res, res8 = self._residual(j, s, rows, v, words, last, carried_words)
                 np.maximum(cols[:, 0], _log_scale(16.0 * outside), out=cols[:, 0])
                 np.maximum(cols[:, 1], edge / (len(_TAILS) + 1), out=cols[:, 1])

@@ -33,7 +33,7 @@ def _fit_rules(benign: FrameBatch | list[FrameBatch], state: FeatureState) -> di
     rules = {"id_allow_list": AllowListRule().fit(benign), "timing": TimingRule().fit(state),
              "payload_range": PayloadRangeRule().fit(benign)}
     if state.signals:  # the rules a vehicle would write on the same signals
-        rules.update(signal_range=SignalRangeRule(), plausibility=PlausibilityRule())
+        rules.update(signal_range=SignalRangeRule(), plausibility=PlausibilityRule.for_state(state))
     return rules
 
 
