@@ -4,12 +4,18 @@
 
 OUT_DIR/ambient: three 15-minute clean drives; OUT_DIR/attacks: per attack type three 2-minute logs with one
 10-second injection each, as masquerades (the genuine frames rewritten) and fabrications (frames added half a period
-after the genuine ones): ``max_speedometer`` (the vehicle-speed message's low byte set to 0xFF; the wheel speeds on
-another ID disagree), ``gear`` (the gear message's first byte set to 5 while its second copy says otherwise: a state
-against its context, the reverse-light kind) and ``max_coolant`` (the coolant temperature set to full scale, 0xFF: a
-signal nothing else on the bus reflects, ROAD's max_engine_coolant_temp kind). Each folder has a
-capture_metadata.json as ROAD's: injection ID, payload pattern (X = any nibble), interval in seconds from the start
-of the log, modified (masquerade) or not.
+after the genuine ones):
+
+* ``max_speedometer``: the vehicle-speed message's low byte set to 0xFF (the wheel speeds on another ID disagree);
+* ``gear``: the gear message's first byte set to 5 while its second copy says otherwise (a state against its
+  context, the reverse-light kind);
+* ``max_coolant``: the coolant temperature set to full scale, 0xFF (a signal nothing else on the bus reflects,
+  ROAD's max_engine_coolant_temp kind);
+* ``correlated_signal``: the two front wheel speeds set to 0 while the rear ones and the vehicle speed go on
+  (ROAD's kind: wheel speeds that cannot all be true).
+
+Each folder has a capture_metadata.json as ROAD's: injection ID, payload pattern (X = any nibble), interval in
+seconds from the start of the log, modified (masquerade) or not.
 """
 
 import json
@@ -21,8 +27,10 @@ import numpy as np
 from fastmaml.apps.ids.can import sim
 from fastmaml.apps.ids.can.frames import FrameBatch
 
-ATTACKS = {"max_speedometer": (0x0C8, 1, 0xFF, "XXFFXXXXXXXXXXXX"), "gear": (0x120, 0, 0x05, "05XXXXXXXXXXXXXX"),
-           "max_coolant": (0x2C0, 0, 0xFF, "FFXXXXXXXXXXXXXX")}
+# attack type: (ID, {byte: value}, ROAD-style payload pattern)
+ATTACKS = {"max_speedometer": (0x0C8, {1: 0xFF}, "XXFFXXXXXXXXXXXX"), "gear": (0x120, {0: 0x05}, "05XXXXXXXXXXXXXX"),
+           "max_coolant": (0x2C0, {0: 0xFF}, "FFXXXXXXXXXXXXXX"),
+           "correlated_signal": (0x110, {0: 0, 1: 0, 2: 0, 3: 0}, "00000000XXXXXXXX")}
 
 
 def write_log(path: Path, b: FrameBatch, start: float) -> None:
@@ -32,14 +40,16 @@ def write_log(path: Path, b: FrameBatch, start: float) -> None:
                      f"{b.data[k, :b.length[k]].tobytes().hex().upper()}\n")
 
 
-def inject(b: FrameBatch, can_id: int, byte: int, value: int, t0: float, t1: float, masquerade: bool) -> FrameBatch:
+def inject(b: FrameBatch, can_id: int, values: dict[int, int], t0: float, t1: float, masquerade: bool) -> FrameBatch:
     rows = np.flatnonzero((b.can_id == can_id) & (b.timestamp >= t0) & (b.timestamp <= t1))
     if masquerade:
         out = b.select(np.arange(len(b)))
-        out.data[rows, byte] = value
+        for byte, value in values.items():
+            out.data[rows, byte] = value
         return out
     added = b.select(rows)
-    added.data[:, byte] = value
+    for byte, value in values.items():
+        added.data[:, byte] = value
     added.timestamp = added.timestamp + 0.5 * float(np.median(np.diff(b.timestamp[b.can_id == can_id])))
     both = FrameBatch.concat([b, added])
     return both.select(np.argsort(both.timestamp, kind="stable"))
@@ -55,12 +65,12 @@ def main(out: Path) -> None:
         meta[stem] = {"elapsed_sec": 900.0, "on_dyno": False}
     (out / "ambient" / "capture_metadata.json").write_text(json.dumps(meta, indent=1))
     meta, rng, seed = {}, np.random.default_rng(0), 100
-    for name, (can_id, byte, value, pattern) in ATTACKS.items():
+    for name, (can_id, values, pattern) in ATTACKS.items():
         for k in range(1, 4):
             for masquerade in (True, False):
                 seed += 1
                 t0 = float(rng.uniform(30.0, 90.0))
-                b = inject(sim.simulate("none", 120.0, seed), can_id, byte, value, t0, t0 + 10.0, masquerade)
+                b = inject(sim.simulate("none", 120.0, seed), can_id, values, t0, t0 + 10.0, masquerade)
                 stem = f"{name}_attack_{k}" + ("_masquerade" if masquerade else "")
                 write_log(out / "attacks" / f"{stem}.log", b, 50_000.0 + seed)
                 meta[stem] = {"injection_id": hex(can_id), "injection_data_str": pattern,
