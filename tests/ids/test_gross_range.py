@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from fastmaml.apps.ids.can import sim
-from fastmaml.apps.ids.can.baselines import GROSS_RANGE_MARGIN, LONG_DRIVE_S, PlausibilityRule
+from fastmaml.apps.ids.can.baselines import GROSS_RANGE_MARGIN, PlausibilityRule
 from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer
 from fastmaml.apps.ids.can.frames import FrameBatch
+from fastmaml.apps.ids.can.states import LONG_DRIVE_S
 from fastmaml.apps.ids.samples import SampleSet
 from fastmaml.errors import DataError
 

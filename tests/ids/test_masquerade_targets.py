@@ -1,7 +1,6 @@
 """Masquerade targets with and without a cross-ID partner (issue 33 item 5): intervals alternate between the two
 groups, each injection records its group, and 'partnered' keeps the earlier benchmark's draws."""
 
-import numpy as np
 import pytest
 
 from fastmaml.apps.ids.can import masquerade as M

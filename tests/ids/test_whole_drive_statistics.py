@@ -168,3 +168,36 @@ def test_a_warm_engine_sitting_still_after_the_cut_is_not_stuck_but_a_held_speed
     held.data[rows, :6] = held.data[rows[0], :6]  # the speed bytes frozen (counter and checksum left alone)
     stuck = FrameFeaturizer(state).transform(held)[:, fz.feature_names.index("sig_stuck")]
     assert stuck[rows[-100:]].min() > 0.5
+
+
+def test_fresh_rows_drops_stale_and_cross_capture_partners():
+    from fastmaml.apps.ids.can.relations import fresh_rows
+
+    partner = np.array([0, 10, 20, 30, 200, 210])  # every 10 frames, a hole from 30 to 200
+    rows = np.array([5, 35, 150, 205, 215])
+    assert fresh_rows(partner, rows).tolist() == [0, 30, -1, 200, 210]
+    capture = np.zeros(220, np.int64)
+    capture[205:] = 1
+    assert fresh_rows(partner, rows, capture).tolist() == [0, 30, -1, -1, 210]
+
+
+def test_a_masqueraded_partner_left_out_of_the_clean_frames_does_not_inflate_residual_scales():
+    """A labelled capture's clean frames have a hole where the wheel speeds were masqueraded (labelled attack, left
+    out); the vehicle speed's frames in that hole are clean, but their latest clean wheel speed is seconds old. The
+    speed's residual scale must come out as it does without the attack."""
+    from fastmaml.apps.ids.can import sim
+
+    drive = sim.simulate("none", 400.0, 4)
+    attacked = drive.select(np.arange(len(drive)))
+    attacked.label_names = ["benign", "correlated_signal"]
+    hole = (attacked.can_id == sim.ID_WHEELS) & (attacked.timestamp > 100.0) & (attacked.timestamp < 120.0)
+    attacked.data[hole, :4] = 0
+    attacked.label = np.where(hole, 1, 0).astype(np.int16)
+
+    def speed_scales(frames: FrameBatch) -> list[float]:
+        state = FeatureState.fit(frames, signals=True)
+        return [s.resid_scale for s in state.signals if s.can_id == sim.ID_SPEED and s.partners]
+
+    clean, with_hole = speed_scales(drive), speed_scales(attacked)
+    assert clean and len(clean) == len(with_hole)
+    assert max(w / c for w, c in zip(with_hole, clean)) < 1.5

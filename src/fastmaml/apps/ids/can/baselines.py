@@ -25,6 +25,7 @@ import torch
 
 from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFeaturizer
 from fastmaml.apps.ids.can.frames import FrameBatch
+from fastmaml.apps.ids.can.states import LONG_DRIVE_S
 from fastmaml.apps.ids.samples import SampleSet
 from fastmaml.errors import DataError
 
@@ -138,7 +139,6 @@ STATE_RULE_THRESHOLD = 0.6
 # to say so (a coolant temperature at full scale): judged only where the clean drive was long enough to show the
 # range (LONG_DRIVE_S), since a short one has not seen the motorway or the warm engine.
 GROSS_RANGE_MARGIN = 0.5
-LONG_DRIVE_S = 1800.0
 
 
 class PlausibilityRule(_SignalFeatureRule):

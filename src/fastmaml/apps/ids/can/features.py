@@ -78,7 +78,7 @@ from fastmaml.apps.ids.can.relations import (MIN_ID_FRAMES, fit_relations, frame
                                              signal)
 from fastmaml.apps.ids.can.signals import (SIGNAL_FEATURES, Signal, SignalFeaturizer, find_signals, fit_signals,
                                            fit_statistics, payload_words, signals_from_dicts, signals_to_dicts)
-from fastmaml.apps.ids.can.states import (STATE_FEATURES, STATE_MIN_CLEAN_S, StateFeaturizer, StateField, fit_states,
+from fastmaml.apps.ids.can.states import (LONG_DRIVE_S, STATE_FEATURES, StateFeaturizer, StateField, fit_states,
                                           states_from_dicts, states_to_dicts)
 from fastmaml.apps.ids.samples import SampleSet, make_windows, window_labels
 from fastmaml.errors import DataError
@@ -163,11 +163,11 @@ class FeatureState:
     # inferred segmentation scored against it (dbc.SegmentationScore); empty without a DBC.
     dbc: dict = field(default_factory=dict)
     # Flags and states with their clean context tables (states.py; the sig_state column); None: fitted on less than
-    # STATE_MIN_CLEAN_S of clean driving (too short to have seen the combinations a car shows), without signals, or
+    # LONG_DRIVE_S of clean driving (too short to have seen the combinations a car shows), without signals, or
     # saved before them (no column).
     states: list[StateField] | None = None
     # Seconds of clean driving the state was fitted on (0: saved before it was recorded). Rules that judge a value
-    # by the clean range alone need a long drive (PlausibilityRule's gross range check: LONG_DRIVE_S).
+    # by the clean range alone need a long drive (PlausibilityRule's range check: LONG_DRIVE_S).
     clean_seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -318,7 +318,8 @@ class FeatureState:
         all_data = np.concatenate(stat_data) if stat_data else np.zeros((0, 8), np.uint8)
         relations = fit_relations(np.concatenate(rel_ids), np.concatenate(rel_data)) if rel_ids else []
         by_id = frames_by_id(all_ids)  # every whole-drive pass below looks frames up per ID through it
-        refit_scales(relations, by_id, all_data)
+        all_capture = np.concatenate(stat_capture) if stat_capture else None
+        refit_scales(relations, by_id, all_data, capture=all_capture)
         fields, dbc_info = None, {}
         if signals and dbc:
             from fastmaml.apps.ids.can.dbc import read_dbc  # cantools only when a DBC is given
@@ -327,10 +328,9 @@ class FeatureState:
         sigs = fit_signals(np.concatenate(sig_ids), np.concatenate(sig_data), np.concatenate(sig_clk),
                            fields) if sig_ids else []
         all_words = payload_words(all_data)
-        all_capture = np.concatenate(stat_capture) if stat_capture else None
         fit_statistics(sigs, by_id, all_words, all_capture)
         states = None
-        if signals and sig_ids and clean_s >= STATE_MIN_CLEAN_S:
+        if signals and sig_ids and clean_s >= LONG_DRIVE_S:
             # On the whole drive, not its first minutes: a reverse light flips only when the car reverses, which
             # one capture of the drive may hold and the first minutes may not.
             states = fit_states(by_id, all_words, sigs, all_capture)

@@ -51,6 +51,29 @@ def latest_rows(positions: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.where(k >= 0, positions[np.maximum(k, 0)], -1)
 
 
+# A partner's latest frame more than this many of its median frame spacings before the row is stale (see fresh_rows).
+STALE_SPACINGS = 5.0
+
+
+def fresh_rows(positions: np.ndarray, rows: np.ndarray, capture: np.ndarray | None = None) -> np.ndarray:
+    """:func:`latest_rows`, but -1 also where that latest frame is stale: more than :data:`STALE_SPACINGS` of the
+    ID's median frame spacing before the row, or (``capture``: int per frame) from another capture.
+
+    For clean statistics measured against another ID's latest value. The clean frames of a labelled capture have holes
+    where attack frames were left out: next to a masquerade of the partner, the latest *clean* partner value is
+    seconds old, and a residual against it measures the gap, not clean driving (on a ROAD-shaped folder, 1,000 such
+    frames of two 10 s masquerades of the wheel speeds raised the speed's 99.9% residual twenty-fold, and the
+    plausibility rule missed the speedometer masquerades it had caught).
+    """
+    src = latest_rows(positions, rows)
+    if len(positions) > 1:
+        spacing = float(np.median(np.diff(positions)))
+        src = np.where(rows - src > STALE_SPACINGS * spacing, -1, src)
+    if capture is not None:
+        src = np.where((src >= 0) & (capture[np.maximum(src, 0)] != capture[rows]), -1, src)
+    return src
+
+
 def frames_by_id(ids: np.ndarray) -> dict[int, np.ndarray]:
     """Each CAN ID's frame indices, increasing: one sort of the capture, shared by the passes over a whole drive
     (rather than one scan of tens of millions of frames per ID and pass)."""
@@ -61,19 +84,20 @@ def frames_by_id(ids: np.ndarray) -> dict[int, np.ndarray]:
 
 
 def refit_scales(relations: list[list[float]], by_id: dict[int, np.ndarray], data: np.ndarray,
-                 max_rows: int = 200_000) -> None:
+                 max_rows: int = 200_000, capture: np.ndarray | None = None) -> None:
     """Each relation's residual scale (row[6]) measured again over all benign frames ``data`` (``by_id``: their
     indices per ID, :func:`frames_by_id`), in place.
 
     The relations are found on the first seconds of traffic; their 99.9% residual is measured over the whole drive, so
-    that a residual clean driving reaches later (higher speeds, other gears) is not taken for an attack.
+    that a residual clean driving reaches later (higher speeds, other gears) is not taken for an attack. Against the
+    source's fresh frames only (:func:`fresh_rows`; ``capture``: int per frame, which capture it comes from).
     """
     none = np.zeros(0, np.int64)
     for r in relations:
         tx, ts, sy, ss, a, b = int(r[0]), int(r[1]), int(r[2]), int(r[3]), r[4], r[5]
         rows = by_id.get(tx, none)
         rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), max_rows)).astype(np.int64)] if len(rows) else rows
-        src = latest_rows(by_id.get(sy, none), rows)
+        src = fresh_rows(by_id.get(sy, none), rows, capture)
         ok = src >= 0
         if ok.sum() < MIN_ID_FRAMES:
             continue

@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from fastmaml.apps.ids.can.relations import last_index, latest_rows
+from fastmaml.apps.ids.can.relations import fresh_rows, last_index
 from fastmaml.errors import DataError
 
 SIGNAL_FEATURES: list[str] = ["sig_range", "sig_edge", "sig_jump", "sig_stuck", "sig_residual", "sig_residual_8",
@@ -316,7 +316,7 @@ def fit_statistics(sigs: list[Signal], by_id: dict[int, np.ndarray], words: np.n
         pred = np.full(len(take), s.coef[-1])
         have = np.ones(len(take), bool)
         for (pid, k), c in zip(s.partners, s.coef[:-1]):
-            src = latest_rows(by_id.get(pid, none), take)
+            src = fresh_rows(by_id.get(pid, none), take, capture)
             have &= src >= 0
             pred += c * signal_values(words[np.maximum(src, 0)], sigs[k])
         if have.sum() >= MIN_SIGNAL_FRAMES:
@@ -344,16 +344,17 @@ def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock:
     by_id: dict[int, list[int]] = {}
     for j, s in enumerate(sigs):
         by_id.setdefault(s.can_id, []).append(j)
-    last = {cid: last_index(ids, cid) for cid in by_id}
+    positions = {cid: np.flatnonzero(ids == cid) for cid in by_id}
     for cid, members in by_id.items():
-        rows = np.flatnonzero(ids == cid)
+        rows = positions[cid]
         rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), _MAX_FIT_ROWS)).astype(np.int64)]
-        # The bus's recent-value state at this ID's frames: every other ID's signals, sampled and held.
+        # The bus's recent-value state at this ID's frames: every other ID's signals, sampled and held (where fresh:
+        # next to a partner's frames left out as attack frames, its latest clean value is seconds old).
         cols, names = [], []
         for other, oj in by_id.items():
             if other == cid:
                 continue
-            src = last[other][rows]
+            src = fresh_rows(positions[other], rows)
             for j in oj:
                 s = sigs[j]
                 cols.append(np.where(src >= 0, signal_values(words[np.maximum(src, 0)], s), np.nan))

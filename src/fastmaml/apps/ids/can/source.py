@@ -20,6 +20,7 @@ from fastmaml.apps.ids.can.baselines import (AllowListRule, PayloadRangeRule, Pl
 from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer, build_sample_set, frame_feature_names
 from fastmaml.apps.ids.can.frames import FrameBatch
 from fastmaml.apps.ids.can.readers import open_capture
+from fastmaml.apps.ids.can.states import LONG_DRIVE_S
 from fastmaml.apps.ids.config import CaptureSpec, FeatureConfig, SourceConfig, data_folder
 from fastmaml.apps.ids.families import (FIT_STREAM, IdsData, Stream, TaskFamily, cap, drop_features,
                                        rule_predictions, unseen_id_fraction)
@@ -375,7 +376,6 @@ def prepare_captures(src: SourceConfig, feat: FeatureConfig, log: Callable[[str]
 # short clean drive has not shown them (on DAGA's 103 s before the cut, 35-80% of several IDs'
 # frames after it lay outside the range seen before), so they would flag clean driving.
 SIGNAL_SPAN_COLUMNS = ("sig_range", "sig_edge", "sig_stuck", "sig_state")
-SIGNAL_SPAN_MIN_CLEAN_S = 1800.0  # clean driving (seconds, before the cut) those columns need
 
 
 def drop_short_driving_columns(data: IdsData, fit: list[FrameBatch], src: SourceConfig, feat: FeatureConfig,
@@ -388,11 +388,11 @@ def drop_short_driving_columns(data: IdsData, fit: list[FrameBatch], src: Source
             clk, gap = _clock(clean, src.occurrence_gap_s)
             seconds += float(clk[-1] - clk[0]) * src.occurrence_gap_s / gap  # frames without time: 1,000 a "second"
     drop = [c for c in SIGNAL_SPAN_COLUMNS if c in data.feature_names and c not in feat.drop]
-    if seconds >= SIGNAL_SPAN_MIN_CLEAN_S or not drop:
+    if seconds >= LONG_DRIVE_S or not drop:
         return
     drop_features(data, drop)
     note = (f"Signal columns {', '.join(drop)} left out: the clean driving before the cut is {seconds:.0f} s, and "
-            f"the clean range, tails and still runs they judge by need about {SIGNAL_SPAN_MIN_CLEAN_S / 60:.0f} "
+            f"the clean range, tails and still runs they judge by need about {LONG_DRIVE_S / 60:.0f} "
             f"minutes (the signal-range rule still uses the range).")
     log(note)
     data.stats["notes"] = list(data.stats.get("notes", [])) + [note]

@@ -22,7 +22,7 @@ showed). Fields, contexts and tables all come from the whole clean drive (a reve
 only when the car reverses, which the first minutes may not show); a context is chosen on up to
 20,000 of the state's frames spread over it. Like ``sig_range``, this needs a long clean drive to
 have seen the combinations a car legitimately shows: ``FeatureState.fit`` fits states only on at
-least :data:`STATE_MIN_CLEAN_S` of clean driving (else the column does not exist, and the
+least :data:`LONG_DRIVE_S` of clean driving (else the column does not exist, and the
 plausibility rule judges partners' residuals alone).
 """
 
@@ -32,13 +32,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from fastmaml.apps.ids.can.relations import last_index, latest_rows
+from fastmaml.apps.ids.can.relations import fresh_rows, last_index
 from fastmaml.apps.ids.can.signals import (MIN_SIGNAL_FRAMES, Signal, field_values, payload_words, segment_fields,
                                            value_trend, words_to_bytes)
 from fastmaml.errors import DataError
 
 STATE_FEATURES: list[str] = ["sig_state"]
-STATE_MIN_CLEAN_S = 1800.0  # clean driving FeatureState.fit needs before it fits states at all
+# Clean driving (s) everything judged against what a long drive shows needs: the states (FeatureState.fit fits them
+# only then), the signal range, tail and still-run columns (can/source.py leaves them out below it) and the
+# plausibility rule's range check (baselines.PlausibilityRule.for_state).
+LONG_DRIVE_S = 1800.0
 _MAX_LEVELS = 16
 _MAX_CHANGE = 0.05  # a state changes in at most this share of its ID's frames (a counter changes in all)
 _SIGNAL_BINS = 8
@@ -157,7 +160,7 @@ def fit_contexts(states: list[StateField], sigs: list[Signal], by_id: dict[int, 
         candidates = [(0, k, c) for k, c in enumerate(states) if c is not st] + [(1, k, s) for k, s in enumerate(sigs)]
         half = len(rows) // 2
         for kind, k, c in candidates:
-            src = rows if c.can_id == st.can_id else latest_rows(by_id[c.can_id], rows)
+            src = rows if c.can_id == st.can_id else fresh_rows(by_id[c.can_id], rows)
             ok = src >= 0
             if ok.sum() < MIN_SIGNAL_FRAMES:
                 continue
@@ -190,7 +193,7 @@ def count_tables(states: list[StateField], sigs: list[Signal], by_id: dict[int, 
         s_code = _codes(field_values(words[rows], st.start, st.length), st.levels)
         if st.context:
             c = states[st.context[2]] if st.context[0] == 0 else sigs[st.context[2]]
-            src = rows if c.can_id == st.can_id else latest_rows(by_id[c.can_id], rows)
+            src = rows if c.can_id == st.can_id else fresh_rows(by_id[c.can_id], rows)
             ok = src >= 0
             v = field_values(words[np.maximum(src, 0)], c.start, c.length, getattr(c, "little_endian", False))
             c_code = _context_codes(st, v, states)
@@ -272,5 +275,5 @@ class StateFeaturizer:
         return out
 
 
-__all__ = ["STATE_FEATURES", "STATE_MIN_CLEAN_S", "StateField", "StateFeaturizer", "count_tables", "find_states",
+__all__ = ["STATE_FEATURES", "LONG_DRIVE_S", "StateField", "StateFeaturizer", "count_tables", "find_states",
            "fit_contexts", "fit_states", "states_from_dicts", "states_to_dicts"]
