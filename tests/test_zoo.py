@@ -154,3 +154,18 @@ def test_lake_runs_on_generated_runs(tmp_path):
     write_lake_run(tmp_path / "runs20" / "run01", 20, rng)
     r = cli("lake-runs", str(tmp_path / "runs20"), "--weights", NAME)
     assert r.returncode == 2 and "has 20 classes but the model was meta-trained for 5-way" in r.stderr
+
+
+def test_every_shipped_entry_matches_its_card_and_its_preset():
+    from fastmaml.experiments.zoo import zoo_names
+
+    names = zoo_names()
+    assert {"omniglot_5w1s_maml", "omniglot_5w5s_maml"} <= set(names)
+    for name in names:
+        w = load_weights(name)  # checks size and sha256 against the card
+        card = w.card
+        assert name.startswith(card["preset"]) and card["name"] == name
+        assert 0.2 < card["test"]["accuracy"] <= 1.0 and card["test"]["episodes"] == 600
+        assert card["best_iteration"] <= card["iterations"]
+        cfg = w.config()
+        assert f"{cfg.n_way}w{cfg.k_shot}s" in card["preset"]
