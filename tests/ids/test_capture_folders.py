@@ -198,3 +198,28 @@ def test_hints_name_the_knobs_of_the_source_kind():
     # The folder splits are for capture folders: other kinds say which splits they take.
     with pytest.raises(ConfigError, match=r"source.split=auto splits a folder.*source.kind=sim takes"):
         E.load_ids_config("sim_tiny", ["source.split=auto"])
+
+
+def test_calibration_uses_attack_free_captures_and_keeps_clear_of_attacks():
+    """Thresholds are calibrated on clean driving: the captures without attacks where there are some; else the
+    attack captures featurized as recorded, with every frame within ATTACK_GUARD_S of an attack frame left out (the
+    attacked ID's partners disagree with it while it lasts)."""
+    import numpy as np
+
+    from fastmaml.apps.ids.can.frames import FrameBatch
+    from fastmaml.apps.ids.can.source import ATTACK_GUARD_S, away_from_attacks, calibration_captures
+
+    n = 1000
+    t = np.arange(n) * 0.01  # 10 s at 100 Hz
+    label = ((t >= 4.0) & (t < 5.0)).astype(np.int16)
+    attacked = FrameBatch(t, np.full(n, 0x100, np.uint32), np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool),
+                          np.full(n, 8, np.uint8), np.full(n, 8, np.uint8), np.zeros((n, 8), np.uint8), label,
+                          ["benign", "masquerade"])
+    clean = attacked.select(np.arange(n))
+    clean.label = np.zeros(n, np.int16)
+    assert calibration_captures([attacked, clean]) == [clean]
+    assert calibration_captures([attacked]) == [attacked]
+    far = away_from_attacks(attacked, 0.05)
+    near = (t > 4.0 - ATTACK_GUARD_S - 0.005) & (t < 4.99 + ATTACK_GUARD_S + 0.005)
+    assert not far[near].any() and far[~near].all()
+    assert away_from_attacks(clean, 0.05).all()

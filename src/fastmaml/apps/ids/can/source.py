@@ -238,6 +238,39 @@ def _describe_at(clk: np.ndarray, codes: np.ndarray, names: list[str], at: float
     return cut
 
 
+# Frames closer than this to an attack frame are no clean driving for calibration: the attacked ID's partners
+# disagree with it while it lasts, and a rule or detector that flags them is right to.
+ATTACK_GUARD_S = 2.0
+
+
+def calibration_captures(fit: list[FrameBatch]) -> list[FrameBatch]:
+    """The training-period captures thresholds are calibrated on: those without any attack frame where there are
+    some (a ROAD-style folder's ambient drives), else all of them (their attacks then left out by
+    :func:`away_from_attacks`)."""
+    quiet = [b for b in fit if not b.is_attack().any()]
+    return quiet or list(fit)
+
+
+def away_from_attacks(b: FrameBatch, gap_s: float) -> np.ndarray:
+    """Bool [N]: benign frames further than :data:`ATTACK_GUARD_S` from every attack frame of the capture.
+
+    Calibration featurizes a capture as the bus carried it and then leaves these out. Leaving the attack frames out
+    *before* featurizing (as earlier) made a masqueraded ID fall silent for the attack's length: its partners then
+    met a value seconds old, the plausibility rule flagged them, and on a ROAD-shaped folder the rule's threshold rose
+    from 1 to 216 frames of evidence and it caught nothing.
+    """
+    attack = b.is_attack()
+    if not attack.any():
+        return np.ones(len(b), bool)
+    clock, gap = _clock(b, gap_s)
+    guard = ATTACK_GUARD_S * gap / gap_s
+    t = np.sort(clock[attack])
+    k = np.searchsorted(t, clock)
+    before = np.abs(clock - t[np.maximum(k - 1, 0)])
+    after = np.abs(t[np.minimum(k, len(t) - 1)] - clock)
+    return ~attack & (np.minimum(before, after) > guard)
+
+
 def frame_stream(b: FrameBatch, state: FeatureState, attack: str | None, source: str,
                  rules: dict[str, Any] | None = None) -> Stream:
     """A capture part featurized in order, for operational metrics (attack = frames labelled ``attack``)."""
@@ -308,11 +341,16 @@ def prepare_cut_captures(frames: list[FrameBatch], labels: list[str], cuts: list
         # Kept with their clock and CAN IDs, so alert rules can be calibrated on it too; several
         # captures are laid end to end on one clock, a minute apart.
         streams, kept = [], 0
-        for b in fit:  # featurized only as far as calibration keeps
+        for b in calibration_captures(fit):  # featurized only as far as calibration keeps
             if kept >= _MAX_FIT_STREAM:
                 break
-            clean = b.select(~b.is_attack())
-            st = frame_stream(clean.select(slice(0, _MAX_FIT_STREAM - kept)), state, None, "", rules)
+            b = b.select(slice(0, _MAX_FIT_STREAM - kept))
+            st = frame_stream(b, state, None, "", rules)  # as the bus carried it, attack frames in place
+            far = away_from_attacks(b, src.occurrence_gap_s)
+            if not far.all():
+                keep = torch.from_numpy(far)
+                st = Stream(st.x[keep], st.attack[keep], st.clock[keep], st.key[keep], st.clock_unit_s, st.source,
+                            {r: v[keep] for r, v in st.rules.items()})
             if len(st.x):
                 streams.append(st)
                 kept += len(st.x)
