@@ -201,8 +201,8 @@ def test_hints_name_the_knobs_of_the_source_kind():
 
 
 def test_calibration_uses_attack_free_captures_and_keeps_clear_of_attacks():
-    """Thresholds are calibrated on clean driving: the captures without attacks where there are some; else the
-    attack captures featurized as recorded, with every frame within ATTACK_GUARD_S of an attack frame left out (the
+    """Thresholds are calibrated on clean driving: the captures without attacks where they hold a quarter of the
+    frames or more; else all captures, featurized as recorded, with every frame within ATTACK_GUARD_S of an attack frame left out (the
     attacked ID's partners disagree with it while it lasts)."""
     import numpy as np
 
@@ -219,6 +219,8 @@ def test_calibration_uses_attack_free_captures_and_keeps_clear_of_attacks():
     clean.label = np.zeros(n, np.int16)
     assert calibration_captures([attacked, clean]) == [clean]
     assert calibration_captures([attacked]) == [attacked]
+    short = clean.select(slice(0, 100))  # a tenth of an attack capture's frames: too little to calibrate on alone
+    assert calibration_captures([attacked, attacked, short]) == [attacked, attacked, short]
     far = away_from_attacks(attacked, 0.05)
     near = (t > 4.0 - ATTACK_GUARD_S - 0.005) & (t < 4.99 + ATTACK_GUARD_S + 0.005)
     assert not far[near].any() and far[~near].all()

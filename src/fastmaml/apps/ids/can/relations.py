@@ -62,7 +62,7 @@ def fresh_rows(positions: np.ndarray, rows: np.ndarray, capture: np.ndarray | No
     For clean statistics measured against another ID's latest value. The clean frames of a labelled capture have holes
     where attack frames were left out: next to a masquerade of the partner, the latest *clean* partner value is
     seconds old, and a residual against it measures the gap, not clean driving (on a ROAD-shaped folder, 1,000 such
-    frames of two 10 s masquerades of the wheel speeds raised the speed's 99.9% residual twenty-fold, and the
+    frames of two 10 s masquerades of the wheel speeds raised the speed's 99.9% residual 75-fold, and the
     plausibility rule missed the speedometer masquerades it had caught).
     """
     src = latest_rows(positions, rows)

@@ -244,11 +244,13 @@ ATTACK_GUARD_S = 2.0
 
 
 def calibration_captures(fit: list[FrameBatch]) -> list[FrameBatch]:
-    """The training-period captures thresholds are calibrated on: those without any attack frame where there are
-    some (a ROAD-style folder's ambient drives), else all of them (their attacks then left out by
-    :func:`away_from_attacks`)."""
+    """The training-period captures thresholds are calibrated on: those without any attack frame where they hold at
+    least a quarter of the frames (a ROAD-style folder's ambient drives: no attack frame a label may have missed),
+    else all of them (their attacks then left out by :func:`away_from_attacks`)."""
     quiet = [b for b in fit if not b.is_attack().any()]
-    return quiet or list(fit)
+    if 4 * sum(len(b) for b in quiet) >= sum(len(b) for b in fit):
+        return quiet
+    return list(fit)
 
 
 def away_from_attacks(b: FrameBatch, gap_s: float) -> np.ndarray:
