@@ -225,3 +225,10 @@ def test_calibration_uses_attack_free_captures_and_keeps_clear_of_attacks():
     near = (t > 4.0 - ATTACK_GUARD_S - 0.005) & (t < 4.99 + ATTACK_GUARD_S + 0.005)
     assert not far[near].any() and far[~near].all()
     assert away_from_attacks(clean, 0.05).all()
+    # without timestamps the guard is counted in frames (1,000 a "second", as the occurrence gap is)
+    m = 10_000
+    untimed = FrameBatch(np.full(m, np.nan), np.full(m, 0x100, np.uint32), np.zeros(m, bool), np.zeros(m, bool),
+                         np.zeros(m, bool), np.full(m, 8, np.uint8), np.full(m, 8, np.uint8), np.zeros((m, 8), np.uint8),
+                         ((np.arange(m) >= 4000) & (np.arange(m) < 5000)).astype(np.int16), ["benign", "masquerade"])
+    far = away_from_attacks(untimed, 0.05)
+    assert far[:2000].all() and not far[2000:7000].any() and far[7000:].all()

@@ -264,8 +264,8 @@ def away_from_attacks(b: FrameBatch, gap_s: float) -> np.ndarray:
     attack = b.is_attack()
     if not attack.any():
         return np.ones(len(b), bool)
-    clock, gap = _clock(b, gap_s)
-    guard = ATTACK_GUARD_S * gap / gap_s
+    clock, _ = _clock(b, gap_s)
+    guard = ATTACK_GUARD_S * (1.0 if b.has_timestamps else 1000.0)  # _clock's index clock: 1,000 frames a "second"
     t = np.sort(clock[attack])
     k = np.searchsorted(t, clock)
     before = np.abs(clock - t[np.maximum(k - 1, 0)])
