@@ -171,14 +171,16 @@ def test_a_warm_engine_sitting_still_after_the_cut_is_not_stuck_but_a_held_speed
 
 
 def test_fresh_rows_drops_stale_and_cross_capture_partners():
-    from fastmaml.apps.ids.can.relations import fresh_rows
+    from fastmaml.apps.ids.can.relations import frame_spacings, fresh_rows
 
     partner = np.array([0, 10, 20, 30, 200, 210])  # every 10 frames, a hole from 30 to 200
     rows = np.array([5, 35, 150, 205, 215])
-    assert fresh_rows(partner, rows).tolist() == [0, 30, -1, 200, 210]
+    spacing = frame_spacings({7: partner})[7]
+    assert spacing == 10.0
+    assert fresh_rows(partner, rows, spacing).tolist() == [0, 30, -1, 200, 210]
     capture = np.zeros(220, np.int64)
     capture[205:] = 1
-    assert fresh_rows(partner, rows, capture).tolist() == [0, 30, -1, -1, 210]
+    assert fresh_rows(partner, rows, spacing, capture).tolist() == [0, 30, -1, -1, 210]
 
 
 def test_a_masqueraded_partner_left_out_of_the_clean_frames_does_not_inflate_residual_scales():

@@ -88,7 +88,8 @@ def _union_result(name: str, channels: list[tuple[np.ndarray, list[np.ndarray], 
 
 
 def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: Sequence[str | Path], *,
-                  labels: Sequence[str | Path | None] | None = None, alerts_per_hour: float = 10.0, rules: bool = True, evidence: Evidence = Evidence(),
+                  labels: Sequence[str | Path | None] | None = None, alerts_per_hour: float = 10.0,
+                  rules: bool = True, evidence: Evidence = Evidence(),
                   gap_s: float = 0.05, options: ReadOptions = ReadOptions(),
                   recalibrate: bool = True, union: str = "plausibility") -> list[ScorerResult]:
     """Judge every detector (already adapted) and, with ``rules``, the traffic's rule baselines, on one path.

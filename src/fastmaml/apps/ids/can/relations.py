@@ -55,9 +55,17 @@ def latest_rows(positions: np.ndarray, rows: np.ndarray) -> np.ndarray:
 STALE_SPACINGS = 5.0
 
 
-def fresh_rows(positions: np.ndarray, rows: np.ndarray, capture: np.ndarray | None = None) -> np.ndarray:
-    """:func:`latest_rows`, but -1 also where that latest frame is stale: more than :data:`STALE_SPACINGS` of the
-    ID's median frame spacing before the row, or (``capture``: int per frame) from another capture.
+def frame_spacings(by_id: dict[int, np.ndarray]) -> dict[int, float]:
+    """Each ID's median spacing between its frames (in frame indices; 0 with fewer than two): what
+    :func:`fresh_rows` judges staleness by, computed once per pass rather than once per look-up."""
+    return {cid: float(np.median(np.diff(p))) if len(p) > 1 else 0.0 for cid, p in by_id.items()}
+
+
+def fresh_rows(positions: np.ndarray, rows: np.ndarray, spacing: float, capture: np.ndarray | None = None
+               ) -> np.ndarray:
+    """:func:`latest_rows`, but -1 also where that latest frame is stale: more than :data:`STALE_SPACINGS` x the
+    ID's median frame ``spacing`` (:func:`frame_spacings`) before the row, or (``capture``: int per frame) from another
+    capture.
 
     For clean statistics measured against another ID's latest value. The clean frames of a labelled capture have holes
     where attack frames were left out: next to a masquerade of the partner, the latest *clean* partner value is
@@ -67,7 +75,6 @@ def fresh_rows(positions: np.ndarray, rows: np.ndarray, capture: np.ndarray | No
     """
     src = latest_rows(positions, rows)
     if len(positions) > 1:
-        spacing = float(np.median(np.diff(positions)))
         src = np.where(rows - src > STALE_SPACINGS * spacing, -1, src)
     if capture is not None:
         src = np.where((src >= 0) & (capture[np.maximum(src, 0)] != capture[rows]), -1, src)
@@ -93,11 +100,12 @@ def refit_scales(relations: list[list[float]], by_id: dict[int, np.ndarray], dat
     source's fresh frames only (:func:`fresh_rows`; ``capture``: int per frame, which capture it comes from).
     """
     none = np.zeros(0, np.int64)
+    spacing = frame_spacings(by_id)
     for r in relations:
         tx, ts, sy, ss, a, b = int(r[0]), int(r[1]), int(r[2]), int(r[3]), r[4], r[5]
         rows = by_id.get(tx, none)
         rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), max_rows)).astype(np.int64)] if len(rows) else rows
-        src = fresh_rows(by_id.get(sy, none), rows, capture)
+        src = fresh_rows(by_id.get(sy, none), rows, spacing.get(sy, 0.0), capture)
         ok = src >= 0
         if ok.sum() < MIN_ID_FRAMES:
             continue

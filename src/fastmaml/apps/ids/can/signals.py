@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from fastmaml.apps.ids.can.relations import fresh_rows, last_index
+from fastmaml.apps.ids.can.relations import frame_spacings, fresh_rows, last_index
 from fastmaml.errors import DataError
 
 SIGNAL_FEATURES: list[str] = ["sig_range", "sig_edge", "sig_jump", "sig_stuck", "sig_residual", "sig_residual_8",
@@ -308,6 +308,7 @@ def fit_statistics(sigs: list[Signal], by_id: dict[int, np.ndarray], words: np.n
     for s in sigs:
         if s.partners and (s.trend or any(sigs[k].trend for _, k in s.partners)):
             s.partners, s.coef, s.resid_scale = [], [], 1.0
+    spacing = frame_spacings(by_id)
     for s in sigs:
         rows = by_id.get(s.can_id, none)
         if not s.partners or len(rows) < 2:
@@ -316,7 +317,7 @@ def fit_statistics(sigs: list[Signal], by_id: dict[int, np.ndarray], words: np.n
         pred = np.full(len(take), s.coef[-1])
         have = np.ones(len(take), bool)
         for (pid, k), c in zip(s.partners, s.coef[:-1]):
-            src = fresh_rows(by_id.get(pid, none), take, capture)
+            src = fresh_rows(by_id.get(pid, none), take, spacing.get(pid, 0.0), capture)
             have &= src >= 0
             pred += c * signal_values(words[np.maximum(src, 0)], sigs[k])
         if have.sum() >= MIN_SIGNAL_FRAMES:
@@ -345,6 +346,7 @@ def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock:
     for j, s in enumerate(sigs):
         by_id.setdefault(s.can_id, []).append(j)
     positions = {cid: np.flatnonzero(ids == cid) for cid in by_id}
+    spacing = frame_spacings(positions)
     for cid, members in by_id.items():
         rows = positions[cid]
         rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), _MAX_FIT_ROWS)).astype(np.int64)]
@@ -354,7 +356,7 @@ def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock:
         for other, oj in by_id.items():
             if other == cid:
                 continue
-            src = fresh_rows(positions[other], rows)
+            src = fresh_rows(positions[other], rows, spacing[other])
             for j in oj:
                 s = sigs[j]
                 cols.append(np.where(src >= 0, signal_values(words[np.maximum(src, 0)], s), np.nan))

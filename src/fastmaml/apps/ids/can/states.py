@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from fastmaml.apps.ids.can.relations import fresh_rows, last_index
+from fastmaml.apps.ids.can.relations import frame_spacings, fresh_rows, last_index
 from fastmaml.apps.ids.can.signals import (MIN_SIGNAL_FRAMES, Signal, field_values, payload_words, segment_fields,
                                            value_trend, words_to_bytes)
 from fastmaml.errors import DataError
@@ -150,6 +150,7 @@ def _prob(table: np.ndarray, s_code: np.ndarray, c_code: np.ndarray) -> np.ndarr
 def fit_contexts(states: list[StateField], sigs: list[Signal], by_id: dict[int, np.ndarray], words: np.ndarray
                  ) -> None:
     """Each state's best context (see the module doc), chosen on the clean frames, in place."""
+    spacing = frame_spacings(by_id)
     for st in states:
         rows = by_id[st.can_id]
         rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), _MAX_SELECT_ROWS)).astype(np.int64)]
@@ -160,7 +161,7 @@ def fit_contexts(states: list[StateField], sigs: list[Signal], by_id: dict[int, 
         candidates = [(0, k, c) for k, c in enumerate(states) if c is not st] + [(1, k, s) for k, s in enumerate(sigs)]
         half = len(rows) // 2
         for kind, k, c in candidates:
-            src = rows if c.can_id == st.can_id else fresh_rows(by_id[c.can_id], rows)
+            src = rows if c.can_id == st.can_id else fresh_rows(by_id[c.can_id], rows, spacing[c.can_id])
             ok = src >= 0
             if ok.sum() < MIN_SIGNAL_FRAMES:
                 continue
@@ -188,12 +189,13 @@ def fit_contexts(states: list[StateField], sigs: list[Signal], by_id: dict[int, 
 def count_tables(states: list[StateField], sigs: list[Signal], by_id: dict[int, np.ndarray], words: np.ndarray
                  ) -> None:
     """Each state's table counted over all clean frames (the whole drive), in place."""
+    spacing = frame_spacings(by_id)
     for st in states:
         rows = by_id[st.can_id]
         s_code = _codes(field_values(words[rows], st.start, st.length), st.levels)
         if st.context:
             c = states[st.context[2]] if st.context[0] == 0 else sigs[st.context[2]]
-            src = rows if c.can_id == st.can_id else fresh_rows(by_id[c.can_id], rows)
+            src = rows if c.can_id == st.can_id else fresh_rows(by_id[c.can_id], rows, spacing[c.can_id])
             ok = src >= 0
             v = field_values(words[np.maximum(src, 0)], c.start, c.length, getattr(c, "little_endian", False))
             c_code = _context_codes(st, v, states)
