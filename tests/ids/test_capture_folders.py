@@ -232,3 +232,37 @@ def test_calibration_uses_attack_free_captures_and_keeps_clear_of_attacks():
                          ((np.arange(m) >= 4000) & (np.arange(m) < 5000)).astype(np.int16), ["benign", "masquerade"])
     far = away_from_attacks(untimed, 0.05)
     assert far[:2000].all() and not far[2000:7000].any() and far[7000:].all()
+
+
+def test_calibration_spreads_its_frames_over_every_clean_capture_and_keeps_their_history():
+    """Where the clean captures hold more frames than calibration keeps, it keeps contiguous pieces spread over all
+    of them in proportion to their length (not the first drive's first minutes: that may be an hour of idling), and
+    each piece's features are those of the capture featurized from its start (history carried, not restarted)."""
+    import numpy as np
+
+    from fastmaml.apps.ids.can import sim
+    from fastmaml.apps.ids.can.features import FeatureState
+    from fastmaml.apps.ids.can.source import calibration_rows, frame_stream
+
+    rows = calibration_rows([600, 300, 100], cap=100, pieces=4)
+    assert [len(r) for r in rows] == [60, 30, 10]
+    first = rows[0]
+    assert first[0] == 0 and first[-1] == 599  # the longest capture's pieces reach from its start to its end
+    assert len(np.unique(first)) == len(first) and (np.diff(first) > 0).all()
+    runs = np.flatnonzero(np.diff(first) > 1)
+    assert len(runs) == 1 and len(first[: runs[0] + 1]) == 30  # two pieces of 30 (4 x 600 / 1,000, rounded)
+    assert [len(r) for r in calibration_rows([50, 40], cap=100)] == [50, 40]  # everything while it fits
+
+    b = sim.simulate("none", 20.0, 3)
+    state = FeatureState.fit([b], signals=True)
+    whole = frame_stream(b, state, None, "")
+    keep = np.r_[np.arange(1000, 1500), np.arange(6000, 6400)]
+    part = frame_stream(b, state, None, "", rows=keep)
+    assert torch_equal(part.x, whole.x[keep]) and (part.key.numpy() == whole.key.numpy()[keep]).all()
+    assert (part.clock.numpy() == whole.clock.numpy()[keep]).all()
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

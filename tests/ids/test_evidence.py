@@ -223,3 +223,15 @@ def test_a_rule_catches_a_fabrication_whose_forged_frames_alternate_with_genuine
     cal_sym = E.calibrate(np.where(clean_flags, 1.0, -1.0), clock, key, 10.0, E.rule_alarm())
     alerts_sym, _ = E.cusum_alerts(symmetric, clock, key, E.rule_alarm().calibrated(cal_sym))
     assert not ((alerts_sym.time >= 300) & (alerts_sym.time < 302)).any()
+
+
+def test_clean_time_counts_traffic_not_the_gaps_between_drives():
+    """Calibration's hours are the traffic's: drives laid end to end (or pieces of one drive) a minute apart count
+    their own time only, so the budget's allowed alerts and the tail's rate are not diluted by silence."""
+    one = np.arange(0.0, 600.0, 0.01)  # 10 minutes at 100 Hz
+    two = np.r_[one, one + 660.0]  # the same again after a minute's silence
+    assert E.traffic_seconds(one) == pytest.approx(599.99)
+    assert E.traffic_seconds(two) == pytest.approx(2 * 599.99)
+    score = np.full(len(two), -1.0)
+    cal = E.calibrate(score, two, np.zeros(len(two), np.int64), 10.0, E.Evidence())
+    assert cal.clean_seconds == pytest.approx(2 * 599.99)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fastmaml.apps.ids.evidence import traffic_seconds
 from fastmaml.errors import DataError
 
 
@@ -130,7 +131,7 @@ def alert_metrics(flags: np.ndarray, truth: np.ndarray, clock: np.ndarray, strea
     true_alert = recent[alerts] if len(alerts) else np.zeros(0, bool)
     false_alerts = int((~true_alert).sum())
     true_hits = np.flatnonzero(rule_hits(flags, keys, rule) & recent)
-    duration_h = (float(clock[-1] - clock[0]) * clock_unit_s / 3600.0) if len(clock) > 1 else 0.0
+    duration_h = traffic_seconds(np.asarray(clock, np.float64) * clock_unit_s) / 3600.0
     attack_time = 0.0
     occ = _occurrences(truth, clock, occurrence_gap)
     for a, b in occ:

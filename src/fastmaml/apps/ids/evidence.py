@@ -40,6 +40,17 @@ from fastmaml.errors import DataError
 DETECTOR_REFERENCE = 0.0
 
 
+# A gap between two frames longer than this is no traffic (the bus was off, or calibration pieces of one drive, or
+# several drives laid end to end): clean time counts only the gaps up to it.
+MAX_TRAFFIC_GAP_S = 10.0
+
+
+def traffic_seconds(clock: np.ndarray) -> float:
+    """Seconds of traffic in a capture-order ``clock``: its steps forward of at most :data:`MAX_TRAFFIC_GAP_S`."""
+    d = np.diff(np.asarray(clock, np.float64))
+    return float(d[(d > 0) & (d <= MAX_TRAFFIC_GAP_S)].sum())
+
+
 @dataclass(frozen=True)
 class Evidence:
     """How frame scores become alerts: clip each score, subtract ``drift``, sum per stream; alert above ``threshold``.
@@ -345,7 +356,7 @@ def calibrate(score: np.ndarray, clock: np.ndarray, key: np.ndarray, budget_per_
     clock = np.asarray(clock, np.float64)
     if len(clock) < 2 or not np.isfinite(clock).all():
         raise DataError("calibration needs a clean capture with timestamps (at least 2 frames)")
-    seconds = float(clock[-1] - clock[0])
+    seconds = traffic_seconds(clock)
     if seconds <= 0:
         raise DataError("calibration: the clean capture spans 0 s; give a longer clean capture")
     hours = seconds / 3600.0
@@ -489,7 +500,7 @@ def judge(alerts: Alerts, truth: np.ndarray, clock: np.ndarray, key: np.ndarray,
                 true[i] = True
                 if o.key == k and not o.alerted:
                     o.alerted, o.delay_s = True, t - o.start
-    duration = float(clock[-1] - clock[0]) if len(clock) > 1 else 0.0
+    duration = traffic_seconds(clock)
     # Benign time: the capture less the union of the occurrences (each widened by its key's gap).
     spans = sorted((o.start, o.end + gaps.get(o.key, gap_s)) for o in occ)
     covered, cur_a, cur_b = 0.0, None, None

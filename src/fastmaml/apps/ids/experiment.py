@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from fastmaml.apps.ids.alerts import parse_alert_rule
 from fastmaml.apps.ids.config import IdsConfig, METHODS, preset_path  # noqa: F401
 from fastmaml.apps.ids.episodes import Episodes, check_sizes, fingerprint, fixed_episodes, make_train_sampler
+from fastmaml.apps.ids.evidence import traffic_seconds
 from fastmaml.apps.ids.families import FIT_STREAM, IdsData, Stream
 from fastmaml.apps.ids.keys import data_key, eval_key, run_identity
 from fastmaml.apps.ids.metrics import curve_metrics, rates
@@ -422,7 +423,7 @@ def _occurrence_groups(data: IdsData, attack: str) -> Callable[[Any], str | None
 
 def _minutes(st: Stream) -> float:
     """How long a stream lasts (minutes of traffic)."""
-    return float(st.clock[-1] - st.clock[0]) * st.clock_unit_s / 60.0 if len(st.clock) > 1 else 0.0
+    return traffic_seconds(st.clock.double().numpy() * st.clock_unit_s) / 60.0
 
 
 def default_folds(data: IdsData) -> list[list[str]]:

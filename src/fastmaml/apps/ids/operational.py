@@ -29,7 +29,7 @@ import torch
 from fastmaml.apps.ids.alerts import ALERT_RULES, AlertRule, alert_metrics, k_of_n_alerts
 from fastmaml.apps.ids.episodes import Episodes
 from fastmaml.apps.ids.evidence import (Evidence, Occurrence, calibrate, count_alerts, cusum_alerts, judge,
-                                        merge_alerts, rule_alarm, rule_frame_scores)
+                                        merge_alerts, rule_alarm, rule_frame_scores, traffic_seconds)
 from fastmaml.apps.ids.families import Stream
 from fastmaml.apps.ids.samples import same_key_rows
 from fastmaml.core.maml import MAML, Params
@@ -57,7 +57,7 @@ def budget_threshold(p_benign: torch.Tensor, st: Stream, rule: AlertRule, per_ho
     if not len(p):
         return 0.5
     clock, key = st.clock.numpy(), st.key.numpy()
-    hours = float(clock[-1] - clock[0]) * st.clock_unit_s / 3600.0 if len(clock) > 1 else 0.0
+    hours = traffic_seconds(np.asarray(clock, np.float64) * st.clock_unit_s) / 3600.0
     allowed = int(np.floor(per_hour * hours + 1e-9))
     cand = np.unique(p)  # thresholds between observed values change nothing
     lo, hi = 0, len(cand) - 1  # cand[hi] (the largest p) flags nothing, so it always fits the budget
@@ -191,7 +191,7 @@ def evidence_judgement(scores: dict[str, np.ndarray] | list[tuple[dict[str, np.n
     if clean is not None and all("clean" in sc for sc, _ in channels):
         cc, ck = arrays(clean)
         n = sum(count_alerts(sc["clean"], cc, ck, thr) for (sc, _), thr in zip(channels, thresholds))
-        secs = float(cc[-1] - cc[0]) if len(cc) > 1 else 0.0
+        secs = traffic_seconds(cc)
         out["clean/false_alerts_per_hour"] = n / (secs / 3600.0) if secs > 0 else float("nan")
     return out
 

@@ -166,6 +166,11 @@ def read_labelled(spec: CaptureSpec, src: SourceConfig, log: Callable[[str], Non
 # to *verify* a budget of 10 false alerts an hour (18 minutes without an alert) rather than extrapolate it from a
 # few minutes' tail. The frames are featurized anyway; this bounds memory (~120 bytes a frame) and scoring time.
 _MAX_FIT_STREAM = 2_000_000
+# Where the clean captures hold more, calibration keeps that many frames in this many contiguous pieces spread over
+# all of them: a folder's first drive alone may be an hour of idling on a dynamometer, and a threshold set on it
+# would meet the motorway only after the cut.
+_CALIBRATION_PIECES = 12
+_FEATURIZE_CHUNK = 500_000  # frames featurized at a time (the featurizer carries its state across chunks)
 
 
 def _clock(b: FrameBatch, gap_s: float) -> tuple[np.ndarray, float]:
@@ -273,11 +278,45 @@ def away_from_attacks(b: FrameBatch, gap_s: float) -> np.ndarray:
     return ~attack & (np.minimum(before, after) > guard)
 
 
+def calibration_rows(lengths: list[int], cap: int = _MAX_FIT_STREAM,
+                     pieces: int = _CALIBRATION_PIECES) -> list[np.ndarray]:
+    """Per capture (``lengths`` frames each), the frames calibration keeps: all of them while the captures hold at
+    most ``cap`` frames together, else ``cap`` frames in contiguous pieces spread evenly over every capture, each
+    capture's share in proportion to its length (at least one piece each)."""
+    total = sum(lengths)
+    if total <= cap:
+        return [np.arange(n) for n in lengths]
+    out = []
+    for n in lengths:
+        quota = int(n * cap / total)
+        k = max(1, round(pieces * n / total))
+        size = quota // k
+        if size <= 0:
+            out.append(np.zeros(0, np.int64))
+            continue
+        starts = np.linspace(0, n - size, k).astype(np.int64)  # spaced >= size apart, since k * size <= n
+        out.append(np.concatenate([np.arange(a, a + size) for a in starts]))
+    return out
+
+
 def frame_stream(b: FrameBatch, state: FeatureState, attack: str | None, source: str,
-                 rules: dict[str, Any] | None = None) -> Stream:
-    """A capture part featurized in order, for operational metrics (attack = frames labelled ``attack``)."""
+                 rules: dict[str, Any] | None = None, rows: np.ndarray | None = None) -> Stream:
+    """A capture part featurized in order, for operational metrics (attack = frames labelled ``attack``).
+
+    ``rows`` (sorted frame indices): keep only those; the capture is still featurized from its start up to the last
+    of them, so their history features are those of the capture as recorded."""
     fz = FrameFeaturizer(state)
-    x = torch.from_numpy(fz.transform(b)) if len(b) else torch.zeros(0, len(fz.feature_names))
+    end = len(b) if rows is None else (int(rows[-1]) + 1 if len(rows) else 0)
+    parts = []
+    for a in range(0, end, _FEATURIZE_CHUNK):
+        z = min(a + _FEATURIZE_CHUNK, end)
+        x = fz.transform(b.select(slice(a, z)))
+        if rows is not None:
+            x = x[rows[(rows >= a) & (rows < z)] - a]
+        parts.append(x)
+    x = torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0, len(fz.feature_names))
+    if rows is not None:
+        b = b.select(rows)
     is_attack = (b.label_codes([attack]) == 0) if attack else np.zeros(len(b), bool)
     as_set = SampleSet(x, torch.from_numpy(is_attack.astype(np.int64)), [BENIGN, attack or "attack"],
                        fz.feature_names, source)
@@ -286,8 +325,34 @@ def frame_stream(b: FrameBatch, state: FeatureState, attack: str | None, source:
         clock, unit = b.timestamp, 1.0
     else:
         clock, unit = np.arange(len(b), dtype=np.float64), 1.0 / 1600  # index clock: ~1,600 frames/s assumed
+        if rows is not None:
+            clock = rows.astype(np.float64)
     return Stream(x, torch.from_numpy(is_attack.copy()), torch.from_numpy(np.asarray(clock, np.float64).copy()),
                   torch.from_numpy(b.can_id.astype(np.int64)), unit, source, verdicts)
+
+
+def spread_stream(captures: list[FrameBatch], state: FeatureState, rules: dict[str, Any] | None, gap_s: float,
+                  source: str) -> Stream | None:
+    """Clean captures as one stream (None when empty): each featurized as the bus carried it, at most
+    ``_MAX_FIT_STREAM`` frames kept in pieces spread over all of them (:func:`calibration_rows`), frames near attack
+    frames left out (:func:`away_from_attacks`); kept with their clock and CAN IDs, so alert rules can be calibrated
+    on it too. The captures are laid end to end on one clock a minute apart (the gap is no traffic time:
+    :func:`~fastmaml.apps.ids.evidence.traffic_seconds`)."""
+    streams = []
+    for b, keep in zip(captures, calibration_rows([len(b) for b in captures])):
+        keep = keep[away_from_attacks(b, gap_s)[keep]] if len(keep) else keep
+        if len(keep):
+            streams.append(frame_stream(b, state, None, "", rules, rows=keep))
+    if not streams:
+        return None
+    clocks, end = [], 0.0
+    for st in streams:
+        c = (st.clock - st.clock[0]) * st.clock_unit_s + end
+        clocks.append(c)
+        end = float(c[-1]) + 60.0
+    x = torch.cat([st.x for st in streams])
+    return Stream(x, torch.zeros(len(x), dtype=torch.bool), torch.cat(clocks), torch.cat([st.key for st in streams]),
+                  1.0, source, {r: torch.cat([st.rules[r] for st in streams]) for r in streams[0].rules})
 
 
 def prepare_cut_captures(frames: list[FrameBatch], labels: list[str], cuts: list[Cut], fit: list[FrameBatch],
@@ -333,42 +398,22 @@ def prepare_cut_captures(frames: list[FrameBatch], labels: list[str], cuts: list
             k = next((k for k in holding if cuts[k].frames.get(name, {}).get("test", 0)), holding[0])
             where = "held out whole" if cuts[k].whole == "test" else "after the cut"
             data.streams[name] = frame_stream(parts[k]["test"], state, name, f"{labels[k]} {where}", rules)
-        if benign_test is None and benign_only:
-            benign_test, where = parts[benign_only[0]]["test"], labels[benign_only[0]]
-        else:
-            where = "clean capture"
         if benign_test is not None and len(benign_test):
-            data.streams[BENIGN] = frame_stream(benign_test, state, None, f"{where} after the cut", rules)
+            data.streams[BENIGN] = frame_stream(benign_test, state, None, "clean capture after the cut", rules)
+        elif benign_only:
+            # Every clean capture's part after the cut (spread pieces where they are long): the false alerts a
+            # vehicle would see, judged on as much of its clean driving as the split leaves out of sample.
+            tests = [parts[k]["test"] for k in benign_only if len(parts[k]["test"])]
+            clean_after = spread_stream(tests, state, rules, src.occurrence_gap_s, "")
+            if clean_after is not None:
+                names = [Path(labels[k]).name for k in benign_only if len(parts[k]["test"])]
+                clean_after.source = f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''} after the cut"
+                data.streams[BENIGN] = clean_after
         # Benign traffic before the cut, for thresholds calibrated on the vehicle's own clean driving.
-        # Kept with their clock and CAN IDs, so alert rules can be calibrated on it too; several
-        # captures are laid end to end on one clock, a minute apart.
-        streams, kept = [], 0
-        for b in calibration_captures(fit):  # featurized only as far as calibration keeps
-            if kept >= _MAX_FIT_STREAM:
-                break
-            b = b.select(slice(0, _MAX_FIT_STREAM - kept))
-            st = frame_stream(b, state, None, "", rules)  # as the bus carried it, attack frames in place
-            far = away_from_attacks(b, src.occurrence_gap_s)
-            if not far.all():
-                keep = torch.from_numpy(far)
-                st = Stream(st.x[keep], st.attack[keep], st.clock[keep], st.key[keep], st.clock_unit_s, st.source,
-                            {r: v[keep] for r, v in st.rules.items()})
-            if len(st.x):
-                streams.append(st)
-                kept += len(st.x)
-        if streams:
-            clocks, end = [], 0.0
-            for s in streams:
-                c = (s.clock - s.clock[0]) * s.clock_unit_s + end
-                clocks.append(c)
-                end = float(c[-1]) + 60.0
-            x = torch.cat([s.x for s in streams])[:_MAX_FIT_STREAM]
-            n = len(x)
-            data.streams[FIT_STREAM] = Stream(x, torch.zeros(n, dtype=torch.bool), torch.cat(clocks)[:n],
-                                              torch.cat([s.key for s in streams])[:n], 1.0,
-                                              "benign frames before the cut",
-                                              {r: torch.cat([s.rules[r] for s in streams])[:n]
-                                               for r in streams[0].rules})
+        fit_stream = spread_stream(calibration_captures(fit), state, rules, src.occurrence_gap_s,
+                                   "benign frames before the cut")
+        if fit_stream is not None:
+            data.streams[FIT_STREAM] = fit_stream
     return data
 
 
