@@ -1,8 +1,8 @@
 """A simulated folder in the ROAD data set's layout: long ambient drives and attack logs described by metadata.
 
-    python results/ids/road_like/make_folder.py OUT_DIR
+    python results/ids/road_like/make_folder.py OUT_DIR [--copies N --minutes M --drives D]
 
-OUT_DIR/ambient: three 15-minute clean drives; OUT_DIR/attacks: per attack type three 2-minute logs with one
+OUT_DIR/ambient: three 15-minute clean drives (``--drives``, ``--minutes``); OUT_DIR/attacks: per attack type three 2-minute logs with one
 10-second injection each, as masquerades (the genuine frames rewritten) and fabrications (frames added half a period
 after the genuine ones):
 
@@ -14,12 +14,15 @@ after the genuine ones):
 * ``correlated_signal``: the two front wheel speeds set to 0 while the rear ones and the vehicle speed go on
   (ROAD's kind: wheel speeds that cannot all be true).
 
+``--copies N`` puts N simulated vehicles on one bus (IDs + 0..N-1; 16 IDs and ~440 frames/s each), the scale of a
+real bus (ROAD's car: about 100 IDs): a check that the captures preset reads, fits and calibrates hours of it.
+
 Each folder has a capture_metadata.json as ROAD's: injection ID, payload pattern (X = any nibble), interval in
 seconds from the start of the log, modified (masquerade) or not.
 """
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +58,27 @@ def inject(b: FrameBatch, can_id: int, values: dict[int, int], t0: float, t1: fl
     return both.select(np.argsort(both.timestamp, kind="stable"))
 
 
-def main(out: Path) -> None:
+def bus(seconds: float, seed: int, copies: int = 1) -> FrameBatch:
+    """``copies`` simulated vehicles' traffic on one bus (copy c's IDs + c, its own drive)."""
+    if copies == 1:
+        return sim.simulate("none", seconds, seed)
+    parts = []
+    for c in range(copies):
+        b = sim.simulate("none", seconds, seed * 31 + c)
+        b.can_id = b.can_id + c
+        parts.append(b)
+    both = FrameBatch.concat(parts)
+    return both.select(np.argsort(both.timestamp, kind="stable"))
+
+
+def main(out: Path, copies: int = 1, minutes: float = 15.0, drives: int = 3) -> None:
     (out / "ambient").mkdir(parents=True, exist_ok=True)
     (out / "attacks").mkdir(parents=True, exist_ok=True)
     meta = {}
-    for k in range(1, 4):
+    for k in range(1, drives + 1):
         stem = f"ambient_drive_{k}"
-        write_log(out / "ambient" / f"{stem}.log", sim.simulate("none", 900.0, 20 + k), 1000.0 * k)
-        meta[stem] = {"elapsed_sec": 900.0, "on_dyno": False}
+        write_log(out / "ambient" / f"{stem}.log", bus(60.0 * minutes, 20 + k, copies), 1000.0 * k)
+        meta[stem] = {"elapsed_sec": 60.0 * minutes, "on_dyno": False}
     (out / "ambient" / "capture_metadata.json").write_text(json.dumps(meta, indent=1))
     meta, rng, seed = {}, np.random.default_rng(0), 100
     for name, (can_id, values, pattern) in ATTACKS.items():
@@ -70,7 +86,7 @@ def main(out: Path) -> None:
             for masquerade in (True, False):
                 seed += 1
                 t0 = float(rng.uniform(30.0, 90.0))
-                b = inject(sim.simulate("none", 120.0, seed), can_id, values, t0, t0 + 10.0, masquerade)
+                b = inject(bus(120.0, seed, copies), can_id, values, t0, t0 + 10.0, masquerade)
                 stem = f"{name}_attack_{k}" + ("_masquerade" if masquerade else "")
                 write_log(out / "attacks" / f"{stem}.log", b, 50_000.0 + seed)
                 meta[stem] = {"injection_id": hex(can_id), "injection_data_str": pattern,
@@ -79,4 +95,10 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--copies", type=int, default=1, help="simulated vehicles on one bus (16 IDs each)")
+    ap.add_argument("--minutes", type=float, default=15.0, help="length of each ambient drive")
+    ap.add_argument("--drives", type=int, default=3, help="ambient drives")
+    a = ap.parse_args()
+    main(a.out, a.copies, a.minutes, a.drives)
