@@ -120,3 +120,39 @@ def test_feature_state_with_signals_round_trips_and_old_states_keep_21_columns()
     bad["signals"][0] = {"nonsense": 1}
     with pytest.raises(DataError, match="det.json: corrupt signal table"):
         FeatureState.from_dict(bad, "det.json")
+
+
+def test_little_endian_signals_are_found_by_their_carries_and_independent_bytes_are_not_merged():
+    """A 16-bit Intel speed (low byte first) is one signal read byte-reversed, because its low byte wraps only with a
+    carry into the high byte; big-endian only it falls apart. Two independent bytes that the byte-reversed reading
+    would also run together (a slow temperature after a busy level) stay two big-endian fields: the fast one wraps
+    without any carry."""
+    from fastmaml.apps.ids.can.signals import carries, find_signals
+
+    rng = np.random.default_rng(4)
+    n = 6000
+    t = np.arange(n) * 0.01
+    speed = np.round(20000 + 15000 * np.sin(t / 4.0) + rng.normal(0, 3, n))  # crosses many low-byte wraps
+    level = np.round(128 + 100 * np.sin(t * 3.0))  # busy, but smooth: changes of a few units a frame
+    temp = np.round(60 + 30 * t / t[-1])  # slow
+    le = words_to_bytes(np.zeros(n, np.uint64))
+    le[:, 0], le[:, 1] = speed.astype(np.int64) & 0xFF, speed.astype(np.int64) >> 8  # Intel: low byte at byte 0
+    le[:, 4], le[:, 5] = level, temp  # read reversed, temp's bits come just before level's
+    words = payload_words(le)
+    ids = np.full(n, 0x300, np.uint32)
+
+    sigs = {s.name: s for s in find_signals(ids, le)}
+    intel = [s for s in sigs.values() if s.little_endian]
+    # bytes 1 and 0 read reversed, plus 4 bits of headroom in the empty byte 2 above them
+    assert len(intel) == 1 and (intel[0].start, intel[0].length) == (44, 20)
+    got = field_values(words, intel[0].start, intel[0].length, True)
+    assert (got == speed).all()
+    assert not any(s.start < 16 for s in sigs.values() if not s.little_endian)  # nothing else claims bytes 0-1
+    # level and temp apart (each ends in its own byte; headroom may reach into the empty byte above)
+    assert sorted((s.start + s.length - 1) // 8 for s in sigs.values() if not s.little_endian) == [4, 5]
+
+    swapped = words.byteswap()
+    assert carries(swapped, 48, 16)  # the speed: every low-byte wrap carries
+    assert not carries(swapped, 16, 16)  # temp then level: level wraps... never with a carry
+    big = find_signals(ids, le, byte_order="big")
+    assert not any(s.little_endian for s in big) and not any(s.length >= 16 and s.start < 16 for s in big)

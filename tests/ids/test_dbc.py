@@ -115,9 +115,15 @@ def test_dbc_signals_replace_the_inferred_ones_and_find_their_partners(car):
     again = FeatureState.from_dict(json.loads(json.dumps(state.to_dict())))
     assert again.signals == state.signals and again.dbc == state.dbc
     assert state.dbc["skipped"] == ["Wheels.Accel: signed"] and state.dbc["fields"] == 5
-    # Without the DBC the same frames give the inferred segmentation, which cannot see the Intel signal whole.
-    inferred = fit_signals(frames.can_id, frames.data, frames.timestamp)
-    assert all(s.label == "" and not s.little_endian for s in inferred)
+    # Without the DBC, read big-endian only, the inferred segmentation cannot see the Intel signal whole ...
+    assert not any(s.little_endian for s in fit_signals(frames.can_id, frames.data, frames.timestamp,
+                                                        byte_order="big"))
+    # ... read both ways (the default) it finds it by its carries, and the same partners across byte orders.
+    inferred = {s.name: s for s in fit_signals(frames.can_id, frames.data, frames.timestamp)}
+    assert all(s.label == "" for s in inferred.values())
+    names = list(inferred)
+    assert [names[k] for _, k in inferred["0x200[le 42:56]"].partners] == ["0x100[0:16]"]
+    assert [names[k] for _, k in inferred["0x100[0:16]"].partners] == ["0x200[le 42:56]"]
 
 
 def test_inferred_segmentation_scored_against_the_dbc(car):
@@ -126,14 +132,20 @@ def test_inferred_segmentation_scored_against_the_dbc(car):
     state = FeatureState.fit(frames, signals=True, dbc=dbc)
     score = state.dbc["inferred_vs_dbc"]
     # Without the DBC: wheel speed exactly (its two unused top bits come back as headroom); engine
-    # speed found but 2 bits too wide (headroom also takes the unused byte above it); the temperature
-    # (raw 131-179: its top bit never flips) runs on into the next byte, the low byte of the Intel
-    # vehicle speed, as one 15-bit field, so neither is found and that field is spurious; the signed
-    # acceleration, read as unsigned (it wraps at 0), is the other spurious one.
+    # speed found but 2 bits too wide (headroom also takes the unused byte above it); the Intel vehicle
+    # speed found by its carries (its bytes read reversed; 2 bits of headroom above the 12 the DBC gives);
+    # the temperature (raw 131-179: its top bit never flips) one bit short; the signed acceleration, read as
+    # unsigned (it wraps at 0), is spurious.
     inferred = {s.name for s in find_signals(frames.can_id, frames.data)}
-    assert inferred == {"0x100[0:16]", "0x300[14:32]", "0x200[1:16]", "0x100[28:40]"}
-    assert score == {"dbc_signals": 4, "found": 2, "exact": 1, "inferred": 4, "spurious": 2, "match_bits": 2,
-                     "missed": ["Vehicle.Temp", "Vehicle.VehSpeed"]}
+    assert inferred == {"0x100[0:16]", "0x300[14:32]", "0x200[1:8]", "0x200[le 42:56]", "0x100[28:40]"}
+    assert score == {"dbc_signals": 4, "found": 4, "exact": 1, "inferred": 5, "spurious": 1, "match_bits": 2,
+                     "missed": []}
+    # Read big-endian only (the segmentation before), the temperature ran on into the next byte, the low byte of
+    # the Intel vehicle speed, as one 15-bit field: neither was found and that field was spurious.
+    big = {s.name for s in find_signals(frames.can_id, frames.data, byte_order="big")}
+    assert big == {"0x100[0:16]", "0x300[14:32]", "0x200[1:16]", "0x100[28:40]"}
+    assert score_segmentation(find_signals(frames.can_id, frames.data, byte_order="big"),
+                              [s for s in state.signals]).to_dict()["missed"] == ["Vehicle.Temp", "Vehicle.VehSpeed"]
     # The score sees boundaries: one bit off still counts as found but not exact; three bits off, not found.
     wheel = next(s for s in state.signals if s.label == "Wheels.WheelSpeed")
 
@@ -162,13 +174,13 @@ def test_compare_with_features_dbc_end_to_end(car, tmp_path):
                  "--out", str(out), *TINY]) == 0
     res = json.loads((out / "results.json").read_text())
     stats = res["data_stats"]
-    assert stats["dbc"]["inferred_vs_dbc"]["found"] == 2
+    assert stats["dbc"]["inferred_vs_dbc"]["found"] == 4  # every DBC signal (the Intel one by its carries)
     # The masquerades target DBC signals with partners: the two speeds, whatever their byte order.
     targets = {(i["can_id"], i["start"], i["little_endian"]) for p in stats["masquerade"]["injections"].values()
                for i in p}
     assert targets <= {(0x100, 0, False), (0x200, 44, True)} and targets
     report = (out / "report.md").read_text()
-    assert f"Signals from the DBC `{dbc}`: 4 used" in report and "found 2 of 4 DBC signals" in report
+    assert f"Signals from the DBC `{dbc}`: 4 used" in report and "found 4 of 4 DBC signals" in report
     assert "1 left out (Wheels.Accel: signed)" in report
 
 

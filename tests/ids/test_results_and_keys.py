@@ -48,7 +48,7 @@ def test_summaries_keep_divergence_counts_and_nan():
 CASES = {
     "sim": ([], "1ed9380b0b470867", "53b1638bca2567a2", "b80513f746947754"),
     "captures": (["source.kind=captures", "source.captures=[{path: a.log, labels: a.csv}, {path: b.log, attack: dos}]",
-                  "source.split=auto", "features.signals=true"],
+                  "source.split=auto", "features.signals=true", "features.byte_order=big"],
                  "e4c899f3822488a4", "47494e3fb3e33b5b", "a2ab820a8161e039"),
     "cross": (["source.kind=sim", "train_source={kind: sim, sim_duration_s: 10.0}", "features.identity=false"],
               "61ca01e5ffb2f89b", "b2f07069f6bac1b4", "4303301044c21646"),
@@ -75,9 +75,10 @@ def test_cache_keys_keep_their_values(name):
 SETTINGS_CASES = {
     "masquerade": (["source.kind=masquerade", "source.captures=[clean.log]", "source.masquerade_occurrences=6",
                     "source.masquerade_duration_s=1.5", "source.masquerade_seed=3", "source.masquerade_targets=all",
-                    "features.signals=true"],
+                    "features.signals=true", "features.byte_order=big"],
                    ["source.kind=masquerade", "source.captures=[clean.log]",
-                    "source.masquerade={occurrences: 6, duration_s: 1.5, seed: 3, targets: all}", "features.signals=true"],
+                    "source.masquerade={occurrences: 6, duration_s: 1.5, seed: 3, targets: all}", "features.signals=true",
+                    "features.byte_order=big"],
                    ("092c70f6741fef96", "01bc702b7bff5a04", "447ff1c04b430c31")),
     "sim": (["source.sim_duration_s=15", "source.sim_fit_seed=5", "source.sim_train_seed=6", "source.sim_test_seed=7",
              "source.attacks=[dos]"],
@@ -95,6 +96,24 @@ SETTINGS_CASES = {
              "train_source={kind: eth_sim, sim: {duration_s: 8.0, test_seed: 9}}"],
             ("0266248ce0b14924", "251cc1bb7acbfb2f", "fdc3a41810e5b915")),
 }
+
+
+def test_little_endian_signals_change_the_keys_only_where_signals_are_inferred():
+    """``features.byte_order: auto`` (the default since little-endian signals) reads other signals than ``big``, so it
+    makes new data keys where signals are inferred (signal features, or a masquerade source's targets) and no DBC
+    gives them; ``big`` keeps the keys from before (frozen above), and where no signal is read nothing changes."""
+    def data_key(over):
+        return keys.data_key(load_ids_config(None, over))
+
+    signal_cases = [CASES["captures"][0], SETTINGS_CASES["masquerade"][0],
+                    ["source.kind=masquerade", "source.captures=[clean.log]"]]
+    for over in signal_cases:
+        auto = [o for o in over if o != "features.byte_order=big"]
+        assert data_key(auto) != data_key([*auto, "features.byte_order=big"]), over
+    for over in (CASES["sim"][0], CASES["eth"][0], ["source.kind=sim", "features.dbc=car.dbc", "features.signals=true"]):
+        assert data_key(over) == data_key([*over, "features.byte_order=big"]), over
+    with pytest.raises(ConfigError, match="byte_order"):
+        load_ids_config(None, ["features.byte_order=little"])
 
 
 @pytest.mark.parametrize("name", list(SETTINGS_CASES))

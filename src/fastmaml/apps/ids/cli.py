@@ -83,6 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--dbc", type=Path, default=None,
                    help="the car's DBC file: target its signals instead of the ones inferred from the capture "
                         "(needs pip install cantools)")
+    m.add_argument("--byte-order", choices=("auto", "big"), default="auto",
+                   help="signals without a DBC: auto also finds little-endian (Intel) ones, big reads big-endian only "
+                        "(default: %(default)s)")
     m.add_argument("--out", type=Path, required=True, help="candump log to write")
     m.add_argument("--labels", type=Path, default=None, help="label CSV to write (default: OUT with _labels.csv)")
 
@@ -267,7 +270,7 @@ def _masquerade(args: argparse.Namespace) -> None:
     clean.label[:] = 0
     clean.label_names = ["benign"]
     captures, plans = M.generate(clean, [args.kind], args.occurrences, args.duration, args.seed,
-                                str(args.dbc or ""), args.targets)
+                                str(args.dbc or ""), args.targets, args.byte_order)
     name = M.attack_name(args.kind, args.variant)
     frames, injections = captures[name], plans[args.kind]
     labels = args.labels or args.out.with_name(args.out.stem + "_labels.csv")

@@ -46,8 +46,9 @@ def _hash(d: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def feature_key(feat: FeatureConfig) -> dict[str, Any]:
-    """The features config as it enters cache keys (``signals`` / ``dbc`` only when on, so earlier runs stay valid).
+def feature_key(feat: FeatureConfig, source_kind: str = "") -> dict[str, Any]:
+    """The features config as it enters cache keys (``signals`` / ``dbc`` only when on, ``byte_order`` only off
+    ``big``, so earlier runs stay valid).
 
     A DBC enters with a hash of its contents: an edited file gives other signals.
     """
@@ -56,6 +57,11 @@ def feature_key(feat: FeatureConfig) -> dict[str, Any]:
         d.pop("identity", None)
     if not d.get("signals"):
         d.pop("signals", None)
+    # How signals are read shapes the data only where signals are inferred (the features', or a masquerade source's
+    # targets) and no DBC gives them; "big", the reading before little-endian signals, keeps earlier keys.
+    reads_signals = (feat.signals or source_kind == "masquerade") and not feat.dbc
+    if d.get("byte_order", "big") == "big" or not reads_signals:
+        d.pop("byte_order", None)
     if not d.get("dbc"):
         d.pop("dbc", None)
     elif Path(feat.dbc).expanduser().is_file():
@@ -112,7 +118,7 @@ def source_key(src: SourceConfig) -> dict[str, Any]:
 
 def data_key(cfg: IdsConfig) -> str:
     """Hash of everything that shapes the prepared data (source(s) + features)."""
-    d = {"source": source_key(cfg.source), "features": feature_key(cfg.features), "v": 1}
+    d = {"source": source_key(cfg.source), "features": feature_key(cfg.features, cfg.source.kind), "v": 1}
     if cfg.train_source is not None:
         d["train_source"] = source_key(cfg.train_source)
     return _hash(d)
@@ -133,7 +139,7 @@ def eval_key(cfg: IdsConfig, known: Sequence[str], holdout: Sequence[str], dkey:
     """Hash of everything a fold's evaluation depends on; ``dkey``: :func:`data_key`."""
     c = to_dict(cfg)
     c["source"] = source_key(cfg.source)
-    c["features"] = feature_key(cfg.features)
+    c["features"] = feature_key(cfg.features, cfg.source.kind)
     if cfg.train_source is not None:
         c["train_source"] = source_key(cfg.train_source)
     for k in _NO_EFFECT:

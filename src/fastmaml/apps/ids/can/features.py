@@ -222,7 +222,7 @@ class FeatureState:
 
     @staticmethod
     def fit(batches: Iterable[FrameBatch] | FrameBatch, clock: str = "auto", signals: bool = False,
-            dbc: str | Path = "") -> FeatureState:
+            dbc: str | Path = "", byte_order: str = "auto") -> FeatureState:
         """Learn periods (median same-ID inter-arrival), tolerances, byte-change scales, cross-ID
         relations (on the first 40,000 benign frames) and known IDs from benign frames; with
         ``signals`` also the payload signals and their partners (on the first 400,000), taken
@@ -326,7 +326,7 @@ class FeatureState:
             fields, skipped = read_dbc(dbc)
             dbc_info = {"path": str(dbc), "fields": len(fields), "skipped": skipped}
         sigs = fit_signals(np.concatenate(sig_ids), np.concatenate(sig_data), np.concatenate(sig_clk),
-                           fields) if sig_ids else []
+                           fields, byte_order) if sig_ids else []
         all_words = payload_words(all_data)
         fit_statistics(sigs, by_id, all_words, all_capture)
         states = None
@@ -346,7 +346,7 @@ def _score_against(dbc_sigs: list[Signal], sig_ids: list[np.ndarray], sig_data: 
 
     if not sig_ids:
         return {}
-    inferred = find_signals(np.concatenate(sig_ids), np.concatenate(sig_data))
+    inferred = find_signals(np.concatenate(sig_ids), np.concatenate(sig_data))  # the default reading
     return {"inferred_vs_dbc": score_segmentation(inferred, dbc_sigs).to_dict()}
 
 

@@ -85,10 +85,12 @@ TARGETS = ("partnered", "all")
 _MIN_ANY_TARGET_HZ = 5.0  # targets: "all" also takes slower IDs (>= 10 frames in a 2 s interval)
 
 
-def target_signals(clean: FrameBatch, dbc: str = "", targets: str = "partnered") -> list[Signal]:
+def target_signals(clean: FrameBatch, dbc: str = "", targets: str = "partnered",
+                   byte_order: str = "auto") -> list[Signal]:
     """The signals a masquerade targets (see the module doc); DataError when the capture has none.
 
-    ``dbc``: the car's DBC file; its signals stand in for the inferred ones (``features.dbc``).
+    ``dbc``: the car's DBC file; its signals stand in for the inferred ones (``features.dbc``); ``byte_order``:
+    how signals without one are read (``features.byte_order``, :func:`~fastmaml.apps.ids.can.signals.find_signals`).
     ``targets``: ``partnered`` (signals with a cross-ID partner, >= 20 Hz: the redundant quantities)
     or ``all`` (every signal of >= 6 bits on an ID of >= 5 Hz, with or without a partner: real
     masquerades also hit signals nothing else on the bus reflects).
@@ -101,7 +103,7 @@ def target_signals(clean: FrameBatch, dbc: str = "", targets: str = "partnered")
     if dbc:
         from fastmaml.apps.ids.can.dbc import read_dbc  # cantools only when a DBC is given
         fields = read_dbc(dbc)[0]
-    sigs = fit_signals(clean.can_id, clean.data, clean.timestamp, fields)
+    sigs = fit_signals(clean.can_id, clean.data, clean.timestamp, fields, byte_order)
     span = float(clean.timestamp[-1] - clean.timestamp[0]) or 1.0
     ids, counts = np.unique(clean.can_id.astype(np.int64), return_counts=True)
     rate = dict(zip(ids.tolist(), (counts / span).tolist()))
@@ -276,14 +278,15 @@ def _periods(clean: FrameBatch) -> np.ndarray:
 
 
 def generate(clean: FrameBatch, kinds: list[str] | tuple[str, ...] = KINDS, occurrences: int = 20,
-             duration_s: float = 2.0, seed: int = 0, dbc: str = "", targets: str = "partnered"
-             ) -> tuple[dict[str, FrameBatch], dict[str, list[dict]]]:
+             duration_s: float = 2.0, seed: int = 0, dbc: str = "", targets: str = "partnered",
+             byte_order: str = "auto") -> tuple[dict[str, FrameBatch], dict[str, list[dict]]]:
     """Every (kind, variant) attack capture of ``clean``: ``{name: frames}``, and the injections per kind."""
     signal_kinds = [k for k in kinds if k not in STATE_KINDS]
-    sig_targets = target_signals(clean, dbc, targets) if signal_kinds else []
+    sig_targets = target_signals(clean, dbc, targets, byte_order) if signal_kinds else []
     state_targets: list[StateField] = []
     if len(signal_kinds) < len(kinds):
-        state_targets = target_states(clean, fit_signals(clean.can_id, clean.data, clean.timestamp))
+        state_targets = target_states(clean, fit_signals(clean.can_id, clean.data, clean.timestamp,
+                                                         byte_order=byte_order))
     by_key: dict[tuple[int, int, bool], Signal | StateField] = {
         **{(s.can_id, s.start, s.little_endian): s for s in sig_targets},
         **{(s.can_id, s.start, False): s for s in state_targets}}
@@ -324,7 +327,8 @@ def prepare_masquerade(src: SourceConfig, feat: FeatureConfig, log: Callable[[st
                         f"{[attack_name(k, v) for k in ALL_KINDS for v in VARIANTS]}")
     log(f"generating {len(kinds)} masquerade kinds x {len(VARIANTS)} variants on {what}")
     m = src.masquerade
-    captures, plans = generate(clean, kinds, m.occurrences, m.duration_s, m.seed, feat.dbc, m.targets)
+    captures, plans = generate(clean, kinds, m.occurrences, m.duration_s, m.seed, feat.dbc, m.targets,
+                               feat.byte_order)
     if src.attacks:
         captures = {k: v for k, v in captures.items() if k in src.attacks}
     names = list(captures)

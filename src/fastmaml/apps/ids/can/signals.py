@@ -15,6 +15,17 @@ never sets the top bits of a quantity that later grows (a wheel speed above any 
 before), so a kept signal also takes up to 4 bits above it that are 0 in every clean frame:
 the value then carries into them instead of wrapping around.
 
+Byte order (``byte_order="auto"``, the default): many cars send multi-byte signals little-endian
+(Intel: the low byte first), which the big-endian reading splits at the byte boundary into a
+noisy low byte and a coarse high byte, neither of which agrees with anything else on the bus.
+So the payload is also read byte-reversed and segmented the same way; a field found there that
+spans bytes is kept when it is physical *and its bytes carry*: at each byte boundary inside it,
+>= 90% of the (at least 5) frames where the lower part wraps around change the upper part by one
+the other way, as a counter's digits do (two independent bytes read as one field almost never
+do). It replaces the big-endian fields sharing its bits. On DAGA's clean Volvo capture this
+finds 24 little-endian signals and 18 signals with partners instead of 6 (three wheel speeds on
+0x150 among them); ``byte_order="big"`` is the reading before.
+
 Context: every physical signal is regressed on the latest values of the physical signals of
 the other IDs (the bus's recent-value state, sampled and held); the best partners (at most 3,
 joint least squares) predict it. Vehicles broadcast one quantity in several messages (wheel
@@ -82,6 +93,9 @@ _TREND_SHARE = 0.995  # Signal.trend: this share of the clean changes go one way
 _TREND_MIN_CHANGES = 10
 _TREND_END_SHARE = 0.05  # ... and at most this share of them sit at the end of its range
 _MAX_RESID_ROWS = 200_000  # frames of a signal its residual scale is measured on over the whole drive
+BYTE_ORDERS = ("auto", "big")  # find_signals: big-endian and carry-checked little-endian fields / big-endian only
+_MIN_WRAPS = 5  # a little-endian field's lower part wraps at least this often in clean traffic ...
+_CARRY_SHARE = 0.9  # ... and this share of the wraps carry into the part above
 
 
 @dataclass
@@ -239,12 +253,58 @@ def _set_statistics(s: Signal, v: np.ndarray, same: np.ndarray | None = None) ->
     s.lo_share, s.hi_share = float(np.mean(v == s.lo)), float(np.mean(v == s.hi))
 
 
-def find_signals(ids: np.ndarray, data: np.ndarray, fields: list | None = None) -> list[Signal]:
+def payload_bits(start: int, length: int, little_endian: bool = False) -> set[int]:
+    """The payload bits (0 = MSB of byte 0) of field ``[start, start + length)`` (of the byte-reversed word when
+    ``little_endian``)."""
+    pos = np.arange(start, start + length)
+    return set(((7 - pos // 8) * 8 + pos % 8).tolist()) if little_endian else set(pos.tolist())
+
+
+def carries(words: np.ndarray, start: int, length: int) -> bool:
+    """Whether field ``[start, start + length)`` of ``words`` (capture order) is one number across its byte
+    boundaries: at each, the lower part wraps around >= ``_MIN_WRAPS`` times and ``_CARRY_SHARE`` of the wraps
+    change the upper part by one the other way."""
+    end = start + length
+    for cut in range((start // 8 + 1) * 8, end, 8):
+        upper = field_values(words, start, cut - start)
+        lower = field_values(words, cut, end - cut)
+        d_lo, d_up = np.diff(lower), np.diff(upper)
+        wrap = np.abs(d_lo) > 2.0 ** (end - cut) / 2
+        if wrap.sum() < _MIN_WRAPS or float((d_up[wrap] == -np.sign(d_lo[wrap])).mean()) < _CARRY_SHARE:
+            return False
+    return True
+
+
+def _segmented(w: np.ndarray, bits: np.ndarray, skip: set[int] = frozenset()) -> list[tuple[int, int, np.ndarray]]:
+    """``(start, length, values)`` of the physical fields of one ID's words ``w`` (``bits``: them unpacked, [n, 64])
+    by bit-flip segmentation; bits in ``skip`` (taken by another reading) bound fields as never-flipping ones do."""
+    flip = (bits[1:] != bits[:-1]).mean(0)
+    if skip:
+        flip[sorted(skip)] = 0.0
+    return [(start, length, v) for start, length in segment_fields(flip)
+            if length >= _MIN_BITS and _physical(v := field_values(w, start, length))]
+
+
+def _headroom(bits: np.ndarray, start: int, taken: set[int] = frozenset(), little_endian: bool = False) -> int:
+    """How many bits above a field starting at ``start`` are free: 0 in every clean frame and taken by nothing
+    (at most ``_HEADROOM_BITS``): a quantity beyond anything the clean capture showed carries into them."""
+    head = 0
+    while (head < _HEADROOM_BITS and start - head > 0 and not bits[:, start - head - 1].any()
+           and not taken & payload_bits(start - head - 1, 1, little_endian)):
+        head += 1
+    return head
+
+
+def find_signals(ids: np.ndarray, data: np.ndarray, fields: list | None = None,
+                 byte_order: str = "auto") -> list[Signal]:
     """The physical signals of clean frames ``ids`` / ``data`` (capture order), without partners.
 
     ``fields``: the DBC's (anything with can_id, start, length, little_endian, label, as
     :func:`fastmaml.apps.ids.can.dbc.read_dbc` gives) instead of the bit-flip segmentation.
+    ``byte_order``: ``auto`` also finds little-endian signals (module doc), ``big`` reads big-endian only.
     """
+    if byte_order not in BYTE_ORDERS:
+        raise DataError(f"byte_order {byte_order!r} unknown; use one of {', '.join(BYTE_ORDERS)}")
     ids = np.asarray(ids, np.int64)
     words = payload_words(data)
     uniq, cnt = np.unique(ids, return_counts=True)
@@ -259,26 +319,32 @@ def find_signals(ids: np.ndarray, data: np.ndarray, fields: list | None = None) 
         return sigs
     for cid in sorted(enough):
         w = words[ids == cid]
+        little: list[Signal] = []
+        taken: set[int] = set()  # payload bits of the little-endian signals
+        if byte_order == "auto":
+            swapped = w.byteswap()
+            sbits = np.unpackbits(words_to_bytes(swapped), axis=1)
+            for start, length, v in _segmented(swapped, sbits):
+                if start // 8 != (start + length - 1) // 8 and carries(swapped, start, length):
+                    head = _headroom(sbits, start, taken, True)
+                    little.append(_signal(cid, start - head, length + head, v, True))
+                    taken |= payload_bits(start - head, length + head, True)
         bits = np.unpackbits(words_to_bytes(w), axis=1)
-        flip = (bits[1:] != bits[:-1]).mean(0)
-        for start, length in segment_fields(flip):
-            if length < _MIN_BITS or not _physical(v := field_values(w, start, length)):
-                continue
-            head = 0
-            while head < _HEADROOM_BITS and start - head > 0 and not bits[:, start - head - 1].any():
-                head += 1  # bits that never flipped and are 0: free above the signal, not another field
+        for start, length, v in _segmented(w, bits, taken):  # the rest of the payload, big-endian
+            head = _headroom(bits, start, taken)
             sigs.append(_signal(cid, start - head, length + head, v))
+        sigs += little
     return sigs
 
 
 def fit_signals(ids: np.ndarray, data: np.ndarray, clock: np.ndarray | None = None,
-                fields: list | None = None) -> list[Signal]:
+                fields: list | None = None, byte_order: str = "auto") -> list[Signal]:
     """Physical signals of clean frames ``ids`` / ``data`` (in capture order), with their partners.
 
     ``clock``: timestamps in seconds (for the half-second changes partners are checked on); without
-    it the frame index stands in, with 1,000 frames a second. ``fields``: see :func:`find_signals`.
+    it the frame index stands in, with 1,000 frames a second. ``fields``, ``byte_order``: see :func:`find_signals`.
     """
-    sigs = find_signals(ids, data, fields)
+    sigs = find_signals(ids, data, fields, byte_order)
     ids = np.asarray(ids, np.int64)
     clk = np.arange(len(ids)) / 1000.0 if clock is None else np.asarray(clock, np.float64)
     _fit_partners(sigs, ids, payload_words(data), clk)

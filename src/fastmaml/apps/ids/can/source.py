@@ -75,7 +75,8 @@ def prepare_cic(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], Non
                         f"{sorted(p.name for p in folder.iterdir())}")
     log(f"reading {benign_files[0].name}")
     benign = _split_frames(open_capture(benign_files[0]).read_all(), src.test_fraction)
-    state = FeatureState.fit(benign["train"], signals=feat.signals, dbc=feat.dbc)
+    state = FeatureState.fit(benign["train"], signals=feat.signals, dbc=feat.dbc,
+                             byte_order=feat.byte_order)
     rules = _fit_rules(benign["train"], state)
     ben_sets = {split: cap(build_sample_set(b, state, window=feat.window, stride=feat.stride,
                                              label_rule=feat.label_rule, class_names=[BENIGN],
@@ -100,7 +101,8 @@ def prepare_cic(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], Non
 def prepare_sim(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], None], workdir: Path | None = None) -> IdsData:
     """The CAN simulator: train and test captures are two drives (seeds); features fitted on a third."""
     fit = can_sim.simulate("none", src.sim.duration_s, src.sim.fit_seed)
-    state = FeatureState.fit(fit, signals=feat.signals, dbc=feat.dbc)
+    state = FeatureState.fit(fit, signals=feat.signals, dbc=feat.dbc,
+                             byte_order=feat.byte_order)
     rules = _fit_rules(fit, state)
     attacks = src.attacks or list(can_sim.ATTACKS)
     bad = [a for a in attacks if a not in can_sim.ATTACKS]
@@ -363,7 +365,8 @@ def prepare_cut_captures(frames: list[FrameBatch], labels: list[str], cuts: list
     ``plan``: the by_capture / within_interval / auto split the cuts come from; its choice per
     attack (and the attacks it had to skip) go into ``stats["split"]``.
     """
-    state = FeatureState.fit(fit, signals=feat.signals, dbc=feat.dbc)
+    state = FeatureState.fit(fit, signals=feat.signals, dbc=feat.dbc,
+                             byte_order=feat.byte_order)
     rules = _fit_rules(fit, state)
     parts = [{"train": b.select(slice(0, c.index)), "test": b.select(slice(c.index, len(b)))}
              for b, c in zip(frames, cuts)]
