@@ -275,7 +275,8 @@ def carries(words: np.ndarray, start: int, length: int) -> bool:
     return True
 
 
-def _segmented(w: np.ndarray, bits: np.ndarray, skip: set[int] = frozenset()) -> list[tuple[int, int, np.ndarray]]:
+def _segmented(w: np.ndarray, bits: np.ndarray,
+               skip: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, int, np.ndarray]]:
     """``(start, length, values)`` of the physical fields of one ID's words ``w`` (``bits``: them unpacked, [n, 64])
     by bit-flip segmentation; bits in ``skip`` (taken by another reading) bound fields as never-flipping ones do."""
     flip = (bits[1:] != bits[:-1]).mean(0)
@@ -285,7 +286,8 @@ def _segmented(w: np.ndarray, bits: np.ndarray, skip: set[int] = frozenset()) ->
             if length >= _MIN_BITS and _physical(v := field_values(w, start, length))]
 
 
-def _headroom(bits: np.ndarray, start: int, taken: set[int] = frozenset(), little_endian: bool = False) -> int:
+def _headroom(bits: np.ndarray, start: int, taken: set[int] | frozenset[int] = frozenset(),
+              little_endian: bool = False) -> int:
     """How many bits above a field starting at ``start`` are free: 0 in every clean frame and taken by nothing
     (at most ``_HEADROOM_BITS``): a quantity beyond anything the clean capture showed carries into them."""
     head = 0
