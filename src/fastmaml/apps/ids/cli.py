@@ -83,9 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--dbc", type=Path, default=None,
                    help="the car's DBC file: target its signals instead of the ones inferred from the capture "
                         "(needs pip install cantools)")
-    m.add_argument("--byte-order", choices=("auto", "big"), default="auto",
-                   help="signals without a DBC: auto also finds little-endian (Intel) ones, big reads big-endian only "
-                        "(default: %(default)s)")
+    m.add_argument("--byte-order", choices=("auto", "both", "big"), default="auto",
+                   help="signals without a DBC: both also finds little-endian (Intel) ones, big reads big-endian only, "
+                        "auto both on a capture of 30 minutes or more (default: %(default)s)")
     m.add_argument("--out", type=Path, required=True, help="candump log to write")
     m.add_argument("--labels", type=Path, default=None, help="label CSV to write (default: OUT with _labels.csv)")
 

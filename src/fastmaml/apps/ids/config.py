@@ -211,8 +211,9 @@ class FeatureConfig:
     identity: bool = True
     signals: bool = False  # CAN: add the signal-level columns (can/signals.py: payload signals in cross-ID context)
     dbc: str = ""  # CAN, with signals: the car's DBC file; its signals replace the inferred ones (can/dbc.py)
-    # CAN signals without a DBC: "auto" also finds little-endian (Intel) signals whose bytes carry, "big" reads
-    # big-endian only (the reading before; can/signals.py)
+    # CAN signals without a DBC: "both" also finds little-endian (Intel) signals whose bytes carry, "big" reads
+    # big-endian only (the reading before), "auto" both after 30 minutes of clean driving, big before (a short drive
+    # cannot check the extra partner relations; can/signals.py)
     byte_order: str = "auto"
     seed: int = 0
 
@@ -322,9 +323,10 @@ class IdsConfig:
             raise ConfigError("eval.alert_rules must list at least one 'k-of-n' rule, e.g. ['1-of-1', '2-of-4']")
         if not self.seeds:
             raise ConfigError("seeds must list at least one training seed")
-        if self.features.byte_order not in ("auto", "big"):
-            raise ConfigError(f"features.byte_order={self.features.byte_order!r} unknown; use auto (big- and "
-                              "little-endian signals) or big (big-endian only)")
+        if self.features.byte_order not in ("auto", "both", "big"):
+            raise ConfigError(f"features.byte_order={self.features.byte_order!r} unknown; use auto (both after 30 "
+                              "minutes of clean driving), both (big- and little-endian signals) or big "
+                              "(big-endian only)")
         if self.features.dbc and not self.features.signals:
             raise ConfigError(f"features.dbc={self.features.dbc} gives the signal features their signals; "
                               "switch them on: features.signals=true")

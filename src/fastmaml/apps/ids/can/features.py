@@ -76,8 +76,9 @@ import torch
 from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
 from fastmaml.apps.ids.can.relations import (MIN_ID_FRAMES, fit_relations, frames_by_id, last_index, refit_scales,
                                              signal)
-from fastmaml.apps.ids.can.signals import (SIGNAL_FEATURES, Signal, SignalFeaturizer, find_signals, fit_signals,
-                                           fit_statistics, payload_words, signals_from_dicts, signals_to_dicts)
+from fastmaml.apps.ids.can.signals import (SIGNAL_FEATURES, Signal, SignalFeaturizer, byte_order_for, find_signals,
+                                           fit_signals, fit_statistics, payload_words, signals_from_dicts,
+                                           signals_to_dicts)
 from fastmaml.apps.ids.can.states import (LONG_DRIVE_S, STATE_FEATURES, StateFeaturizer, StateField, fit_states,
                                           states_from_dicts, states_to_dicts)
 from fastmaml.apps.ids.samples import SampleSet, make_windows, window_labels
@@ -325,8 +326,9 @@ class FeatureState:
             from fastmaml.apps.ids.can.dbc import read_dbc  # cantools only when a DBC is given
             fields, skipped = read_dbc(dbc)
             dbc_info = {"path": str(dbc), "fields": len(fields), "skipped": skipped}
+        order = byte_order_for(byte_order, clean_s >= LONG_DRIVE_S)
         sigs = fit_signals(np.concatenate(sig_ids), np.concatenate(sig_data), np.concatenate(sig_clk),
-                           fields, byte_order) if sig_ids else []
+                           fields, order) if sig_ids else []
         all_words = payload_words(all_data)
         fit_statistics(sigs, by_id, all_words, all_capture)
         states = None

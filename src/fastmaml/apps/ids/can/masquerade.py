@@ -46,9 +46,10 @@ import numpy as np
 
 from fastmaml.apps.ids.can import source as can_source
 from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
-from fastmaml.apps.ids.can.signals import Signal, field_values, fit_signals, payload_words, words_to_bytes, write_field
+from fastmaml.apps.ids.can.signals import (Signal, byte_order_for, field_values, fit_signals, payload_words,
+                                           words_to_bytes, write_field)
 from fastmaml.apps.ids.can.relations import frames_by_id
-from fastmaml.apps.ids.can.states import StateField, fit_states
+from fastmaml.apps.ids.can.states import LONG_DRIVE_S, StateField, fit_states
 from fastmaml.apps.ids.config import CaptureSpec, FeatureConfig, SourceConfig, data_folder
 from fastmaml.apps.ids.families import IdsData
 from fastmaml.errors import DataError
@@ -103,8 +104,9 @@ def target_signals(clean: FrameBatch, dbc: str = "", targets: str = "partnered",
     if dbc:
         from fastmaml.apps.ids.can.dbc import read_dbc  # cantools only when a DBC is given
         fields = read_dbc(dbc)[0]
-    sigs = fit_signals(clean.can_id, clean.data, clean.timestamp, fields, byte_order)
     span = float(clean.timestamp[-1] - clean.timestamp[0]) or 1.0
+    sigs = fit_signals(clean.can_id, clean.data, clean.timestamp, fields,
+                       byte_order_for(byte_order, span >= LONG_DRIVE_S))
     ids, counts = np.unique(clean.can_id.astype(np.int64), return_counts=True)
     rate = dict(zip(ids.tolist(), (counts / span).tolist()))
     if targets == "all":
@@ -285,8 +287,9 @@ def generate(clean: FrameBatch, kinds: list[str] | tuple[str, ...] = KINDS, occu
     sig_targets = target_signals(clean, dbc, targets, byte_order) if signal_kinds else []
     state_targets: list[StateField] = []
     if len(signal_kinds) < len(kinds):
+        span = float(clean.timestamp[-1] - clean.timestamp[0])
         state_targets = target_states(clean, fit_signals(clean.can_id, clean.data, clean.timestamp,
-                                                         byte_order=byte_order))
+                                                         byte_order=byte_order_for(byte_order, span >= LONG_DRIVE_S)))
     by_key: dict[tuple[int, int, bool], Signal | StateField] = {
         **{(s.can_id, s.start, s.little_endian): s for s in sig_targets},
         **{(s.can_id, s.start, False): s for s in state_targets}}

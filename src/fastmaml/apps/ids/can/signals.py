@@ -15,7 +15,7 @@ never sets the top bits of a quantity that later grows (a wheel speed above any 
 before), so a kept signal also takes up to 4 bits above it that are 0 in every clean frame:
 the value then carries into them instead of wrapping around.
 
-Byte order (``byte_order="auto"``, the default): many cars send multi-byte signals little-endian
+Byte order (``byte_order="both"``): many cars send multi-byte signals little-endian
 (Intel: the low byte first), which the big-endian reading splits at the byte boundary into a
 noisy low byte and a coarse high byte, neither of which agrees with anything else on the bus.
 So the payload is also read byte-reversed and segmented the same way; a field found there that
@@ -24,7 +24,11 @@ spans bytes is kept when it is physical *and its bytes carry*: at each byte boun
 the other way, as a counter's digits do (two independent bytes read as one field almost never
 do). It replaces the big-endian fields sharing its bits. On DAGA's clean Volvo capture this
 finds 24 little-endian signals and 18 signals with partners instead of 6 (three wheel speeds on
-0x150 among them); ``byte_order="big"`` is the reading before.
+0x150 among them); ``byte_order="big"`` is the reading before. The more partners, the more
+relations a short drive cannot check: fitted on DAGA's first 67-91 s, the new ones (wheel speeds
+against each other) broke in the next 62-86 s of the same clean drive (7-10 plausibility alerts,
+0 read big-endian). So ``auto`` (the features' default, :func:`byte_order_for`) reads both ways only
+after ``LONG_DRIVE_S`` of clean driving, as the other whole-drive statistics.
 
 Context: every physical signal is regressed on the latest values of the physical signals of
 the other IDs (the bus's recent-value state, sampled and held); the best partners (at most 3,
@@ -93,7 +97,7 @@ _TREND_SHARE = 0.995  # Signal.trend: this share of the clean changes go one way
 _TREND_MIN_CHANGES = 10
 _TREND_END_SHARE = 0.05  # ... and at most this share of them sit at the end of its range
 _MAX_RESID_ROWS = 200_000  # frames of a signal its residual scale is measured on over the whole drive
-BYTE_ORDERS = ("auto", "big")  # find_signals: big-endian and carry-checked little-endian fields / big-endian only
+BYTE_ORDERS = ("both", "big")  # find_signals: big-endian and carry-checked little-endian fields / big-endian only
 _MIN_WRAPS = 5  # a little-endian field's lower part wraps at least this often in clean traffic ...
 _CARRY_SHARE = 0.9  # ... and this share of the wraps carry into the part above
 
@@ -297,13 +301,21 @@ def _headroom(bits: np.ndarray, start: int, taken: set[int] | frozenset[int] = f
     return head
 
 
+def byte_order_for(byte_order: str, long_drive: bool) -> str:
+    """The reading ``find_signals`` takes for a configured ``features.byte_order``: ``auto`` is ``both`` after a long
+    clean drive (``long_drive``) and ``big`` before (module doc), ``both`` and ``big`` are themselves."""
+    if byte_order not in ("auto", *BYTE_ORDERS):
+        raise DataError(f"byte_order {byte_order!r} unknown; use auto, both or big")
+    return ("both" if long_drive else "big") if byte_order == "auto" else byte_order
+
+
 def find_signals(ids: np.ndarray, data: np.ndarray, fields: list | None = None,
-                 byte_order: str = "auto") -> list[Signal]:
+                 byte_order: str = "both") -> list[Signal]:
     """The physical signals of clean frames ``ids`` / ``data`` (capture order), without partners.
 
     ``fields``: the DBC's (anything with can_id, start, length, little_endian, label, as
     :func:`fastmaml.apps.ids.can.dbc.read_dbc` gives) instead of the bit-flip segmentation.
-    ``byte_order``: ``auto`` also finds little-endian signals (module doc), ``big`` reads big-endian only.
+    ``byte_order``: ``both`` also finds little-endian signals (module doc), ``big`` reads big-endian only.
     """
     if byte_order not in BYTE_ORDERS:
         raise DataError(f"byte_order {byte_order!r} unknown; use one of {', '.join(BYTE_ORDERS)}")
@@ -323,7 +335,7 @@ def find_signals(ids: np.ndarray, data: np.ndarray, fields: list | None = None,
         w = words[ids == cid]
         little: list[Signal] = []
         taken: set[int] = set()  # payload bits of the little-endian signals
-        if byte_order == "auto":
+        if byte_order == "both":
             swapped = w.byteswap()
             sbits = np.unpackbits(words_to_bytes(swapped), axis=1)
             for start, length, v in _segmented(swapped, sbits):
@@ -340,7 +352,7 @@ def find_signals(ids: np.ndarray, data: np.ndarray, fields: list | None = None,
 
 
 def fit_signals(ids: np.ndarray, data: np.ndarray, clock: np.ndarray | None = None,
-                fields: list | None = None, byte_order: str = "auto") -> list[Signal]:
+                fields: list | None = None, byte_order: str = "both") -> list[Signal]:
     """Physical signals of clean frames ``ids`` / ``data`` (in capture order), with their partners.
 
     ``clock``: timestamps in seconds (for the half-second changes partners are checked on); without
