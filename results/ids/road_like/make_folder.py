@@ -14,7 +14,8 @@ after the genuine ones):
 * ``correlated_signal``: the two front wheel speeds set to 0 while the rear ones and the vehicle speed go on
   (ROAD's kind: wheel speeds that cannot all be true).
 
-``--copies N`` puts N simulated vehicles on one bus (IDs + 0..N-1; 16 IDs and ~440 frames/s each), the scale of a
+``--intel`` sends the vehicle speed (0x0C8) and the four wheel speeds (0x110) little-endian (low byte first), as many
+cars do: the speedometer attack then writes the low byte at byte 0. ``--copies N`` puts N simulated vehicles on one bus (IDs + 0..N-1; 16 IDs and ~440 frames/s each), the scale of a
 real bus (ROAD's car: about 100 IDs): a check that the captures preset reads, fits and calibrates hours of it.
 
 Each folder has a capture_metadata.json as ROAD's: injection ID, payload pattern (X = any nibble), interval in
@@ -58,35 +59,50 @@ def inject(b: FrameBatch, can_id: int, values: dict[int, int], t0: float, t1: fl
     return both.select(np.argsort(both.timestamp, kind="stable"))
 
 
-def bus(seconds: float, seed: int, copies: int = 1) -> FrameBatch:
+INTEL = {0x0C8: [(0, 1)], 0x110: [(0, 1), (2, 3), (4, 5), (6, 7)]}  # --intel: 16-bit signals' byte pairs swapped
+INTEL_ATTACKS = {**ATTACKS, "max_speedometer": (0x0C8, {0: 0xFF}, "FFXXXXXXXXXXXXXX")}  # its low byte is byte 0 now
+
+
+def to_intel(b: FrameBatch) -> FrameBatch:
+    """``b`` with the INTEL signals sent little-endian."""
+    for can_id, pairs in INTEL.items():
+        rows = b.can_id == can_id
+        for hi, lo in pairs:
+            b.data[rows, hi], b.data[rows, lo] = b.data[rows, lo], b.data[rows, hi].copy()
+    return b
+
+
+def bus(seconds: float, seed: int, copies: int = 1, intel: bool = False) -> FrameBatch:
     """``copies`` simulated vehicles' traffic on one bus (copy c's IDs + c, its own drive)."""
     if copies == 1:
-        return sim.simulate("none", seconds, seed)
-    parts = []
-    for c in range(copies):
-        b = sim.simulate("none", seconds, seed * 31 + c)
-        b.can_id = b.can_id + c
-        parts.append(b)
-    both = FrameBatch.concat(parts)
-    return both.select(np.argsort(both.timestamp, kind="stable"))
+        b = sim.simulate("none", seconds, seed)
+    else:
+        parts = []
+        for c in range(copies):
+            b = sim.simulate("none", seconds, seed * 31 + c)
+            b.can_id = b.can_id + c
+            parts.append(b)
+        both = FrameBatch.concat(parts)
+        b = both.select(np.argsort(both.timestamp, kind="stable"))
+    return to_intel(b) if intel else b
 
 
-def main(out: Path, copies: int = 1, minutes: float = 15.0, drives: int = 3) -> None:
+def main(out: Path, copies: int = 1, minutes: float = 15.0, drives: int = 3, intel: bool = False) -> None:
     (out / "ambient").mkdir(parents=True, exist_ok=True)
     (out / "attacks").mkdir(parents=True, exist_ok=True)
     meta = {}
     for k in range(1, drives + 1):
         stem = f"ambient_drive_{k}"
-        write_log(out / "ambient" / f"{stem}.log", bus(60.0 * minutes, 20 + k, copies), 1000.0 * k)
+        write_log(out / "ambient" / f"{stem}.log", bus(60.0 * minutes, 20 + k, copies, intel), 1000.0 * k)
         meta[stem] = {"elapsed_sec": 60.0 * minutes, "on_dyno": False}
     (out / "ambient" / "capture_metadata.json").write_text(json.dumps(meta, indent=1))
     meta, rng, seed = {}, np.random.default_rng(0), 100
-    for name, (can_id, values, pattern) in ATTACKS.items():
+    for name, (can_id, values, pattern) in (INTEL_ATTACKS if intel else ATTACKS).items():
         for k in range(1, 4):
             for masquerade in (True, False):
                 seed += 1
                 t0 = float(rng.uniform(30.0, 90.0))
-                b = inject(bus(120.0, seed, copies), can_id, values, t0, t0 + 10.0, masquerade)
+                b = inject(bus(120.0, seed, copies, intel), can_id, values, t0, t0 + 10.0, masquerade)
                 stem = f"{name}_attack_{k}" + ("_masquerade" if masquerade else "")
                 write_log(out / "attacks" / f"{stem}.log", b, 50_000.0 + seed)
                 meta[stem] = {"injection_id": hex(can_id), "injection_data_str": pattern,
@@ -100,5 +116,6 @@ if __name__ == "__main__":
     ap.add_argument("--copies", type=int, default=1, help="simulated vehicles on one bus (16 IDs each)")
     ap.add_argument("--minutes", type=float, default=15.0, help="length of each ambient drive")
     ap.add_argument("--drives", type=int, default=3, help="ambient drives")
+    ap.add_argument("--intel", action="store_true", help="vehicle and wheel speeds little-endian")
     a = ap.parse_args()
-    main(a.out, a.copies, a.minutes, a.drives)
+    main(a.out, a.copies, a.minutes, a.drives, a.intel)
