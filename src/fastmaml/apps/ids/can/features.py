@@ -348,7 +348,7 @@ def _score_against(dbc_sigs: list[Signal], sig_ids: list[np.ndarray], sig_data: 
 
     if not sig_ids:
         return {}
-    inferred = find_signals(np.concatenate(sig_ids), np.concatenate(sig_data))  # the default reading
+    inferred = find_signals(np.concatenate(sig_ids), np.concatenate(sig_data), byte_order="both")  # both ways
     return {"inferred_vs_dbc": score_segmentation(inferred, dbc_sigs).to_dict()}
 
 
