@@ -27,7 +27,8 @@ PERIODS = {0x100: 0.01, 0x200: 0.02, 0x300: 0.05}  # benign periodic IDs (s)
 LEAK_ID = 0x7AB  # a benign ID only the held-out dos file carries: features fitted on it would leak
 # attack -> (CAN ID or None for random IDs, frame period s, frames per burst, burst starts s)
 INJECTIONS = {"dos": (0x000, 0.002, 300, [4.0]), "fuzzy": (None, 0.01, 60, [3.0]),
-              "spoof": (0x200, 0.01, 20, [1.0, 3.0, 5.0, 7.0]), "tiny": (0x100, 0.01, 30, [5.0])}
+              "spoof": (0x200, 0.01, 20, [1.0, 3.0, 5.0, 7.0]), "tiny": (0x100, 0.01, 30, [5.0]),
+              "clean": (0x100, 0.01, 0, [])}
 
 
 def _write_capture(path, attack: str, seed: int, extra_ids: tuple[int, ...] = (), duration: float = 10.0) -> None:
@@ -266,3 +267,22 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_false_alerts_after_the_cut_are_judged_on_every_clean_capture(folder, tmp_path):
+    """The clean traffic after the cut (where false alerts per hour are counted out of sample) is every clean
+    capture's test part laid end to end, not only the first one's; the minute between them is no traffic time."""
+    from fastmaml.apps.ids.evidence import traffic_seconds
+    from fastmaml.apps.ids.samples import BENIGN
+
+    for k in (1, 2):
+        _write_capture(tmp_path / f"clean_{k}.csv", "clean", 20 + k, duration=20.0)
+    cfg = _cfg(folder, ["dos_1", "dos_2", "dos_3"])
+    cfg.source.captures += [CaptureSpec(path=str(tmp_path / f"clean_{k}.csv"), format="csv", columns=dict(COLUMNS))
+                            for k in (1, 2)]
+    st = E.prepare_data(cfg, log=lambda m: None).streams[BENIGN]
+    assert "clean_1.csv" in st.source and "clean_2.csv" in st.source and st.source.endswith("after the cut")
+    clock = st.clock.double().numpy() * st.clock_unit_s
+    one = 20.0 * cfg.source.test_fraction  # one capture's test part
+    assert 1.8 * one < traffic_seconds(clock) < 2.2 * one
+    assert clock[-1] - clock[0] > 2 * one + 50  # laid a minute apart
