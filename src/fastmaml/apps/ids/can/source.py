@@ -468,13 +468,17 @@ SIGNAL_SPAN_COLUMNS = ("sig_range", "sig_edge", "sig_stuck", "sig_state")
 
 def drop_short_driving_columns(data: IdsData, fit: list[FrameBatch], src: SourceConfig, feat: FeatureConfig,
                                 log: Callable[[str], None]) -> None:
-    """Leave out :data:`SIGNAL_SPAN_COLUMNS` when the folder's clean training driving is shorter than they need."""
-    seconds = 0.0
-    for b in fit:
-        clean = b.select(~b.is_attack())
-        if len(clean) > 1:
-            clk, gap = _clock(clean, src.occurrence_gap_s)
-            seconds += float(clk[-1] - clk[0]) * src.occurrence_gap_s / gap  # frames without time: 1,000 a "second"
+    """Leave out :data:`SIGNAL_SPAN_COLUMNS` when the folder's clean training driving is shorter than they need.
+
+    The clean time is the fitted FeatureState's (``clean_seconds``), the one the plausibility rule's range check,
+    the state columns and the byte order go by, so all of them switch on together."""
+    seconds = float((data.feature_state or {}).get("clean_seconds", 0.0))
+    if not seconds:  # a state without the figure: measure it as FeatureState.fit does
+        for b in fit:
+            clean = b.select(~b.is_attack())
+            if len(clean) > 1:
+                t = clean.timestamp if clean.has_timestamps else np.arange(len(clean)) / 1600.0
+                seconds += float(t[-1] - t[0])
     drop = [c for c in SIGNAL_SPAN_COLUMNS if c in data.feature_names and c not in feat.drop]
     if seconds >= LONG_DRIVE_S or not drop:
         return
