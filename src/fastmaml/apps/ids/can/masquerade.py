@@ -344,7 +344,7 @@ def prepare_masquerade(src: SourceConfig, feat: FeatureConfig, log: Callable[[st
     data = can_source.prepare_cut_captures(frames, names, cuts, [fit], src, feat, log,
                                            f"masquerades generated on {what}", benign_test=after)
     if feat.signals:  # a short clean drive has not shown the ranges and combinations those columns judge by
-        can_source.drop_short_driving_columns(data, [fit], src, feat, log)
+        can_source.drop_short_driving_columns(data, feat, log)
     data.default_holdout = [[n for n in names if n.rsplit("_", 1)[0] == k] for k in kinds]
     data.stats["masquerade"] = {"occurrences": m.occurrences, "duration_s": m.duration_s, "seed": m.seed,
                                 "injections": plans}

@@ -326,9 +326,8 @@ def frame_stream(b: FrameBatch, state: FeatureState, attack: str | None, source:
     if b.has_timestamps:
         clock, unit = b.timestamp, 1.0
     else:
-        clock, unit = np.arange(len(b), dtype=np.float64), 1.0 / 1600  # index clock: ~1,600 frames/s assumed
-        if rows is not None:
-            clock = rows.astype(np.float64)
+        # index clock (the frame's index in the capture): ~1,600 frames/s assumed
+        clock, unit = np.arange(len(b), dtype=np.float64) if rows is None else rows.astype(np.float64), 1.0 / 1600
     return Stream(x, torch.from_numpy(is_attack.copy()), torch.from_numpy(np.asarray(clock, np.float64).copy()),
                   torch.from_numpy(b.can_id.astype(np.int64)), unit, source, verdicts)
 
@@ -342,7 +341,7 @@ def spread_stream(captures: list[FrameBatch], state: FeatureState, rules: dict[s
     :func:`~fastmaml.apps.ids.evidence.traffic_seconds`)."""
     streams = []
     for b, keep in zip(captures, calibration_rows([len(b) for b in captures])):
-        keep = keep[away_from_attacks(b, gap_s)[keep]] if len(keep) else keep
+        keep = keep[away_from_attacks(b, gap_s)[keep]]
         if len(keep):
             streams.append(frame_stream(b, state, None, "", rules, rows=keep))
     if not streams:
@@ -406,11 +405,11 @@ def prepare_cut_captures(frames: list[FrameBatch], labels: list[str], cuts: list
         elif benign_only:
             # Every clean capture's part after the cut (spread pieces where they are long): the false alerts a
             # vehicle would see, judged on as much of its clean driving as the split leaves out of sample.
-            tests = [parts[k]["test"] for k in benign_only if len(parts[k]["test"])]
-            clean_after = spread_stream(tests, state, rules, src.occurrence_gap_s, "")
+            with_test = [k for k in benign_only if len(parts[k]["test"])]
+            names = [Path(labels[k]).name for k in with_test]
+            clean_after = spread_stream([parts[k]["test"] for k in with_test], state, rules, src.occurrence_gap_s,
+                                        f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''} after the cut")
             if clean_after is not None:
-                names = [Path(labels[k]).name for k in benign_only if len(parts[k]["test"])]
-                clean_after.source = f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''} after the cut"
                 data.streams[BENIGN] = clean_after
         # Benign traffic before the cut, for thresholds calibrated on the vehicle's own clean driving.
         fit_stream = spread_stream(calibration_captures(fit), state, rules, src.occurrence_gap_s,
@@ -456,7 +455,7 @@ def prepare_captures(src: SourceConfig, feat: FeatureConfig, log: Callable[[str]
     data = prepare_cut_captures(frames, labels, cuts, fit, src, feat, log, "captures " + ", ".join(labels),
                                 plan=plan)
     if feat.signals:
-        drop_short_driving_columns(data, fit, src, feat, log)
+        drop_short_driving_columns(data, feat, log)
     return data
 
 
@@ -466,19 +465,12 @@ def prepare_captures(src: SourceConfig, feat: FeatureConfig, log: Callable[[str]
 SIGNAL_SPAN_COLUMNS = ("sig_range", "sig_edge", "sig_stuck", "sig_state")
 
 
-def drop_short_driving_columns(data: IdsData, fit: list[FrameBatch], src: SourceConfig, feat: FeatureConfig,
-                                log: Callable[[str], None]) -> None:
+def drop_short_driving_columns(data: IdsData, feat: FeatureConfig, log: Callable[[str], None]) -> None:
     """Leave out :data:`SIGNAL_SPAN_COLUMNS` when the folder's clean training driving is shorter than they need.
 
     The clean time is the fitted FeatureState's (``clean_seconds``), the one the plausibility rule's range check,
     the state columns and the byte order go by, so all of them switch on together."""
     seconds = float((data.feature_state or {}).get("clean_seconds", 0.0))
-    if not seconds:  # a state without the figure: measure it as FeatureState.fit does
-        for b in fit:
-            clean = b.select(~b.is_attack())
-            if len(clean) > 1:
-                t = clean.timestamp if clean.has_timestamps else np.arange(len(clean)) / 1600.0
-                seconds += float(t[-1] - t[0])
     drop = [c for c in SIGNAL_SPAN_COLUMNS if c in data.feature_names and c not in feat.drop]
     if seconds >= LONG_DRIVE_S or not drop:
         return
