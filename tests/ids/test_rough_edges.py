@@ -226,13 +226,13 @@ def test_captures_preset_has_signal_features_without_the_long_drive_columns(tmp_
     logs: list[str] = []
     data = E.prepare_data(cfg, log=logs.append)
     assert {"sig_jump", "sig_residual", "sig_has_partner"} <= set(data.feature_names)
-    assert not {"sig_range", "sig_edge", "sig_stuck"} & set(data.feature_names)
-    assert any("sig_range, sig_edge, sig_stuck left out" in n for n in data.stats["notes"])
+    assert not {"sig_range", "sig_edge", "sig_stuck", "sig_leap"} & set(data.feature_names)
+    assert any("sig_range, sig_edge, sig_stuck, sig_leap left out" in n for n in data.stats["notes"])
     # A column the user drops already is dropped once, without an error.
     cfg = E.load_ids_config("captures", [*TINY_COMPARE, f"source.captures=[{{path: {spoof}}}]",
                                          "features.drop=[sig_stuck, id_known]"])
     names = E.prepare_data(cfg, log=logs.append).feature_names
-    assert not {"sig_range", "sig_edge", "sig_stuck", "id_known"} & set(names) and "sig_jump" in names
+    assert not {"sig_range", "sig_edge", "sig_stuck", "sig_leap", "id_known"} & set(names) and "sig_jump" in names
 
 
 # ------------------------------------------------------------ 7. the --occurrences hint

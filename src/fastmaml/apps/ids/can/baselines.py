@@ -141,29 +141,42 @@ STATE_RULE_THRESHOLD = 0.6
 GROSS_RANGE_MARGIN = 0.5
 
 
+# A signal changing more than this x the most it changed over as many frames in clean driving (sig_leap) has left
+# what the quantity can do: judged, as the gross range, only after a long clean drive has shown the limits.
+LEAP_FACTOR = 2.0
+
+
 class PlausibilityRule(_SignalFeatureRule):
     """The frame disagrees with clean driving: a signal more than ``factor`` x its benign 99.9% residual away from
     its partners' prediction, a flag or state whose value is less than 1 in 1,000 likely next to its context
-    (``sig_state``, where the state has it), and, with ``range_margin``, a signal more than that fraction of its
-    clean span outside its clean range (``sig_range``)."""
+    (``sig_state``, where the state has it); with ``range_margin``, a signal more than that fraction of its
+    clean span outside its clean range (``sig_range``); with ``leap_factor``, a signal whose change over the last
+    1-256 frames is more than that x the largest clean change over as many frames (``sig_leap``)."""
 
-    def __init__(self, factor: float = 2.0, range_margin: float | None = None) -> None:
+    def __init__(self, factor: float = 2.0, range_margin: float | None = None,
+                 leap_factor: float | None = None) -> None:
         if factor <= 0:
             raise DataError(f"PlausibilityRule factor must be > 0, got {factor}")
         if range_margin is not None and range_margin <= 0:
             raise DataError(f"PlausibilityRule range_margin must be > 0 or None, got {range_margin}")
+        if leap_factor is not None and leap_factor <= 1:
+            raise DataError(f"PlausibilityRule leap_factor must be > 1 or None, got {leap_factor}")
         self.range_margin = range_margin
+        self.leap_factor = leap_factor
         columns = [("sig_residual", float(np.log2(1.0 + factor) / 4.0)),  # the sig_residual scale
                    ("sig_state", STATE_RULE_THRESHOLD)]
         if range_margin is not None:
             columns.append(("sig_range", float(min(np.log2(1.0 + 16.0 * range_margin) / 4.0, 0.999))))  # its scale
+        if leap_factor is not None:
+            columns.append(("sig_leap", float(min(np.log2(leap_factor) / 4.0, 0.999))))  # log2(1 + (ratio - 1)) / 4
         self.columns = tuple(columns)
 
     @staticmethod
     def for_state(state: FeatureState, factor: float = 2.0) -> PlausibilityRule:
-        """The rule for a fitted FeatureState: the gross range check only after a long clean drive."""
+        """The rule for a fitted FeatureState: the gross range and leap checks only after a long clean drive."""
         long_drive = state.clean_seconds >= LONG_DRIVE_S
-        return PlausibilityRule(factor, GROSS_RANGE_MARGIN if long_drive else None)
+        return PlausibilityRule(factor, GROSS_RANGE_MARGIN if long_drive else None,
+                                LEAP_FACTOR if long_drive else None)
 
 
 class PayloadRangeRule:

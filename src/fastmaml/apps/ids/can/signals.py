@@ -56,6 +56,16 @@ Per frame, over the physical signals of the frame's ID (0 for IDs without any), 
     sig_residual_8  the same, averaged over the signal's last 8 frames: a persistent small
                     offset below the per-frame noise adds up
     sig_has_partner 1 when the ID has a signal with partners (the residual columns mean something)
+    sig_leap        how far the value's change over the last L of its ID's frames (L in ``LEAP_LAGS``:
+                    1 to 256) exceeds the largest change over L frames in clean driving, log-scaled
+                    (0 within it; 0.25 at twice it). A physical quantity has a rate limit: a
+                    temperature moves a degree in a minute, a speed a few km/h in a second. A
+                    masquerade of a signal nothing else reflects (an offset, a frozen or replayed
+                    value) shows nowhere but at its onset, where it leaps; the longer lags keep
+                    seeing the leap for up to 256 frames after it (a masquerade that moves the
+                    value by a quarter of its range sits that far from where the genuine value
+                    was). Needs a long clean drive to know the limits (0 for a trend, which has
+                    none: an odometer's low bits wrap).
 
 Everything is fitted on benign training traffic (``fit_signals``) and computed causally with
 state carried across chunks, so streamed and one-shot features are identical.
@@ -78,7 +88,8 @@ from fastmaml.apps.ids.can.relations import frame_spacings, fresh_rows, last_ind
 from fastmaml.errors import DataError
 
 SIGNAL_FEATURES: list[str] = ["sig_range", "sig_edge", "sig_jump", "sig_stuck", "sig_residual", "sig_residual_8",
-                              "sig_has_partner"]
+                              "sig_has_partner", "sig_leap"]
+LEAP_LAGS = (1, 4, 16, 64, 256)  # sig_leap: changes over this many of the ID's frames
 MIN_SIGNAL_FRAMES = 200  # an ID needs this many clean frames for its flip statistics
 _FLIP_DROP = 0.5  # a bit flipping less than this x its left neighbour starts a new signal
 _MIN_BITS = 4
@@ -127,6 +138,8 @@ class Signal:
     # engine's coolant temperature) is not in a tail there, and sig_edge does not score it.
     lo_share: float = 0.0
     hi_share: float = 0.0
+    # Largest clean |v[t] - v[t - L]| within one capture for each L of LEAP_LAGS (sig_leap); empty: not measured.
+    max_change: list[float] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -255,6 +268,21 @@ def _set_statistics(s: Signal, v: np.ndarray, same: np.ndarray | None = None) ->
     s.max_run = float(_longest_run(v, same))
     s.trend = value_trend(v, same)
     s.lo_share, s.hi_share = float(np.mean(v == s.lo)), float(np.mean(v == s.hi))
+    s.max_change = max_changes(v, same)
+
+
+def max_changes(v: np.ndarray, same: np.ndarray | None = None) -> list[float]:
+    """The largest |v[t] - v[t - L]| for each L of ``LEAP_LAGS``, both frames from one capture (``same`` as in
+    :func:`_set_statistics`), at least 1 (one step of the field); 0 where no pair that far apart exists."""
+    capture = np.zeros(len(v), np.int64) if same is None else np.r_[0, np.cumsum(~same)]
+    out = []
+    for lag in LEAP_LAGS:
+        if len(v) <= lag:
+            out.append(0.0)
+            continue
+        d = np.abs(v[lag:] - v[:-lag])[capture[lag:] == capture[:-lag]]
+        out.append(float(max(d.max(), 1.0)) if len(d) else 0.0)
+    return out
 
 
 def payload_bits(start: int, length: int, little_endian: bool = False) -> set[int]:
@@ -515,6 +543,7 @@ class SignalFeaturizer:
         self._last_word: dict[int, int] = {}  # latest payload word of every signal-carrying ID
         self._run: dict[int, tuple[float, int]] = {}  # signal -> (last value, frames unchanged)
         self._resid: dict[int, np.ndarray] = {}  # signal -> its last few normalized residuals
+        self._recent: dict[int, np.ndarray] = {}  # signal -> its last max(LEAP_LAGS) values (sig_leap)
 
     def transform(self, ids: np.ndarray, data: np.ndarray) -> np.ndarray:
         """float32 [n, len(SIGNAL_FEATURES)] for the next chunk (frames in capture order)."""
@@ -554,6 +583,7 @@ class SignalFeaturizer:
                 jump = np.where(has_prev, np.abs(v - signal_values(prev_w, s)) / s.step, 0.0)
                 stuck = self._stuck(j, v) / s.max_run if s.max_run > 0 else np.zeros(len(v))
                 res, res8 = self._residual(j, s, rows, v, words, last, carried_words)
+                leap = np.zeros(len(v)) if s.trend else self._leap(j, s, v)
                 np.maximum(cols[:, 0], _log_scale(16.0 * outside), out=cols[:, 0])
                 np.maximum(cols[:, 1], edge / (len(_TAILS) + 1), out=cols[:, 1])
                 np.maximum(cols[:, 2], _log_scale(jump), out=cols[:, 2])
@@ -562,6 +592,7 @@ class SignalFeaturizer:
                 np.maximum(cols[:, 5], _log_scale(res8), out=cols[:, 5])
                 if s.partners:
                     cols[:, 6] = 1.0
+                np.maximum(cols[:, 7], _log_scale(leap), out=cols[:, 7])
             out[rows] = cols
             self._last_word[cid] = int(w[-1])
         return out
@@ -577,6 +608,24 @@ class SignalFeaturizer:
             run[: (starts[1] if len(starts) > 1 else len(v))] += prev[1]
         self._run[j] = (float(v[-1]), int(run[-1]))
         return run
+
+    def _leap(self, j: int, s: Signal, v: np.ndarray) -> np.ndarray:
+        """max over L of (|v[t] - v[t - L]| / the clean maximum over L frames - 1), at least 0; the values before
+        this chunk come from earlier chunks (so any chunking gives the same result)."""
+        recent = self._recent.get(j, np.zeros(0))
+        seq = np.concatenate([recent, v])
+        self._recent[j] = seq[-LEAP_LAGS[-1]:]
+        out = np.zeros(len(v))
+        if len(s.max_change) != len(LEAP_LAGS):  # a signal table from before sig_leap: no limits known
+            return out
+        idx = np.arange(len(recent), len(seq))
+        for lag, limit in zip(LEAP_LAGS, s.max_change):
+            if limit <= 0:
+                continue
+            have = idx >= lag
+            prev = seq[np.maximum(idx - lag, 0)]
+            out = np.maximum(out, np.where(have, np.abs(v - prev) / limit - 1.0, 0.0))
+        return out
 
     def _residual(self, j: int, s: Signal, rows: np.ndarray, v: np.ndarray, words: np.ndarray,
                   last: dict[int, np.ndarray], carried_words: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -611,8 +660,8 @@ class SignalFeaturizer:
         return r, total / count
 
 
-__all__ = ["SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "find_signals", "fit_signals", "fit_statistics",
-           "value_trend",
+__all__ = ["LEAP_LAGS", "SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "find_signals", "fit_signals", "fit_statistics",
+           "value_trend", "max_changes",
            "field_values",
            "payload_words", "segment_fields", "signal_values", "signals_from_dicts", "signals_to_dicts", "write_field",
            "words_to_bytes"]

@@ -459,10 +459,10 @@ def prepare_captures(src: SourceConfig, feat: FeatureConfig, log: Callable[[str]
     return data
 
 
-# The signal columns judging a value against the clean range, tails and longest still run: a
+# The signal columns judging a value against the clean range, tails, longest still run and largest change: a
 # short clean drive has not shown them (on DAGA's 103 s before the cut, 35-80% of several IDs'
 # frames after it lay outside the range seen before), so they would flag clean driving.
-SIGNAL_SPAN_COLUMNS = ("sig_range", "sig_edge", "sig_stuck", "sig_state")
+SIGNAL_SPAN_COLUMNS = ("sig_range", "sig_edge", "sig_stuck", "sig_state", "sig_leap")
 
 
 def drop_short_driving_columns(data: IdsData, feat: FeatureConfig, log: Callable[[str], None]) -> None:
@@ -476,7 +476,7 @@ def drop_short_driving_columns(data: IdsData, feat: FeatureConfig, log: Callable
         return
     drop_features(data, drop)
     note = (f"Signal columns {', '.join(drop)} left out: the clean driving before the cut is {seconds:.0f} s, and "
-            f"the clean range, tails and still runs they judge by need about {LONG_DRIVE_S / 60:.0f} "
+            f"the clean range, tails, still runs and largest changes they judge by need about {LONG_DRIVE_S / 60:.0f} "
             f"minutes (the signal-range rule still uses the range).")
     log(note)
     data.stats["notes"] = list(data.stats.get("notes", [])) + [note]

@@ -1,0 +1,82 @@
+"""A masquerade of a signal nothing else reflects, moved inside its clean range (issue 33).
+
+No partner contradicts it and no range excludes it; what gives it away is the onset, where the value leaps further
+in a few frames than the quantity ever moved in as many frames of clean driving. ``sig_leap`` measures that against
+the largest clean change over 1-256 frames, and the plausibility rule flags it after a long clean drive.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from fastmaml.apps.ids.can import sim
+from fastmaml.apps.ids.can.baselines import LEAP_FACTOR, PlausibilityRule
+from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer
+from fastmaml.apps.ids.can.frames import FrameBatch
+from fastmaml.apps.ids.can.signals import LEAP_LAGS, SIGNAL_FEATURES, SignalFeaturizer, max_changes, \
+    signals_from_dicts, signals_to_dicts
+from fastmaml.apps.ids.can.states import LONG_DRIVE_S
+from fastmaml.apps.ids.samples import SampleSet
+
+COOLANT_ID = sim.ID_TEMP  # byte 0: the coolant temperature, 50 to 90, no partner on the bus
+LEAP = SIGNAL_FEATURES.index("sig_leap")
+
+
+@pytest.fixture(scope="module")
+def long_drive() -> FeatureState:
+    return FeatureState.fit(sim.simulate("none", LONG_DRIVE_S + 120.0, 3), signals=True)
+
+
+def _flags(rule: PlausibilityRule, state: FeatureState, frames: FrameBatch) -> np.ndarray:
+    fz = FrameFeaturizer(state)
+    x = torch.from_numpy(fz.transform(frames))
+    s = SampleSet(x, torch.zeros(len(x), dtype=torch.long), ["benign"], fz.feature_names, "t")
+    return rule.predict_samples(s).numpy()
+
+
+def _lowered(frames: FrameBatch, t0: float, t1: float, by: int) -> tuple[FrameBatch, np.ndarray]:
+    """The coolant byte lowered by ``by`` during [t0, t1): a masquerade that stays inside the clean range."""
+    out = frames.select(np.arange(len(frames)))
+    rows = np.flatnonzero((out.can_id == COOLANT_ID) & (out.timestamp >= t0) & (out.timestamp < t1))
+    out.data[rows, 0] = (out.data[rows, 0].astype(np.int64) - by).astype(np.uint8)
+    return out, rows
+
+
+def test_max_changes_per_lag_within_each_capture():
+    v = np.array([0, 1, 2, 3, 4, 104, 105, 106], float)  # a second capture starts at 104
+    same = np.array([1, 1, 1, 1, 0, 1, 1], bool)
+    got = max_changes(v, same)
+    assert got[0] == 1.0  # the 100 across the boundary is no change of the signal
+    assert got[1] == 4.0  # lag 4: 0 -> 4 only (pairs across the boundary left out)
+    assert got[2:] == [0.0] * (len(LEAP_LAGS) - 2)  # no pair 16 apart in one capture
+    assert max_changes(v)[0] == 100.0  # one capture: the leap is the signal's
+
+
+def test_an_in_range_offset_leaps_at_its_onset_and_the_rule_flags_it(long_drive):
+    state = long_drive
+    rule = PlausibilityRule.for_state(state)
+    assert rule.leap_factor == LEAP_FACTOR and "sig_leap" in dict(rule.columns)
+    later = sim.simulate("none", 400.0, 11)  # another drive, cold start included: no leap beyond the clean limits
+    assert _flags(rule, state, later).mean() < 0.001
+    temps = later.data[later.can_id == COOLANT_ID, 0]
+    assert temps[-1] - 10 >= temps.min()  # the lowered value stays inside what the drive shows
+    attacked, rows = _lowered(later, 300.0, 330.0, 10)
+    flags = _flags(rule, state, attacked)[rows]
+    assert flags[:48].all()  # the onset, and the frames the longer lags still reach back over
+    without = PlausibilityRule(range_margin=rule.range_margin)  # partners, states, range: none of them sees it
+    assert _flags(without, state, attacked)[rows].mean() < 0.05
+
+
+def test_sig_leap_streams_chunk_by_chunk_as_one_shot_and_old_tables_have_no_limits(long_drive):
+    attacked, rows = _lowered(sim.simulate("none", 200.0, 5), 100.0, 120.0, 10)
+    whole = SignalFeaturizer(long_drive.signals).transform(attacked.can_id, attacked.data)
+    fz = SignalFeaturizer(long_drive.signals)
+    parts = [fz.transform(attacked.can_id[i:i + 777], attacked.data[i:i + 777]) for i in range(0, len(attacked), 777)]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    assert whole[rows[0], LEAP] > 0.25 and whole[rows[0] - 1, LEAP] == 0.0
+    old = signals_to_dicts(long_drive.signals)
+    for row in old:
+        del row["max_change"]  # a table saved before sig_leap
+    again = SignalFeaturizer(signals_from_dicts(old)).transform(attacked.can_id, attacked.data)
+    assert not again[:, LEAP].any()
+    np.testing.assert_array_equal(np.delete(again, LEAP, 1), np.delete(whole, LEAP, 1))
