@@ -512,6 +512,30 @@ def time_interleaved(impls: dict[str, Callable], batches, rounds: int, min_secon
     return rates
 
 
+def set_inductor_options(pairs: list[str]) -> dict:
+    """Apply ``KEY=VALUE`` settings (VALUE as JSON, else a string) to ``torch._inductor.config``; what was set."""
+    import torch._inductor.config as inductor_config
+
+    done = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--inductor {pair!r}: expected KEY=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        *path, leaf = key.split(".")
+        obj = inductor_config
+        for part in path:
+            obj = getattr(obj, part)
+        if not hasattr(obj, leaf):
+            raise SystemExit(f"--inductor {key}: torch._inductor.config has no such setting")
+        setattr(obj, leaf, value)
+        done[key] = value
+    return done
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", choices=["sinusoid", "omniglot"], default="sinusoid")
@@ -546,7 +570,11 @@ def main() -> None:
                     help="only fp32 vs bf16 (train.precision), interleaved: Omniglot 5w1s with 1 and 15 queries/class "
                          "and MiniImagenet 5w1s, each row with the CPU model (or GPU) and its bf16 capability")
     ap.add_argument("--tasks", type=int, default=None, help="--precision-rows: tasks per meta-batch (default: the paper's)")
+    ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                    help="set torch._inductor.config KEY (dotted, e.g. cpp_wrapper=true, max_autotune=true, "
+                         "max_autotune_gemm_backends='\"CPP,ATEN\"') before the compiled rows compile; repeatable")
     args = ap.parse_args()
+    inductor = set_inductor_options(args.inductor)
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if args.threads:
         if cpus and args.threads < len(cpus):  # bounds XLA's intra-op pool (and torch) to these cores
@@ -575,10 +603,12 @@ def main() -> None:
     orders = {"2": [False], "1": [True], "both": [False, True]}[args.order]
     report = {"workload": args.workload, "device": args.device, "steps": args.steps, "q_query": args.q_query, "threads": torch.get_num_threads(),
               "cpus": cpus, "torch": torch.__version__, "learn2learn": l2l_how, "jax": jax_how, "malloc": malloc,
+              "inductor": inductor,
               "results": {}}
     shape = f", 32 tasks 5-way 1-shot {args.q_query}-query" if args.workload == "omniglot" else ", 25 tasks K=10"
     print(f"# {args.workload}{shape}: meta-iterations/s, {args.steps} inner step(s), {torch.get_num_threads()} torch threads, "
-          f"CPUs {cpus}, torch {torch.__version__}; malloc: {malloc}; learn2learn: {l2l_how}; JAX: {jax_how}")
+          f"CPUs {cpus}, torch {torch.__version__}; malloc: {malloc}; learn2learn: {l2l_how}; JAX: {jax_how}"
+          + (f"; inductor: {inductor}" if inductor else ""))
     for first_order in orders:
         label = "FOMAML" if first_order else "MAML (2nd order)"
         notes: dict[str, dict] = {}

@@ -16,7 +16,7 @@ from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer
 from fastmaml.apps.ids.can.readers import open_capture
 
 COLUMNS = ["delta_ratio", "delta2_ratio", "xid_residual", "sig_range", "sig_edge", "sig_jump", "sig_stuck",
-           "sig_residual", "sig_state"]
+           "sig_residual", "sig_state", "sig_leap"]
 
 frames = open_capture(sys.argv[1]).read_all()
 cut = int(np.searchsorted(frames.timestamp, float(sys.argv[2]) if len(sys.argv) > 2 else 1800.0))
