@@ -80,3 +80,23 @@ def test_sig_leap_streams_chunk_by_chunk_as_one_shot_and_old_tables_have_no_limi
     again = SignalFeaturizer(signals_from_dicts(old)).transform(attacked.can_id, attacked.data)
     assert not again[:, LEAP].any()
     np.testing.assert_array_equal(np.delete(again, LEAP, 1), np.delete(whole, LEAP, 1))
+
+
+def test_the_limits_skip_the_hole_where_attack_frames_were_cut_out(long_drive):
+    """Clean driving taken from an attack capture lacks the attacked ID's frames during the attack; the change across
+    that hole took minutes, and counted as one frame's it would raise the limit to what the warm-up does in minutes."""
+    drive = sim.simulate("none", LONG_DRIVE_S + 120.0, 3)
+    # byte 1 of the temperature message (a second temperature, 45 to 95) warms up over the first 10 minutes
+    hole = (drive.can_id == COOLANT_ID) & (drive.timestamp >= 300.0) & (drive.timestamp < 600.0)
+    holed = FeatureState.fit(drive.select(np.flatnonzero(~hole)), signals=True)
+
+    def limits(state: FeatureState) -> list[float]:
+        return next(s.max_change for s in state.signals if s.can_id == COOLANT_ID and s.start == 8)
+
+    whole = limits(long_drive)
+    temps = drive.data[drive.can_id == COOLANT_ID, 1].astype(float)
+    rows = np.flatnonzero(drive.can_id == COOLANT_ID)
+    across = abs(temps[np.searchsorted(rows, np.flatnonzero(hole)[-1]) + 1]
+                 - temps[np.searchsorted(rows, np.flatnonzero(hole)[0]) - 1])
+    assert across > 4 * whole[0]  # the hole spans a change the signal never makes from one frame to the next
+    assert limits(holed)[0] <= whole[0]

@@ -249,6 +249,7 @@ class FeatureState:
         stat_ids: list[np.ndarray] = []
         stat_data: list[np.ndarray] = []
         stat_capture: list[np.ndarray] = []  # which capture each frame comes from (a clock going back or jumping)
+        stat_clock: list[np.ndarray] = []  # each frame's time, seconds (index clock: 1,600 frames a second)
         capture, last_clk = 0, None
         stat_n = 0
         clean_s = 0.0  # clean driving seen, seconds (index clock: 1,600 frames a second)
@@ -278,6 +279,7 @@ class FeatureState:
                 gap = _NEW_CAPTURE_GAP_S * (1.0 if clock == "time" else 1600.0)
                 new = (clk[:take] < prev) | (clk[:take] - prev > gap)
                 stat_capture.append((capture + np.cumsum(new)).astype(np.int32))
+                stat_clock.append(clk[:take] / (1.0 if clock == "time" else 1600.0))
                 capture, last_clk = int(stat_capture[-1][-1]), float(clk[take - 1])
                 stat_ids.append(ids[:take].astype(np.int32))
                 stat_data.append(np.ascontiguousarray(data[:take]))
@@ -330,7 +332,7 @@ class FeatureState:
         sigs = fit_signals(np.concatenate(sig_ids), np.concatenate(sig_data), np.concatenate(sig_clk),
                            fields, order) if sig_ids else []
         all_words = payload_words(all_data)
-        fit_statistics(sigs, by_id, all_words, all_capture)
+        fit_statistics(sigs, by_id, all_words, all_capture, np.concatenate(stat_clock) if stat_clock else None)
         states = None
         if signals and sig_ids and clean_s >= LONG_DRIVE_S:
             # On the whole drive, not its first minutes: a reverse light flips only when the car reverses, which

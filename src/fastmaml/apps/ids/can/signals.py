@@ -90,6 +90,7 @@ from fastmaml.errors import DataError
 SIGNAL_FEATURES: list[str] = ["sig_range", "sig_edge", "sig_jump", "sig_stuck", "sig_residual", "sig_residual_8",
                               "sig_has_partner", "sig_leap"]
 LEAP_LAGS = (1, 4, 16, 64, 256)  # sig_leap: changes over this many of the ID's frames
+_MISSING_SPACINGS = 5.0  # an ID's frames further apart than this x its spacing have frames missing between them
 MIN_SIGNAL_FRAMES = 200  # an ID needs this many clean frames for its flip statistics
 _FLIP_DROP = 0.5  # a bit flipping less than this x its left neighbour starts a new signal
 _MIN_BITS = 4
@@ -256,10 +257,12 @@ def _signal(cid: int, start: int, length: int, v: np.ndarray, little_endian: boo
     return s
 
 
-def _set_statistics(s: Signal, v: np.ndarray, same: np.ndarray | None = None) -> None:
-    """``s``'s clean range, tails, 99.9% change, longest still run and trend from its values ``v`` (capture order);
-    ``same`` [len(v) - 1]: whether consecutive values come from the same capture (changes across captures are not
-    the signal's own)."""
+def _set_statistics(s: Signal, v: np.ndarray, same: np.ndarray | None = None,
+                    steady: np.ndarray | None = None) -> None:
+    """``s``'s clean range, tails, 99.9% change, longest still run, trend and largest changes from its values ``v``
+    (capture order); ``same`` [len(v) - 1]: whether consecutive values come from the same capture (changes across
+    captures are not the signal's own); ``steady``: whether no frame of the ID is missing between them (where
+    attack frames were cut out of a capture, the change across the hole took seconds, not one frame)."""
     step = np.abs(np.diff(v)) if same is None else np.abs(np.diff(v))[same]
     s.lo, s.hi = float(v.min()), float(v.max())
     s.low_tails = [float(np.quantile(v, q)) for q in _TAILS]
@@ -268,7 +271,7 @@ def _set_statistics(s: Signal, v: np.ndarray, same: np.ndarray | None = None) ->
     s.max_run = float(_longest_run(v, same))
     s.trend = value_trend(v, same)
     s.lo_share, s.hi_share = float(np.mean(v == s.lo)), float(np.mean(v == s.hi))
-    s.max_change = max_changes(v, same)
+    s.max_change = max_changes(v, same if steady is None else steady if same is None else same & steady)
 
 
 def max_changes(v: np.ndarray, same: np.ndarray | None = None) -> list[float]:
@@ -394,11 +397,13 @@ def fit_signals(ids: np.ndarray, data: np.ndarray, clock: np.ndarray | None = No
 
 
 def fit_statistics(sigs: list[Signal], by_id: dict[int, np.ndarray], words: np.ndarray,
-                   capture: np.ndarray | None = None) -> None:
+                   capture: np.ndarray | None = None, clock: np.ndarray | None = None) -> None:
     """Each signal's clean statistics (range, tails, change, still run, trend, residual against its partners) measured
     again over *all* clean frames ``words`` (capture order; ``by_id``: their indices per ID,
     :func:`~fastmaml.apps.ids.can.relations.frames_by_id`), in place; partnerships with a trend dropped.
-    ``capture``: int per frame, which capture (drive) it comes from, where several are laid end to end.
+    ``capture``: int per frame, which capture (drive) it comes from, where several are laid end to end; ``clock``:
+    seconds per frame, to tell where frames of an ID are missing (the largest changes are measured between frames
+    that follow each other at the ID's rate).
 
     Why: the signals and their partners are found on the first few minutes of clean driving (that fixes what the
     payload holds), but a few minutes do not show how far the values go: fitted there, the range of a speed, a
@@ -409,7 +414,12 @@ def fit_statistics(sigs: list[Signal], by_id: dict[int, np.ndarray], words: np.n
         rows = by_id.get(s.can_id, none)
         if len(rows) >= 2:
             same = None if capture is None else capture[rows][1:] == capture[rows][:-1]
-            _set_statistics(s, signal_values(words[rows], s), same)
+            steady = None
+            if clock is not None:
+                dt = np.diff(clock[rows])
+                spacing = float(np.median(dt if same is None else dt[same])) if len(dt) else 0.0
+                steady = dt <= _MISSING_SPACINGS * spacing
+            _set_statistics(s, signal_values(words[rows], s), same, steady)
     # Two quantities that only rose or fell over the drive (a warming temperature, a fuel level, a trip counter)
     # are related through the clock, not through the car: the relation found on the first minutes breaks when one
     # of them levels off. Neither side of a partnership may be a trend.
