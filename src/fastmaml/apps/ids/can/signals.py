@@ -622,12 +622,12 @@ class SignalFeaturizer:
     def _leap(self, j: int, s: Signal, v: np.ndarray) -> np.ndarray:
         """max over L of (|v[t] - v[t - L]| / the clean maximum over L frames - 1), at least 0; the values before
         this chunk come from earlier chunks (so any chunking gives the same result)."""
-        recent = self._recent.get(j, np.zeros(0))
-        seq = np.concatenate([recent, v])
-        self._recent[j] = seq[-LEAP_LAGS[-1]:]
         out = np.zeros(len(v))
         if len(s.max_change) != len(LEAP_LAGS):  # a signal table from before sig_leap: no limits known
             return out
+        recent = self._recent.get(j, np.zeros(0))
+        seq = np.concatenate([recent, v])
+        self._recent[j] = seq[-LEAP_LAGS[-1]:]
         idx = np.arange(len(recent), len(seq))
         for lag, limit in zip(LEAP_LAGS, s.max_change):
             if limit <= 0:
