@@ -399,3 +399,35 @@ def test_inductor_sinusoid_one_graph_for_every_k_equals_eager(tmp_path):
         for name in eager:
             torch.testing.assert_close(comp[name], eager[name], rtol=1e-4, atol=1e-5)
         assert comp_losses == pytest.approx(eager_losses, rel=1e-4, abs=1e-6)
+
+
+def test_the_first_call_compiles_with_the_cpp_wrapper_on_a_cpu_and_falls_back_to_the_python_one(monkeypatch):
+    """The compiling call runs under inductor's cpp_wrapper on a CPU (1.11-1.12x, bench_maml.py); where that compile
+    fails, the same call compiles with the Python wrapper, and the step stays compiled (not eager)."""
+    import fastmaml.core.compiled as C
+    import torch._inductor.config as inductor_config
+
+    seen: list[bool] = []
+
+    def fake_compile(fn, **kw):  # stands in for torch.compile: records the wrapper setting at each call
+        def run(*args):
+            seen.append(bool(inductor_config.cpp_wrapper))
+            if fail_with_cpp and inductor_config.cpp_wrapper:
+                raise RuntimeError("C++ wrapper build failed")
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(C.torch, "compile", fake_compile)
+    for fail_with_cpp in (False, True):
+        seen.clear()
+        learner = MAML(mlp(torch.float32), loss_fn=F.mse_loss, inner_lr=0.1, inner_steps=1)
+        step = CompiledMetaStep(learner, torch.optim.Adam(learner.parameters(), 1e-3), log=lambda m: None)
+        assert step.cpp_wrapper  # inductor on a CPU
+        batch = regression_batch(dtype=torch.float32)
+        step.step(batch)
+        step.step(batch)
+        assert step.compiled and step.fused
+        assert seen == ([True, False, False] if fail_with_cpp else [True, False])  # later calls: the compiled graph
+        assert step.cpp_wrapper is (not fail_with_cpp)
+    gpu_like = CompiledMetaStep(MAML(mlp(torch.float32), loss_fn=F.mse_loss, inner_lr=0.1), backend="aot_eager")
+    assert not gpu_like.cpp_wrapper  # only inductor builds a C++ wrapper
