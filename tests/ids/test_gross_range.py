@@ -133,3 +133,42 @@ def test_the_limits_skip_the_hole_where_attack_frames_were_cut_out(long_drive):
                  - temps[np.searchsorted(rows, np.flatnonzero(hole)[0]) - 1])
     assert across > 4 * whole[0]  # the hole spans a change the signal never makes from one frame to the next
     assert limits(holed)[0] <= whole[0]
+
+
+def test_a_rule_alert_names_the_checks_its_frame_fails(long_drive):
+    """An engineer reading an alert needs the reason: the rate limit at an in-range onset, the range for a coolant at
+    full scale, nothing on clean frames (``ids detect`` / ``ids monitor`` put these in each rule alert)."""
+    from fastmaml.apps.ids.can.baselines import CHECKS
+
+    rule = PlausibilityRule.for_state(long_drive)
+    later = sim.simulate("none", 400.0, 11)
+    lowered, rows = _lowered(later, 300.0, 330.0, 10)
+    full = later.select(np.arange(len(later)))
+    full.data[rows, 0] = 0xFF
+    fz = FrameFeaturizer(long_drive)
+    names = fz.feature_names
+    onset = rule.checks(names, fz.transform(lowered)[rows[:1]])[0]
+    assert onset == [CHECKS["sig_leap"]]
+    fz = FrameFeaturizer(long_drive)
+    assert CHECKS["sig_range"] in rule.checks(names, fz.transform(full)[rows[5:6]])[0]
+    fz = FrameFeaturizer(long_drive)
+    clean = fz.transform(later)
+    assert sum(map(len, rule.checks(names, clean[rows]))) == 0
+
+
+def test_the_streamed_plausibility_rule_carries_its_checks(tmp_path):
+    """``ids detect`` / ``ids monitor`` fit the union rule on the clean capture through the traffic's stream_rules;
+    the plausibility flags function brings the checks with it, and they agree with its flags frame by frame."""
+    from fastmaml.apps.ids.registry import TRAFFIC
+
+    clean = sim.simulate("none", 60.0, 3)
+    sim.write_candump(clean, tmp_path / "clean.log")
+    state = FeatureState.fit(clean, signals=True)
+    fn = TRAFFIC["can"].stream_rules(state, tmp_path / "clean.log")["plausibility"]
+    drive = sim.simulate("masquerade", 30.0, 9)
+    x = FrameFeaturizer(state).transform(drive)
+    flags, checks = fn(x), fn.checks(x)
+    assert flags.any()  # the masquerade disagrees with its partners: something to explain
+    assert [bool(c) for c in checks] == flags.tolist()
+    from fastmaml.apps.ids.can.baselines import CHECKS
+    assert any(CHECKS["sig_residual"] in c for c in checks)

@@ -212,6 +212,7 @@ def test_a_detector_with_a_union_rule_raises_both_channels_in_detect_and_monitor
     assert s.evidence["union"] == {"rule": "timing", "detector_alerts": len(by["detector"]),
                                    "rule_alerts": len(by["timing"])}
     assert by["timing"], "the timing rule sees the fuzzing"
+    assert not any("checks" in a for a in s.evidence["alert_list"])  # the timing rule has no named checks
     # The detector channel is the detector alone at its (half-budget) threshold ...
     alone = stream_detect(replace(det, evidence={k: v for k, v in det.evidence.items() if k != "union"}), d / "cap.log",
                           tmp_path / "a.csv", progress=False)

@@ -107,6 +107,11 @@ class TimingRule:
         return _any_in_window(_col(s, "dt_log_ratio") < self._threshold())
 
 
+# What each signal-feature check means, as alerts name it.
+CHECKS = {"sig_residual": "disagrees with its partners", "sig_state": "state unlikely in its context",
+          "sig_range": "outside its clean range", "sig_leap": "changed faster than in clean driving"}
+
+
 class _SignalFeatureRule:
     """Thresholds on signal-feature columns, a frame flagged when any is exceeded (no fitting: the FeatureState's
     signals carry the clean statistics). ``columns``: ``(column, threshold)`` pairs."""
@@ -115,6 +120,12 @@ class _SignalFeatureRule:
 
     def fit(self, frames: object = None) -> _SignalFeatureRule:
         return self
+
+    def checks(self, feature_names: list[str], rows: np.ndarray) -> list[list[str]]:
+        """Per frame row (every feature column), the checks it fails: :data:`CHECKS` names of the columns above
+        their thresholds (an alert says why: an engineer looks at a partner, a state or a rate limit)."""
+        failed = [(CHECKS.get(c, c), rows[:, feature_names.index(c)] > t) for c, t in self.columns if c in feature_names]
+        return [[name for name, f in failed if f[i]] for i in range(len(rows))]
 
     def predict_samples(self, s: SampleSet) -> torch.Tensor:
         """Bool [N]: a column above its threshold (samples without those columns: never)."""

@@ -88,6 +88,8 @@ class CanTraffic(Traffic):
                 s = SampleSet(torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.zeros(len(x), dtype=torch.long),
                               [BENIGN], names)
                 return rule.predict_samples(s).numpy().astype(bool)
+            if hasattr(rule, "checks"):  # the signal rules say which of their checks a frame fails
+                flags.checks = lambda x: rule.checks(names, np.asarray(x))  # type: ignore[attr-defined]
             return flags
 
         return {name: apply(rule) for name, rule in fitted.items()}

@@ -92,14 +92,16 @@ class FrameScorer:
             z = predict_logits(self.net, torch.from_numpy(x))
         keys = b.can_id.astype(np.int64)
         alerts, self.cusum = cusum_alerts(log_odds(z), b.timestamp, keys, self.ev, self.cusum)
-        channels = [("detector", self.ev, alerts)]
+        channels = [("detector", self.ev, alerts, [[]] * len(alerts.index))]
         if self.channel is not None:
-            channels.append((self.channel.rule, self.channel.ev, self.channel(rows, b.timestamp, keys)))
+            a = self.channel(rows, b.timestamp, keys)
+            channels.append((self.channel.rule, self.channel.ev, a, self.channel.explain(rows[a.index])))
         out = [{"time": float(t), "can_id": int(k), "can_id_hex": f"0x{int(k):x}", "evidence": round(float(lv), 4),
                 "threshold": ev.threshold, "onset": float(on), "frame": int(i) + self.frames,
-                "frames": int(i) + self.frames + 1, **({"channel": name} if self.channel is not None else {})}
-               for name, ev, a in channels
-               for i, t, k, on, lv in zip(a.index, a.time, a.key, a.onset, a.level)]
+                "frames": int(i) + self.frames + 1, **({"channel": name} if self.channel is not None else {}),
+                **({"checks": why} if why else {})}
+               for name, ev, a, whys in channels
+               for i, t, k, on, lv, why in zip(a.index, a.time, a.key, a.onset, a.level, whys)]
         out.sort(key=lambda d: d["frame"])
         self.frames += len(b)
         return out
@@ -186,8 +188,9 @@ def monitor(scorer: FrameScorer, bus: Any, *, alerts_path: str | Path | None = N
             if fh is not None:
                 fh.write(json.dumps(a) + "\n")
             if echo is not None:
+                why = f": {', '.join(a['checks'])}" if a.get("checks") else ""
                 echo(f"ALERT t={a['time']:.6f} CAN ID {a['can_id_hex']} evidence {a['evidence']:.2f} > "
-                     f"{a['threshold']:.2f} (frame {a['frame']})")
+                     f"{a['threshold']:.2f} (frame {a['frame']}{', ' + a['channel'] if 'channel' in a else ''}{why})")
         if fh is not None:
             fh.flush()
         n_alerts += len(alerts)

@@ -124,6 +124,7 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
     if ev is not None and w is not None:
         raise DataError("evidence over time needs a frame-level detector; this one reads windows")
     cusum_state, key_index, ev_alerts, rule_alerts = CusumState(), KeyIndex(), [], []
+    rule_checks: dict[int, list[str]] = {}  # frame of a rule alert -> the checks that frame fails
     channel = rule_channel(det) if ev is not None else None  # a rule raising alerts beside the detector (union.py)
     labelled: bool | None = None  # every chunk so far carried labels (the first one decides the CSV columns)
     t0 = time.perf_counter()
@@ -151,6 +152,9 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
                         if channel is not None:
                             a = channel(r.x, np.asarray(r.ts, np.float64), keys)
                             rule_alerts.append(Alerts(a.index + n_rows, a.time, a.key, a.onset))
+                            for i, why in zip(a.index.tolist(), channel.explain(r.x[a.index])):
+                                if why:
+                                    rule_checks[i + n_rows] = why
                 else:
                     first, xs, yt = windows.push(x, truth)
                     p = predict_proba(net, torch.from_numpy(xs)).numpy() if len(xs) else np.zeros(0)
@@ -187,7 +191,7 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
     if ev is not None and len(v):
         ev_summary = _evidence_summary(ev, ev_alerts, y if labelled else None, kept, key_index, gap_s,
                                        traffic.partners(det.state()), rule_alerts,
-                                       channel.rule if channel is not None else "")
+                                       channel.rule if channel is not None else "", rule_checks)
     return DetectSummary(n_rows, n_samples, n_flagged, secs, n_rows / max(secs, 1e-9), str(out_csv), metrics,
                          unit=f"{unit}s", reader_note=stream.note(), alerts=alerts, key_name=traffic.key_name,
                          evidence=ev_summary)
@@ -195,9 +199,10 @@ def stream_detect(det: Detector, capture: str | Path, out_csv: str | Path, *, la
 
 def _evidence_summary(ev: Evidence, parts: list[Alerts], y: np.ndarray | None, kept: dict[str, list[np.ndarray]],
                       key_index: KeyIndex, gap_s: float, partners: dict[int, set[int]],
-                      rule_parts: list[Alerts] | None = None, rule: str = "") -> dict[str, Any]:
+                      rule_parts: list[Alerts] | None = None, rule: str = "",
+                      rule_checks: dict[int, list[str]] | None = None) -> dict[str, Any]:
     """The evidence alerts of a whole capture (the detector's and, with a union rule, the rule's, in frame order),
-    judged against its labels when it has them."""
+    judged against its labels when it has them; a rule alert names the checks its frame fails (``rule_checks``)."""
     det_a, rule_a = merge_alerts(*parts), merge_alerts(*(rule_parts or []))  # the chunks' alerts, in frame order
     a = merge_alerts(det_a, rule_a)
     source = np.r_[np.zeros(len(det_a.index), np.int64), np.ones(len(rule_a.index), np.int64)]
@@ -206,7 +211,9 @@ def _evidence_summary(ev: Evidence, parts: list[Alerts], y: np.ndarray | None, k
     out: dict[str, Any] = {"threshold": ev.threshold, "clip": ev.clip, "drift": ev.drift, "holdoff_s": ev.holdoff_s,
                            "alerts": int(len(a.index)),
                            "alert_list": [{"frame": int(i), "time": float(t), "key": names.get(int(k), int(k)),
-                                           **({"channel": rule if c else "detector"} if rule else {})}
+                                           **({"channel": rule if c else "detector"} if rule else {}),
+                                           **({"checks": (rule_checks or {})[int(i)]}
+                                              if c and int(i) in (rule_checks or {}) else {})}
                                           for i, t, k, c in zip(a.index, a.time, a.key, source)]}
     if rule:
         out["union"] = {"rule": rule, "detector_alerts": int(len(det_a.index)), "rule_alerts": int(len(rule_a.index))}

@@ -65,6 +65,11 @@ class RuleChannel:
         self.ev = Evidence(float(u["threshold"]), float(u["clip"]), float(u["drift"]), float(u["holdoff_s"]))
         self.state = CusumState()
 
+    def explain(self, rows: np.ndarray) -> list[list[str]]:
+        """Per alerting row, the checks of the rule it fails (empty lists for a rule that has no named checks)."""
+        checks = getattr(self.fn, "checks", None)
+        return checks(rows) if checks is not None and len(rows) else [[] for _ in range(len(rows))]
+
     def __call__(self, rows: np.ndarray, clock: np.ndarray, key: np.ndarray) -> Alerts:
         score = rule_frame_scores(self.fn(rows))
         alerts, self.state = cusum_alerts(score, clock, key, self.ev, self.state)
