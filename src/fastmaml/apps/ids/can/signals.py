@@ -271,7 +271,8 @@ def _set_statistics(s: Signal, v: np.ndarray, same: np.ndarray | None = None,
     s.max_run = float(_longest_run(v, same))
     s.trend = value_trend(v, same)
     s.lo_share, s.hi_share = float(np.mean(v == s.lo)), float(np.mean(v == s.hi))
-    s.max_change = max_changes(v, same if steady is None else steady if same is None else same & steady)
+    pairs = same if steady is None else (steady if same is None else same & steady)  # consecutive, no hole
+    s.max_change = max_changes(v, pairs)
 
 
 def max_changes(v: np.ndarray, same: np.ndarray | None = None) -> list[float]:
