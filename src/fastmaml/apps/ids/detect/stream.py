@@ -203,6 +203,7 @@ def _evidence_summary(ev: Evidence, parts: list[Alerts], y: np.ndarray | None, k
                       rule_checks: dict[int, list[str]] | None = None) -> dict[str, Any]:
     """The evidence alerts of a whole capture (the detector's and, with a union rule, the rule's, in frame order),
     judged against its labels when it has them; a rule alert names the checks its frame fails (``rule_checks``)."""
+    rule_checks = rule_checks or {}
     det_a, rule_a = merge_alerts(*parts), merge_alerts(*(rule_parts or []))  # the chunks' alerts, in frame order
     a = merge_alerts(det_a, rule_a)
     source = np.r_[np.zeros(len(det_a.index), np.int64), np.ones(len(rule_a.index), np.int64)]
@@ -212,8 +213,7 @@ def _evidence_summary(ev: Evidence, parts: list[Alerts], y: np.ndarray | None, k
                            "alerts": int(len(a.index)),
                            "alert_list": [{"frame": int(i), "time": float(t), "key": names.get(int(k), int(k)),
                                            **({"channel": rule if c else "detector"} if rule else {}),
-                                           **({"checks": (rule_checks or {})[int(i)]}
-                                              if c and int(i) in (rule_checks or {}) else {})}
+                                           **({"checks": rule_checks[int(i)]} if c and int(i) in rule_checks else {})}
                                           for i, t, k, c in zip(a.index, a.time, a.key, source)]}
     if rule:
         out["union"] = {"rule": rule, "detector_alerts": int(len(det_a.index)), "rule_alerts": int(len(rule_a.index))}
