@@ -262,11 +262,12 @@ class FeatureState:
             if clock == "time" and not b.has_timestamps:
                 raise DataError("FeatureState.fit: clock='time' but frames lack timestamps; use clock='index'")
             clk = b.timestamp if clock == "time" else np.arange(offset, offset + len(b), dtype=np.float64)
+            per_s = 1.0 if clock == "time" else 1600.0  # clock units a second (index clock: ~1,600 frames/s)
             offset += len(b)
             keep = ~b.is_attack()
             ids, clk = b.can_id[keep].astype(np.int64), clk[keep]
             if len(clk) > 1:
-                clean_s += float(clk[-1] - clk[0]) / (1.0 if clock == "time" else 1600.0)
+                clean_s += float(clk[-1] - clk[0]) / per_s
             data = b.data[keep, :8]
             if rel_n < _MAX_REL_FRAMES:
                 take = min(len(ids), _MAX_REL_FRAMES - rel_n)
@@ -276,10 +277,10 @@ class FeatureState:
             if stat_n < _MAX_STAT_FRAMES and len(ids):
                 take = min(len(ids), _MAX_STAT_FRAMES - stat_n)
                 prev = np.r_[clk[0] if last_clk is None else last_clk, clk[:take - 1]]
-                gap = _NEW_CAPTURE_GAP_S * (1.0 if clock == "time" else 1600.0)
+                gap = _NEW_CAPTURE_GAP_S * per_s
                 new = (clk[:take] < prev) | (clk[:take] - prev > gap)
                 stat_capture.append((capture + np.cumsum(new)).astype(np.int32))
-                stat_clock.append(clk[:take] / (1.0 if clock == "time" else 1600.0))
+                stat_clock.append(clk[:take] / per_s)
                 capture, last_clk = int(stat_capture[-1][-1]), float(clk[take - 1])
                 stat_ids.append(ids[:take].astype(np.int32))
                 stat_data.append(np.ascontiguousarray(data[:take]))
@@ -288,7 +289,7 @@ class FeatureState:
                 take = min(len(ids), _MAX_SIGNAL_FRAMES - sig_n)
                 sig_ids.append(ids[:take])
                 sig_data.append(data[:take])
-                sig_clk.append(clk[:take] if clock == "time" else clk[:take] / 1600.0)  # index clock: ~1,600 frames/s
+                sig_clk.append(clk[:take] / per_s)
                 sig_n += take
             for cid in np.unique(ids).tolist():
                 m = ids == cid
