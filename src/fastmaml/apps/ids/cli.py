@@ -312,14 +312,16 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evidence(args: argparse.Namespace, det: object) -> object:
     """The evidence setting the options ask for (None: the detector's own, or the defaults)."""
+    from dataclasses import replace
+
     from fastmaml.apps.ids.evidence import Evidence
 
     if args.clip is None and args.drift is None and args.reference is None:
         return None
     base = det.alarm() or Evidence(reference=DETECTOR_REFERENCE)  # type: ignore[attr-defined]
-    return Evidence(base.threshold, base.clip if args.clip is None else args.clip,
-                    base.drift if args.drift is None else args.drift, base.holdoff_s,
-                    base.reference if args.reference is None else args.reference)
+    return replace(base, clip=base.clip if args.clip is None else args.clip,
+                   drift=base.drift if args.drift is None else args.drift,
+                   reference=base.reference if args.reference is None else args.reference)
 
 
 def _print_union(det: object) -> None:

@@ -24,7 +24,7 @@ rule of three, 95%).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,15 @@ from fastmaml.errors import DataError
 # cut MAML's DOUBLE occurrences from 5/6 to 2/6: one ID whose clean frames an adapted detector scores high sets a
 # global quantile that silences every ID.
 DETECTOR_REFERENCE = 0.0
+
+
+# Each key's own reference (Evidence.per_key): a key whose clean frames score, on average, above -KEY_MARGIN gets a
+# drift that brings its clean mean step down to -KEY_MARGIN. A real bus has IDs whose timing or values a detector or
+# rule cannot judge (on ROAD's captures the timing rule flags some IDs' clean frames so often that their sums grow
+# without bound): one global threshold above such an ID's clean excursions silenced every other ID (the reverse-light
+# fabrication, 99.5% of its frames flagged, caught at 0). Keys whose clean frames score below it keep drift 0.
+KEY_MARGIN = 0.125
+MIN_KEY_FRAMES = 20  # fewer clean frames of a key: no mean worth trusting, no per-key drift
 
 
 # A gap between two frames longer than this is no traffic (the bus was off, or calibration pieces of one drive, or
@@ -67,6 +76,8 @@ class Evidence:
     drift: float = 0.0
     holdoff_s: float = 1.0
     reference: float = 0.0
+    per_key: bool = True  # calibration fits each key's own drift (KEY_MARGIN) on top of ``drift``
+    key_drift: tuple[tuple[int, float], ...] = ()  # (key, its extra drift): what calibration fitted
 
     def __post_init__(self) -> None:
         if not self.clip > 0:
@@ -79,18 +90,44 @@ class Evidence:
             raise DataError("evidence threshold is NaN; calibrate it on clean traffic (--clean) or pass --threshold")
 
     def with_threshold(self, threshold: float) -> Evidence:
-        return Evidence(threshold, self.clip, self.drift, self.holdoff_s, self.reference)
+        return replace(self, threshold=threshold)
 
-    def fitted(self, clean_score: np.ndarray) -> Evidence:
-        """The drift this setting uses on traffic like ``clean_score`` (``reference``: its clipped quantile)."""
-        if not self.reference or not len(clean_score):
+    def fitted(self, clean_score: np.ndarray, clean_key: np.ndarray | None = None) -> Evidence:
+        """The drifts this setting uses on traffic like ``clean_score``: ``reference``, its clipped quantile; with
+        ``per_key`` and the frames' keys, each key's own (:data:`KEY_MARGIN`)."""
+        if not len(clean_score):
             return self
-        q = float(np.quantile(np.clip(np.asarray(clean_score, np.float64), -self.clip, self.clip), self.reference))
-        return Evidence(self.threshold, self.clip, max(self.drift, q), self.holdoff_s, self.reference)
+        x = np.clip(np.asarray(clean_score, np.float64), -self.clip, self.clip)
+        drift = max(self.drift, float(np.quantile(x, self.reference))) if self.reference else self.drift
+        key_drift: tuple[tuple[int, float], ...] = ()
+        if self.per_key and clean_key is not None:
+            key = np.asarray(clean_key, np.int64)
+            keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+            mean = np.bincount(inverse, weights=x - drift) / counts
+            extra = mean + KEY_MARGIN
+            key_drift = tuple((int(k), float(e)) for k, e, n in zip(keys, extra, counts)
+                              if e > 0 and n >= MIN_KEY_FRAMES)
+        return replace(self, drift=drift, key_drift=key_drift)
 
     def calibrated(self, cal: Calibration) -> Evidence:
-        """The alarm a calibration set: its threshold and the drift it was set with."""
-        return Evidence(cal.threshold, self.clip, cal.drift, self.holdoff_s, self.reference)
+        """The alarm a calibration set: its threshold and the drifts it was set with."""
+        return replace(self, threshold=cal.threshold, drift=cal.drift,
+                       key_drift=tuple((int(k), float(d)) for k, d in cal.key_drift))
+
+    def key_drifts(self) -> dict[int, float]:
+        return dict(self.key_drift)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The setting a detector folder keeps (``detector.json``, ``evidence``)."""
+        return {"threshold": self.threshold, "clip": self.clip, "drift": self.drift, "holdoff_s": self.holdoff_s,
+                "reference": self.reference, "per_key": self.per_key, "key_drift": [list(p) for p in self.key_drift]}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Evidence:
+        """A saved setting; one saved before per-key drifts (no ``per_key``) keeps its single drift."""
+        return Evidence(float(d["threshold"]), float(d.get("clip", 6.0)), float(d.get("drift", 0.0)),
+                        float(d.get("holdoff_s", 1.0)), float(d.get("reference", 0.0)), bool(d.get("per_key", False)),
+                        tuple((int(k), float(v)) for k, v in d.get("key_drift", [])))
 
 
 RULE_CLIP = 1.0  # a flagged frame scores +1, the clip: a lone flagged frame never alerts
@@ -173,10 +210,11 @@ def cusum_alerts(score: np.ndarray, clock: np.ndarray, key: np.ndarray, ev: Evid
         raise DataError("evidence: a frame score is NaN (the detector's output); check the detector's weights")
     state = state or CusumState()
     x = np.clip(score, -ev.clip, ev.clip) - ev.drift
+    extra = ev.key_drifts()
     out: list[tuple[int, float, int, float, float]] = []
     for g in _groups(key):
         k = int(key[g[0]])
-        xs, ts = x[g], clock[g]
+        xs, ts = x[g] - extra.get(k, 0.0), clock[g]
         s0, quiet, onset = state.level.get(k, 0.0), state.quiet_until.get(k, -math.inf), state.start.get(k, math.nan)
         pos = int(np.searchsorted(ts, quiet, side="left"))  # frames inside a hold-off add nothing
         if pos > 0:
@@ -222,9 +260,11 @@ def _onset(ts: np.ndarray, s: np.ndarray, zero: np.ndarray, onset: float, s0: fl
 def excursion_peaks(score: np.ndarray, key: np.ndarray, ev: Evidence) -> np.ndarray:
     """The peak of every CUSUM excursion (a run of S > 0) of every key, with no threshold: the tail calibration fits."""
     x = np.clip(np.asarray(score, np.float64), -ev.clip, ev.clip) - ev.drift
+    key = np.asarray(key, np.int64)
+    extra = ev.key_drifts()
     peaks = []
-    for g in _groups(np.asarray(key, np.int64)):
-        s = _cusum_run(x[g], 0.0)
+    for g in _groups(key):
+        s = _cusum_run(x[g] - extra.get(int(key[g[0]]), 0.0), 0.0)
         pos = s > 0
         if not pos.any():
             continue
@@ -251,6 +291,7 @@ class Calibration:
     tail_shape: float = math.nan
     tail_scale: float = math.nan
     drift: float = 0.0  # the evidence drift the threshold was set with (Evidence.reference fits it on the clean traffic)
+    key_drift: list[list[float]] = field(default_factory=list)  # [key, extra drift] pairs (Evidence.per_key)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -350,7 +391,7 @@ def calibrate(score: np.ndarray, clock: np.ndarray, key: np.ndarray, budget_per_
     single frame raises an alert on its own. With ``ev.reference`` the drift is first fitted on ``score``
     (:meth:`Evidence.fitted`); ``Calibration.drift`` records it and :meth:`Evidence.calibrated` applies both.
     """
-    ev = ev.fitted(score)
+    ev = ev.fitted(score, key)
     if budget_per_hour <= 0:
         raise DataError(f"false-alert budget must be > 0 alerts per hour, got {budget_per_hour}")
     clock = np.asarray(clock, np.float64)
@@ -375,7 +416,7 @@ def calibrate(score: np.ndarray, clock: np.ndarray, key: np.ndarray, budget_per_
     if count_alerts(score, clock, key, ev.with_threshold(h)) > allowed:  # unreachable: the top peak alerts on nothing
         h = float(cand[-1])
     cal = Calibration(budget_per_hour, h, seconds, 0, len(peaks), "empirical", verify_hours=3.0 / budget_per_hour,
-                      drift=ev.drift)
+                      drift=ev.drift, key_drift=[[k, d] for k, d in ev.key_drift])
     if len(peaks) >= MIN_TAIL_EXCURSIONS:
         m = min(max(len(peaks) // 2, MIN_TAIL_EXCURSIONS - 1), 100)
         h_tail = _tail_threshold(peaks, hours, budget_per_hour, m)

@@ -177,8 +177,6 @@ def calibrate_detector(det: Detector, clean: str | Path, alerts_per_hour: float,
     if sc.truth is not None and sc.truth.any():
         raise DataError(f"{clean}: holds {int(sc.truth.sum())} attack frames; calibrate on a clean capture")
     cal = calibrate(scores, sc.clock, sc.key, alerts_per_hour, ev)
-    setting = {"threshold": cal.threshold, "clip": ev.clip, "drift": cal.drift, "holdoff_s": ev.holdoff_s,
-               "reference": ev.reference,
-               "calibration": cal.to_dict(), "clean_capture": str(clean),
+    setting = {**ev.calibrated(cal).to_dict(), "calibration": cal.to_dict(), "clean_capture": str(clean),
                **({"union": union_block} if union_block else {})}
     return replace(det, evidence=setting), cal

@@ -55,8 +55,7 @@ class Detector:
         """The CUSUM alert setting with its calibrated threshold, or None when the detector was never calibrated."""
         if "threshold" not in self.evidence:
             return None
-        return Evidence(**{k: float(self.evidence[k]) for k in ("threshold", "clip", "drift", "holdoff_s", "reference")
-                           if k in self.evidence})
+        return Evidence.from_dict(self.evidence)
 
     def calibration(self) -> Calibration | None:
         c = self.evidence.get("calibration")

@@ -3,6 +3,7 @@ clean traffic and ``ids judge`` read, and the stable stream keys streaming detec
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +18,9 @@ from fastmaml.errors import DataError
 
 
 class KeyIndex:
-    """Stable small integers for a traffic's stream keys (CAN IDs, protocol names) across chunks."""
+    """Integers for a traffic's stream keys (CAN IDs as they are, other keys such as protocol names by a checksum of
+    their text): the same key gets the same integer in every capture, so what calibration fitted per key on the
+    clean capture (a key's own drift) applies to the same key in the next one."""
 
     def __init__(self) -> None:
         self.ids: dict[Any, int] = {}
@@ -25,7 +28,7 @@ class KeyIndex:
     def __call__(self, keys: np.ndarray) -> np.ndarray:
         if keys.dtype.kind in "iu":
             return keys.astype(np.int64)
-        return np.array([self.ids.setdefault(k, len(self.ids)) for k in keys.tolist()], np.int64)
+        return np.array([self.ids.setdefault(k, zlib.crc32(str(k).encode())) for k in keys.tolist()], np.int64)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fastmaml.apps.ids.detect.detector import Detector
-from fastmaml.apps.ids.evidence import (RULE_CLIP, Alerts, Calibration, CusumState, Evidence, calibrate, cusum_alerts,
+from fastmaml.apps.ids.evidence import (Alerts, Calibration, CusumState, Evidence, calibrate, cusum_alerts,
                                         rule_alarm, rule_frame_scores)
 from fastmaml.apps.ids.traffic import ReadOptions
 from fastmaml.errors import DataError
@@ -40,8 +40,8 @@ def rule_function(det: Detector, rule: str, clean: str | Path,
 
 def union_setting(rule: str, clean: str | Path, cal: Calibration, holdoff_s: float) -> dict[str, Any]:
     """The JSON block ``detector.json`` keeps under ``evidence.union``."""
-    return {"rule": rule, "clean_capture": str(clean), "threshold": cal.threshold, "clip": RULE_CLIP, "drift": 0.0,
-            "holdoff_s": holdoff_s, "calibration": cal.to_dict()}
+    return {"rule": rule, "clean_capture": str(clean), **rule_alarm(holdoff_s).calibrated(cal).to_dict(),
+            "calibration": cal.to_dict()}
 
 
 def calibrate_rule(scores: np.ndarray, clock: np.ndarray, key: np.ndarray, budget: float,
@@ -62,7 +62,7 @@ class RuleChannel:
             raise DataError("this detector has no union rule (ids adapt/detect --clean C --union RULE)")
         self.rule = str(u["rule"])
         self.fn = rule_function(det, self.rule, u["clean_capture"])
-        self.ev = Evidence(float(u["threshold"]), float(u["clip"]), float(u["drift"]), float(u["holdoff_s"]))
+        self.ev = Evidence.from_dict(u)
         self.state = CusumState()
 
     def explain(self, rows: np.ndarray) -> list[list[str]]:
