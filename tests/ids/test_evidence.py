@@ -266,8 +266,9 @@ def test_each_key_gets_its_own_reference_so_one_noisy_id_does_not_silence_the_ot
         assert (dict(alarm.key_drift).keys() == {7}) == per_key
         caught[per_key] = E.judge(E.cusum_alerts(attack, clock, key, alarm)[0], attacked, clock, key).caught
         if per_key:
-            # Key 7's drift: its clean mean step (1.25 * 0.4 - 0.25 = 0.25) brought down to -KEY_MARGIN.
-            assert dict(alarm.key_drift)[7] == pytest.approx(0.25 + E.KEY_MARGIN, abs=0.02)
+            # Key 7's drift: its clean mean step (1.25 * 0.4 - 0.25 = 0.25) brought down to minus half its spread
+            # (1.25 * sqrt(0.4 * 0.6)).
+            assert dict(alarm.key_drift)[7] == pytest.approx(0.25 + E.KEY_SPREAD * 1.25 * np.sqrt(0.24), abs=0.02)
             assert E.count_alerts(E.rule_frame_scores(flags(4)), clock, key, alarm) <= 3
     assert caught == {False: 0, True: 1}
 

@@ -43,17 +43,20 @@ def test_summaries_keep_divergence_counts_and_nan():
 
 # The keys as the code before keys.py computed them (experiment._eval_key / _identity, sources.data_key):
 # a change here makes every cached data file, training run and fold evaluation of that config stale. The
-# evaluation keys were changed on purpose once since: eval.evidence_union added a judgement to every fold
-# (eval.evidence_reference enters only when on).
+# evaluation keys were changed on purpose twice since: eval.evidence_union added a judgement to every fold
+# (eval.evidence_reference enters only when on), and per-ID CUSUM references (eval.evidence_per_key, on by default)
+# changed every evidence judgement; with it off a fold keeps the key it had before (OLD_EVAL).
+OLD_EVAL = {"sim": "53b1638bca2567a2", "captures": "47494e3fb3e33b5b", "cross": "b2f07069f6bac1b4",
+            "eth": "1736cd330eec0eb3"}
 CASES = {
-    "sim": ([], "1ed9380b0b470867", "53b1638bca2567a2", "b80513f746947754"),
+    "sim": ([], "1ed9380b0b470867", "d109f4d63f376935", "b80513f746947754"),
     "captures": (["source.kind=captures", "source.captures=[{path: a.log, labels: a.csv}, {path: b.log, attack: dos}]",
                   "source.split=auto", "features.signals=true", "features.byte_order=big"],
-                 "e4c899f3822488a4", "47494e3fb3e33b5b", "a2ab820a8161e039"),
+                 "e4c899f3822488a4", "ac7a40b7b04eca72", "a2ab820a8161e039"),
     "cross": (["source.kind=sim", "train_source={kind: sim, sim_duration_s: 10.0}", "features.identity=false"],
-              "61ca01e5ffb2f89b", "b2f07069f6bac1b4", "4303301044c21646"),
+              "61ca01e5ffb2f89b", "c6f34a8ddc808969", "4303301044c21646"),
     "eth": (["source.kind=eth_sim", "source.eth_camera=false", "model.hidden=[16]"],
-            "db08b696924da10e", "1736cd330eec0eb3", "8d783cdf91e863d1"),
+            "db08b696924da10e", "885c8456ccfd8d97", "8d783cdf91e863d1"),
 }
 
 
@@ -68,6 +71,7 @@ def _keys(cfg: IdsConfig) -> tuple[str, str, str]:
 def test_cache_keys_keep_their_values(name):
     over, data, evaluation, identity = CASES[name]
     assert _keys(load_ids_config(None, over)) == (data, evaluation, identity)
+    assert _keys(load_ids_config(None, over + ["eval.evidence_per_key=false"])) == (data, OLD_EVAL[name], identity)
 
 
 # Each source kind's settings moved into a block of its own (source.masquerade: {occurrences: 6}); the flat names
@@ -79,22 +83,22 @@ SETTINGS_CASES = {
                    ["source.kind=masquerade", "source.captures=[clean.log]",
                     "source.masquerade={occurrences: 6, duration_s: 1.5, seed: 3, targets: all}", "features.signals=true",
                     "features.byte_order=big"],
-                   ("092c70f6741fef96", "01bc702b7bff5a04", "447ff1c04b430c31")),
+                   ("092c70f6741fef96", "c0b256958793e225", "447ff1c04b430c31")),
     "sim": (["source.sim_duration_s=15", "source.sim_fit_seed=5", "source.sim_train_seed=6", "source.sim_test_seed=7",
              "source.attacks=[dos]"],
             ["source.sim.duration_s=15", "source.sim.fit_seed=5", "source.sim.train_seed=6", "source.sim.test_seed=7",
              "source.attacks=[dos]"],
-            ("9830f20655ebce19", "f2215c7537419fff", "da70a23356a8e869")),
+            ("9830f20655ebce19", "6681bda997398aea", "da70a23356a8e869")),
     "synthetic": (["source.kind=synthetic", "source.synthetic_attacks=2", "source.synthetic_samples=50",
                    "source.cic_dir=/x", "source.daga_dir=/y"],
                   ["source.kind=synthetic", "source.synthetic={attacks: 2, samples: 50}", "source.cic.dir=/x",
                    "source.daga.dir=/y"],
-                  ("907dff5dcea736d3", "c93d860814ee5419", "7f65727ca4fabd9a")),
+                  ("907dff5dcea736d3", "ef743462ebd6de1c", "7f65727ca4fabd9a")),
     "eth": (["source.kind=eth_sim", "source.sim_duration_s=4", "source.eth_camera=false",
              "train_source={kind: eth_sim, sim_duration_s: 8.0, sim_test_seed: 9}"],
             ["source.kind=eth_sim", "source.sim.duration_s=4", "source.eth_sim.camera=false",
              "train_source={kind: eth_sim, sim: {duration_s: 8.0, test_seed: 9}}"],
-            ("0266248ce0b14924", "251cc1bb7acbfb2f", "fdc3a41810e5b915")),
+            ("0266248ce0b14924", "05799b4d1259f530", "fdc3a41810e5b915")),
 }
 
 

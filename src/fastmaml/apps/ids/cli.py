@@ -170,6 +170,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--reference", type=float, default=DETECTOR_REFERENCE, metavar="Q",
                    help="raise each detector's drift to this quantile of its clipped log-odds on --clean "
                         "(0: off; default: %(default)s)")
+    j.add_argument("--no-per-key", action="store_true",
+                   help="one reference for every CAN ID (as before per-ID references: for comparison)")
     j.add_argument("--saved-thresholds", action="store_true",
                    help="use the thresholds saved in the detectors (ids adapt --clean) instead of calibrating all here")
     j.add_argument("--no-rules", action="store_true", help="judge the detectors only")
@@ -374,7 +376,8 @@ def _judge(args: argparse.Namespace) -> None:
                         "label file per capture, in the same order, or none (each capture's _labels.csv is found)")
     labels = args.labels or [_side_labels(c) for c in args.capture]
     results = judge_scorers(dets, args.clean, args.capture, labels=labels, alerts_per_hour=args.alerts_per_hour,
-                            rules=not args.no_rules, evidence=Evidence(clip=args.clip, drift=args.drift, reference=args.reference),
+                            rules=not args.no_rules, evidence=Evidence(clip=args.clip, drift=args.drift, reference=args.reference,
+                                                                       per_key=not args.no_per_key),
                             options=ReadOptions(format=args.format), recalibrate=not args.saved_thresholds,
                             union=args.union if not args.no_rules else "")
     args.out.mkdir(parents=True, exist_ok=True)

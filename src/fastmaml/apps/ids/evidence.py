@@ -40,12 +40,15 @@ from fastmaml.errors import DataError
 DETECTOR_REFERENCE = 0.0
 
 
-# Each key's own reference (Evidence.per_key): a key whose clean frames score, on average, above -KEY_MARGIN gets a
-# drift that brings its clean mean step down to -KEY_MARGIN. A real bus has IDs whose timing or values a detector or
-# rule cannot judge (on ROAD's captures the timing rule flags some IDs' clean frames so often that their sums grow
+# Each key's own reference (Evidence.per_key): a key whose clean frames score, on average, above -m (m: KEY_MARGIN or
+# KEY_SPREAD of the spread of its clean scores, whichever is larger) gets a drift that brings its clean mean step
+# down to -m, the textbook CUSUM reference for a shift of two m. A real bus has IDs whose timing or values a detector
+# or rule cannot judge (on ROAD's captures the timing rule flags some IDs' clean frames so often that their sums grow
 # without bound): one global threshold above such an ID's clean excursions silenced every other ID (the reverse-light
-# fabrication, 99.5% of its frames flagged, caught at 0). Keys whose clean frames score below it keep drift 0.
+# fabrication, 99.5% of its frames flagged, caught at 0; results/ids/road_real). Keys whose clean frames score well
+# below it keep drift 0.
 KEY_MARGIN = 0.125
+KEY_SPREAD = 0.5
 MIN_KEY_FRAMES = 20  # fewer clean frames of a key: no mean worth trusting, no per-key drift
 
 
@@ -104,7 +107,8 @@ class Evidence:
             key = np.asarray(clean_key, np.int64)
             keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
             mean = np.bincount(inverse, weights=x - drift) / counts
-            extra = mean + KEY_MARGIN
+            spread = np.sqrt(np.maximum(np.bincount(inverse, weights=(x - drift) ** 2) / counts - mean ** 2, 0.0))
+            extra = mean + np.maximum(KEY_MARGIN, KEY_SPREAD * spread)
             key_drift = tuple((int(k), float(e)) for k, e, n in zip(keys, extra, counts)
                               if e > 0 and n >= MIN_KEY_FRAMES)
         return replace(self, drift=drift, key_drift=key_drift)
@@ -143,9 +147,9 @@ def rule_frame_scores(flags: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(flags, bool), RULE_CLIP, -RULE_MISS)
 
 
-def rule_alarm(holdoff_s: float = 1.0) -> Evidence:
+def rule_alarm(holdoff_s: float = 1.0, per_key: bool = True) -> Evidence:
     """The evidence setting of a rule baseline's frame scores (no drift, no reference: before calibration)."""
-    return Evidence(math.inf, RULE_CLIP, 0.0, holdoff_s)
+    return Evidence(math.inf, RULE_CLIP, 0.0, holdoff_s, per_key=per_key)
 
 
 @dataclass

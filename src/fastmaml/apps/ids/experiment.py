@@ -293,7 +293,7 @@ def _train_and_adapt(cfg: IdsConfig, data: IdsData, known: list[str], holdout: S
                                 cfg.source.occurrence_gap_s, partners, e.evidence_benign, e.evidence_clip, seed,
                                 e.evidence_drift, _occurrence_groups(data, a), e.evidence_same_id,
                                 TRAFFIC[data.traffic].sample_keys(data.feature_names), e.evidence_union,
-                                e.evidence_reference)
+                                e.evidence_reference, e.evidence_per_key)
                             rows = [{**r, **v} for r, v in zip(rows, ev_rows)]
                         rec.ops.setdefault(a, {}).setdefault(method, []).extend(rows)
     return rec
@@ -338,7 +338,7 @@ def _stream_results(cfg: IdsConfig, data: IdsData, rec: _FoldRecord) -> dict[str
             rules[r] = row
         if _with_evidence(cfg, data):
             for r, v in evidence_rule_values(st, clean, data.streams[FIT_STREAM], e.alert_budget_per_hour, gap,
-                                             partners, _occurrence_groups(data, a)).items():
+                                             partners, _occurrence_groups(data, a), e.evidence_per_key).items():
                 rules.setdefault(r, {}).update(v)
         operational[a] = StreamResult(
             attack=a, rules=rules, shots=e.figure_shot, attack_minutes=_minutes(st),

@@ -117,13 +117,13 @@ def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: S
         attacks = [(str(c), score_capture(det, c, lab, options=options, rules=use_rules))
                    for c, lab in zip(captures, labels or [None] * len(captures))]
         if i == 0 and union in sc.rule_scores:  # the rule's frame scores do not depend on the detector
-            rule_ev = rule_alarm(evidence.holdoff_s)
+            rule_ev = rule_alarm(evidence.holdoff_s, evidence.per_key)
             union_rule = (sc.rule_scores[union], [a.rule_scores[union] for _, a in attacks], rule_ev)
         partners = det.kind().partners(det.state())
         for scorer in ["detector"] + list(use_rules):
             s = sc.log_odds if scorer == "detector" else sc.rule_scores[scorer]
             if scorer != "detector":
-                ev = rule_alarm(evidence.holdoff_s)
+                ev = rule_alarm(evidence.holdoff_s, evidence.per_key)
                 cal = calibrate(s, sc.clock, sc.key, alerts_per_hour, ev)
             elif not recalibrate and det.alarm() is not None and det.calibration() is not None:
                 ev, cal = det.alarm(), det.calibration()

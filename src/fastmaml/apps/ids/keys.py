@@ -149,4 +149,6 @@ def eval_key(cfg: IdsConfig, known: Sequence[str], holdout: Sequence[str], dkey:
             c["train"].pop(k, None)
     if not c["eval"].get("evidence_reference"):  # off (the default): the key evaluations had before it existed
         c["eval"].pop("evidence_reference", None)
+    if not c["eval"].get("evidence_per_key"):  # off: the judgement from before per-ID references, under its old key
+        c["eval"].pop("evidence_per_key", None)
     return _hash({"cfg": c, "known": sorted(known), "holdout": list(holdout), "data": dkey})

@@ -212,7 +212,7 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
                     benign_frames: int, clip: float, seed: int = 0, drift: float = 0.0,
                     group_of: Callable[[Occurrence], str | None] | None = None, same_id: float = 0.0,
                     keys_of: Callable[[np.ndarray], np.ndarray] | None = None, union_rule: str = "",
-                    reference: float = 0.0) -> list[dict[str, float]]:
+                    reference: float = 0.0, per_key: bool = True) -> list[dict[str, float]]:
     """Per adapted detector (first ``n_episodes`` support sets): evidence judgement after two adaptations.
 
     ``evidence/``: the K attack shots beside ``benign_frames`` frames of the benign traffic before the
@@ -224,7 +224,7 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
     rows = []
     b = ep.batch
     g = torch.Generator().manual_seed(seed)
-    ev = Evidence(clip=clip, drift=drift, reference=reference)
+    ev = Evidence(clip=clip, drift=drift, reference=reference, per_key=per_key)
     streams = {"attack": attack, "fit": fit, **({"clean": clean} if clean is not None else {})}
     union = rule_scores(attack, clean, fit, union_rule) if union_rule else None
     for i in range(min(n_episodes, b.support_x.shape[0])):
@@ -248,15 +248,15 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
             if prefix == "evidence/" and union is not None:
                 # The detector and the rule as one IDS, each at half the budget.
                 row.update({f"evidence+{union_rule}/{k}": v for k, v in evidence_judgement(
-                    [(scores, ev), (union, rule_alarm())], attack, clean, fit, budget, None, gap_s, partners,
+                    [(scores, ev), (union, rule_alarm(per_key=per_key))], attack, clean, fit, budget, None, gap_s, partners,
                     group_of).items()})
         rows.append(row)
     return rows
 
 
 def evidence_rule_values(attack: Stream, clean: Stream | None, fit: Stream, budget: float, gap_s: float,
-                         partners: dict[int, set[int]], group_of: Callable[[Occurrence], str | None] | None = None
-                         ) -> dict[str, dict[str, float]]:
+                         partners: dict[int, set[int]], group_of: Callable[[Occurrence], str | None] | None = None,
+                         per_key: bool = True) -> dict[str, dict[str, float]]:
     """Each rule on the same path: +1 per flagged frame, -1/4 otherwise, summed per ID, threshold set on ``fit``."""
     out = {}
     for r in attack.rules:
@@ -264,6 +264,6 @@ def evidence_rule_values(attack: Stream, clean: Stream | None, fit: Stream, budg
         if scores is None:
             continue
         out[r] = {f"evidence/{k}": v for k, v in evidence_judgement(scores, attack, clean, fit, budget,
-                                                                     rule_alarm(), gap_s, partners,
+                                                                     rule_alarm(per_key=per_key), gap_s, partners,
                                                                      group_of).items()}
     return out
