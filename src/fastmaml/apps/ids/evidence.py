@@ -324,6 +324,9 @@ class Calibration:
                  f"({self.verify_hours * 60:.0f} min) of clean driving without an alert")
         if hours >= self.verify_hours and self.clean_alerts == 0:
             line += " (this clean traffic is that long)"
+        if self.key_drift:
+            line += (f"; {len(self.key_drift)} stream(s) scored high on clean driving sum only what they score above "
+                     f"their own reference (largest {max(d for _, d in self.key_drift):.2f})")
         return line
 
 
