@@ -21,7 +21,12 @@ CAPS="[$(cap correlated_signal_attack_2 correlated_signal_fabrication), $(cap co
  $(cap correlated_signal_attack_2_masquerade correlated_signal_masquerade), $(cap correlated_signal_attack_3_masquerade correlated_signal_masquerade),\
  $(cap max_engine_coolant_temp_attack coolant_fabrication), $(cap max_engine_coolant_temp_attack_masquerade coolant_masquerade),\
  $(cap reverse_light_off_attack_1 reverse_light_off_fabrication), $(cap reverse_light_off_attack_1_masquerade reverse_light_off_masquerade)]"
-$FM ids compare --preset captures --out "$OUT" "source.captures=$CAPS" 'eval.shots=[5]' \
-    --holdout correlated_signal_masquerade,correlated_signal_fabrication \
-    --holdout coolant_masquerade,coolant_fabrication \
-    --holdout reverse_light_off_masquerade,reverse_light_off_fabrication "$@"
+# Folds: each masquerade with its fabrication twin; HOLDOUT=a,b,... instead holds those out together in one fold.
+if [ -n "${HOLDOUT:-}" ]; then
+  folds=(--holdout "$HOLDOUT")
+else
+  folds=(--holdout correlated_signal_masquerade,correlated_signal_fabrication
+         --holdout coolant_masquerade,coolant_fabrication
+         --holdout reverse_light_off_masquerade,reverse_light_off_fabrication)
+fi
+$FM ids compare --preset captures --out "$OUT" "source.captures=$CAPS" 'eval.shots=[5]' "${folds[@]}" "$@"
