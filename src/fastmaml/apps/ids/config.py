@@ -255,8 +255,8 @@ class EvalConfig:
     # reference value, evidence.Evidence.reference, e.g. 0.999; 0: evidence_drift alone; evidence.DETECTOR_REFERENCE
     # says why it is off by default)
     evidence_reference: float = 0.0
-    # Each CAN ID's own reference on top (evidence.KEY_MARGIN): an ID whose clean frames a detector or rule scores high
-    # no longer sets the one threshold for every ID. false: the single drift of before (for comparison).
+    # Each CAN ID's own reference on top (evidence.KEY_MARGIN, KEY_SPREAD): an ID whose clean frames a detector or rule
+    # scores high no longer sets the one threshold for every ID. false: the single drift of before (for comparison).
     evidence_per_key: bool = True
     # Share of those benign frames drawn from the attack shots' own IDs (0: uniformly from the clean traffic), so the
     # adapted detector cannot call an ID an attack for being that ID.

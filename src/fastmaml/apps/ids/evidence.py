@@ -79,7 +79,7 @@ class Evidence:
     drift: float = 0.0
     holdoff_s: float = 1.0
     reference: float = 0.0
-    per_key: bool = True  # calibration fits each key's own drift (KEY_MARGIN) on top of ``drift``
+    per_key: bool = True  # calibration fits each key's own drift (KEY_MARGIN, KEY_SPREAD) on top of ``drift``
     key_drift: tuple[tuple[int, float], ...] = ()  # (key, its extra drift): what calibration fitted
 
     def __post_init__(self) -> None:
@@ -97,7 +97,7 @@ class Evidence:
 
     def fitted(self, clean_score: np.ndarray, clean_key: np.ndarray | None = None) -> Evidence:
         """The drifts this setting uses on traffic like ``clean_score``: ``reference``, its clipped quantile; with
-        ``per_key`` and the frames' keys, each key's own (:data:`KEY_MARGIN`)."""
+        ``per_key`` and the frames' keys, each key's own (:data:`KEY_MARGIN`, :data:`KEY_SPREAD`)."""
         if not len(clean_score):
             return self
         x = np.clip(np.asarray(clean_score, np.float64), -self.clip, self.clip)
