@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from fastmaml.apps.ids.alerts import parse_alert_rule
 from fastmaml.apps.ids.config import IdsConfig, METHODS, preset_path  # noqa: F401
 from fastmaml.apps.ids.episodes import Episodes, check_sizes, fingerprint, fixed_episodes, make_train_sampler
-from fastmaml.apps.ids.evidence import traffic_seconds
+from fastmaml.apps.ids.evidence import Evidence, traffic_seconds
 from fastmaml.apps.ids.families import FIT_STREAM, IdsData, Stream
 from fastmaml.apps.ids.keys import data_key, eval_key, run_identity
 from fastmaml.apps.ids.metrics import curve_metrics, rates
@@ -290,10 +290,11 @@ def _train_and_adapt(cfg: IdsConfig, data: IdsData, known: list[str], holdout: S
                             ev_rows = evidence_values(
                                 runner, params, ep, e.steps, data.streams[a], data.streams.get(BENIGN),
                                 data.streams[FIT_STREAM], e.operational_episodes, e.alert_budget_per_hour,
-                                cfg.source.occurrence_gap_s, partners, e.evidence_benign, e.evidence_clip, seed,
-                                e.evidence_drift, _occurrence_groups(data, a), e.evidence_same_id,
-                                TRAFFIC[data.traffic].sample_keys(data.feature_names), e.evidence_union,
-                                e.evidence_reference, e.evidence_per_key)
+                                cfg.source.occurrence_gap_s, partners, e.evidence_benign,
+                                Evidence(clip=e.evidence_clip, drift=e.evidence_drift,
+                                         reference=e.evidence_reference, per_key=e.evidence_per_key),
+                                seed, _occurrence_groups(data, a), e.evidence_same_id,
+                                TRAFFIC[data.traffic].sample_keys(data.feature_names), e.evidence_union)
                             rows = [{**r, **v} for r, v in zip(rows, ev_rows)]
                         rec.ops.setdefault(a, {}).setdefault(method, []).extend(rows)
     return rec

@@ -209,22 +209,22 @@ def rule_scores(attack: Stream, clean: Stream | None, fit: Stream, rule: str) ->
 
 def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, attack: Stream, clean: Stream | None,
                     fit: Stream, n_episodes: int, budget: float, gap_s: float, partners: dict[int, set[int]],
-                    benign_frames: int, clip: float, seed: int = 0, drift: float = 0.0,
+                    benign_frames: int, ev: Evidence, seed: int = 0,
                     group_of: Callable[[Occurrence], str | None] | None = None, same_id: float = 0.0,
-                    keys_of: Callable[[np.ndarray], np.ndarray] | None = None, union_rule: str = "",
-                    reference: float = 0.0, per_key: bool = True) -> list[dict[str, float]]:
+                    keys_of: Callable[[np.ndarray], np.ndarray] | None = None, union_rule: str = ""
+                    ) -> list[dict[str, float]]:
     """Per adapted detector (first ``n_episodes`` support sets): evidence judgement after two adaptations.
 
     ``evidence/``: the K attack shots beside ``benign_frames`` frames of the benign traffic before the
     cut (a vehicle has clean driving in abundance), the attack shots repeated to weigh as much as the
     benign frames (the balanced loss of meta-training); ``evidence-kk/``: the episode's K/K support set.
     ``evidence+RULE/`` (with ``union_rule`` where the streams carry that rule): the first detector and the rule
-    raising alerts side by side, each calibrated for half the budget, judged as one IDS.
+    raising alerts side by side, each calibrated for half the budget, judged as one IDS. ``ev``: the detectors'
+    evidence setting before calibration (the rule's takes its ``per_key``).
     """
     rows = []
     b = ep.batch
     g = torch.Generator().manual_seed(seed)
-    ev = Evidence(clip=clip, drift=drift, reference=reference, per_key=per_key)
     streams = {"attack": attack, "fit": fit, **({"clean": clean} if clean is not None else {})}
     union = rule_scores(attack, clean, fit, union_rule) if union_rule else None
     for i in range(min(n_episodes, b.support_x.shape[0])):
@@ -248,7 +248,7 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
             if prefix == "evidence/" and union is not None:
                 # The detector and the rule as one IDS, each at half the budget.
                 row.update({f"evidence+{union_rule}/{k}": v for k, v in evidence_judgement(
-                    [(scores, ev), (union, rule_alarm(per_key=per_key))], attack, clean, fit, budget, None, gap_s, partners,
+                    [(scores, ev), (union, rule_alarm(per_key=ev.per_key))], attack, clean, fit, budget, None, gap_s, partners,
                     group_of).items()})
         rows.append(row)
     return rows

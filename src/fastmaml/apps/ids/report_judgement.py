@@ -218,9 +218,9 @@ def evidence_section(folds: list[FoldResult], rule_names: dict[str, str], alert_
 
     def cell(v: dict[str, Any], pre: str, per_run: bool) -> str:
         get = (lambda k, d=2: _m(v, pre + k, d)) if per_run else (lambda k, d=2: _v(v, pre + k, d))
-        fa = get("clean/false_alerts_per_hour", 0)
-        if fa == "–" and get("attack/false_alerts_per_hour", 0) != "–":  # no clean stream: the attack capture's own
-            fa = get("attack/false_alerts_per_hour", 0) + "‡"
+        fa, own = get("clean/false_alerts_per_hour", 0), get("attack/false_alerts_per_hour", 0)
+        if fa == "–" and own != "–":  # no clean stream: the attack capture's own benign traffic
+            fa = own + "‡"
         return f"{get('attack/caught_rate')}, {get('attack/median_delay_s')} s, {fa}/h"
 
     for o in ops:
@@ -230,14 +230,14 @@ def evidence_section(folds: list[FoldResult], rule_names: dict[str, str], alert_
         cells += [cell(o.methods["maml"], u + "/", True) for u in unions]
         cells += [cell(o.rules[r], "evidence/", False) for r in rule_keys]
         lines.append(f"| {o.attack} | " + " | ".join(cells) + " |")
-    short = [o for o in ops if o.clean_minutes is None]
+    short = [o.attack_minutes for o in ops if o.clean_minutes is None]
     if short:
+        lo, hi = min(short), max(short)
         lines += ["", "‡ No clean capture after the cut: false alerts per hour on the held-out attack capture's own "
                       "benign traffic after the cut (alerts with no attack frame nearby); that capture lasts "
-                      f"{min(o.attack_minutes for o in short) * 60:.0f}–{max(o.attack_minutes for o in short) * 60:.0f} s "
-                      "after the cut: one alert there is "
-                      f"{60 / max(o.attack_minutes for o in short):.0f}–{60 / max(min(o.attack_minutes for o in short), 1e-9):.0f}"
-                      " per hour or more, so these figures bound the rate only loosely."]
+                      f"{lo * 60:.0f}–{hi * 60:.0f} s after the cut: one alert there is "
+                      f"{60 / hi:.0f}–{60 / max(lo, 1e-9):.0f} per hour or more, so these figures bound the rate only "
+                      "loosely."]
     groups = sorted({k.rsplit("/", 1)[1] for o in ops for m in o.methods.values() for k in m
                      if k.startswith("evidence/attack/caught_rate/")})
     if groups:
