@@ -112,7 +112,8 @@ def test_states_round_trip_and_need_a_long_clean_drive(fitted):
     old = state.to_dict()
     del old["states"]  # a state saved before states existed keeps its columns
     assert "sig_state" not in FrameFeaturizer(FeatureState.from_dict(old)).feature_names
-    short = FeatureState.fit(_drive(600), signals=True)  # 10 minutes have not shown what a car does
+    # 10 minutes have not shown what a car does, and the light follows the gear alone (one ID): no follower either
+    short = FeatureState.fit(_drive(600), signals=True)
     assert short.states is None and "sig_state" not in FrameFeaturizer(short).feature_names
 
 

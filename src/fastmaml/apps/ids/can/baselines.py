@@ -108,7 +108,7 @@ class TimingRule:
 
 
 # What each signal-feature check means, as alerts name it.
-CHECKS = {"sig_residual": "disagrees with its partners", "sig_state": "state unlikely in its context",
+CHECKS = {"sig_residual": "disagrees with its partners", "sig_state": "state unlikely in (or against) its context",
           "sig_range": "outside its clean range", "sig_leap": "changed faster than in clean driving"}
 
 
@@ -142,7 +142,8 @@ class SignalRangeRule(_SignalFeatureRule):
     columns = (("sig_range", 0.0),)
 
 
-# sig_state above this: a state value less than 1 in 1,000 likely next to its context in clean driving (states.py)
+# sig_state above this: a state value less than 1 in 1,000 likely next to its context in clean driving, or a flag
+# contradicting the states it follows (a short drive; states.py)
 STATE_RULE_THRESHOLD = 0.6
 
 

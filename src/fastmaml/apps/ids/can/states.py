@@ -20,10 +20,16 @@ of the fit frames *and* predicts the second half (at most 0.5% of its frames bel
 a state without one is judged on its own frequency (a value clean driving never or hardly ever
 showed). Fields, contexts and tables all come from the whole clean drive (a reverse light flips
 only when the car reverses, which the first minutes may not show); a context is chosen on up to
-20,000 of the state's frames spread over it. Like ``sig_range``, this needs a long clean drive to
-have seen the combinations a car legitimately shows: ``FeatureState.fit`` fits states only on at
-least :data:`LONG_DRIVE_S` of clean driving (else the column does not exist, and the
-plausibility rule judges partners' residuals alone).
+20,000 of the state's frames spread over it. Like ``sig_range``, judging by the table needs a long
+clean drive to have seen the combinations a car legitimately shows (:data:`LONG_DRIVE_S`).
+
+A shorter clean drive judges only *followers* (:func:`keep_followers`): a flag that switched inside
+a capture together with states on at least two other IDs that name its value -- the reverse light
+with the gear and the reversing camera -- and only where all of them name a value and none names the
+flag's, for longer than they lag at a switch (``sig_state`` is then 0 or 1). On ROAD's real
+reverse-light masquerade (the light cleared while the car reverses) that catches 663 of its 673
+frames with no clean frame flagged in the held-out recordings; where a short drive has no follower,
+the column does not exist and the plausibility rule judges partners' residuals alone.
 """
 
 from __future__ import annotations
@@ -51,6 +57,13 @@ _HOLDOUT_SHARE = 0.005
 _MAX_SELECT_ROWS = 20000  # frames of the state's ID a context is chosen on (evenly spaced)
 _ALPHA = 0.5  # additive smoothing of the tables
 _SCALE = 5.0  # -log10 p at which the column saturates
+# A short drive's followers (keep_followers): a context level names the state level that came with it in this share
+# of at least FOLLOW_MIN_FRAMES frames, and a contradiction counts once it lasts FOLLOW_MIN_RUN frames of the state's
+# ID or twice the longest clean one
+FOLLOW_SHARE = 0.99
+FOLLOW_MIN_FRAMES = 20
+FOLLOW_MIN_RUN = 10
+FOLLOW_MIN_IDS = 2  # ... and the state follows states on at least this many other IDs (one partner may lag or lie)
 
 
 @dataclass
@@ -64,6 +77,12 @@ class StateField:
     context: list[int] = field(default_factory=list)  # [] none; [0, can_id, state index] / [1, can_id, signal index]
     edges: list[float] = field(default_factory=list)  # bin edges of a signal context
     table: list[list[float]] = field(default_factory=list)  # counts [state level (+ unseen), context code (+ unseen)]
+    # How the state is judged: "table" (a long drive: sig_state from the table), "follows" (a short drive: only a
+    # contradiction of the state it mirrors, lasting more than ``run`` of its frames) or "context" (a short drive:
+    # not judged, kept as another state's mirror)
+    judge: str = "table"
+    run: int = 0
+    follows: list[list[int]] = field(default_factory=list)  # "follows": [context state index, level named per level]
 
     @property
     def name(self) -> str:
@@ -186,23 +205,137 @@ def fit_contexts(states: list[StateField], sigs: list[Signal], by_id: dict[int, 
             st.context, st.edges = best[1], best[2]
 
 
+def _frame_codes(st: StateField, states: list[StateField], sigs: list[Signal], by_id: dict[int, np.ndarray],
+                 words: np.ndarray, spacing: dict[int, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The state's clean frames (indices), its code and its context's code on each, where the context is fresh."""
+    rows = by_id[st.can_id]
+    s_code = _codes(field_values(words[rows], st.start, st.length), st.levels)
+    if not st.context:
+        return rows, s_code, np.zeros_like(s_code)
+    c = states[st.context[2]] if st.context[0] == 0 else sigs[st.context[2]]
+    src = rows if c.can_id == st.can_id else fresh_rows(by_id[c.can_id], rows, spacing[c.can_id])
+    ok = src >= 0
+    v = field_values(words[np.maximum(src, 0)], c.start, c.length, getattr(c, "little_endian", False))
+    return rows[ok], s_code[ok], _context_codes(st, v, states)[ok]
+
+
 def count_tables(states: list[StateField], sigs: list[Signal], by_id: dict[int, np.ndarray], words: np.ndarray
                  ) -> None:
     """Each state's table counted over all clean frames (the whole drive), in place."""
     spacing = frame_spacings(by_id)
     for st in states:
+        _, s_code, c_code = _frame_codes(st, states, sigs, by_id, words, spacing)
+        st.table = _count(s_code, c_code, len(st.levels) + 1, _n_context(st, states)).tolist()
+
+
+def follow_map(table: np.ndarray) -> np.ndarray | None:
+    """From a clean count table [state level (+ unseen), context level (+ unseen)]: the state level each context level
+    came with in at least FOLLOW_SHARE of at least FOLLOW_MIN_FRAMES frames (-1 for a context level that came with no
+    one level), where that names two state levels or more -- the state follows the context -- else None."""
+    t = np.asarray(table, np.float64)[:-1, :-1]  # the levels clean driving showed
+    total = t.sum(0)
+    top = t.argmax(0)
+    follows = (total >= FOLLOW_MIN_FRAMES) & (t[top, np.arange(t.shape[1])] >= FOLLOW_SHARE * total)
+    out = np.where(follows, top, -1)
+    return out if len(set(out[follows].tolist())) >= 2 else None
+
+
+def contradicted(s_code: np.ndarray, c_codes: list[np.ndarray], follows: list[list[int]], n_levels: int
+                 ) -> np.ndarray:
+    """Bool per frame: every followed context names a level for the state and none names the state's level
+    (``c_codes``: each followed context's level code per frame, -1 where stale). Where a context shows a level that
+    names nothing (one clean driving never showed with the state switching: the car in a gear the clean drive did not
+    show), the moment is new and not judged."""
+    named = np.ones(len(s_code), bool)
+    agreed = np.zeros(len(s_code), bool)
+    for c_code, f in zip(c_codes, follows):
+        m = np.asarray(f[1:] + [-1], np.int64)  # the context's unseen level (and a stale one) names nothing
+        expected = m[np.where(c_code < 0, len(m) - 1, np.minimum(c_code, len(m) - 1))]
+        named &= expected >= 0
+        agreed |= expected == s_code
+    return named & ~agreed & (s_code < n_levels)
+
+
+def keep_followers(states: list[StateField], by_id: dict[int, np.ndarray], words: np.ndarray,
+                   capture: np.ndarray | None = None) -> None:
+    """A short drive: judge only the states that follow states on other IDs, in place.
+
+    A short clean drive cannot show every value a car's flags take, nor every combination: judging a flag by how
+    often clean driving showed it (the table) raised thousands of false alerts an hour on the next recording of the
+    same car. What a short drive can show is a flag that switched inside one capture together with flags on other
+    IDs that name its value (:func:`follow_map`): the reverse light with the gear, the gear lever and the reversing
+    camera, at least :data:`FOLLOW_MIN_IDS` of them. A masquerade that clears the light while the car reverses contradicts all of them, whatever else the
+    next drive brings. So a state is judged only if clean driving showed every value its bits can take (a flag: a
+    field with unseen values is not known well enough), only where every followed context names a level and none
+    names the state's (:func:`contradicted`), and only once the contradiction has lasted longer than twice the longest clean one (the partners' lag at
+    a switch), at least :data:`FOLLOW_MIN_RUN` frames. Every other state is kept, unjudged, as a possible context."""
+    spacing = frame_spacings(by_id)
+    codes, switches = [], []
+    for st in states:
         rows = by_id[st.can_id]
         s_code = _codes(field_values(words[rows], st.start, st.length), st.levels)
-        if st.context:
-            c = states[st.context[2]] if st.context[0] == 0 else sigs[st.context[2]]
-            src = rows if c.can_id == st.can_id else fresh_rows(by_id[c.can_id], rows, spacing[c.can_id])
-            ok = src >= 0
-            v = field_values(words[np.maximum(src, 0)], c.start, c.length, getattr(c, "little_endian", False))
-            c_code = _context_codes(st, v, states)
-            s_code, c_code = s_code[ok], c_code[ok]
-        else:
-            c_code = np.zeros_like(s_code)
-        st.table = _count(s_code, c_code, len(st.levels) + 1, _n_context(st, states)).tolist()
+        cap = np.zeros(len(rows), np.int64) if capture is None else capture[rows]
+        codes.append((rows, s_code, cap))
+        switches.append(np.flatnonzero((s_code[1:] != s_code[:-1]) & (cap[1:] == cap[:-1])) + 1)
+        st.judge, st.run, st.follows = "context", 0, []
+    for k, st in enumerate(states):
+        if not len(switches[k]) or len(st.levels) < 2 ** st.length:
+            continue  # never switched inside a capture, or the next drive may show values clean driving did not
+        rows, s_code, cap = codes[k]
+        pick = np.linspace(0, len(rows) - 1, min(len(rows), _MAX_SELECT_ROWS)).astype(np.int64)
+        follows, c_codes = [], []
+        for j, c in enumerate(states):
+            if c.can_id == st.can_id or not len(switches[j]):
+                continue
+            src = fresh_rows(by_id[c.can_id], rows, spacing[c.can_id], capture)
+            c_code = np.where(src >= 0, _codes(field_values(words[np.maximum(src, 0)], c.start, c.length), c.levels),
+                              -1)
+            ok = c_code[pick] >= 0
+            m = follow_map(_count(s_code[pick][ok], c_code[pick][ok], len(st.levels) + 1, len(c.levels) + 1))
+            if m is not None:
+                m = _switched_together(m, s_code, c_code, cap, switches[k])
+            if m is not None:
+                follows.append([j] + m.tolist())
+                c_codes.append(c_code)
+        if len({states[f[0]].can_id for f in follows}) >= FOLLOW_MIN_IDS:
+            wrong = contradicted(s_code, c_codes, follows, len(st.levels))
+            st.judge, st.follows = "follows", follows
+            st.run = max(2 * int(_run_lengths(wrong, 0, _level_changes(s_code)).max()), FOLLOW_MIN_RUN)
+
+
+def _switched_together(m: np.ndarray, s_code: np.ndarray, c_code: np.ndarray, cap: np.ndarray, switches: np.ndarray
+                       ) -> np.ndarray | None:
+    """``m`` (:func:`follow_map`) kept only for the context levels clean driving showed switching together with the
+    state: at a switch of the state inside a capture, the context went from a level naming the old state level to
+    one naming the new, within FOLLOW_MIN_RUN of the state's frames either side. Else None (two levels that only ever
+    came together in different recordings say which recording it is, not that one follows the other)."""
+    n = len(s_code)
+    starts = np.r_[True, cap[1:] != cap[:-1]]
+    first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+    last = (n - 1 - np.maximum.accumulate(np.where(np.r_[True, cap[::-1][1:] != cap[::-1][:-1]], np.arange(n), 0)))[::-1]
+    before = c_code[np.maximum(switches - 1 - FOLLOW_MIN_RUN, first[switches])]
+    after = c_code[np.minimum(switches + FOLLOW_MIN_RUN, last[switches])]
+    named = np.r_[m, -1]  # a stale (-1) or unseen context level names nothing
+    together = ((before >= 0) & (after >= 0) & (before != after) & (named[before] == s_code[switches - 1])
+                & (named[after] == s_code[switches]))
+    kept = np.where(np.isin(np.arange(len(m)), np.r_[before[together], after[together]]), m, -1)
+    return kept if len(set(kept[kept >= 0].tolist())) >= 2 else None
+
+
+def _level_changes(s_code: np.ndarray, before: int = -1) -> np.ndarray:
+    """Bool per frame: the state's level differs from the frame before (``before``: the level before the first)."""
+    return s_code != np.r_[before, s_code[:-1]]
+
+
+def _run_lengths(flags: np.ndarray, carried: int = 0, restarts: np.ndarray | None = None) -> np.ndarray:
+    """For each position, how many flags in a row are True up to and including it: ``carried`` the run before the
+    first, ``restarts`` (bool) where a run starts afresh (the state took another level: another contradiction)."""
+    idx = np.arange(1, len(flags) + 1)
+    start = np.where(flags, -1, idx)  # -1: no False (nor restart) yet in this chunk
+    if restarts is not None:
+        start = np.where(flags & restarts, idx - 1, start)
+    last = np.maximum.accumulate(start)
+    return np.where(last < 0, idx + carried, idx - last)
 
 
 def states_to_dicts(states: list[StateField]) -> list[dict]:
@@ -220,6 +353,10 @@ def states_from_dicts(rows: list[dict], n_signals: int, source: str = "<dict>") 
         if s.context:
             n_ref = len(states) if s.context[0] == 0 else n_signals
             bad = bad or len(s.context) != 3 or not 0 <= s.context[2] < n_ref
+        bad = bad or s.judge not in ("table", "follows", "context") or (s.judge == "follows" and not s.follows)
+        for f in s.follows:
+            bad = bad or not (f and 0 <= f[0] < len(states) and len(f) == len(states[f[0]].levels) + 1
+                              and all(-1 <= x < len(s.levels) for x in f[1:]))
         if bad or np.shape(s.table) != (len(s.levels) + 1, _n_context(s, states)):
             raise DataError(f"{source}: state field {s.name} is out of range; refit the FeatureState")
     return states
@@ -231,15 +368,27 @@ class StateFeaturizer:
     def __init__(self, states: list[StateField], sigs: list[Signal]) -> None:
         self.states, self.sigs = states, sigs
         self._tables = [np.asarray(s.table, np.float64) for s in states]
-        self._ids = sorted({s.can_id for s in states})
-        self._context_ids = sorted({s.context[1] for s in states if s.context})
+        self._judged = [k for k, s in enumerate(states) if s.judge != "context"]
+        self._context_ids = sorted({states[k].context[1] for k in self._judged
+                                    if states[k].context and states[k].judge == "table"}
+                                   | {states[f[0]].can_id for k in self._judged for f in states[k].follows})
         self.reset()
 
     def reset(self) -> None:
         self._last_word: dict[int, int] = {}  # latest payload word of every context ID
+        # frames each follower has held a level its contexts contradict, up to now, and its latest level
+        self._runs, self._codes = [0] * len(self.states), [-1] * len(self.states)
 
     def _context(self, st: StateField) -> StateField | Signal:
         return self.states[st.context[2]] if st.context[0] == 0 else self.sigs[st.context[2]]
+
+    def _latest(self, c: StateField | Signal, rows: np.ndarray, words: np.ndarray, last: dict[int, np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Context ``c``'s value on each of ``rows`` (its ID's latest frame, carried over chunks) and whether known."""
+        src = last[c.can_id][rows]
+        carried = self._last_word.get(c.can_id)
+        cw = np.where(src >= 0, words[np.maximum(src, 0)], np.uint64(carried or 0))
+        return field_values(cw, c.start, c.length, getattr(c, "little_endian", False)), (src >= 0) | (carried is not None)
 
     def transform(self, ids: np.ndarray, data: np.ndarray) -> np.ndarray:
         """float32 [n, 1] for the next chunk (frames in capture order)."""
@@ -249,26 +398,35 @@ class StateFeaturizer:
             return out
         words = payload_words(data)
         last = {cid: last_index(ids, cid) for cid in self._context_ids}
-        for st, table in zip(self.states, self._tables):
+        for k in self._judged:
+            st = self.states[k]
             rows = np.flatnonzero(ids == st.can_id)
             if not len(rows):
                 continue
             s_code = _codes(field_values(words[rows], st.start, st.length), st.levels)
-            if st.context:
-                c = self._context(st)
-                if c.can_id == st.can_id:
-                    cw, ok = words[rows], np.ones(len(rows), bool)
-                else:
-                    src = last[c.can_id][rows]
-                    carried = self._last_word.get(c.can_id)
-                    cw = np.where(src >= 0, words[np.maximum(src, 0)], np.uint64(carried or 0))
-                    ok = (src >= 0) | (carried is not None)
-                v = field_values(cw, c.start, c.length, getattr(c, "little_endian", False))
-                c_code = _context_codes(st, v, self.states)
+            if st.judge == "follows":
+                c_codes = []
+                for f in st.follows:
+                    c = self.states[f[0]]
+                    v, ok = self._latest(c, rows, words, last)
+                    c_codes.append(np.where(ok, _codes(v, c.levels), -1))
+                wrong = contradicted(s_code, c_codes, st.follows, len(st.levels))
+                run = _run_lengths(wrong, self._runs[k], _level_changes(s_code, self._codes[k]))
+                self._runs[k], self._codes[k] = int(run[-1]), int(s_code[-1])
+                score = (run > st.run).astype(np.float64)
             else:
-                c_code, ok = np.zeros(len(rows), np.int64), np.ones(len(rows), bool)
-            p = _prob(table, s_code, c_code)
-            score = np.where(ok, np.minimum(-np.log10(p) / _SCALE, 1.0), 0.0)
+                if not st.context:
+                    c_code, ok = np.zeros(len(rows), np.int64), np.ones(len(rows), bool)
+                else:
+                    c = self._context(st)
+                    if c.can_id == st.can_id:
+                        v, ok = field_values(words[rows], c.start, c.length, getattr(c, "little_endian", False)), \
+                            np.ones(len(rows), bool)
+                    else:
+                        v, ok = self._latest(c, rows, words, last)
+                    c_code = _context_codes(st, v, self.states)
+                p = _prob(self._tables[k], s_code, c_code)
+                score = np.where(ok, np.minimum(-np.log10(p) / _SCALE, 1.0), 0.0)
             out[rows, 0] = np.maximum(out[rows, 0], score)
         for cid in self._context_ids:
             pos = np.flatnonzero(ids == cid)
@@ -277,5 +435,6 @@ class StateFeaturizer:
         return out
 
 
-__all__ = ["STATE_FEATURES", "LONG_DRIVE_S", "StateField", "StateFeaturizer", "count_tables", "find_states",
-           "fit_contexts", "fit_states", "states_from_dicts", "states_to_dicts"]
+__all__ = ["STATE_FEATURES", "LONG_DRIVE_S", "FOLLOW_MIN_IDS", "FOLLOW_MIN_RUN", "FOLLOW_SHARE", "StateField", "StateFeaturizer",
+           "contradicted", "count_tables", "find_states", "fit_contexts", "fit_states", "follow_map", "keep_followers",
+           "states_from_dicts", "states_to_dicts"]
