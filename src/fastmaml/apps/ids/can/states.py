@@ -284,16 +284,20 @@ def keep_followers(states: list[StateField], by_id: dict[int, np.ndarray], words
         rows, s_code, cap = codes[k]
         pick = np.linspace(0, len(rows) - 1, min(len(rows), _MAX_SELECT_ROWS)).astype(np.int64)
         follows, c_codes = [], []
+        def level_codes(c: StateField, at: np.ndarray) -> np.ndarray:  # -1 where the context's frame is stale
+            src = fresh_rows(by_id[c.can_id], at, spacing[c.can_id], capture)
+            return np.where(src >= 0, _codes(field_values(words[np.maximum(src, 0)], c.start, c.length), c.levels), -1)
+
         for j, c in enumerate(states):
             if c.can_id == st.can_id or not len(switches[j]):
                 continue
-            src = fresh_rows(by_id[c.can_id], rows, spacing[c.can_id], capture)
-            c_code = np.where(src >= 0, _codes(field_values(words[np.maximum(src, 0)], c.start, c.length), c.levels),
-                              -1)
-            ok = c_code[pick] >= 0
-            m = follow_map(_count(s_code[pick][ok], c_code[pick][ok], len(st.levels) + 1, len(c.levels) + 1))
-            if m is not None:
-                m = _switched_together(m, s_code, c_code, cap, switches[k])
+            picked = level_codes(c, rows[pick])  # chosen on the spread-out frames, as fit_contexts chooses
+            ok = picked >= 0
+            m = follow_map(_count(s_code[pick][ok], picked[ok], len(st.levels) + 1, len(c.levels) + 1))
+            if m is None:
+                continue
+            c_code = level_codes(c, rows)
+            m = _switched_together(m, s_code, c_code, cap, switches[k])
             if m is not None:
                 follows.append([j] + m.tolist())
                 c_codes.append(c_code)
