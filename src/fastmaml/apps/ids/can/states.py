@@ -262,14 +262,20 @@ def keep_followers(states: list[StateField], by_id: dict[int, np.ndarray], words
 
     A short clean drive cannot show every value a car's flags take, nor every combination: judging a flag by how
     often clean driving showed it (the table) raised thousands of false alerts an hour on the next recording of the
-    same car. What a short drive can show is a flag that switched inside one capture together with flags on other
-    IDs that name its value (:func:`follow_map`): the reverse light with the gear, the gear lever and the reversing
-    camera, at least :data:`FOLLOW_MIN_IDS` of them. A masquerade that clears the light while the car reverses contradicts all of them, whatever else the
-    next drive brings. So a state is judged only if clean driving showed every value its bits can take (a flag: a
-    field with unseen values is not known well enough), only where every followed context names a level and none
-    names the state's (:func:`contradicted`), and only once the contradiction has lasted longer than twice the longest clean one (the partners' lag at
-    a switch), at least :data:`FOLLOW_MIN_RUN` frames. Every other state is kept, unjudged, as a possible context."""
+    same car. What a short drive can show is a flag that switched inside one capture together with states on other
+    IDs that name its value (:func:`follow_map`, :func:`_switched_together`): the reverse light with the gear, the
+    gear lever and the reversing camera, on at least :data:`FOLLOW_MIN_IDS` IDs. A masquerade that clears the light
+    while the car reverses contradicts all of them, whatever else the next drive brings. So a state is judged only if
+    clean driving showed every value its bits can take (a flag: a field with unseen values is not known well enough),
+    only where every followed context names a level and none names the state's (:func:`contradicted`), and only once
+    the contradiction has lasted longer than twice the longest clean one (the partners' lag at a switch), at least
+    :data:`FOLLOW_MIN_RUN` frames. Every other state is kept, unjudged, as a possible context."""
     spacing = frame_spacings(by_id)
+
+    def level_codes(c: StateField, at: np.ndarray) -> np.ndarray:  # -1 where the context's latest frame is stale
+        src = fresh_rows(by_id[c.can_id], at, spacing[c.can_id], capture)
+        return np.where(src >= 0, _codes(field_values(words[np.maximum(src, 0)], c.start, c.length), c.levels), -1)
+
     codes, switches = [], []
     for st in states:
         rows = by_id[st.can_id]
@@ -284,10 +290,6 @@ def keep_followers(states: list[StateField], by_id: dict[int, np.ndarray], words
         rows, s_code, cap = codes[k]
         pick = np.linspace(0, len(rows) - 1, min(len(rows), _MAX_SELECT_ROWS)).astype(np.int64)
         follows, c_codes = [], []
-        def level_codes(c: StateField, at: np.ndarray) -> np.ndarray:  # -1 where the context's frame is stale
-            src = fresh_rows(by_id[c.can_id], at, spacing[c.can_id], capture)
-            return np.where(src >= 0, _codes(field_values(words[np.maximum(src, 0)], c.start, c.length), c.levels), -1)
-
         for j, c in enumerate(states):
             if c.can_id == st.can_id or not len(switches[j]):
                 continue
@@ -314,9 +316,9 @@ def _switched_together(m: np.ndarray, s_code: np.ndarray, c_code: np.ndarray, ca
     one naming the new, within FOLLOW_MIN_RUN of the state's frames either side. Else None (two levels that only ever
     came together in different recordings say which recording it is, not that one follows the other)."""
     n = len(s_code)
-    starts = np.r_[True, cap[1:] != cap[:-1]]
-    first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
-    last = (n - 1 - np.maximum.accumulate(np.where(np.r_[True, cap[::-1][1:] != cap[::-1][:-1]], np.arange(n), 0)))[::-1]
+    new_capture = cap[1:] != cap[:-1]
+    first = np.maximum.accumulate(np.where(np.r_[True, new_capture], np.arange(n), 0))  # its capture's first frame
+    last = np.minimum.accumulate(np.where(np.r_[new_capture, True], np.arange(n), n)[::-1])[::-1]  # ... and last
     before = c_code[np.maximum(switches - 1 - FOLLOW_MIN_RUN, first[switches])]
     after = c_code[np.minimum(switches + FOLLOW_MIN_RUN, last[switches])]
     named = np.r_[m, -1]  # a stale (-1) or unseen context level names nothing
@@ -392,7 +394,39 @@ class StateFeaturizer:
         src = last[c.can_id][rows]
         carried = self._last_word.get(c.can_id)
         cw = np.where(src >= 0, words[np.maximum(src, 0)], np.uint64(carried or 0))
-        return field_values(cw, c.start, c.length, getattr(c, "little_endian", False)), (src >= 0) | (carried is not None)
+        known = (src >= 0) | (carried is not None)
+        return field_values(cw, c.start, c.length, getattr(c, "little_endian", False)), known
+
+    def _follower_score(self, k: int, s_code: np.ndarray, rows: np.ndarray, words: np.ndarray,
+                        last: dict[int, np.ndarray]) -> np.ndarray:
+        """1 on the frames where state ``k`` has contradicted every state it follows for more than its run."""
+        st = self.states[k]
+        c_codes = []
+        for f in st.follows:
+            c = self.states[f[0]]
+            v, ok = self._latest(c, rows, words, last)
+            c_codes.append(np.where(ok, _codes(v, c.levels), -1))
+        wrong = contradicted(s_code, c_codes, st.follows, len(st.levels))
+        run = _run_lengths(wrong, self._runs[k], _level_changes(s_code, self._codes[k]))
+        self._runs[k], self._codes[k] = int(run[-1]), int(s_code[-1])
+        return (run > st.run).astype(np.float64)
+
+    def _table_score(self, k: int, s_code: np.ndarray, rows: np.ndarray, words: np.ndarray,
+                     last: dict[int, np.ndarray]) -> np.ndarray:
+        """-log10 P(state | context) / _SCALE, clipped to [0, 1], of state ``k`` on each of its frames."""
+        st = self.states[k]
+        if not st.context:
+            c_code, ok = np.zeros(len(rows), np.int64), np.ones(len(rows), bool)
+        else:
+            c = self._context(st)
+            if c.can_id == st.can_id:
+                v = field_values(words[rows], c.start, c.length, getattr(c, "little_endian", False))
+                ok = np.ones(len(rows), bool)
+            else:
+                v, ok = self._latest(c, rows, words, last)
+            c_code = _context_codes(st, v, self.states)
+        p = _prob(self._tables[k], s_code, c_code)
+        return np.where(ok, np.minimum(-np.log10(p) / _SCALE, 1.0), 0.0)
 
     def transform(self, ids: np.ndarray, data: np.ndarray) -> np.ndarray:
         """float32 [n, 1] for the next chunk (frames in capture order)."""
@@ -409,28 +443,9 @@ class StateFeaturizer:
                 continue
             s_code = _codes(field_values(words[rows], st.start, st.length), st.levels)
             if st.judge == "follows":
-                c_codes = []
-                for f in st.follows:
-                    c = self.states[f[0]]
-                    v, ok = self._latest(c, rows, words, last)
-                    c_codes.append(np.where(ok, _codes(v, c.levels), -1))
-                wrong = contradicted(s_code, c_codes, st.follows, len(st.levels))
-                run = _run_lengths(wrong, self._runs[k], _level_changes(s_code, self._codes[k]))
-                self._runs[k], self._codes[k] = int(run[-1]), int(s_code[-1])
-                score = (run > st.run).astype(np.float64)
+                score = self._follower_score(k, s_code, rows, words, last)
             else:
-                if not st.context:
-                    c_code, ok = np.zeros(len(rows), np.int64), np.ones(len(rows), bool)
-                else:
-                    c = self._context(st)
-                    if c.can_id == st.can_id:
-                        v, ok = field_values(words[rows], c.start, c.length, getattr(c, "little_endian", False)), \
-                            np.ones(len(rows), bool)
-                    else:
-                        v, ok = self._latest(c, rows, words, last)
-                    c_code = _context_codes(st, v, self.states)
-                p = _prob(self._tables[k], s_code, c_code)
-                score = np.where(ok, np.minimum(-np.log10(p) / _SCALE, 1.0), 0.0)
+                score = self._table_score(k, s_code, rows, words, last)
             out[rows, 0] = np.maximum(out[rows, 0], score)
         for cid in self._context_ids:
             pos = np.flatnonzero(ids == cid)
@@ -439,6 +454,6 @@ class StateFeaturizer:
         return out
 
 
-__all__ = ["STATE_FEATURES", "LONG_DRIVE_S", "FOLLOW_MIN_IDS", "FOLLOW_MIN_RUN", "FOLLOW_SHARE", "StateField", "StateFeaturizer",
-           "contradicted", "count_tables", "find_states", "fit_contexts", "fit_states", "follow_map", "keep_followers",
-           "states_from_dicts", "states_to_dicts"]
+__all__ = ["STATE_FEATURES", "LONG_DRIVE_S", "FOLLOW_MIN_IDS", "FOLLOW_MIN_RUN", "FOLLOW_SHARE", "StateField",
+           "StateFeaturizer", "contradicted", "count_tables", "find_states", "fit_contexts", "fit_states", "follow_map",
+           "keep_followers", "states_from_dicts", "states_to_dicts"]
