@@ -9,6 +9,7 @@ contradicts all of them for longer than they lag at a switch is the masquerade; 
 
 import numpy as np
 import pytest
+from can_drive import benign_frames
 
 from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer
 from fastmaml.apps.ids.can.frames import FrameBatch
@@ -43,14 +44,9 @@ def _drive(seconds: float, seed: int = 0, gears: tuple[int, ...] = (PARK, REVERS
                                           rng.integers(0, 256, len(slow)).astype(float))),
         0x300: (slow + 0.021, rng.integers(0, 256, len(slow)).astype(np.uint64) << np.uint64(56)),
     }
-    ts = np.concatenate([c[0] for c in cols.values()])
-    ids = np.concatenate([np.full(len(c[0]), k) for k, c in cols.items()])
-    words = np.concatenate([c[1] for c in cols.values()])
-    order = np.argsort(ts, kind="stable")
-    m = len(ids)
-    return FrameBatch(ts[order], ids[order].astype(np.uint32), np.zeros(m, bool), np.zeros(m, bool),
-                      np.zeros(m, bool), np.full(m, 8, np.uint8), np.full(m, 8, np.uint8),
-                      words_to_bytes(words[order]), np.zeros(m, np.int16), ["benign"])
+    return benign_frames(np.concatenate([c[0] for c in cols.values()]),
+                         np.concatenate([np.full(len(c[0]), k) for k, c in cols.items()]),
+                         np.concatenate([c[1] for c in cols.values()]))
 
 
 @pytest.fixture(scope="module")

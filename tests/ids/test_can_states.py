@@ -8,6 +8,7 @@ clean driving after the fit, and exist only when the clean drive is long enough 
 import numpy as np
 import pytest
 import torch
+from can_drive import benign_frames
 
 from fastmaml.apps.ids.can.baselines import PlausibilityRule
 from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer
@@ -38,13 +39,7 @@ def _drive(seconds: float, seed: int = 0, reverse_after: float = 0.0) -> FrameBa
     w2 = write_field(write_field(np.zeros(len(t2), np.uint64), 3, 1, light), 6, 1, door)
     w3 = rng.integers(0, 256, len(t2)).astype(np.uint64) << np.uint64(56)
     ids = np.concatenate([np.full(n, 0x100), np.full(len(t2), 0x200), np.full(len(t2), 0x300)])
-    words = np.concatenate([w1, w2, w3])
-    ts = np.concatenate([t, t2, t2 + 0.011])
-    order = np.argsort(ts, kind="stable")
-    m = len(ids)
-    return FrameBatch(ts[order], ids[order].astype(np.uint32), np.zeros(m, bool), np.zeros(m, bool),
-                      np.zeros(m, bool), np.full(m, 8, np.uint8), np.full(m, 8, np.uint8),
-                      words_to_bytes(words[order]), np.zeros(m, np.int16), ["benign"])
+    return benign_frames(np.concatenate([t, t2, t2 + 0.011]), ids, np.concatenate([w1, w2, w3]))
 
 
 @pytest.fixture(scope="module")
