@@ -158,3 +158,18 @@ def test_contradiction_runs_restart_when_the_flag_takes_another_level():
     assert _run_lengths(wrong, 3).tolist() == [4, 5, 0, 1, 2, 3]
     assert _run_lengths(wrong, 3, _level_changes(codes, 1)).tolist() == [4, 5, 0, 1, 1, 2]
     assert _run_lengths(wrong, 3, _level_changes(codes, 0)).tolist() == [1, 2, 0, 1, 1, 2]  # restarts at once
+
+
+def test_a_gear_clean_driving_showed_only_held_names_the_flag_once_the_gear_is_followed():
+    # parking and reversing (the switches), then a separate drive forwards with the light off (no switch)
+    state = FeatureState.fit([_drive(150), _drive(150, seed=5, gears=(1, 2, 3))], signals=True)
+    light = _light(state)
+    gear = next(f for f in light.follows if state.states[f[0]].can_id == 0x100)
+    gear_levels = state.states[gear[0]].levels
+    assert gear[1 + gear_levels.index(2.0)] == 0  # second gear names "light off", from held frames alone
+    forwards = _drive(300, seed=6, gears=(1, 2, 3, PARK, REVERSE))
+    assert _col(state, forwards).max() == 0.0
+    in_forward_gear = np.isin(_gear_at(forwards), [1, 2, 3])
+    lit = _set_light(forwards, in_forward_gear, 1.0)  # ROAD's reverse_light_on: the light on while driving forwards
+    rows = np.flatnonzero((lit.can_id == LIGHT[0]) & in_forward_gear)
+    assert _col(state, lit)[rows].mean() > 0.8

@@ -26,7 +26,8 @@ clean drive to have seen the combinations a car legitimately shows (:data:`LONG_
 A shorter clean drive judges only *followers* (:func:`keep_followers`): a flag that switched inside
 a capture together with states on at least two other IDs that name its value -- the reverse light
 with the gear and the reversing camera -- and only where all of them name a value and none names the
-flag's, for longer than they lag at a switch (``sig_state`` is then 0 or 1). On ROAD's real
+flag's, for longer than they lag at a switch (``sig_state`` is then 0 or 1). A gear clean driving
+showed only held (forwards, the light off) names the light once the gear is known to be followed. On ROAD's real
 reverse-light masquerade (the light cleared while the car reverses) that catches 663 of its 673
 frames with no clean frame flagged in the held-out recordings; where a short drive has no follower,
 the column does not exist and the plausibility rule judges partners' residuals alone.
@@ -311,10 +312,12 @@ def keep_followers(states: list[StateField], by_id: dict[int, np.ndarray], words
 
 def _switched_together(m: np.ndarray, s_code: np.ndarray, c_code: np.ndarray, cap: np.ndarray, switches: np.ndarray
                        ) -> np.ndarray | None:
-    """``m`` (:func:`follow_map`) kept only for the context levels clean driving showed switching together with the
-    state: at a switch of the state inside a capture, the context went from a level naming the old state level to
-    one naming the new, within FOLLOW_MIN_RUN of the state's frames either side. Else None (two levels that only ever
-    came together in different recordings say which recording it is, not that one follows the other)."""
+    """``m`` (:func:`follow_map`) where clean driving showed the state switching together with the context, for two
+    state levels or more: at a switch of the state inside a capture, the context went from a level naming the old
+    state level to one naming the new, within FOLLOW_MIN_RUN of the state's frames either side. Else None (two
+    levels that only ever came together in different recordings say which recording it is, not that one follows
+    the other). Once that shows the context is one the state follows, every level ``m`` names counts, also one seen
+    only held (the car driving forwards with the light off, when the switches were into and out of reverse)."""
     n = len(s_code)
     new_capture = cap[1:] != cap[:-1]
     first = np.maximum.accumulate(np.where(np.r_[True, new_capture], np.arange(n), 0))  # its capture's first frame
@@ -324,8 +327,8 @@ def _switched_together(m: np.ndarray, s_code: np.ndarray, c_code: np.ndarray, ca
     named = np.r_[m, -1]  # a stale (-1) or unseen context level names nothing
     together = ((before >= 0) & (after >= 0) & (before != after) & (named[before] == s_code[switches - 1])
                 & (named[after] == s_code[switches]))
-    kept = np.where(np.isin(np.arange(len(m)), np.r_[before[together], after[together]]), m, -1)
-    return kept if len(set(kept[kept >= 0].tolist())) >= 2 else None
+    switched = np.where(np.isin(np.arange(len(m)), np.r_[before[together], after[together]]), m, -1)
+    return m if len(set(switched[switched >= 0].tolist())) >= 2 else None
 
 
 def _level_changes(s_code: np.ndarray, before: int = -1) -> np.ndarray:
