@@ -79,8 +79,8 @@ from fastmaml.apps.ids.can.relations import (MIN_ID_FRAMES, fit_relations, frame
 from fastmaml.apps.ids.can.signals import (SIGNAL_FEATURES, Signal, SignalFeaturizer, byte_order_for, find_signals,
                                            fit_signals, fit_statistics, payload_words, signals_from_dicts,
                                            signals_to_dicts)
-from fastmaml.apps.ids.can.states import (LONG_DRIVE_S, STATE_FEATURES, StateFeaturizer, StateField, fit_states,
-                                          keep_followers, states_from_dicts, states_to_dicts)
+from fastmaml.apps.ids.can.states import (LONG_DRIVE_S, STATE_FEATURES, StateFeaturizer, StateField, fit_followers,
+                                          fit_states, states_from_dicts, states_to_dicts)
 from fastmaml.apps.ids.samples import SampleSet, make_windows, window_labels
 from fastmaml.errors import DataError
 
@@ -164,9 +164,9 @@ class FeatureState:
     # inferred segmentation scored against it (dbc.SegmentationScore); empty without a DBC.
     dbc: dict = field(default_factory=dict)
     # Flags and states with their clean context tables (states.py; the sig_state column); on less than LONG_DRIVE_S
-    # of clean driving (too short to have seen the combinations a car shows) only the states that follow a state on
-    # another ID are judged (states.keep_followers). None: a short drive without such states, no signals, or saved before
-    # states (no column).
+    # of clean driving (too short to have seen the combinations a car shows) only the states that follow states on
+    # other IDs are judged (states.fit_followers). None: a short drive without such states, no signals, or saved
+    # before states (no column).
     states: list[StateField] | None = None
     # Seconds of clean driving the state was fitted on (0: saved before it was recorded). Rules that judge a value
     # by the clean range alone need a long drive (PlausibilityRule's range check: LONG_DRIVE_S).
@@ -339,10 +339,8 @@ class FeatureState:
         if signals and sig_ids:
             # On the whole drive, not its first minutes: a reverse light flips only when the car reverses, which
             # one capture of the drive may hold and the first minutes may not. A short drive judges followers only.
-            states = fit_states(by_id, all_words, sigs, all_capture)
-            if clean_s < LONG_DRIVE_S:
-                keep_followers(states, by_id, all_words, all_capture)
-                states = states if any(s.judge == "follows" for s in states) else None
+            fit = fit_states if clean_s >= LONG_DRIVE_S else fit_followers
+            states = fit(by_id, all_words, sigs, all_capture)
         if fields is not None:
             dbc_info.update(signals=[s.name for s in sigs], **_score_against(sigs, sig_ids, sig_data))
         return FeatureState("index" if clock == "auto" else clock, periods, default, sorted(last),

@@ -121,6 +121,17 @@ def fit_states(by_id: dict[int, np.ndarray], words: np.ndarray, sigs: list[Signa
     return states
 
 
+def fit_followers(by_id: dict[int, np.ndarray], words: np.ndarray, sigs: list[Signal],
+                  capture: np.ndarray | None = None) -> list[StateField] | None:
+    """A short clean drive's states (arguments as :func:`fit_states`): every state field, judged only where it
+    follows states on other IDs (:func:`keep_followers`); None where none does. No contexts are chosen and no
+    tables against them counted: a short drive does not judge by them."""
+    states = find_states(by_id, words, sigs, capture)
+    count_tables(states, sigs, by_id, words)  # each state's own frequencies (no context): kept for the file format
+    keep_followers(states, by_id, words, capture)
+    return states if any(s.judge == "follows" for s in states) else None
+
+
 def find_states(by_id: dict[int, np.ndarray], words: np.ndarray, sigs: list[Signal],
                 capture: np.ndarray | None = None) -> list[StateField]:
     """The state fields, without contexts; bits of a physical signal ``sigs`` are never a state, nor is a slow
@@ -458,5 +469,5 @@ class StateFeaturizer:
 
 
 __all__ = ["STATE_FEATURES", "LONG_DRIVE_S", "FOLLOW_MIN_IDS", "FOLLOW_MIN_RUN", "FOLLOW_SHARE", "StateField",
-           "StateFeaturizer", "contradicted", "count_tables", "find_states", "fit_contexts", "fit_states", "follow_map",
-           "keep_followers", "states_from_dicts", "states_to_dicts"]
+           "StateFeaturizer", "contradicted", "count_tables", "find_states", "fit_contexts", "fit_followers",
+           "fit_states", "follow_map", "keep_followers", "states_from_dicts", "states_to_dicts"]
