@@ -79,8 +79,8 @@ class StateField:
     edges: list[float] = field(default_factory=list)  # bin edges of a signal context
     table: list[list[float]] = field(default_factory=list)  # counts [state level (+ unseen), context code (+ unseen)]
     # How the state is judged: "table" (a long drive: sig_state from the table), "follows" (a short drive: only a
-    # contradiction of the state it mirrors, lasting more than ``run`` of its frames) or "context" (a short drive:
-    # not judged, kept as another state's mirror)
+    # contradiction of every state it follows on other IDs, lasting more than ``run`` of its frames; keep_followers)
+    # or "context" (a short drive: not judged, kept as a possible context of another state)
     judge: str = "table"
     run: int = 0
     follows: list[list[int]] = field(default_factory=list)  # "follows": [context state index, level named per level]
@@ -256,8 +256,8 @@ def contradicted(s_code: np.ndarray, c_codes: list[np.ndarray], follows: list[li
                  ) -> np.ndarray:
     """Bool per frame: every followed context names a level for the state and none names the state's level
     (``c_codes``: each followed context's level code per frame, -1 where stale). Where a context shows a level that
-    names nothing (one clean driving never showed with the state switching: the car in a gear the clean drive did not
-    show), the moment is new and not judged."""
+    names nothing (one clean driving never showed, or showed with either state value: the car in a gear the clean
+    drive did not show), the moment is new and not judged."""
     named = np.ones(len(s_code), bool)
     agreed = np.zeros(len(s_code), bool)
     for c_code, f in zip(c_codes, follows):
