@@ -217,26 +217,22 @@ def fit_contexts(states: list[StateField], sigs: list[Signal], by_id: dict[int, 
             st.context, st.edges = best[1], best[2]
 
 
-def _frame_codes(st: StateField, states: list[StateField], sigs: list[Signal], by_id: dict[int, np.ndarray],
-                 words: np.ndarray, spacing: dict[int, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The state's clean frames (indices), its code and its context's code on each, where the context is fresh."""
-    rows = by_id[st.can_id]
-    s_code = _codes(field_values(words[rows], st.start, st.length), st.levels)
-    if not st.context:
-        return rows, s_code, np.zeros_like(s_code)
-    c = states[st.context[2]] if st.context[0] == 0 else sigs[st.context[2]]
-    src = rows if c.can_id == st.can_id else fresh_rows(by_id[c.can_id], rows, spacing[c.can_id])
-    ok = src >= 0
-    v = field_values(words[np.maximum(src, 0)], c.start, c.length, getattr(c, "little_endian", False))
-    return rows[ok], s_code[ok], _context_codes(st, v, states)[ok]
-
-
 def count_tables(states: list[StateField], sigs: list[Signal], by_id: dict[int, np.ndarray], words: np.ndarray
                  ) -> None:
     """Each state's table counted over all clean frames (the whole drive), in place."""
     spacing = frame_spacings(by_id)
     for st in states:
-        _, s_code, c_code = _frame_codes(st, states, sigs, by_id, words, spacing)
+        rows = by_id[st.can_id]
+        s_code = _codes(field_values(words[rows], st.start, st.length), st.levels)
+        if st.context:
+            c = states[st.context[2]] if st.context[0] == 0 else sigs[st.context[2]]
+            src = rows if c.can_id == st.can_id else fresh_rows(by_id[c.can_id], rows, spacing[c.can_id])
+            ok = src >= 0
+            v = field_values(words[np.maximum(src, 0)], c.start, c.length, getattr(c, "little_endian", False))
+            c_code = _context_codes(st, v, states)
+            s_code, c_code = s_code[ok], c_code[ok]
+        else:
+            c_code = np.zeros_like(s_code)
         st.table = _count(s_code, c_code, len(st.levels) + 1, _n_context(st, states)).tolist()
 
 
@@ -301,17 +297,19 @@ def keep_followers(states: list[StateField], by_id: dict[int, np.ndarray], words
             continue  # never switched inside a capture, or the next drive may show values clean driving did not
         rows, s_code, cap = codes[k]
         pick = np.linspace(0, len(rows) - 1, min(len(rows), _MAX_SELECT_ROWS)).astype(np.int64)
+        pick_rows, pick_code = rows[pick], s_code[pick]
+        around = _around_switches(cap, switches[k])
         follows, c_codes = [], []
         for j, c in enumerate(states):
             if c.can_id == st.can_id or not len(switches[j]):
                 continue
-            picked = level_codes(c, rows[pick])  # chosen on the spread-out frames, as fit_contexts chooses
+            picked = level_codes(c, pick_rows)  # chosen on the spread-out frames, as fit_contexts chooses
             ok = picked >= 0
-            m = follow_map(_count(s_code[pick][ok], picked[ok], len(st.levels) + 1, len(c.levels) + 1))
+            m = follow_map(_count(pick_code[ok], picked[ok], len(st.levels) + 1, len(c.levels) + 1))
             if m is None:
                 continue
             c_code = level_codes(c, rows)
-            m = _switched_together(m, s_code, c_code, cap, switches[k])
+            m = _switched_together(m, s_code, c_code, switches[k], around)
             if m is not None:
                 follows.append([j] + m.tolist())
                 c_codes.append(c_code)
@@ -321,20 +319,27 @@ def keep_followers(states: list[StateField], by_id: dict[int, np.ndarray], words
             st.run = max(2 * int(_run_lengths(wrong, 0, _level_changes(s_code)).max()), FOLLOW_MIN_RUN)
 
 
-def _switched_together(m: np.ndarray, s_code: np.ndarray, c_code: np.ndarray, cap: np.ndarray, switches: np.ndarray
-                       ) -> np.ndarray | None:
-    """``m`` (:func:`follow_map`) where clean driving showed the state switching together with the context, for two
-    state levels or more: at a switch of the state inside a capture, the context went from a level naming the old
-    state level to one naming the new, within FOLLOW_MIN_RUN of the state's frames either side. Else None (two
-    levels that only ever came together in different recordings say which recording it is, not that one follows
-    the other). Once that shows the context is one the state follows, every level ``m`` names counts, also one seen
-    only held (the car driving forwards with the light off, when the switches were into and out of reverse)."""
-    n = len(s_code)
+def _around_switches(cap: np.ndarray, switches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each switch (a row index of the state's frames), the rows FOLLOW_MIN_RUN frames before and after it, kept
+    inside the switch's capture (``cap``: the capture of each of the state's frames)."""
+    n = len(cap)
     new_capture = cap[1:] != cap[:-1]
     first = np.maximum.accumulate(np.where(np.r_[True, new_capture], np.arange(n), 0))  # its capture's first frame
     last = np.minimum.accumulate(np.where(np.r_[new_capture, True], np.arange(n), n)[::-1])[::-1]  # ... and last
-    before = c_code[np.maximum(switches - 1 - FOLLOW_MIN_RUN, first[switches])]
-    after = c_code[np.minimum(switches + FOLLOW_MIN_RUN, last[switches])]
+    return (np.maximum(switches - 1 - FOLLOW_MIN_RUN, first[switches]),
+            np.minimum(switches + FOLLOW_MIN_RUN, last[switches]))
+
+
+def _switched_together(m: np.ndarray, s_code: np.ndarray, c_code: np.ndarray, switches: np.ndarray,
+                       around: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
+    """``m`` (:func:`follow_map`) where clean driving showed the state switching together with the context, for two
+    state levels or more: at a switch of the state inside a capture, the context went from a level naming the old
+    state level to one naming the new, within FOLLOW_MIN_RUN of the state's frames either side (``around``:
+    :func:`_around_switches`). Else None (two levels that only ever came together in different recordings say which
+    recording it is, not that one follows the other). Once that shows the context is one the state follows, every
+    level ``m`` names counts, also one seen only held (the car driving forwards with the light off, when the switches
+    were into and out of reverse)."""
+    before, after = c_code[around[0]], c_code[around[1]]
     named = np.r_[m, -1]  # a stale (-1) or unseen context level names nothing
     together = ((before >= 0) & (after >= 0) & (before != after) & (named[before] == s_code[switches - 1])
                 & (named[after] == s_code[switches]))
