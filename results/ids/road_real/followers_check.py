@@ -32,9 +32,9 @@ CASES = [("reverse_light_off_attack_1_masquerade", 16.0, []),
 REVERSE_LIGHT = (0xD0, 20)  # ID, big-endian bit
 
 
-def flagged(state: FeatureState, frames) -> np.ndarray:
+def flagged(state: FeatureState, frames, column: str = "sig_state", threshold: float = 0.6) -> np.ndarray:
     fz = FrameFeaturizer(state)
-    return fz.transform(frames)[:, fz.feature_names.index("sig_state")] > 0.6
+    return fz.transform(frames)[:, fz.feature_names.index(column)] > threshold
 
 
 def main(data: str) -> None:
@@ -49,10 +49,12 @@ def main(data: str) -> None:
         h = capture(held)
         t = h.timestamp - h.timestamp[0]
         fit = [capture(n) for n in FILES if n != held and n not in left_out] + ([h.select(t < cut)] if cut else [])
-        f = flagged(FeatureState.fit(fit, signals=True), h)
+        state = FeatureState.fit(fit, signals=True)
         y, after = h.is_attack(), t >= cut
-        print(f"{held} (cut {cut:.0f} s): attack frames flagged {f[y & after].sum()} of {(y & after).sum()}, "
-              f"clean frames flagged {f[~y & after].sum()} of {(~y & after).sum()}")
+        for column, threshold in (("sig_state", 0.6), ("sig_full", 0.5)):
+            f = flagged(state, h, column, threshold)
+            print(f"{held} (cut {cut:.0f} s), {column}: attack frames flagged {f[y & after].sum()} of "
+                  f"{(y & after).sum()}, clean frames flagged {f[~y & after].sum()} of {(~y & after).sum()}")
     state = FeatureState.fit([capture(n) for n in FILES], signals=True)
     h = capture("fuzzing_attack_1")
     t = h.timestamp - h.timestamp[0]

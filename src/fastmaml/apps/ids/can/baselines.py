@@ -109,7 +109,8 @@ class TimingRule:
 
 # What each signal-feature check means, as alerts name it.
 CHECKS = {"sig_residual": "disagrees with its partners", "sig_state": "state unlikely in (or against) its context",
-          "sig_range": "outside its clean range", "sig_leap": "changed faster than in clean driving"}
+          "sig_range": "outside its clean range", "sig_leap": "changed faster than in clean driving",
+          "sig_full": "leapt to full scale"}
 
 
 class _SignalFeatureRule:
@@ -161,7 +162,7 @@ LEAP_FACTOR = 2.0
 class PlausibilityRule(_SignalFeatureRule):
     """The frame disagrees with clean driving: a signal more than ``factor`` x its benign 99.9% residual away from
     its partners' prediction, a flag or state whose value is less than 1 in 1,000 likely next to its context
-    (``sig_state``, where the state has it); with ``range_margin``, a signal more than that fraction of its
+    (``sig_state``, where the state has it), a slow signal that leapt to its field's full scale (``sig_full``); with ``range_margin``, a signal more than that fraction of its
     clean span outside its clean range (``sig_range``); with ``leap_factor``, a signal whose change over the last
     1-256 frames is more than that x the largest clean change over as many frames (``sig_leap``)."""
 
@@ -176,7 +177,7 @@ class PlausibilityRule(_SignalFeatureRule):
         self.range_margin = range_margin
         self.leap_factor = leap_factor
         columns = [("sig_residual", float(np.log2(1.0 + factor) / 4.0)),  # the sig_residual scale
-                   ("sig_state", STATE_RULE_THRESHOLD)]
+                   ("sig_state", STATE_RULE_THRESHOLD), ("sig_full", 0.5)]
         if range_margin is not None:
             columns.append(("sig_range", float(min(np.log2(1.0 + 16.0 * range_margin) / 4.0, 0.999))))  # its scale
         if leap_factor is not None:

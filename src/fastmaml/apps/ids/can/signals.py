@@ -66,6 +66,16 @@ Per frame, over the physical signals of the frame's ID (0 for IDs without any), 
                     value by a quarter of its range sits that far from where the genuine value
                     was). Needs a long clean drive to know the limits (0 for a trend, which has
                     none: an odometer's low bits wrap).
+    sig_full        1 while the value sits at its field's full scale (every bit set), never seen in clean
+                    driving, having leapt there in one frame by more than ``FULL_LEAP`` x the most the
+                    signal moved over up to 256 frames in clean driving: a slow quantity (a coolant
+                    temperature that moved one step in minutes) cannot do that, an attacker pinning it
+                    at its maximum (ROAD's maximum-coolant and maximum-speedometer attacks) or a fault
+                    sentinel does. Needs no long drive: the field's width, not the clean range, sets
+                    the value, and the leap is measured against what the short drive showed, around
+                    the circle (a signed value going from 0 to -1, a count wrapping, reach full scale
+                    in one step). A leap to zero is not judged (resets do that: on ROAD a slow 6-bit
+                    field returns to 0 every 17 s). 0 for a trend and for tables saved before sig_leap.
 
 Everything is fitted on benign training traffic (``fit_signals``) and computed causally with
 state carried across chunks, so streamed and one-shot features are identical.
@@ -88,8 +98,9 @@ from fastmaml.apps.ids.can.relations import frame_spacings, fresh_rows, last_ind
 from fastmaml.errors import DataError
 
 SIGNAL_FEATURES: list[str] = ["sig_range", "sig_edge", "sig_jump", "sig_stuck", "sig_residual", "sig_residual_8",
-                              "sig_has_partner", "sig_leap"]
+                              "sig_has_partner", "sig_leap", "sig_full"]
 LEAP_LAGS = (1, 4, 16, 64, 256)  # sig_leap: changes over this many of the ID's frames
+FULL_LEAP = 4.0  # sig_full: a one-frame leap to full scale this x the largest clean change over 1-256 frames
 _MISSING_SPACINGS = 5.0  # an ID's frames further apart than this x its spacing have frames missing between them
 MIN_SIGNAL_FRAMES = 200  # an ID needs this many clean frames for its flip statistics
 _FLIP_DROP = 0.5  # a bit flipping less than this x its left neighbour starts a new signal
@@ -555,6 +566,7 @@ class SignalFeaturizer:
         self._run: dict[int, tuple[float, int]] = {}  # signal -> (last value, frames unchanged)
         self._resid: dict[int, np.ndarray] = {}  # signal -> its last few normalized residuals
         self._recent: dict[int, np.ndarray] = {}  # signal -> its last max(LEAP_LAGS) values (sig_leap)
+        self._full: dict[int, bool] = {}  # signal -> whether its last value was a judged leap to full scale
 
     def transform(self, ids: np.ndarray, data: np.ndarray) -> np.ndarray:
         """float32 [n, len(SIGNAL_FEATURES)] for the next chunk (frames in capture order)."""
@@ -591,10 +603,12 @@ class SignalFeaturizer:
                     outside = np.maximum(np.maximum(s.lo - v, v - s.hi), 0.0) / width
                     edge = np.maximum(_tail_depth(-v, [-x for x in s.low_tails], -s.lo, s.lo_share),
                                       _tail_depth(v, s.high_tails, s.hi, s.hi_share))
-                jump = np.where(has_prev, np.abs(v - signal_values(prev_w, s)) / s.step, 0.0)
+                prev_v = signal_values(prev_w, s)
+                jump = np.where(has_prev, np.abs(v - prev_v) / s.step, 0.0)
                 stuck = self._stuck(j, v) / s.max_run if s.max_run > 0 else np.zeros(len(v))
                 res, res8 = self._residual(j, s, rows, v, words, last, carried_words)
                 leap = np.zeros(len(v)) if s.trend else self._leap(j, s, v)
+                full = np.zeros(len(v)) if s.trend else self._at_full_scale(j, s, v, prev_v, has_prev)
                 np.maximum(cols[:, 0], _log_scale(16.0 * outside), out=cols[:, 0])
                 np.maximum(cols[:, 1], edge / (len(_TAILS) + 1), out=cols[:, 1])
                 np.maximum(cols[:, 2], _log_scale(jump), out=cols[:, 2])
@@ -604,6 +618,7 @@ class SignalFeaturizer:
                 if s.partners:
                     cols[:, 6] = 1.0
                 np.maximum(cols[:, 7], _log_scale(leap), out=cols[:, 7])
+                np.maximum(cols[:, 8], full, out=cols[:, 8])
             out[rows] = cols
             self._last_word[cid] = int(w[-1])
         return out
@@ -636,6 +651,25 @@ class SignalFeaturizer:
             have = idx >= lag
             prev = seq[np.maximum(idx - lag, 0)]
             out = np.maximum(out, np.where(have, np.abs(v - prev) / limit - 1.0, 0.0))
+        return out
+
+    def _at_full_scale(self, j: int, s: Signal, v: np.ndarray, prev: np.ndarray, has_prev: np.ndarray) -> np.ndarray:
+        """1.0 on the frames of runs at the field's full scale that began with a leap there (``sig_full``); a run
+        going on from the previous chunk keeps its judgement."""
+        top = float(2 ** s.length - 1)
+        out = np.zeros(len(v))
+        if len(s.max_change) != len(LEAP_LAGS) or s.hi >= top:  # no limits known, or clean driving showed it
+            return out
+        at = v == top
+        # Measured around the circle: a signed value going below 0, or a count wrapping, reaches full scale in a step.
+        leap = np.minimum(np.abs(v - prev), top + 1.0 - np.abs(v - prev))
+        onset = at & has_prev & (leap > FULL_LEAP * max(s.max_change))
+        begins = at & ~np.r_[False, at[:-1]]  # the first frame of each run at full scale in this chunk
+        judged = onset[begins]
+        if at[0] and has_prev[0] and prev[0] == top:  # the run began in an earlier chunk
+            judged[0] = self._full.get(j, False)
+        out[at] = judged[np.cumsum(begins)[at] - 1]
+        self._full[j] = bool(out[-1] > 0)
         return out
 
     def _residual(self, j: int, s: Signal, rows: np.ndarray, v: np.ndarray, words: np.ndarray,
@@ -671,7 +705,7 @@ class SignalFeaturizer:
         return r, total / count
 
 
-__all__ = ["LEAP_LAGS", "SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "find_signals", "fit_signals", "fit_statistics",
+__all__ = ["FULL_LEAP", "LEAP_LAGS", "SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "find_signals", "fit_signals", "fit_statistics",
            "value_trend", "max_changes",
            "field_values",
            "payload_words", "segment_fields", "signal_values", "signals_from_dicts", "signals_to_dicts", "write_field",
