@@ -9,7 +9,8 @@ seconds per iteration and as a share of the total.
 
 ``--compare-ref REV``: the same benchmark on the code of commit ``REV`` (``git archive`` of its
 ``src/`` into a temporary directory) and on this tree's, each in its own process (two versions of
-``fastmaml`` cannot share one), alternating for ``--rounds`` rounds so that both see the same load;
+``fastmaml`` cannot share one), each with its own preset file (today's code with today's settings against the
+old code with the old ones), alternating for ``--rounds`` rounds so that both see the same load;
 prints both seconds per meta-iteration (median over rounds), their ratio, and how far the two runs'
 returns and final parameters (same seeds) are apart.
 """
@@ -29,7 +30,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = ROOT / "src" / "fastmaml" / "apps" / "rl" / "presets"
 
 
 def run_phases(args: argparse.Namespace) -> dict:
@@ -46,7 +46,9 @@ def run_phases(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(getattr(torch, args.dtype))  # goals, policy and so every rollout tensor
     keep_freed_memory()
-    cfg = validate(load_config(RLConfig, PRESETS / f"rl_{args.preset}.yaml", args.overrides))
+    # The preset of the code being timed: with --compare-ref, the old side runs the old commit's preset as it was.
+    presets = Path(E.__file__).resolve().parent / "presets"
+    cfg = validate(load_config(RLConfig, presets / f"rl_{args.preset}.yaml", args.overrides))
     learner = E.build_learner(cfg)
     dist = E.task_distribution(cfg)
     trpo = TRPOStep(learner, cfg.trpo)

@@ -119,8 +119,9 @@ def test_masquerade_source_holds_each_kind_out_with_both_variants(tmp_path, clea
     assert sorted(map(sorted, default_folds(data))) == [["maximum_fabrication", "maximum_masquerade"],
                                                         ["offset_fabrication", "offset_masquerade"]]
     # a 40 s drive has not shown the signals' ranges and still runs: those columns are left out, and said so
-    assert data.feature_names[-5:] == ["sig_jump", "sig_residual", "sig_residual_8", "sig_has_partner", "sig_full"]
+    assert data.feature_names[-4:] == ["sig_jump", "sig_residual", "sig_residual_8", "sig_has_partner"]
     assert any("sig_range, sig_edge, sig_stuck, sig_leap left out" in n for n in data.stats["notes"])
+    assert any("sig_full left to the plausibility rule" in n for n in data.stats["notes"])  # judged, not learned
     for name, fam in data.families.items():
         assert fam.train.counts()[name] > 0 and fam.test.counts()[name] > 0
     assert set(data.stats["masquerade"]["injections"]) == {"offset", "maximum"}

@@ -463,6 +463,9 @@ def prepare_captures(src: SourceConfig, feat: FeatureConfig, log: Callable[[str]
 # short clean drive has not shown them (on DAGA's 103 s before the cut, 35-80% of several IDs'
 # frames after it lay outside the range seen before), so they would flag clean driving.
 SIGNAL_SPAN_COLUMNS = ("sig_range", "sig_edge", "sig_stuck", "sig_state", "sig_leap")
+# Judged on a short drive by the plausibility rule only. sig_full fires, in the folds' training data, on nothing but
+# a real full-scale masquerade's onset; given to the detectors (one full ROAD run) MAML caught fewer fabrications.
+SHORT_DRIVE_RULE_COLUMNS = ("sig_full",)
 
 
 def drop_short_driving_columns(data: IdsData, feat: FeatureConfig, log: Callable[[str], None]) -> None:
@@ -471,15 +474,22 @@ def drop_short_driving_columns(data: IdsData, feat: FeatureConfig, log: Callable
     The clean time is the fitted FeatureState's (``clean_seconds``), the one the plausibility rule's range check,
     the state columns and the byte order go by, so all of them switch on together."""
     seconds = float((data.feature_state or {}).get("clean_seconds", 0.0))
-    drop = [c for c in SIGNAL_SPAN_COLUMNS if c in data.feature_names and c not in feat.drop]
-    if seconds >= LONG_DRIVE_S or not drop:
+    span = [c for c in SIGNAL_SPAN_COLUMNS if c in data.feature_names and c not in feat.drop]
+    rule = [c for c in SHORT_DRIVE_RULE_COLUMNS if c in data.feature_names and c not in feat.drop]
+    if seconds >= LONG_DRIVE_S or not span + rule:
         return
-    drop_features(data, drop)
-    note = (f"Signal columns {', '.join(drop)} left out: the clean driving before the cut is {seconds:.0f} s, and "
-            f"the clean range, tails, still runs and largest changes they judge by need about {LONG_DRIVE_S / 60:.0f} "
-            f"minutes (the signal-range rule still uses the range).")
-    log(note)
-    data.stats["notes"] = list(data.stats.get("notes", [])) + [note]
+    drop_features(data, span + rule)
+    notes = []
+    if span:
+        notes.append(f"Signal columns {', '.join(span)} left out: the clean driving before the cut is {seconds:.0f} s, "
+                     f"and the clean range, tails, still runs and largest changes they judge by need about "
+                     f"{LONG_DRIVE_S / 60:.0f} minutes (the signal-range rule still uses the range).")
+    if rule:
+        notes.append(f"Signal columns {', '.join(rule)} left to the plausibility rule on this short drive: the learned "
+                     f"detectors do not read them.")
+    for note in notes:
+        log(note)
+    data.stats["notes"] = list(data.stats.get("notes", [])) + notes
 
 
 # DAGA (Volvo V40, trace 03): one capture per attack type. The files are cumulative (ID_2C5 also
