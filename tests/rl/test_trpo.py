@@ -123,6 +123,17 @@ def test_trpo_step_improves_the_surrogate_within_the_kl_limit(hvp_tasks):
     assert set(step.timings) == {"gradient", "kl_graph", "cg_hvp", "line_search"}
 
 
+def test_hvp_tasks_beyond_the_meta_batch_means_every_task():
+    """A preset's trpo.hvp_tasks (5 of 20) stays valid when a smoke run cuts the meta-batch below it: all tasks."""
+    results = []
+    for hvp_tasks in (None, 50):
+        learner = tiny_learner(hidden=(8,))
+        batch = tiny_batch(learner, tasks=4, trajectories=6, seed=5)
+        TRPOStep(learner, TRPOConfig(max_kl=0.01, hvp_tasks=hvp_tasks))(batch)
+        results.append(torch.cat([v.detach().flatten() for v in learner.params().values()]))
+    assert torch.equal(results[0], results[1])
+
+
 def _with_rates(step: TRPOStep, theta: torch.Tensor, like: dict) -> dict:
     """Write the step-size part of TRPO's flat vector into the learner; return θ's part as fresh leaves."""
     values = unflat(theta, like)
