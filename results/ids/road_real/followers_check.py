@@ -1,8 +1,9 @@
-"""Frame-by-frame check of the short-drive follower judgement (states.fit_followers) on ROAD's real captures.
+"""Frame-by-frame check of the short-drive judgements on ROAD's real captures: flags following states on other IDs
+(states.fit_followers, sig_state) and slow signals that leapt to full scale (sig_full).
 
 Each case fits a FeatureState on the benign frames of some captures (plus, for a held-out capture, its frames before
-a cut) and counts sig_state > 0.6 on the held-out capture's frames after the cut: attack frames flagged, clean frames
-flagged. The last case sets the reverse light on for 5 s of a recording driving forwards (ROAD's reverse_light_on
+a cut) and counts sig_state > 0.6 and sig_full > 0.5 on the held-out capture's frames after the cut: attack frames
+flagged, clean frames flagged. The last case sets the reverse light on for 5 s of a recording driving forwards (ROAD's reverse_light_on
 kind, injected) with the fit on all eight files.
 
     python results/ids/road_real/followers_check.py DATA     (DATA: the folder of run.sh, plus fuzzing_attack_{1,2}.csv)
