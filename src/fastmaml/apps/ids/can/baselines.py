@@ -162,9 +162,10 @@ LEAP_FACTOR = 2.0
 class PlausibilityRule(_SignalFeatureRule):
     """The frame disagrees with clean driving: a signal more than ``factor`` x its benign 99.9% residual away from
     its partners' prediction, a flag or state whose value is less than 1 in 1,000 likely next to its context
-    (``sig_state``, where the state has it), a slow signal that leapt to its field's full scale (``sig_full``); with ``range_margin``, a signal more than that fraction of its
-    clean span outside its clean range (``sig_range``); with ``leap_factor``, a signal whose change over the last
-    1-256 frames is more than that x the largest clean change over as many frames (``sig_leap``)."""
+    (``sig_state``, where the state has it), a slow signal that leapt to its field's full scale (``sig_full``);
+    with ``range_margin``, a signal more than that fraction of its clean span outside its clean range
+    (``sig_range``); with ``leap_factor``, a signal whose change over the last 1-256 frames is more than that x the
+    largest clean change over as many frames (``sig_leap``)."""
 
     def __init__(self, factor: float = 2.0, range_margin: float | None = None,
                  leap_factor: float | None = None) -> None:

@@ -705,7 +705,8 @@ class SignalFeaturizer:
         return r, total / count
 
 
-__all__ = ["FULL_LEAP", "LEAP_LAGS", "SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "find_signals", "fit_signals", "fit_statistics",
+__all__ = ["FULL_LEAP", "LEAP_LAGS", "SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "find_signals", "fit_signals",
+           "fit_statistics",
            "value_trend", "max_changes",
            "field_values",
            "payload_words", "segment_fields", "signal_values", "signals_from_dicts", "signals_to_dicts", "write_field",

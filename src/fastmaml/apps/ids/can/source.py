@@ -469,7 +469,8 @@ SHORT_DRIVE_RULE_COLUMNS = ("sig_full",)
 
 
 def drop_short_driving_columns(data: IdsData, feat: FeatureConfig, log: Callable[[str], None]) -> None:
-    """Leave out :data:`SIGNAL_SPAN_COLUMNS` when the folder's clean training driving is shorter than they need.
+    """Leave out :data:`SIGNAL_SPAN_COLUMNS` when the folder's clean training driving is shorter than they need, and
+    :data:`SHORT_DRIVE_RULE_COLUMNS` (the rule's on a short drive) with them.
 
     The clean time is the fitted FeatureState's (``clean_seconds``), the one the plausibility rule's range check,
     the state columns and the byte order go by, so all of them switch on together."""
