@@ -43,6 +43,17 @@ def test_a_leap_to_full_scale_is_flagged_while_the_value_stays_there():
         np.testing.assert_array_equal(_sig_full(_coolant(), values, chunk), got)
 
 
+def test_a_stream_that_starts_at_full_scale_is_judged_from_the_clean_range():
+    """A capture (or a test part cut inside a masquerade) whose first frame is already at full scale: the leap is
+    measured from the nearest clean value, around the circle."""
+    np.testing.assert_array_equal(_sig_full(_coolant(), [255, 255, 137, 137]), [1, 1, 0, 0])
+    np.testing.assert_array_equal(_sig_full(_coolant(), [255, 255, 137], chunk=1), [1, 1, 0])
+    # clean values within FULL_LEAP x the signal's largest clean change of full scale (above it, or below 0)
+    assert not _sig_full(_coolant(hi=250.0), [255, 255]).any()
+    low = Signal(0x10, 0, 8, 2.0, 40.0, [2.0] * 2, [40.0] * 2, 1.0, 0.0, max_change=list(SLOW))
+    assert not _sig_full(low, [255, 255]).any()  # 3 steps below 0 wraps to 255
+
+
 def test_wraps_small_leaps_and_known_full_scales_are_not_judged():
     # a signed value going below 0 (0 -> -1 reads 255), and a count wrapping: one step around the circle
     assert not _sig_full(_coolant(), [2, 1, 0, 255, 255, 254, 253, 0, 1]).any()

@@ -49,8 +49,11 @@ def test_a_full_scale_coolant_is_flagged_after_a_long_drive_and_clean_driving_is
     rows = np.flatnonzero(attacked.can_id == COOLANT_ID)
     attacked.data[rows, 0] = 0xFF
     assert _flags(rule, state, attacked)[rows].mean() > 0.95
-    # without the range check nothing else in the rule sees it: the coolant has no partner
-    assert _flags(PlausibilityRule(), state, attacked)[rows].mean() < 0.05
+    # without the range check only the jump to full scale (sig_full) sees it: the coolant has no partner
+    assert _flags(PlausibilityRule(), state, attacked)[rows].mean() > 0.95
+    no_full = PlausibilityRule()
+    no_full.columns = tuple(c for c in no_full.columns if c[0] != "sig_full")
+    assert _flags(no_full, state, attacked)[rows].mean() < 0.05
 
 
 def test_the_gross_range_needs_a_long_drive_and_survives_a_save():

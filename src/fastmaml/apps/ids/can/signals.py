@@ -74,8 +74,10 @@ Per frame, over the physical signals of the frame's ID (0 for IDs without any), 
                     sentinel does. Needs no long drive: the field's width, not the clean range, sets
                     the value, and the leap is measured against what the short drive showed, around
                     the circle (a signed value going from 0 to -1, a count wrapping, reach full scale
-                    in one step). A leap to zero is not judged (resets do that: on ROAD a slow 6-bit
-                    field returns to 0 every 17 s). 0 for a trend and for tables saved before sig_leap.
+                    in one step). A stream's first frame (no frame before it: a capture started, or cut,
+                    mid-drive) is measured from the nearest clean value. A leap to zero is not judged
+                    (resets do that: on ROAD a slow 6-bit field returns to 0 every 17 s). 0 for a trend
+                    and for tables saved before sig_leap.
 
 Everything is fitted on benign training traffic (``fit_signals``) and computed causally with
 state carried across chunks, so streamed and one-shot features are identical.
@@ -663,7 +665,9 @@ class SignalFeaturizer:
         at = v == top
         # Measured around the circle: a signed value going below 0, or a count wrapping, reaches full scale in a step.
         leap = np.minimum(np.abs(v - prev), top + 1.0 - np.abs(v - prev))
-        onset = at & has_prev & (leap > FULL_LEAP * max(s.max_change))
+        # With no frame before (a capture's start, or a stream started mid-drive), from the nearest clean value.
+        leap[~has_prev] = min(top - s.hi, s.lo + 1.0)
+        onset = at & (leap > FULL_LEAP * max(s.max_change))
         begins = at & ~np.r_[False, at[:-1]]  # the first frame of each run at full scale in this chunk
         judged = onset[begins]
         if at[0] and has_prev[0] and prev[0] == top:  # the run began in an earlier chunk

@@ -463,8 +463,8 @@ def prepare_captures(src: SourceConfig, feat: FeatureConfig, log: Callable[[str]
 # short clean drive has not shown them (on DAGA's 103 s before the cut, 35-80% of several IDs'
 # frames after it lay outside the range seen before), so they would flag clean driving.
 SIGNAL_SPAN_COLUMNS = ("sig_range", "sig_edge", "sig_stuck", "sig_state", "sig_leap")
-# Judged on a short drive by the plausibility rule only. sig_full fires, in the folds' training data, on nothing but
-# a real full-scale masquerade's onset; given to the detectors (one full ROAD run) MAML caught fewer fabrications.
+# Judged on a short drive by the plausibility rule only: sig_full is rare in training data (on ROAD's folds, some frames
+# of one fabrication); given to the detectors (one full ROAD run) MAML caught fewer fabrications.
 SHORT_DRIVE_RULE_COLUMNS = ("sig_full",)
 
 
