@@ -18,9 +18,9 @@ FULL = SIGNAL_FEATURES.index("sig_full")
 SLOW = [1.0, 1.0, 1.0, 2.0, 4.0]  # the ROAD coolant's largest clean changes over 1-256 frames
 
 
-def _coolant(hi: float = 137.0, max_change: list[float] | None = None, trend: int = 0) -> Signal:
-    """An 8-bit signal in byte 0 of ID 0x10 with no partner, clean range [118, hi]."""
-    return Signal(0x10, 0, 8, 118.0, hi, [118.0] * 2, [hi] * 2, 1.0, 0.0, trend=trend,
+def _coolant(hi: float = 137.0, max_change: list[float] | None = None, trend: int = 0, lo: float = 118.0) -> Signal:
+    """An 8-bit signal in byte 0 of ID 0x10 with no partner, clean range [lo, hi]."""
+    return Signal(0x10, 0, 8, lo, hi, [lo] * 2, [hi] * 2, 1.0, 0.0, trend=trend,
                   max_change=list(SLOW if max_change is None else max_change))
 
 
@@ -50,8 +50,7 @@ def test_a_stream_that_starts_at_full_scale_is_judged_from_the_clean_range():
     np.testing.assert_array_equal(_sig_full(_coolant(), [255, 255, 137], chunk=1), [1, 1, 0])
     # clean values within FULL_LEAP x the signal's largest clean change of full scale (above it, or below 0)
     assert not _sig_full(_coolant(hi=250.0), [255, 255]).any()
-    low = Signal(0x10, 0, 8, 2.0, 40.0, [2.0] * 2, [40.0] * 2, 1.0, 0.0, max_change=list(SLOW))
-    assert not _sig_full(low, [255, 255]).any()  # 3 steps below 0 wraps to 255
+    assert not _sig_full(_coolant(lo=2.0, hi=40.0), [255, 255]).any()  # 3 steps below 0 wraps to 255
 
 
 def test_wraps_small_leaps_and_known_full_scales_are_not_judged():

@@ -3,8 +3,8 @@
 
 Each case fits a FeatureState on the benign frames of some captures (plus, for a held-out capture, its frames before
 a cut) and counts sig_state > 0.6 and sig_full > 0.5 on the held-out capture's frames after the cut: attack frames
-flagged, clean frames flagged. The last case sets the reverse light on for 5 s of a recording driving forwards (ROAD's reverse_light_on
-kind, injected) with the fit on all eight files.
+flagged, clean frames flagged. The last case sets the reverse light on for 5 s of a recording driving forwards
+(ROAD's reverse_light_on kind, injected) with the fit on all eight files.
 
     python results/ids/road_real/followers_check.py DATA     (DATA: the folder of run.sh, plus fuzzing_attack_{1,2}.csv)
 """
@@ -33,9 +33,14 @@ CASES = [("reverse_light_off_attack_1_masquerade", 16.0, []),
 REVERSE_LIGHT = (0xD0, 20)  # ID, big-endian bit
 
 
-def flagged(state: FeatureState, frames, column: str = "sig_state", threshold: float = 0.6) -> np.ndarray:
+CHECKS = (("sig_state", 0.6), ("sig_full", 0.5))  # (column, flagged above)
+
+
+def flagged(state: FeatureState, frames) -> dict[str, np.ndarray]:
+    """Bool per frame for each of CHECKS, from one featurization of ``frames``."""
     fz = FrameFeaturizer(state)
-    return fz.transform(frames)[:, fz.feature_names.index(column)] > threshold
+    x = fz.transform(frames)
+    return {column: x[:, fz.feature_names.index(column)] > threshold for column, threshold in CHECKS}
 
 
 def main(data: str) -> None:
@@ -52,8 +57,7 @@ def main(data: str) -> None:
         fit = [capture(n) for n in FILES if n != held and n not in left_out] + ([h.select(t < cut)] if cut else [])
         state = FeatureState.fit(fit, signals=True)
         y, after = h.is_attack(), t >= cut
-        for column, threshold in (("sig_state", 0.6), ("sig_full", 0.5)):
-            f = flagged(state, h, column, threshold)
+        for column, f in flagged(state, h).items():
             print(f"{held} (cut {cut:.0f} s), {column}: attack frames flagged {f[y & after].sum()} of "
                   f"{(y & after).sum()}, clean frames flagged {f[~y & after].sum()} of {(~y & after).sum()}")
     state = FeatureState.fit([capture(n) for n in FILES], signals=True)
@@ -62,7 +66,7 @@ def main(data: str) -> None:
     rows = np.flatnonzero((h.can_id == REVERSE_LIGHT[0]) & (t >= 10) & (t < 15) & ~h.is_attack())
     lit = h.select(np.arange(len(h)))  # a copy
     lit.data[rows] = words_to_bytes(write_field(payload_words(lit.data[rows]), REVERSE_LIGHT[1], 1, 1.0))
-    f = flagged(state, lit)
+    f = flagged(state, lit)["sig_state"]
     print(f"fuzzing_attack_1 with the reverse light set on for 5 s, fit on the eight files: {f[rows].sum()} of "
           f"{len(rows)} light frames flagged, {f.sum() - f[rows].sum()} other frames flagged")
 
