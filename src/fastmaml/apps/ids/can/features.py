@@ -76,9 +76,9 @@ import torch
 from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
 from fastmaml.apps.ids.can.relations import (MIN_ID_FRAMES, fit_relations, frames_by_id, last_index, refit_scales,
                                              signal)
-from fastmaml.apps.ids.can.signals import (SIGNAL_FEATURES, Signal, SignalFeaturizer, byte_order_for, find_signals,
-                                           fit_signals, fit_statistics, payload_words, signals_from_dicts,
-                                           signals_to_dicts)
+from fastmaml.apps.ids.can.signals import (SIGNAL_FEATURES, Signal, SignalFeaturizer, byte_order_for,
+                                           find_coarse_fields, find_signals, fit_signals, fit_statistics,
+                                           payload_words, signals_from_dicts, signals_to_dicts)
 from fastmaml.apps.ids.can.states import (LONG_DRIVE_S, STATE_FEATURES, StateFeaturizer, StateField, fit_followers,
                                           fit_states, states_from_dicts, states_to_dicts)
 from fastmaml.apps.ids.samples import SampleSet, make_windows, window_labels
@@ -171,6 +171,8 @@ class FeatureState:
     # Seconds of clean driving the state was fitted on (0: saved before it was recorded). Rules that judge a value
     # by the clean range alone need a long drive (PlausibilityRule's range check: LONG_DRIVE_S).
     clean_seconds: float = 0.0
+    # Slow fields seen at 3-7 values, too few for a signal: judged only by sig_full (signals.find_coarse_fields).
+    coarse: list[Signal] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -185,6 +187,7 @@ class FeatureState:
             **({"dbc": self.dbc} if self.dbc else {}),
             **({"states": states_to_dicts(self.states)} if self.states is not None else {}),
             "clean_seconds": self.clean_seconds,
+            **({"coarse": signals_to_dicts(self.coarse)} if self.coarse else {}),
         }
 
     @staticmethod
@@ -205,6 +208,7 @@ class FeatureState:
                 dict(d.get("dbc", {})),
                 states_from_dicts(d["states"], len(sigs), source) if "states" in d else None,
                 float(d.get("clean_seconds", 0.0)),
+                signals_from_dicts(d.get("coarse", []), source),
             )
         except (KeyError, ValueError, TypeError) as e:
             raise DataError(f"{source}: corrupt FeatureState ({e}); refit with FeatureState.fit") from e
@@ -333,8 +337,9 @@ class FeatureState:
         order = byte_order_for(byte_order, clean_s >= LONG_DRIVE_S)
         sigs = fit_signals(np.concatenate(sig_ids), np.concatenate(sig_data), np.concatenate(sig_clk),
                            fields, order) if sig_ids else []
+        coarse = find_coarse_fields(np.concatenate(sig_ids), np.concatenate(sig_data), sigs, fields) if sig_ids else []
         all_words = payload_words(all_data)
-        fit_statistics(sigs, by_id, all_words, all_capture, np.concatenate(stat_clock) if stat_clock else None)
+        fit_statistics(sigs + coarse, by_id, all_words, all_capture, np.concatenate(stat_clock) if stat_clock else None)
         states = None
         if signals and sig_ids:
             # On the whole drive, not its first minutes: a reverse light flips only when the car reverses, which
@@ -344,7 +349,7 @@ class FeatureState:
         if fields is not None:
             dbc_info.update(signals=[s.name for s in sigs], **_score_against(sigs, sig_ids, sig_data))
         return FeatureState("index" if clock == "auto" else clock, periods, default, sorted(last),
-                            tolerances, delta_scale, relations, sigs, dbc_info, states, clean_s)
+                            tolerances, delta_scale, relations, sigs, dbc_info, states, clean_s, coarse)
 
 
 def _score_against(dbc_sigs: list[Signal], sig_ids: list[np.ndarray], sig_data: list[np.ndarray]) -> dict:
@@ -370,7 +375,7 @@ class FrameFeaturizer:
     def __init__(self, state: FeatureState) -> None:
         self.state = state
         self.feature_names = frame_feature_names(state)
-        self._signals = SignalFeaturizer(state.signals) if state.signals else None
+        self._signals = SignalFeaturizer(state.signals, state.coarse) if state.signals else None
         self._states = StateFeaturizer(state.states, state.signals) if state.states is not None else None
         ids = np.array(sorted(state.periods), np.int64)
         self._pid = ids

@@ -77,7 +77,9 @@ Per frame, over the physical signals of the frame's ID (0 for IDs without any), 
                     in one step). A stream's first frame (no frame before it: a capture started, or cut,
                     mid-drive) is measured from the nearest clean value. A leap to zero is not judged
                     (resets do that: on ROAD a slow 6-bit field returns to 0 every 17 s). 0 for a trend
-                    and for tables saved before sig_leap.
+                    and for tables saved before sig_leap. Judged also on the coarse fields
+                    (:func:`find_coarse_fields`): slow quantities a short drive showed at 3-7 values, too
+                    few for a signal (ROAD's coolant byte over the 145 s its folds fit on).
 
 Everything is fitted on benign training traffic (``fit_signals``) and computed causally with
 state carried across chunks, so streamed and one-shot features are identical.
@@ -93,6 +95,7 @@ little-endian number.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -108,6 +111,9 @@ MIN_SIGNAL_FRAMES = 200  # an ID needs this many clean frames for its flip stati
 _FLIP_DROP = 0.5  # a bit flipping less than this x its left neighbour starts a new signal
 _MIN_BITS = 4
 _MIN_LEVELS = 8
+# A coarse field (find_coarse_fields): fewer levels than a signal, at least this many. Three rule out two-valued
+# modes (a few bits all set or all clear), which reach full scale as part of their job.
+_MIN_COARSE_LEVELS = 3
 _HEADROOM_BITS = 4
 _SMOOTH = 0.2  # 99% of a physical signal's changes lie within this fraction of its range
 _PARTNER_R2 = 0.9
@@ -238,12 +244,18 @@ def _longest_run(v: np.ndarray, same: np.ndarray | None = None) -> int:
     return 0 if open_run > 2 * max(ended, 1) else max(ended, open_run)
 
 
-def _physical(v: np.ndarray) -> bool:
-    """Whether field values ``v`` look like a physical quantity (not a flag, counter, checksum or noise)."""
+def _physical(v: np.ndarray, min_levels: int = _MIN_LEVELS, max_levels: float = np.inf) -> bool:
+    """Whether field values ``v`` look like a physical quantity (not a flag, counter, checksum or noise): at least
+    ``min_levels`` (and fewer than ``max_levels``) distinct values, and smooth."""
     lo, hi = float(v.min()), float(v.max())
-    if len(np.unique(v)) < _MIN_LEVELS or hi <= lo:
+    if not min_levels <= len(np.unique(v)) < max_levels or hi <= lo:
         return False
     return bool(np.quantile(np.abs(np.diff(v)), 0.99) <= _SMOOTH * (hi - lo))
+
+
+def _coarse(v: np.ndarray) -> bool:
+    """A slow quantity the clean frames showed at too few values to be a signal (:func:`find_coarse_fields`)."""
+    return _physical(v, _MIN_COARSE_LEVELS, _MIN_LEVELS)
 
 
 def value_trend(v: np.ndarray, same: np.ndarray | None = None) -> int:
@@ -324,15 +336,16 @@ def carries(words: np.ndarray, start: int, length: int) -> bool:
     return True
 
 
-def _segmented(w: np.ndarray, bits: np.ndarray,
-               skip: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, int, np.ndarray]]:
-    """``(start, length, values)`` of the physical fields of one ID's words ``w`` (``bits``: them unpacked, [n, 64])
-    by bit-flip segmentation; bits in ``skip`` (taken by another reading) bound fields as never-flipping ones do."""
+def _segmented(w: np.ndarray, bits: np.ndarray, skip: set[int] | frozenset[int] = frozenset(),
+               keep: Callable[[np.ndarray], bool] = _physical) -> list[tuple[int, int, np.ndarray]]:
+    """``(start, length, values)`` of the physical fields (``keep``) of one ID's words ``w`` (``bits``: them
+    unpacked, [n, 64]) by bit-flip segmentation; bits in ``skip`` (taken by another reading) bound fields as
+    never-flipping ones do."""
     flip = (bits[1:] != bits[:-1]).mean(0)
     if skip:
         flip[sorted(skip)] = 0.0
     return [(start, length, v) for start, length in segment_fields(flip)
-            if length >= _MIN_BITS and _physical(v := field_values(w, start, length))]
+            if length >= _MIN_BITS and keep(v := field_values(w, start, length))]
 
 
 def _headroom(bits: np.ndarray, start: int, taken: set[int] | frozenset[int] = frozenset(),
@@ -394,6 +407,35 @@ def find_signals(ids: np.ndarray, data: np.ndarray, fields: list | None = None,
             sigs.append(_signal(cid, start - head, length + head, v))
         sigs += little
     return sigs
+
+
+def find_coarse_fields(ids: np.ndarray, data: np.ndarray, sigs: list[Signal],
+                       fields: list | None = None) -> list[Signal]:
+    """Fields of clean frames ``ids`` / ``data`` (capture order) that are slow quantities seen at too few values to
+    be signals: 3 to 7 levels, smooth, outside the bits of ``sigs`` (``fields``: the DBC's instead of the
+    segmentation, as in :func:`find_signals`). Judged by ``sig_full`` only (:class:`SignalFeaturizer`).
+
+    Why: over a short drive a temperature moves a few steps. ROAD's coolant byte took 7 values over the 145 s of
+    clean driving its folds fit on (118-137, one step at a time), one short of a signal, so its masquerade at full
+    scale went unjudged; its leap from 137 to 255 is no less implausible for that.
+    """
+    ids = np.asarray(ids, np.int64)
+    words = payload_words(data)
+    uniq, cnt = np.unique(ids, return_counts=True)
+    enough = uniq[cnt >= MIN_SIGNAL_FRAMES].tolist()
+    out: list[Signal] = []
+    if fields is not None:
+        for f in fields:
+            if f.can_id in enough and _coarse(v := field_values(words[ids == f.can_id], f.start, f.length,
+                                                               f.little_endian)):
+                out.append(_signal(f.can_id, f.start, f.length, v, f.little_endian, f.label))
+        return out
+    for cid in enough:
+        w = words[ids == cid]
+        taken = set().union(*(payload_bits(s.start, s.length, s.little_endian) for s in sigs if s.can_id == cid))
+        bits = np.unpackbits(words_to_bytes(w), axis=1)
+        out += [_signal(cid, start, length, v) for start, length, v in _segmented(w, bits, taken, _coarse)]
+    return out
 
 
 def fit_signals(ids: np.ndarray, data: np.ndarray, clock: np.ndarray | None = None,
@@ -555,10 +597,11 @@ def _tail_depth(v: np.ndarray, levels: list[float], end: float, end_share: float
 class SignalFeaturizer:
     """Streaming ``SIGNAL_FEATURES`` of consecutive chunks of one capture."""
 
-    def __init__(self, sigs: list[Signal]) -> None:
+    def __init__(self, sigs: list[Signal], coarse: list[Signal] | None = None) -> None:
         self.sigs = sigs
+        self.coarse = list(coarse or [])  # judged by sig_full only (find_coarse_fields)
         self.by_id: dict[int, list[int]] = {}
-        for j, s in enumerate(sigs):
+        for j, s in enumerate(sigs + self.coarse):  # index j >= len(sigs): a coarse field
             self.by_id.setdefault(s.can_id, []).append(j)
         self._partner_ids = sorted({p[0] for s in sigs for p in s.partners})
         self.reset()
@@ -575,7 +618,7 @@ class SignalFeaturizer:
         ids = np.asarray(ids, np.int64)
         n = len(ids)
         out = np.zeros((n, len(SIGNAL_FEATURES)), np.float32)
-        if n == 0 or not self.sigs:
+        if n == 0 or not self.sigs + self.coarse:
             return out
         words = payload_words(data)
         last = {cid: last_index(ids, cid) for cid in self._partner_ids}
@@ -596,6 +639,12 @@ class SignalFeaturizer:
                 prev_w[0] = np.uint64(carried)
             cols = np.zeros((len(rows), len(SIGNAL_FEATURES)))
             for j in members:
+                if j >= len(self.sigs):  # a coarse field: only whether it leapt to full scale
+                    s = self.coarse[j - len(self.sigs)]
+                    if not s.trend:
+                        full = self._at_full_scale(j, s, signal_values(w, s), signal_values(prev_w, s), has_prev)
+                        np.maximum(cols[:, 8], full, out=cols[:, 8])
+                    continue
                 s = self.sigs[j]
                 v = signal_values(w, s)
                 width = s.hi - s.lo + 1.0
@@ -709,9 +758,7 @@ class SignalFeaturizer:
         return r, total / count
 
 
-__all__ = ["FULL_LEAP", "LEAP_LAGS", "SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "find_signals", "fit_signals",
-           "fit_statistics",
-           "value_trend", "max_changes",
-           "field_values",
-           "payload_words", "segment_fields", "signal_values", "signals_from_dicts", "signals_to_dicts", "write_field",
+__all__ = ["FULL_LEAP", "LEAP_LAGS", "SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "field_values",
+           "find_coarse_fields", "find_signals", "fit_signals", "fit_statistics", "max_changes", "payload_words",
+           "segment_fields", "signal_values", "signals_from_dicts", "signals_to_dicts", "value_trend", "write_field",
            "words_to_bytes"]
