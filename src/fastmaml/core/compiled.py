@@ -65,8 +65,8 @@ graph breaks, no recompiles within a network); a new shape means building them a
 Dynamo checks its guards (what the graph was compiled for) on every call: on the sinusoid MLP that is ~10% of a
 meta-iteration. A call whose inputs match an earlier call's (:meth:`CompiledMetaStep._signature`: shapes, strides,
 dtypes, the same parameter and Adam-state tensors, grad and train mode) skips it
-(``torch.compiler.set_stance(skip_guard_eval_unsafe=True)`` where torch has it; ``skip_guards=False`` turns it
-off); any other call is checked, and recompiles where it must.
+(``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``, torch >= 2.6; ``skip_guards=False`` turns it off);
+any other call is checked, and recompiles where it must.
 ``mode``: ``None`` (inductor default), ``"max-autotune-no-cudagraphs"``, or on CUDA
 ``"reduce-overhead"`` (CUDA graphs; parameters and optimizer state are marked as static
 addresses). On a CPU inductor needs a C++ compiler; without one the first call falls back.
@@ -184,7 +184,8 @@ class CompiledMetaStep:
         self.compile_seconds = 0.0  # first calls of each graph (compilation included), summed
         self._timed: set[tuple] = set()
         # Not with CUDA graphs ("reduce-overhead"): they replay from the addresses of the tensors they were recorded on.
-        self.skip_guards = skip_guards and compile and mode != "reduce-overhead" and _can_skip_guards()
+        self.skip_guards = (skip_guards and compile and mode != "reduce-overhead"
+                            and hasattr(torch.compiler, "set_stance"))
         self._seen: set[tuple] = set()  # input signatures each graph has already been called with (see _call)
         self.unguarded_calls = 0  # calls that skipped the guard check
         self.grad_clip = float(grad_clip) if grad_clip else None
@@ -463,14 +464,6 @@ class CompiledMetaStep:
         self._warn(self.fallback_reason)
         self._fns.clear()
         self._seen.clear()
-
-
-def _can_skip_guards() -> bool:
-    """Whether this torch's ``torch.compiler.set_stance`` takes ``skip_guard_eval_unsafe`` (torch >= 2.7)."""
-    import inspect
-
-    stance = getattr(torch.compiler, "set_stance", None)
-    return stance is not None and "skip_guard_eval_unsafe" in inspect.signature(stance).parameters
 
 
 def compile_counters() -> dict[str, Any]:
