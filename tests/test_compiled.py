@@ -192,34 +192,6 @@ def test_no_recompile_across_batches_and_rates_and_nan_applies_nothing():
         assert torch.equal(s["exp_avg"], m) and int(s["step"]) == n == 5
 
 
-def test_skipping_the_guard_check_on_repeated_inputs_changes_nothing():
-    """Calls whose inputs match an earlier call's skip Dynamo's guards; a new shape, a task count, train/eval mode or
-    a first-order step still goes through them (and compiles where it must): the same parameters as with guards."""
-    from torch._dynamo.utils import counters
-
-    shapes = [(4, 5), (4, 5), (3, 5), (4, 7), (4, 5), (3, 5), (4, 5)]  # (tasks, points per task)
-    results, graphs = [], []
-    for skip in (False, True):
-        torch._dynamo.reset()
-        counters.clear()
-        learner = MAML(mlp(), F.mse_loss, inner_lr=0.1, inner_steps=1)
-        step = CompiledMetaStep(learner, torch.optim.Adam(learner.parameters(), lr=1e-2), backend="aot_eager",
-                                skip_guards=skip)
-        for i, (t, n) in enumerate(shapes):
-            if i == 4:
-                learner.eval()  # a guarded attribute: not taken for a repeat of the train-mode call
-            step.step(regression_batch(t=t, n=n, seed=i))
-            learner.train()
-        learner.first_order = True  # another graph (another key): checked, then compiled
-        step.step(regression_batch(seed=9))
-        results.append([p.detach().clone() for p in learner.parameters()])
-        graphs.append(counters["stats"]["unique_graphs"])
-        assert step.unguarded_calls == (3 if skip else 0)  # calls 1, 5 and 6: repeats of train-mode calls
-    for a, b in zip(*results):
-        torch.testing.assert_close(b, a, rtol=0, atol=0)
-    assert graphs[0] == graphs[1]
-
-
 def test_unsupported_learner_falls_back_with_one_warning():
     ref, new = learner_pair(mlp, loss_fn=F.mse_loss, inner_lr=0.1, batching=TaskBatching("loop"))
     opt = torch.optim.Adam(new.parameters(), lr=1e-2)

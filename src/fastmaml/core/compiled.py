@@ -62,11 +62,6 @@ symbolic instead: one graph serves every K, so the sinusoid experiment's three M
 under the system temp folder) serves later processes with any K too. Why it matters: on 2 CPU cores
 nearly all of a ~25-35 s compile is gcc building inductor's ~14 C++ kernels (Dynamo tracing ~5 s, no
 graph breaks, no recompiles within a network); a new shape means building them all again.
-Dynamo checks its guards (what the graph was compiled for) on every call: on the sinusoid MLP that is ~10% of a
-meta-iteration. A call whose inputs match an earlier call's (:meth:`CompiledMetaStep._signature`: shapes, strides,
-dtypes, the same parameter and Adam-state tensors, grad and train mode) skips it
-(``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``, torch >= 2.6; ``skip_guards=False`` turns it off);
-any other call is checked, and recompiles where it must.
 ``mode``: ``None`` (inductor default), ``"max-autotune-no-cudagraphs"``, or on CUDA
 ``"reduce-overhead"`` (CUDA graphs; parameters and optimizer state are marked as static
 addresses). On a CPU inductor needs a C++ compiler; without one the first call falls back.
@@ -156,7 +151,6 @@ class CompiledMetaStep:
             :class:`CompileFallbackWarning`).
         cpp_wrapper: compile with inductor's C++ wrapper (``None``: on a CPU with inductor; it falls back to the
             Python wrapper where it fails).
-        skip_guards: skip Dynamo's guard check on calls whose inputs match a call made before (see :meth:`_call`).
 
     Call :meth:`step` (gradient + update; the optimizer is not needed by the caller) or
     :meth:`backward` (gradient into ``.grad`` only, like ``MAML.meta_backward``).
@@ -176,18 +170,12 @@ class CompiledMetaStep:
         log: Callable[[str], None] | None = None,
         on_fallback: Callable[[str], None] | None = None,
         cpp_wrapper: bool | None = None,
-        skip_guards: bool = True,
     ) -> None:
         self.learner, self.optimizer = learner, optimizer
         self.mode, self.backend, self.compile = mode, backend or DEFAULT_BACKEND, compile
         self.dynamic_shots, self.log, self.on_fallback = dynamic_shots, log, on_fallback
         self.compile_seconds = 0.0  # first calls of each graph (compilation included), summed
         self._timed: set[tuple] = set()
-        # Not with CUDA graphs ("reduce-overhead"): they replay from the addresses of the tensors they were recorded on.
-        self.skip_guards = (skip_guards and compile and mode != "reduce-overhead"
-                            and hasattr(torch.compiler, "set_stance"))
-        self._seen: set[tuple] = set()  # input signatures each graph has already been called with (see _call)
-        self.unguarded_calls = 0  # calls that skipped the guard check
         self.grad_clip = float(grad_clip) if grad_clip else None
         self.fallback_reason = unsupported_reason(learner)
         self.fuse_reason = _adam_fusable(optimizer) if fuse_optimizer else "fuse_optimizer=False"
@@ -295,49 +283,14 @@ class CompiledMetaStep:
                 if t.dim() > 1:
                     torch._dynamo.maybe_mark_dynamic(t, 1)  # "maybe": no error where a graph needs it static
 
-    def _signature(self, key: tuple, args: tuple) -> tuple:
-        """What the graph's guards check, as far as this class's calls can change it: each tensor argument's shape,
-        strides, dtype, device and ``requires_grad`` (for the lists of parameters and Adam state, which are the same
-        tensors from call to call: their identities and ``requires_grad``), whether any two are the same tensor, the
-        other arguments' values, grad mode and the model's train/eval mode."""
-        parts: list = [key, torch.is_grad_enabled(), self.learner.training]
-        ids: list[int] = []
-        for a in args:
-            if isinstance(a, torch.Tensor):
-                parts.append((a.shape, a.stride(), a.dtype, a.device, a.requires_grad))
-                ids.append(id(a))
-            elif isinstance(a, (list, tuple)):
-                same = tuple(map(id, a))
-                parts.append((same, tuple(t.requires_grad for t in a)))
-                ids.extend(same)
-            else:
-                parts.append(a)
-        parts.append(len(set(ids)) == len(ids))
-        return tuple(parts)
-
     def _call(self, key: tuple, fn: Callable, *args: Any) -> Any:
-        """``fn(*args)``; the first call of each graph is timed and logged (that is when it compiles).
-
-        A call whose inputs match one made before (:meth:`_signature`) skips Dynamo's guard check
-        (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``): on the sinusoid MLP that check is ~10% of a
-        meta-iteration, and nothing it checks can have changed. Any other call is checked as usual (and recompiles
-        where it must)."""
-        sig = self._signature(key, args) if self.skip_guards else None
+        """``fn(*args)``; the first call of each graph is timed and logged (that is when it compiles)."""
         if key in self._timed:
-            if sig is not None and sig in self._seen:
-                self.unguarded_calls += 1
-                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                    return fn(*args)
-            out = fn(*args)
-            if sig is not None:
-                self._seen.add(sig)
-            return out
+            return fn(*args)
         t0 = time.perf_counter()
         out = self._first_call(fn, args)
         seconds = time.perf_counter() - t0
         self._timed.add(key)
-        if sig is not None:
-            self._seen.add(sig)
         self.compile_seconds += seconds
         if self.log is not None and self.compile:
             shots = ", any K" if self.dynamic_shots else ""
@@ -463,7 +416,6 @@ class CompiledMetaStep:
         self.fallback_reason = f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         self._warn(self.fallback_reason)
         self._fns.clear()
-        self._seen.clear()
 
 
 def compile_counters() -> dict[str, Any]:
