@@ -189,14 +189,13 @@ def fastmaml_step(make_model, loss_fn, inner_lr, steps, first_order, vectorize, 
 
 
 def fastmaml_compiled_step(make_model, loss_fn, inner_lr, steps, first_order, fuse_optimizer: bool = True,
-                           mode: str | None = None, skip_guards: bool = True):
+                           mode: str | None = None):
     """``CompiledMetaStep``: the meta-iteration as one compiled graph (what ``train.compile=true`` runs);
-    ``fuse_optimizer=False``: compiled meta-gradient, eager ``torch.optim.Adam`` step; ``skip_guards=False``: Dynamo's
-    guards checked on every call (as before calls repeating earlier inputs skipped them)."""
+    ``fuse_optimizer=False``: compiled meta-gradient, eager ``torch.optim.Adam`` step."""
     torch.manual_seed(0)
     learner = MAML(make_model(), loss_fn, inner_lr, steps, first_order=first_order)
     opt = torch.optim.Adam(learner.parameters(), 1e-3)
-    return CompiledMetaStep(learner, opt, fuse_optimizer=fuse_optimizer, mode=mode, skip_guards=skip_guards)
+    return CompiledMetaStep(learner, opt, fuse_optimizer=fuse_optimizer, mode=mode)
 
 
 def compiled_grad_diff(make_model, loss_fn, inner_lr, steps, first_order, compiled: CompiledMetaStep,
@@ -563,8 +562,6 @@ def main() -> None:
     ap.add_argument("--compile-variants", action="store_true",
                     help="also time the compiled meta-gradient with an eager Adam step (and check it equals eager "
                          "meta_backward's) and the fused step compiled with mode=max-autotune-no-cudagraphs")
-    ap.add_argument("--guard-variant", action="store_true",
-                    help="also time the compiled step with Dynamo's guards checked on every call (skip_guards=False)")
     ap.add_argument("--no-loop", action="store_true", help="skip fastmaml's per-task loop row")
     ap.add_argument("--device", default="cpu", help="cpu or cuda: models and batches live there (JAX rows: CPU only, "
                     "skipped on cuda); on cuda the table also gives each row's peak allocated memory")
@@ -617,15 +614,12 @@ def main() -> None:
         notes: dict[str, dict] = {}
         impls = {"fastmaml vmap": fastmaml_step(make_model, loss_fn, inner_lr, args.steps, first_order, "vmap")}
         if not args.no_compiled:
-            variants = {"fastmaml compiled": (True, None, True)}  # (fuse_optimizer, mode, skip_guards)
+            variants = {"fastmaml compiled": (True, None)}
             if args.compile_variants:
-                variants["fastmaml compiled grad + eager Adam"] = (False, None, True)
-                variants["fastmaml compiled, max-autotune-no-cudagraphs"] = (True, "max-autotune-no-cudagraphs", True)
-            if args.guard_variant:
-                variants["fastmaml compiled, every guard checked"] = (True, None, False)
-            for name, (fuse, mode, skip) in variants.items():
-                compiled = fastmaml_compiled_step(make_model, loss_fn, inner_lr, args.steps, first_order, fuse, mode,
-                                                  skip)
+                variants["fastmaml compiled grad + eager Adam"] = (False, None)
+                variants["fastmaml compiled, max-autotune-no-cudagraphs"] = (True, "max-autotune-no-cudagraphs")
+            for name, (fuse, mode) in variants.items():
+                compiled = fastmaml_compiled_step(make_model, loss_fn, inner_lr, args.steps, first_order, fuse, mode)
                 info = {}
                 if not fuse:  # its first call compiles the gradient graph; check it against eager on the way
                     t0 = time.perf_counter()
