@@ -9,6 +9,8 @@
 * ``PlausibilityRule`` (with signal features): flags a frame when one of its signals disagrees
   with the prediction from its partners on other IDs by more than ``factor`` x the benign 99.9%
   residual: the plausibility check an ECU runs on redundant signals.
+* ``AnyOfRules``: several fitted rules as one, a frame flagged when any flags it (``plausibility_timing``: the
+  plausibility and timing rules, what a vehicle would run beside a detector).
 
 Each rule is fitted on benign frames and predicts per frame (``predict(FrameBatch)``) or per
 sample of a SampleSet built by ``features.build_sample_set`` (``predict_samples``; a window is
@@ -26,7 +28,7 @@ import torch
 from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFeaturizer
 from fastmaml.apps.ids.can.frames import FrameBatch
 from fastmaml.apps.ids.can.states import LONG_DRIVE_S
-from fastmaml.apps.ids.samples import SampleSet
+from fastmaml.apps.ids.samples import BENIGN, SampleSet
 from fastmaml.errors import DataError
 
 
@@ -191,6 +193,46 @@ class PlausibilityRule(_SignalFeatureRule):
         long_drive = state.clean_seconds >= LONG_DRIVE_S
         return PlausibilityRule(factor, GROSS_RANGE_MARGIN if long_drive else None,
                                 LEAP_FACTOR if long_drive else None)
+
+
+# What a rule without named checks says when it flags a frame inside AnyOfRules.
+RULE_CHECKS = {"timing": "arrived sooner than half its ID's period"}
+
+
+class AnyOfRules:
+    """Fitted rules as one (``rules``: name -> rule): a frame is flagged when any of them flags it, and says which.
+
+    Why: the plausibility rule sees falsified values, the timing rule added frames; a vehicle runs both, and judged
+    as one channel beside a detector (``eval.evidence_union``, ``ids adapt --union``) they share one alert budget.
+    """
+
+    def __init__(self, rules: dict[str, object]) -> None:
+        if not rules:
+            raise DataError("AnyOfRules needs at least one rule")
+        self.rules = dict(rules)
+
+    def fit(self, frames: object = None) -> AnyOfRules:
+        return self  # its rules come fitted
+
+    def predict_samples(self, s: SampleSet) -> torch.Tensor:
+        """Bool [N]: any rule's flag."""
+        flags = [r.predict_samples(s) for r in self.rules.values()]  # type: ignore[attr-defined]
+        return torch.stack(flags).any(0)
+
+    def checks(self, feature_names: list[str], rows: np.ndarray) -> list[list[str]]:
+        """Per frame row, the failed checks of each rule that names them, and the names of the others that flag it."""
+        out: list[list[str]] = [[] for _ in range(len(rows))]
+        x = torch.from_numpy(np.ascontiguousarray(rows, np.float32))
+        s = SampleSet(x, torch.zeros(len(rows), dtype=torch.long), [BENIGN], list(feature_names))
+        for name, rule in self.rules.items():
+            if hasattr(rule, "checks"):
+                per = rule.checks(feature_names, rows)
+            else:
+                flagged = rule.predict_samples(s).numpy()  # type: ignore[attr-defined]
+                per = [[RULE_CHECKS.get(name, name)] if f else [] for f in flagged]
+            for o, c in zip(out, per):
+                o.extend(c)
+        return out
 
 
 class PayloadRangeRule:

@@ -15,8 +15,8 @@ import torch
 
 from fastmaml.apps.ids.can import road
 from fastmaml.apps.ids.can import sim as can_sim
-from fastmaml.apps.ids.can.baselines import (AllowListRule, PayloadRangeRule, PlausibilityRule, SignalRangeRule,
-                                             TimingRule)
+from fastmaml.apps.ids.can.baselines import (AllowListRule, AnyOfRules, PayloadRangeRule, PlausibilityRule,
+                                             SignalRangeRule, TimingRule)
 from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer, build_sample_set, frame_feature_names
 from fastmaml.apps.ids.can.frames import FrameBatch
 from fastmaml.apps.ids.can.readers import open_capture
@@ -35,6 +35,8 @@ def _fit_rules(benign: FrameBatch | list[FrameBatch], state: FeatureState) -> di
              "payload_range": PayloadRangeRule().fit(benign)}
     if state.signals:  # the rules a vehicle would write on the same signals
         rules.update(signal_range=SignalRangeRule(), plausibility=PlausibilityRule.for_state(state))
+        # the two a vehicle runs beside a detector, as one channel (baselines.AnyOfRules)
+        rules["plausibility_timing"] = AnyOfRules({"plausibility": rules["plausibility"], "timing": rules["timing"]})
     return rules
 
 

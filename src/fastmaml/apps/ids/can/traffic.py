@@ -46,7 +46,8 @@ class CanTraffic(Traffic):
     key_column = "can_id"
     key_name = "CAN ID"
     rules = {"id_allow_list": "ID allow-list", "timing": "timing rule", "payload_range": "payload range",
-             "signal_range": "signal range", "plausibility": "plausibility"}
+             "signal_range": "signal range", "plausibility": "plausibility",
+             "plausibility_timing": "plausibility + timing"}
     reference_rule = "id_allow_list"
     sources = {
         "cic": Source(lambda *a: _source().prepare_cic(*a)),

@@ -1,0 +1,48 @@
+"""The plausibility and timing rules as one (``plausibility_timing``, ``baselines.AnyOfRules``): what a vehicle runs
+beside a detector, judged and deployed as one channel (``eval.evidence_union``, ``ids adapt --union``)."""
+
+import numpy as np
+import torch
+
+from fastmaml.apps.ids.can import sim
+from fastmaml.apps.ids.can.baselines import CHECKS, RULE_CHECKS, AnyOfRules
+from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer
+from fastmaml.apps.ids.can.source import _fit_rules
+from fastmaml.apps.ids.can.traffic import CanTraffic
+from fastmaml.apps.ids.samples import BENIGN, SampleSet
+
+
+def test_the_rules_together_flag_what_either_flags_and_say_which_check():
+    clean = sim.simulate("none", 120.0, 3)
+    state = FeatureState.fit(clean, signals=True)
+    rules = _fit_rules(clean, state)
+    both = rules["plausibility_timing"]
+    assert isinstance(both, AnyOfRules) and set(both.rules) == {"plausibility", "timing"}
+    assert "plausibility_timing" in CanTraffic.rules  # a rule column and a valid --union / eval.evidence_union
+
+    # On one drive: copies of the battery frames sent 0.3 periods after the genuine ones (genuine values: only the
+    # timing rule sees them) and a coolant pinned at full scale (only the plausibility rule sees it).
+    drive = sim.simulate("none", 60.0, 5)
+    genuine = np.flatnonzero((drive.can_id == sim.ID_BATT) & (drive.timestamp >= 10.0) & (drive.timestamp < 20.0))
+    copies = drive.select(genuine)
+    copies.timestamp = copies.timestamp + 0.3 * state.periods[sim.ID_BATT]  # sooner than half a period
+    frames = drive.concat([drive, copies])
+    order = np.argsort(frames.timestamp, kind="stable")
+    frames = frames.select(order)
+    forged = order >= len(drive)
+    pinned = np.flatnonzero((frames.can_id == sim.ID_TEMP) & (frames.timestamp >= 40.0) & (frames.timestamp < 50.0))
+    frames.data[pinned, 0] = 0xFF
+    fz = FrameFeaturizer(state)
+    rows = fz.transform(frames)
+    s = SampleSet(torch.from_numpy(rows), torch.zeros(len(rows), dtype=torch.long), [BENIGN], fz.feature_names)
+    plausibility = rules["plausibility"].predict_samples(s).numpy()
+    timing = rules["timing"].predict_samples(s).numpy()
+    together = both.predict_samples(s).numpy()
+    np.testing.assert_array_equal(together, plausibility | timing)
+    assert timing[forged].all() and not plausibility[forged].any()  # each rule sees its own attack ...
+    assert plausibility[pinned].all() and not timing[pinned].any()
+    assert together[forged].all() and together[pinned].all()  # ... the two together see both
+    checks = both.checks(fz.feature_names, rows)
+    assert all(CHECKS["sig_full"] in checks[i] for i in pinned)
+    assert all(RULE_CHECKS["timing"] in checks[i] for i in np.flatnonzero(timing))
+    assert all(not checks[i] for i in np.flatnonzero(~together))
