@@ -46,3 +46,31 @@ def test_the_rules_together_flag_what_either_flags_and_say_which_check():
     assert all(CHECKS["sig_full"] in checks[i] for i in pinned)
     assert all(RULE_CHECKS["timing"] in checks[i] for i in np.flatnonzero(timing))
     assert all(not checks[i] for i in np.flatnonzero(~together))
+
+
+def test_adapt_and_detect_with_the_rules_together_beside_the_detector(tmp_path, capsys):
+    import json
+
+    from fastmaml.cli import main
+
+    d = tmp_path
+    assert main(["ids", "simulate", "--attack", "spoof_speed", "--duration", "12", "--seed", "5",
+                 "--out", str(d / "cap.log")]) == 0
+    assert main(["ids", "simulate", "--attack", "none", "--duration", "20", "--seed", "6",
+                 "--out", str(d / "clean.log")]) == 0
+    assert main(["ids", "train", "--preset", "sim_tiny", "--out", str(d / "trained"), "train.iterations=20",
+                 "source.sim.duration_s=15", "features.signals=true"]) == 0
+    assert main(["ids", "adapt", "--detector", str(d / "trained" / "detector"), "--capture", str(d / "cap.log"),
+                 "--labels", str(d / "cap_labels.csv"), "--shots", "5", "--clean", str(d / "clean.log"),
+                 "--benign-frames", "500", "--union", "plausibility_timing", "--out", str(d / "adapted")]) == 0
+    assert "rule plausibility_timing (each at half the budget)" in capsys.readouterr().out
+    assert main(["ids", "detect", "--detector", str(d / "adapted"), "--capture", str(d / "cap.log"), "--labels",
+                 str(d / "cap_labels.csv"), "--out", str(d / "v.csv"), "--json", str(d / "v.json"),
+                 "--no-progress"]) == 0
+    summary = json.loads((d / "v.json").read_text())["evidence"]
+    # Both channels ran (on this 20 s simulated drive the rules' threshold, set on clean traffic they flag often,
+    # stays above the 12 s attack: what is tested here is that the rules together deploy as a union rule).
+    assert summary["union"]["rule"] == "plausibility_timing"
+    assert summary["alerts"] == summary["union"]["detector_alerts"] + summary["union"]["rule_alerts"]
+    stored = json.loads((d / "adapted" / "detector.json").read_text())["evidence"]["union"]
+    assert stored["rule"] == "plausibility_timing" and stored["calibration"]["budget_per_hour"] == 5
