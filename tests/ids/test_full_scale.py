@@ -61,10 +61,14 @@ def test_wraps_small_leaps_and_known_full_scales_are_not_judged():
     near = int(255 - FULL_LEAP * max(limits))
     assert not _sig_full(_coolant(max_change=limits), [near + 1, 255, 255]).any()
     np.testing.assert_array_equal(_sig_full(_coolant(max_change=limits), [near - 1, 255, 255]), [0, 1, 1])
-    # clean driving showed full scale (a sentinel the car sends), a trend, a table saved before the limits
+    # clean driving showed full scale (a sentinel the car sends), a table saved before the limits
     assert not _sig_full(_coolant(hi=255.0), [137, 255, 255]).any()
-    assert not _sig_full(_coolant(trend=1), [137, 255, 255]).any()
     assert not _sig_full(_coolant(max_change=[]), [137, 255, 255]).any()
+    # a trend (a temperature that only rose in clean driving, a count) is judged: pinned at full scale it leaps there,
+    # counting up to full scale, or down through 0, it steps there
+    np.testing.assert_array_equal(_sig_full(_coolant(trend=1), [137, 255, 255]), [0, 1, 1])
+    assert not _sig_full(_coolant(trend=1), [252, 253, 254, 255, 0, 1]).any()
+    assert not _sig_full(_coolant(trend=-1), [2, 1, 0, 255, 254]).any()
     # a leap to zero: resets do that
     assert not _sig_full(_coolant(), [137, 0, 0]).any()
     assert len(SLOW) == len(LEAP_LAGS)
@@ -91,3 +95,20 @@ def test_the_rule_catches_a_full_scale_coolant_on_a_short_drive_and_not_clean_dr
     assert all(CHECKS["sig_full"] in c for c in rule.checks(names, x[rows]))
     others = np.setdiff1d(np.arange(len(attacked)), rows)
     assert not x[others, names.index("sig_full")].any()
+
+
+def test_a_temperature_that_only_warmed_in_clean_driving_is_judged_too():
+    """A cold start: over 10 minutes a temperature field only rose (a trend: no range to judge it by), yet pinned at
+    full scale it leapt there, which a warming engine does not do."""
+    state = FeatureState.fit(sim.simulate("none", 600.0, 3), signals=True)
+    (warm,) = [s for s in state.signals if s.can_id == sim.ID_TEMP and s.trend == 1]
+    later = sim.simulate("none", 120.0, 11)
+    attacked = later.select(np.arange(len(later)))
+    rows = np.flatnonzero((attacked.can_id == sim.ID_TEMP) & (attacked.timestamp >= 60.0)
+                          & (attacked.timestamp < 70.0))
+    attacked.data[rows, warm.start // 8] = 0xFF  # the whole byte of the 8-bit field
+    fz = FrameFeaturizer(state)
+    full = fz.feature_names.index("sig_full")
+    x = fz.transform(attacked)
+    assert x[rows, full].all()
+    assert not np.delete(x[:, full], rows).any()

@@ -76,8 +76,10 @@ Per frame, over the physical signals of the frame's ID (0 for IDs without any), 
                     the circle (a signed value going from 0 to -1, a count wrapping, reach full scale
                     in one step). A stream's first frame (no frame before it: a capture started, or cut,
                     mid-drive) is measured from the nearest clean value. A leap to zero is not judged
-                    (resets do that: on ROAD a slow 6-bit field returns to 0 every 17 s). 0 for a trend
-                    and for tables saved before sig_leap. Judged also on the coarse fields
+                    (resets do that: on ROAD a slow 6-bit field returns to 0 every 17 s). Trends are judged
+                    too (a temperature warming up all through the clean drive is one; a count reaching full
+                    scale step by step, or wrapping, is no leap); 0 for tables saved before sig_leap. Judged also
+                    on the coarse fields
                     (:func:`find_coarse_fields`): slow quantities a short drive showed at 3-7 values, too
                     few for a signal (ROAD's coolant byte over the 145 s its folds fit on).
 
@@ -641,9 +643,8 @@ class SignalFeaturizer:
             for j in members:
                 if j >= len(self.sigs):  # a coarse field: only whether it leapt to full scale
                     s = self.coarse[j - len(self.sigs)]
-                    if not s.trend:
-                        full = self._at_full_scale(j, s, signal_values(w, s), signal_values(prev_w, s), has_prev)
-                        np.maximum(cols[:, 8], full, out=cols[:, 8])
+                    full = self._at_full_scale(j, s, signal_values(w, s), signal_values(prev_w, s), has_prev)
+                    np.maximum(cols[:, 8], full, out=cols[:, 8])
                     continue
                 s = self.sigs[j]
                 v = signal_values(w, s)
@@ -659,7 +660,7 @@ class SignalFeaturizer:
                 stuck = self._stuck(j, v) / s.max_run if s.max_run > 0 else np.zeros(len(v))
                 res, res8 = self._residual(j, s, rows, v, words, last, carried_words)
                 leap = np.zeros(len(v)) if s.trend else self._leap(j, s, v)
-                full = np.zeros(len(v)) if s.trend else self._at_full_scale(j, s, v, prev_v, has_prev)
+                full = self._at_full_scale(j, s, v, prev_v, has_prev)
                 np.maximum(cols[:, 0], _log_scale(16.0 * outside), out=cols[:, 0])
                 np.maximum(cols[:, 1], edge / (len(_TAILS) + 1), out=cols[:, 1])
                 np.maximum(cols[:, 2], _log_scale(jump), out=cols[:, 2])
