@@ -9,6 +9,7 @@ import pytest
 
 from fastmaml.apps.ids.can.baselines import CHECKS, PlausibilityRule
 from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer
+from fastmaml.apps.ids.can.frames import FrameBatch
 from fastmaml.apps.ids.can.signals import find_coarse_fields, find_signals, payload_bits
 
 from can_drive import benign_frames
@@ -45,10 +46,10 @@ def _bits(state_fields, can_id: int) -> set[int]:
 
 
 def test_a_slow_field_of_few_values_is_coarse_and_modes_noise_and_signals_are_not(drives):
-    both = drives[0].concat(drives)
-    sigs = find_signals(both.can_id, both.data, byte_order="big")
+    frames = FrameBatch.concat(drives)
+    sigs = find_signals(frames.can_id, frames.data, byte_order="big")
     assert not _bits(sigs, COOLANT) & set(range(8))  # 7 values: not a signal
-    coarse = find_coarse_fields(both.can_id, both.data, sigs)
+    coarse = find_coarse_fields(frames.can_id, frames.data, sigs)
     covered = _bits(coarse, COOLANT)
     assert covered and covered <= set(range(8))  # the coolant byte; not the mode (byte 1) or the jumpy byte 2
     assert not _bits(coarse, OTHER)  # the speed is a signal, not coarse
