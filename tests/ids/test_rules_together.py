@@ -2,14 +2,13 @@
 beside a detector, judged and deployed as one channel (``eval.evidence_union``, ``ids adapt --union``)."""
 
 import numpy as np
-import torch
 
 from fastmaml.apps.ids.can import sim
 from fastmaml.apps.ids.can.baselines import CHECKS, RULE_CHECKS, AnyOfRules
 from fastmaml.apps.ids.can.features import FeatureState, FrameFeaturizer
 from fastmaml.apps.ids.can.source import _fit_rules
 from fastmaml.apps.ids.can.traffic import CanTraffic
-from fastmaml.apps.ids.samples import BENIGN, SampleSet
+from fastmaml.apps.ids.samples import unlabelled_rows
 
 
 def test_the_rules_together_flag_what_either_flags_and_say_which_check():
@@ -34,7 +33,7 @@ def test_the_rules_together_flag_what_either_flags_and_say_which_check():
     frames.data[pinned, 0] = 0xFF
     fz = FrameFeaturizer(state)
     rows = fz.transform(frames)
-    s = SampleSet(torch.from_numpy(rows), torch.zeros(len(rows), dtype=torch.long), [BENIGN], fz.feature_names)
+    s = unlabelled_rows(rows, fz.feature_names)
     plausibility = rules["plausibility"].predict_samples(s).numpy()
     timing = rules["timing"].predict_samples(s).numpy()
     together = both.predict_samples(s).numpy()

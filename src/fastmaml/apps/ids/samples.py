@@ -163,6 +163,13 @@ class SampleSet:
 
 
 # Windows of consecutive samples (frames or packets): shared by the CAN and Ethernet pipelines.
+def unlabelled_rows(rows: np.ndarray, feature_names: Sequence[str]) -> SampleSet:
+    """Feature rows of a stream (labels unknown: every row called benign) as a SampleSet, the input rules'
+    ``predict_samples`` take."""
+    x = torch.from_numpy(np.ascontiguousarray(rows, np.float32))
+    return SampleSet(x, torch.zeros(len(x), dtype=torch.long), [BENIGN], list(feature_names))
+
+
 def window_labels(labels: np.ndarray, window: int, stride: int, benign: int = 0, rule: str = "any") -> np.ndarray:
     """Label per window of ``labels`` (int codes, ``benign`` = benign code), see the module doc."""
     n = (len(labels) - window) // stride + 1 if len(labels) >= window else 0

@@ -28,7 +28,7 @@ import torch
 from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFeaturizer
 from fastmaml.apps.ids.can.frames import FrameBatch
 from fastmaml.apps.ids.can.states import LONG_DRIVE_S
-from fastmaml.apps.ids.samples import BENIGN, SampleSet
+from fastmaml.apps.ids.samples import SampleSet, unlabelled_rows
 from fastmaml.errors import DataError
 
 
@@ -222,8 +222,7 @@ class AnyOfRules:
     def checks(self, feature_names: list[str], rows: np.ndarray) -> list[list[str]]:
         """Per frame row, the failed checks of each rule that names them, and the names of the others that flag it."""
         out: list[list[str]] = [[] for _ in range(len(rows))]
-        x = torch.from_numpy(np.ascontiguousarray(rows, np.float32))
-        s = SampleSet(x, torch.zeros(len(rows), dtype=torch.long), [BENIGN], list(feature_names))
+        s = unlabelled_rows(rows, feature_names)
         for name, rule in self.rules.items():
             if hasattr(rule, "checks"):
                 per = rule.checks(feature_names, rows)

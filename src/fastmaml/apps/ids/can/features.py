@@ -335,9 +335,11 @@ class FeatureState:
             fields, skipped = read_dbc(dbc)
             dbc_info = {"path": str(dbc), "fields": len(fields), "skipped": skipped}
         order = byte_order_for(byte_order, clean_s >= LONG_DRIVE_S)
-        sigs = fit_signals(np.concatenate(sig_ids), np.concatenate(sig_data), np.concatenate(sig_clk),
-                           fields, order) if sig_ids else []
-        coarse = find_coarse_fields(np.concatenate(sig_ids), np.concatenate(sig_data), sigs, fields) if sig_ids else []
+        sigs, coarse = [], []
+        if sig_ids:
+            sig_ids_all, sig_data_all = np.concatenate(sig_ids), np.concatenate(sig_data)
+            sigs = fit_signals(sig_ids_all, sig_data_all, np.concatenate(sig_clk), fields, order)
+            coarse = find_coarse_fields(sig_ids_all, sig_data_all, sigs, fields)
         all_words = payload_words(all_data)
         fit_statistics(sigs + coarse, by_id, all_words, all_capture, np.concatenate(stat_clock) if stat_clock else None)
         states = None

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from fastmaml.apps.ids.can.dbc import SegmentationScore
 from fastmaml.apps.ids.can.features import (IDENTITY_FEATURES, FeatureState, FrameFeaturizer, build_sample_set,
@@ -78,7 +77,7 @@ class CanTraffic(Traffic):
     def stream_rules(self, state: FeatureState, clean: str | Path, options: ReadOptions = ReadOptions()
                      ) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
         from fastmaml.apps.ids.can.source import _fit_rules
-        from fastmaml.apps.ids.samples import BENIGN
+        from fastmaml.apps.ids.samples import unlabelled_rows
 
         frames = list(_reader(clean, None, options))
         fitted = _fit_rules(frames, state)
@@ -86,9 +85,7 @@ class CanTraffic(Traffic):
 
         def apply(rule: Any) -> Callable[[np.ndarray], np.ndarray]:
             def flags(x: np.ndarray) -> np.ndarray:
-                s = SampleSet(torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.zeros(len(x), dtype=torch.long),
-                              [BENIGN], names)
-                return rule.predict_samples(s).numpy().astype(bool)
+                return rule.predict_samples(unlabelled_rows(x, names)).numpy().astype(bool)
             if hasattr(rule, "checks"):  # the signal rules say which of their checks a frame fails
                 flags.checks = lambda x: rule.checks(names, np.asarray(x))  # type: ignore[attr-defined]
             return flags
