@@ -80,6 +80,8 @@ import torch
 from torch.func import grad_and_value, vmap
 
 from fastmaml.core.batch import TaskBatch
+from fastmaml.core.bmm_orientation import BmmOrientationPass
+from fastmaml.core.bmm_orientation import available as bmm_pass_available
 from fastmaml.core.inner_loop import meta_backward_in_chunks, task_loss
 from fastmaml.core.maml import MAML, MetaOutput
 
@@ -151,6 +153,8 @@ class CompiledMetaStep:
             :class:`CompileFallbackWarning`).
         cpp_wrapper: compile with inductor's C++ wrapper (``None``: on a CPU with inductor; it falls back to the
             Python wrapper where it fails).
+        bmm_orientation: on a CPU with inductor, compute narrow batched matmuls transposed where that times faster
+            (:mod:`fastmaml.core.bmm_orientation`).
 
     Call :meth:`step` (gradient + update; the optimizer is not needed by the caller) or
     :meth:`backward` (gradient into ``.grad`` only, like ``MAML.meta_backward``).
@@ -170,6 +174,7 @@ class CompiledMetaStep:
         log: Callable[[str], None] | None = None,
         on_fallback: Callable[[str], None] | None = None,
         cpp_wrapper: bool | None = None,
+        bmm_orientation: bool = True,
     ) -> None:
         self.learner, self.optimizer = learner, optimizer
         self.mode, self.backend, self.compile = mode, backend or DEFAULT_BACKEND, compile
@@ -186,8 +191,10 @@ class CompiledMetaStep:
         self._lr_keys = list(learner.inner_lrs.keys())
         self._tensors = [learner.params()[n] for n in names] + [learner.inner_lrs[k] for k in self._lr_keys]
         # inductor's C++ wrapper on a CPU (see _first_call); None: wherever inductor compiles for a CPU
-        self.cpp_wrapper = (compile and self.backend == "inductor" and self._tensors[0].device.type == "cpu"
-                            if cpp_wrapper is None else bool(cpp_wrapper))
+        on_cpu_inductor = compile and self.backend == "inductor" and self._tensors[0].device.type == "cpu"
+        self.cpp_wrapper = on_cpu_inductor if cpp_wrapper is None else bool(cpp_wrapper)
+        # narrow batched matmuls turned round where the CPU's kernel runs them faster (bmm_orientation)
+        self.bmm_pass = BmmOrientationPass() if on_cpu_inductor and bmm_orientation and bmm_pass_available() else None
 
     # ------------------------------------------------------------------ state
     @property
@@ -301,20 +308,27 @@ class CompiledMetaStep:
     def _first_call(self, fn: Callable, args: tuple) -> Any:
         """The call that compiles ``fn``: on a CPU, with inductor's C++ wrapper (the kernels called from generated
         C++ instead of Python: 1.11-1.12x the meta-iterations per second on the sinusoid MLP, second and first order,
-        and no slower to compile; ``benchmarks/bench_maml.py``). Where that fails, the Python wrapper, as before."""
-        if not self.cpp_wrapper:
-            return fn(*args)
+        and no slower to compile; ``benchmarks/bench_maml.py``; where that fails, the Python wrapper, as before) and
+        with :class:`~fastmaml.core.bmm_orientation.BmmOrientationPass` (narrow batched matmuls computed
+        transposed where that times faster)."""
         import torch._inductor.config as inductor_config
 
+        passes = {}
+        if self.bmm_pass is not None and inductor_config.post_grad_custom_post_pass is None:  # a user's own wins
+            passes["post_grad_custom_post_pass"] = self.bmm_pass
+        if not self.cpp_wrapper:
+            with inductor_config.patch(passes):
+                return fn(*args)
         try:
-            with inductor_config.patch(cpp_wrapper=True):
+            with inductor_config.patch(cpp_wrapper=True, **passes):
                 return fn(*args)
         except Exception as e:  # noqa: BLE001 - the compile with the Python wrapper below is the fallback
             self.cpp_wrapper = False
             if self.log is not None:
                 self.log(f"compiled meta-iteration: inductor's C++ wrapper failed ({type(e).__name__}); compiling "
                          "with its Python wrapper")
-            return fn(*args)
+            with inductor_config.patch(passes):
+                return fn(*args)
 
     def _schedule(self) -> tuple[bool, bool, torch.Tensor]:
         learner = self.learner
