@@ -41,7 +41,9 @@ Where it pays (2 CPU cores, loaded machine, 1 thread, ratios within one interlea
 ``benchmarks/bench_maml.py``): the sinusoid MLP 5.4× eager for MAML (946 vs 176 it/s), 6.0× for FOMAML,
 0.5–0.6× a hand-written ``jax.jit(vmap)`` MAML at 1 thread (0.71× / 0.76× with inductor's C++ wrapper, which
 the first call of each graph now uses on a CPU: 1.11–1.12× the Python wrapper's speed); at 2 threads 5.5× / 7.3× eager and
-1.11× / 1.17× JAX (1,947 vs 1,754 it/s; 3,210 vs 2,750); to be confirmed on a quiet machine. Compiling the gradient alone and leaving
+1.11× / 1.17× JAX (1,947 vs 1,754 it/s; 3,210 vs 2,750). With narrow batched matmuls turned round
+(:mod:`fastmaml.core.bmm_orientation`), second order 1.19–1.33× and first order 1.04–1.28× JAX in three runs at 2
+threads on a quiet AVX2 EPYC (0.79× at 1 thread, 0.65× without the pass). Compiling the gradient alone and leaving
 ``torch.optim.Adam`` eager gives only 2.2× (the eager per-tensor Adam costs as much as the compiled
 gradient), ``mode="max-autotune-no-cudagraphs"`` is no faster than the default. Finn's Omniglot conv
 net: 1.02× eager (the time is in the convolutions, already library kernels), after ~35–80 s of compiling.
