@@ -80,9 +80,10 @@ def test_each_shape_is_timed_once_and_needs_a_clear_gain(monkeypatch):
 @pytest.mark.slow
 @needs_cxx
 @needs_pass
-def test_inductor_step_with_turned_bmm_equals_eager(monkeypatch):
+@pytest.mark.parametrize("dynamic_shots", [False, True])
+def test_inductor_step_with_turned_bmm_equals_eager(monkeypatch, dynamic_shots):
     """The real thing: inductor compiles the second-order step with every narrow bmm turned round (forced, not
-    timed), and the fused step gives eager's parameters."""
+    timed), and the fused step gives eager's parameters; with a symbolic K too (judged at the K compiled for)."""
     import torch._inductor.config as inductor_config
 
     monkeypatch.setattr(O, "transposed_is_faster", lambda a, b: True)
@@ -103,7 +104,7 @@ def test_inductor_step_with_turned_bmm_equals_eager(monkeypatch):
         ref.meta_backward(b)
         opt.step()
     torch._dynamo.reset()
-    step = CompiledMetaStep(new, torch.optim.Adam(new.parameters(), lr=1e-3))
+    step = CompiledMetaStep(new, torch.optim.Adam(new.parameters(), lr=1e-3), dynamic_shots=dynamic_shots)
     with warnings.catch_warnings(), inductor_config.patch(fx_graph_cache=False):  # compile here: the pass runs
         warnings.simplefilter("error", CompileFallbackWarning)
         for b in batches:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -39,12 +39,35 @@ _REPEATS, _CALLS = 3, 20
 _verdicts: dict[tuple, bool] = {}  # (shapes, strides, dtype, threads) -> computed transposed
 
 
+class _Layout(NamedTuple):
+    """A tensor's sizes, strides and dtype, all :func:`transposed_is_faster` needs to time one like it."""
+
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dtype: torch.dtype
+
+    def stride(self) -> tuple[int, ...]:
+        return self.strides
+
+
+def _hints(dims: Any) -> tuple[int, ...] | None:
+    """Plain ints for sizes or strides, a symbolic one read at its hint (the size compiled for); None if one has none."""
+    out = []
+    for d in dims:
+        if type(d) is not int:
+            d = getattr(getattr(d, "node", None), "hint", None)
+            if d is None:
+                return None
+        out.append(int(d))
+    return tuple(out)
+
+
 def available() -> bool:
     """Whether this torch can run the pass with inductor's graph cache (torch >= 2.5)."""
     return get_hash_for_files is not None
 
 
-def _like(meta: torch.Tensor) -> torch.Tensor:
+def _like(meta: torch.Tensor | _Layout) -> torch.Tensor:
     """A real CPU tensor of ``meta``'s shape, strides and dtype (an expanded view where a stride is 0)."""
     size = 1 + sum((n - 1) * s for n, s in zip(meta.shape, meta.stride()) if n > 0)
     return torch.randn(size, dtype=meta.dtype).as_strided(tuple(meta.shape), meta.stride())
@@ -61,7 +84,7 @@ def _seconds(fn: Any) -> float:
     return best
 
 
-def transposed_is_faster(a: torch.Tensor, b: torch.Tensor) -> bool:
+def transposed_is_faster(a: torch.Tensor | _Layout, b: torch.Tensor | _Layout) -> bool:
     """Whether ``bmm(b^T, a^T)^T`` beats ``bmm(a, b)`` by :data:`MIN_GAIN` for tensors like ``a``, ``b`` (timed once
     per shapes, strides, dtype and thread count)."""
     key = (tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), a.dtype, torch.get_num_threads())
@@ -89,12 +112,13 @@ class BmmOrientationPass(CustomGraphPass):  # type: ignore[misc,valid-type]
             va, vb = a.meta.get("val"), b.meta.get("val")
             if not isinstance(va, torch.Tensor) or not isinstance(vb, torch.Tensor):
                 continue
-            dims = [*va.shape, *va.stride(), *vb.shape, *vb.stride()]
-            if not all(type(d) is int for d in dims):  # symbolic (dynamic_shots): no one shape to time
+            if va.device.type != "cpu" or not va.dtype.is_floating_point:
                 continue
-            if va.device.type != "cpu" or not va.dtype.is_floating_point or va.shape[1] <= vb.shape[2]:
-                continue  # only narrow outputs (rows > columns) on a CPU
-            if not transposed_is_faster(va, vb):
+            # Symbolic sizes (dynamic_shots: one graph for every K) are judged at the sizes being compiled for.
+            a_size, a_stride, b_size, b_stride = (_hints(x) for x in (va.shape, va.stride(), vb.shape, vb.stride()))
+            if None in (a_size, a_stride, b_size, b_stride) or a_size[1] <= b_size[2]:
+                continue  # only narrow outputs (rows > columns), at known sizes
+            if not transposed_is_faster(_Layout(a_size, a_stride, va.dtype), _Layout(b_size, b_stride, vb.dtype)):
                 continue
             with graph.inserting_before(node):
                 bt = graph.call_function(aten.permute.default, (b, [0, 2, 1]))
