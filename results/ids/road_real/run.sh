@@ -6,6 +6,7 @@
 #   correlated_signal_attack_{2,3}.csv and *_masquerade.csv, max_engine_coolant_temp_attack.csv and *_masquerade.csv,
 #   reverse_light_off_attack_1.csv and *_masquerade.csv
 # Usage: bash results/ids/road_real/run.sh DATA OUT [key=value ...]   (e.g. 'methods=[maml]' 'seeds=[0]')
+# EXTRA_CAPS='{path: P, attack: A}, ...' adds captures beside the eight (speedometer_captures.py's injected pair).
 set -euo pipefail
 DATA=${1:?folder holding the ROAD attack CSVs}; OUT=${2:?output folder}; shift 2
 FM=${FASTMAML:-fastmaml}
@@ -20,7 +21,7 @@ cap() { printf '{path: %s/%s.csv, attack: %s}' "$DATA" "$1" "$2"; }
 CAPS="[$(cap correlated_signal_attack_2 correlated_signal_fabrication), $(cap correlated_signal_attack_3 correlated_signal_fabrication),\
  $(cap correlated_signal_attack_2_masquerade correlated_signal_masquerade), $(cap correlated_signal_attack_3_masquerade correlated_signal_masquerade),\
  $(cap max_engine_coolant_temp_attack coolant_fabrication), $(cap max_engine_coolant_temp_attack_masquerade coolant_masquerade),\
- $(cap reverse_light_off_attack_1 reverse_light_off_fabrication), $(cap reverse_light_off_attack_1_masquerade reverse_light_off_masquerade)]"
+ $(cap reverse_light_off_attack_1 reverse_light_off_fabrication), $(cap reverse_light_off_attack_1_masquerade reverse_light_off_masquerade)${EXTRA_CAPS:+, $EXTRA_CAPS}]"
 # Folds: each masquerade with its fabrication twin; HOLDOUT=a,b,... instead holds those out together in one fold.
 if [ -n "${HOLDOUT:-}" ]; then
   folds=(--holdout "$HOLDOUT")
