@@ -33,7 +33,7 @@ try:  # the pass runs while inductor's fake-tensor mode may be active; the timin
 except ImportError:  # pragma: no cover
     unset_fake_temporarily = contextlib.nullcontext  # type: ignore[assignment]
 
-#: the transposed product must be this much faster to be used (timing noise never flips a choice)
+#: the transposed product must be this much faster to be used (so that timing noise rarely flips a choice)
 MIN_GAIN = 1.25
 _REPEATS, _CALLS = 3, 20
 _verdicts: dict[tuple, bool] = {}  # (shapes, strides, dtype, threads) -> computed transposed
@@ -109,6 +109,8 @@ class BmmOrientationPass(CustomGraphPass):  # type: ignore[misc,valid-type]
             if node.op != "call_function" or node.target is not aten.bmm.default:
                 continue
             a, b = node.args[:2]
+            if not isinstance(a, torch.fx.Node) or not isinstance(b, torch.fx.Node):
+                continue
             va, vb = a.meta.get("val"), b.meta.get("val")
             if not isinstance(va, torch.Tensor) or not isinstance(vb, torch.Tensor):
                 continue
