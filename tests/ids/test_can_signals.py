@@ -73,6 +73,27 @@ def test_residual_feature_flags_a_false_copy_and_not_the_genuine_frames():
     assert np.quantile(res[~on & (attacked.can_id == 0x200)], 0.99) < 0.3
 
 
+def test_residual_is_not_judged_where_a_partner_lies_far_outside_its_clean_range():
+    """A relation fitted on one drive extrapolates where a partner goes far beyond what that drive showed (another
+    drive's start, a falsified partner): the partner's own frames are judged, the frames judged against it are not."""
+    clean = _bus()
+    state = FeatureState.fit(clean, signals=True)
+    speed = next(s for s in state.signals if s.can_id == 0x100)
+    assert speed.hi + 0.25 * (speed.hi - speed.lo) < 4000  # 4000 lies beyond the widened clean range
+    b = _bus()
+    rows = np.flatnonzero((b.can_id == 0x100) & (b.timestamp >= 20.0) & (b.timestamp < 22.0))
+    b.data[rows] = words_to_bytes(write_field(payload_words(b.data[rows]), 4, 12, np.full(len(rows), 4000.0)))
+    x = FrameFeaturizer(state).transform(b)
+    names = frame_feature_names(state)
+    res, res8 = x[:, names.index("sig_residual")], x[:, names.index("sig_residual_8")]
+    window = (b.timestamp >= 20.0) & (b.timestamp < 22.01)
+    assert res[rows].min() > 0.5  # the falsified speed disagrees with its in-range partner
+    copy = window & (b.can_id == 0x200)
+    assert copy.sum() > 150 and res[copy].max() < 1e-6 and res8[copy].max() < 0.3  # its partner: not judged against it
+    later = (b.can_id == 0x200) & (b.timestamp >= 23.0)
+    assert np.quantile(res[later], 0.99) < 0.3  # judged again once the speed is back in range
+
+
 def test_headroom_bits_keep_a_signal_that_outgrows_the_clean_capture_readable():
     # speed < 4096 in bits [4:16] of 0x100; bits [0:4] are 0 in every clean frame
     sigs = fit_signals(_bus().can_id, _bus().data)

@@ -52,7 +52,8 @@ Per frame, over the physical signals of the frame's ID (0 for IDs without any), 
     sig_stuck       frames the value has not changed relative to the longest clean run of an
                     unchanged value, / 4, clipped to [0, 1]
     sig_residual    |value - prediction from the partners' latest values| relative to the clean
-                    99.9% residual, log-scaled (0 for signals without partners)
+                    99.9% residual, log-scaled (0 for signals without partners, and where a partner lies more
+                    than a quarter of its clean span outside its clean range: the relation would extrapolate)
     sig_residual_8  the same, averaged over the signal's last 8 frames: a persistent small
                     offset below the per-frame noise adds up
     sig_has_partner 1 when the ID has a signal with partners (the residual columns mean something)
@@ -125,6 +126,9 @@ _DELTA_LAG_S = 0.5
 _MAX_PARTNERS = 3
 _MAX_FIT_ROWS = 4000  # frames of a target ID its regressions are fitted on (evenly spaced)
 _RESID_WINDOW = 8
+# A residual is judged only where every partner lies within its clean range widened by this share of its span
+# (SignalFeaturizer._residual): outside it the fitted relation extrapolates.
+EXTRAPOLATION_MARGIN = 0.25
 _TAILS = (0.001, 0.0001)  # sig_edge levels below the extreme
 _TREND_SHARE = 0.995  # Signal.trend: this share of the clean changes go one way
 _TREND_MIN_CHANGES = 10
@@ -743,8 +747,13 @@ class SignalFeaturizer:
             else:
                 ok = src >= 0
             p = self.sigs[k]
-            pred += c * signal_values(pw, p)
-            have &= ok
+            pv = signal_values(pw, p)
+            pred += c * pv
+            # The relation holds where it was fitted: a partner far outside its clean range (another drive's
+            # start, a value a short drive never reached, or a falsified partner) extrapolates it. Not judged there;
+            # the partner's own frames are judged against theirs.
+            margin = EXTRAPOLATION_MARGIN * (p.hi - p.lo)
+            have &= ok & (pv >= p.lo - margin) & (pv <= p.hi + margin)
         r = np.where(have, np.abs(v - pred) / s.resid_scale, 0.0)
         # Mean of the last 8 residuals, summed oldest first so that any chunking gives the same bits.
         hist = self._resid.get(j, np.zeros(0))
