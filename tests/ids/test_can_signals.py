@@ -6,7 +6,8 @@ import pytest
 from fastmaml.apps.ids.can.features import FRAME_FEATURES, FeatureState, FrameFeaturizer, frame_feature_names
 from fastmaml.apps.ids.can.frames import FrameBatch
 from fastmaml.apps.ids.can.signals import (SIGNAL_FEATURES, SignalFeaturizer, field_values, fit_signals,
-                                           payload_words, segment_fields, write_field, words_to_bytes)
+                                           payload_words, segment_fields, signal_values, signals_from_dicts,
+                                           signals_to_dicts, write_field, words_to_bytes)
 from fastmaml.errors import DataError
 
 
@@ -92,6 +93,104 @@ def test_residual_is_not_judged_where_a_partner_lies_far_outside_its_clean_range
     assert copy.sum() > 150 and res[copy].max() < 1e-6 and res8[copy].max() < 0.3  # its partner: not judged against it
     later = (b.can_id == 0x200) & (b.timestamp >= 23.0)
     assert np.quantile(res[later], 0.99) < 0.3  # judged again once the speed is back in range
+
+
+def _yaw_bus(yaw: np.ndarray) -> FrameBatch:
+    """0x300 and 0x400 at 100 Hz both carry one signed quantity as a 16-bit two's-complement number (0x300 bits
+    [24:40], 0x400 bits [8:24], 4 ms later), and a 4-bit counter each."""
+    n = len(yaw)
+    t = np.arange(n) * 0.01
+    raw = np.mod(np.round(yaw), 2**16)
+    w1 = write_field(write_field(np.zeros(n, np.uint64), 24, 16, raw), 56, 4, np.arange(n) % 16)
+    w2 = write_field(write_field(np.zeros(n, np.uint64), 8, 16, raw), 60, 4, np.arange(n) % 16)
+    ids = np.tile(np.array([0x300, 0x400], np.uint32), n)
+    words = np.stack([w1, w2], 1).reshape(-1)
+    ts = np.stack([t, t + 0.004], 1).reshape(-1)
+    m = len(ids)
+    return FrameBatch(ts, ids, np.zeros(m, bool), np.zeros(m, bool), np.zeros(m, bool), np.full(m, 8, np.uint8),
+                      np.full(m, 8, np.uint8), words_to_bytes(words), np.zeros(m, np.int16), ["benign"])
+
+
+def test_a_signed_quantity_seen_on_one_side_of_zero_is_read_negative_when_it_crosses():
+    """ROAD's 0x162 / 0x5E1: a drive that only turned one way fits an unsigned field with headroom; on the next
+    drive the quantity goes negative, sign-extending into the clean-zero bits above the field. Read unsigned, every
+    zero crossing leapt across the field and the two IDs disagreed by ~2,000 between their crossings."""
+    t = np.arange(3000) * 0.01
+    clean = _yaw_bus(50 + 45 * np.sin(t / 2.0))  # 5..95: never negative
+    state = FeatureState.fit(clean, signals=True)
+    yaw = next(s for s in state.signals if s.can_id == 0x300)
+    assert yaw.sign_bits > 0 and yaw.lo >= 0  # room above the field's headroom to show a sign extension
+    assert yaw.partners and state.signals[yaw.partners[0][1]].can_id == 0x400
+    swing = 15 + 85 * np.sin(t / 2.0)  # -70..100: crosses zero twice a period
+    drive = _yaw_bus(swing)
+    got = signal_values(payload_words(drive.data[drive.can_id == 0x300]), yaw)
+    np.testing.assert_array_equal(got, np.round(swing))  # negatives read as negatives
+    names = frame_feature_names(state)
+    x = FrameFeaturizer(state).transform(drive)
+    for column in ("sig_residual", "sig_jump"):
+        assert x[:, names.index(column)].max() < 0.4, column  # a crossing is one small step, and both IDs agree
+    # The same frames read unsigned (the reading before sign bits): every crossing a leap and a disagreement.
+    unsigned = FeatureState.from_dict(state.to_dict())
+    for s in unsigned.signals:
+        s.sign_bits = 0
+    old = FrameFeaturizer(unsigned).transform(drive)
+    assert old[:, names.index("sig_residual")].max() > 0.9 and old[:, names.index("sig_jump")].max() > 0.9
+
+
+def test_a_field_filled_with_ones_is_still_judged_whether_or_not_the_fill_reaches_its_sign_bits():
+    """An attacker pinning the field's own bits at all ones (ROAD's max speedometer: one byte at 0xFF) leaves the
+    clean-zero bits above it alone: no sign extension, read unsigned at full scale. A fill reaching them reads -1,
+    which still disagrees with the partner (95 here)."""
+    t = np.arange(3000) * 0.01
+    state = FeatureState.fit(_yaw_bus(50 + 45 * np.sin(t / 2.0)), signals=True)
+    names = frame_feature_names(state)
+    yaw = next(s for s in state.signals if s.can_id == 0x300)
+    own = np.flatnonzero(_yaw_bus(t).can_id == 0x300)
+    rows = own[300:330]  # the yaw at 93-95
+    for start, length, reads in ((yaw.start, yaw.length, 2.0 ** yaw.length - 1),  # the field's own bits
+                                 (yaw.start - yaw.sign_bits, yaw.length + yaw.sign_bits, -1.0)):  # and its sign bits
+        drive = _yaw_bus(50 + 45 * np.sin(t / 2.0))
+        w = payload_words(drive.data[rows])
+        drive.data[rows] = words_to_bytes(write_field(w, start, length, np.full(len(rows), 2.0 ** length - 1)))
+        assert (signal_values(payload_words(drive.data[rows]), yaw) == reads).all()
+        res = FrameFeaturizer(state).transform(drive)[:, names.index("sig_residual")]
+        assert res[rows].min() > 0.5 and np.quantile(res[np.setdiff1d(own, rows)], 0.99) < 0.3
+
+
+def test_a_quantity_seen_on_both_sides_of_zero_is_signed_and_masquerades_falsify_its_value():
+    """A clean drive that steered both ways shows the quantity's sign extension inside the field: read signed, it is
+    one smooth signal (unsigned it would sit at both ends of the field), and the generator's false values are values
+    of it, written back in two's complement."""
+    from fastmaml.apps.ids.can import masquerade as M
+
+    t = np.arange(3000) * 0.01
+    clean = _yaw_bus(15 + 85 * np.sin(t / 2.0))  # -70..100
+    sigs = fit_signals(clean.can_id, clean.data, clean.timestamp)
+    yaw = next(s for s in sigs if s.can_id == 0x300)
+    assert yaw.signed and yaw.sign_bits == 0 and (yaw.start, yaw.length) == (24, 16)  # the whole 16-bit slot
+    assert (yaw.lo, yaw.hi) == (-70.0, 100.0)
+    assert yaw.partners and sigs[yaw.partners[0][1]].can_id == 0x400
+    inj = M.Injection("offset", 0x300, yaw.start, yaw.length, 10.0, 12.0)
+    forged = M.inject(clean, [inj], "masquerade", "offset_masquerade", {(0x300, yaw.start, False): yaw})
+    rows = np.flatnonzero((clean.can_id == 0x300) & (clean.timestamp >= 10.0) & (clean.timestamp < 12.0))
+    before = signal_values(payload_words(clean.data[rows]), yaw)
+    after = signal_values(payload_words(forged.data[rows]), yaw)
+    quarter = (yaw.hi - yaw.lo) / 4
+    assert before.min() < 0  # the interval holds negative values
+    np.testing.assert_allclose(np.abs(after - before), quarter, atol=0.5)  # moved by a quarter of the range ...
+    assert yaw.lo <= after.min() and after.max() <= yaw.hi  # ... and still inside it: no leap across the field
+
+
+def test_signal_tables_without_sign_bits_read_unsigned_and_bad_sign_bits_are_refused():
+    t = np.arange(3000) * 0.01
+    sigs = fit_signals(_yaw_bus(50 + 45 * np.sin(t / 2.0)).can_id, _yaw_bus(50 + 45 * np.sin(t / 2.0)).data)
+    rows = signals_to_dicts(sigs)
+    old = [{k: v for k, v in r.items() if k != "sign_bits"} for r in rows]  # a table saved before sign bits
+    assert all(s.sign_bits == 0 for s in signals_from_dicts(old))
+    bad = [dict(r) for r in rows]
+    bad[0]["sign_bits"] = bad[0]["start"] + 1  # would read above the payload's first bit
+    with pytest.raises(DataError, match="out of range"):
+        signals_from_dicts(bad, "table.json")
 
 
 def test_headroom_bits_keep_a_signal_that_outgrows_the_clean_capture_readable():

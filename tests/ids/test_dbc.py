@@ -2,7 +2,7 @@
 
 The DBC: wheel speed (Motorola, 16 bits) on 0x100 and vehicle speed (Intel over two bytes,
 scaled) on 0x200 are one quantity (partners across IDs); a temperature (Intel inside one byte,
-scaled and offset), engine speed (Motorola) and a counter; a signed signal the IDS cannot read.
+scaled and offset), engine speed (Motorola) and a counter; a signed acceleration (two's complement).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import pytest
 from fastmaml.apps.ids.can.dbc import read_dbc, score_segmentation, to_field
 from fastmaml.apps.ids.can.features import FeatureState
 from fastmaml.apps.ids.can.readers import open_capture
-from fastmaml.apps.ids.can.signals import Signal, field_values, find_signals, fit_signals, payload_words, write_field
+from fastmaml.apps.ids.can.signals import (Signal, as_signed, field_values, find_signals, fit_signals, payload_words,
+                                           signal_values, write_field)
 from fastmaml.errors import ConfigError, DataError
 
 cantools = pytest.importorskip("cantools")
@@ -78,19 +79,22 @@ def test_dbc_bits_map_to_the_signals_convention(car):
                     "Vehicle.Temp": (0x200, 0, 8, False),  # Intel in one byte: byte 0, read big-endian
                     "Vehicle.VehSpeed": (0x200, 64 - 8 - 12, 12, True),  # Intel over bytes 1-2
                     "Engine.Rpm": (0x300, 16, 16, False),  # Motorola MSB bit 7 of byte 2
-                    "Engine.Counter": (0x300, 60, 4, False)}  # Intel, low nibble of byte 7
-    assert skipped == ["Wheels.Accel: signed"]
+                    "Engine.Counter": (0x300, 60, 4, False),  # Intel, low nibble of byte 7
+                    "Wheels.Accel": (0x100, 32, 8, False)}  # Motorola MSB bit 7 of byte 4, signed
+    assert [f.label for f in fields if f.signed] == ["Wheels.Accel"] and skipped == []
     # Every field reads back the raw value cantools encoded (decoded without scaling), both ways round.
     frames = open_capture(log).read_all()
     db = cantools.database.load_file(str(dbc))
     for f in fields:
-        rows = np.flatnonzero(frames.can_id == f.can_id)[:50]
+        rows = np.flatnonzero(frames.can_id == f.can_id)[::20]  # spread over the drive
         words = payload_words(frames.data[rows])
         raw = [db.decode_message(f.can_id, bytes(frames.data[i]), scaling=False)[f.label.split(".")[1]]
                for i in rows]
-        assert field_values(words, f.start, f.length, f.little_endian).tolist() == raw, f.label
-        back = write_field(np.zeros_like(words), f.start, f.length, np.array(raw, float), f.little_endian)
-        assert field_values(back, f.start, f.length, f.little_endian).tolist() == raw
+        got = field_values(words, f.start, f.length, f.little_endian)
+        assert (as_signed(got, f.length) if f.signed else got).tolist() == raw, f.label
+        assert min(raw) < 0 if f.signed else min(raw) >= 0, f.label  # the acceleration does go negative
+        back = write_field(np.zeros_like(words), f.start, f.length, np.mod(raw, 2 ** f.length), f.little_endian)
+        assert (field_values(back, f.start, f.length, f.little_endian) == got).all()
     with pytest.raises(ValueError, match="beyond the first 8"):
         to_field(0x100, 60, 16, "little_endian")
 
@@ -101,7 +105,10 @@ def test_dbc_signals_replace_the_inferred_ones_and_find_their_partners(car):
     state = FeatureState.fit(frames, signals=True, dbc=dbc)
     sigs = {s.label: s for s in state.signals}
     # The counter is not physical (a counter is left out as it is without a DBC); the rest are kept.
-    assert sorted(sigs) == ["Engine.Rpm", "Vehicle.Temp", "Vehicle.VehSpeed", "Wheels.WheelSpeed"]
+    assert sorted(sigs) == ["Engine.Rpm", "Vehicle.Temp", "Vehicle.VehSpeed", "Wheels.Accel", "Wheels.WheelSpeed"]
+    # The signed acceleration is read as it is: -0.5..0.5 m/s2 at 0.1 a step, not 0..5 and 251..255.
+    accel = sigs["Wheels.Accel"]
+    assert accel.signed and (accel.lo, accel.hi) == (-5.0, 5.0)
     wheel, veh = sigs["Wheels.WheelSpeed"], sigs["Vehicle.VehSpeed"]
     assert (wheel.can_id, wheel.start, wheel.length, wheel.little_endian) == (0x100, 0, 16, False)
     assert (veh.can_id, veh.start, veh.length, veh.little_endian) == (0x200, 44, 12, True)
@@ -114,7 +121,7 @@ def test_dbc_signals_replace_the_inferred_ones_and_find_their_partners(car):
     # Saved and loaded as JSON (no pickle), byte order and names included.
     again = FeatureState.from_dict(json.loads(json.dumps(state.to_dict())))
     assert again.signals == state.signals and again.dbc == state.dbc
-    assert state.dbc["skipped"] == ["Wheels.Accel: signed"] and state.dbc["fields"] == 5
+    assert state.dbc["skipped"] == [] and state.dbc["fields"] == 6
     # Without the DBC, read big-endian only, the inferred segmentation cannot see the Intel signal whole ...
     assert not any(s.little_endian for s in fit_signals(frames.can_id, frames.data, frames.timestamp,
                                                         byte_order="big"))
@@ -134,16 +141,21 @@ def test_inferred_segmentation_scored_against_the_dbc(car):
     # Without the DBC: wheel speed exactly (its two unused top bits come back as headroom); engine
     # speed found but 2 bits too wide (headroom also takes the unused byte above it); the Intel vehicle
     # speed found by its carries (its bytes read reversed; 2 bits of headroom above the 12 the DBC gives);
-    # the temperature (raw 131-179: its top bit never flips) one bit short; the signed acceleration, read as
-    # unsigned (it wraps at 0), is spurious.
-    inferred = {s.name for s in find_signals(frames.can_id, frames.data)}
-    assert inferred == {"0x100[0:16]", "0x300[14:32]", "0x200[1:8]", "0x200[le 42:56]", "0x100[28:40]"}
-    assert score == {"dbc_signals": 4, "found": 4, "exact": 1, "inferred": 5, "spurious": 1, "match_bits": 2,
+    # the temperature (raw 131-179: its top bit never flips) one bit short; the signed acceleration exactly: seen on
+    # both sides of zero, its sign extension is its top bits and it is read as two's complement.
+    found = {s.name: s for s in find_signals(frames.can_id, frames.data)}
+    assert set(found) == {"0x100[0:16]", "0x300[14:32]", "0x200[1:8]", "0x200[le 42:56]", "0x100[32:40]"}
+    assert found["0x100[32:40]"].signed and (found["0x100[32:40]"].lo, found["0x100[32:40]"].hi) == (-5.0, 5.0)
+    assert [s.name for s in found.values() if s.signed] == ["0x100[32:40]"]
+    rows = np.flatnonzero(frames.can_id == 0x100)
+    assert (signal_values(payload_words(frames.data[rows]), found["0x100[32:40]"])
+            == signal_values(payload_words(frames.data[rows]), sigs_by_label(state)["Wheels.Accel"])).all()
+    assert score == {"dbc_signals": 5, "found": 5, "exact": 2, "inferred": 5, "spurious": 0, "match_bits": 2,
                      "missed": []}
     # Read big-endian only (the segmentation before), the temperature ran on into the next byte, the low byte of
     # the Intel vehicle speed, as one 15-bit field: neither was found and that field was spurious.
     big = {s.name for s in find_signals(frames.can_id, frames.data, byte_order="big")}
-    assert big == {"0x100[0:16]", "0x300[14:32]", "0x200[1:16]", "0x100[28:40]"}
+    assert big == {"0x100[0:16]", "0x300[14:32]", "0x200[1:16]", "0x100[32:40]"}
     assert score_segmentation(find_signals(frames.can_id, frames.data, byte_order="big"),
                               [s for s in state.signals]).to_dict()["missed"] == ["Vehicle.Temp", "Vehicle.VehSpeed"]
     # The score sees boundaries: one bit off still counts as found but not exact; three bits off, not found.
@@ -155,6 +167,18 @@ def test_inferred_segmentation_scored_against_the_dbc(car):
     assert (score_segmentation([shifted(1)], [wheel]).found, score_segmentation([shifted(1)], [wheel]).exact) == (1, 0)
     assert score_segmentation([shifted(3)], [wheel]).found == 0
     assert score_segmentation([shifted(3)], [wheel]).spurious == 1
+
+
+def sigs_by_label(state: FeatureState) -> dict[str, Signal]:
+    return {s.label: s for s in state.signals}
+
+
+def test_read_dbc_leaves_out_floating_point_signals_and_says_why(tmp_path):
+    dbc = tmp_path / "float.dbc"
+    dbc.write_text(DBC.replace('BO_ 768 Engine: 8 ECU', 'BO_ 1024 Body: 8 ECU\n SG_ Level : 7|32@0- (1,0) [0|1] "" ECU\n\n'
+                               'BO_ 768 Engine: 8 ECU') + '\nSIG_VALTYPE_ 1024 Level : 1;\n')
+    fields, skipped = read_dbc(dbc)
+    assert skipped == ["Body.Level: floating point"] and len(fields) == 6
 
 
 TINY = ["source.masquerade={occurrences: 6, targets: partnered, duration_s: 1.5}", "train.iterations=2",
@@ -174,14 +198,14 @@ def test_compare_with_features_dbc_end_to_end(car, tmp_path):
                  "--out", str(out), *TINY]) == 0
     res = json.loads((out / "results.json").read_text())
     stats = res["data_stats"]
-    assert stats["dbc"]["inferred_vs_dbc"]["found"] == 4  # every DBC signal (the Intel one by its carries)
+    assert stats["dbc"]["inferred_vs_dbc"]["found"] == 5  # every DBC signal (the Intel one by its carries)
     # The masquerades target DBC signals with partners: the two speeds, whatever their byte order.
     targets = {(i["can_id"], i["start"], i["little_endian"]) for p in stats["masquerade"]["injections"].values()
                for i in p}
     assert targets <= {(0x100, 0, False), (0x200, 44, True)} and targets
     report = (out / "report.md").read_text()
-    assert f"Signals from the DBC `{dbc}`: 4 used" in report and "found 4 of 4 DBC signals" in report
-    assert "1 left out (Wheels.Accel: signed)" in report
+    assert f"Signals from the DBC `{dbc}`: 5 used" in report and "found 5 of 5 DBC signals" in report
+    assert "of 6 readable, 0 left out" in report
 
 
 def test_ids_masquerade_dbc_targets_the_dbc_signals(car, tmp_path):

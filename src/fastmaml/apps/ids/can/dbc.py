@@ -12,8 +12,9 @@ same up to that factor). A DBC's Motorola (big-endian) signal is such a field as
 Intel (little-endian) signal inside one byte is one too; an Intel signal over several bytes is
 not (its bytes run the other way), so it is kept with ``little_endian=True``: its ``start`` then
 counts in the payload read as one little-endian number (byte 7 first), where it is contiguous
-again. Signed, floating-point and multiplexed signals, and bits beyond the first 8 bytes, have
-no such field; they are left out and listed with the reason.
+again. A signed signal is such a field read as a two's-complement number (``signed``). Floating-point and
+multiplexed signals, and bits beyond the first 8 bytes, have no such field; they are left out and
+listed with the reason.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Field(NamedTuple):
     length: int
     little_endian: bool
     label: str  # Message.Signal
+    signed: bool = False  # a two's-complement number
 
 
 def _cantools() -> Any:
@@ -46,18 +48,18 @@ def _cantools() -> Any:
     return cantools
 
 
-def to_field(can_id: int, start: int, length: int, byte_order: str, label: str = "") -> Field:
+def to_field(can_id: int, start: int, length: int, byte_order: str, label: str = "", signed: bool = False) -> Field:
     """A DBC signal's ``start|length@order`` (cantools numbering) as a Field; ValueError if it leaves 8 bytes."""
     if byte_order == "big_endian":
         # DBC Motorola start = the signal's most significant bit, numbered byte * 8 + bit (bit 0 = LSB).
         msb = start // 8 * 8 + 7 - start % 8
-        f = Field(can_id, msb, length, False, label)
+        f = Field(can_id, msb, length, False, label, signed)
     elif start // 8 == (start + length - 1) // 8:
         # Intel inside one byte: DBC start = its least significant bit; the same bits read big-endian.
-        f = Field(can_id, start // 8 * 8 + 8 - start % 8 - length, length, False, label)
+        f = Field(can_id, start // 8 * 8 + 8 - start % 8 - length, length, False, label, signed)
     else:
         # Intel over several bytes: in the payload read little-endian, LSB-0 bits [start, start + length).
-        f = Field(can_id, 64 - start - length, length, True, label)
+        f = Field(can_id, 64 - start - length, length, True, label, signed)
     if f.start < 0 or f.start + f.length > 64:
         raise ValueError("lies beyond the first 8 payload bytes")
     return f
@@ -81,17 +83,18 @@ def read_dbc(path: str | Path) -> tuple[list[Field], list[str]]:
     for msg in db.messages:
         for s in msg.signals:
             label = f"{msg.name}.{s.name}"
-            why = ("signed" if s.is_signed else "floating point" if s.is_float else
+            why = ("floating point" if s.is_float else
                    "multiplexed" if s.multiplexer_ids or s.is_multiplexer else "")
             if not why:
                 try:
-                    fields.append(to_field(int(msg.frame_id), int(s.start), int(s.length), s.byte_order, label))
+                    fields.append(to_field(int(msg.frame_id), int(s.start), int(s.length), s.byte_order, label,
+                                           bool(s.is_signed)))
                     continue
                 except ValueError as e:
                     why = str(e)
             skipped.append(f"{label}: {why}")
     if not fields:
-        raise DataError(f"features.dbc: {p} holds no signal the IDS can read (unsigned integer, not multiplexed, "
+        raise DataError(f"features.dbc: {p} holds no signal the IDS can read (integer, not multiplexed, "
                         f"in the first 8 bytes); left out: {skipped[:5]}")
     return fields, skipped
 

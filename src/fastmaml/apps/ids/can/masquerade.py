@@ -46,8 +46,8 @@ import numpy as np
 
 from fastmaml.apps.ids.can import source as can_source
 from fastmaml.apps.ids.can.frames import BENIGN, FrameBatch
-from fastmaml.apps.ids.can.signals import (Signal, byte_order_for, field_values, fit_signals, payload_words,
-                                           words_to_bytes, write_field)
+from fastmaml.apps.ids.can.signals import (Signal, as_signed, byte_order_for, field_values, fit_signals,
+                                           payload_words, words_to_bytes, write_field)
 from fastmaml.apps.ids.can.relations import frames_by_id
 from fastmaml.apps.ids.can.states import LONG_DRIVE_S, StateField, fit_states
 from fastmaml.apps.ids.config import CaptureSpec, FeatureConfig, SourceConfig, data_folder
@@ -212,6 +212,8 @@ def false_values(clean: FrameBatch, inj: Injection, genuine: np.ndarray, sig: Si
     if inj.kind == "constant":
         clean_v = field_values(payload_words(clean.data[clean.can_id == inj.can_id]), inj.start, inj.length,
                                inj.little_endian)
+        if sig.signed:
+            clean_v = as_signed(clean_v, inj.length)
         q10, q90 = np.quantile(clean_v, [0.1, 0.9])
         return np.full(len(genuine), q10 if abs(q10 - genuine[0]) > abs(q90 - genuine[0]) else q90)
     if inj.kind == "offset":
@@ -243,8 +245,11 @@ def inject(clean: FrameBatch, injections: list[Injection], variant: str, name: s
             continue
         genuine = field_values(words[rows], inj.start, inj.length, inj.little_endian)
         sig = signals[(inj.can_id, inj.start, inj.little_endian)]
-        new_words[rows] = write_field(words[rows], inj.start, inj.length, false_values(clean, inj, genuine, sig),
-                                      inj.little_endian)
+        signed = isinstance(sig, Signal) and sig.signed  # a two's-complement field: values, not bits, are falsified
+        values = false_values(clean, inj, as_signed(genuine, inj.length) if signed else genuine, sig)
+        if signed:
+            values = np.mod(np.round(values), 2.0 ** inj.length)
+        new_words[rows] = write_field(words[rows], inj.start, inj.length, values, inj.little_endian)
         forged[rows] = True
     data = clean.data.copy()
     data[:, :8] = words_to_bytes(new_words)[:, : min(8, data.shape[1])]

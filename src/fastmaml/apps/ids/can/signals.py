@@ -13,7 +13,11 @@ least 4 bits wide, takes >= 8 distinct values and is smooth (99% of frame-to-fra
 within a fifth of its range): counters, checksums and flags are left out. A short clean capture
 never sets the top bits of a quantity that later grows (a wheel speed above any speed driven
 before), so a kept signal also takes up to 4 bits above it that are 0 in every clean frame:
-the value then carries into them instead of wrapping around.
+the value then carries into them instead of wrapping around. Where up to 4 more bits above the headroom are 0 in
+every clean frame too (``Signal.sign_bits``), a value whose top bit is set *with* all of them set is read as a
+two's-complement negative: a signed quantity the clean drive saw on one side of zero only (a steering angle that
+turned one way) sign-extends into them when it crosses, and read unsigned would leap across the whole field at every
+crossing (:func:`signal_values`; full scale, ``sig_full``, stays judged on the unsigned bits).
 
 Byte order (``byte_order="both"``): many cars send multi-byte signals little-endian
 (Intel: the low byte first), which the big-endian reading splits at the byte boundary into a
@@ -118,6 +122,7 @@ _MIN_LEVELS = 8
 # modes (a few bits all set or all clear), which reach full scale as part of their job.
 _MIN_COARSE_LEVELS = 3
 _HEADROOM_BITS = 4
+_SIGN_BITS = 4  # clean-zero bits above a field's headroom a negative value's sign extension must set (Signal.sign_bits)
 _SMOOTH = 0.2  # 99% of a physical signal's changes lie within this fraction of its range
 _PARTNER_R2 = 0.9
 _PARTNER_DELTA_R2 = 0.5
@@ -141,7 +146,8 @@ _CARRY_SHARE = 0.9  # ... and this share of the wraps carry into the part above
 
 @dataclass
 class Signal:
-    """One physical signal: bits ``[start, start + length)`` of an ID's payload, big-endian, unsigned."""
+    """One physical signal: bits ``[start, start + length)`` of an ID's payload, big-endian, unsigned (or sign-extended:
+    ``sign_bits``)."""
 
     can_id: int
     start: int
@@ -166,6 +172,13 @@ class Signal:
     hi_share: float = 0.0
     # Largest clean |v[t] - v[t - L]| within one capture for each L of LEAP_LAGS (sig_leap); empty: not measured.
     max_change: list[float] = field(default_factory=list)
+    # Bits just above the field (its headroom's) that were 0 in every clean frame and are no other signal's (at most
+    # _SIGN_BITS): a value whose top bit is set while all of these are set too is a two's-complement number sign-
+    # extended into them, read as negative (signal_values). 0: always read unsigned.
+    sign_bits: int = 0
+    # The field itself is a two's-complement number (its top bit the sign): clean driving showed it on both sides of
+    # zero, or the DBC says so. Read signed; no headroom, no sign bits.
+    signed: bool = False
 
     @property
     def name(self) -> str:
@@ -202,7 +215,32 @@ def write_field(words: np.ndarray, start: int, length: int, values: np.ndarray,
 
 
 def signal_values(words: np.ndarray, s: Signal) -> np.ndarray:
-    """float64 raw values of signal ``s`` in payload ``words``."""
+    """float64 raw values of signal ``s`` in payload ``words``, negative where sign-extended (``Signal.sign_bits``).
+
+    Why: a signed quantity a short drive saw on one side of zero only (a steering angle, a yaw rate; on ROAD's real
+    car 0x162 and 0x5E1 stayed at 0-99 over the drive a fold fitted on) is segmented as an unsigned field with
+    headroom; on the next drive it swings to -70 and, read unsigned, leaps across the whole field (0 -> 2047) at
+    every zero crossing, and the two IDs that carry it disagree by 2,000 for the frames between their crossings.
+    A two's-complement value sets the clean-zero bits above the field too (the sign extension); a value pinned at
+    the field's full scale by an attacker (ROAD's max speedometer: one byte at 0xFF) does not, and stays a leap.
+    """
+    v = field_values(words, s.start, s.length, s.little_endian)
+    if s.signed:
+        return as_signed(v, s.length)
+    if s.sign_bits <= 0:
+        return v
+    ext = field_values(words, s.start - s.sign_bits, s.sign_bits, s.little_endian)
+    negative = (v >= 2.0 ** (s.length - 1)) & (ext == 2.0 ** s.sign_bits - 1)
+    return np.where(negative, v - 2.0 ** s.length, v)
+
+
+def as_signed(v: np.ndarray, length: int) -> np.ndarray:
+    """Unsigned values ``v`` of a ``length``-bit field read as two's-complement numbers."""
+    return np.where(v >= 2.0 ** (length - 1), v - 2.0 ** length, v)
+
+
+def _unsigned(words: np.ndarray, s: Signal) -> np.ndarray:
+    """Signal ``s``'s field in ``words`` read unsigned, sign bits ignored."""
     return field_values(words, s.start, s.length, s.little_endian)
 
 
@@ -259,6 +297,19 @@ def _physical(v: np.ndarray, min_levels: int = _MIN_LEVELS, max_levels: float = 
     return bool(np.quantile(np.abs(np.diff(v)), 0.99) <= _SMOOTH * (hi - lo))
 
 
+def _physical_signed(v: np.ndarray, length: int) -> bool:
+    """Whether the unsigned values ``v`` of a ``length``-bit field are a two's-complement physical signal seen on both
+    sides of zero: values in both halves of the field, and read signed a physical signal a quarter of the span or
+    less. Read unsigned such a field leaps across its whole width at every zero crossing (a yaw rate near zero
+    crosses often enough to fail the smoothness test), and two IDs carrying it disagree by that much between their
+    crossings."""
+    top = v >= 2.0 ** (length - 1)
+    if not top.any() or top.all():
+        return False
+    signed = as_signed(v, length)
+    return 4.0 * (float(signed.max()) - float(signed.min())) <= float(v.max()) - float(v.min()) and _physical(signed)
+
+
 def _coarse(v: np.ndarray) -> bool:
     """A slow quantity the clean frames showed at too few values to be a signal (:func:`find_coarse_fields`)."""
     return _physical(v, _MIN_COARSE_LEVELS, _MIN_LEVELS)
@@ -281,10 +332,13 @@ def value_trend(v: np.ndarray, same: np.ndarray | None = None) -> int:
     return 0
 
 
-def _signal(cid: int, start: int, length: int, v: np.ndarray, little_endian: bool = False, label: str = "") -> Signal:
-    """A Signal with its clean statistics from values ``v`` (the ID's frames in capture order)."""
-    s = Signal(int(cid), start, length, 0.0, 0.0, [], [], 1.0, 1.0, little_endian=little_endian, label=label)
-    _set_statistics(s, v)
+def _signal(cid: int, start: int, length: int, v: np.ndarray, little_endian: bool = False, label: str = "",
+            signed: bool = False) -> Signal:
+    """A Signal with its clean statistics from values ``v`` (the ID's frames in capture order, unsigned; read as
+    two's-complement numbers when ``signed``)."""
+    s = Signal(int(cid), start, length, 0.0, 0.0, [], [], 1.0, 1.0, little_endian=little_endian, label=label,
+               signed=signed)
+    _set_statistics(s, as_signed(v, length) if signed else v)
     return s
 
 
@@ -343,26 +397,44 @@ def carries(words: np.ndarray, start: int, length: int) -> bool:
 
 
 def _segmented(w: np.ndarray, bits: np.ndarray, skip: set[int] | frozenset[int] = frozenset(),
-               keep: Callable[[np.ndarray], bool] = _physical) -> list[tuple[int, int, np.ndarray]]:
-    """``(start, length, values)`` of the physical fields (``keep``) of one ID's words ``w`` (``bits``: them
-    unpacked, [n, 64]) by bit-flip segmentation; bits in ``skip`` (taken by another reading) bound fields as
+               keep: Callable[[np.ndarray], bool] = _physical,
+               signed_too: bool = True) -> list[tuple[int, int, np.ndarray]]:
+    """``(start, length, values)`` of the physical fields (``keep``; with ``signed_too`` also those physical read as
+    two's-complement numbers, :func:`_physical_signed`) of one ID's words ``w`` (``bits``: them unpacked, [n, 64]) by
+    bit-flip segmentation, values unsigned; bits in ``skip`` (taken by another reading) bound fields as
     never-flipping ones do."""
     flip = (bits[1:] != bits[:-1]).mean(0)
     if skip:
         flip[sorted(skip)] = 0.0
     return [(start, length, v) for start, length in segment_fields(flip)
-            if length >= _MIN_BITS and keep(v := field_values(w, start, length))]
+            if length >= _MIN_BITS and (keep(v := field_values(w, start, length))
+                                        or (signed_too and _physical_signed(v, length)))]
 
 
 def _headroom(bits: np.ndarray, start: int, taken: set[int] | frozenset[int] = frozenset(),
-              little_endian: bool = False) -> int:
+              little_endian: bool = False, most: int = _HEADROOM_BITS) -> int:
     """How many bits above a field starting at ``start`` are free: 0 in every clean frame and taken by nothing
-    (at most ``_HEADROOM_BITS``): a quantity beyond anything the clean capture showed carries into them."""
+    (at most ``most``): a quantity beyond anything the clean capture showed carries into them."""
     head = 0
-    while (head < _HEADROOM_BITS and start - head > 0 and not bits[:, start - head - 1].any()
+    while (head < most and start - head > 0 and not bits[:, start - head - 1].any()
            and not taken & payload_bits(start - head - 1, 1, little_endian)):
         head += 1
     return head
+
+
+def _with_headroom(cid: int, bits: np.ndarray, start: int, length: int, v: np.ndarray,
+                   taken: set[int] | frozenset[int], little_endian: bool = False) -> Signal:
+    """The Signal of a segmented field: signed where clean driving showed it on both sides of zero, else widened by
+    its headroom, with the free bits above that as its sign bits."""
+    if _physical_signed(v, length):
+        return _signal(cid, start, length, v, little_endian, signed=True)
+    head = _headroom(bits, start, taken, little_endian)
+    s = _signal(cid, start - head, length + head, v, little_endian)
+    # Only a field with its full headroom: a field that ends where another begins, or the payload does, has no room
+    # to show a sign extension (the next bit up belongs to something else).
+    if head == _HEADROOM_BITS:
+        s.sign_bits = _headroom(bits, s.start, taken, little_endian, _SIGN_BITS)
+    return s
 
 
 def byte_order_for(byte_order: str, long_drive: bool) -> str:
@@ -392,8 +464,9 @@ def find_signals(ids: np.ndarray, data: np.ndarray, fields: list | None = None,
         for f in fields:
             if f.can_id in enough:
                 v = field_values(words[ids == f.can_id], f.start, f.length, f.little_endian)
-                if _physical(v):
-                    sigs.append(_signal(f.can_id, f.start, f.length, v, f.little_endian, f.label))
+                signed = bool(getattr(f, "signed", False))
+                if _physical(as_signed(v, f.length) if signed else v):
+                    sigs.append(_signal(f.can_id, f.start, f.length, v, f.little_endian, f.label, signed))
         return sigs
     for cid in sorted(enough):
         w = words[ids == cid]
@@ -404,13 +477,12 @@ def find_signals(ids: np.ndarray, data: np.ndarray, fields: list | None = None,
             sbits = np.unpackbits(words_to_bytes(swapped), axis=1)
             for start, length, v in _segmented(swapped, sbits):
                 if start // 8 != (start + length - 1) // 8 and carries(swapped, start, length):
-                    head = _headroom(sbits, start, taken, True)
-                    little.append(_signal(cid, start - head, length + head, v, True))
-                    taken |= payload_bits(start - head, length + head, True)
+                    s = _with_headroom(cid, sbits, start, length, v, taken, True)
+                    little.append(s)
+                    taken |= payload_bits(s.start - s.sign_bits, s.length + s.sign_bits, True)
         bits = np.unpackbits(words_to_bytes(w), axis=1)
         for start, length, v in _segmented(w, bits, taken):  # the rest of the payload, big-endian
-            head = _headroom(bits, start, taken)
-            sigs.append(_signal(cid, start - head, length + head, v))
+            sigs.append(_with_headroom(cid, bits, start, length, v, taken))
         sigs += little
     return sigs
 
@@ -440,7 +512,7 @@ def find_coarse_fields(ids: np.ndarray, data: np.ndarray, sigs: list[Signal],
         w = words[ids == cid]
         taken = set().union(*(payload_bits(s.start, s.length, s.little_endian) for s in sigs if s.can_id == cid))
         bits = np.unpackbits(words_to_bytes(w), axis=1)
-        out += [_signal(cid, start, length, v) for start, length, v in _segmented(w, bits, taken, _coarse)]
+        out += [_signal(cid, start, length, v) for start, length, v in _segmented(w, bits, taken, _coarse, False)]
     return out
 
 
@@ -580,7 +652,7 @@ def signals_from_dicts(rows: list[dict], source: str = "<dict>") -> list[Signal]
     except TypeError as e:
         raise DataError(f"{source}: corrupt signal table ({e}); refit the FeatureState") from e
     for s in sigs:
-        if not (0 <= s.start and 1 <= s.length and s.start + s.length <= 64) or any(
+        if not (0 <= s.start - max(s.sign_bits, 0) and 1 <= s.length and s.start + s.length <= 64) or any(
                 not 0 <= p[1] < len(sigs) for p in s.partners):
             raise DataError(f"{source}: signal {s.name} is out of range; refit the FeatureState")
     return sigs
@@ -664,7 +736,14 @@ class SignalFeaturizer:
                 stuck = self._stuck(j, v) / s.max_run if s.max_run > 0 else np.zeros(len(v))
                 res, res8 = self._residual(j, s, rows, v, words, last, carried_words)
                 leap = np.zeros(len(v)) if s.trend else self._leap(j, s, v)
-                full = self._at_full_scale(j, s, v, prev_v, has_prev)
+                # Full scale is every bit of the field set, whatever the sign: judged on the unsigned reading, so
+                # a field pinned at all ones (an attacker's 0xFF) is not the small negative -1 here.
+                if s.signed:  # all ones is -1, next to zero: no full scale to leap to
+                    full = np.zeros(len(v))
+                elif s.sign_bits:
+                    full = self._at_full_scale(j, s, _unsigned(w, s), _unsigned(prev_w, s), has_prev)
+                else:
+                    full = self._at_full_scale(j, s, v, prev_v, has_prev)
                 np.maximum(cols[:, 0], _log_scale(16.0 * outside), out=cols[:, 0])
                 np.maximum(cols[:, 1], edge / (len(_TAILS) + 1), out=cols[:, 1])
                 np.maximum(cols[:, 2], _log_scale(jump), out=cols[:, 2])
@@ -768,7 +847,7 @@ class SignalFeaturizer:
         return r, total / count
 
 
-__all__ = ["FULL_LEAP", "LEAP_LAGS", "SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "field_values",
+__all__ = ["FULL_LEAP", "LEAP_LAGS", "SIGNAL_FEATURES", "Signal", "SignalFeaturizer", "as_signed", "field_values",
            "find_coarse_fields", "find_signals", "fit_signals", "fit_statistics", "max_changes", "payload_words",
            "segment_fields", "signal_values", "signals_from_dicts", "signals_to_dicts", "value_trend", "write_field",
            "words_to_bytes"]
