@@ -273,13 +273,57 @@ def test_each_key_gets_its_own_reference_so_one_noisy_id_does_not_silence_the_ot
     assert caught == {False: 0, True: 1}
 
 
+def _fast_and_slow(seed: int, attack: bool = False):
+    """Key 1 at 100 Hz, which a detector scores around -2 with slow swings (log-odds -2 + 4 z, z an AR(1) of
+    correlation 0.995 over frames: a detector's odd stretches last), and key 2 at 10 Hz, which it scores far below 0
+    (-5 +- 0.5); with ``attack``, key 2's frames of 30-36 s scored +6 (the CrySyS sample's 0x410: 60 frames)."""
+    rng = np.random.default_rng(seed)
+    t1, t2 = np.arange(0, 600, 0.01), np.arange(0.003, 600, 0.1)
+    clock, key = np.r_[t1, t2], np.r_[np.full(len(t1), 1), np.full(len(t2), 2)]
+    z = np.zeros(len(t1))
+    e = rng.normal(0.0, np.sqrt(1 - 0.995 ** 2), len(t1))
+    for i in range(1, len(t1)):
+        z[i] = 0.995 * z[i - 1] + e[i]
+    score = np.r_[-2.0 + 4.0 * z, rng.normal(-5.0, 0.5, len(t2))]
+    truth = (key == 2) & (clock >= 30) & (clock < 36) if attack else np.zeros(len(key), bool)
+    score[truth] = 6.0
+    order = np.argsort(clock, kind="stable")
+    return score[order], clock[order], key[order], truth[order]
+
+
+def test_each_key_scaled_threshold_lets_a_slow_quiet_id_alert_within_the_budget():
+    """One threshold for every key: the fast noisy key's clean excursions set it above the 360 a 10 Hz key can sum in
+    6 s at 6 a frame. Scaled by each key's clean excursion scale (var / 2 mu), the quiet slow key alerts within a
+    second and fresh clean traffic still stays within the budget."""
+    clean, clock, key, _ = _fast_and_slow(0)
+    attack, a_clock, a_key, truth = _fast_and_slow(1, attack=True)
+    delays = {}
+    for scaled in (False, True):
+        ev = E.Evidence(key_scaled=scaled)
+        cal = E.calibrate(clean, clock, key, 10.0, ev, bootstrap=0)
+        alarm = ev.calibrated(cal)
+        assert bool(alarm.key_scale) == scaled
+        j = E.judge(E.cusum_alerts(attack, a_clock, a_key, alarm)[0], truth, a_clock, a_key)
+        delays[scaled] = j.median_delay_s if j.caught else None
+        fresh, f_clock, f_key, _ = _fast_and_slow(2)
+        assert E.count_alerts(fresh, f_clock, f_key, alarm) <= 3  # 10 minutes of new clean driving: ~1.7 allowed
+    assert delays[False] is None and delays[True] is not None and delays[True] < 1.0
+    scale = dict(E.Evidence(key_scaled=True).fitted(clean, key).key_scale)
+    assert scale[2] < 0.05 < 1.0 <= scale[1]  # two keys: the median is their mean
+    # The slow key's threshold never falls below one frame's evidence.
+    assert min(E.Evidence(threshold=1.0, key_scaled=True, key_scale=((2, 1e-6),)).key_thresholds().values()) == 6.0
+
+
 def test_a_saved_evidence_setting_round_trips_and_an_old_one_keeps_its_single_drift():
     ev = E.Evidence(12.5, 6.0, 0.5, 1.0, 0.0, True, ((7, 0.375), (3, 0.25)))
     assert E.Evidence.from_dict(ev.to_dict()) == ev
     old = {"threshold": 12.5, "clip": 6.0, "drift": 0.5, "holdoff_s": 1.0, "reference": 0.0}  # before per-key drifts
     assert E.Evidence.from_dict(old) == E.Evidence(12.5, 6.0, 0.5, 1.0, 0.0, False, ())
-    cal = E.Calibration(10.0, 12.5, 60.0, 0, 5, "max", key_drift=[[7, 0.375]])
-    assert E.Evidence().calibrated(E.Calibration.from_dict(cal.to_dict())).key_drift == ((7, 0.375),)
+    cal = E.Calibration(10.0, 12.5, 60.0, 0, 5, "max", key_drift=[[7, 0.375]], key_scale=[[7, 0.5]])
+    again = E.Evidence().calibrated(E.Calibration.from_dict(cal.to_dict()))
+    assert again.key_drift == ((7, 0.375),) and again.key_scale == ((7, 0.5),)
+    scaled = E.Evidence(12.5, key_scaled=True, key_scale=((7, 0.5),))
+    assert E.Evidence.from_dict(scaled.to_dict()) == scaled and scaled.key_thresholds() == {7: 6.25}
 
 
 def test_stream_keys_are_the_same_integers_in_every_capture():

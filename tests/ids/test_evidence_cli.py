@@ -216,3 +216,31 @@ def test_adapt_finds_the_side_labels_beside_the_capture(workdir, capsys):
     side = json.loads((d / "found" / "detector.json").read_text())["meta"]
     assert adapt(d, "named", "--shots", "5") == 0
     assert side["adapted_to"] == json.loads((d / "named" / "detector.json").read_text())["meta"]["adapted_to"]
+
+
+def test_key_scaled_thresholds_are_calibrated_stored_and_applied(workdir, capsys):
+    """`ids adapt --clean --key-scale` writes each CAN ID's threshold scale into the folder; `ids detect` raises the
+    alerts the evidence module gives with those per-ID thresholds; `ids judge --key-scale` calibrates them too."""
+    d = workdir
+    assert adapt(d, "scaled", "--shots", "5", "--clean", str(d / "clean.log"), "--benign-frames", "500",
+                 "--key-scale") == 0
+    ev = json.loads((d / "scaled" / "detector.json").read_text())["evidence"]
+    assert ev["key_scaled"] is True and len(ev["key_scale"]) >= 2
+    assert ev["calibration"]["key_scale"] == ev["key_scale"] and ev["calibration"]["clean_alerts"] == 0
+    scaled = load_detector(d / "scaled")
+    alarm = scaled.alarm()
+    thresholds = alarm.key_thresholds()
+    assert len(set(round(v, 6) for v in thresholds.values())) >= 2  # the IDs' thresholds differ
+    assert min(thresholds.values()) >= alarm.clip
+    sc = score_capture(scaled, d / "cap.log", d / "cap_labels.csv")
+    whole, _ = cusum_alerts(sc.log_odds, sc.clock, sc.key, alarm)
+    assert main(["ids", "detect", "--detector", str(d / "scaled"), "--capture", str(d / "cap.log"), "--labels",
+                 str(d / "cap_labels.csv"), "--out", str(d / "vs.csv"), "--chunk-size", "700",
+                 "--json", str(d / "s2.json")]) == 0
+    summary = json.loads((d / "s2.json").read_text())["evidence"]
+    assert [a["frame"] for a in summary["alert_list"]] == whole.index.tolist()
+    assert main(["ids", "judge", "--detector", f"maml-s0={d / 'scaled'}", "--clean", str(d / "clean.log"),
+                 "--capture", str(d / "cap_inline.log"), "--key-scale", "--no-rules", "--union", "",
+                 "--out", str(d / "judge_ks")]) == 0
+    (res,) = json.loads((d / "judge_ks" / "judgement.json").read_text())["results"]
+    assert res["calibration"]["key_scale"] and res["clean_alerts"] == 0

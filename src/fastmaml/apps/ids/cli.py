@@ -172,6 +172,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(0: off; default: %(default)s)")
     j.add_argument("--no-per-key", action="store_true",
                    help="one reference for every CAN ID (as before per-ID references: for comparison)")
+    j.add_argument("--key-scale", action="store_true",
+                   help="each CAN ID's threshold scaled by its clean excursion scale (detectors; a slow ID's attack "
+                        "is then not held to the sum fast IDs reach on clean driving)")
     j.add_argument("--saved-thresholds", action="store_true",
                    help="use the thresholds saved in the detectors (ids adapt --clean) instead of calibrating all here")
     j.add_argument("--no-rules", action="store_true", help="judge the detectors only")
@@ -221,6 +224,9 @@ def _evidence_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", type=float, default=None, metavar="Q",
                    help="raise the drift to this quantile of the clean capture's clipped log-odds (the CUSUM's "
                         f"reference value; 0: off; default: {DETECTOR_REFERENCE}, or the detector's)")
+    p.add_argument("--key-scale", action="store_true", default=None,
+                   help="with --clean: each CAN ID's threshold scaled by its clean excursion scale (default: the "
+                        "detector's setting, else off)")
 
 
 def _reader_options(p: argparse.ArgumentParser) -> None:
@@ -318,12 +324,14 @@ def _evidence(args: argparse.Namespace, det: object) -> object:
 
     from fastmaml.apps.ids.evidence import Evidence
 
-    if args.clip is None and args.drift is None and args.reference is None:
+    key_scale = getattr(args, "key_scale", None)
+    if args.clip is None and args.drift is None and args.reference is None and key_scale is None:
         return None
     base = det.alarm() or Evidence(reference=DETECTOR_REFERENCE)  # type: ignore[attr-defined]
     return replace(base, clip=base.clip if args.clip is None else args.clip,
                    drift=base.drift if args.drift is None else args.drift,
-                   reference=base.reference if args.reference is None else args.reference)
+                   reference=base.reference if args.reference is None else args.reference,
+                   key_scaled=base.key_scaled if key_scale is None else key_scale)
 
 
 def _print_union(det: object) -> None:
@@ -377,7 +385,8 @@ def _judge(args: argparse.Namespace) -> None:
     labels = args.labels or [_side_labels(c) for c in args.capture]
     results = judge_scorers(dets, args.clean, args.capture, labels=labels, alerts_per_hour=args.alerts_per_hour,
                             rules=not args.no_rules, evidence=Evidence(clip=args.clip, drift=args.drift, reference=args.reference,
-                                                                       per_key=not args.no_per_key),
+                                                                       per_key=not args.no_per_key,
+                                                                       key_scaled=args.key_scale),
                             options=ReadOptions(format=args.format), recalibrate=not args.saved_thresholds,
                             union=args.union if not args.no_rules else "")
     args.out.mkdir(parents=True, exist_ok=True)

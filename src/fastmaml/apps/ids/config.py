@@ -258,6 +258,9 @@ class EvalConfig:
     # Each CAN ID's own reference on top (evidence.KEY_MARGIN, KEY_SPREAD): an ID whose clean frames a detector or rule
     # scores high no longer sets the one threshold for every ID. false: the single drift of before (for comparison).
     evidence_per_key: bool = True
+    # Each CAN ID's own threshold (evidence.Evidence.key_scaled): the calibrated one scaled by the ID's clean excursion
+    # scale, so a slow ID's attack is not held to the sum fast IDs' clean excursions reach. Detectors only.
+    evidence_key_scale: bool = False
     # Share of those benign frames drawn from the attack shots' own IDs (0: uniformly from the clean traffic), so the
     # adapted detector cannot call an ID an attack for being that ID.
     evidence_same_id: float = 0.0

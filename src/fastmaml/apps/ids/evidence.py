@@ -52,6 +52,15 @@ KEY_SPREAD = 0.5
 MIN_KEY_FRAMES = 20  # fewer clean frames of a key: no mean worth trusting, no per-key drift
 
 
+# Each key's own threshold (Evidence.key_scaled): one threshold for every key makes a slow ID's attack unreachable
+# when fast IDs set it. A 10 Hz ID gives 10 frames a second, at most ``clip`` each: on the CrySyS sample 0x410's 6 s
+# offset could sum to 360 at most, and the threshold 100 Hz IDs' clean excursions set for one seed was 364. A CUSUM of
+# steps with mean -mu and variance var has excursion peaks with an exponential tail of scale var / (2 mu) (the
+# Brownian approximation): each key's threshold is the calibrated one times its scale over the keys' median, so a key
+# whose clean frames score far below 0 with little spread alerts after little evidence and a noisy key needs more.
+# The calibration pools the keys' peaks divided by their scales, so the budget still covers all keys together.
+
+
 # A gap between two frames longer than this is no traffic (the bus was off, or calibration pieces of one drive, or
 # several drives laid end to end): clean time counts only the gaps up to it.
 MAX_TRAFFIC_GAP_S = 10.0
@@ -81,6 +90,8 @@ class Evidence:
     reference: float = 0.0
     per_key: bool = True  # calibration fits each key's own drift (KEY_MARGIN, KEY_SPREAD) on top of ``drift``
     key_drift: tuple[tuple[int, float], ...] = ()  # (key, its extra drift): what calibration fitted
+    key_scaled: bool = False  # calibration fits each key's threshold scale (see KEY_MARGIN's neighbours above)
+    key_scale: tuple[tuple[int, float], ...] = ()  # (key, its threshold / ``threshold``): what calibration fitted
 
     def __post_init__(self) -> None:
         if not self.clip > 0:
@@ -111,12 +122,30 @@ class Evidence:
             extra = mean + np.maximum(KEY_MARGIN, KEY_SPREAD * spread)
             key_drift = tuple((int(k), float(e)) for k, e, n in zip(keys, extra, counts)
                               if e > 0 and n >= MIN_KEY_FRAMES)
-        return replace(self, drift=drift, key_drift=key_drift)
+        key_scale: tuple[tuple[int, float], ...] = ()
+        if self.key_scaled and clean_key is not None:
+            key = np.asarray(clean_key, np.int64)
+            extra_of = dict(key_drift)
+            raw = {}
+            for k in np.unique(key).tolist():
+                steps = x[key == k] - drift - extra_of.get(k, 0.0)
+                mu = -float(steps.mean()) if len(steps) >= MIN_KEY_FRAMES else 0.0
+                if mu > 0:
+                    raw[k] = max(float(steps.var()), 1e-12) / (2.0 * mu)
+            if raw:
+                ref = float(np.median(list(raw.values())))
+                key_scale = tuple((int(k), v / ref) for k, v in sorted(raw.items()))
+        return replace(self, drift=drift, key_drift=key_drift, key_scale=key_scale)
+
+    def key_thresholds(self) -> dict[int, float]:
+        """Each scaled key's threshold (never below ``clip``: one frame alone never alerts); others: ``threshold``."""
+        return {k: max(self.threshold * v, self.clip) for k, v in self.key_scale}
 
     def calibrated(self, cal: Calibration) -> Evidence:
         """The alarm a calibration set: its threshold and the drifts it was set with."""
         return replace(self, threshold=cal.threshold, drift=cal.drift,
-                       key_drift=tuple((int(k), float(d)) for k, d in cal.key_drift))
+                       key_drift=tuple((int(k), float(d)) for k, d in cal.key_drift),
+                       key_scale=tuple((int(k), float(v)) for k, v in cal.key_scale))
 
     def key_drifts(self) -> dict[int, float]:
         return dict(self.key_drift)
@@ -124,14 +153,17 @@ class Evidence:
     def to_dict(self) -> dict[str, Any]:
         """The setting a detector folder keeps (``detector.json``, ``evidence``)."""
         return {"threshold": self.threshold, "clip": self.clip, "drift": self.drift, "holdoff_s": self.holdoff_s,
-                "reference": self.reference, "per_key": self.per_key, "key_drift": [list(p) for p in self.key_drift]}
+                "reference": self.reference, "per_key": self.per_key, "key_drift": [list(p) for p in self.key_drift],
+                "key_scaled": self.key_scaled, "key_scale": [list(p) for p in self.key_scale]}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Evidence:
-        """A saved setting; one saved before per-key drifts (no ``per_key``) keeps its single drift."""
+        """A saved setting; one saved before per-key drifts (no ``per_key``) keeps its single drift, one saved before
+        per-key thresholds its single threshold."""
         return Evidence(float(d["threshold"]), float(d.get("clip", 6.0)), float(d.get("drift", 0.0)),
                         float(d.get("holdoff_s", 1.0)), float(d.get("reference", 0.0)), bool(d.get("per_key", False)),
-                        tuple((int(k), float(v)) for k, v in d.get("key_drift", [])))
+                        tuple((int(k), float(v)) for k, v in d.get("key_drift", [])), bool(d.get("key_scaled", False)),
+                        tuple((int(k), float(v)) for k, v in d.get("key_scale", [])))
 
 
 RULE_CLIP = 1.0  # a flagged frame scores +1, the clip: a lone flagged frame never alerts
@@ -215,10 +247,12 @@ def cusum_alerts(score: np.ndarray, clock: np.ndarray, key: np.ndarray, ev: Evid
     state = state or CusumState()
     x = np.clip(score, -ev.clip, ev.clip) - ev.drift
     extra = ev.key_drifts()
+    thresholds = ev.key_thresholds()
     out: list[tuple[int, float, int, float, float]] = []
     for g in _groups(key):
         k = int(key[g[0]])
         xs, ts = x[g] - extra.get(k, 0.0), clock[g]
+        h = thresholds.get(k, max(ev.threshold, ev.clip) if thresholds else ev.threshold)
         s0, quiet, onset = state.level.get(k, 0.0), state.quiet_until.get(k, -math.inf), state.start.get(k, math.nan)
         pos = int(np.searchsorted(ts, quiet, side="left"))  # frames inside a hold-off add nothing
         if pos > 0:
@@ -228,7 +262,7 @@ def cusum_alerts(score: np.ndarray, clock: np.ndarray, key: np.ndarray, ev: Evid
             end = min(pos + _BLOCK, len(xs))
             s = _cusum_run(xs[pos:end], s0)
             zero = np.flatnonzero(s <= 0)
-            over = np.flatnonzero(s > ev.threshold)
+            over = np.flatnonzero(s > h)
             if not len(over):
                 onset = _onset(ts[pos:end], s, zero, onset, s0)
                 s0, pos = float(s[-1]), end
@@ -262,13 +296,16 @@ def _onset(ts: np.ndarray, s: np.ndarray, zero: np.ndarray, onset: float, s0: fl
 
 
 def excursion_peaks(score: np.ndarray, key: np.ndarray, ev: Evidence) -> np.ndarray:
-    """The peak of every CUSUM excursion (a run of S > 0) of every key, with no threshold: the tail calibration fits."""
+    """The peak of every CUSUM excursion (a run of S > 0) of every key, with no threshold: the tail calibration fits;
+    divided by the key's threshold scale where it has one (``Evidence.key_scale``)."""
     x = np.clip(np.asarray(score, np.float64), -ev.clip, ev.clip) - ev.drift
     key = np.asarray(key, np.int64)
     extra = ev.key_drifts()
+    scale = dict(ev.key_scale)
     peaks = []
     for g in _groups(key):
-        s = _cusum_run(x[g] - extra.get(int(key[g[0]]), 0.0), 0.0)
+        k = int(key[g[0]])
+        s = _cusum_run(x[g] - extra.get(k, 0.0), 0.0) / scale.get(k, 1.0)
         pos = s > 0
         if not pos.any():
             continue
@@ -296,6 +333,7 @@ class Calibration:
     tail_scale: float = math.nan
     drift: float = 0.0  # the evidence drift the threshold was set with (Evidence.reference fits it on the clean traffic)
     key_drift: list[list[float]] = field(default_factory=list)  # [key, extra drift] pairs (Evidence.per_key)
+    key_scale: list[list[float]] = field(default_factory=list)  # [key, threshold scale] pairs (Evidence.key_scaled)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -423,7 +461,8 @@ def calibrate(score: np.ndarray, clock: np.ndarray, key: np.ndarray, budget_per_
     if count_alerts(score, clock, key, ev.with_threshold(h)) > allowed:  # unreachable: the top peak alerts on nothing
         h = float(cand[-1])
     cal = Calibration(budget_per_hour, h, seconds, 0, len(peaks), "empirical", verify_hours=3.0 / budget_per_hour,
-                      drift=ev.drift, key_drift=[[k, d] for k, d in ev.key_drift])
+                      drift=ev.drift, key_drift=[[k, d] for k, d in ev.key_drift],
+                      key_scale=[[k, v] for k, v in ev.key_scale])
     if len(peaks) >= MIN_TAIL_EXCURSIONS:
         m = min(max(len(peaks) // 2, MIN_TAIL_EXCURSIONS - 1), 100)
         h_tail = _tail_threshold(peaks, hours, budget_per_hour, m)
@@ -441,7 +480,8 @@ def calibrate(score: np.ndarray, clock: np.ndarray, key: np.ndarray, budget_per_
             cal.extrapolated_ci95 = (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)))
     elif allowed == 0:
         cal.method = "max"
-    if cal.threshold < ev.clip:  # one frame alone never alerts: a lone odd frame is what clean driving shows
+    # One frame alone never alerts: a lone odd frame is what clean driving shows (scaled keys: each key's floor).
+    if cal.threshold < ev.clip and not ev.key_scale:
         cal.threshold = ev.clip
     cal.clean_alerts = count_alerts(score, clock, key, ev.with_threshold(cal.threshold))
     cal.upper_bound_per_hour = (cal.clean_alerts + 3.0) / hours  # ~95% upper bound for small counts (3 at zero)

@@ -292,7 +292,8 @@ def _train_and_adapt(cfg: IdsConfig, data: IdsData, known: list[str], holdout: S
                                 data.streams[FIT_STREAM], e.operational_episodes, e.alert_budget_per_hour,
                                 cfg.source.occurrence_gap_s, partners, e.evidence_benign,
                                 Evidence(clip=e.evidence_clip, drift=e.evidence_drift,
-                                         reference=e.evidence_reference, per_key=e.evidence_per_key),
+                                         reference=e.evidence_reference, per_key=e.evidence_per_key,
+                                         key_scaled=e.evidence_key_scale),
                                 seed, _occurrence_groups(data, a), e.evidence_same_id,
                                 TRAFFIC[data.traffic].sample_keys(data.feature_names), e.evidence_union)
                             rows = [{**r, **v} for r, v in zip(rows, ev_rows)]

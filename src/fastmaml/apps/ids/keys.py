@@ -151,4 +151,6 @@ def eval_key(cfg: IdsConfig, known: Sequence[str], holdout: Sequence[str], dkey:
         c["eval"].pop("evidence_reference", None)
     if not c["eval"].get("evidence_per_key"):  # off: the judgement from before per-ID references, under its old key
         c["eval"].pop("evidence_per_key", None)
+    if not c["eval"].get("evidence_key_scale"):  # off (the default): the key from before per-ID thresholds
+        c["eval"].pop("evidence_key_scale", None)
     return _hash({"cfg": c, "known": sorted(known), "holdout": list(holdout), "data": dkey})

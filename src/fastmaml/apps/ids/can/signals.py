@@ -161,6 +161,10 @@ class Signal:
     partners: list[list[int]] = field(default_factory=list)  # [[can_id, signal index], ...]
     coef: list[float] = field(default_factory=list)  # prediction = coef[:-1] . partner values + coef[-1]
     resid_scale: float = 1.0  # clean 99.9% |residual|
+    # With several partners, each one's own fit [slope, intercept, clean 99.9% |residual|], in ``partners`` order: where
+    # a partner lies far outside its clean range (the joint fit would extrapolate) the signal is judged against the
+    # best in-range partner alone. Empty: one partner, or a table saved before.
+    solo: list[list[float]] = field(default_factory=list)
     little_endian: bool = False  # a DBC Intel signal over several bytes: bits counted in the byte-reversed word
     label: str = ""  # the DBC's Message.Signal name; "" for an inferred signal
     # +1 / -1: the value only ever rose / fell in clean driving (an odometer, a fuel level): it has no range to judge
@@ -559,7 +563,7 @@ def fit_statistics(sigs: list[Signal], by_id: dict[int, np.ndarray], words: np.n
     # of them levels off. Neither side of a partnership may be a trend.
     for s in sigs:
         if s.partners and (s.trend or any(sigs[k].trend for _, k in s.partners)):
-            s.partners, s.coef, s.resid_scale = [], [], 1.0
+            s.partners, s.coef, s.resid_scale, s.solo = [], [], 1.0, []
     spacing = frame_spacings(by_id)
     for s in sigs:
         rows = by_id.get(s.can_id, none)
@@ -568,12 +572,18 @@ def fit_statistics(sigs: list[Signal], by_id: dict[int, np.ndarray], words: np.n
         take = rows[np.linspace(0, len(rows) - 1, min(len(rows), _MAX_RESID_ROWS)).astype(np.int64)]
         pred = np.full(len(take), s.coef[-1])
         have = np.ones(len(take), bool)
+        values = []
         for (pid, k), c in zip(s.partners, s.coef[:-1]):
             src = fresh_rows(by_id.get(pid, none), take, spacing.get(pid, 0.0), capture)
             have &= src >= 0
-            pred += c * signal_values(words[np.maximum(src, 0)], sigs[k])
+            values.append((src >= 0, signal_values(words[np.maximum(src, 0)], sigs[k])))
+            pred += c * values[-1][1]
+        v = signal_values(words[take], s)
         if have.sum() >= MIN_SIGNAL_FRAMES:
-            s.resid_scale = float(max(np.quantile(np.abs(signal_values(words[take], s) - pred)[have], 0.999), 1.0))
+            s.resid_scale = float(max(np.quantile(np.abs(v - pred)[have], 0.999), 1.0))
+        for fit, (fresh, pv) in zip(s.solo, values):
+            if fresh.sum() >= MIN_SIGNAL_FRAMES:
+                fit[2] = float(max(np.quantile(np.abs(v - fit[0] * pv - fit[1])[fresh], 0.999), 1.0))
 
 
 def _r2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -638,6 +648,13 @@ def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock:
             s.partners = [[sigs[names[k]].can_id, names[k]] for k in best]
             s.coef = [float(c) for c in coef]
             s.resid_scale = float(max(np.quantile(res, 0.999), 1.0))
+            s.solo = []
+            if len(best) > 1:
+                for k in best:
+                    a1 = np.stack([state[:, k], np.ones(len(t))], 1)
+                    c1, *_ = np.linalg.lstsq(a1, t, rcond=None)
+                    s.solo.append([float(c1[0]), float(c1[1]), float(max(np.quantile(np.abs(t - a1 @ c1), 0.999),
+                                                                          1.0))])
 
 
 def signals_to_dicts(sigs: list[Signal]) -> list[dict]:
@@ -653,7 +670,7 @@ def signals_from_dicts(rows: list[dict], source: str = "<dict>") -> list[Signal]
         raise DataError(f"{source}: corrupt signal table ({e}); refit the FeatureState") from e
     for s in sigs:
         if not (0 <= s.start - max(s.sign_bits, 0) and 1 <= s.length and s.start + s.length <= 64) or any(
-                not 0 <= p[1] < len(sigs) for p in s.partners):
+                not 0 <= p[1] < len(sigs) for p in s.partners) or (s.solo and len(s.solo) != len(s.partners)):
             raise DataError(f"{source}: signal {s.name} is out of range; refit the FeatureState")
     return sigs
 
@@ -816,6 +833,8 @@ class SignalFeaturizer:
             return np.zeros(len(v)), np.zeros(len(v))
         pred = np.full(len(v), s.coef[-1])
         have = np.ones(len(v), bool)
+        fresh = np.ones(len(v), bool)
+        partner_values = []
         for (pid, k), c in zip(s.partners, s.coef[:-1]):
             src = last[pid][rows]
             pw = words[np.maximum(src, 0)]
@@ -832,8 +851,30 @@ class SignalFeaturizer:
             # start, a value a short drive never reached, or a falsified partner) extrapolates it. Not judged there;
             # the partner's own frames are judged against theirs.
             margin = EXTRAPOLATION_MARGIN * (p.hi - p.lo)
-            have &= ok & (pv >= p.lo - margin) & (pv <= p.hi + margin)
+            in_range = (pv >= p.lo - margin) & (pv <= p.hi + margin)
+            have &= ok & in_range
+            fresh &= ok
+            partner_values.append((pv, in_range))
         r = np.where(have, np.abs(v - pred) / s.resid_scale, 0.0)
+        # Where a partner lies out of range, the best partner still in range judges alone (its own fit): on the
+        # CrySyS sample's DOUBLE file 0x110 and 0x410 are falsified together, and 0x410's joint fit, which takes
+        # 0x110 as a partner, would leave 0x410's offset unjudged while its other partner, 0x280, still says otherwise.
+        # Only a partner on another ID than every out-of-range one: the other signals of an ID that left its range
+        # are in the same unseen regime (or falsified with it), and judged by them a clean ID raised false flags (ROAD's
+        # 0x65C against two signals of 0x33).
+        fallback = fresh & ~have
+        if s.solo and fallback.any():
+            done = ~fallback
+            for i in sorted(range(len(s.solo)), key=lambda i: s.solo[i][2]):
+                slope, intercept, scale = s.solo[i]
+                pv, in_range = partner_values[i]
+                others_out = np.zeros(len(v), bool)
+                for j, (pid_j, _) in enumerate(s.partners):
+                    if pid_j == s.partners[i][0]:
+                        others_out |= ~partner_values[j][1]
+                take = ~done & ~others_out
+                r = np.where(take, np.abs(v - slope * pv - intercept) / scale, r)
+                done |= take
         # Mean of the last 8 residuals, summed oldest first so that any chunking gives the same bits.
         hist = self._resid.get(j, np.zeros(0))
         pad = _RESID_WINDOW - 1 - len(hist)
