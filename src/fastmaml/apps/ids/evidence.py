@@ -365,6 +365,11 @@ class Calibration:
         if self.key_drift:
             line += (f"; {len(self.key_drift)} stream(s) scored high on clean driving sum only what they score above "
                      f"their own reference (largest {max(d for _, d in self.key_drift):.2f})")
+        if self.key_scale:
+            scales = [v for _, v in self.key_scale]
+            line += (f"; each stream's threshold scaled by its clean excursion scale ({len(scales)} streams: "
+                     f"{self.threshold * min(scales):.3g}-{self.threshold * max(scales):.3g} before the floor of one "
+                     f"frame's evidence)")
         return line
 
 

@@ -56,8 +56,10 @@ Per frame, over the physical signals of the frame's ID (0 for IDs without any), 
     sig_stuck       frames the value has not changed relative to the longest clean run of an
                     unchanged value, / 4, clipped to [0, 1]
     sig_residual    |value - prediction from the partners' latest values| relative to the clean
-                    99.9% residual, log-scaled (0 for signals without partners, and where a partner lies more
-                    than a quarter of its clean span outside its clean range: the relation would extrapolate)
+                    99.9% residual, log-scaled (0 for signals without partners; where a partner lies more
+                    than a quarter of its clean span outside its clean range the joint relation would
+                    extrapolate, and the best partner on another ID still in range judges alone, by its own
+                    fit: two IDs falsified together are each judged; 0 where none is left)
     sig_residual_8  the same, averaged over the signal's last 8 frames: a persistent small
                     offset below the per-frame noise adds up
     sig_has_partner 1 when the ID has a signal with partners (the residual columns mean something)
