@@ -112,9 +112,11 @@ def _three_copies(n: int = 3000, seed: int = 0) -> FrameBatch:
                       np.full(m, 8, np.uint8), words_to_bytes(words), np.zeros(m, np.int16), ["benign"])
 
 
-def test_a_signal_falsified_with_one_of_its_partners_is_judged_against_the_partner_still_in_range():
+def test_a_signal_falsified_with_one_of_its_partners_is_judged_against_the_partner_still_in_range(monkeypatch):
     """The CrySyS DOUBLE file: two IDs falsified at once. The joint fit of 0x100 on 0x200 and 0x300 would extrapolate
-    with 0x200 far out of range, so it is not judged there; 0x300's own fit still is, and flags 0x100's offset."""
+    with 0x200 far out of range, so it is not judged there; 0x300's own fit still is, and flags 0x100's offset. Only
+    because 0x200 disagrees with its own partners (a suspect): a partner out of range that agrees with its partners is
+    a drive going where the clean one never went, and then nothing is judged against it."""
     state = FeatureState.fit(_three_copies(), signals=True)
     speed = next(s for s in state.signals if s.can_id == 0x100)
     assert len(speed.partners) == 2 and len(speed.solo) == 2
@@ -136,6 +138,12 @@ def test_a_signal_falsified_with_one_of_its_partners_is_judged_against_the_partn
         s.solo = []
     unjudged = FrameFeaturizer(old).transform(b)[:, names.index("sig_residual")][window & own]
     assert unjudged[1:].max() < 1e-6  # (the first frame comes before 0x200's first false one)
+    # No fallback where the partner out of range is no suspect (here: with a suspect bar nothing reaches).
+    import fastmaml.apps.ids.can.signals as signals
+
+    monkeypatch.setattr(signals, "SUSPECT_RESIDUAL", 1e9)
+    gated = FrameFeaturizer(state).transform(b)[:, names.index("sig_residual")][window & own]
+    assert gated[1:].max() < 1e-6
 
 
 def _yaw_bus(yaw: np.ndarray) -> FrameBatch:

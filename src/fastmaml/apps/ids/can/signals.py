@@ -58,8 +58,9 @@ Per frame, over the physical signals of the frame's ID (0 for IDs without any), 
     sig_residual    |value - prediction from the partners' latest values| relative to the clean
                     99.9% residual, log-scaled (0 for signals without partners; where a partner lies more
                     than a quarter of its clean span outside its clean range the joint relation would
-                    extrapolate, and the best partner on another ID still in range judges alone, by its own
-                    fit: two IDs falsified together are each judged; 0 where none is left)
+                    extrapolate; where that partner also disagrees with its own partners (a suspect: two IDs
+                    falsified together) the best partner on another ID still in range judges alone, by its own
+                    fit; else 0)
     sig_residual_8  the same, averaged over the signal's last 8 frames: a persistent small
                     offset below the per-frame noise adds up
     sig_has_partner 1 when the ID has a signal with partners (the residual columns mean something)
@@ -136,6 +137,9 @@ _RESID_WINDOW = 8
 # A residual is judged only where every partner lies within its clean range widened by this share of its span
 # (SignalFeaturizer._residual): outside it the fitted relation extrapolates.
 EXTRAPOLATION_MARGIN = 0.25
+# A signal whose joint residual exceeds this (x its clean 99.9% residual: the plausibility rule's factor) is a suspect:
+# where it is also out of range, its partners are judged against their other partners instead (SignalFeaturizer).
+SUSPECT_RESIDUAL = 2.0
 _TAILS = (0.001, 0.0001)  # sig_edge levels below the extreme
 _TREND_SHARE = 0.995  # Signal.trend: this share of the clean changes go one way
 _TREND_MIN_CHANGES = 10
@@ -709,6 +713,7 @@ class SignalFeaturizer:
         self._resid: dict[int, np.ndarray] = {}  # signal -> its last few normalized residuals
         self._recent: dict[int, np.ndarray] = {}  # signal -> its last max(LEAP_LAGS) values (sig_leap)
         self._full: dict[int, bool] = {}  # signal -> whether its last value was a judged leap to full scale
+        self._suspect_last: dict[int, bool] = {}  # signal -> whether its last frame disagreed with its partners
 
     def transform(self, ids: np.ndarray, data: np.ndarray) -> np.ndarray:
         """float32 [n, len(SIGNAL_FEATURES)] for the next chunk (frames in capture order)."""
@@ -720,8 +725,24 @@ class SignalFeaturizer:
         words = payload_words(data)
         last = {cid: last_index(ids, cid) for cid in self._partner_ids}
         carried_words = dict(self._last_word)  # the state before this chunk, read by every ID below
+        # Every partnered signal's joint residual first: a signal's fallback asks whether its out-of-range partner,
+        # on another ID, disagreed with its own partners at its latest frame.
+        rows_of = {cid: np.flatnonzero(ids == cid) for cid in self.by_id}
+        joint_parts: dict[int, tuple] = {}
+        joint: dict[int, np.ndarray] = {}  # signal -> its joint residual at every frame of this chunk (its ID's)
         for cid, members in self.by_id.items():
-            rows = np.flatnonzero(ids == cid)
+            rows = rows_of[cid]
+            if not len(rows):
+                continue
+            for j in members:
+                if j < len(self.sigs) and self.sigs[j].partners:
+                    s = self.sigs[j]
+                    joint_parts[j] = self._joint(s, rows, signal_values(words[rows], s), words, last, carried_words)
+                    full_r = np.zeros(n)
+                    full_r[rows] = joint_parts[j][0]
+                    joint[j] = full_r
+        for cid, members in self.by_id.items():
+            rows = rows_of[cid]
             if not len(rows):
                 continue
             w = words[rows]
@@ -753,7 +774,10 @@ class SignalFeaturizer:
                 prev_v = signal_values(prev_w, s)
                 jump = np.where(has_prev, np.abs(v - prev_v) / s.step, 0.0)
                 stuck = self._stuck(j, v) / s.max_run if s.max_run > 0 else np.zeros(len(v))
-                res, res8 = self._residual(j, s, rows, v, words, last, carried_words)
+                if s.partners:
+                    res, res8 = self._residual(j, s, *joint_parts[j], v, joint)
+                else:
+                    res, res8 = np.zeros(len(v)), np.zeros(len(v))
                 leap = np.zeros(len(v)) if s.trend else self._leap(j, s, v)
                 # Full scale is every bit of the field set, whatever the sign: judged on the unsigned reading, so
                 # a field pinned at all ones (an attacker's 0xFF) is not the small negative -1 here.
@@ -775,6 +799,8 @@ class SignalFeaturizer:
                 np.maximum(cols[:, 8], full, out=cols[:, 8])
             out[rows] = cols
             self._last_word[cid] = int(w[-1])
+        for j, r in joint.items():
+            self._suspect_last[j] = bool(r[rows_of[self.sigs[j].can_id][-1]] > SUSPECT_RESIDUAL)
         return out
 
     def _stuck(self, j: int, v: np.ndarray) -> np.ndarray:
@@ -828,11 +854,10 @@ class SignalFeaturizer:
         self._full[j] = bool(out[-1] > 0)
         return out
 
-    def _residual(self, j: int, s: Signal, rows: np.ndarray, v: np.ndarray, words: np.ndarray,
-                  last: dict[int, np.ndarray], carried_words: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Normalized residual against the partners' latest values, and its mean over the last 8 frames."""
-        if not s.partners:
-            return np.zeros(len(v)), np.zeros(len(v))
+    def _joint(self, s: Signal, rows: np.ndarray, v: np.ndarray, words: np.ndarray, last: dict[int, np.ndarray],
+               carried_words: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+        """The joint fit's normalized residual (0 where not judged), where it is judged, where every partner has a
+        value, and each partner's (values, in range, latest frame in this chunk or -1)."""
         pred = np.full(len(v), s.coef[-1])
         have = np.ones(len(v), bool)
         fresh = np.ones(len(v), bool)
@@ -856,25 +881,40 @@ class SignalFeaturizer:
             in_range = (pv >= p.lo - margin) & (pv <= p.hi + margin)
             have &= ok & in_range
             fresh &= ok
-            partner_values.append((pv, in_range))
-        r = np.where(have, np.abs(v - pred) / s.resid_scale, 0.0)
-        # Where a partner lies out of range, the best partner still in range judges alone (its own fit): on the
-        # CrySyS sample's DOUBLE file 0x110 and 0x410 are falsified together, and 0x410's joint fit, which takes
-        # 0x110 as a partner, would leave 0x410's offset unjudged while its other partner, 0x280, still says otherwise.
-        # Only a partner on another ID than every out-of-range one: the other signals of an ID that left its range
-        # are in the same unseen regime (or falsified with it), and judged by them a clean ID raised false flags (ROAD's
-        # 0x65C against two signals of 0x33).
+            partner_values.append((pv, in_range, src))
+        return np.where(have, np.abs(v - pred) / s.resid_scale, 0.0), have, fresh, partner_values
+
+    def _suspect(self, k: int, src: np.ndarray, joint: dict[int, np.ndarray]) -> np.ndarray:
+        """Whether signal ``k`` disagreed with its own partners (joint residual above ``SUSPECT_RESIDUAL``) at its
+        latest frame ``src`` (-1: a frame of an earlier chunk)."""
+        here = joint.get(k)
+        now = here[np.maximum(src, 0)] > SUSPECT_RESIDUAL if here is not None else np.zeros(len(src), bool)
+        return np.where(src >= 0, now, self._suspect_last.get(k, False))
+
+    def _residual(self, j: int, s: Signal, r: np.ndarray, have: np.ndarray, fresh: np.ndarray,
+                  partner_values: list, v: np.ndarray, joint: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The residual with the fallback to single partners applied, and its mean over the last 8 frames."""
+        # Where a partner lies out of range *and disagrees with its own partners* (a suspect: falsified, not merely
+        # somewhere a short drive never went), the best partner on another ID still in range judges alone, by its
+        # own fit. The CrySyS sample's DOUBLE file falsifies 0x110 and 0x410 together: 0x410's joint fit takes
+        # 0x110 as a partner, and without this 0x410's offset went unjudged while its other partner, 0x280, said
+        # otherwise. Not where the partner out of range agrees with its partners (a drive that began where the
+        # clean one never went: ROAD's own-car case, where the in-range partners' single fits did not hold either),
+        # and not by another signal of an ID that left its range (ROAD's 0x65C against two signals of 0x33).
         fallback = fresh & ~have
         if s.solo and fallback.any():
-            done = ~fallback
+            unexplained = np.zeros(len(v), bool)  # a partner out of range that is no suspect
+            for (pid, k), (_, in_range, src) in zip(s.partners, partner_values):
+                unexplained |= ~in_range & ~self._suspect(k, src, joint)
+            done = ~fallback | unexplained
             for i in sorted(range(len(s.solo)), key=lambda i: s.solo[i][2]):
                 slope, intercept, scale = s.solo[i]
-                pv, in_range = partner_values[i]
-                others_out = np.zeros(len(v), bool)
-                for j, (pid_j, _) in enumerate(s.partners):
-                    if pid_j == s.partners[i][0]:
-                        others_out |= ~partner_values[j][1]
-                take = ~done & ~others_out
+                pv = partner_values[i][0]
+                same_id_out = np.zeros(len(v), bool)
+                for (pid, _), (_, in_range, _) in zip(s.partners, partner_values):
+                    if pid == s.partners[i][0]:
+                        same_id_out |= ~in_range
+                take = ~done & ~same_id_out
                 r = np.where(take, np.abs(v - slope * pv - intercept) / scale, r)
                 done |= take
         # Mean of the last 8 residuals, summed oldest first so that any chunking gives the same bits.
@@ -883,9 +923,9 @@ class SignalFeaturizer:
         seq = np.concatenate([np.zeros(pad), hist, r])
         seen = np.concatenate([np.zeros(pad), np.ones(len(hist) + len(r))])
         total, count = np.zeros(len(r)), np.zeros(len(r))
-        for k in range(_RESID_WINDOW):
-            total += seq[k:k + len(r)]
-            count += seen[k:k + len(r)]
+        for w in range(_RESID_WINDOW):
+            total += seq[w:w + len(r)]
+            count += seen[w:w + len(r)]
         self._resid[j] = seq[-(_RESID_WINDOW - 1):][seen[-(_RESID_WINDOW - 1):] > 0]
         return r, total / count
 
