@@ -11,6 +11,16 @@ from fastmaml.apps.ids.can.signals import (SIGNAL_FEATURES, SignalFeaturizer, fi
 from fastmaml.errors import DataError
 
 
+def _cycles(t: np.ndarray, ids: list[int], words: list[np.ndarray], offsets: list[float]) -> FrameBatch:
+    """One frame of each of ``ids`` per cycle at times ``t`` (+ the ID's offset), payloads ``words``."""
+    idv = np.tile(np.array(ids, np.uint32), len(t))
+    w = np.stack(words, 1).reshape(-1)
+    ts = np.stack([t + o for o in offsets], 1).reshape(-1)
+    m = len(idv)
+    return FrameBatch(ts, idv, np.zeros(m, bool), np.zeros(m, bool), np.zeros(m, bool), np.full(m, 8, np.uint8),
+                      np.full(m, 8, np.uint8), words_to_bytes(w), np.zeros(m, np.int16), ["benign"])
+
+
 def _bus(n_cycles: int = 3000, seed: int = 0, offset_rows: slice | None = None) -> FrameBatch:
     """Two IDs at 100 Hz: 0x100 carries speed in bits [4:16] plus a 4-bit counter and a random byte;
     0x200 carries 2 * speed + 100 in bits [16:32] (a redundant copy on another ECU)."""
@@ -24,12 +34,7 @@ def _bus(n_cycles: int = 3000, seed: int = 0, offset_rows: slice | None = None) 
     if offset_rows is not None:
         copy[offset_rows] += 600
     w2 = write_field(np.zeros(n_cycles, np.uint64), 16, 16, copy)
-    ids = np.tile(np.array([0x100, 0x200], np.uint32), n_cycles)
-    words = np.stack([w1, w2], 1).reshape(-1)
-    ts = np.stack([t, t + 0.004], 1).reshape(-1)
-    n = len(ids)
-    return FrameBatch(ts, ids, np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool), np.full(n, 8, np.uint8),
-                      np.full(n, 8, np.uint8), words_to_bytes(words), np.zeros(n, np.int16), ["benign"])
+    return _cycles(t, [0x100, 0x200], [w1, w2], [0.0, 0.004])
 
 
 def test_field_write_and_read_round_trip_only_touch_the_field():
@@ -104,12 +109,7 @@ def _three_copies(n: int = 3000, seed: int = 0) -> FrameBatch:
     w1 = write_field(np.zeros(n, np.uint64), 4, 12, speed)
     w2 = write_field(np.zeros(n, np.uint64), 16, 16, 2 * speed + 100)
     w3 = write_field(np.zeros(n, np.uint64), 8, 12, np.round(speed + 7 + rng.normal(0, 3, n)).clip(0, 4095))
-    ids = np.tile(np.array([0x100, 0x200, 0x300], np.uint32), n)
-    words = np.stack([w1, w2, w3], 1).reshape(-1)
-    ts = np.stack([t, t + 0.003, t + 0.006], 1).reshape(-1)
-    m = len(ids)
-    return FrameBatch(ts, ids, np.zeros(m, bool), np.zeros(m, bool), np.zeros(m, bool), np.full(m, 8, np.uint8),
-                      np.full(m, 8, np.uint8), words_to_bytes(words), np.zeros(m, np.int16), ["benign"])
+    return _cycles(t, [0x100, 0x200, 0x300], [w1, w2, w3], [0.0, 0.003, 0.006])
 
 
 def test_a_signal_falsified_with_one_of_its_partners_is_judged_against_the_partner_still_in_range(monkeypatch):
@@ -154,12 +154,7 @@ def _yaw_bus(yaw: np.ndarray) -> FrameBatch:
     raw = np.mod(np.round(yaw), 2**16)
     w1 = write_field(write_field(np.zeros(n, np.uint64), 24, 16, raw), 56, 4, np.arange(n) % 16)
     w2 = write_field(write_field(np.zeros(n, np.uint64), 8, 16, raw), 60, 4, np.arange(n) % 16)
-    ids = np.tile(np.array([0x300, 0x400], np.uint32), n)
-    words = np.stack([w1, w2], 1).reshape(-1)
-    ts = np.stack([t, t + 0.004], 1).reshape(-1)
-    m = len(ids)
-    return FrameBatch(ts, ids, np.zeros(m, bool), np.zeros(m, bool), np.zeros(m, bool), np.full(m, 8, np.uint8),
-                      np.full(m, 8, np.uint8), words_to_bytes(words), np.zeros(m, np.int16), ["benign"])
+    return _cycles(t, [0x300, 0x400], [w1, w2], [0.0, 0.004])
 
 
 def test_a_signed_quantity_seen_on_one_side_of_zero_is_read_negative_when_it_crosses():
