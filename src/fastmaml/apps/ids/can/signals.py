@@ -152,8 +152,8 @@ _CARRY_SHARE = 0.9  # ... and this share of the wraps carry into the part above
 
 @dataclass
 class Signal:
-    """One physical signal: bits ``[start, start + length)`` of an ID's payload, big-endian, unsigned (or sign-extended:
-    ``sign_bits``)."""
+    """One physical signal: bits ``[start, start + length)`` of an ID's payload, big-endian, unsigned (or signed:
+    ``sign_bits``, ``signed``)."""
 
     can_id: int
     start: int
@@ -168,8 +168,9 @@ class Signal:
     coef: list[float] = field(default_factory=list)  # prediction = coef[:-1] . partner values + coef[-1]
     resid_scale: float = 1.0  # clean 99.9% |residual|
     # With several partners, each one's own fit [slope, intercept, clean 99.9% |residual|], in ``partners`` order: where
-    # a partner lies far outside its clean range (the joint fit would extrapolate) the signal is judged against the
-    # best in-range partner alone. Empty: one partner, or a table saved before.
+    # a partner lies far outside its clean range (the joint fit would extrapolate) and disagrees with its own partners,
+    # the signal is judged against the best in-range partner on another ID alone. Empty: one partner, or a table saved
+    # before.
     solo: list[list[float]] = field(default_factory=list)
     little_endian: bool = False  # a DBC Intel signal over several bytes: bits counted in the byte-reversed word
     label: str = ""  # the DBC's Message.Signal name; "" for an inferred signal
@@ -228,9 +229,10 @@ def signal_values(words: np.ndarray, s: Signal) -> np.ndarray:
     """float64 raw values of signal ``s`` in payload ``words``, negative where sign-extended (``Signal.sign_bits``).
 
     Why: a signed quantity a short drive saw on one side of zero only (a steering angle, a yaw rate; on ROAD's real
-    car 0x162 and 0x5E1 stayed at 0-99 over the drive a fold fitted on) is segmented as an unsigned field with
-    headroom; on the next drive it swings to -70 and, read unsigned, leaps across the whole field (0 -> 2047) at
-    every zero crossing, and the two IDs that carry it disagree by 2,000 for the frames between their crossings.
+    car 0x162 and 0x5E1 stayed at 0-99 over the coolant and reverse-light recordings) is segmented as an unsigned
+    field with headroom; on the next drive it swings to -70 and, read unsigned, leaps across the whole field
+    (0 -> 2047) at every zero crossing, and the two IDs that carry it disagree by 2,000 for the frames between their
+    crossings.
     A two's-complement value sets the clean-zero bits above the field too (the sign extension); a value pinned at
     the field's full scale by an attacker (ROAD's max speedometer: one byte at 0xFF) does not, and stays a leap.
     """
