@@ -114,27 +114,23 @@ class Evidence:
         x = np.clip(np.asarray(clean_score, np.float64), -self.clip, self.clip)
         drift = max(self.drift, float(np.quantile(x, self.reference))) if self.reference else self.drift
         key_drift: tuple[tuple[int, float], ...] = ()
-        if self.per_key and clean_key is not None:
-            key = np.asarray(clean_key, np.int64)
-            keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-            mean = np.bincount(inverse, weights=x - drift) / counts
-            spread = np.sqrt(np.maximum(np.bincount(inverse, weights=(x - drift) ** 2) / counts - mean ** 2, 0.0))
-            extra = mean + np.maximum(KEY_MARGIN, KEY_SPREAD * spread)
-            key_drift = tuple((int(k), float(e)) for k, e, n in zip(keys, extra, counts)
-                              if e > 0 and n >= MIN_KEY_FRAMES)
         key_scale: tuple[tuple[int, float], ...] = ()
-        if self.key_scaled and clean_key is not None:
-            key = np.asarray(clean_key, np.int64)
-            extra_of = dict(key_drift)
-            raw = {}
-            for k in np.unique(key).tolist():
-                steps = x[key == k] - drift - extra_of.get(k, 0.0)
-                mu = -float(steps.mean()) if len(steps) >= MIN_KEY_FRAMES else 0.0
-                if mu > 0:
-                    raw[k] = max(float(steps.var()), 1e-12) / (2.0 * mu)
-            if raw:
-                ref = float(np.median(list(raw.values())))
-                key_scale = tuple((int(k), v / ref) for k, v in sorted(raw.items()))
+        if (self.per_key or self.key_scaled) and clean_key is not None:
+            # Each key's clean mean step and spread, read by both its drift and its threshold scale.
+            keys, inverse, counts = np.unique(np.asarray(clean_key, np.int64), return_inverse=True, return_counts=True)
+            mean = np.bincount(inverse, weights=x - drift) / counts
+            var = np.maximum(np.bincount(inverse, weights=(x - drift) ** 2) / counts - mean ** 2, 0.0)
+            extra = np.zeros(len(keys))
+            if self.per_key:
+                extra = mean + np.maximum(KEY_MARGIN, KEY_SPREAD * np.sqrt(var))
+                extra = np.where((extra > 0) & (counts >= MIN_KEY_FRAMES), extra, 0.0)
+                key_drift = tuple((int(k), float(e)) for k, e in zip(keys, extra) if e > 0)
+            if self.key_scaled:
+                mu = extra - mean  # minus the mean step after the key's drift
+                ok = (counts >= MIN_KEY_FRAMES) & (mu > 0)
+                raw = np.maximum(var, 1e-12)[ok] / (2.0 * mu[ok])
+                if len(raw):
+                    key_scale = tuple((int(k), float(v)) for k, v in zip(keys[ok], raw / np.median(raw)))
         return replace(self, drift=drift, key_drift=key_drift, key_scale=key_scale)
 
     def key_thresholds(self) -> dict[int, float]:

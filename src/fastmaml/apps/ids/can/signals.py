@@ -732,6 +732,7 @@ class SignalFeaturizer:
         rows_of = {cid: np.flatnonzero(ids == cid) for cid in self.by_id}
         joint_parts: dict[int, tuple] = {}
         joint: dict[int, np.ndarray] = {}  # signal -> its joint residual at every frame of this chunk (its ID's)
+        values: dict[int, np.ndarray] = {}  # signal -> its values at its ID's frames (read once)
         for cid, members in self.by_id.items():
             rows = rows_of[cid]
             if not len(rows):
@@ -739,7 +740,8 @@ class SignalFeaturizer:
             for j in members:
                 if j < len(self.sigs) and self.sigs[j].partners:
                     s = self.sigs[j]
-                    joint_parts[j] = self._joint(s, rows, signal_values(words[rows], s), words, last, carried_words)
+                    values[j] = signal_values(words[rows], s)
+                    joint_parts[j] = self._joint(s, rows, values[j], words, last, carried_words)
                     full_r = np.zeros(n)
                     full_r[rows] = joint_parts[j][0]
                     joint[j] = full_r
@@ -765,7 +767,7 @@ class SignalFeaturizer:
                     np.maximum(cols[:, 8], full, out=cols[:, 8])
                     continue
                 s = self.sigs[j]
-                v = signal_values(w, s)
+                v = values[j] if j in values else signal_values(w, s)
                 width = s.hi - s.lo + 1.0
                 if s.trend:  # a trend has no range: an odometer goes past its last clean value, its low bits wrap
                     outside = edge = np.zeros(len(v))
