@@ -33,6 +33,34 @@ def test_fit_learns_redundancy_and_skips_counters(state):
     assert all(len(v) == 8 for v in state.delta_scale.values())
 
 
+def test_two_values_that_only_count_up_are_not_a_relation():
+    """Two slow counters (the CrySyS trace's 0x410 byte 3 and 0x290 byte 2: the same count, one in a 6-bit field)
+    fit each other with R^2 = 1 while both rise, and break where the narrow one wraps; a fit that has not seen the
+    wrap must not take them for one quantity. A quantity that rises and falls is still related."""
+    from fastmaml.apps.ids.can.relations import fit_relations, value_trend
+
+    n = 3000  # two IDs alternating, 1,500 frames each
+    ids = np.where(np.arange(n) % 2 == 0, 0x410, 0x290)
+    t = np.arange(n) // 2
+    count = 20 + t // 40  # one step every 40 frames, 20 -> 57: never wraps in this fit
+    speed = (60 + 50 * np.sin(t / 90.0)).round()  # rises and falls
+    data = np.zeros((n, 8), np.uint8)
+    data[:, 3] = np.where(ids == 0x410, count + 40, count % 64)
+    data[:, 0] = speed
+    assert value_trend(count.astype(float)) == 1 and value_trend(speed) == 0
+    rel = fit_relations(ids, data)
+    pairs = {(int(r[0]), int(r[1]), int(r[3])) for r in rel}
+    # Speed (byte 0, or word b0b1 = signal 8) in both directions; the counters (byte 3, word b2b3 = 9) not.
+    assert {(0x410, 0, 0), (0x290, 0, 0)} <= pairs and all(j in (0, 8) and k in (0, 8) for _, j, k in pairs)
+    # Without the trend test the counters are taken as one quantity (what the fit did before).
+    import fastmaml.apps.ids.can.relations as R
+    keep, R.value_trend = R.value_trend, (lambda v, same=None: 0)
+    try:
+        assert (3, 3) in {(int(r[1]), int(r[3])) for r in R.fit_relations(ids, data)}
+    finally:
+        R.value_trend = keep
+
+
 def test_suspension_shows_as_silence_and_long_gap(state):
     r = sim.simulate_detailed("suspension", 30.0, 22)
     f = r.frames

@@ -188,6 +188,29 @@ def test_same_id_draws_benign_frames_of_the_shots_ids(workdir, capsys):
     assert "needs --clean" in capsys.readouterr().err
 
 
+def test_benign_per_id_draws_every_id_equally_often(workdir, capsys):
+    import numpy as np
+    import torch
+
+    from fastmaml.apps.ids.samples import key_balanced_rows
+
+    keys = np.array([7] * 90 + [3] * 8 + [5] * 2)  # a fast ID, a slow one, a very slow one
+    got = key_balanced_rows(keys, 30, torch.Generator().manual_seed(0))
+    ids, counts = np.unique(keys[got.numpy()], return_counts=True)
+    assert ids.tolist() == [3, 5, 7] and counts.tolist() == [10, 10, 10]
+    assert sorted(set(got[keys[got.numpy()] == 3].tolist())) == list(range(90, 98))  # every slow frame, none lost
+    got = key_balanced_rows(keys, 31, torch.Generator().manual_seed(1))
+    assert len(got) == 31 and sorted(np.unique(keys[got.numpy()], return_counts=True)[1].tolist()) == [10, 10, 11]
+    d = workdir
+    assert adapt(d, "adapted_per_id", "--shots", "5", "--clean", str(d / "clean.log"), "--benign-frames", "400",
+                 "--benign-per-id") == 0
+    meta = json.loads((d / "adapted_per_id" / "detector.json").read_text())["meta"]
+    assert meta["benign_support"] == 400 and meta["benign_per_id"] is True
+    capsys.readouterr()
+    assert adapt(d, "y", "--benign-per-id") != 0
+    assert "give --clean" in capsys.readouterr().err
+
+
 def test_judge_reads_side_labels_given_or_found_beside_the_capture(workdir, capsys):
     d = workdir
     if not (d / "adapted").is_dir():

@@ -19,6 +19,10 @@ for seed in 0 1 2; do
     $FM ids adapt --detector "$out/detector" --capture "$CONST" --shots 5 --seed "$seed" --clean "$CLEAN" \
         --out "$out/adapted"
     dets+=(--detector "$m-s$seed=$out/adapted")
+    # The same, with every CAN ID of the clean trace drawn equally often on the benign side (--benign-per-id).
+    $FM ids adapt --detector "$out/detector" --capture "$CONST" --shots 5 --seed "$seed" --clean "$CLEAN" \
+        --benign-per-id --out "$out/adapted_per_id"
+    dets+=(--detector "$m-per-id-s$seed=$out/adapted_per_id")
     # The protocol the issue found trigger-happy: K = 5 benign + 5 attack frames of the CONST file.
     $FM ids adapt --detector "$out/detector" --capture "$CONST" --shots 5 --seed "$seed" --out "$out/adapted_kk"
     dets+=(--detector "$m-kk-s$seed=$out/adapted_kk")

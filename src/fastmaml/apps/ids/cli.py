@@ -129,6 +129,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --clean: this share of the benign frames drawn from the attack shots' own CAN IDs (0: "
                         "uniformly), so the detector learns what is false about those IDs' frames, not that they are "
                         "those IDs (default: %(default)s)")
+    a.add_argument("--benign-per-id", action="store_true",
+                   help="with --clean: draw the benign frames with every CAN ID of the clean capture equally often "
+                        "(alerts are per ID: a slow ID's clean frames then weigh as much as a fast one's)")
     _evidence_options(a)
 
     d = acts.add_parser("detect", help="stream a capture through a detector, one verdict per frame/window to CSV")
@@ -410,6 +413,7 @@ def _adapt(args: argparse.Namespace) -> None:
                                format=args.format, seed=args.seed, columns=args.column, bad_id=args.bad_id,
                                label_column=args.label_column, clean=args.clean, clean_format=args.clean_format,
                                benign_frames=args.benign_frames, same_id=args.same_id,
+                               benign_per_id=args.benign_per_id,
                                alerts_per_hour=args.alerts_per_hour, evidence=_evidence(args, det),
                                union=args.union)
     save_detector(new, args.out)

@@ -295,7 +295,8 @@ def _train_and_adapt(cfg: IdsConfig, data: IdsData, known: list[str], holdout: S
                                          reference=e.evidence_reference, per_key=e.evidence_per_key,
                                          key_scaled=e.evidence_key_scale),
                                 seed, _occurrence_groups(data, a), e.evidence_same_id,
-                                TRAFFIC[data.traffic].sample_keys(data.feature_names), e.evidence_union)
+                                TRAFFIC[data.traffic].sample_keys(data.feature_names), e.evidence_union,
+                                e.evidence_benign_per_id)
                             rows = [{**r, **v} for r, v in zip(rows, ev_rows)]
                         rec.ops.setdefault(a, {}).setdefault(method, []).extend(rows)
     return rec

@@ -31,7 +31,7 @@ from fastmaml.apps.ids.episodes import Episodes
 from fastmaml.apps.ids.evidence import (Evidence, Occurrence, calibrate, count_alerts, cusum_alerts, judge,
                                         merge_alerts, rule_alarm, rule_frame_scores, traffic_seconds)
 from fastmaml.apps.ids.families import Stream
-from fastmaml.apps.ids.samples import same_key_rows
+from fastmaml.apps.ids.samples import key_balanced_rows, same_key_rows
 from fastmaml.core.maml import MAML, Params
 from fastmaml.eval.stats import mean_ci
 
@@ -211,12 +211,13 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
                     fit: Stream, n_episodes: int, budget: float, gap_s: float, partners: dict[int, set[int]],
                     benign_frames: int, ev: Evidence, seed: int = 0,
                     group_of: Callable[[Occurrence], str | None] | None = None, same_id: float = 0.0,
-                    keys_of: Callable[[np.ndarray], np.ndarray] | None = None, union_rule: str = ""
-                    ) -> list[dict[str, float]]:
+                    keys_of: Callable[[np.ndarray], np.ndarray] | None = None, union_rule: str = "",
+                    benign_per_id: bool = False) -> list[dict[str, float]]:
     """Per adapted detector (first ``n_episodes`` support sets): evidence judgement after two adaptations.
 
     ``evidence/``: the K attack shots beside ``benign_frames`` frames of the benign traffic before the
-    cut (a vehicle has clean driving in abundance), the attack shots repeated to weigh as much as the
+    cut (a vehicle has clean driving in abundance; ``benign_per_id``: every CAN ID equally often,
+    :func:`~fastmaml.apps.ids.samples.key_balanced_rows`), the attack shots repeated to weigh as much as the
     benign frames (the balanced loss of meta-training); ``evidence-kk/``: the episode's K/K support set.
     ``evidence+RULE/`` (with ``union_rule`` where the streams carry that rule): the first detector and the rule
     raising alerts side by side, each calibrated for half the budget, judged as one IDS. ``ev``: the detectors'
@@ -231,7 +232,9 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
         sx, sy = b.support_x[i], b.support_y[i]
         att = sx[sy == 1]
         reps = max(1, benign_frames // max(len(att), 1))
-        benign = fit.x[torch.randperm(len(fit.x), generator=g)[:reps * len(att)]]
+        n_benign = reps * len(att)
+        benign = fit.x[key_balanced_rows(fit.key.numpy(), n_benign, g) if benign_per_id
+                       else torch.randperm(len(fit.x), generator=g)[:n_benign]]
         if same_id > 0 and keys_of is not None and len(att):
             # Part of the benign side from the attacked IDs' own clean frames: the falsehood, not the ID, must differ.
             pick = same_key_rows(fit.key.numpy(), keys_of(att.numpy()), int(same_id * len(benign)), g)

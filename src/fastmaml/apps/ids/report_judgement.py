@@ -170,7 +170,7 @@ def _streams(folds: list[FoldResult]) -> list[StreamResult]:
 
 
 def evidence_section(folds: list[FoldResult], rule_names: dict[str, str], alert_budget: float | None,
-                     reference: float = 0.0) -> list[str]:
+                     reference: float = 0.0, benign_per_id: bool = False) -> list[str]:
     """The headline: attack occurrences caught at the false-alert budget, evidence accumulated per CAN ID.
 
     Every method and rule on one path (evidence.py): frame scores (log-odds; rules +1/-1) summed per ID
@@ -202,7 +202,8 @@ def evidence_section(folds: list[FoldResult], rule_names: dict[str, str], alert_
              "generalized Pareto fit of the excursion peaks extrapolates where that traffic is too short to show the "
              "rate; verifying it would take "
              f"{3 / alert_budget * 60:.0f} minutes of clean driving without an alert). Detectors are adapted on the K "
-             "attack shots beside benign frames of that same traffic; *K/K* is the episode's own support set. Cells: "
+             "attack shots beside benign frames of that same traffic"
+             + (" (every CAN ID drawn equally often)" if benign_per_id else "") + "; *K/K* is the episode's own support set. Cells: "
              "occurrences caught (per attacked ID; an alert on another ID never counts), median time to detect (s), "
              "false alerts per hour on the clean traffic after the cut"
              + (f" ({clean_min:.1f} min: one alert is {60 / clean_min:.0f}/h)" if clean_min else "")

@@ -189,6 +189,33 @@ def window_labels(labels: np.ndarray, window: int, stride: int, benign: int = 0,
     return out
 
 
+def key_balanced_rows(keys: np.ndarray, n: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` random row indices with every stream key (CAN ID) of ``keys`` drawn equally often (an ID with fewer
+    rows than its share gives each of them about as often; no row is left out where ``n`` covers them all).
+
+    Why: alerts are raised per ID, so a false alert on a 10 Hz ID costs as much as one on a 100 Hz ID; drawn
+    uniformly by frame, a slow ID is a percent of the benign side, and adapting on K attack frames of that ID
+    can then raise all of its clean frames' scores at almost no cost in the loss (``ids adapt --benign-per-id``,
+    ``eval.evidence_benign_per_id``).
+    """
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    if n <= 0 or not len(uniq):
+        return torch.zeros(0, dtype=torch.long)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=len(uniq)))])
+    share = np.full(len(uniq), n // len(uniq))
+    share[torch.randperm(len(uniq), generator=g)[: n % len(uniq)].numpy()] += 1
+    picks = []
+    for k in range(len(uniq)):
+        rows = torch.from_numpy(order[starts[k]: starts[k + 1]])
+        # Whole rounds of a shuffled key, then a shuffled part: every row about equally often.
+        reps = -(-int(share[k]) // len(rows))
+        perm = torch.cat([torch.randperm(len(rows), generator=g) for _ in range(reps)]) if reps else rows[:0]
+        picks.append(rows[perm[: int(share[k])]])
+    out = torch.cat(picks)
+    return out[torch.randperm(len(out), generator=g)]
+
+
 def make_windows(feats: np.ndarray, window: int, stride: int) -> np.ndarray:
     """[n_windows, window, F] view-copy of consecutive frame features."""
     n = (len(feats) - window) // stride + 1 if len(feats) >= window else 0

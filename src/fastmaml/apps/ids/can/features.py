@@ -24,7 +24,7 @@ Frame-level features (``FRAME_FEATURES``, F = 21), all roughly in [0, 1] or [-1,
                     each byte / 16-bit big-endian word of an ID is linearly regressed on every
                     byte/word of every other ID's latest frame; relations with R^2 >= 0.99
                     between smooth signals (frame-to-frame change <= 10% of the range, >= 16
-                    levels: no counters, checksums or flags) are kept, at most 4 per ID. Per frame: log2(1 + |residual| / benign 99.9% |residual|) / 4 of the
+                    levels: no counters, checksums or flags; no value that only counts up) are kept, at most 4 per ID. Per frame: log2(1 + |residual| / benign 99.9% |residual|) / 4 of the
                     worst relation of its ID, clipped to [0, 1]; 0 for IDs without relations.
                     A masquerading ECU that sends the right ID at the right period with a wrong
                     value disagrees with the redundant copies sent by the other ECUs.

@@ -3,7 +3,8 @@
 Vehicles broadcast the same physical quantity in several messages (vehicle speed and wheel
 speeds, ...). From benign traffic each byte / 16-bit big-endian word of an ID is linearly
 regressed on every byte/word of every other ID's latest frame; relations with R^2 >= 0.99
-between smooth signals (no counters, checksums or flags) are kept, at most 4 per ID.
+between smooth signals (no counters, checksums or flags) that do not only count up (trends: two of them fit each
+other as they fit the clock) are kept, at most 4 per ID.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ _REL_MIN_LEVELS = 16  # target and source must take this many distinct values (n
 _REL_SMOOTH = 0.1  # a usable signal's 99.9% frame-to-frame change is at most this fraction of its range
 _REL_PER_ID = 4  # strongest relations kept per target ID (bounds detection cost)
 _N_SIG = 12  # signals of a payload: 8 bytes + 4 big-endian 16-bit words
+_TREND_SHARE = 0.995  # value_trend: this share of the clean changes go one way
+_TREND_MIN_CHANGES = 10
+_TREND_END_SHARE = 0.05  # ... and at most this share of them sit at the end of its range
 
 
 def signals(data: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
@@ -33,6 +37,23 @@ def signal(data: np.ndarray, j: int) -> np.ndarray:
         return data[:, j].astype(np.float64)
     k = 2 * (j - 8)
     return data[:, k].astype(np.float64) * 256.0 + data[:, k + 1]
+
+
+def value_trend(v: np.ndarray, same: np.ndarray | None = None) -> int:
+    """+1 / -1 when the clean values only rose / fell (>= 99.5% of at least 10 changes one way, <= 5% of the
+    frames at the end of the range; ``Signal.trend``), else 0."""
+    d = np.diff(v) if same is None else np.diff(v)[same]
+    d = d[d != 0]
+    if len(d) < _TREND_MIN_CHANGES or float(v.max()) <= float(v.min()):
+        return 0
+    up = float((d > 0).mean())
+    # A quantity that rose and then sat at its top (a warm engine's temperature) has no trend: its maximum means
+    # something. Only one still on its way at the end of the clean drive does (few frames at the end of its range).
+    if up >= _TREND_SHARE and np.mean(v == v.max()) <= _TREND_END_SHARE:
+        return 1
+    if up <= 1.0 - _TREND_SHARE and np.mean(v == v.min()) <= _TREND_END_SHARE:
+        return -1
+    return 0
 
 
 def last_index(ids: np.ndarray, cid: int) -> np.ndarray:
@@ -132,7 +153,11 @@ def fit_relations(ids: np.ndarray, data: np.ndarray) -> list[list[float]]:
         v = sig[ids == c]
         levels = np.array([len(np.unique(v[:, j])) >= _REL_MIN_LEVELS for j in range(_N_SIG)])
         step = np.quantile(np.abs(np.diff(v, axis=0)), 0.999, axis=0)
-        usable[c] = levels & (step <= _REL_SMOOTH * (v.max(0) - v.min(0)))
+        # Two values that only count up (a counter, an odometer's low part) fit each other as well as they fit the
+        # clock: a relation between them is the time, not a shared quantity, and it breaks where one wraps and the
+        # other does not (on the CrySyS trace, 6 s of clean frames at the top of the residual scale after 24 s).
+        steady = np.array([value_trend(v[:, j]) == 0 for j in range(_N_SIG)])
+        usable[c] = levels & (step <= _REL_SMOOTH * (v.max(0) - v.min(0))) & steady
     out: list[list[float]] = []
     for x in cand:
         rows = np.flatnonzero(ids == x)

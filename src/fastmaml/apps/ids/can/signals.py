@@ -109,7 +109,7 @@ from typing import Callable
 
 import numpy as np
 
-from fastmaml.apps.ids.can.relations import frame_spacings, fresh_rows, last_index
+from fastmaml.apps.ids.can.relations import frame_spacings, fresh_rows, last_index, value_trend
 from fastmaml.errors import DataError
 
 SIGNAL_FEATURES: list[str] = ["sig_range", "sig_edge", "sig_jump", "sig_stuck", "sig_residual", "sig_residual_8",
@@ -141,9 +141,6 @@ EXTRAPOLATION_MARGIN = 0.25
 # where it is also out of range, its partners are judged against their other partners instead (SignalFeaturizer).
 SUSPECT_RESIDUAL = 2.0
 _TAILS = (0.001, 0.0001)  # sig_edge levels below the extreme
-_TREND_SHARE = 0.995  # Signal.trend: this share of the clean changes go one way
-_TREND_MIN_CHANGES = 10
-_TREND_END_SHARE = 0.05  # ... and at most this share of them sit at the end of its range
 _MAX_RESID_ROWS = 200_000  # frames of a signal its residual scale is measured on over the whole drive
 BYTE_ORDERS = ("both", "big")  # find_signals: big-endian and carry-checked little-endian fields / big-endian only
 _MIN_WRAPS = 5  # a little-endian field's lower part wraps at least this often in clean traffic ...
@@ -325,23 +322,6 @@ def _physical_signed(v: np.ndarray, length: int) -> bool:
 def _coarse(v: np.ndarray) -> bool:
     """A slow quantity the clean frames showed at too few values to be a signal (:func:`find_coarse_fields`)."""
     return _physical(v, _MIN_COARSE_LEVELS, _MIN_LEVELS)
-
-
-def value_trend(v: np.ndarray, same: np.ndarray | None = None) -> int:
-    """+1 / -1 when the clean values only rose / fell (>= 99.5% of at least 10 changes one way, <= 5% of the
-    frames at the end of the range; ``Signal.trend``), else 0."""
-    d = np.diff(v) if same is None else np.diff(v)[same]
-    d = d[d != 0]
-    if len(d) < _TREND_MIN_CHANGES or float(v.max()) <= float(v.min()):
-        return 0
-    up = float((d > 0).mean())
-    # A quantity that rose and then sat at its top (a warm engine's temperature) has no trend: its maximum means
-    # something. Only one still on its way at the end of the clean drive does (few frames at the end of its range).
-    if up >= _TREND_SHARE and np.mean(v == v.max()) <= _TREND_END_SHARE:
-        return 1
-    if up <= 1.0 - _TREND_SHARE and np.mean(v == v.min()) <= _TREND_END_SHARE:
-        return -1
-    return 0
 
 
 def _signal(cid: int, start: int, length: int, v: np.ndarray, little_endian: bool = False, label: str = "",

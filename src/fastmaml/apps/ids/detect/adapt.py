@@ -15,7 +15,7 @@ from fastmaml.apps.ids.detect.scores import ScoredCapture, score_capture
 from fastmaml.apps.ids.detect.union import calibrate_rule, rule_function, union_setting
 from fastmaml.apps.ids.evidence import DETECTOR_REFERENCE, Calibration, Evidence, calibrate
 from fastmaml.apps.ids.metrics import detection_metrics
-from fastmaml.apps.ids.samples import BENIGN, same_key_rows
+from fastmaml.apps.ids.samples import BENIGN, key_balanced_rows, same_key_rows
 from fastmaml.apps.ids.traffic import ReadOptions
 from fastmaml.core.maml import MAML
 from fastmaml.errors import DataError
@@ -50,15 +50,16 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
                    max_samples: int = 200_000, columns: Sequence[str] | dict[str, Any] | None = None,
                    bad_id: str = "error", label_column: int = 1, clean: str | Path | None = None,
                    clean_format: str = "auto",
-                   benign_frames: int = 4096, same_id: float = 0.0, alerts_per_hour: float | None = 10.0,
-                   evidence: Evidence | None = None, union: str = "") -> tuple[Detector, AdaptInfo]:
+                   benign_frames: int = 4096, same_id: float = 0.0, benign_per_id: bool = False,
+                   alerts_per_hour: float | None = 10.0, evidence: Evidence | None = None, union: str = "") -> tuple[Detector, AdaptInfo]:
     """Adapt ``det`` to a new attack from K labelled attack samples of a capture.
 
     Without ``clean`` the support set is K benign + K attack samples of the capture. With
     ``clean`` (a capture of the vehicle's clean driving, which a vehicle has in abundance) the
     benign side is up to ``benign_frames`` frames drawn from it, the loss weighs both classes
     equally (:func:`balanced_cross_entropy`), a share ``same_id`` of it from the attack shots' own stream keys
-    (CAN IDs; :func:`~fastmaml.apps.ids.samples.same_key_rows`), and with ``alerts_per_hour`` the evidence threshold
+    (CAN IDs; :func:`~fastmaml.apps.ids.samples.same_key_rows`), with ``benign_per_id`` every CAN ID of the clean
+    capture drawn equally often (:func:`~fastmaml.apps.ids.samples.key_balanced_rows`), and with ``alerts_per_hour`` the evidence threshold
     for that false-alert budget is calibrated on the whole clean capture and saved in the detector
     (:mod:`fastmaml.apps.ids.evidence`; ``evidence`` sets clip, drift and hold-off; ``union`` a rule raising
     alerts beside the detector, each at half the budget: :func:`calibrate_detector`).
@@ -69,6 +70,8 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
     """
     if k < 1:
         raise DataError(f"--shots must be >= 1 labelled sample per class, got {k}")
+    if benign_per_id and clean is None:
+        raise DataError("--benign-per-id draws the benign frames from --clean; give --clean")
     if not 0.0 <= same_id <= 1.0 or (same_id > 0 and clean is None):
         raise DataError(f"--same-id {same_id} must be a share in [0, 1] of the benign frames drawn from --clean "
                         "(it needs --clean)")
@@ -107,7 +110,10 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
         if clean_scores.truth is not None and clean_scores.truth.any():
             raise DataError(f"{clean}: holds {int(clean_scores.truth.sum())} attack frames; give a clean capture")
         cx = torch.from_numpy(clean_scores.x)
-        benign = cx[torch.randperm(len(cx), generator=g)[:benign_frames]]
+        if benign_per_id:
+            benign = cx[key_balanced_rows(clean_scores.key, benign_frames, g)]
+        else:
+            benign = cx[torch.randperm(len(cx), generator=g)[:benign_frames]]
         if same_id > 0:
             shot_keys = _shot_keys(det, s, keep, picks[1])
             own = same_key_rows(clean_scores.key, shot_keys, int(same_id * len(benign)), g)
@@ -124,7 +130,8 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
                   meta={**det.meta, "adapted_to": name, "shots": k, "adapt_steps_used": steps,
                         "adapt_capture": str(capture), "benign_support": int((sy == 0).sum()),
                         "benign_from": str(clean) if clean is not None else "capture",
-                        **({"benign_same_id": n_same_id} if same_id > 0 else {})},
+                        **({"benign_same_id": n_same_id} if same_id > 0 else {}),
+                        **({"benign_per_id": True} if benign_per_id else {})},
                   evidence={})  # a threshold set for the old weights does not hold for the new ones
     calibration = None
     if clean is not None and alerts_per_hour is not None:
