@@ -206,6 +206,17 @@ def test_benign_per_id_draws_every_id_equally_often(workdir, capsys):
                  "--benign-per-id") == 0
     meta = json.loads((d / "adapted_per_id" / "detector.json").read_text())["meta"]
     assert meta["benign_support"] == 400 and meta["benign_per_id"] is True
+    # The default with --clean; --no-benign-per-id draws by frame (another support set: other weights).
+    assert adapt(d, "adapted_by_frame", "--shots", "5", "--clean", str(d / "clean.log"), "--benign-frames", "400",
+                 "--no-benign-per-id") == 0
+    by_frame = json.loads((d / "adapted_by_frame" / "detector.json").read_text())
+    assert by_frame["meta"]["benign_per_id"] is False
+    from safetensors.numpy import load_file
+
+    w1, w2 = (load_file(str(d / n / "detector.safetensors")) for n in ("adapted_per_id", "adapted_by_frame"))
+    assert any(not np.allclose(w1[k], w2[k]) for k in w1)
+    assert adapt(d, "adapted_default", "--shots", "5", "--clean", str(d / "clean.log"), "--benign-frames", "400") == 0
+    assert json.loads((d / "adapted_default" / "detector.json").read_text())["meta"]["benign_per_id"] is True
     capsys.readouterr()
     assert adapt(d, "y", "--benign-per-id") != 0
     assert "give --clean" in capsys.readouterr().err

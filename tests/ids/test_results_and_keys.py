@@ -45,7 +45,10 @@ def test_summaries_keep_divergence_counts_and_nan():
 # a change here makes every cached data file, training run and fold evaluation of that config stale. The
 # evaluation keys were changed on purpose twice since: eval.evidence_union added a judgement to every fold
 # (eval.evidence_reference enters only when on), and per-ID CUSUM references (eval.evidence_per_key, on by default)
-# changed every evidence judgement; with it off a fold keeps the key it had before (OLD_EVAL).
+# changed every evidence judgement; with it off a fold keeps the key it had before (OLD_EVAL). A third time with the
+# benign side of adaptation drawn per CAN ID (eval.evidence_benign_per_id, on by default): the frozen keys below are
+# those of the draw by frame (BY_FRAME), which keeps them.
+BY_FRAME = ["eval.evidence_benign_per_id=false"]
 OLD_EVAL = {"sim": "53b1638bca2567a2", "captures": "47494e3fb3e33b5b", "cross": "b2f07069f6bac1b4",
             "eth": "1736cd330eec0eb3"}
 CASES = {
@@ -70,8 +73,12 @@ def _keys(cfg: IdsConfig) -> tuple[str, str, str]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_cache_keys_keep_their_values(name):
     over, data, evaluation, identity = CASES[name]
-    assert _keys(load_ids_config(None, over)) == (data, evaluation, identity)
-    assert _keys(load_ids_config(None, over + ["eval.evidence_per_key=false"])) == (data, OLD_EVAL[name], identity)
+    assert _keys(load_ids_config(None, over + BY_FRAME)) == (data, evaluation, identity)
+    assert _keys(load_ids_config(None, over + BY_FRAME + ["eval.evidence_per_key=false"])) == (
+        data, OLD_EVAL[name], identity)
+    # The per-ID draw (the default) judges anew: another evaluation key, the same data and training runs.
+    d, e, i = _keys(load_ids_config(None, over))
+    assert (d, i) == (data, identity) and e != evaluation
 
 
 # Each source kind's settings moved into a block of its own (source.masquerade: {occurrences: 6}); the flat names
@@ -123,7 +130,7 @@ def test_little_endian_signals_change_the_keys_only_where_signals_are_inferred()
 @pytest.mark.parametrize("name", list(SETTINGS_CASES))
 def test_source_settings_blocks_keep_the_keys_of_their_flat_names(name):
     flat, block, expected = SETTINGS_CASES[name]
-    a, b = load_ids_config(None, flat), load_ids_config(None, block)
+    a, b = load_ids_config(None, flat + BY_FRAME), load_ids_config(None, block + BY_FRAME)
     assert a == b and _keys(a) == _keys(b) == expected
 
 

@@ -129,9 +129,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --clean: this share of the benign frames drawn from the attack shots' own CAN IDs (0: "
                         "uniformly), so the detector learns what is false about those IDs' frames, not that they are "
                         "those IDs (default: %(default)s)")
-    a.add_argument("--benign-per-id", action="store_true",
-                   help="with --clean: draw the benign frames with every CAN ID of the clean capture equally often "
-                        "(alerts are per ID: a slow ID's clean frames then weigh as much as a fast one's)")
+    a.add_argument("--benign-per-id", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --clean: draw the benign frames with every CAN ID of the clean capture equally often, so "
+                        "a slow ID's clean frames weigh as much as a fast one's (alerts are per ID); the default with "
+                        "--clean; --no-benign-per-id draws them by frame")
     _evidence_options(a)
 
     d = acts.add_parser("detect", help="stream a capture through a detector, one verdict per frame/window to CSV")

@@ -153,6 +153,6 @@ def eval_key(cfg: IdsConfig, known: Sequence[str], holdout: Sequence[str], dkey:
         c["eval"].pop("evidence_per_key", None)
     if not c["eval"].get("evidence_key_scale"):  # off (the default): the key from before per-ID thresholds
         c["eval"].pop("evidence_key_scale", None)
-    if not c["eval"].get("evidence_benign_per_id"):  # off (the default): the key from before it existed
+    if not c["eval"].get("evidence_benign_per_id"):  # off: the key from before it existed (benign drawn by frame)
         c["eval"].pop("evidence_benign_per_id", None)
     return _hash({"cfg": c, "known": sorted(known), "holdout": list(holdout), "data": dkey})

@@ -212,7 +212,7 @@ def evidence_values(runner: MAML, params: Params, ep: Episodes, steps: int, atta
                     benign_frames: int, ev: Evidence, seed: int = 0,
                     group_of: Callable[[Occurrence], str | None] | None = None, same_id: float = 0.0,
                     keys_of: Callable[[np.ndarray], np.ndarray] | None = None, union_rule: str = "",
-                    benign_per_id: bool = False) -> list[dict[str, float]]:
+                    benign_per_id: bool = True) -> list[dict[str, float]]:
     """Per adapted detector (first ``n_episodes`` support sets): evidence judgement after two adaptations.
 
     ``evidence/``: the K attack shots beside ``benign_frames`` frames of the benign traffic before the

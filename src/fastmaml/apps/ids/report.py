@@ -210,7 +210,7 @@ def markdown(report: CompareResult, notes: str | None = None) -> str:
     lines += split_section(report.data_stats or {})
     lines += _skipped_section(report)
     lines += evidence_section(report.folds, _rule_labels(report), e.get("alert_budget_per_hour"),
-                              e.get("evidence_reference", 0.0), e.get("evidence_benign_per_id", False))
+                              e.get("evidence_reference", 0.0), e.get("evidence_benign_per_id", False))  # reports from before it: by frame
     lines += _summary_section(report, k_fig, s_final)
     lines += budget_summary_section(report.folds, _rule_labels(report), e.get("alert_budget_per_hour"))
     lines += operational_section(report.folds, _rule_labels(report), e.get("calibrate_fpr", 1e-4),

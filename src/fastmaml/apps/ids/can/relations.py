@@ -41,7 +41,8 @@ def signal(data: np.ndarray, j: int) -> np.ndarray:
 
 def value_trend(v: np.ndarray, same: np.ndarray | None = None) -> int:
     """+1 / -1 when the clean values only rose / fell (>= 99.5% of at least 10 changes one way, <= 5% of the
-    frames at the end of the range; ``Signal.trend``), else 0."""
+    frames at the end of the range), else 0: what ``signals.Signal.trend`` records, and values :func:`fit_relations`
+    leaves out."""
     d = np.diff(v) if same is None else np.diff(v)[same]
     d = d[d != 0]
     if len(d) < _TREND_MIN_CHANGES or float(v.max()) <= float(v.min()):

@@ -50,7 +50,7 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
                    max_samples: int = 200_000, columns: Sequence[str] | dict[str, Any] | None = None,
                    bad_id: str = "error", label_column: int = 1, clean: str | Path | None = None,
                    clean_format: str = "auto",
-                   benign_frames: int = 4096, same_id: float = 0.0, benign_per_id: bool = False,
+                   benign_frames: int = 4096, same_id: float = 0.0, benign_per_id: bool | None = None,
                    alerts_per_hour: float | None = 10.0, evidence: Evidence | None = None, union: str = "") -> tuple[Detector, AdaptInfo]:
     """Adapt ``det`` to a new attack from K labelled attack samples of a capture.
 
@@ -58,8 +58,9 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
     ``clean`` (a capture of the vehicle's clean driving, which a vehicle has in abundance) the
     benign side is up to ``benign_frames`` frames drawn from it, the loss weighs both classes
     equally (:func:`balanced_cross_entropy`), a share ``same_id`` of it from the attack shots' own stream keys
-    (CAN IDs; :func:`~fastmaml.apps.ids.samples.same_key_rows`), with ``benign_per_id`` every CAN ID of the clean
-    capture drawn equally often (:func:`~fastmaml.apps.ids.samples.key_balanced_rows`), and with ``alerts_per_hour`` the evidence threshold
+    (CAN IDs; :func:`~fastmaml.apps.ids.samples.same_key_rows`), every CAN ID of the clean capture drawn equally
+    often (``benign_per_id``, None: whenever there is ``clean``; False: drawn by frame, as before it;
+    :func:`~fastmaml.apps.ids.samples.key_balanced_rows`), and with ``alerts_per_hour`` the evidence threshold
     for that false-alert budget is calibrated on the whole clean capture and saved in the detector
     (:mod:`fastmaml.apps.ids.evidence`; ``evidence`` sets clip, drift and hold-off; ``union`` a rule raising
     alerts beside the detector, each at half the budget: :func:`calibrate_detector`).
@@ -72,6 +73,7 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
         raise DataError(f"--shots must be >= 1 labelled sample per class, got {k}")
     if benign_per_id and clean is None:
         raise DataError("--benign-per-id draws the benign frames from --clean; give --clean")
+    benign_per_id = clean is not None and benign_per_id is not False
     if not 0.0 <= same_id <= 1.0 or (same_id > 0 and clean is None):
         raise DataError(f"--same-id {same_id} must be a share in [0, 1] of the benign frames drawn from --clean "
                         "(it needs --clean)")
@@ -131,7 +133,7 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
                         "adapt_capture": str(capture), "benign_support": int((sy == 0).sum()),
                         "benign_from": str(clean) if clean is not None else "capture",
                         **({"benign_same_id": n_same_id} if same_id > 0 else {}),
-                        **({"benign_per_id": True} if benign_per_id else {})},
+                        **({"benign_per_id": benign_per_id} if clean is not None else {})},
                   evidence={})  # a threshold set for the old weights does not hold for the new ones
     calibration = None
     if clean is not None and alerts_per_hour is not None:
