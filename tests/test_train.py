@@ -274,3 +274,33 @@ def test_patience_stops_when_validation_stops_improving_and_survives_a_resume(tm
     cfg.train.patience = 0
     full = meta_train(S.build_learner(cfg), S.batch_sampler(cfg), cfg.train, tmp_path / "full", validate=validate)
     assert full["iterations"] == 200 and not full["stopped_for_patience"]
+
+
+def test_the_best_score_a_resume_goes_on_from_is_the_best_checkpoints(tmp_path):
+    """A run stopped by its time limit validates once more at the end: the last checkpoint records that score; and a
+    run folder whose last checkpoint holds a stale record (written before that order) keeps its best checkpoint
+    against a worse model after a resume (an Omniglot 20-way run lost its 92.5% checkpoint to a 92.3% one so)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    cfg = small_cfg(iterations=100, checkpoint_every=50, log_every=10, validate_every=10, max_minutes=1e-9)
+    out = meta_train(S.build_learner(cfg), S.batch_sampler(cfg), cfg.train, tmp_path / "run",
+                     validate=lambda learner: {"loss": 0.3})
+    ckpts = tmp_path / "run" / "checkpoints"
+    meta = load_checkpoint(ckpts / "last.safetensors")["meta"]
+    assert out["iterations"] == 1 and meta["best"] == 0.3 and meta["best_iteration"] == 1
+
+    # The stale record: last says the best was 0.5, the best checkpoint (iteration 1) holds 0.3.
+    with safe_open(str(ckpts / "last.safetensors"), framework="pt") as f:
+        header = f.metadata()
+    stale = {**json.loads(header["meta"]), "best": 0.5, "best_iteration": 0}
+    save_file(load_file(str(ckpts / "last.safetensors")), str(ckpts / "last.safetensors"),
+              {**header, "meta": json.dumps(stale)})
+    cfg.train.max_minutes = None
+    cfg.train.iterations = 20
+    again = meta_train(S.build_learner(cfg), S.batch_sampler(cfg), cfg.train, tmp_path / "run", resume=True,
+                       validate=lambda learner: {"loss": 0.4})  # better than the stale 0.5, worse than 0.3
+    assert again["best"] == 0.3 and again["best_iteration"] == 1
+    assert load_checkpoint(ckpts / "best.safetensors")["meta"]["iteration"] == 1

@@ -387,6 +387,13 @@ class _Run:
             self.start_iteration = int(ckpt["meta"]["iteration"])
             self.best = ckpt["meta"].get("best")
             self.best_iteration = int(ckpt["meta"].get("best_iteration", self.start_iteration))
+            # Runs written before the final validation came ahead of the last checkpoint can hold a better best
+            # than last's record of it: the best checkpoint's own record counts, so a worse model never replaces it.
+            if self.layout.best.exists():
+                kept = load_checkpoint(self.layout.best, map_location="cpu")["meta"]
+                if kept.get("best") is not None and (self.best is None or (
+                        kept["best"] < self.best if self.select_mode == "min" else kept["best"] > self.best)):
+                    self.best, self.best_iteration = kept["best"], int(kept.get("best_iteration", kept["iteration"]))
             if self.ctx.is_main:
                 time_offset = _truncate_log(self.layout.metrics, self.start_iteration)
         elif self.ctx.is_main:
@@ -448,11 +455,13 @@ class _Run:
         out_of_time = (cfg.max_minutes is not None and self.seconds() / 60 >= cfg.max_minutes) or self.out_of_patience()
         if self.ctx.enabled and cfg.max_minutes is not None:  # every rank must stop at the same iteration
             out_of_time = D.all_reduce_scalar(float(out_of_time), self.ctx, self.device) > 0
+        if out_of_time and self.validating and done % cfg.validate_every:
+            # A final validation so the best checkpoint reflects the end; before the last checkpoint, which records
+            # the best score a resume goes on from.
+            self.validate(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.iterations or out_of_time:
             self.checkpoint(self.layout.last, done)
             self.last_good = done
-        if out_of_time and self.validating and done % cfg.validate_every:
-            self.validate(done)  # a final validation so the best checkpoint reflects the end
         return out_of_time
 
 
