@@ -51,7 +51,8 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
                    bad_id: str = "error", label_column: int = 1, clean: str | Path | None = None,
                    clean_format: str = "auto",
                    benign_frames: int = 4096, same_id: float = 0.0, benign_per_id: bool | None = None,
-                   alerts_per_hour: float | None = 10.0, evidence: Evidence | None = None, union: str = "") -> tuple[Detector, AdaptInfo]:
+                   alerts_per_hour: float | None = 10.0, evidence: Evidence | None = None,
+                   union: str = "") -> tuple[Detector, AdaptInfo]:
     """Adapt ``det`` to a new attack from K labelled attack samples of a capture.
 
     Without ``clean`` the support set is K benign + K attack samples of the capture. With
