@@ -391,8 +391,7 @@ class _Run:
             # than last's record of it: the best checkpoint's own record counts, so a worse model never replaces it.
             if self.layout.best.exists():
                 kept = load_checkpoint(self.layout.best, map_location="cpu")["meta"]
-                if kept.get("best") is not None and (self.best is None or (
-                        kept["best"] < self.best if self.select_mode == "min" else kept["best"] > self.best)):
+                if kept.get("best") is not None and self.improves(kept["best"]):
                     self.best, self.best_iteration = kept["best"], int(kept.get("best_iteration", kept["iteration"]))
             if self.ctx.is_main:
                 time_offset = _truncate_log(self.layout.metrics, self.start_iteration)
@@ -440,9 +439,13 @@ class _Run:
                                    **{f"val_{k}": v for k, v in scores.items()}}) + "\n")
         self.log.flush()
         score = scores[self.select_metric]
-        if self.best is None or (score < self.best if self.select_mode == "min" else score > self.best):
+        if self.improves(score):
             self.best, self.best_iteration = score, iteration
             self.checkpoint(self.layout.best, iteration)
+
+    def improves(self, score: float) -> bool:
+        """``score`` beats the best so far (lower for ``select_mode`` min, higher for max), or there is none yet."""
+        return self.best is None or (score < self.best if self.select_mode == "min" else score > self.best)
 
     def out_of_patience(self) -> bool:
         """No improvement for train.patience iterations (0: never)."""
