@@ -21,16 +21,17 @@ def _cycles(t: np.ndarray, ids: list[int], words: list[np.ndarray], offsets: lis
                       np.full(m, 8, np.uint8), words_to_bytes(w), np.zeros(m, np.int16), ["benign"])
 
 
-def _bus(n_cycles: int = 3000, seed: int = 0, offset_rows: slice | None = None) -> FrameBatch:
+def _bus(n_cycles: int = 3000, seed: int = 0, offset_rows: slice | None = None, slope: float = 2.0) -> FrameBatch:
     """Two IDs at 100 Hz: 0x100 carries speed in bits [4:16] plus a 4-bit counter and a random byte;
-    0x200 carries 2 * speed + 100 in bits [16:32] (a redundant copy on another ECU)."""
+    0x200 carries ``slope`` * speed + 100 in bits [16:32] (a redundant copy on another ECU; with the default 2 the
+    field's low bit is always 0, so the signal found is speed + 50: a copy)."""
     rng = np.random.default_rng(seed)
     t = np.arange(n_cycles) * 0.01
     speed = np.round(1500 + 1200 * np.sin(t / 3.0) + rng.normal(0, 2, n_cycles)).clip(0, 4095)
     w1 = write_field(np.zeros(n_cycles, np.uint64), 4, 12, speed)
     w1 = write_field(w1, 16, 4, np.arange(n_cycles) % 16)
     w1 = write_field(w1, 56, 8, rng.integers(0, 256, n_cycles))  # checksum-like noise
-    copy = 2 * speed + 100
+    copy = np.round(slope * speed) + 100
     if offset_rows is not None:
         copy[offset_rows] += 600
     w2 = write_field(np.zeros(n_cycles, np.uint64), 16, 16, copy)
@@ -81,18 +82,20 @@ def test_residual_feature_flags_a_false_copy_and_not_the_genuine_frames():
 
 def test_residual_is_not_judged_where_a_partner_lies_far_outside_its_clean_range():
     """A relation fitted on one drive extrapolates where a partner goes far beyond what that drive showed (another
-    drive's start, a falsified partner): the partner's own frames are judged, the frames judged against it are not."""
-    clean = _bus()
+    drive's start, a falsified partner): the partner's own frames are judged, the frames judged against it are not
+    (a scaled quantity, not a copy: a copy is judged wherever it goes, the test below)."""
+    clean = _bus(slope=1.5)
     state = FeatureState.fit(clean, signals=True)
     speed = next(s for s in state.signals if s.can_id == 0x100)
     assert speed.hi + 0.25 * (speed.hi - speed.lo) < 4000  # 4000 lies beyond the widened clean range
-    b = _bus()
+    assert not any(s.extrapolates for s in state.signals)
+    b = _bus(slope=1.5)
     rows = np.flatnonzero((b.can_id == 0x100) & (b.timestamp >= 20.0) & (b.timestamp < 22.0))
     b.data[rows] = words_to_bytes(write_field(payload_words(b.data[rows]), 4, 12, np.full(len(rows), 4000.0)))
     x = FrameFeaturizer(state).transform(b)
     names = frame_feature_names(state)
     res, res8 = x[:, names.index("sig_residual")], x[:, names.index("sig_residual_8")]
-    window = (b.timestamp >= 20.0) & (b.timestamp < 22.01)
+    window = (b.timestamp >= 20.0) & (b.timestamp < 22.0)  # 0x200's frames judged against a falsified speed
     assert res[rows].min() > 0.5  # the falsified speed disagrees with its in-range partner
     copy = window & (b.can_id == 0x200)
     assert copy.sum() > 150 and res[copy].max() < 1e-6 and res8[copy].max() < 0.3  # its partner: not judged against it
@@ -237,6 +240,57 @@ def test_signal_tables_without_sign_bits_read_unsigned_and_bad_sign_bits_are_ref
     bad[0]["sign_bits"] = bad[0]["start"] + 1  # would read above the payload's first bit
     with pytest.raises(DataError, match="out of range"):
         signals_from_dicts(bad, "table.json")
+
+
+def _copy_bus(speed: np.ndarray, mirrored: bool = False, seed: int = 0) -> FrameBatch:
+    """0x100 carries ``speed`` in bits [4:16] (with a counter and a random byte), 0x200 the same quantity in bits
+    [16:32], as speed + 100 (or, ``mirrored``, 4000 - speed), 4 ms later."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(len(speed)) * 0.01
+    w1 = write_field(np.zeros(len(t), np.uint64), 4, 12, speed)
+    w1 = write_field(w1, 16, 4, np.arange(len(t)) % 16)
+    w1 = write_field(w1, 56, 8, rng.integers(0, 256, len(t)))
+    w2 = write_field(np.zeros(len(t), np.uint64), 16, 16, 4000 - speed if mirrored else speed + 100)
+    return _cycles(t, [0x100, 0x200], [w1, w2], [0.0, 0.004])
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_a_copy_is_judged_where_the_drive_goes_past_its_clean_range(mirrored):
+    """DAGA's case: two IDs carry one wheel speed; the short clean drive stayed at 1000-2000 and the car later goes
+    faster. Both copies are past their clean range, the relation (one partner, slope +-1, held at the clean span's
+    edges) still holds: the genuine frames stay quiet and a copy falsified there is caught; before, it went unjudged."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    slow = np.round(1500 + 500 * np.sin(np.arange(n) * 0.01 / 2.0) + rng.normal(0, 2, n)).clip(0, 4095)
+    state = FeatureState.fit(_copy_bus(slow, mirrored), signals=True)
+    copy = next(s for s in state.signals if s.can_id == 0x200 and s.partners)
+    assert copy.extrapolates and len(copy.partners) == 1
+    fast = np.round(3000 + 300 * np.sin(np.arange(n) * 0.01 / 2.0) + rng.normal(0, 2, n)).clip(0, 4095)
+    b = _copy_bus(fast, mirrored, seed=1)
+    rows = np.flatnonzero((b.can_id == 0x200) & (b.timestamp >= 20.0) & (b.timestamp < 22.0))
+    falsified = field_values(payload_words(b.data[rows]), 16, 16) + (-300 if mirrored else 300)
+    b.data[rows] = words_to_bytes(write_field(payload_words(b.data[rows]), 16, 16, falsified))
+    x = FrameFeaturizer(state).transform(b)
+    res = x[:, frame_feature_names(state).index("sig_residual")]
+    genuine = (b.can_id == 0x200) & ~np.isin(np.arange(len(b)), rows)
+    assert res[rows].min() > 0.5
+    assert np.quantile(res[genuine], 0.999) < 0.3
+
+
+def test_a_relation_that_bends_past_the_middle_of_its_range_is_not_trusted_beyond_it():
+    """One partner, slope about 1 over the clean drive, but curved: refitted on the middle of the span it misses the
+    edges, so it is judged only near the clean range (the own-car case where a fitted line met another drive)."""
+    rng = np.random.default_rng(4)
+    n = 3000
+    p = 1000 + 500 * (1 + np.sin(np.arange(n) * 0.01 / 2.0)) + rng.normal(0, 1, n)
+    t_ = 1000 + 500 * (1 + np.sin(np.arange(n) * 0.01 / 2.0)) ** 2 / 2 + rng.normal(0, 1, n)  # ~ slope 1, bent
+    tt = np.arange(n) * 0.01
+    w1 = write_field(write_field(np.zeros(n, np.uint64), 4, 12, np.round(p)), 16, 4, np.arange(n) % 16)
+    w2 = write_field(np.zeros(n, np.uint64), 16, 16, np.round(t_))
+    sigs = fit_signals(*(lambda b: (b.can_id, b.data, b.timestamp))(_cycles(tt, [0x100, 0x200], [w1, w2], [0, 0.004])))
+    bent = next(s for s in sigs if s.can_id == 0x200 and s.partners)
+    assert abs(abs(bent.coef[0]) - 1.0) <= 0.05  # a copy by its slope ...
+    assert not bent.extrapolates  # ... but not past the middle of its span
 
 
 def test_headroom_bits_keep_a_signal_that_outgrows_the_clean_capture_readable():

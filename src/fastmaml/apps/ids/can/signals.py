@@ -60,7 +60,8 @@ Per frame, over the physical signals of the frame's ID (0 for IDs without any), 
                     than a quarter of its clean span outside its clean range the joint relation would
                     extrapolate; where that partner also disagrees with its own partners (a suspect: two IDs
                     falsified together) the best partner on another ID still in range judges alone, by its own
-                    fit; else 0)
+                    fit; else 0. A copy -- one partner, slope +-1, whose fit held at the clean span's edges when
+                    refitted on its middle -- is judged wherever its partner lies: the same quantity sent twice)
     sig_residual_8  the same, averaged over the signal's last 8 frames: a persistent small
                     offset below the per-frame noise adds up
     sig_has_partner 1 when the ID has a signal with partners (the residual columns mean something)
@@ -137,6 +138,15 @@ _RESID_WINDOW = 8
 # A residual is judged only where every partner lies within its clean range widened by this share of its span
 # (SignalFeaturizer._residual): outside it the fitted relation extrapolates.
 EXTRAPOLATION_MARGIN = 0.25
+# ... unless the relation is a copy that held past the middle of the clean span (Signal.extrapolates): the outer
+# EDGE_SHARE of each partner's span held out of the fit, the held-out frames' 99% |residual| within EDGE_FACTOR x the
+# fitted frames' 99.9%.
+EDGE_SHARE = 0.15
+EDGE_FACTOR = 2.0
+# Only a copy is trusted that far: one partner, slope +-1 within this (two encodings of one quantity agree wherever it
+# goes). A blend of several partners fitted on one drive can pass the edge test and still not hold on another
+# (ROAD's own-car case: 0x19C, 0x274 and 0x354 fitted on each other over 19 s, another drive beginning far outside).
+COPY_SLOPE_TOLERANCE = 0.05
 # A signal whose joint residual exceeds this (x its clean 99.9% residual: the plausibility rule's factor) is a suspect:
 # where it is also out of range, its partners are judged against their other partners instead (SignalFeaturizer).
 SUSPECT_RESIDUAL = 2.0
@@ -169,6 +179,11 @@ class Signal:
     # the signal is judged against the best in-range partner on another ID alone. Empty: one partner, or a table saved
     # before.
     solo: list[list[float]] = field(default_factory=list)
+    # A copy (one partner, slope +-1) whose fit, refitted on the frames where the partner lies in the middle of its
+    # clean span, predicted the frames at the span's edges (_extrapolates): the same quantity sent twice, which
+    # agrees past the clean range; judged wherever the partner lies. False: judged only while every partner is near
+    # its clean range (a table saved before: False).
+    extrapolates: bool = False
     little_endian: bool = False  # a DBC Intel signal over several bytes: bits counted in the byte-reversed word
     label: str = ""  # the DBC's Message.Signal name; "" for an inferred signal
     # +1 / -1: the value only ever rose / fell in clean driving (an odometer, a fuel level): it has no range to judge
@@ -590,6 +605,31 @@ def _holdout_r2(x: np.ndarray, t: np.ndarray) -> float:
     return 1.0 - float(res.var()) / max(float(t[h:].var()), 1e-12)
 
 
+def _is_copy(coef: np.ndarray) -> bool:
+    """One partner and a slope of +-1 (within ``COPY_SLOPE_TOLERANCE``): the same quantity sent twice, or mirrored."""
+    return len(coef) == 2 and abs(abs(float(coef[0])) - 1.0) <= COPY_SLOPE_TOLERANCE
+
+
+def _extrapolates(x: np.ndarray, t: np.ndarray) -> bool:
+    """Whether the linear relation ``t ~ x`` [n, m] holds beyond where it was fitted: refitted on the rows where every
+    partner lies in the middle of its span (its outer ``EDGE_SHARE`` on each side held out), it predicts the held-out
+    rows (99% |residual|) within ``EDGE_FACTOR`` x its 99.9% |residual| on the rows it was fitted on.
+
+    Why: fitted on a short drive, a partner later goes where the drive never went. Two copies of a wheel speed
+    still agree there; a relation that was only locally linear (a curve, a blend that held over one drive) does not,
+    and its residual would flag clean driving. This tells them apart on the clean drive itself.
+    """
+    lo, hi = x.min(0), x.max(0)
+    margin = EDGE_SHARE * (hi - lo)
+    core = ((x >= lo + margin) & (x <= hi - margin)).all(1)
+    if core.sum() < MIN_SIGNAL_FRAMES or (~core).sum() < MIN_SIGNAL_FRAMES:
+        return False  # too little of the drive on one side to tell
+    a = np.concatenate([x, np.ones((len(t), 1))], 1)
+    coef, *_ = np.linalg.lstsq(a[core], t[core], rcond=None)
+    res = np.abs(t - a @ coef)
+    return bool(np.quantile(res[~core], 0.99) <= EDGE_FACTOR * max(float(np.quantile(res[core], 0.999)), 1.0))
+
+
 def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock: np.ndarray) -> None:
     """Each signal's partners on other IDs and its linear prediction from their latest values."""
     by_id: dict[int, list[int]] = {}
@@ -636,6 +676,7 @@ def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock:
             s.partners = [[sigs[names[k]].can_id, names[k]] for k in best]
             s.coef = [float(c) for c in coef]
             s.resid_scale = float(max(np.quantile(res, 0.999), 1.0))
+            s.extrapolates = _is_copy(coef) and _extrapolates(state[:, best], t)
             s.solo = []
             if len(best) > 1:
                 for k in best:
@@ -861,7 +902,7 @@ class SignalFeaturizer:
             # The relation holds where it was fitted: a partner far outside its clean range (another drive's
             # start, a value a short drive never reached, or a falsified partner) extrapolates it. Not judged there;
             # the partner's own frames are judged against theirs.
-            margin = EXTRAPOLATION_MARGIN * (p.hi - p.lo)
+            margin = np.inf if s.extrapolates else EXTRAPOLATION_MARGIN * (p.hi - p.lo)
             in_range = (pv >= p.lo - margin) & (pv <= p.hi + margin)
             have &= ok & in_range
             fresh &= ok
