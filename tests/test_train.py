@@ -16,7 +16,7 @@ from fastmaml.config import load_config
 from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
 from fastmaml.experiments import sinusoid as S
 from fastmaml.tasks.batch import TaskBatch
-from fastmaml.train.checkpoint import load_checkpoint
+from fastmaml.train.checkpoint import checkpoint_meta, load_checkpoint
 from fastmaml.train.loop import meta_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,25 +103,27 @@ def test_existing_run_needs_resume_flag(tmp_path):
         S.train(cfg, tmp_path)
 
 
-def test_truncated_foreign_and_missing_checkpoints(tmp_path):
+@pytest.mark.parametrize("read", [load_checkpoint, checkpoint_meta])
+def test_truncated_foreign_and_missing_checkpoints(tmp_path, read):
     cfg = small_cfg(iterations=5, checkpoint_every=5)
     S.train(cfg, tmp_path / "run")
     path = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    assert checkpoint_meta(path) == load_checkpoint(path)["meta"] and checkpoint_meta(path)["iteration"] == 5
     data = path.read_bytes()
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        load_checkpoint(truncated)
+        read(truncated)
     foreign = tmp_path / "foreign.safetensors"
     save_file({"weight": torch.zeros(3)}, str(foreign))
     with pytest.raises(CheckpointError, match="not a fastmaml checkpoint"):
-        load_checkpoint(foreign)
+        read(foreign)
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00\xffnot a checkpoint" * 10)
     with pytest.raises(CheckpointError):
-        load_checkpoint(garbage)
+        read(garbage)
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_checkpoint(tmp_path / "nope.safetensors")
+        read(tmp_path / "nope.safetensors")
     # A checkpoint of another architecture is refused with a clear message.
     other = load_config(S.SinusoidConfig, None, ["hidden=[8]"])
     with pytest.raises(CheckpointError, match="does not fit"):

@@ -121,7 +121,7 @@ def _learner_for(args: argparse.Namespace, pool_shape_of: Callable[[Any], tuple[
     from fastmaml.config import from_dict
     from fastmaml.experiments import fewshot as FS
     from fastmaml.experiments.zoo import load_learner_from, load_weights
-    from fastmaml.train.checkpoint import RunDir, load_checkpoint
+    from fastmaml.train.checkpoint import RunDir, checkpoint_meta
 
     if args.weights:
         weights = load_weights(args.weights)
@@ -129,7 +129,7 @@ def _learner_for(args: argparse.Namespace, pool_shape_of: Callable[[Any], tuple[
         cfg.train.device = args.device
         return cfg, load_learner_from(weights, cfg, pool_shape_of(cfg))
     ckpt_path = RunDir(args.run_dir).best_or_last()
-    meta = load_checkpoint(ckpt_path)["meta"]
+    meta = checkpoint_meta(ckpt_path)
     cfg_dict = {k: v for k, v in meta.get("config", {}).items() if k != "experiment"}
     if not cfg_dict:
         raise DataError(f"{ckpt_path} carries no fewshot config; was it written by `fastmaml fewshot train`?")

@@ -36,7 +36,7 @@ from fastmaml.tasks.batch import TaskBatch
 from fastmaml.tasks.sinusoid import SinusoidTasks, oracle_inputs, target
 from fastmaml.fileio import atomic_write_text
 from fastmaml.eval.tuning import tune_inner_lr
-from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_run_into
+from fastmaml.train.checkpoint import RunDir, checkpoint_meta, load_run_into
 from fastmaml.train.loop import TrainConfig, meta_train, eval_precision
 
 PRESETS = Path(__file__).parent / "presets"
@@ -243,7 +243,7 @@ def is_finished(run_dir: Path, iterations: int) -> bool:
     path = RunDir(run_dir).last
     if not path.exists():
         return False
-    return load_checkpoint(path)["meta"].get("iteration") == iterations
+    return checkpoint_meta(path).get("iteration") == iterations
 
 
 def reproduce(cfg: SinusoidConfig, out_dir: Path, resume: bool = False, command: str = "") -> dict[str, Any]:

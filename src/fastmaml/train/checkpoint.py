@@ -49,33 +49,59 @@ def save_checkpoint(
     atomic_save_safetensors(path, tensors, header)
 
 
+def _read_header(path: Path) -> dict[str, str]:
+    """The safetensors header of a fastmaml checkpoint; CheckpointError for a missing, corrupt or foreign file."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the run folder or start without --resume")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (_SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise _corrupt(path, e) from e
+    if header.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a fastmaml checkpoint (format={header.get('format')!r}, "
+            f"expected {FORMAT!r}); point to a checkpoint written by fastmaml"
+        )
+    return header
+
+
+def _corrupt(path: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} is truncated or corrupt ({e}); delete it to start over, or resume from another "
+        "checkpoint (training writes atomically, so an earlier one in the run folder is intact)"
+    )
+
+
+def _json_field(header: dict[str, str], key: str, path: Path) -> Any:
+    try:
+        return json.loads(header[key])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} has a damaged header ({e}); it cannot be resumed") from e
+
+
+def checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's metadata (iteration, best score, config, ...) from its header alone, without its tensors.
+
+    Raises :class:`CheckpointError` as :func:`load_checkpoint` does.
+    """
+    path = Path(path)
+    return _json_field(_read_header(path), "meta", path)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint: ``{"model": state_dict, "optimizer": state_dict | None, "meta": dict}``.
 
     Raises :class:`CheckpointError` for a missing, truncated, corrupt or foreign file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the run folder or start without --resume")
+    header = _read_header(path)
+    meta = _json_field(header, "meta", path)
+    opt_meta = _json_field(header, "optimizer", path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
         tensors = load_file(str(path), device=str(map_location))
     except (_SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({e}); delete it to start over, or resume from another "
-            "checkpoint (training writes atomically, so an earlier one in the run folder is intact)"
-        ) from e
-    if header.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path} is a safetensors file but not a fastmaml checkpoint (format={header.get('format')!r}, "
-            f"expected {FORMAT!r}); point to a checkpoint written by fastmaml"
-        )
-    try:
-        meta = json.loads(header["meta"])
-        opt_meta = json.loads(header["optimizer"])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {path} has a damaged header ({e}); it cannot be resumed") from e
+        raise _corrupt(path, e) from e
     model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     optimizer = None
     if opt_meta is not None:

@@ -39,7 +39,8 @@ from fastmaml.tasks.batch import TaskBatch
 from fastmaml.train import batching as B
 from fastmaml.train import distributed as D
 from fastmaml.fileio import atomic_write_text
-from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_state_into, save_checkpoint
+from fastmaml.train.checkpoint import (RunDir, checkpoint_meta, load_checkpoint, load_state_into,
+                                       save_checkpoint)
 from fastmaml.train.memory import keep_freed_memory
 
 BatchSampler = Callable[[torch.Generator], TaskBatch]
@@ -390,7 +391,7 @@ class _Run:
             # Runs written before the final validation came ahead of the last checkpoint can hold a better best
             # than last's record of it: the best checkpoint's own record counts, so a worse model never replaces it.
             if self.layout.best.exists():
-                kept = load_checkpoint(self.layout.best, map_location="cpu")["meta"]
+                kept = checkpoint_meta(self.layout.best)
                 if kept.get("best") is not None and self.improves(kept["best"]):
                     self.best, self.best_iteration = kept["best"], int(kept.get("best_iteration", kept["iteration"]))
             if self.ctx.is_main:

@@ -61,7 +61,7 @@ from fastmaml.eval.stats import summarize
 from fastmaml.eval.tuning import tune_inner_lr
 from fastmaml.fileio import atomic_write_text
 from fastmaml.core.batch import TaskBatch
-from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_state_into
+from fastmaml.train.checkpoint import RunDir, checkpoint_meta, load_checkpoint, load_state_into
 from fastmaml.train.loop import meta_train
 
 
@@ -102,7 +102,7 @@ def train_method(cfg: IdsConfig, data: IdsData, known: Sequence[str], method: st
     ident = run_identity(cfg, method, known, seed, data_key(cfg))
     last = RunDir(run_dir).last
     if last.is_file():
-        meta = load_checkpoint(last)["meta"]
+        meta = checkpoint_meta(last)
         if meta.get("config", {}).get("identity") != ident:
             raise ConfigError(f"{run_dir} holds a run with another config; delete it or use another --out folder")
         if meta.get("iteration") == cfg.train.iterations:

@@ -40,7 +40,7 @@ from fastmaml.errors import ConfigError
 from fastmaml.eval.environment import environment
 from fastmaml.eval.stats import summarize
 from fastmaml.fileio import atomic_write_text
-from fastmaml.train.checkpoint import RunDir, load_checkpoint, load_run_into
+from fastmaml.train.checkpoint import RunDir, checkpoint_meta, load_run_into
 from fastmaml.train.loop import meta_train
 
 KINDS = ("maml", "pretrained", "oracle")  # the trained policies; "random" needs no training
@@ -243,4 +243,4 @@ def reproduce(cfg: RLConfig, out_dir: Path, resume: bool = False, command: str =
 
 
 def _iterations(run_dir: Path, which: str = "last") -> int:
-    return int(load_checkpoint(RunDir(run_dir).checkpoint(which))["meta"]["iteration"])
+    return int(checkpoint_meta(RunDir(run_dir).checkpoint(which))["iteration"])
