@@ -102,6 +102,14 @@ _MAX_REL_FRAMES = 40000  # benign frames the cross-ID regression is fitted on (m
 # know the whole drive, not its first minutes.
 _MAX_STAT_FRAMES = 20_000_000
 _NEW_CAPTURE_GAP_S = 10.0  # clean frames this far apart (or with the clock going back) come from different captures
+
+
+def capture_index(clock_s: np.ndarray) -> np.ndarray:
+    """Which capture each clean frame comes from (0, 1, ...), from its clock in seconds: a new one where the clock goes
+    back or jumps by more than ``_NEW_CAPTURE_GAP_S``."""
+    steps = np.diff(clock_s)
+    return np.r_[0, np.cumsum((steps < 0) | (steps > _NEW_CAPTURE_GAP_S))].astype(np.int32)
+
 _PERIODIC_SPREAD = 4.0  # an ID is periodic when its 99.9% benign inter-arrival is within this x its median
 _MAX_SIGNAL_FRAMES = 400_000  # benign frames signals are extracted from (about 4 minutes of a busy bus)
 
@@ -338,7 +346,8 @@ class FeatureState:
         sigs, coarse = [], []
         if sig_ids:
             sig_ids_all, sig_data_all = np.concatenate(sig_ids), np.concatenate(sig_data)
-            sigs = fit_signals(sig_ids_all, sig_data_all, np.concatenate(sig_clk), fields, order)
+            sig_clock = np.concatenate(sig_clk)
+            sigs = fit_signals(sig_ids_all, sig_data_all, sig_clock, fields, order, capture_index(sig_clock))
             coarse = find_coarse_fields(sig_ids_all, sig_data_all, sigs, fields)
         all_words = payload_words(all_data)
         fit_statistics(sigs + coarse, by_id, all_words, all_capture, np.concatenate(stat_clock) if stat_clock else None)

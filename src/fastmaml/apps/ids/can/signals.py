@@ -131,6 +131,7 @@ _SMOOTH = 0.2  # 99% of a physical signal's changes lie within this fraction of 
 _PARTNER_R2 = 0.9
 _PARTNER_DELTA_R2 = 0.5
 _PARTNER_HOLDOUT_R2 = 0.8
+_MIN_CAPTURE_ROWS = 50  # _holds_on_each_capture: a capture with fewer of a target ID's fitted rows is not held out
 _DELTA_LAG_S = 0.5
 _MAX_PARTNERS = 3
 _MAX_FIT_ROWS = 4000  # frames of a target ID its regressions are fitted on (evenly spaced)
@@ -524,16 +525,19 @@ def find_coarse_fields(ids: np.ndarray, data: np.ndarray, sigs: list[Signal],
 
 
 def fit_signals(ids: np.ndarray, data: np.ndarray, clock: np.ndarray | None = None,
-                fields: list | None = None, byte_order: str = "both") -> list[Signal]:
+                fields: list | None = None, byte_order: str = "both", capture: np.ndarray | None = None) -> list[Signal]:
     """Physical signals of clean frames ``ids`` / ``data`` (in capture order), with their partners.
 
     ``clock``: timestamps in seconds (for the half-second changes partners are checked on); without
     it the frame index stands in, with 1,000 frames a second. ``fields``, ``byte_order``: see :func:`find_signals`.
+    ``capture``: int per frame, which capture (drive) it comes from where several are laid end to end: a partner
+    relation is kept only where, fitted on the other captures, it predicts each one
+    (:func:`_holds_on_each_capture`), and its changes are measured within captures.
     """
     sigs = find_signals(ids, data, fields, byte_order)
     ids = np.asarray(ids, np.int64)
     clk = np.arange(len(ids)) / 1000.0 if clock is None else np.asarray(clock, np.float64)
-    _fit_partners(sigs, ids, payload_words(data), clk)
+    _fit_partners(sigs, ids, payload_words(data), clk, capture)
     return sigs
 
 
@@ -630,7 +634,31 @@ def _extrapolates(x: np.ndarray, t: np.ndarray) -> bool:
     return bool(np.quantile(res[~core], 0.99) <= EDGE_FACTOR * max(float(np.quantile(res[core], 0.999)), 1.0))
 
 
-def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock: np.ndarray) -> None:
+def _holds_on_each_capture(x: np.ndarray, t: np.ndarray, capture: np.ndarray, scale: float) -> bool:
+    """Whether the linear relation ``t ~ x`` [n, m], fitted on all captures but one, predicts that one's rows
+    (99% |residual|) within ``EDGE_FACTOR`` x ``scale`` (the residual scale it will be judged by), for every capture
+    with ``_MIN_CAPTURE_ROWS`` rows.
+
+    Why: fitted on several drives laid end to end, a relation can join values that each drive held nearly still
+    (ROAD's 0x65C against 0x684: one pair of values per recording). It fits the drives it saw and not the next
+    one; on a held-out ROAD recording its residual sat above every clean frame's on every frame, and the learned
+    detectors alerted all the time. One drive: nothing to check against (True).
+    """
+    caps, counts = np.unique(capture, return_counts=True)
+    caps = caps[counts >= _MIN_CAPTURE_ROWS]
+    if len(caps) < 2:
+        return True
+    a = np.concatenate([x, np.ones((len(t), 1))], 1)
+    for c in caps:
+        held = capture == c
+        coef, *_ = np.linalg.lstsq(a[~held], t[~held], rcond=None)
+        if np.quantile(np.abs(t[held] - a[held] @ coef), 0.99) > EDGE_FACTOR * scale:
+            return False
+    return True
+
+
+def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock: np.ndarray,
+                  capture: np.ndarray | None = None) -> None:
     """Each signal's partners on other IDs and its linear prediction from their latest values."""
     by_id: dict[int, list[int]] = {}
     for j, s in enumerate(sigs):
@@ -661,11 +689,15 @@ def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock:
         t_clk = clock[rows[ok]]
         dt = float(np.median(np.diff(t_clk))) if len(t_clk) > 1 else 1.0
         lag = max(1, int(round(_DELTA_LAG_S / max(dt, 1e-9))))
+        cap = None if capture is None else capture[rows[ok]]
         for j in members:
             s = sigs[j]
             t = signal_values(words[rows[ok]], s)
             r2 = _r2(state, t)
-            r2_delta = _r2(state[lag:] - state[:-lag], t[lag:] - t[:-lag]) if len(t) > 2 * lag else np.zeros_like(r2)
+            # Changes within one capture: from one drive's end to the next drive's start is no change of the car's.
+            same = np.ones(max(len(t) - lag, 0), bool) if cap is None else cap[lag:] == cap[:-lag]
+            r2_delta = (_r2((state[lag:] - state[:-lag])[same], (t[lag:] - t[:-lag])[same]) if same.sum() > lag
+                        else np.zeros_like(r2))
             good = (r2 >= _PARTNER_R2) & (r2_delta >= _PARTNER_DELTA_R2)
             best = [int(k) for k in np.argsort(-r2)[:_MAX_PARTNERS] if good[k]]
             if not best or _holdout_r2(state[:, best], t) < _PARTNER_HOLDOUT_R2:
@@ -673,6 +705,9 @@ def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock:
             a = np.concatenate([state[:, best], np.ones((len(t), 1))], 1)
             coef, *_ = np.linalg.lstsq(a, t, rcond=None)
             res = np.abs(t - a @ coef)
+            if cap is not None and not _holds_on_each_capture(state[:, best], t, cap,
+                                                              max(float(np.quantile(res, 0.999)), 1.0)):
+                continue
             s.partners = [[sigs[names[k]].can_id, names[k]] for k in best]
             s.coef = [float(c) for c in coef]
             s.resid_scale = float(max(np.quantile(res, 0.999), 1.0))
