@@ -47,7 +47,8 @@ def test_summaries_keep_divergence_counts_and_nan():
 # (eval.evidence_reference enters only when on), and per-ID CUSUM references (eval.evidence_per_key, on by default)
 # changed every evidence judgement; with it off a fold keeps the key it had before (OLD_EVAL). A third time with the
 # benign side of adaptation drawn per CAN ID (eval.evidence_benign_per_id, on by default): the frozen keys below are
-# those of the draw by frame (BY_FRAME), which keeps them.
+# those of the draw by frame (BY_FRAME), which keeps them. A fourth time where signal columns are on, by the signals'
+# revision (keys.SIGNALS_REVISION, 2 since copies are judged past the clean range): the frozen keys are revision 1's.
 BY_FRAME = ["eval.evidence_benign_per_id=false"]
 OLD_EVAL = {"sim": "53b1638bca2567a2", "captures": "47494e3fb3e33b5b", "cross": "b2f07069f6bac1b4",
             "eth": "1736cd330eec0eb3"}
@@ -70,8 +71,14 @@ def _keys(cfg: IdsConfig) -> tuple[str, str, str]:
             hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16])
 
 
+@pytest.fixture
+def revision_1(monkeypatch):
+    """The signal columns as they were before keys.SIGNALS_REVISION entered the keys."""
+    monkeypatch.setattr(keys, "SIGNALS_REVISION", 1)
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_cache_keys_keep_their_values(name):
+def test_cache_keys_keep_their_values(name, revision_1):
     over, data, evaluation, identity = CASES[name]
     assert _keys(load_ids_config(None, over + BY_FRAME)) == (data, evaluation, identity)
     assert _keys(load_ids_config(None, over + BY_FRAME + ["eval.evidence_per_key=false"])) == (
@@ -128,10 +135,23 @@ def test_little_endian_signals_change_the_keys_only_where_signals_are_inferred()
 
 
 @pytest.mark.parametrize("name", list(SETTINGS_CASES))
-def test_source_settings_blocks_keep_the_keys_of_their_flat_names(name):
+def test_source_settings_blocks_keep_the_keys_of_their_flat_names(name, revision_1):
     flat, block, expected = SETTINGS_CASES[name]
     a, b = load_ids_config(None, flat + BY_FRAME), load_ids_config(None, block + BY_FRAME)
     assert a == b and _keys(a) == _keys(b) == expected
+
+
+def test_a_new_signals_revision_makes_new_keys_only_where_signal_columns_are_on(monkeypatch):
+    """Data prepared with signal columns before a change to what they hold is not reused, nor the runs trained and
+    folds evaluated on it; configs without signal columns keep every key."""
+    now = {name: _keys(load_ids_config(None, case[0] + BY_FRAME)) for name, case in CASES.items()}
+    monkeypatch.setattr(keys, "SIGNALS_REVISION", 1)
+    before = {name: _keys(load_ids_config(None, case[0] + BY_FRAME)) for name, case in CASES.items()}
+    for name, case in CASES.items():
+        if "features.signals=true" in case[0]:
+            assert all(a != b for a, b in zip(now[name], before[name])), name
+        else:
+            assert now[name] == before[name], name
 
 
 def _other_value(v):

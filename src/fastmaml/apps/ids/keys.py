@@ -46,9 +46,16 @@ def _hash(d: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# The signal columns' revision: bumped when a code change alters what they hold for an unchanged config, so that data
+# prepared before it (and the runs trained and folds evaluated on that data) are not reused from an --out folder.
+# 1 (not in the key): up to the fourteenth session; 2: copies judged past the clean range, partners fitted on
+# several captures checked capture by capture (can/signals.py, 2026-12-07).
+SIGNALS_REVISION = 2
+
+
 def feature_key(feat: FeatureConfig, source_kind: str = "") -> dict[str, Any]:
     """The features config as it enters cache keys (``signals`` / ``dbc`` only when on, ``byte_order`` only off
-    ``big``, so earlier runs stay valid).
+    ``big``, so earlier runs stay valid; with signals on, :data:`SIGNALS_REVISION` from 2 on).
 
     A DBC enters with a hash of its contents: an edited file gives other signals.
     """
@@ -57,6 +64,8 @@ def feature_key(feat: FeatureConfig, source_kind: str = "") -> dict[str, Any]:
         d.pop("identity", None)
     if not d.get("signals"):
         d.pop("signals", None)
+    elif SIGNALS_REVISION > 1:
+        d["signals_revision"] = SIGNALS_REVISION
     # How signals are read shapes the data only where signals are inferred (the features', or a masquerade source's
     # targets) and no DBC gives them; "big", the reading before little-endian signals, keeps earlier keys.
     reads_signals = (feat.signals or source_kind == "masquerade") and not feat.dbc
