@@ -102,16 +102,17 @@ _MAX_REL_FRAMES = 40000  # benign frames the cross-ID regression is fitted on (m
 # know the whole drive, not its first minutes.
 _MAX_STAT_FRAMES = 20_000_000
 _NEW_CAPTURE_GAP_S = 10.0  # clean frames this far apart (or with the clock going back) come from different captures
+_PERIODIC_SPREAD = 4.0  # an ID is periodic when its 99.9% benign inter-arrival is within this x its median
+_MAX_SIGNAL_FRAMES = 400_000  # benign frames signals are extracted from (about 4 minutes of a busy bus)
 
 
 def capture_index(clock_s: np.ndarray) -> np.ndarray:
     """Which capture each clean frame comes from (0, 1, ...), from its clock in seconds: a new one where the clock goes
     back or jumps by more than ``_NEW_CAPTURE_GAP_S``."""
+    if len(clock_s) == 0:
+        return np.zeros(0, np.int32)
     steps = np.diff(clock_s)
     return np.r_[0, np.cumsum((steps < 0) | (steps > _NEW_CAPTURE_GAP_S))].astype(np.int32)
-
-_PERIODIC_SPREAD = 4.0  # an ID is periodic when its 99.9% benign inter-arrival is within this x its median
-_MAX_SIGNAL_FRAMES = 400_000  # benign frames signals are extracted from (about 4 minutes of a busy bus)
 
 
 class _Spread:
