@@ -262,9 +262,7 @@ class FeatureState:
         sig_n = 0
         stat_ids: list[np.ndarray] = []
         stat_data: list[np.ndarray] = []
-        stat_capture: list[np.ndarray] = []  # which capture each frame comes from (a clock going back or jumping)
         stat_clock: list[np.ndarray] = []  # each frame's time, seconds (index clock: 1,600 frames a second)
-        capture, last_clk = 0, None
         stat_n = 0
         clean_s = 0.0  # clean driving seen, seconds (index clock: 1,600 frames a second)
         offset = 0
@@ -290,12 +288,7 @@ class FeatureState:
                 rel_n += take
             if stat_n < _MAX_STAT_FRAMES and len(ids):
                 take = min(len(ids), _MAX_STAT_FRAMES - stat_n)
-                prev = np.r_[clk[0] if last_clk is None else last_clk, clk[:take - 1]]
-                gap = _NEW_CAPTURE_GAP_S * per_s
-                new = (clk[:take] < prev) | (clk[:take] - prev > gap)
-                stat_capture.append((capture + np.cumsum(new)).astype(np.int32))
                 stat_clock.append(clk[:take] / per_s)
-                capture, last_clk = int(stat_capture[-1][-1]), float(clk[take - 1])
                 stat_ids.append(ids[:take].astype(np.int32))
                 stat_data.append(np.ascontiguousarray(data[:take]))
                 stat_n += take
@@ -336,7 +329,8 @@ class FeatureState:
         all_data = np.concatenate(stat_data) if stat_data else np.zeros((0, 8), np.uint8)
         relations = fit_relations(np.concatenate(rel_ids), np.concatenate(rel_data)) if rel_ids else []
         by_id = frames_by_id(all_ids)  # every whole-drive pass below looks frames up per ID through it
-        all_capture = np.concatenate(stat_capture) if stat_capture else None
+        all_clock = np.concatenate(stat_clock) if stat_clock else None
+        all_capture = capture_index(all_clock) if all_clock is not None else None  # which capture each frame is from
         refit_scales(relations, by_id, all_data, capture=all_capture)
         fields, dbc_info = None, {}
         if signals and dbc:
@@ -351,7 +345,7 @@ class FeatureState:
             sigs = fit_signals(sig_ids_all, sig_data_all, sig_clock, fields, order, capture_index(sig_clock))
             coarse = find_coarse_fields(sig_ids_all, sig_data_all, sigs, fields)
         all_words = payload_words(all_data)
-        fit_statistics(sigs + coarse, by_id, all_words, all_capture, np.concatenate(stat_clock) if stat_clock else None)
+        fit_statistics(sigs + coarse, by_id, all_words, all_capture, all_clock)
         states = None
         if signals and sig_ids:
             # On the whole drive, not its first minutes: a reverse light flips only when the car reverses, which

@@ -600,11 +600,18 @@ def _r2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (az.T @ bz / len(b)) ** 2
 
 
+def _fit_line(x: np.ndarray, t: np.ndarray, rows: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    """The design matrix of ``t ~ x`` [n, m] (a column of ones appended) and the least-squares coefficients fitted on
+    ``rows`` of it: every check below fits on some rows and measures the residual on others."""
+    a = np.concatenate([x, np.ones((len(t), 1))], 1)
+    coef, *_ = np.linalg.lstsq(a[rows], t[rows], rcond=None)
+    return a, coef
+
+
 def _holdout_r2(x: np.ndarray, t: np.ndarray) -> float:
     """R^2 on the second half of a least-squares fit on the first half."""
     h = len(t) // 2
-    a = np.concatenate([x, np.ones((len(t), 1))], 1)
-    coef, *_ = np.linalg.lstsq(a[:h], t[:h], rcond=None)
+    a, coef = _fit_line(x, t, slice(0, h))
     res = t[h:] - a[h:] @ coef
     return 1.0 - float(res.var()) / max(float(t[h:].var()), 1e-12)
 
@@ -628,8 +635,7 @@ def _extrapolates(x: np.ndarray, t: np.ndarray) -> bool:
     core = ((x >= lo + margin) & (x <= hi - margin)).all(1)
     if core.sum() < MIN_SIGNAL_FRAMES or (~core).sum() < MIN_SIGNAL_FRAMES:
         return False  # too little of the drive on one side to tell
-    a = np.concatenate([x, np.ones((len(t), 1))], 1)
-    coef, *_ = np.linalg.lstsq(a[core], t[core], rcond=None)
+    a, coef = _fit_line(x, t, core)
     res = np.abs(t - a @ coef)
     return bool(np.quantile(res[~core], 0.99) <= EDGE_FACTOR * max(float(np.quantile(res[core], 0.999)), 1.0))
 
@@ -648,10 +654,9 @@ def _holds_on_each_capture(x: np.ndarray, t: np.ndarray, capture: np.ndarray, sc
     caps = caps[counts >= _MIN_CAPTURE_ROWS]
     if len(caps) < 2:
         return True
-    a = np.concatenate([x, np.ones((len(t), 1))], 1)
     for c in caps:
         held = capture == c
-        coef, *_ = np.linalg.lstsq(a[~held], t[~held], rcond=None)
+        a, coef = _fit_line(x, t, ~held)
         if np.quantile(np.abs(t[held] - a[held] @ coef), 0.99) > EDGE_FACTOR * scale:
             return False
     return True
@@ -702,21 +707,19 @@ def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock:
             best = [int(k) for k in np.argsort(-r2)[:_MAX_PARTNERS] if good[k]]
             if not best or _holdout_r2(state[:, best], t) < _PARTNER_HOLDOUT_R2:
                 continue
-            a = np.concatenate([state[:, best], np.ones((len(t), 1))], 1)
-            coef, *_ = np.linalg.lstsq(a, t, rcond=None)
+            a, coef = _fit_line(state[:, best], t)
             res = np.abs(t - a @ coef)
-            if cap is not None and not _holds_on_each_capture(state[:, best], t, cap,
-                                                              max(float(np.quantile(res, 0.999)), 1.0)):
+            scale = max(float(np.quantile(res, 0.999)), 1.0)
+            if cap is not None and not _holds_on_each_capture(state[:, best], t, cap, scale):
                 continue
             s.partners = [[sigs[names[k]].can_id, names[k]] for k in best]
             s.coef = [float(c) for c in coef]
-            s.resid_scale = float(max(np.quantile(res, 0.999), 1.0))
+            s.resid_scale = scale
             s.extrapolates = _is_copy(coef) and _extrapolates(state[:, best], t)
             s.solo = []
             if len(best) > 1:
                 for k in best:
-                    a1 = np.stack([state[:, k], np.ones(len(t))], 1)
-                    c1, *_ = np.linalg.lstsq(a1, t, rcond=None)
+                    a1, c1 = _fit_line(state[:, k:k + 1], t)
                     s.solo.append([float(c1[0]), float(c1[1]), float(max(np.quantile(np.abs(t - a1 @ c1), 0.999),
                                                                           1.0))])
 
