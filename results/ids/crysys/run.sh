@@ -3,6 +3,7 @@
 # trace, adapt with K = 5 attack frames of the CONST file (benign side: the clean trace), calibrate the evidence
 # threshold on the clean trace for <= 10 false alerts/h, judge on the DOUBLE and CONST files beside the rules.
 # Usage: bash results/ids/crysys/run.sh DATA_ROOT RUNS_DIR   (DATA_ROOT holds ids/crysys-sample)
+# IDENTITY=false trains detectors without the ID and raw payload-byte columns (features.identity; default true).
 set -euo pipefail
 DATA=${1:?data root (the folder holding ids/crysys-sample)}; RUNS=${2:-runs/ids/crysys}
 D="$DATA/ids/crysys-sample"
@@ -14,7 +15,7 @@ for seed in 0 1 2; do
   for m in maml fomaml pretrained scratch; do
     out="$RUNS/$m-s$seed"
     [ -f "$out/detector/detector.json" ] || $FM ids train --preset masquerade --method "$m" --out "$out" \
-        "source.captures=[$CLEAN]" source.masquerade_occurrences=6 "seeds=[$seed]" features.identity=true
+        "source.captures=[$CLEAN]" source.masquerade_occurrences=6 "seeds=[$seed]" "features.identity=${IDENTITY:-true}"
     # K = 5 attack frames of the CONST file; the benign side from the clean trace (4,096 frames).
     # Every CAN ID of the clean trace drawn equally often on the benign side (the default, --benign-per-id) ...
     $FM ids adapt --detector "$out/detector" --capture "$CONST" --shots 5 --seed "$seed" --clean "$CLEAN" \

@@ -49,8 +49,9 @@ def _hash(d: dict[str, Any]) -> str:
 # The signal columns' revision: bumped when a code change alters what they hold for an unchanged config, so that data
 # prepared before it (and the runs trained and folds evaluated on that data) are not reused from an --out folder.
 # 1 (not in the key): up to the fourteenth session; 2: copies judged past the clean range, partners fitted on
-# several captures checked capture by capture (can/signals.py, 2026-12-07).
-SIGNALS_REVISION = 2
+# several captures checked capture by capture (can/signals.py, 2026-12-07); 3: that check holds out drives, not
+# files (captures of one drive joined by features.drive_index; 2026-12-07, sixteenth session).
+SIGNALS_REVISION = 3
 
 
 def feature_key(feat: FeatureConfig, source_kind: str = "") -> dict[str, Any]:

@@ -115,6 +115,62 @@ def capture_index(clock_s: np.ndarray) -> np.ndarray:
     return np.r_[0, np.cumsum((steps < 0) | (steps > _NEW_CAPTURE_GAP_S))].astype(np.int32)
 
 
+# drive_index: captures whose frames repeat one another's runs of _DRIVE_GRAM consecutive (ID, payload) pairs, over
+# _SAME_DRIVE_SHARE of the first _DRIVE_FRAMES frames of the shorter one, are recordings of one drive. On ROAD's eight
+# attack files and a clean prefix cut from one, twins share every run and other files none (an idle bus that repeats
+# itself would join its captures: the capture check then has fewer drives to hold out, never a false one).
+_DRIVE_GRAM = 8
+_DRIVE_FRAMES = 4096
+_SAME_DRIVE_SHARE = 0.5
+
+
+def _frame_runs(ids: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """The distinct hashes of every run of ``_DRIVE_GRAM`` consecutive (ID, payload) pairs."""
+    words = np.zeros((len(ids), 8), np.uint8)
+    width = min(8, data.shape[1]) if data.ndim == 2 else 0
+    words[:, :width] = data[:, :width]
+    frame = np.ascontiguousarray(words).view(np.uint64).ravel() ^ (ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    n = len(frame) - _DRIVE_GRAM + 1
+    if n <= 0:
+        return np.zeros(0, np.uint64)
+    runs = np.zeros(n, np.uint64)
+    for k in range(_DRIVE_GRAM):  # a polynomial hash, wrapping in 64 bits
+        runs = runs * np.uint64(0x100000001B3) + frame[k:k + n]
+    return np.unique(runs)
+
+
+def drive_index(capture: np.ndarray, ids: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """Which drive each clean frame comes from (the smallest capture index of its drive), given its ``capture``
+    (:func:`capture_index`), CAN ``ids`` and payload bytes ``data``: captures that repeat one another's frames are
+    one drive. Why: a data set may ship one drive as several files (ROAD: each attack's masquerade and its
+    fabrication are the same recording with the attack written in two ways), and a relation checked by holding out
+    one capture at a time (signals' capture check) would find the held-out drive still in the fit."""
+    capture = np.asarray(capture)
+    caps = np.unique(capture)
+    if len(caps) < 2:
+        return capture.copy()
+    runs = {}
+    for c in caps.tolist():
+        rows = np.flatnonzero(capture == c)[:_DRIVE_FRAMES]
+        runs[c] = _frame_runs(np.asarray(ids)[rows], np.asarray(data)[rows])
+    root = {c: c for c in runs}
+
+    def find(c: int) -> int:
+        while root[c] != c:
+            c = root[c]
+        return c
+
+    order = list(runs)
+    for i, a in enumerate(order):
+        for b in order[i + 1:]:
+            shorter = min(len(runs[a]), len(runs[b]))
+            if shorter and len(np.intersect1d(runs[a], runs[b], assume_unique=True)) >= _SAME_DRIVE_SHARE * shorter:
+                ra, rb = find(a), find(b)
+                root[max(ra, rb)] = min(ra, rb)
+    lookup = np.array([find(c) for c in order])
+    return lookup[np.searchsorted(caps, capture)].astype(capture.dtype)
+
+
 class _Spread:
     """A sample of a stream of rows spread over all of it, not its beginning: row i is kept while
     ``u(i) < 1 / stride``, where u is a fixed hash of i in [0, 1); the stride doubles (the held rows above the new
@@ -342,7 +398,9 @@ class FeatureState:
         if sig_ids:
             sig_ids_all, sig_data_all = np.concatenate(sig_ids), np.concatenate(sig_data)
             sig_clock = np.concatenate(sig_clk)
-            sigs = fit_signals(sig_ids_all, sig_data_all, sig_clock, fields, order, capture_index(sig_clock))
+            sig_capture = capture_index(sig_clock)
+            sigs = fit_signals(sig_ids_all, sig_data_all, sig_clock, fields, order, sig_capture,
+                               drive_index(sig_capture, sig_ids_all, sig_data_all))
             coarse = find_coarse_fields(sig_ids_all, sig_data_all, sigs, fields)
         all_words = payload_words(all_data)
         fit_statistics(sigs + coarse, by_id, all_words, all_capture, all_clock)

@@ -525,19 +525,21 @@ def find_coarse_fields(ids: np.ndarray, data: np.ndarray, sigs: list[Signal],
 
 
 def fit_signals(ids: np.ndarray, data: np.ndarray, clock: np.ndarray | None = None,
-                fields: list | None = None, byte_order: str = "both", capture: np.ndarray | None = None) -> list[Signal]:
+                fields: list | None = None, byte_order: str = "both", capture: np.ndarray | None = None,
+                drive: np.ndarray | None = None) -> list[Signal]:
     """Physical signals of clean frames ``ids`` / ``data`` (in capture order), with their partners.
 
     ``clock``: timestamps in seconds (for the half-second changes partners are checked on); without
     it the frame index stands in, with 1,000 frames a second. ``fields``, ``byte_order``: see :func:`find_signals`.
-    ``capture``: int per frame, which capture (drive) it comes from where several are laid end to end: a partner
-    relation is kept only where, fitted on the other captures, it predicts each one
-    (:func:`_holds_on_each_capture`), and its changes are measured within captures.
+    ``capture``: int per frame, which capture it comes from where several are laid end to end: a partner's changes
+    are measured within captures, and the relation is kept only where, fitted on the other captures, it predicts
+    each one (:func:`_holds_on_each_capture`). ``drive``: int per frame, which drive (captures of one drive held out
+    together; default: each capture its own; ``features.drive_index``).
     """
     sigs = find_signals(ids, data, fields, byte_order)
     ids = np.asarray(ids, np.int64)
     clk = np.arange(len(ids)) / 1000.0 if clock is None else np.asarray(clock, np.float64)
-    _fit_partners(sigs, ids, payload_words(data), clk, capture)
+    _fit_partners(sigs, ids, payload_words(data), clk, capture, drive)
     return sigs
 
 
@@ -663,8 +665,9 @@ def _holds_on_each_capture(x: np.ndarray, t: np.ndarray, capture: np.ndarray, sc
 
 
 def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock: np.ndarray,
-                  capture: np.ndarray | None = None) -> None:
-    """Each signal's partners on other IDs and its linear prediction from their latest values."""
+                  capture: np.ndarray | None = None, drive: np.ndarray | None = None) -> None:
+    """Each signal's partners on other IDs and its linear prediction from their latest values (``capture``,
+    ``drive``: as in :func:`fit_signals`)."""
     by_id: dict[int, list[int]] = {}
     for j, s in enumerate(sigs):
         by_id.setdefault(s.can_id, []).append(j)
@@ -695,6 +698,8 @@ def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock:
         dt = float(np.median(np.diff(t_clk))) if len(t_clk) > 1 else 1.0
         lag = max(1, int(round(_DELTA_LAG_S / max(dt, 1e-9))))
         cap = None if capture is None else capture[rows[ok]]
+        by_drive = capture if drive is None else drive
+        held_out = None if by_drive is None else by_drive[rows[ok]]  # what the capture check holds out at a time
         for j in members:
             s = sigs[j]
             t = signal_values(words[rows[ok]], s)
@@ -710,7 +715,7 @@ def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock:
             a, coef = _fit_line(state[:, best], t)
             res = np.abs(t - a @ coef)
             scale = max(float(np.quantile(res, 0.999)), 1.0)
-            if cap is not None and not _holds_on_each_capture(state[:, best], t, cap, scale):
+            if held_out is not None and not _holds_on_each_capture(state[:, best], t, held_out, scale):
                 continue
             s.partners = [[sigs[names[k]].can_id, names[k]] for k in best]
             s.coef = [float(c) for c in coef]
