@@ -3,7 +3,7 @@
 # trace, adapt with K = 5 attack frames of the CONST file (benign side: the clean trace), calibrate the evidence
 # threshold on the clean trace for <= 10 false alerts/h, judge on the DOUBLE and CONST files beside the rules.
 # Usage: bash results/ids/crysys/run.sh DATA_ROOT RUNS_DIR   (DATA_ROOT holds ids/crysys-sample)
-# IDENTITY=false trains detectors without the ID and raw payload-byte columns (features.identity; default true).
+# IDENTITY=false trains without the ID and raw payload-byte columns (features.identity; default true, the own-car flow's).
 set -euo pipefail
 DATA=${1:?data root (the folder holding ids/crysys-sample)}; RUNS=${2:-runs/ids/crysys}
 D="$DATA/ids/crysys-sample"
