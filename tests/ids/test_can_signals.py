@@ -447,8 +447,8 @@ def test_a_relation_that_does_not_carry_from_some_drives_to_another_is_not_a_par
 
 
 def test_captures_of_one_drive_are_told_apart_from_other_drives():
-    """drive_index joins captures that repeat one another's frames (a drive and its twin with frames missing) and keeps other
-    drives apart, numbering each drive by its first capture."""
+    """drive_index joins captures that repeat one another's frames (a drive and its twin with frames missing) and
+    keeps other drives apart, numbering each drive by its first capture."""
     b, cap = _bending_drives(twins=True)
     drive = drive_index(cap, b.can_id, b.data)
     assert [int(drive[cap == c][0]) for c in range(8)] == [0, 0, 2, 2, 4, 4, 6, 6]

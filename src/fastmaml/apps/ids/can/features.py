@@ -129,7 +129,8 @@ def _frame_runs(ids: np.ndarray, data: np.ndarray) -> np.ndarray:
     words = np.zeros((len(ids), 8), np.uint8)
     width = min(8, data.shape[1]) if data.ndim == 2 else 0
     words[:, :width] = data[:, :width]
-    frame = np.ascontiguousarray(words).view(np.uint64).ravel() ^ (ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    frame = np.ascontiguousarray(words).view(np.uint64).ravel()
+    frame = frame ^ (ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))  # the ID mixed into the payload's word
     n = len(frame) - _DRIVE_GRAM + 1
     if n <= 0:
         return np.zeros(0, np.uint64)

@@ -673,6 +673,7 @@ def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock:
         by_id.setdefault(s.can_id, []).append(j)
     positions = {cid: np.flatnonzero(ids == cid) for cid in by_id}
     spacing = frame_spacings(positions)
+    by_drive = capture if drive is None else drive
     for cid, members in by_id.items():
         rows = positions[cid]
         rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), _MAX_FIT_ROWS)).astype(np.int64)]
@@ -698,7 +699,6 @@ def _fit_partners(sigs: list[Signal], ids: np.ndarray, words: np.ndarray, clock:
         dt = float(np.median(np.diff(t_clk))) if len(t_clk) > 1 else 1.0
         lag = max(1, int(round(_DELTA_LAG_S / max(dt, 1e-9))))
         cap = None if capture is None else capture[rows[ok]]
-        by_drive = capture if drive is None else drive
         held_out = None if by_drive is None else by_drive[rows[ok]]  # what the capture check holds out at a time
         for j in members:
             s = sigs[j]
