@@ -48,7 +48,8 @@ def test_summaries_keep_divergence_counts_and_nan():
 # changed every evidence judgement; with it off a fold keeps the key it had before (OLD_EVAL). A third time with the
 # benign side of adaptation drawn per CAN ID (eval.evidence_benign_per_id, on by default): the frozen keys below are
 # those of the draw by frame (BY_FRAME), which keeps them. A fourth time where signal columns are on, by the signals'
-# revision (keys.SIGNALS_REVISION, 2 since copies are judged past the clean range, 3 since drives are held out whole): the frozen keys are revision 1's.
+# revision (keys.SIGNALS_REVISION, 2 since copies are judged past the clean range, 3 since drives are held out
+# whole): the frozen keys are revision 1's.
 BY_FRAME = ["eval.evidence_benign_per_id=false"]
 OLD_EVAL = {"sim": "53b1638bca2567a2", "captures": "47494e3fb3e33b5b", "cross": "b2f07069f6bac1b4",
             "eth": "1736cd330eec0eb3"}

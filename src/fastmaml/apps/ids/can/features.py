@@ -150,10 +150,11 @@ def drive_index(capture: np.ndarray, ids: np.ndarray, data: np.ndarray) -> np.nd
     caps = np.unique(capture)
     if len(caps) < 2:
         return capture.copy()
+    ids, data = np.asarray(ids), np.asarray(data)
     runs = {}
     for c in caps.tolist():
         rows = np.flatnonzero(capture == c)[:_DRIVE_FRAMES]
-        runs[c] = _frame_runs(np.asarray(ids)[rows], np.asarray(data)[rows])
+        runs[c] = _frame_runs(ids[rows], data[rows])
     root = {c: c for c in runs}
 
     def find(c: int) -> int:
