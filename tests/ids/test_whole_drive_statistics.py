@@ -203,3 +203,46 @@ def test_a_masqueraded_partner_left_out_of_the_clean_frames_does_not_inflate_res
     clean, with_hole = speed_scales(drive), speed_scales(attacked)
     assert clean and len(clean) == len(with_hole)
     assert max(w / c for w, c in zip(with_hole, clean)) < 1.5
+
+
+def _few_valued_drive(n: int, t0: float = 0.0, wide: bool = False) -> FrameBatch:
+    """0x400 at 100 Hz for n frames: byte 0 constant, byte 1 at two values (216 / 224), byte 2 a triangle through
+    0-100 one step a frame, byte 3 a slow quantity stepping 118-122 (a coolant temperature over a short drive);
+    ``wide``: bytes 0 and 1 move as another drive of the same car moved them (25 and 206 a frame at times)."""
+    k = np.arange(n)
+    b = np.zeros((n, 8), np.uint8)
+    b[:, 0] = np.where(wide & (k % 50 == 25), 96 - 25, 96)
+    b[:, 1] = np.where(wide & (k % 40 == 20), 10, np.where(k % 30 < 15, 216, 224))
+    b[:, 2] = np.abs((k % 200) - 100)
+    b[:, 3] = 118 + np.abs((k // 600) % 8 - 4)
+    words = np.zeros(n, np.uint64)
+    for i in range(8):
+        words |= b[:, i].astype(np.uint64) << np.uint64(8 * (7 - i))
+    return _batch(np.full(n, 0x400), words, t0 + k * 0.01)
+
+
+def test_a_short_drive_vouches_for_a_byte_change_scale_only_where_it_showed_the_byte_move():
+    clean = _few_valued_drive(6000)  # 60 s
+    short = FeatureState.fit(clean, signals=True)
+    assert short.clean_seconds < features.LONG_DRIVE_S
+    assert short.delta_scale[0x400][:2] == [255.0, 255.0]  # one value, two values: not vouched for
+    assert short.delta_scale[0x400][2:4] == [1.0, 1.0]  # the triangle and the slow quantity: seen moving
+    # without signals (the presets that judge bytes alone) the scales are the drive's quantiles, as before
+    plain = FeatureState.fit(clean)
+    assert plain.delta_scale[0x400][:4] == [0.0, 8.0, 1.0, 1.0]
+    # the other drive: bytes 0 and 1 leap where the clean drive never moved them far
+    other = _few_valued_drive(3000, t0=100.0, wide=True)
+    col = features.FRAME_FEATURES.index("delta_ratio")
+    assert FrameFeaturizer(short).transform(other)[:, col].max() < 0.25  # log2(1 + 206 / 256) / 4 = 0.21
+    assert FrameFeaturizer(plain).transform(other)[:, col].max() == 1.0
+    # the triangle and the slow quantity still judged on their own scales: a frame forged at 0xFF among genuine ones
+    for byte in (2, 3):
+        forged = _few_valued_drive(3000, t0=100.0)
+        forged.data[1500, byte] = 255
+        assert FrameFeaturizer(short).transform(forged)[1500, col] == 1.0
+
+
+def test_a_long_drive_keeps_the_measured_byte_change_scales(monkeypatch):
+    monkeypatch.setattr(features, "LONG_DRIVE_S", 30.0)
+    state = FeatureState.fit(_few_valued_drive(6000), signals=True)
+    assert state.delta_scale[0x400][:4] == [0.0, 8.0, 1.0, 1.0]
