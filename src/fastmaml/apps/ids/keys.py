@@ -50,10 +50,8 @@ def _hash(d: dict[str, Any]) -> str:
 # prepared before it (and the runs trained and folds evaluated on that data) are not reused from an --out folder.
 # 1 (not in the key): up to the fourteenth session; 2: copies judged past the clean range, partners fitted on
 # several captures checked capture by capture (can/signals.py, 2026-12-07); 3: that check holds out drives, not
-# files (captures of one drive joined by features.drive_index; 2026-12-07, sixteenth session); 4: with signals on a
-# short drive, delta_ratio's byte scale only where the drive showed the byte at 3 values or more (can/features.py,
-# _unvouched_bytes; seventeenth session).
-SIGNALS_REVISION = 4
+# files (captures of one drive joined by features.drive_index; 2026-12-07, sixteenth session).
+SIGNALS_REVISION = 3
 
 
 def feature_key(feat: FeatureConfig, source_kind: str = "") -> dict[str, Any]:

@@ -18,9 +18,7 @@ Frame-level features (``FRAME_FEATURES``, F = 21), all roughly in [0, 1] or [-1,
                     log2(1 + max_i |delta_i| / (scale_i + 1)) / 4, clipped to [0, 1]. A slowly
                     varying signal that jumps (a masquerade starting or ending, a spoofed value
                     interleaved with genuine ones) stands out; counters and checksums, whose
-                    benign scale is large, do not. With signals on and less than 30 minutes of
-                    clean driving, a byte the drive showed at one or two values gets the full
-                    byte range as its scale: the drive has not shown how far it may move.
+                    benign scale is large, do not.
     xid_residual    cross-ID redundancy: vehicles broadcast the same physical quantity in
                     several messages (vehicle speed and wheel speeds, ...). From benign traffic
                     each byte / 16-bit big-endian word of an ID is linearly regressed on every
@@ -106,10 +104,6 @@ _MAX_STAT_FRAMES = 20_000_000
 _NEW_CAPTURE_GAP_S = 10.0  # clean frames this far apart (or with the clock going back) come from different captures
 _PERIODIC_SPREAD = 4.0  # an ID is periodic when its 99.9% benign inter-arrival is within this x its median
 _MAX_SIGNAL_FRAMES = 400_000  # benign frames signals are extracted from (about 4 minutes of a busy bus)
-# delta_ratio with signals on a short clean drive: a byte seen at fewer values than this (a constant or a two-valued
-# mode) has not shown how far it can move in one frame (_unvouched_bytes); from three on it is at least a coarse field
-# the drive saw move (signals.find_coarse_fields).
-_VOUCH_LEVELS = 3
 
 
 def capture_index(clock_s: np.ndarray) -> np.ndarray:
@@ -391,10 +385,8 @@ class FeatureState:
                        for cid, v in deltas.items() if len(v) >= MIN_ID_FRAMES}
         all_ids = np.concatenate(stat_ids) if stat_ids else np.zeros(0, np.int32)
         all_data = np.concatenate(stat_data) if stat_data else np.zeros((0, 8), np.uint8)
-        by_id = frames_by_id(all_ids)  # every whole-drive pass below looks frames up per ID through it
-        if signals and clean_s < LONG_DRIVE_S:
-            _unvouched_bytes(delta_scale, by_id, all_data)
         relations = fit_relations(np.concatenate(rel_ids), np.concatenate(rel_data)) if rel_ids else []
+        by_id = frames_by_id(all_ids)  # every whole-drive pass below looks frames up per ID through it
         all_clock = np.concatenate(stat_clock) if stat_clock else None
         all_capture = capture_index(all_clock) if all_clock is not None else None  # which capture each frame is from
         refit_scales(relations, by_id, all_data, capture=all_capture)
@@ -424,26 +416,6 @@ class FeatureState:
             dbc_info.update(signals=[s.name for s in sigs], **_score_against(sigs, sig_ids, sig_data))
         return FeatureState("index" if clock == "auto" else clock, periods, default, sorted(last),
                             tolerances, delta_scale, relations, sigs, dbc_info, states, clean_s, coarse)
-
-
-def _unvouched_bytes(delta_scale: dict[int, list[float]], by_id: dict[int, np.ndarray], data: np.ndarray) -> None:
-    """In place: the full byte range as the change scale (``delta_ratio``) of each byte that a short clean drive
-    showed at fewer than ``_VOUCH_LEVELS`` values: a still byte or one flipping between two.
-
-    Why: 26 s of a real car's driving showed two bytes of 0x2D7 at one and two values; another drive of the same car
-    moved them 25 and 206 a frame, and identity-free detectors fitted on the short drive alerted there (7 false
-    alerts per attack file over 3 seeds; results/ids/road_real/own_car_speedometer). A still byte may be a slow
-    quantity the drive did not move (a fuel level) as well as a constant, and two values may be two of many. Its
-    changes are still seen by ``hamming`` / ``bytes_changed`` and, for a signal, by its own columns. A byte seen at
-    three values or more keeps its measured scale: ROAD's coolant byte took 7 values one step at a time over the
-    145 s its folds fit on, and its forged frames at 0xFF among the genuine ones are seen by that scale (with the
-    full range as its scale, from 8 values down, MAML and scratch caught none of them at the budget).
-    """
-    for cid, scale in delta_scale.items():
-        rows = data[by_id[cid]] if cid in by_id else data[:0]
-        for i in range(8):
-            if len(rows) and len(np.unique(rows[:, i])) < _VOUCH_LEVELS:
-                scale[i] = 255.0
 
 
 def _score_against(dbc_sigs: list[Signal], sig_ids: list[np.ndarray], sig_data: list[np.ndarray]) -> dict:
