@@ -127,6 +127,32 @@ def test_masquerade_source_holds_each_kind_out_with_both_variants(tmp_path, clea
     assert set(data.stats["masquerade"]["injections"]) == {"offset", "maximum"}
 
 
+def test_further_clean_captures_are_fitted_on_not_attacked(tmp_path, clean):
+    from fastmaml.apps.ids.config import CaptureSpec, FeatureConfig, MasqueradeSettings, SourceConfig
+
+    paths = []
+    for k, drive in enumerate([clean, sim.simulate("none", 30.0, 7)]):  # the second: another drive, 30 s
+        paths.append(tmp_path / f"clean{k}.log")
+        with open(paths[-1], "w") as fh:
+            for i in range(len(drive)):
+                fh.write(f"({drive.timestamp[i]:.6f}) can0 {int(drive.can_id[i]):03X}#"
+                         f"{drive.data[i, :drive.length[i]].tobytes().hex().upper()}\n")
+    def prepare(n: int) -> tuple[object, list[str]]:
+        src = SourceConfig(kind="masquerade", captures=[CaptureSpec(path=str(p), format="candump") for p in paths[:n]],
+                           attacks=["offset_masquerade", "offset_fabrication"], test_fraction=0.35,
+                           masquerade=MasqueradeSettings(occurrences=6, duration_s=1.5))
+        lines: list[str] = []
+        return M.prepare_masquerade(src, FeatureConfig(signals=True, max_benign=2000), lines.append), lines
+    one, _ = prepare(1)
+    two, lines = prepare(2)
+    # the second drive's 30 s enter the fit, and the log names it; the attacks are generated on the first only
+    assert two.feature_state["clean_seconds"] > one.feature_state["clean_seconds"] + 25
+    assert any(str(paths[1]) in line and "also fitted on" in line for line in lines)
+    assert two.stats["masquerade"]["injections"] == one.stats["masquerade"]["injections"]
+    for name in ("offset_masquerade", "offset_fabrication"):
+        assert two.families[name].train.counts() == one.families[name].train.counts()
+
+
 def test_cli_writes_a_labelled_masquerade_capture_of_a_clean_log(tmp_path):
     from fastmaml.apps.ids.can.readers import open_capture
     from fastmaml.cli import main

@@ -316,8 +316,10 @@ def prepare_masquerade(src: SourceConfig, feat: FeatureConfig, log: Callable[[st
 
     The clean capture is ``source.captures[0]`` if given, else DAGA's clean Volvo trace. Every
     attack capture is the same drive, so one cut time serves all (as for DAGA); features and
-    rules are fitted on the clean capture before it. The default folds hold each kind out with
-    both its variants.
+    rules are fitted on the clean capture before it, and on every further capture of
+    ``source.captures`` whole: other clean drives of the same car, which show how far the
+    values move beyond one drive (masquerades are generated on the first only). The default
+    folds hold each kind out with both its variants.
     """
     if src.captures:
         spec = src.captures[0]
@@ -346,7 +348,12 @@ def prepare_masquerade(src: SourceConfig, feat: FeatureConfig, log: Callable[[st
     fit = clean.select(slice(0, int(np.searchsorted(clean.timestamp, fit_end))))
     after = clean.select(slice(int(np.searchsorted(clean.timestamp, max(c.clock for c in cuts))), len(clean)))
     log(f"cut at {fit_end:.2f} s; features and rules fitted on the clean capture before it ({len(fit)} frames)")
-    data = can_source.prepare_cut_captures(frames, names, cuts, [fit], src, feat, log,
+    others = []
+    for more in src.captures[1:]:  # other clean drives: fitted on, not attacked
+        drive = can_source.read_labelled(more, src, log, clean=True)
+        others.append(drive.select(~drive.is_attack()))
+        log(f"features and rules also fitted on {more.path} ({len(others[-1])} clean frames)")
+    data = can_source.prepare_cut_captures(frames, names, cuts, [fit, *others], src, feat, log,
                                            f"masquerades generated on {what}", benign_test=after)
     if feat.signals:  # a short clean drive has not shown the ranges and combinations those columns judge by
         can_source.drop_short_driving_columns(data, feat, log)
