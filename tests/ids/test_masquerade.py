@@ -107,10 +107,7 @@ def test_masquerade_source_holds_each_kind_out_with_both_variants(tmp_path, clea
     from fastmaml.apps.ids.experiment import default_folds
 
     path = tmp_path / "clean.log"
-    with open(path, "w") as fh:  # candump log of the clean drive
-        for k in range(len(clean)):
-            fh.write(f"({clean.timestamp[k]:.6f}) can0 {int(clean.can_id[k]):03X}#"
-                     f"{clean.data[k, :clean.length[k]].tobytes().hex().upper()}\n")
+    sim.write_candump(clean, path)  # candump log of the clean drive
     src = SourceConfig(kind="masquerade", captures=[CaptureSpec(path=str(path), format="candump")],
                        attacks=["offset_masquerade", "offset_fabrication", "maximum_masquerade",
                                 "maximum_fabrication"], masquerade=MasqueradeSettings(occurrences=6, duration_s=1.5),
@@ -130,13 +127,10 @@ def test_masquerade_source_holds_each_kind_out_with_both_variants(tmp_path, clea
 def test_further_clean_captures_are_fitted_on_not_attacked(tmp_path, clean):
     from fastmaml.apps.ids.config import CaptureSpec, FeatureConfig, MasqueradeSettings, SourceConfig
 
-    paths = []
-    for k, drive in enumerate([clean, sim.simulate("none", 30.0, 7)]):  # the second: another drive, 30 s
-        paths.append(tmp_path / f"clean{k}.log")
-        with open(paths[-1], "w") as fh:
-            for i in range(len(drive)):
-                fh.write(f"({drive.timestamp[i]:.6f}) can0 {int(drive.can_id[i]):03X}#"
-                         f"{drive.data[i, :drive.length[i]].tobytes().hex().upper()}\n")
+    paths = [tmp_path / "clean0.log", tmp_path / "clean1.log"]
+    sim.write_candump(clean, paths[0])
+    sim.write_candump(sim.simulate("none", 30.0, 7), paths[1])  # another drive, 30 s
+
     def prepare(n: int) -> tuple[object, list[str]]:
         src = SourceConfig(kind="masquerade", captures=[CaptureSpec(path=str(p), format="candump") for p in paths[:n]],
                            attacks=["offset_masquerade", "offset_fabrication"], test_fraction=0.35,
@@ -179,10 +173,7 @@ def test_compare_judges_the_detector_alone_and_with_the_plausibility_rule_at_the
     from fastmaml.apps.ids.can.features import IDENTITY_FEATURES
 
     path = tmp_path / "clean.log"
-    with open(path, "w") as fh:
-        for k in range(len(clean)):
-            fh.write(f"({clean.timestamp[k]:.6f}) can0 {int(clean.can_id[k]):03X}#"
-                     f"{clean.data[k, :clean.length[k]].tobytes().hex().upper()}\n")
+    sim.write_candump(clean, path)
     cfg = E.load_ids_config("masquerade", [
         f"source.captures=[{path}]", "source.attacks=[offset_masquerade, offset_fabrication, constant_masquerade, "
         "constant_fabrication]", "source.masquerade={occurrences: 6, duration_s: 1.5}",

@@ -56,10 +56,10 @@ def main(ids_root: str, road: str, others: list[str]) -> None:
         s = still_bytes(f.select(slice(0, n)))
         hits = reaching_full_scale(s, f.select(slice(n, len(f))))
         print(f"{name}: {len(s)} still bytes in the first {share:.0%}; reaching 0xFF in the rest: {hits or 'none'}")
-    tests = sorted(glob.glob(f"{road}/*.csv"))
+    tests = {p: benign(p) for p in sorted(glob.glob(f"{road}/*.csv"))}  # read once, judged against every fit
     for fit in sorted(glob.glob(f"{road}/clean_*_pre.csv")) + others:
-        s = still_bytes(benign(fit))
-        hit = [(p, h) for p in tests if p != fit and (h := reaching_full_scale(s, benign(p)))]
+        s = still_bytes(tests[fit] if fit in tests else benign(fit))
+        hit = [(p, h) for p, g in tests.items() if p != fit and (h := reaching_full_scale(s, g))]
         print(f"{fit.split('/')[-1]}: {len(s)} still bytes; reaching 0xFF in {len(hit)} of {len(tests) - 1} captures")
         for p, h in hit:
             print(f"    {p.split('/')[-1]}: {h[:4]}")
