@@ -66,6 +66,9 @@ def test_unmappable_header_says_which_key(tmp_path):
         "timestamp,arbitration_id,dlc,data,label\n10.5,0316,8,05 21 68 09 21 21 00 6F,0\n10.6,7FF,2,0102,1\n",
         "Timestamp\tID\tDLC\tD0\tD1\tD2\tD3\tD4\tD5\tD6\tD7\tFlag\n"
         "10.5\t0316\t8\t05\t21\t68\t09\t21\t21\t00\t6f\tR\n10.6\t07ff\t2\t01\t02\t\t\t\t\t\t\tT\n",
+        # can-train-and-test and CAN-MIRGU / CANini: data_field (hex, its length the DLC), dlc_value, attack 0/1
+        "timestamp,arbitration_id,data_field,attack\n10.5,0316,052168092121006F,0\n10.6,7FF,0102,1\n",
+        "timestamp,arbitration_id,data_field,dlc_value,attack\n10.5,0316,052168092121006F,8,0\n10.6,7FF,0102,2,1\n",
     ],
 )
 def test_auto_detected_layouts(tmp_path, text):

@@ -38,8 +38,12 @@ def test_own_car_flow_runs_as_written(tmp_path, monkeypatch):
         args = cmd[1:] + (FAST if cmd[2] == "train" else []) + (["--no-progress"] if cmd[2] == "detect" else [])
         assert main(args) == 0, cmd
     det = json.loads(Path("runs/mycar/adapted/detector.json").read_text())
-    assert det["evidence"]["calibration"]["budget_per_hour"] == 10 and det["meta"]["shots"] == 5
+    # What step 2 deploys: the detector and the plausibility and timing rules, each at half of the 10/h budget.
+    ev = det["evidence"]
+    assert ev["union"]["rule"] == "plausibility_timing" and det["meta"]["shots"] == 5
+    assert ev["calibration"]["budget_per_hour"] == 5 and ev["union"]["calibration"]["budget_per_hour"] == 5
     assert Path("runs/mycar/verdicts.csv").read_text().startswith("frame,timestamp,can_id,p_attack,log_odds,verdict")
     judged = json.loads(Path("runs/mycar/judge/judgement.json").read_text())["results"]
     assert judged[0]["name"] == "maml" and judged[0]["captures"][0]["occurrences"] >= 1
     assert any(r["kind"] == "rule" for r in judged)
+    assert [r["name"] for r in judged if r["kind"] == "union"] == ["maml + plausibility_timing"]

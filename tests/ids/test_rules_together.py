@@ -47,7 +47,7 @@ def test_the_rules_together_flag_what_either_flags_and_say_which_check():
     assert all(not checks[i] for i in np.flatnonzero(~together))
 
 
-def test_adapt_and_detect_with_the_rules_together_beside_the_detector(tmp_path, capsys):
+def test_adapt_deploys_the_rules_together_beside_the_detector_by_default(tmp_path, capsys):
     import json
 
     from fastmaml.cli import main
@@ -61,7 +61,7 @@ def test_adapt_and_detect_with_the_rules_together_beside_the_detector(tmp_path, 
                  "source.sim.duration_s=15", "features.signals=true"]) == 0
     assert main(["ids", "adapt", "--detector", str(d / "trained" / "detector"), "--capture", str(d / "cap.log"),
                  "--labels", str(d / "cap_labels.csv"), "--shots", "5", "--clean", str(d / "clean.log"),
-                 "--benign-frames", "500", "--union", "plausibility_timing", "--out", str(d / "adapted")]) == 0
+                 "--benign-frames", "500", "--out", str(d / "adapted")]) == 0  # --union auto: the default
     assert "rule plausibility_timing (each at half the budget)" in capsys.readouterr().out
     assert main(["ids", "detect", "--detector", str(d / "adapted"), "--capture", str(d / "cap.log"), "--labels",
                  str(d / "cap_labels.csv"), "--out", str(d / "v.csv"), "--json", str(d / "v.json"),
@@ -73,3 +73,12 @@ def test_adapt_and_detect_with_the_rules_together_beside_the_detector(tmp_path, 
     assert summary["alerts"] == summary["union"]["detector_alerts"] + summary["union"]["rule_alerts"]
     stored = json.loads((d / "adapted" / "detector.json").read_text())["evidence"]["union"]
     assert stored["rule"] == "plausibility_timing" and stored["calibration"]["budget_per_hour"] == 5
+    # ids judge's default union is the same rule; --union none on a recalibration leaves the detector alone.
+    assert main(["ids", "judge", "--detector", f"maml={d / 'adapted'}", "--clean", str(d / "clean.log"), "--capture",
+                 str(d / "cap.log"), "--labels", str(d / "cap_labels.csv"), "--out", str(d / "judge")]) == 0
+    judged = json.loads((d / "judge" / "judgement.json").read_text())["results"]
+    assert [r["name"] for r in judged if r["kind"] == "union"] == ["maml + plausibility_timing"]
+    assert main(["ids", "detect", "--detector", str(d / "adapted"), "--capture", str(d / "cap.log"), "--clean",
+                 str(d / "clean.log"), "--union", "none", "--out", str(d / "v2.csv"), "--no-progress"]) == 0
+    alone = json.loads((d / "adapted" / "detector.json").read_text())["evidence"]
+    assert "union" not in alone and alone["calibration"]["budget_per_hour"] == 10

@@ -182,9 +182,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--saved-thresholds", action="store_true",
                    help="use the thresholds saved in the detectors (ids adapt --clean) instead of calibrating all here")
     j.add_argument("--no-rules", action="store_true", help="judge the detectors only")
-    j.add_argument("--union", default="plausibility", metavar="RULE",
-                   help="also judge each detector with this rule as one IDS, each at half the budget "
-                        "(default: plausibility, where the detector has signal features; '' for none)")
+    j.add_argument("--union", default="auto", metavar="RULE",
+                   help="also judge each detector with this rule as one IDS, each at half the budget (default: "
+                        "auto, the rule ids adapt deploys beside it: plausibility_timing where the detector has "
+                        "signal features; none for no union)")
     j.add_argument("--format", default="auto", help="capture format (default: auto-detect)")
     j.add_argument("--out", type=Path, required=True, help="folder for judgement.json and judgement.md")
 
@@ -221,10 +222,12 @@ def _evidence_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift", type=float, default=None,
                    help="subtracted from each frame's clipped log-odds before summing: only frames scored above it "
                         "add evidence (default: 0, or the detector's)")
-    p.add_argument("--union", default="", metavar="RULE",
-                   help="with --clean: also raise the alerts of this rule baseline (e.g. plausibility, which needs "
-                        "signal features) beside the detector's, each calibrated for half the budget; ids detect and "
-                        "ids monitor then run both (the rule is fitted on the same clean capture again, so keep it)")
+    p.add_argument("--union", default="auto", metavar="RULE",
+                   help="with --clean: also raise the alerts of this rule baseline beside the detector's, each "
+                        "calibrated for half the budget; ids detect and ids monitor then run both (the rule is fitted "
+                        "on the same clean capture again, so keep it). Default: auto, plausibility_timing (partner "
+                        "plausibility and timing) where the detector has signal features, else none; a rule name "
+                        "(plausibility, timing, ...) or none (the detector alone)")
     p.add_argument("--reference", type=float, default=None, metavar="Q",
                    help="raise the drift to this quantile of the clean capture's clipped log-odds (the CUSUM's "
                         f"reference value; 0: off; default: {DETECTOR_REFERENCE}, or the detector's)")

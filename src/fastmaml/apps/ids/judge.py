@@ -21,6 +21,7 @@ import numpy as np
 
 from fastmaml.apps.ids.detect.detector import Detector
 from fastmaml.apps.ids.detect.scores import ScoredCapture, score_capture
+from fastmaml.apps.ids.detect.union import resolve_union
 from fastmaml.apps.ids.evidence import (Calibration, Evidence, calibrate, count_alerts, cusum_alerts, judge,
                                         merge_alerts, rule_alarm)
 from fastmaml.apps.ids.traffic import ReadOptions
@@ -91,18 +92,20 @@ def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: S
                   labels: Sequence[str | Path | None] | None = None, alerts_per_hour: float = 10.0,
                   rules: bool = True, evidence: Evidence = Evidence(),
                   gap_s: float = 0.05, options: ReadOptions = ReadOptions(),
-                  recalibrate: bool = True, union: str = "plausibility") -> list[ScorerResult]:
+                  recalibrate: bool = True, union: str = "auto") -> list[ScorerResult]:
     """Judge every detector (already adapted) and, with ``rules``, the traffic's rule baselines, on one path.
 
     ``recalibrate``: set every detector's threshold here on ``clean`` (the same budget and evidence
     setting for all); otherwise use the threshold saved in the detector (``ids adapt --clean``).
     ``union``: a rule judged beside each detector as one IDS ("NAME + RULE", each at half the budget, the
-    detector recalibrated for it); "" or a rule the traffic lacks: none. ``labels``: a side label file per capture
+    detector recalibrated for it); ``auto``: the one ``ids adapt`` deploys for the first detector (CAN with signal
+    features: plausibility_timing); "", ``none`` or a rule the traffic cannot fit here: none. ``labels``: a side label file per capture
     (None where the capture carries its labels).
     """
     if not detectors:
         raise DataError("ids judge needs at least one --detector NAME=FOLDER")
     first = next(iter(detectors.values()))
+    union = resolve_union(first, union)
     if union and union not in first.kind().rules:
         raise DataError(f"--union {union!r} is not a rule of {first.kind().description}; choose one of "
                         f"{sorted(first.kind().rules)} (or '' for none)")

@@ -122,6 +122,11 @@ class Traffic(ABC):
         column of :meth:`feature_names`) to bool flags: what ``ids judge`` streams beside the detectors."""
         return {}
 
+    def deployed_rule(self, state: Any) -> str:
+        """The rule baseline run beside a detector when none is named (``--union auto``, the default of ``ids
+        adapt``, ``ids detect`` and ``ids judge``): '' where this kind has none for ``state``."""
+        return ""
+
     def identity_columns(self) -> list[str]:
         """The feature columns that say *which* stream a sample belongs to and its raw content (CAN: the ID and
         the payload bytes), left out with ``features.identity: false``; empty where the kind defines none."""

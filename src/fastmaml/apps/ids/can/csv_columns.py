@@ -2,8 +2,9 @@
 
 A ``ColumnMap`` names the columns; keys left unset are auto-detected from the header (case and
 punctuation ignored, common synonyms): ``Time,Id,Byte1..Byte8,Label``, ``timestamp,arbitration_id,
-dlc,data,label`` or ``Timestamp,ID,DLC,D0..D7,Flag`` need no map; ``Zeit;Kennung;B1..B8;Klasse``
-needs ``id=Kennung`` and ``label=Klasse``. A key set to ``""`` means "no such column".
+dlc,data,label``, ``timestamp,arbitration_id,data_field[,dlc_value],attack`` (can-train-and-test, CAN-MIRGU) or
+``Timestamp,ID,DLC,D0..D7,Flag`` need no map; ``Zeit;Kennung;B1..B8;Klasse`` needs ``id=Kennung`` and
+``label=Klasse``. A key set to ``""`` means "no such column".
 
 Bases (``id_base``, ``byte_base``: ``hex``, ``dec``, ``auto``): ``auto`` is decided once per file
 from the header name (``id_hex``) and the first chunk's values: hex when some value has a ``0x``
@@ -36,8 +37,9 @@ _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _BINARY_ATTACK = {"1", "true", "t", "attack", "yes"}
 _TIME = {"time", "timestamp", "ts", "t", "times", "zeit", "abstime", "reltime", "timestamps"}
 _ID = {"id", "canid", "arbitrationid", "arbid", "msgid", "messageid", "identifier", "canidentifier", "frameid"}
-_PAYLOAD = {"data", "payload", "payloadhex", "datahex", "hexdata", "databytes", "bytes", "candata", "msgdata"}
-_DLC = {"dlc", "len", "length", "datalength", "datalen", "dl"}
+_PAYLOAD = {"data", "payload", "payloadhex", "datahex", "hexdata", "databytes", "bytes", "candata", "msgdata",
+            "datafield"}  # datafield: the can-train-and-test data set's column
+_DLC = {"dlc", "len", "length", "datalength", "datalen", "dl", "dlcvalue"}
 _LABEL = ["label", "class", "flag", "attack", "anomaly", "specificclass", "attacktype", "category", "type",
           "target", "y", "tag"]
 _COLUMN_KEYS = ("time", "id", "payload", "bytes", "dlc", "label")

@@ -484,9 +484,10 @@ def drop_short_driving_columns(data: IdsData, feat: FeatureConfig, log: Callable
     drop_features(data, span + rule)
     notes = []
     if span:
-        notes.append(f"Signal columns {', '.join(span)} left out: the clean driving before the cut is {seconds:.0f} s, "
-                     f"and the clean range, tails, still runs and largest changes they judge by need about "
-                     f"{LONG_DRIVE_S / 60:.0f} minutes (the signal-range rule still uses the range).")
+        notes.append(f"Signal columns {', '.join(span)} left out: the clean driving they were fitted on (before the "
+                     f"cut, and any further clean captures) is {seconds:.0f} s, and the clean range, tails, still "
+                     f"runs and largest changes they judge by need about {LONG_DRIVE_S / 60:.0f} minutes (the "
+                     f"signal-range rule still uses the range).")
     if rule:
         notes.append(f"Signal columns {', '.join(rule)} left to the plausibility rule on this short drive: the learned "
                      f"detectors do not read them.")

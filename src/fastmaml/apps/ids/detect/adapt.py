@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from fastmaml.apps.ids.detect.detector import Detector, check_capture, log_odds, predict_logits, predict_proba
 from fastmaml.apps.ids.detect.scores import ScoredCapture, score_capture
-from fastmaml.apps.ids.detect.union import calibrate_rule, rule_function, union_setting
+from fastmaml.apps.ids.detect.union import calibrate_rule, resolve_union, rule_function, union_setting
 from fastmaml.apps.ids.evidence import DETECTOR_REFERENCE, Calibration, Evidence, calibrate
 from fastmaml.apps.ids.metrics import detection_metrics
 from fastmaml.apps.ids.samples import BENIGN, key_balanced_rows, same_key_rows
@@ -64,7 +64,7 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
     :func:`~fastmaml.apps.ids.samples.key_balanced_rows`), and with ``alerts_per_hour`` the evidence threshold
     for that false-alert budget is calibrated on the whole clean capture and saved in the detector
     (:mod:`fastmaml.apps.ids.evidence`; ``evidence`` sets clip, drift and hold-off; ``union`` a rule raising
-    alerts beside the detector, each at half the budget: :func:`calibrate_detector`).
+    alerts beside the detector, each at half the budget, ``auto`` the traffic's deployed one: :func:`calibrate_detector`).
     ``attack`` picks one attack class of the capture (default: every non-benign label is the
     attack). The other samples of the capture (up to ``max_samples`` per class) score the
     adapted detector. ``columns`` (format ``csv``): the column map of a labelled CSV export
@@ -79,6 +79,7 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
         raise DataError(f"--same-id {same_id} must be a share in [0, 1] of the benign frames drawn from --clean "
                         "(it needs --clean)")
     check_capture(det, capture)
+    union = resolve_union(det, union)
     s = det.kind().labelled_samples(det.state(), capture, labels, window=det.window, stride=det.stride,
                                     label_rule=det.label_rule, max_per_class=max_samples, seed=seed,
                                     options=ReadOptions(format=format, columns=columns, bad_id=bad_id,
@@ -167,9 +168,11 @@ def calibrate_detector(det: Detector, clean: str | Path, alerts_per_hour: float,
     ``scored``: that capture already read with its features kept (adaptation read it for its benign frames);
     its frames are then scored by ``det`` without reading and featurizing the file again. ``union``: a rule
     baseline run beside the detector as one IDS (:mod:`.union`): each channel calibrated for half the budget,
-    the rule's setting stored under ``evidence.union``; without it a stored union is dropped.
+    the rule's setting stored under ``evidence.union`` (``auto``: the traffic's deployed rule,
+    :func:`~fastmaml.apps.ids.detect.union.resolve_union`); without it a stored union is dropped.
     """
     ev = evidence or det.alarm() or Evidence(reference=DETECTOR_REFERENCE)
+    union = resolve_union(det, union)
     union_block = None
     if union:
         if scored is None or scored.x is None or union not in scored.rule_scores:

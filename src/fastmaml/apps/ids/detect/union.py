@@ -1,9 +1,11 @@
 """A detector and a rule baseline run as one IDS: the rule's alerts beside the detector's.
 
-The judgements (``ids compare``'s first table, ``ids judge --union``) show a detector and the partner-plausibility
-rule, each calibrated for half the false-alert budget, catching what either catches. ``ids adapt/detect --clean C
---union RULE`` calibrates both on the clean capture and stores the rule's setting in the detector folder
-(``detector.json``: ``evidence.union``); ``ids detect`` and ``ids monitor`` then raise both channels' alerts. The
+The judgements (``ids compare``'s first table, ``ids judge --union``) show a detector and a rule (the
+partner-plausibility rule, or it and the timing rule as one), each calibrated for half the false-alert budget,
+catching what either catches. ``ids adapt/detect --clean C`` calibrates both on the clean capture and stores the
+rule's setting in the detector folder (``detector.json``: ``evidence.union``); ``ids detect`` and ``ids monitor``
+then raise both channels' alerts. The rule is the traffic's deployed one (``--union auto``, the default: CAN with
+signal features, plausibility + timing), or the one ``--union RULE`` names (``--union none``: the detector alone). The
 rule is fitted again on the same clean capture when the detector is used (rules are a few numbers per ID, fitted in
 seconds), so the clean capture has to stay where it was.
 """
@@ -20,6 +22,19 @@ from fastmaml.apps.ids.evidence import (Alerts, Calibration, CusumState, Evidenc
                                         rule_alarm, rule_frame_scores)
 from fastmaml.apps.ids.traffic import ReadOptions
 from fastmaml.errors import DataError
+
+
+# --union values that are not a rule's name: the traffic's deployed rule for the detector, and no rule.
+AUTO = "auto"
+NONE = ("", "none")
+
+
+def resolve_union(det: Detector, union: str) -> str:
+    """The rule ``--union`` names for ``det``: ``auto`` -> its traffic's deployed rule (CAN with signal features:
+    plausibility_timing; '' where there is none), ``none`` or '' -> '', else ``union`` itself."""
+    if union == AUTO:
+        return det.kind().deployed_rule(det.state())
+    return "" if union in NONE else union
 
 
 def rule_function(det: Detector, rule: str, clean: str | Path,
