@@ -1,7 +1,6 @@
 """The weights zoo (weights/): shipped weights load only when they match their card; test, adapt and lake-runs use them."""
 
 import csv
-import json
 import os
 import random
 import re

@@ -341,6 +341,12 @@ def _evidence(args: argparse.Namespace, det: object) -> object:
                    key_scaled=base.key_scaled if key_scale is None else key_scale)
 
 
+def _half(det: object) -> str:
+    """What a detector's threshold was set for when a rule shares the budget with it."""
+    u = det.evidence.get("union")  # type: ignore[attr-defined]
+    return f", the detector's half of the budget ({u['rule']} has the other)" if u else ""
+
+
 def _print_union(det: object) -> None:
     from fastmaml.apps.ids.evidence import Calibration
 
@@ -425,7 +431,7 @@ def _adapt(args: argparse.Namespace) -> None:
                else f"{info.shots} samples per class")
     print(f"adapted to {info.attack!r} from {support} (available: {info.available}); detector: {args.out}")
     if info.calibration is not None:
-        print("calibrated: " + info.calibration.summary())
+        print(f"calibrated{_half(new)}: " + info.calibration.summary())
         _print_union(new)
     if info.holdout_metrics:
         m = info.holdout_metrics
@@ -442,7 +448,7 @@ def _detect(args: argparse.Namespace) -> None:
         det, cal = calibrate_detector(det, args.clean, args.alerts_per_hour, evidence=_evidence(args, det),
                                       clean_format=args.clean_format, union=args.union)
         save_detector(det, args.detector)
-        print(f"calibrated (written to {args.detector}): " + cal.summary())
+        print(f"calibrated (written to {args.detector}){_half(det)}: " + cal.summary())
         _print_union(det)
     ev = det.alarm()
     if args.threshold is not None:
