@@ -162,9 +162,10 @@ def test_second_predecessor_features_match_a_brute_force_and_any_chunking():
 def test_second_predecessor_tells_the_replayed_frame_from_the_genuine_one_after_it():
     from fastmaml.apps.ids.can.frames import CanFrame, FrameBatch
 
-    # One ID every 10 ms whose first byte ramps by 1 per frame; an old frame (value 10) replayed at 505 ms.
+    # One ID every 10 ms whose first byte ramps by 1 per frame (200 frames: enough for a change scale of its own,
+    # features.MIN_SCALE_FRAMES); an old frame (value 10) replayed at 505 ms.
     def frames(replay: bool):
-        out = [CanFrame(0.01 * i, 0x100, data=bytes([i % 256, 0, 0, 0, 0, 0, 0, 0]), label="benign") for i in range(100)]
+        out = [CanFrame(0.01 * i, 0x100, data=bytes([i % 256, 0, 0, 0, 0, 0, 0, 0]), label="benign") for i in range(200)]
         if replay:
             out.insert(51, CanFrame(0.505, 0x100, data=bytes([10, 0, 0, 0, 0, 0, 0, 0]), label="replay"))
         return FrameBatch.from_frames(out)
@@ -176,3 +177,29 @@ def test_second_predecessor_tells_the_replayed_frame_from_the_genuine_one_after_
     # Against the frame one back both look like jumps; against two back only the injected one does.
     assert injected[d1] > 0.5 and after[d1] > 0.5
     assert injected[d2] > 0.5 and after[d2] < 0.2
+
+
+def test_a_rare_ids_byte_changes_are_judged_against_the_full_byte_range():
+    """An ID with fewer than MIN_SCALE_FRAMES clean frames has no change scale of its own (a 99.9% quantile of a few
+    dozen changes is their maximum): another drive's first change of a byte it held still is not an attack-sized
+    jump. A frequent ID keeps its own scale, against which the same change is."""
+    from fastmaml.apps.ids.can.features import MIN_SCALE_FRAMES
+    from fastmaml.apps.ids.can.frames import FrameBatch
+    from can_drive import benign_frames
+
+    n_fast, n_rare = 4 * MIN_SCALE_FRAMES, MIN_SCALE_FRAMES // 2  # 0x100 at 100 Hz, 0x200 at 12.5 Hz, both bytes still
+    ts = np.r_[np.arange(n_fast) * 0.01, np.arange(n_rare) * 0.08]
+    ids = np.r_[np.full(n_fast, 0x100), np.full(n_rare, 0x200)]
+    clean = benign_frames(ts, ids, np.full(len(ids), 0x1122334455667788, np.uint64))
+    state = FeatureState.fit([clean])
+    assert 0x100 in state.delta_scale and 0x200 not in state.delta_scale
+    # Next: each ID's byte 0 moves by 16 once.
+    t0 = float(ts.max()) + 0.01
+    nxt = benign_frames(np.array([t0, t0 + 0.005]), np.array([0x100, 0x200]),
+                        np.array([0x2122334455667788, 0x2122334455667788], np.uint64))
+    both = FrameBatch.concat([clean, nxt])
+    x = FrameFeaturizer(state).transform(both)
+    col = FRAME_FEATURES.index("delta_ratio")
+    fast, rare = x[-2, col], x[-1, col]
+    assert fast == pytest.approx(1.0)  # log2(1 + 16 / (0 + 1)) / 4, clipped: an attack-sized jump
+    assert rare == pytest.approx(np.log2(1 + 16 / 256) / 4)  # against the full byte range: a small change

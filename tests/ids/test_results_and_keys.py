@@ -74,8 +74,10 @@ def _keys(cfg: IdsConfig) -> tuple[str, str, str]:
 
 @pytest.fixture
 def revision_1(monkeypatch):
-    """The signal columns as they were before keys.SIGNALS_REVISION entered the keys."""
+    """The signal and CAN frame columns as they were before keys.SIGNALS_REVISION and keys.CAN_FRAMES_REVISION
+    entered the keys."""
     monkeypatch.setattr(keys, "SIGNALS_REVISION", 1)
+    monkeypatch.setattr(keys, "CAN_FRAMES_REVISION", 1)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -145,6 +147,7 @@ def test_source_settings_blocks_keep_the_keys_of_their_flat_names(name, revision
 def test_a_new_signals_revision_makes_new_keys_only_where_signal_columns_are_on(monkeypatch):
     """Data prepared with signal columns before a change to what they hold is not reused, nor the runs trained and
     folds evaluated on it; configs without signal columns keep every key."""
+    monkeypatch.setattr(keys, "CAN_FRAMES_REVISION", 1)  # frame columns as they were: only the signal revision moves
     now = {name: _keys(load_ids_config(None, case[0] + BY_FRAME)) for name, case in CASES.items()}
     monkeypatch.setattr(keys, "SIGNALS_REVISION", 1)
     before = {name: _keys(load_ids_config(None, case[0] + BY_FRAME)) for name, case in CASES.items()}
@@ -255,3 +258,16 @@ def test_evidence_reference_enters_the_evaluation_key_only_when_on():
     assert keys.eval_key(base, ["a"], ["b"], dkey) != keys.eval_key(on, ["a"], ["b"], dkey)
     with pytest.raises(ConfigError, match="evidence_reference"):
         load_ids_config(None, ["eval.evidence_reference=1.5"]).validate()
+
+
+def test_a_new_can_frames_revision_makes_new_keys_for_can_sources_only(monkeypatch):
+    """CAN data featurized before a change to the frame columns (byte-change scales from MIN_SCALE_FRAMES frames) is
+    not reused, nor the runs and folds built on it; Ethernet keeps every key."""
+    now = {name: _keys(load_ids_config(None, case[0] + BY_FRAME)) for name, case in CASES.items()}
+    monkeypatch.setattr(keys, "CAN_FRAMES_REVISION", 1)
+    before = {name: _keys(load_ids_config(None, case[0] + BY_FRAME)) for name, case in CASES.items()}
+    for name in CASES:
+        if name == "eth":
+            assert now[name] == before[name]
+        else:
+            assert all(a != b for a, b in zip(now[name], before[name])), name

@@ -52,15 +52,22 @@ def _hash(d: dict[str, Any]) -> str:
 # several captures checked capture by capture (can/signals.py, 2026-12-07); 3: that check holds out drives, not
 # files (captures of one drive joined by features.drive_index; 2026-12-07, sixteenth session).
 SIGNALS_REVISION = 3
+# The CAN frame columns' revision (every CAN source, signal columns on or off), as SIGNALS_REVISION: 1 (not in the key)
+# until 2026-12-08; 2: byte changes judged against an ID's own clean scale only from can.features.MIN_SCALE_FRAMES
+# clean frames on (eighteenth session).
+CAN_FRAMES_REVISION = 2
 
 
 def feature_key(feat: FeatureConfig, source_kind: str = "") -> dict[str, Any]:
     """The features config as it enters cache keys (``signals`` / ``dbc`` only when on, ``byte_order`` only off
-    ``big``, so earlier runs stay valid; with signals on, :data:`SIGNALS_REVISION` from 2 on).
+    ``big``, so earlier runs stay valid; with signals on, :data:`SIGNALS_REVISION` from 2 on; for a CAN source,
+    :data:`CAN_FRAMES_REVISION` from 2 on).
 
     A DBC enters with a hash of its contents: an edited file gives other signals.
     """
     d = to_dict(feat)
+    if CAN_FRAMES_REVISION > 1 and source_kind in TRAFFIC["can"].sources:
+        d["can_frames_revision"] = CAN_FRAMES_REVISION
     if d.get("identity", True):
         d.pop("identity", None)
     if not d.get("signals"):
