@@ -233,10 +233,15 @@ def test_a_detector_with_a_union_rule_raises_both_channels_in_detect_and_monitor
         th.join()
     got = [json.loads(x) for x in (tmp_path / "u.jsonl").read_text().splitlines()]
     assert [(g["frame"], g["channel"]) for g in got] == [(a["frame"], a["channel"]) for a in s.evidence["alert_list"]]
-    # The rule is fitted on the clean capture again when the detector is used: gone, it says so.
+    # The timing rule is the detector's feature state's: with the clean capture gone it runs the same; a rule fitted
+    # on the clean frames (the ID allow-list) is fitted on it again when the detector is used: gone, it says so.
     moved = replace(det, evidence={**det.evidence, "union": {**u, "clean_capture": str(tmp_path / "gone.log")}})
+    assert stream_detect(moved, d / "cap.log", tmp_path / "m.csv", progress=False).evidence["union"] == \
+        s.evidence["union"]
+    allow = replace(det, evidence={**det.evidence, "union": {**u, "rule": "id_allow_list",
+                                                             "clean_capture": str(tmp_path / "gone.log")}})
     with pytest.raises(DataError, match="is not there"):
-        stream_detect(moved, d / "cap.log", tmp_path / "m.csv", progress=False)
+        stream_detect(allow, d / "cap.log", tmp_path / "m.csv", progress=False)
     with pytest.raises(DataError, match="not a rule of CAN traffic"):
         calibrate_detector(tiny_detector(), d / "clean.log", 60.0, union="nope")
     assert np.isfinite(u["threshold"])

@@ -82,3 +82,22 @@ def test_adapt_deploys_the_rules_together_beside_the_detector_by_default(tmp_pat
                  str(d / "clean.log"), "--union", "none", "--out", str(d / "v2.csv"), "--no-progress"]) == 0
     alone = json.loads((d / "adapted" / "detector.json").read_text())["evidence"]
     assert "union" not in alone and alone["calibration"]["budget_per_hour"] == 10
+    # The deployed rules are the detector's feature state's: the folder runs them with its clean capture gone (on a
+    # vehicle), the same alerts; a rule fitted on the clean frames (the ID allow-list) still needs that capture.
+    assert main(["ids", "detect", "--detector", str(d / "adapted"), "--capture", str(d / "cap.log"), "--labels",
+                 str(d / "cap_labels.csv"), "--clean", str(d / "clean.log"), "--out", str(d / "v3.csv"), "--json",
+                 str(d / "v3.json"), "--no-progress"]) == 0  # recalibrated as deployed (--union auto) again
+    at_home = json.loads((d / "v3.json").read_text())["evidence"]
+    assert at_home["union"]["rule"] == "plausibility_timing"
+    moved = d / "elsewhere.log"
+    (d / "clean.log").rename(moved)
+    assert main(["ids", "detect", "--detector", str(d / "adapted"), "--capture", str(d / "cap.log"), "--labels",
+                 str(d / "cap_labels.csv"), "--out", str(d / "v4.csv"), "--json", str(d / "v4.json"),
+                 "--no-progress"]) == 0
+    assert json.loads((d / "v4.json").read_text())["evidence"] == at_home
+    assert main(["ids", "detect", "--detector", str(d / "adapted"), "--capture", str(d / "cap.log"), "--clean",
+                 str(moved), "--union", "id_allow_list", "--out", str(d / "v5.csv"), "--no-progress"]) == 0
+    moved.rename(d / "gone.log")
+    assert main(["ids", "detect", "--detector", str(d / "adapted"), "--capture", str(d / "cap.log"),
+                 "--out", str(d / "v6.csv"), "--no-progress"]) == 2
+    assert "fitted on the clean capture" in capsys.readouterr().err

@@ -224,8 +224,9 @@ def _evidence_options(p: argparse.ArgumentParser) -> None:
                         "add evidence (default: 0, or the detector's)")
     p.add_argument("--union", default="auto", metavar="RULE",
                    help="with --clean: also raise the alerts of this rule baseline beside the detector's, each "
-                        "calibrated for half the budget; ids detect and ids monitor then run both (the rule is fitted "
-                        "on the same clean capture again, so keep it). Default: auto, plausibility_timing (partner "
+                        "calibrated for half the budget; ids detect and ids monitor then run both (plausibility and "
+                        "timing travel with the detector folder; id_allow_list and payload_range are fitted on the same "
+                        "clean capture again, so keep it for them). Default: auto, plausibility_timing (partner "
                         "plausibility and timing) where the detector has signal features, else none; a rule name "
                         "(plausibility, timing, ...) or none (the detector alone)")
     p.add_argument("--reference", type=float, default=None, metavar="Q",

@@ -116,10 +116,11 @@ class Traffic(ABC):
                    options: ReadOptions = ReadOptions()) -> RowStream:
         """The capture featurized chunk by chunk (with 0/1 truth where it carries labels)."""
 
-    def stream_rules(self, state: Any, clean: str | Path, options: ReadOptions = ReadOptions()
+    def stream_rules(self, state: Any, clean: str | Path | None, options: ReadOptions = ReadOptions()
                      ) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
         """The rule baselines fitted on a clean capture, each a function of a chunk's feature rows (every
-        column of :meth:`feature_names`) to bool flags: what ``ids judge`` streams beside the detectors."""
+        column of :meth:`feature_names`) to bool flags: what ``ids judge`` streams beside the detectors.
+        ``clean`` None: only the rules ``state`` alone defines (no clean frames read)."""
         return {}
 
     def deployed_rule(self, state: Any) -> str:

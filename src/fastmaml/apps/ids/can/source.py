@@ -30,13 +30,23 @@ from fastmaml.apps.ids.splits import (FILE_SPLITS, Cut, SplitPlan, check_both_si
 from fastmaml.errors import ConfigError, DataError
 
 
-def _fit_rules(benign: FrameBatch | list[FrameBatch], state: FeatureState) -> dict[str, Any]:
-    rules = {"id_allow_list": AllowListRule().fit(benign), "timing": TimingRule().fit(state),
-             "payload_range": PayloadRangeRule().fit(benign)}
+def state_rules(state: FeatureState) -> dict[str, Any]:
+    """The rules a fitted FeatureState alone defines (periods, signals and their clean statistics): a detector folder
+    carries them, so a deployed detector runs them without its clean capture."""
+    rules: dict[str, Any] = {"timing": TimingRule().fit(state)}
     if state.signals:  # the rules a vehicle would write on the same signals
         rules.update(signal_range=SignalRangeRule(), plausibility=PlausibilityRule.for_state(state))
         # the two a vehicle runs beside a detector, as one channel (baselines.AnyOfRules)
         rules["plausibility_timing"] = AnyOfRules({"plausibility": rules["plausibility"], "timing": rules["timing"]})
+    return rules
+
+
+def _fit_rules(benign: FrameBatch | list[FrameBatch], state: FeatureState) -> dict[str, Any]:
+    """Every rule baseline: :func:`state_rules` and the two fitted on the clean frames themselves."""
+    own = state_rules(state)
+    rules = {"id_allow_list": AllowListRule().fit(benign), "timing": own.pop("timing"),
+             "payload_range": PayloadRangeRule().fit(benign)}
+    rules.update(own)
     return rules
 
 

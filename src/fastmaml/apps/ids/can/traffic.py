@@ -74,13 +74,12 @@ class CanTraffic(Traffic):
         return build_sample_set(_reader(capture, labels, options), state, window=window, stride=stride,
                                 label_rule=label_rule, max_per_class=max_per_class, seed=seed, name=str(capture))
 
-    def stream_rules(self, state: FeatureState, clean: str | Path, options: ReadOptions = ReadOptions()
+    def stream_rules(self, state: FeatureState, clean: str | Path | None, options: ReadOptions = ReadOptions()
                      ) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-        from fastmaml.apps.ids.can.source import _fit_rules
+        from fastmaml.apps.ids.can.source import _fit_rules, state_rules
         from fastmaml.apps.ids.samples import unlabelled_rows
 
-        frames = list(_reader(clean, None, options))
-        fitted = _fit_rules(frames, state)
+        fitted = state_rules(state) if clean is None else _fit_rules(list(_reader(clean, None, options)), state)
         names = frame_feature_names(state)
 
         def apply(rule: Any) -> Callable[[np.ndarray], np.ndarray]:

@@ -6,8 +6,9 @@ catching what either catches. ``ids adapt/detect --clean C`` calibrates both on 
 rule's setting in the detector folder (``detector.json``: ``evidence.union``); ``ids detect`` and ``ids monitor``
 then raise both channels' alerts. The rule is the traffic's deployed one (``--union auto``, the default: CAN with
 signal features, plausibility + timing), or the one ``--union RULE`` names (``--union none``: the detector alone). The
-rule is fitted again on the same clean capture when the detector is used (rules are a few numbers per ID, fitted in
-seconds), so the clean capture has to stay where it was.
+rules that need the clean frames (the ID allow-list, payload ranges) are fitted again on the same clean capture when
+the detector is used, so for them the clean capture has to stay where it was; the deployed ones (timing, plausibility)
+are defined by the detector's feature state alone and travel with its folder.
 """
 
 from __future__ import annotations
@@ -39,10 +40,15 @@ def resolve_union(det: Detector, union: str) -> str:
 
 def rule_function(det: Detector, rule: str, clean: str | Path,
                   options: ReadOptions = ReadOptions()) -> Callable[[np.ndarray], np.ndarray]:
-    """The traffic's rule ``rule`` fitted on the clean capture: feature rows (every column) -> bool flags."""
+    """The traffic's rule ``rule`` for the detector: feature rows (every column) -> bool flags. A rule its feature
+    state alone defines (CAN: timing, plausibility, plausibility_timing) needs no clean frames, so a detector folder
+    moved to the vehicle runs it without its clean capture; the others are fitted on the clean capture."""
     kind = det.kind()
     if rule not in kind.rules:
         raise DataError(f"--union {rule!r} is not a rule of {kind.description}; choose one of {sorted(kind.rules)}")
+    own = kind.stream_rules(det.state(), None, options)
+    if rule in own:
+        return own[rule]
     if not Path(clean).is_file():
         raise DataError(f"the union rule {rule!r} is fitted on the clean capture {clean}, which is not there; pass "
                         "--clean CAPTURE to ids detect to recalibrate, or put the file back")
