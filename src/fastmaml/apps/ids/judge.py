@@ -99,8 +99,8 @@ def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: S
     setting for all); otherwise use the threshold saved in the detector (``ids adapt --clean``).
     ``union``: a rule judged beside each detector as one IDS ("NAME + RULE", each at half the budget, the
     detector recalibrated for it); ``auto``: the one ``ids adapt`` deploys for the first detector (CAN with signal
-    features: plausibility_timing); "", ``none`` or a rule the traffic cannot fit here: none. ``labels``: a side label file per capture
-    (None where the capture carries its labels).
+    features: plausibility_timing); "", ``none`` or a rule the traffic cannot fit here: none. ``labels``: a side
+    label file per capture (None where the capture carries its labels).
     """
     if not detectors:
         raise DataError("ids judge needs at least one --detector NAME=FOLDER")
@@ -108,7 +108,7 @@ def judge_scorers(detectors: dict[str, Detector], clean: str | Path, captures: S
     union = resolve_union(first, union)
     if union and union not in first.kind().rules:
         raise DataError(f"--union {union!r} is not a rule of {first.kind().description}; choose one of "
-                        f"{sorted(first.kind().rules)} (or '' for none)")
+                        f"{sorted(first.kind().rules)} (or none)")
     rule_fns = first.kind().stream_rules(first.state(), clean, options) if rules else {}
     out: list[ScorerResult] = []
     union_rule: tuple[np.ndarray, list[np.ndarray], Evidence] | None = None

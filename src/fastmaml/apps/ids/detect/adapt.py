@@ -64,7 +64,8 @@ def adapt_detector(det: Detector, capture: str | Path, k: int, *, labels: str | 
     :func:`~fastmaml.apps.ids.samples.key_balanced_rows`), and with ``alerts_per_hour`` the evidence threshold
     for that false-alert budget is calibrated on the whole clean capture and saved in the detector
     (:mod:`fastmaml.apps.ids.evidence`; ``evidence`` sets clip, drift and hold-off; ``union`` a rule raising
-    alerts beside the detector, each at half the budget, ``auto`` the traffic's deployed one: :func:`calibrate_detector`).
+    alerts beside the detector, each at half the budget, ``auto`` the traffic's deployed one:
+    :func:`calibrate_detector`).
     ``attack`` picks one attack class of the capture (default: every non-benign label is the
     attack). The other samples of the capture (up to ``max_samples`` per class) score the
     adapted detector. ``columns`` (format ``csv``): the column map of a labelled CSV export
