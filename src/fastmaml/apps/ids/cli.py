@@ -477,8 +477,9 @@ def _detect(args: argparse.Namespace) -> None:
         atomic_write_text(args.json, json.dumps(asdict(s), indent=1, default=float) + "\n")
     for rule, m in s.alerts.items():
         what = "false alerts" if s.metrics else "alerts (unlabelled capture: every alert counted)"
-        line = (f"alert rule {rule} (per {s.key_name}, 1 s hold-off): "
-                f"{m['alerts']} alerts, {m['false_alerts_per_hour']:.1f} {what} per hour")
+        # k-of-n counts of the fixed-threshold verdicts: not calibrated to any budget (the evidence line above is).
+        line = (f"alert rule {rule} (per {s.key_name}, 1 s hold-off; the p > {det.threshold:g} verdicts, not "
+                f"calibrated): {m['alerts']} alerts, {m['false_alerts_per_hour']:.1f} {what} per hour")
         if s.metrics and m["occurrences"]:
             line += (f"; attack occurrences alerted {m['occurrences_detected']}/{m['occurrences']}, "
                      f"median delay {m['median_delay_s']:.3f} s")
