@@ -310,6 +310,12 @@ def generate(clean: FrameBatch, kinds: list[str] | tuple[str, ...] = KINDS, occu
     return captures, plans
 
 
+def _clean_drive(spec: CaptureSpec, src: SourceConfig, log: Callable[[str], None]) -> FrameBatch:
+    """A clean capture's benign frames (any frame it labels as an attack left out)."""
+    frames = can_source.read_labelled(spec, src, log, clean=True)
+    return frames.select(~frames.is_attack())
+
+
 def prepare_masquerade(src: SourceConfig, feat: FeatureConfig, log: Callable[[str], None],
                        workdir: Path | None = None) -> IdsData:
     """Source ``masquerade``: attacks generated on a clean capture, one capture per (kind, variant).
@@ -328,8 +334,7 @@ def prepare_masquerade(src: SourceConfig, feat: FeatureConfig, log: Callable[[st
         spec = CaptureSpec(path=str(data_folder(src, src.daga.dir, "ids/daga", "DAGA") / can_source.DAGA_CLEAN),
                            format="daga", attack="none")
         what = f"DAGA clean trace ({spec.path})"
-    clean = can_source.read_labelled(spec, src, log, clean=True)
-    clean = clean.select(~clean.is_attack())
+    clean = _clean_drive(spec, src, log)
     kinds = sorted({a.rsplit("_", 1)[0] for a in src.attacks}, key=ALL_KINDS.index) if src.attacks else list(KINDS)
     bad = [a for a in src.attacks if a.rsplit("_", 1)[0] not in ALL_KINDS or a.rsplit("_", 1)[-1] not in VARIANTS]
     if bad:
@@ -350,8 +355,7 @@ def prepare_masquerade(src: SourceConfig, feat: FeatureConfig, log: Callable[[st
     log(f"cut at {fit_end:.2f} s; features and rules fitted on the clean capture before it ({len(fit)} frames)")
     others = []
     for more in src.captures[1:]:  # other clean drives: fitted on, not attacked
-        drive = can_source.read_labelled(more, src, log, clean=True)
-        others.append(drive.select(~drive.is_attack()))
+        others.append(_clean_drive(more, src, log))
         log(f"features and rules also fitted on {more.path} ({len(others[-1])} clean frames)")
     data = can_source.prepare_cut_captures(frames, names, cuts, [fit, *others], src, feat, log,
                                            f"masquerades generated on {what}", benign_test=after)
